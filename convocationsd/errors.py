@@ -1,0 +1,49 @@
+"""One exception root for everything a person may see.
+
+Each error carries a one-sentence message (what happened) and a hint (what to do next), and the CLI maps
+its class to an exit code. Foreign exceptions are translated at the edges with ``raise ... from e``.
+"""
+
+from __future__ import annotations
+
+
+class ConvError(Exception):
+    """Base of all expected errors. ``str()`` is safe to show: it never contains a secret."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message} {self.hint}".strip()
+
+
+class UsageError(ConvError):
+    exit_code = 2
+
+
+class DaemonUnreachable(ConvError):
+    exit_code = 3
+
+
+class ConfigError(ConvError):
+    """config.toml cannot be read or parsed; the file is never overwritten in that state."""
+
+
+class SecretStoreError(ConvError):
+    """The secret could not be stored, read or removed."""
+
+
+class BackendUnavailable(SecretStoreError):
+    """A secret backend cannot be used right now (no keyring, locked, timed out)."""
+
+
+class RemoteError(ConvError):
+    """The daemon answered a request with a JSON-RPC error."""
+
+    def __init__(self, code: int, message: str, hint: str = "") -> None:
+        super().__init__(message, hint)
+        self.code = code

@@ -1,0 +1,53 @@
+"""PKCE (RFC 7636) and the authorize URL. Pure: randomness comes in as an argument."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+from collections.abc import Callable
+from urllib.parse import urlencode
+
+CALLBACK_PATH = "/api/openrouter/oauth/callback"
+CLIENT_ID = "convocations"
+VERIFIER_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+TokenSource = Callable[[int], str]
+"""Returns a URL-safe random string from ``n`` random bytes (``secrets.token_urlsafe`` in production)."""
+
+
+def make_verifier(token: TokenSource = secrets.token_urlsafe) -> str:
+    # 64 random bytes -> 86 chars of [A-Za-z0-9_-], inside RFC 7636's 43..128.
+    verifier = token(64)
+    if not 43 <= len(verifier) <= 128 or not set(verifier) <= VERIFIER_CHARS:
+        raise ValueError("PKCE verifier must be 43-128 unreserved characters")
+    return verifier
+
+
+def s256_challenge(verifier: str) -> str:
+    digest = hashlib.sha256(verifier.encode("ascii")).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+def local_origin(port: int) -> str:
+    return f"http://localhost:{port}"
+
+
+def callback_url(port: int) -> str:
+    return local_origin(port) + CALLBACK_PATH
+
+
+def authorize_url(openrouter_url: str, port: int, challenge: str, state: str, *, paste: bool = False) -> str:
+    """OpenRouter's ``/auth`` URL, parameters in the contract's order. ``paste=True`` omits
+    ``callback_url``: OpenRouter then shows the code for the person to paste (headless login)."""
+    params: dict[str, str] = {}
+    if not paste:
+        params["callback_url"] = callback_url(port)
+    params.update(
+        code_challenge=challenge,
+        code_challenge_method="S256",
+        client_id=CLIENT_ID,
+        referrer=local_origin(port),
+        state=state,
+    )
+    return f"{openrouter_url.rstrip('/')}/auth?{urlencode(params)}"
