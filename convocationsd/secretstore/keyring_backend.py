@@ -1,0 +1,178 @@
+"""The OS keyring backend (Secret Service, macOS Keychain, Windows Credential Manager) via ``keyring``.
+
+Keyring calls block, and on a desktop they can wait for a person to answer an unlock prompt. Each call
+therefore runs in its own daemon thread and the caller waits at most ``timeout`` seconds; after that
+the keyring counts as unavailable. A call given up on may still finish later: until it does, further
+calls fail at once (so they cannot overtake it), and when it does the owner is told through ``on_late``
+so it can undo a write nobody relies on. Every keyring failure becomes BackendUnavailable; no message
+ever contains the key. ``keyring`` is imported only inside these calls.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import BackendUnavailable, SecretStoreError
+
+SERVICE = "convocations"
+USERNAME = "openrouter_api_key"
+
+UNLOCK_HINT = "Unlock the OS keyring, or set CONVOCATIONS_SECRET_BACKEND=local-encrypted to keep the key in an encrypted file."
+
+
+class KeyringBackend:
+    def __init__(
+        self,
+        *,
+        timeout: float = 120.0,
+        detect: Callable[[], Any] | None = None,
+        on_late: Callable[[str], None] | None = None,
+    ) -> None:
+        """``detect`` returns a keyring backend object (tests inject one); by default keyring detects
+        again (``keyring.core.init_backend``). ``on_late(op)`` runs in the worker thread when a ``store``
+        or ``delete`` that timed out succeeds after all."""
+        self.timeout = timeout
+        self._detect_hook = detect
+        self.on_late = on_late
+        self._backend: Any = None  # last usable backend detected
+        self._state = threading.Lock()
+        self._pending: str | None = None  # an abandoned call still running
+
+    # -- operations ------------------------------------------------------------------------------
+
+    def store(self, key: str, service: str = SERVICE, username: str = USERNAME) -> None:
+        """Stores the key; detects the keyring again first (a session bus may have appeared)."""
+
+        def op() -> None:
+            kr = self._detect()
+            kr.set_password(service, username, key)
+
+        self._run("store", op, secret=key)
+
+    def load(self, service: str = SERVICE, username: str = USERNAME) -> str | None:
+        return self._run("load", lambda: self._current().get_password(service, username))
+
+    def delete(self, service: str = SERVICE, username: str = USERNAME) -> bool:
+        """Removes the entry; False when there was none."""
+
+        def op() -> bool:
+            from keyring.errors import PasswordDeleteError
+
+            kr = self._current()
+            try:
+                kr.delete_password(service, username)
+            except PasswordDeleteError:
+                return False  # nothing stored (keyring reports "not found" this way)
+            return True
+
+        return self._run("delete", op)
+
+    def describe(self) -> str:
+        """Name of the backend last used, for logs."""
+        kr = self._backend
+        return f"{type(kr).__module__}.{type(kr).__name__}" if kr is not None else "unknown"
+
+    # -- detection ---------------------------------------------------------------------------------
+
+    def _current(self) -> Any:
+        return self._backend if self._backend is not None else self._detect()
+
+    def _detect(self) -> Any:
+        try:
+            if self._detect_hook is not None:
+                kr = self._detect_hook()
+            else:
+                import keyring
+                import keyring.core
+
+                keyring.core.init_backend()
+                kr = keyring.get_keyring()
+        except ImportError as e:
+            raise BackendUnavailable(f"The keyring package cannot be loaded ({e.name}).", UNLOCK_HINT) from None
+        _check_usable(kr)
+        self._backend = kr
+        return kr
+
+    # -- timed calls -------------------------------------------------------------------------------
+
+    def _run(self, op: str, fn: Callable[[], Any], *, secret: str | None = None) -> Any:
+        with self._state:
+            if self._pending is not None:
+                raise BackendUnavailable(
+                    f"The OS keyring has not yet answered an earlier request ({self._pending}); it may be locked.",
+                    UNLOCK_HINT,
+                )
+        box: dict[str, Any] = {}
+        flags = {"finished": False, "abandoned": False}
+
+        def work() -> None:
+            try:
+                box["value"] = fn()
+            except BaseException as e:  # handed to the caller, or dropped if it gave up
+                box["error"] = e
+            with self._state:
+                flags["finished"] = True
+                late = flags["abandoned"]
+                if late:
+                    self._pending = None
+            if late and "error" not in box and self.on_late is not None and op in ("store", "delete"):
+                try:
+                    self.on_late(op)
+                except Exception:  # nothing to report to: the caller is gone
+                    pass
+
+        worker = threading.Thread(target=work, name=f"keyring-{op}", daemon=True)
+        worker.start()
+        worker.join(self.timeout)
+        with self._state:
+            if not flags["finished"]:
+                flags["abandoned"] = True
+                self._pending = op
+                raise BackendUnavailable(
+                    f"The OS keyring did not answer within {self.timeout:g} s (locked?).", UNLOCK_HINT
+                )
+        if "error" in box:
+            error = box["error"]
+            translated = _translate(error, op, secret)
+            if translated is error:
+                raise error
+            leaks = secret is not None and any(secret in t for t in (str(error), repr(error.args)))
+            raise translated from (None if leaks else error)  # keep the cause for --debug, unless it holds the key
+        return box.get("value")
+
+
+def _check_usable(kr: Any) -> None:
+    """Raises BackendUnavailable for keyring's stand-ins that cannot hold anything."""
+    from keyring.backends import chainer, fail
+
+    name = f"{type(kr).__module__}.{type(kr).__name__}"
+    if isinstance(kr, fail.Keyring):
+        raise BackendUnavailable("No OS keyring is available (no Secret Service on the session bus?).", UNLOCK_HINT)
+    if name == "keyring.backends.null.Keyring" or getattr(kr, "priority", 1) < 0:
+        raise BackendUnavailable("The OS keyring is disabled (keyring's null backend is configured).", UNLOCK_HINT)
+    if isinstance(kr, chainer.ChainerBackend) and not kr.backends:
+        raise BackendUnavailable("No OS keyring is available (keyring found no backend to chain).", UNLOCK_HINT)
+
+
+def _translate(e: BaseException, op: str, secret: str | None) -> SecretStoreError:
+    """Turns any failure into BackendUnavailable with a safe message (the key is scrubbed out)."""
+    if isinstance(e, SecretStoreError):
+        return e
+    text = f"{type(e).__name__}: {e}".strip().rstrip(":")
+    if secret and secret in text:
+        text = text.replace(secret, "[redacted]")
+    try:
+        from keyring.errors import InitError, KeyringLocked, NoKeyringError
+    except ImportError:  # pragma: no cover - keyring imported fine a moment ago
+        InitError = KeyringLocked = NoKeyringError = ()  # type: ignore[assignment,misc]
+    if isinstance(e, KeyringLocked):
+        message = "The OS keyring is locked and could not be unlocked"
+    elif isinstance(e, NoKeyringError):
+        message = "No OS keyring is available"
+    elif isinstance(e, InitError):
+        message = "The OS keyring could not be opened"
+    else:
+        message = f"The OS keyring failed to {op} the key"
+    return BackendUnavailable(f"{message} ({text}).", UNLOCK_HINT)

@@ -1,0 +1,224 @@
+"""The store the daemon and the CLI use: picks a backend, and records in config.toml where the key is.
+
+On ``set`` the backend is the forced one (CONVOCATIONS_SECRET_BACKEND / ``secret_backend``), else the OS
+keyring when it works right now, else the local-encrypted file; the fallback is logged in one line with
+the reason. The ``[openrouter_api_key]`` table then says which backend holds the key, so ``get``, ``clear``
+and ``status`` never guess, and ``status`` reads only that table (no keyring or cryptography import).
+Switching backends moves the key: the new copy is stored and referenced before the old one is removed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+from .. import configfile
+from ..errors import ConfigError, ConvError, SecretStoreError
+from . import KEYRING, LOCAL_ENCRYPTED, SecretStatus
+from .encrypted import KEY_FILE, LocalEncrypted
+from .keyring_backend import SERVICE, USERNAME, KeyringBackend
+
+log = logging.getLogger("convocationsd.secretstore")
+
+TABLE = "openrouter_api_key"
+BACKENDS = (KEYRING, LOCAL_ENCRYPTED)
+AGAIN = "Store the key again with `convctl secret set-openrouter-key`, or remove it with `convctl secret clear-openrouter-key`."
+
+
+def open_store(
+    config_path: Path, *, forced_backend: str | None = None, keyring_timeout: float = 120.0
+) -> ConfiguredStore:
+    """The SecretStore for this config.toml; secret.key lives in the same directory."""
+    return ConfiguredStore(config_path, forced_backend=forced_backend, keyring=KeyringBackend(timeout=keyring_timeout))
+
+
+class ConfiguredStore:
+    """Implements the SecretStore protocol on top of config.toml, the OS keyring and secret.key.
+
+    Thread-safe: ``set``/``get``/``clear`` are serialized; ``status`` reads the (atomically written)
+    file without waiting for them, so it answers even while a keyring prompt is open."""
+
+    def __init__(
+        self, config_path: Path, *, forced_backend: str | None = None, keyring: KeyringBackend | None = None
+    ) -> None:
+        if forced_backend not in (None, *BACKENDS):
+            raise ConfigError(
+                f"Unknown secret backend {forced_backend!r}.", "Use 'keyring' or 'local-encrypted', or leave it unset."
+            )
+        self.config_path = Path(config_path)
+        self.forced = forced_backend
+        self.keyring = keyring if keyring is not None else KeyringBackend()
+        self.keyring.on_late = self._late_keyring_result
+        self.local = LocalEncrypted(self.config_path.parent / KEY_FILE)
+        self._lock = threading.Lock()
+
+    # -- the SecretStore protocol --------------------------------------------------------------------
+
+    def status(self) -> SecretStatus:
+        ref = self._reference()
+        return SecretStatus(True, ref["backend"]) if ref else SecretStatus(False, None)
+
+    def set(self, key: str) -> str:
+        if not isinstance(key, str) or not key.strip():
+            raise SecretStoreError("The OpenRouter key is empty.", "Pass the key itself (it starts with sk-or-).")
+        with self._lock:
+            old = self._old_reference()  # also refuses early when config.toml does not parse
+            keyring_error: SecretStoreError | None = None
+            backend = self.forced
+            if backend in (None, KEYRING):
+                try:
+                    self.keyring.store(key)
+                    backend = KEYRING
+                except SecretStoreError as e:
+                    if self.forced == KEYRING:
+                        raise
+                    keyring_error, backend = e, LOCAL_ENCRYPTED
+                    log.warning(
+                        "OS keyring unavailable: %s; storing the OpenRouter key encrypted in %s instead.",
+                        e.message.rstrip("."),
+                        self.config_path,
+                    )
+            if backend == LOCAL_ENCRYPTED:
+                nonce, ciphertext = self.local.encrypt(key)
+                new = {"backend": LOCAL_ENCRYPTED, "nonce": nonce, "ciphertext": ciphertext}
+            else:
+                new = {"backend": KEYRING, "service": SERVICE, "username": USERNAME}
+            try:
+                self._write_reference(new)
+            except ConvError:
+                if backend == KEYRING and not _same_keyring_entry(old, new):
+                    self._remove_keyring_copy(SERVICE, USERNAME, why="config.toml could not be updated")
+                raise
+            if old and old["backend"] == KEYRING and not _same_keyring_entry(old, new):
+                if keyring_error is not None:
+                    self._report_stale_copy(old, keyring_error.message)
+                else:
+                    self._remove_keyring_copy(old["service"], old["username"], why=f"the key moved to {backend}")
+            log.info("OpenRouter key stored (backend %s).", backend)
+            return backend
+
+    def get(self) -> str | None:
+        with self._lock:
+            ref = self._reference()
+            if ref is None:
+                return None
+            if ref["backend"] == LOCAL_ENCRYPTED:
+                return self.local.decrypt(ref["nonce"], ref["ciphertext"], where=str(self.config_path))
+            key = self.keyring.load(ref["service"], ref["username"])
+            if key is None:
+                raise SecretStoreError(
+                    f"{self.config_path} says the OpenRouter key is in the OS keyring, but the keyring has no such entry.",
+                    AGAIN,
+                )
+            return key
+
+    def clear(self) -> bool:
+        with self._lock:
+            try:
+                ref = self._reference()
+            except ConfigError:
+                if self._raw_table() is None:  # config.toml itself is broken: refuse, do not overwrite
+                    raise
+                ref = None  # a malformed table: removing it is exactly what was asked
+            if ref is None and self._raw_table() is None:
+                return False
+            if ref and ref["backend"] == KEYRING:
+                self.keyring.delete(ref["service"], ref["username"])  # if this fails the reference stays
+            self._write_reference(None)
+            log.info("OpenRouter key removed.")
+            return True
+
+    # -- config.toml -------------------------------------------------------------------------------
+
+    def _raw_table(self) -> Any:
+        return configfile.load(self.config_path).get(TABLE)
+
+    def _reference(self) -> dict[str, str] | None:
+        """The validated reference, or None when no key is stored. Never echoes values (one may be a key)."""
+        raw = self._raw_table()
+        if raw is None:
+            return None
+        where = f"[{TABLE}] in {self.config_path}"
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{TABLE} in {self.config_path} is not a table (an old plain-text key?).", AGAIN)
+        backend = raw.get("backend")
+        if backend not in BACKENDS:
+            raise ConfigError(f"{where} names no known backend (expected keyring or local-encrypted).", AGAIN)
+        if backend == KEYRING:
+            fields, defaults = ("service", "username"), {"service": SERVICE, "username": USERNAME}
+        else:
+            fields, defaults = ("nonce", "ciphertext"), {}
+        ref = {"backend": backend}
+        for name in fields:
+            value = raw.get(name, defaults.get(name))
+            if not isinstance(value, str) or not value:
+                raise ConfigError(f"{where} lacks a valid {name!r}.", AGAIN)
+            ref[name] = value
+        return ref
+
+    def _old_reference(self) -> dict[str, str] | None:
+        """Like _reference, but a malformed table counts as none (set replaces it); a broken file raises."""
+        try:
+            return self._reference()
+        except ConfigError:
+            self._raw_table()  # re-raises when config.toml itself does not parse
+            return None
+
+    def _write_reference(self, ref: dict[str, str] | None) -> None:
+        def mutate(doc: Any) -> None:
+            if ref is None:
+                if TABLE in doc:
+                    del doc[TABLE]
+                return
+            import tomlkit
+
+            table = tomlkit.table()
+            for name, value in ref.items():
+                table[name] = value
+            doc[TABLE] = table
+
+        configfile.update(self.config_path, mutate)
+
+    # -- old keyring copies --------------------------------------------------------------------------
+
+    def _remove_keyring_copy(self, service: str, username: str, *, why: str) -> None:
+        try:
+            if self.keyring.delete(service, username):
+                log.info("Removed the old copy of the OpenRouter key from the OS keyring (%s).", why)
+        except SecretStoreError as e:
+            self._report_stale_copy({"service": service, "username": username}, e.message)
+
+    def _report_stale_copy(self, old: dict[str, str], reason: str) -> None:
+        log.warning(
+            "An old copy of the OpenRouter key may remain in the OS keyring (%s); remove it with "
+            "`secret-tool clear service %s username %s`, or store the key again once the keyring works.",
+            reason.rstrip("."),
+            old["service"],
+            old["username"],
+        )
+
+    def _late_keyring_result(self, op: str) -> None:
+        """A keyring call we gave up on finished after all (someone answered the unlock prompt)."""
+        with self._lock:
+            try:
+                ref = self._reference()
+            except ConfigError:
+                return
+            in_keyring = ref is not None and ref["backend"] == KEYRING
+            if op == "store" and not in_keyring:
+                # The key went to the fallback; a copy nobody references must not linger in the keyring.
+                self._remove_keyring_copy(SERVICE, USERNAME, why="a timed-out keyring write finished late")
+            elif op == "delete" and in_keyring:
+                self._write_reference(None)  # the clear that timed out did happen: finish it
+                log.info("A timed-out keyring removal finished late; the OpenRouter key reference was removed too.")
+
+
+def _same_keyring_entry(old: dict[str, str] | None, new: dict[str, str]) -> bool:
+    return (
+        old is not None
+        and old["backend"] == KEYRING
+        and new["backend"] == KEYRING
+        and (old["service"], old["username"]) == (new["service"], new["username"])
+    )
