@@ -1,0 +1,260 @@
+"""The convctl commands. Each takes the parsed arguments and an ``Out`` and returns an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Any
+
+from .errors import ConvError, DaemonUnreachable, UsageError
+from .ipc_client import Client
+
+EXIT_OK, EXIT_FAILED = 0, 1
+AUTH_COMPLETE = "openrouter-auth-complete"
+
+
+def _client(args: argparse.Namespace) -> Client:
+    client = Client(args.socket)
+    client.connect()
+    return client
+
+
+# -- status ------------------------------------------------------------------------------------------
+
+
+def status(args: argparse.Namespace, out: Any) -> int:
+    with _client(args) as c:
+        st = c.call("status")
+    if args.json:
+        out.json(st)
+        return EXIT_OK
+    secret = st.get("secret") or {}
+    out.print(f"daemon:   running (pid {st['pid']}, version {st['version']})")
+    port_note = "  (FALLBACK: port 3000 was busy; OpenRouter may answer 409 - see `convctl doctor`)" if st.get("port_fallback") else ""
+    out.print(f"http:     {st['http_url']}{port_note}")
+    out.print(f"socket:   {st['socket']}")
+    out.print(f"account:  {'linked, key in ' + str(secret.get('backend')) if secret.get('stored') else 'not linked (run `convctl oauth start`)'}")
+    account = st.get("account")
+    if account:
+        out.print(f"key:      {_account_line(account)}")
+    flow = st.get("flow")
+    if flow:
+        line = f"login:    {flow['status']} (session {flow['session_id']})"
+        if flow.get("error"):
+            line += f": {flow['error']['message']}"
+        out.print(line)
+    return EXIT_OK
+
+
+def _account_line(account: dict) -> str:
+    if account.get("valid") is False:
+        return account.get("message", "linked key is no longer valid - run `convctl oauth start`")
+    parts = [f"label {account.get('label')!s}", f"usage {account.get('usage')}"]
+    parts.append(f"limit {account.get('limit') if account.get('limit') is not None else 'none'}")
+    return ", ".join(parts)
+
+
+# -- oauth -------------------------------------------------------------------------------------------
+
+
+def oauth(args: argparse.Namespace, out: Any) -> int:
+    if args.action == "cancel":
+        with _client(args) as c:
+            cancelled = c.call("oauth.cancel")["cancelled"]
+        out.print("cancelled the pending login" if cancelled else "no login was pending")
+        return EXIT_OK
+    return oauth_start(args, out)
+
+
+def oauth_start(args: argparse.Namespace, out: Any) -> int:
+    if args.timeout is not None and args.timeout <= 0:
+        raise UsageError("--timeout must be a positive number of seconds.")
+    with _client(args) as c:
+        c.call("subscribe", {"events": [AUTH_COMPLETE]})
+        reply = c.call("oauth.start", {"restart": args.restart, "paste": args.paste})
+        session = reply["session_id"]
+        if args.json:
+            out.json({"event": "started", **reply})
+        else:
+            verb = "Joined the login in progress" if reply["joined"] else "Open this address to link your OpenRouter account"
+            out.print(f"{verb}:\n\n  {reply['auth_url']}\n")
+        if not args.no_browser and not args.paste:
+            _open_browser(reply["auth_url"], out)
+        try:
+            if args.paste:
+                data = _paste_code(c, session, out)
+            else:
+                data = _wait(c, session, args.timeout, out, quiet=args.json)
+        except KeyboardInterrupt:
+            c.call("oauth.cancel", {"session_id": session})
+            out.err("\ncancelled; the pending login was ended. Run `convctl oauth start` to try again.")
+            return EXIT_FAILED
+        if data is None:
+            c.call("oauth.cancel", {"session_id": session})
+            out.err(f"\nconvctl: no answer within {args.timeout:g} s; the login was cancelled.")
+            out.err("Run `convctl oauth start` again (with a longer --timeout) and approve it in the browser.")
+            return EXIT_FAILED
+    return _report(data, out, args.json)
+
+
+def _report(data: dict, out: Any, as_json: bool) -> int:
+    if as_json:
+        out.json({"event": "complete", **data})
+    elif data.get("success"):
+        out.print(f"Linked. Your OpenRouter key is stored in {data.get('backend')}.")
+    else:
+        error = data.get("error") or {}
+        out.err(f"convctl: {error.get('message', 'the login failed')}")
+        if error.get("hint"):
+            out.err(error["hint"])
+    return EXIT_OK if data.get("success") else EXIT_FAILED
+
+
+def _wait(c: Client, session: str, timeout: float | None, out: Any, *, quiet: bool) -> dict | None:
+    """Waits for our session's auth-complete event; shows elapsed time on a terminal."""
+    started = time.monotonic()
+    deadline = None if timeout is None else started + timeout
+    spinner = "|/-\\"
+    tty = out.tty and not quiet
+    if not quiet:
+        out.err("Waiting for you to approve in the browser... (Ctrl-C cancels)")
+        out.err("If OpenRouter shows HTTP 409 'Failed to create or update app', run `convctl doctor`.")
+    tick = 0
+    while True:
+        step = 1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic()))
+        event = c.next_event(step)
+        if event is not None:
+            data = event.get("data", {})
+            if event.get("event") == AUTH_COMPLETE and data.get("session_id") == session:
+                if tty:
+                    out.stderr.write("\r\033[K")
+                return data
+            continue
+        if deadline is not None and time.monotonic() >= deadline:
+            return None
+        tick += 1
+        elapsed = int(time.monotonic() - started)
+        if tty:
+            out.stderr.write(f"\r{spinner[tick % 4]} waiting {elapsed // 60}:{elapsed % 60:02d}")
+            out.stderr.flush()
+        elif not quiet and tick % 30 == 0:
+            out.err(f"still waiting ({elapsed} s)")
+
+
+def _paste_code(c: Client, session: str, out: Any) -> dict:
+    out.err("Open the address above in any browser (on any machine), approve, then paste the code shown.")
+    prompt = "Code: "
+    if out.stdin.isatty():
+        out.stderr.write(prompt)
+        out.stderr.flush()
+    line = out.stdin.readline()
+    code = line.strip()
+    if not code:
+        raise UsageError("No code was pasted.", "Run `convctl oauth start --paste` again and paste the code OpenRouter shows.")
+    return c.call("oauth.exchange", {"code": code, "session_id": session}, timeout=120.0)
+
+
+def browser_unavailable_reason(env: dict | os._Environ = os.environ) -> str | None:
+    """Why no browser can open here (SSH session, no display), or None when one probably can."""
+    if env.get("SSH_CONNECTION") or env.get("SSH_TTY"):
+        return "this is an SSH session"
+    if sys.platform.startswith("linux") and not (env.get("DISPLAY") or env.get("WAYLAND_DISPLAY")):
+        return "there is no graphical display (DISPLAY/WAYLAND_DISPLAY unset)"
+    return None
+
+
+def _open_browser(url: str, out: Any) -> None:
+    if not url.startswith(("http://", "https://")):
+        out.err("convctl: not opening a URL that is not http(s); open it yourself if you trust it.")
+        return
+    reason = browser_unavailable_reason()
+    if reason is None:
+        import webbrowser
+
+        if webbrowser.open(url):
+            return
+        reason = "no browser could be started"
+    out.err(f"Could not open a browser: {reason}. Either:")
+    out.err("  - open the address above in a browser on this machine, or")
+    out.err("  - on your own machine run `ssh -L 3000:localhost:3000 <this host>` and open the address there, or")
+    out.err("  - run `convctl oauth start --paste` and paste the code OpenRouter shows.")
+
+
+# -- events ------------------------------------------------------------------------------------------
+
+
+def events(args: argparse.Namespace, out: Any) -> int:
+    with _client(args) as c:
+        c.call("subscribe")
+        try:
+            for event in c.events():
+                if args.json:
+                    out.json(event)
+                else:
+                    out.print(f"{event.get('seq')} {event.get('event')} {_summary(event.get('data', {}))}")
+        except KeyboardInterrupt:
+            return EXIT_OK
+    return EXIT_OK
+
+
+def _summary(data: dict) -> str:
+    return " ".join(f"{k}={v}" for k, v in data.items() if k != "auth_url" and not isinstance(v, dict)) + (
+        f" error={data['error']['code']}" if isinstance(data.get("error"), dict) else ""
+    )
+
+
+# -- secret ------------------------------------------------------------------------------------------
+
+
+def secret(args: argparse.Namespace, out: Any) -> int:
+    from . import secret_ops
+
+    if args.action == "status":
+        st = secret_ops.status(args.socket)
+        if getattr(args, "json", False):
+            out.json(st)
+        else:
+            out.print(f"stored in {st['backend']}" if st["stored"] else "no key stored")
+        return EXIT_OK
+    if args.action == "clear-openrouter-key":
+        cleared = secret_ops.clear(args.socket)["cleared"]
+        out.print("key removed" if cleared else "no key was stored")
+        return EXIT_OK
+    key = _read_key(out)
+    result = secret_ops.set_key(args.socket, key)
+    out.print(f"key stored in {result['backend']}")
+    return EXIT_OK
+
+
+def _read_key(out: Any) -> str:
+    from .keycheck import check_key
+
+    if out.stdin.isatty():
+        import getpass
+
+        key = getpass.getpass("OpenRouter API key (input hidden): ", stream=out.stderr)
+    else:
+        key = out.stdin.readline()
+    return check_key(key)
+
+
+# -- service, doctor ---------------------------------------------------------------------------------
+
+
+def service(args: argparse.Namespace, out: Any) -> int:
+    from . import service_install
+
+    action = {"install": service_install.install, "uninstall": service_install.uninstall, "status": service_install.status}
+    result = action[args.action](dry_run=args.dry_run, out=out.stdout) if args.action != "status" else action["status"](out=out.stdout)
+    return EXIT_OK if result is not False else EXIT_FAILED
+
+
+def doctor(args: argparse.Namespace, out: Any) -> int:
+    from . import doctor as doctor_mod
+
+    return doctor_mod.run(args, out)
+
+
+__all__ = ["status", "oauth", "events", "secret", "service", "doctor", "ConvError", "DaemonUnreachable"]

@@ -1,0 +1,247 @@
+"""The daemon: wiring and lifecycle. Everything it does is in ``controller``; this module builds the
+pieces, binds (or inherits) the sockets, runs until a signal or idle exit, and shuts down in stages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from . import __version__, configfile, paths, protocol, systemd
+from .controller import Controller, Endpoint
+from .errors import ConvError
+from .events import ALL_EVENTS, EventBus
+from .logs import set_level, setup_logging
+from .settings import LOG_LEVELS, Settings, resolve
+
+log = logging.getLogger("convocationsd")
+
+SHUTDOWN_GRACE = 3.0  # seconds for in-flight work after SIGTERM
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="convocationsd",
+        description="Links your OpenRouter account to Convocations (runs in the foreground).",
+    )
+    p.add_argument("--port", type=int, dest="http_port", help="preferred HTTP port (env RCONV_HTTP_PORT, default 3000)")
+    p.add_argument("--socket", dest="socket_path", help="Unix socket path (env CONVOCATIONS_SOCKET)")
+    p.add_argument("--openrouter-url", dest="openrouter_url", help="OpenRouter base URL (env CONVOCATIONS_OPENROUTER_URL)")
+    p.add_argument("--log-level", choices=LOG_LEVELS, dest="log_level", help="env CONVOCATIONS_LOG_LEVEL, default info")
+    p.add_argument("--config", dest="config_path", help="config file (env CONVOCATIONS_CONFIG)")
+    p.add_argument("--version", action="version", version=f"convocationsd {__version__}")
+    return p
+
+
+def load_settings(flags: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
+    config_path = Path(flags.get("config_path") or paths.config_path(env))
+    return resolve(
+        flags, env, configfile.load(config_path), socket_path=paths.socket_path(env), config_path=config_path
+    )
+
+
+class Daemon:
+    def __init__(self, settings: Settings, *, flags: Mapping[str, Any] | None = None, secrets: Any = None,
+                 env: Mapping[str, str] = os.environ) -> None:
+        self.settings = settings
+        self.flags = dict(flags or {})
+        self.env = env
+        self.secrets = secrets
+        self.bus = EventBus()
+        self.stopping = asyncio.Event()
+        self.activated = False
+        self.controller: Controller | None = None
+        self._runner: Any = None
+        self._ipc: Any = None
+        self._openrouter: Any = None
+        self._tasks: list[asyncio.Task] = []
+
+    # -- start-up ------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        from aiohttp import web
+
+        from . import http_app, ipc_server
+        from .openrouter import OpenRouterClient
+
+        s = self.settings
+        inherited = systemd.inherited_sockets(self.env) if "LISTEN_FDS" in self.env else {}
+        if not inherited and sys.platform == "darwin":
+            from . import launchd
+
+            inherited = launchd.inherited_sockets()
+        self.activated = bool(inherited)
+
+        # The IPC socket first: a second daemon must stop here, before it takes any HTTP port.
+        ipc_socks = inherited.get("ctl", [])
+        if ipc_socks:
+            ctl_sock, socket_path = ipc_socks[0], ipc_socks[0].getsockname()
+        else:
+            ctl_sock, socket_path = ipc_server.bind_unix_socket(s.socket_path), str(s.socket_path)
+
+        http_socks = inherited.get("http", [])
+        fell_back = False
+        if http_socks:
+            port = http_socks[0].getsockname()[1]
+        else:
+            http_socks, port, fell_back = http_app.bind_loopback(s.http_port)
+        if fell_back:
+            log.warning(
+                "PORT %d IS BUSY: listening on http://localhost:%d instead. OpenRouter may refuse logins from this "
+                "port (HTTP 409). Free port %d (see `convctl doctor`) and restart, or set RCONV_HTTP_PORT and register "
+                "http://localhost:%d/api/openrouter/oauth/callback with OpenRouter.",
+                s.http_port, port, s.http_port, port,
+            )
+
+        if self.secrets is None:
+            from .secretstore.select import open_store
+
+            self.secrets = open_store(
+                s.config_path, forced_backend=s.secret_backend, keyring_timeout=s.keyring_timeout_seconds
+            )
+        self._openrouter = OpenRouterClient(s.openrouter_url, timeout=s.exchange_timeout_seconds)
+        ctl = self.controller = Controller(
+            endpoint=Endpoint(port=port, port_fallback=fell_back, socket_path=str(socket_path)),
+            openrouter_url=s.openrouter_url,
+            openrouter=self._openrouter,
+            secrets=self.secrets,
+            bus=self.bus,
+            flow_timeout=s.flow_timeout_seconds,
+        )
+        try:
+            await ctl.refresh_secret_status()
+        except ConvError as e:
+            log.error("%s", e)
+
+        self._ipc = ipc_server.IpcServer(self._ipc_handlers(), self.bus, on_activity=ctl.touch)
+        await self._ipc.start(ctl_sock)
+        if not ipc_socks:
+            self._ipc.own_socket(Path(socket_path))
+
+        self._runner = web.AppRunner(http_app.make_app(ctl), handle_signals=False, access_log=None)
+        await self._runner.setup()
+        for sock in http_socks:
+            await web.SockSite(self._runner, sock).start()
+
+        log.info("convocationsd %s listening on http://localhost:%d and %s", __version__, port, socket_path)
+        systemd.notify(f"READY=1\nSTATUS=Listening on http://localhost:{port}", self.env)
+        if self.activated:
+            self._tasks.append(asyncio.create_task(self._idle_watch()))
+
+    def _ipc_handlers(self) -> dict:
+        ctl = self.controller
+        assert ctl is not None
+
+        def subscribe(conn: Any, p: dict) -> dict:
+            wanted = p.get("events")
+            if wanted is not None and (not all(isinstance(e, str) for e in wanted) or set(wanted) - set(ALL_EVENTS)):
+                raise protocol.ProtocolError(
+                    protocol.INVALID_PARAMS, "Invalid params: events must be names from " + ", ".join(ALL_EVENTS)
+                )
+            return {"events": self.bus.subscribe(conn, wanted)}
+
+        return {
+            "status": lambda c, p: ctl.status(),
+            "oauth.start": lambda c, p: ctl.start(restart=p.get("restart", False), paste=p.get("paste", False)),
+            "oauth.cancel": lambda c, p: {"cancelled": ctl.cancel(p.get("session_id"))},
+            "oauth.exchange": lambda c, p: ctl.exchange_pasted(p["code"], p.get("session_id")),
+            "subscribe": subscribe,
+            "secret.status": lambda c, p: ctl.secret_status(),
+            "secret.set": lambda c, p: ctl.secret_set(p["key"]),
+            "secret.clear": lambda c, p: ctl.secret_clear(),
+            "secret.get": lambda c, p: ctl.secret_get(),
+        }
+
+    # -- running -------------------------------------------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the config; log level and timeouts change, subscribers and the flow stay."""
+        try:
+            new = load_settings(self.flags, self.env)
+        except ConvError as e:
+            log.error("reload failed, keeping the current settings: %s", e)
+            return
+        self.settings = new
+        set_level(new.log_level)
+        if self.controller is not None:
+            self.controller.flows.timeout = new.flow_timeout_seconds
+        if self._openrouter is not None:
+            self._openrouter.timeout = new.exchange_timeout_seconds
+        log.info("configuration reloaded from %s", new.config_path)
+
+    async def _idle_watch(self) -> None:
+        idle = self.settings.idle_exit_seconds
+        ctl = self.controller
+        assert ctl is not None
+        while not self.stopping.is_set():
+            await asyncio.sleep(min(idle / 4, 30.0))
+            quiet = not ctl.busy() and not self._ipc.connections
+            if quiet and time.monotonic() - ctl.last_activity >= idle:
+                log.info("idle for %.0f s; exiting until the next connection", idle)
+                self.stopping.set()
+
+    async def stop(self) -> None:
+        systemd.notify("STOPPING=1", self.env)
+        for task in self._tasks:
+            task.cancel()
+        ctl = self.controller
+        if ctl is not None and ctl.flows.pending is not None:
+            ctl.cancel()
+        if self._ipc is not None:
+            await self._ipc.close()
+        if self._runner is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._runner.cleanup(), SHUTDOWN_GRACE)
+        if self._openrouter is not None:
+            await self._openrouter.close()
+        log.info("stopped")
+
+
+async def serve(settings: Settings, *, flags: Mapping[str, Any] | None = None, env: Mapping[str, str] = os.environ) -> None:
+    daemon = Daemon(settings, flags=flags, env=env)
+    try:
+        await daemon.start()
+        daemon.install_signal_handlers()
+        await daemon.stopping.wait()
+    finally:
+        await daemon.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    flags = {k: v for k, v in vars(args).items() if v is not None}
+    env = os.environ
+    try:
+        settings = load_settings(flags, env)
+    except ConvError as e:
+        print(f"convocationsd: {e}", file=sys.stderr)
+        return 2
+    setup_logging(settings.log_level, env)
+    try:
+        asyncio.run(serve(settings, flags=flags, env=env))
+    except ConvError as e:
+        log.error("%s", e)
+        return 1
+    except OSError as e:
+        log.error("cannot start: %s", e)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,229 @@
+"""The localhost HTTP door: OAuth start and callback routes, the status page and JSON.
+
+Localhost is not a trust boundary: every request must name us in ``Host`` (DNS rebinding), the start
+routes refuse cross-site callers (a page elsewhere cannot start a login), and no response carries CORS
+headers, so other origins cannot read anything.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import secrets
+import socket
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from . import pages
+from .controller import Controller, Outcome
+
+log = logging.getLogger(__name__)
+
+START = "/api/openrouter/oauth/start"
+CALLBACK = "/api/openrouter/oauth/callback"
+RESULT = "/api/openrouter/oauth/result/{id}"
+STATUS = "/api/status"
+
+CONTROLLER = web.AppKey("controller", Controller)
+RESULTS = web.AppKey("results", OrderedDict)
+MAX_RESULTS = 32
+MAX_BODY = 16 * 1024
+
+
+def allowed_hosts(port: int) -> frozenset[str]:
+    return frozenset(f"{name}:{port}" for name in ("localhost", "127.0.0.1", "[::1]"))
+
+
+def allowed_origins(port: int) -> frozenset[str]:
+    return frozenset(f"http://{host}" for host in allowed_hosts(port))
+
+
+def _html(text: str, status: int = 200) -> web.Response:
+    return web.Response(text=text, status=status, content_type="text/html", charset="utf-8")
+
+
+def _json(data: dict, status: int = 200) -> web.Response:
+    return web.Response(text=json.dumps(data), status=status, content_type="application/json")
+
+
+def _forbidden(request: web.Request, message: str) -> web.Response:
+    if request.method == "GET" and "text/html" in request.headers.get("Accept", ""):
+        return _html(pages.error_page(403, message), 403)
+    return _json({"error": {"code": 403, "message": message}}, 403)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def security(request: web.Request, handler: Handler) -> web.StreamResponse:
+    ctl = request.app[CONTROLLER]
+    ctl.touch()
+    if request.headers.get("Host", "").lower() not in allowed_hosts(ctl.endpoint.port):
+        response: web.StreamResponse = _forbidden(request, "This address is only served as localhost.")
+    else:
+        try:
+            response = await handler(request)
+        except web.HTTPException as e:
+            response = e
+    headers = response.headers
+    headers["Cache-Control"] = "no-store"
+    headers["Referrer-Policy"] = "no-referrer"
+    headers["X-Content-Type-Options"] = "nosniff"
+    headers["X-Frame-Options"] = "DENY"
+    if (response.content_type or "").startswith("text/html"):
+        headers["Content-Security-Policy"] = pages.CSP
+    return response
+
+
+def _same_site(request: web.Request, port: int) -> bool:
+    """True for a person (typed URL: ``Sec-Fetch-Site: none``) or our own page; False for anyone else."""
+    site = request.headers.get("Sec-Fetch-Site")
+    origin = request.headers.get("Origin")
+    if origin is not None and origin not in allowed_origins(port):
+        return False
+    if site is not None:
+        return site == "same-origin" or (site == "none" and request.method == "GET")
+    return origin is not None
+
+
+async def start_get(request: web.Request) -> web.StreamResponse:
+    ctl = request.app[CONTROLLER]
+    if not _same_site(request, ctl.endpoint.port):
+        return _forbidden(request, "A login can only be started from this computer's Convocations, not by another site.")
+    reply = ctl.start(restart=request.query.get("restart") == "1")
+    raise web.HTTPFound(reply["auth_url"])
+
+
+async def start_post(request: web.Request) -> web.StreamResponse:
+    ctl = request.app[CONTROLLER]
+    if not _same_site(request, ctl.endpoint.port):
+        return _forbidden(request, "A login can only be started from this computer's Convocations, not by another site.")
+    restart = False
+    if request.can_read_body:
+        try:
+            body = await request.json()
+        except (ValueError, UnicodeDecodeError):
+            return _json({"error": {"code": 400, "message": "The body must be a JSON object."}}, 400)
+        if not isinstance(body, dict) or not isinstance(body.get("restart", False), bool):
+            return _json({"error": {"code": 400, "message": 'Expected {"restart": true|false}.'}}, 400)
+        restart = body.get("restart", False)
+    return _json(ctl.start(restart=restart))
+
+
+async def callback(request: web.Request) -> web.StreamResponse:
+    ctl = request.app[CONTROLLER]
+    q = request.query
+    state = q.get("state")
+    if "error" in q:
+        outcome = ctl.callback_error(q["error"], q.get("error_description"), state)
+    else:
+        outcome = await ctl.callback(q.get("code"), state)
+    # The code leaves the address bar and history: the person lands on a URL without it.
+    results = request.app[RESULTS]
+    result_id = secrets.token_urlsafe(12)
+    results[result_id] = outcome
+    while len(results) > MAX_RESULTS:
+        results.popitem(last=False)
+    raise web.HTTPSeeOther(f"/api/openrouter/oauth/result/{result_id}")
+
+
+async def result(request: web.Request) -> web.StreamResponse:
+    outcome: Outcome | None = request.app[RESULTS].get(request.match_info["id"])
+    if outcome is None:
+        return _html(
+            pages.result_page(
+                "ignored", "Nothing to show", "This result page has expired.", "Check `convctl status` for the outcome."
+            ),
+            404,
+        )
+    status = 200 if outcome.kind == "success" else 400
+    return _html(pages.result_page(outcome.kind, outcome.title, outcome.message, outcome.hint, outcome.code), status)
+
+
+async def status_json(request: web.Request) -> web.StreamResponse:
+    return _json(request.app[CONTROLLER].status())
+
+
+async def index(request: web.Request) -> web.StreamResponse:
+    ctl = request.app[CONTROLLER]
+    secret = await ctl.secret_status()
+    return _html(
+        pages.status_page(
+            linked=secret["stored"],
+            backend=secret["backend"],
+            port=ctl.endpoint.port,
+            port_fallback=ctl.endpoint.port_fallback,
+            pending=ctl.flows.pending is not None,
+        )
+    )
+
+
+def make_app(controller: Controller) -> web.Application:
+    app = web.Application(middlewares=[security], client_max_size=MAX_BODY)
+    app[CONTROLLER] = controller
+    app[RESULTS] = OrderedDict()
+    app.router.add_get("/", index)
+    app.router.add_get(START, start_get)
+    app.router.add_post(START, start_post)
+    app.router.add_get(CALLBACK, callback)
+    app.router.add_get(RESULT, result)
+    app.router.add_get(STATUS, status_json)
+    return app
+
+
+# -- binding -----------------------------------------------------------------------------------------
+
+LOOPBACKS = ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1"))
+
+
+def _listen(family: int, host: str, port: int) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        # SO_REUSEADDR only skips TIME_WAIT on Linux; never SO_REUSEPORT (it would let others share the port).
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+        sock.setblocking(False)
+        return sock
+    except BaseException:
+        sock.close()
+        raise
+
+
+def bind_loopback(port: int, *, attempts: int = 20) -> tuple[list[socket.socket], int, bool]:
+    """Binds ``port`` on 127.0.0.1 and ::1. If either is busy, falls back to one free port on both.
+
+    Returns (sockets, port, fell_back). A machine without IPv6 loopback gets the IPv4 socket only."""
+    try:
+        return _bind_both(port), port, False
+    except OSError as e:
+        if port == 0:
+            raise
+        log.warning("port %d is busy (%s)", port, e.strerror)
+    for _ in range(attempts):
+        try:
+            socks = _bind_both(0)
+        except OSError:
+            continue
+        return socks, socks[0].getsockname()[1], True
+    raise OSError("no free port on both 127.0.0.1 and ::1")
+
+
+def _bind_both(port: int) -> list[socket.socket]:
+    v4 = _listen(socket.AF_INET, "127.0.0.1", port)
+    chosen = v4.getsockname()[1]
+    try:
+        v6 = _listen(socket.AF_INET6, "::1", chosen)
+    except OSError as e:
+        if e.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):  # no IPv6 loopback on this machine
+            log.warning("no IPv6 loopback (%s); listening on 127.0.0.1 only", e.strerror)
+            return [v4]
+        v4.close()
+        raise
+    return [v4, v6]

@@ -1,0 +1,209 @@
+"""Clients for the daemon's socket: a blocking one (the CLI; imports nothing heavy, not even asyncio)
+and an asyncio one for Python frontends. Both speak docs/protocol.md: JSON-RPC 2.0, one object a line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import socket
+import time
+from collections import deque
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from .errors import DaemonUnreachable, RemoteError
+
+START_HINT = "Start it with `convocationsd` (or `systemctl --user start convocationsd.socket`)."
+
+
+def default_socket_path() -> Path:
+    from .paths import socket_path
+
+    return socket_path(os.environ)
+
+
+def _unreachable(path: Path, err: OSError) -> DaemonUnreachable:
+    if isinstance(err, (FileNotFoundError, ConnectionRefusedError)):
+        return DaemonUnreachable(f"The convocationsd daemon is not running (nothing listens on {path}).", START_HINT)
+    return DaemonUnreachable(f"Cannot reach the convocationsd daemon at {path}: {err.strerror or err}.", START_HINT)
+
+
+def _remote_error(error: dict) -> RemoteError:
+    data = error.get("data") if isinstance(error.get("data"), dict) else {}
+    return RemoteError(int(error.get("code", -32603)), str(error.get("message", "unknown error")), str(data.get("hint", "")))
+
+
+class Client:
+    """Blocking client. Events that arrive while waiting for a reply are kept for ``next_event``."""
+
+    def __init__(self, path: Path | str | None = None, *, timeout: float = 10.0) -> None:
+        self.path = Path(path) if path else default_socket_path()
+        self.timeout = timeout
+        self._sock: socket.socket | None = None
+        self._buf = b""
+        self._events: deque[dict] = deque()
+        self._next_id = 0
+
+    def __enter__(self) -> Client:
+        self.connect()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(str(self.path))
+        except OSError as e:
+            sock.close()
+            raise _unreachable(self.path, e) from None
+        self._sock = sock
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def call(self, method: str, params: dict | None = None, *, timeout: float | None = None) -> Any:
+        if self._sock is None:
+            self.connect()
+        assert self._sock is not None
+        self._next_id += 1
+        id_ = self._next_id
+        msg = {"jsonrpc": "2.0", "id": id_, "method": method}
+        if params:
+            msg["params"] = params
+        try:
+            self._sock.sendall(json.dumps(msg, separators=(",", ":")).encode() + b"\n")
+        except OSError as e:
+            raise _unreachable(self.path, e) from None
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while True:
+            message = self._read(deadline)
+            if message is None:
+                raise DaemonUnreachable(f"The daemon did not answer `{method}` in time.", "Check `convctl status`; restart the daemon if it hangs.")
+            if message.get("method") == "event":
+                self._events.append(message.get("params", {}))
+            elif message.get("id") == id_ or (message.get("id") is None and "error" in message):
+                if "error" in message:
+                    raise _remote_error(message["error"])
+                return message.get("result")
+
+    def next_event(self, timeout: float | None) -> dict | None:
+        """The next event's params ``{event, seq, data}``, or None when ``timeout`` passes first."""
+        if self._events:
+            return self._events.popleft()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            message = self._read(deadline)
+            if message is None:
+                return None
+            if message.get("method") == "event":
+                return message.get("params", {})
+
+    def events(self) -> Iterator[dict]:
+        while True:
+            event = self.next_event(None)
+            if event is not None:
+                yield event
+
+    def _read(self, deadline: float | None) -> dict | None:
+        assert self._sock is not None
+        while b"\n" not in self._buf:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready, _, _ = select.select([self._sock], [], [], remaining)
+            if not ready:
+                return None
+            try:
+                chunk = self._sock.recv(65536)
+            except OSError as e:
+                raise _unreachable(self.path, e) from None
+            if not chunk:
+                raise DaemonUnreachable("The daemon closed the connection (it stopped or restarted).", START_HINT)
+            self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        return json.loads(line)
+
+
+class AsyncClient:
+    """asyncio client for Python frontends::
+
+        async with AsyncClient() as c:
+            await c.call("subscribe", {"events": ["openrouter-auth-complete"]})
+            reply = await c.call("oauth.start")
+            async for event in c.events():
+                ...
+    """
+
+    def __init__(self, path: Path | str | None = None) -> None:
+        self.path = Path(path) if path else default_socket_path()
+        self._reader: Any = None
+        self._writer: Any = None
+        self._pending: dict[int, Any] = {}
+        self._events: Any = None
+        self._reader_task: Any = None
+        self._next_id = 0
+
+    async def __aenter__(self) -> AsyncClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        import asyncio
+
+        try:
+            self._reader, self._writer = await asyncio.open_unix_connection(str(self.path), limit=2**20 + 2)
+        except OSError as e:
+            raise _unreachable(self.path, e) from None
+        self._events = asyncio.Queue()
+        self._reader_task = asyncio.create_task(self._read_loop())
+
+    async def _read_loop(self) -> None:
+        try:
+            while line := await self._reader.readline():
+                message = json.loads(line)
+                if message.get("method") == "event":
+                    self._events.put_nowait(message.get("params", {}))
+                elif (future := self._pending.pop(message.get("id"), None)) is not None and not future.done():
+                    future.set_result(message)
+        finally:
+            for future in self._pending.values():
+                if not future.done():
+                    future.set_exception(DaemonUnreachable("The daemon closed the connection.", START_HINT))
+            self._events.put_nowait(None)
+
+    async def call(self, method: str, params: dict | None = None) -> Any:
+        import asyncio
+
+        self._next_id += 1
+        future = asyncio.get_running_loop().create_future()
+        self._pending[self._next_id] = future
+        msg = {"jsonrpc": "2.0", "id": self._next_id, "method": method, "params": params or {}}
+        self._writer.write(json.dumps(msg).encode() + b"\n")
+        await self._writer.drain()
+        message = await future
+        if "error" in message:
+            raise _remote_error(message["error"])
+        return message.get("result")
+
+    async def events(self):
+        while (event := await self._events.get()) is not None:
+            yield event
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            try:
+                await self._writer.wait_closed()
+            except OSError:
+                pass
+        if self._reader_task is not None:
+            self._reader_task.cancel()

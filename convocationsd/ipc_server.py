@@ -1,0 +1,280 @@
+"""The Unix-socket door: JSON-RPC 2.0, one object per line, for the CLI and frontends.
+
+Built on ``asyncio.Protocol`` rather than streams: framing is a ``bytes.split`` over what arrived, and
+a subscriber's bounded queue is simply the transport's write buffer. A client that stops reading lets
+that buffer grow past ``queue_limit`` and is disconnected, without anyone else waiting for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import socket
+import stat
+import struct
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from . import protocol
+from .errors import ConvError
+from .events import EventBus
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[["Connection", dict[str, Any]], Any]  # returns a result or an awaitable of one
+
+QUEUE_LIMIT = 256 * 1024  # bytes of unsent events before a subscriber counts as stuck
+
+
+def peer_uid(sock: socket.socket) -> int | None:
+    """The uid of the process at the other end (SO_PEERCRED on Linux, LOCAL_PEERCRED on macOS/BSD)."""
+    try:
+        if hasattr(socket, "SO_PEERCRED"):
+            creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+            return struct.unpack("3i", creds)[1]
+        if sys.platform == "darwin" or "bsd" in sys.platform:
+            # struct xucred { u_int cr_version; uid_t cr_uid; ... }; SOL_LOCAL = 0, LOCAL_PEERCRED = 1
+            creds = sock.getsockopt(0, 1, 76)
+            return struct.unpack_from("Ii", creds)[1]
+    except OSError:
+        return None
+    return None
+
+
+class Connection(asyncio.Protocol):
+    def __init__(self, server: IpcServer) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.closed = False
+        self.uid: int | None = None
+
+    # -- asyncio callbacks ---------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.uid = peer_uid(transport.get_extra_info("socket"))
+        if self.uid != self.server.uid:
+            log.warning("refused a socket client running as uid %s (this daemon runs as uid %s)", self.uid, self.server.uid)
+            transport.write(
+                protocol.error_line(
+                    None, protocol.OPERATION_FAILED, "Permission denied: this daemon serves only its own user."
+                )
+            )
+            self.close()
+            return
+        self.server.connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        self.server.touch()
+        buf = self.buffer
+        buf += data
+        if b"\n" not in data:
+            if len(buf) > protocol.MAX_LINE:
+                self._too_long()
+            return
+        *lines, rest = bytes(buf).split(b"\n")
+        self.buffer = bytearray(rest)
+        for line in lines:
+            if len(line) > protocol.MAX_LINE:
+                self._too_long()
+                return
+            if line.strip():
+                self.handle_line(line)
+            if self.closed:
+                return
+        if len(self.buffer) > protocol.MAX_LINE:
+            self._too_long()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.server.forget(self)
+
+    # -- requests ------------------------------------------------------------------------------------
+
+    def handle_line(self, line: bytes) -> None:
+        try:
+            request = protocol.parse_request(line)
+        except protocol.ProtocolError as e:
+            self.write(protocol.error_line(e.id, e.code, e.message))
+            return
+        handler = self.server.handlers[request.method]
+        try:
+            result = handler(self, request.params)
+        except Exception as e:
+            self.reply_error(request.id, e)
+            return
+        if isinstance(result, Awaitable):
+            task = asyncio.ensure_future(result)
+            self.server.tasks.add(task)
+            task.add_done_callback(lambda t: self._finish(request.id, t))
+        elif request.id is not None:
+            self.write(protocol.result_line(request.id, result))
+
+    def _finish(self, id_: Any, task: asyncio.Future) -> None:
+        self.server.tasks.discard(task)
+        if task.cancelled() or id_ is None:
+            return
+        exc = task.exception()
+        if exc is not None:
+            self.reply_error(id_, exc)
+        else:
+            self.write(protocol.result_line(id_, task.result()))
+
+    def reply_error(self, id_: Any, exc: BaseException) -> None:
+        if isinstance(exc, protocol.ProtocolError):
+            self.write(protocol.error_line(id_, exc.code, exc.message))
+        elif isinstance(exc, ConvError):
+            data = {"kind": type(exc).__name__, "hint": exc.hint}
+            self.write(protocol.error_line(id_, protocol.OPERATION_FAILED, exc.message, data))
+        else:
+            log.error("internal error while answering a request", exc_info=exc)
+            self.write(protocol.error_line(id_, protocol.INTERNAL_ERROR, "Internal error; see the daemon's log."))
+
+    def _too_long(self) -> None:
+        self.write(protocol.error_line(None, protocol.INVALID_REQUEST, "Line longer than 1 MiB; closing."))
+        self.close()
+
+    # -- output --------------------------------------------------------------------------------------
+
+    def write(self, line: bytes) -> None:
+        if not self.closed and self.transport is not None:
+            self.transport.write(line)
+
+    def send(self, line: bytes) -> bool:
+        """Event sink for the bus: False (and disconnect) when this client has stopped reading."""
+        if self.closed or self.transport is None:
+            return False
+        if self.transport.get_write_buffer_size() > self.server.queue_limit:
+            log.warning("disconnected a subscriber that stopped reading events")
+            self.transport.abort()
+            self.closed = True
+            return False
+        self.transport.write(line)
+        return True
+
+    def close(self) -> None:
+        if not self.closed and self.transport is not None:
+            self.closed = True
+            self.transport.close()
+
+
+class IpcServer:
+    def __init__(
+        self,
+        handlers: dict[str, Handler],
+        bus: EventBus,
+        *,
+        on_activity: Callable[[], None] = lambda: None,
+        queue_limit: int = QUEUE_LIMIT,
+    ) -> None:
+        missing = set(protocol.METHODS) - set(handlers)
+        if missing:
+            raise ValueError(f"no handler for {sorted(missing)}")
+        self.handlers = handlers
+        self.bus = bus
+        self.touch = on_activity
+        self.queue_limit = queue_limit
+        self.uid = os.getuid()
+        self.connections: set[Connection] = set()
+        self.tasks: set[asyncio.Future] = set()
+        self._server: asyncio.AbstractServer | None = None
+        self._owned_path: Path | None = None
+        self._owned_ino: int | None = None
+
+    def forget(self, conn: Connection) -> None:
+        self.connections.discard(conn)
+        self.bus.unsubscribe(conn)
+
+    async def start(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_unix_server(lambda: Connection(self), sock=sock)
+
+    def own_socket(self, path: Path) -> None:
+        """Marks ``path`` as created by us, to be removed at close (an inherited socket is not)."""
+        self._owned_path, self._owned_ino = path, os.stat(path).st_ino
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            conn.close()
+        for task in list(self.tasks):
+            task.cancel()
+        if self._server is not None:
+            await self._server.wait_closed()
+        self._unlink_own_socket()
+
+    def _unlink_own_socket(self) -> None:
+        # Remove only the file we created: a second daemon's or systemd's socket is not ours to delete.
+        if self._owned_path is None:
+            return
+        try:
+            if os.stat(self._owned_path).st_ino == self._owned_ino:
+                os.unlink(self._owned_path)
+        except FileNotFoundError:
+            pass
+
+
+class SocketInUse(ConvError):
+    pass
+
+
+def prepare_runtime_dir(path: Path) -> None:
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = os.stat(path)
+    if st.st_uid != os.getuid():
+        raise ConvError(
+            f"The runtime directory {path} belongs to another user.",
+            "Set CONVOCATIONS_SOCKET to a path in a directory you own.",
+        )
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        os.chmod(path, 0o700)
+
+
+def bind_unix_socket(path: Path) -> socket.socket:
+    prepare_runtime_dir(path.parent)
+    if os.path.lexists(path):
+        _recover_stale(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)  # the socket is born 0600: no window where others can connect
+    try:
+        sock.bind(str(path))
+    except OSError as e:
+        sock.close()
+        raise ConvError(f"Cannot create the socket {path}: {e.strerror}.", "Check the path and its directory.") from e
+    finally:
+        os.umask(old_umask)
+    os.chmod(path, 0o600)
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+def _recover_stale(path: Path) -> None:
+    """A socket file left behind: if something answers on it, another daemon runs; else remove it."""
+    if not stat.S_ISSOCK(os.lstat(path).st_mode):
+        raise ConvError(f"{path} exists and is not a socket.", "Move it away or set CONVOCATIONS_SOCKET elsewhere.")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(str(path))
+    except OSError as e:
+        if e.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+            raise ConvError(f"Cannot check the existing socket {path}: {e.strerror}.", "Remove it if no daemon runs.") from e
+        log.info("removing a stale socket left by a daemon that did not exit cleanly: %s", path)
+        os.unlink(path)
+    else:
+        raise SocketInUse(
+            f"Another convocationsd is already running on {path}.",
+            "Use it (`convctl status`), or stop it first (`systemctl --user stop convocationsd` or kill it).",
+        )
+    finally:
+        probe.close()

@@ -1,0 +1,206 @@
+"""Shared test harness: a real daemon process, a real fake OpenRouter, short socket paths.
+
+Nothing here is mocked: the daemon runs as ``python -m convocationsd`` with its own config and runtime
+dirs, talks to the fake over loopback, and every byte it writes to stderr is kept so tests can search
+it for secrets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from convocationsd.ipc_client import AsyncClient, Client
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A short directory under /tmp: Unix socket paths must fit in 104-108 bytes."""
+    path = Path(tempfile.mkdtemp(prefix="cv", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def free_port() -> int:
+    """A port free on both 127.0.0.1 and ::1 right now."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET) as v4:
+            v4.bind(("127.0.0.1", 0))
+            port = v4.getsockname()[1]
+            try:
+                with socket.socket(socket.AF_INET6) as v6:
+                    v6.bind(("::1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port")
+
+
+@dataclass
+class DaemonProcess:
+    proc: subprocess.Popen
+    env: dict[str, str]
+    socket: Path
+    config_dir: Path
+    log_path: Path
+    port: int = 0
+    extra_outputs: list[str] = field(default_factory=list)
+
+    @property
+    def base(self) -> str:
+        return f"http://localhost:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def client(self, timeout: float = 10.0) -> Client:
+        c = Client(self.socket, timeout=timeout)
+        c.connect()
+        return c
+
+    def call(self, method: str, params: dict | None = None):
+        with self.client() as c:
+            return c.call(method, params)
+
+    async def aclient(self) -> AsyncClient:
+        c = AsyncClient(self.socket)
+        await c.connect()
+        return c
+
+    def convctl(self, *args: str, input: str | None = None, timeout: float = 30.0) -> subprocess.CompletedProcess:
+        done = subprocess.run(
+            [sys.executable, "-m", "convocationsd.cli", *args], env=self.env, input=input,
+            capture_output=True, text=True, timeout=timeout,
+        )
+        self.extra_outputs += [done.stdout, done.stderr]
+        return done
+
+    def convctl_async(self, *args: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "convocationsd.cli", *args], env=self.env,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                return self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise
+        return self.proc.returncode
+
+    def all_output(self) -> str:
+        """Everything this daemon and its clients wrote, and every file under its config dir."""
+        parts = [self.log(), *self.extra_outputs]
+        for path in self.config_dir.rglob("*"):
+            if path.is_file():
+                parts.append(path.read_bytes().decode("latin-1"))
+        return "\n".join(parts)
+
+
+def base_env(tmp: Path, **overrides: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CONVOCATIONS_", "RCONV_", "LISTEN_", "NOTIFY_"))}
+    env.update(
+        XDG_CONFIG_HOME=str(tmp / "cfg"),
+        XDG_RUNTIME_DIR=str(tmp / "run"),
+        CONVOCATIONS_SOCKET=str(tmp / "run" / "d.sock"),
+        CONVOCATIONS_SECRET_BACKEND="local-encrypted",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(overrides)
+    return env
+
+
+def wait_for_socket(path: Path, proc: subprocess.Popen, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"daemon exited early with {proc.returncode}")
+        try:
+            with Client(path, timeout=2) as c:
+                c.call("status")
+            return
+        except Exception:
+            time.sleep(0.05)
+    raise TimeoutError("daemon did not come up")
+
+
+def start_daemon(tmp: Path, *, wait: bool = True, args: tuple[str, ...] = (), **env_overrides: str) -> DaemonProcess:
+    env = base_env(tmp, **env_overrides)
+    env.setdefault("RCONV_HTTP_PORT", str(free_port()))
+    log_path = tmp / f"daemon-{time.monotonic_ns()}.log"
+    log_file = open(log_path, "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "convocationsd", "--log-level", "debug", *args], env=env,
+        stdout=log_file, stderr=subprocess.STDOUT,
+    )
+    log_file.close()
+    d = DaemonProcess(proc, env, Path(env["CONVOCATIONS_SOCKET"]), tmp / "cfg" / "convocations", log_path)
+    if wait:
+        wait_for_socket(d.socket, proc)
+        d.port = d.call("status")["port"]
+    return d
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator:
+    from convocationsd.testing.fake_openrouter import FakeOpenRouter
+
+    async with FakeOpenRouter() as f:
+        yield f
+
+
+@pytest.fixture
+def daemon_factory(short_tmp: Path):
+    started: list[DaemonProcess] = []
+
+    def make(**kw) -> DaemonProcess:
+        d = start_daemon(short_tmp, **kw)
+        started.append(d)
+        return d
+
+    yield make
+    for d in started:
+        if d.proc.poll() is None:
+            d.proc.kill()
+            d.proc.wait()
+
+
+@pytest.fixture
+async def daemon(daemon_factory, fake):
+    """A daemon pointed at the fake OpenRouter (encrypted backend, so no keyring is needed)."""
+    return await asyncio.to_thread(daemon_factory, CONVOCATIONS_OPENROUTER_URL=fake.url)
+
+
+async def follow_callback(location: str, *, host_port: int | None = None) -> tuple[int, str, str]:
+    """Follows OpenRouter's redirect to our callback like a browser; returns (status, final URL, HTML)."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as s:
+        async with s.get(location) as r:
+            return r.status, str(r.url), await r.text()
+
+
+def assert_no_secret(secret: str, *texts: str) -> None:
+    for text in texts:
+        assert secret not in text, "a secret leaked into output"

@@ -1,0 +1,209 @@
+"""The whole login, for real: daemon process + fake OpenRouter + convctl + a subscriber."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import socket
+
+import aiohttp
+import pytest
+
+from tests.conftest import assert_no_secret, follow_callback
+
+pytestmark = pytest.mark.asyncio
+
+URL_RE = re.compile(r"^\s+(http://\S+/auth\?\S+)$", re.M)
+
+
+async def _read_url(proc) -> str:
+    """Reads convctl's stdout until it prints the authorize URL."""
+    lines = []
+    while True:
+        line = await asyncio.to_thread(proc.stdout.readline)
+        assert line, "convctl ended before printing a URL: " + "".join(lines)
+        lines.append(line)
+        if m := URL_RE.match(line):
+            return m.group(1)
+
+
+async def _next_event(client, name: str, timeout: float = 10.0) -> dict:
+    async def wait():
+        async for ev in client.events():
+            if ev["event"] == name:
+                return ev
+    return await asyncio.wait_for(wait(), timeout)
+
+
+async def test_full_flow_with_convctl_and_subscriber(daemon, fake):
+    sub = await daemon.aclient()
+    await sub.call("subscribe")
+    proc = daemon.convctl_async("oauth", "start", "--no-browser", "--timeout", "30")
+    auth_url = await _read_url(proc)
+    started = await _next_event(sub, "openrouter-auth-started")
+
+    params = fake.last_authorize  # not yet: the browser has not loaded the page
+    location = await fake.approve(auth_url)
+    params = fake.last_authorize
+    assert params["callback_url"] == f"http://localhost:{daemon.port}/api/openrouter/oauth/callback"
+    assert params["referrer"] == f"http://localhost:{daemon.port}"
+    assert params["client_id"] == "convocations" and params["code_challenge_method"] == "S256"
+
+    status, final_url, html = await follow_callback(location)
+    assert status == 200 and "OpenRouter account linked" in html and "close this tab" in html
+    assert "code=" not in final_url  # the code left the address bar
+
+    done = await _next_event(sub, "openrouter-auth-complete")
+    assert done["data"] == {"session_id": started["data"]["session_id"], "success": True, "backend": "local-encrypted", "error": None}
+    changed = await _next_event(sub, "openrouter-key-changed")
+    assert changed["data"] == {"stored": True, "backend": "local-encrypted"}
+
+    out, err = await asyncio.to_thread(proc.communicate, timeout=15)
+    assert proc.returncode == 0, err
+    assert "Linked" in out
+    key = fake.issued_keys[-1]
+    assert daemon.call("secret.get") == {"key": key}
+    st = daemon.call("status")
+    assert st["secret"] == {"stored": True, "backend": "local-encrypted"} and st["flow"]["status"] == "succeeded"
+    await sub.close()
+    assert_no_secret(key, daemon.all_output(), out, err, html, str(st), str(done), str(changed))
+
+
+async def test_denial_ends_flow_with_access_denied(daemon, fake):
+    reply = daemon.call("oauth.start")
+    location = await fake.deny(reply["auth_url"])
+    status, _, html = await follow_callback(location)
+    assert status == 400 and "declined" in html
+    flow = daemon.call("status")["flow"]
+    assert flow["status"] == "failed" and flow["error"]["code"] == "access_denied"
+    assert daemon.call("secret.status") == {"stored": False, "backend": None}
+
+
+async def test_409_at_authorize_leaves_flow_pending_and_convctl_times_out(daemon, fake):
+    fake.config.authorize_409 = True
+    proc = daemon.convctl_async("oauth", "start", "--no-browser", "--timeout", "2")
+    auth_url = await _read_url(proc)
+    outcome = await fake.submit(auth_url, "approve")
+    assert outcome.status == 409 and "Failed to create or update app" in outcome.body
+    out, err = await asyncio.to_thread(proc.communicate, timeout=15)
+    assert proc.returncode == 1
+    assert "409" in err and "convctl doctor" in err  # the person is told what the 409 means
+    assert "no answer within 2 s" in err
+    assert daemon.call("status")["flow"]["error"]["code"] == "cancelled"
+
+
+@pytest.mark.parametrize(
+    "status, message, needle",
+    [(403, "Authorization code expired", "10 minutes"), (403, "Invalid code or code_verifier", ""), (500, "boom", "")],
+)
+async def test_exchange_errors_end_flow(daemon, fake, status, message, needle):
+    fake.config.exchange_status = status
+    fake.config.exchange_message = message
+    sub = await daemon.aclient()
+    await sub.call("subscribe", {"events": ["openrouter-auth-complete"]})
+    reply = daemon.call("oauth.start")
+    location = await fake.approve(reply["auth_url"])
+    code, _, html = await follow_callback(location)
+    ev = await _next_event(sub, "openrouter-auth-complete")
+    assert ev["data"]["success"] is False and ev["data"]["error"]["code"] == "exchange_failed"
+    assert needle in ev["data"]["error"]["message"] + ev["data"]["error"]["hint"]
+    assert code == 400 and "Linking failed" in html
+    await sub.close()
+
+
+async def test_openrouter_down_is_upstream_unreachable(daemon_factory, fake):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    d = await asyncio.to_thread(daemon_factory, CONVOCATIONS_OPENROUTER_URL=dead)
+    reply = d.call("oauth.start")
+    location = await fake.approve(reply["auth_url"].replace(dead, fake.url))
+    _, _, html = await follow_callback(location)
+    flow = d.call("status")["flow"]
+    assert flow["error"]["code"] == "upstream_unreachable"
+    assert "CONVOCATIONS_OPENROUTER_URL" in flow["error"]["hint"] + html
+
+
+async def test_flow_timeout(daemon_factory, fake):
+    d = await asyncio.to_thread(daemon_factory, CONVOCATIONS_OPENROUTER_URL=fake.url, CONVOCATIONS_FLOW_TIMEOUT_SECONDS="1")
+    sub = await d.aclient()
+    await sub.call("subscribe", {"events": ["openrouter-auth-complete"]})
+    d.call("oauth.start")
+    ev = await _next_event(sub, "openrouter-auth-complete", timeout=5)
+    assert ev["data"]["error"]["code"] == "timeout"
+    await sub.close()
+
+
+async def test_stray_callbacks_leave_the_real_flow_working(daemon, fake):
+    cb = f"http://localhost:{daemon.port}/api/openrouter/oauth/callback"
+    # none pending
+    _, _, html = await follow_callback(cb + "?code=abc&state=x")
+    assert "No login is in progress" in html
+    reply = daemon.call("oauth.start")
+    # wrong state, a code for another verifier (no state), and an error with the wrong state
+    _, _, html = await follow_callback(cb + "?code=abc&state=wrong")
+    assert "does not belong" in html
+    other = fake.issue_code("not-our-challenge-" + "x" * 30)
+    _, _, html = await follow_callback(cb + f"?code={other}")
+    assert "ignored" in html
+    _, _, html = await follow_callback(cb + "?error=access_denied&state=wrong")
+    assert "does not belong" in html
+    assert daemon.call("status")["flow"]["status"] == "pending"
+    # the real callback still works
+    location = await fake.approve(reply["auth_url"])
+    _, _, html = await follow_callback(location)
+    assert "OpenRouter account linked" in html
+    # and its code cannot be replayed
+    _, _, html = await follow_callback(location)
+    assert "No login is in progress" in html or "already used" in html
+
+
+async def test_join_and_restart(daemon, fake):
+    sub = await daemon.aclient()
+    await sub.call("subscribe", {"events": ["openrouter-auth-complete"]})
+    first = daemon.call("oauth.start")
+    again = daemon.call("oauth.start")
+    assert again["joined"] is True and again["session_id"] == first["session_id"]
+    restarted = daemon.call("oauth.start", {"restart": True})
+    assert restarted["joined"] is False and restarted["session_id"] != first["session_id"]
+    ev = await _next_event(sub, "openrouter-auth-complete")
+    assert ev["data"]["session_id"] == first["session_id"] and ev["data"]["error"]["code"] == "cancelled"
+    # the old flow's approval no longer completes anything; the new one does
+    location = await fake.approve(first["auth_url"])
+    _, _, html = await follow_callback(location)
+    assert "does not belong" in html
+    location = await fake.approve(restarted["auth_url"])
+    _, _, html = await follow_callback(location)
+    assert "OpenRouter account linked" in html
+    await sub.close()
+
+
+async def test_http_routes(daemon, fake):
+    base = daemon.base
+    async with aiohttp.ClientSession() as s:
+        async with s.get(base + "/api/openrouter/oauth/start", headers={"Sec-Fetch-Site": "none"}, allow_redirects=False) as r:
+            assert r.status == 302 and r.headers["Location"].startswith(fake.url + "/auth?")
+        async with s.post(base + "/api/openrouter/oauth/start", json={}, headers={"Origin": base}) as r:
+            body = await r.json()
+            assert r.status == 200 and body["joined"] is True and set(body) == {"session_id", "auth_url", "callback_url", "expires_at", "joined"}
+        async with s.post(base + "/api/openrouter/oauth/start", headers={"Origin": "https://evil.example"}) as r:
+            assert r.status == 403
+        async with s.get(base + "/api/openrouter/oauth/start", headers={"Sec-Fetch-Site": "cross-site"}, allow_redirects=False) as r:
+            assert r.status == 403
+        async with s.get(base + "/api/status", headers={"Host": "evil.example:%d" % daemon.port}) as r:
+            assert r.status == 403
+        async with s.get(base + "/api/status") as r:
+            st = await r.json()
+            assert r.status == 200 and st["port"] == daemon.port and r.headers["Cache-Control"] == "no-store"
+
+
+async def test_sigterm_cancels_flow_removes_socket_exits_zero(daemon):
+    sub = await daemon.aclient()
+    await sub.call("subscribe", {"events": ["openrouter-auth-complete"]})
+    daemon.call("oauth.start")
+    rc = await asyncio.to_thread(daemon.stop, signal.SIGTERM)
+    ev = await _next_event(sub, "openrouter-auth-complete")
+    assert ev["data"]["error"]["code"] == "cancelled"
+    assert rc == 0 and not daemon.socket.exists()
+    await sub.close()

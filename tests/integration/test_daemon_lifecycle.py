@@ -1,0 +1,127 @@
+"""Start-up and its failure modes: busy ports, a second daemon, stale sockets, other users."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import free_port, start_daemon, wait_for_socket
+
+
+def _hold(family: int, host: str, port: int) -> socket.socket:
+    s = socket.socket(family)
+    if family == socket.AF_INET6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    s.bind((host, port))
+    s.listen()
+    return s
+
+
+@pytest.mark.parametrize("family, host", [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")])
+def test_busy_port_falls_back_loudly(daemon_factory, family, host):
+    port = free_port()
+    with _hold(family, host, port):
+        d = daemon_factory(RCONV_HTTP_PORT=str(port))
+        st = d.call("status")
+    assert st["port_fallback"] is True and st["port"] != port
+    assert f"PORT {port} IS BUSY" in d.log()
+    assert st["port"] > 1024
+
+
+def test_second_daemon_is_refused_with_a_clear_message(daemon_factory, short_tmp):
+    first = daemon_factory()
+    second = start_daemon(short_tmp, wait=False)
+    assert second.proc.wait(15) == 1
+    assert "already running" in second.log()
+    assert first.call("status")["pid"] == first.proc.pid  # the first one is untouched
+
+
+def test_stale_socket_is_recovered_after_kill_9(daemon_factory):
+    d = daemon_factory()
+    d.proc.kill()
+    d.proc.wait()
+    assert d.socket.exists()  # left behind
+    again = daemon_factory()
+    assert again.call("status")["pid"] == again.proc.pid
+    assert "stale socket" in again.log()
+
+
+def test_socket_modes(daemon_factory):
+    d = daemon_factory()
+    assert os.stat(d.socket).st_mode & 0o777 == 0o600
+    assert os.stat(d.socket.parent).st_mode & 0o777 == 0o700
+
+
+@pytest.mark.skipif(os.getuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv to act as another user")
+def test_other_uid_client_is_refused(daemon_factory):
+    d = daemon_factory()
+    # Open the doors a misconfiguration might open, so only the peer-uid check stands in the way.
+    os.chmod(d.socket.parent.parent, 0o755)
+    os.chmod(d.socket.parent, 0o755)
+    os.chmod(d.socket, 0o666)
+    nobody = pwd.getpwnam("nobody")
+    script = (
+        "import socket,sys;s=socket.socket(socket.AF_UNIX);s.connect(sys.argv[1]);"
+        "s.sendall(b'{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"secret.get\"}\\n');"
+        "print(s.recv(4096).decode())"
+    )
+    done = subprocess.run(
+        ["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups",
+         sys.executable, "-c", script, str(d.socket)],
+        capture_output=True, text=True, timeout=20,
+    )
+    assert "Permission denied" in done.stdout, done.stderr
+    assert '"result"' not in done.stdout
+    assert "refused a socket client running as uid" in d.log()
+
+
+def test_malformed_json_rpc_keeps_connection_usable(daemon_factory):
+    d = daemon_factory()
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(str(d.socket))
+    f = s.makefile("rwb")
+    for bad, code in [(b"{nope\n", -32700), (b"[1,2]\n", -32600), (b'{"jsonrpc":"2.0","id":1,"method":"x"}\n', -32601),
+                      (b'{"jsonrpc":"2.0","id":2,"method":"oauth.start","params":{"restart":"yes"}}\n', -32602),
+                      (b"\xff\xfe\n", -32700)]:
+        f.write(bad)
+        f.flush()
+        assert json.loads(f.readline())["error"]["code"] == code
+    f.write(b'{"jsonrpc":"2.0","id":9,"method":"status"}\n')
+    f.flush()
+    assert json.loads(f.readline())["result"]["pid"] == d.proc.pid
+    s.close()
+
+
+def test_slow_subscriber_dropped_fast_one_gets_everything(daemon_factory):
+    d = daemon_factory()
+    slow = socket.socket(socket.AF_UNIX)
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    slow.connect(str(d.socket))
+    slow.sendall(b'{"jsonrpc":"2.0","id":1,"method":"subscribe"}\n')
+    fast = d.client()
+    fast.call("subscribe")
+    seqs = []
+    with d.client() as actor:
+        for _ in range(1500):
+            actor.call("oauth.start", {"restart": True})
+            while (ev := fast.next_event(0)) is not None:
+                seqs.append(ev["seq"])
+        subscribers = actor.call("status")["subscribers"]
+    while (ev := fast.next_event(1.0)) is not None:
+        seqs.append(ev["seq"])
+        if len(seqs) >= 2999:
+            break
+    assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) >= 2999  # nothing lost, in order
+    assert subscribers == 1  # the stuck one was dropped
+    assert "stopped reading" in d.log()
+    slow.close()
+    fast.close()
