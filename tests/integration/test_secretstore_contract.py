@@ -1,0 +1,106 @@
+"""The SecretStore contract run against the in-memory store, the local-encrypted file and a real
+Secret Service (gnome-keyring on the private session bus that `make test` provides)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from secretstore_contract import SecretStoreContract  # noqa: E402
+
+from convocationsd import configfile  # noqa: E402
+from convocationsd.secretstore import KEYRING, LOCAL_ENCRYPTED, MEMORY, MemoryStore  # noqa: E402
+from convocationsd.secretstore.keyring_backend import SERVICE, USERNAME  # noqa: E402
+from convocationsd.secretstore.select import open_store  # noqa: E402
+
+
+def real_secret_service():
+    """Skips unless keyring talks to a real Secret Service; returns the keyring module."""
+    import os
+
+    if not os.environ.get("DBUS_SESSION_BUS_ADDRESS"):
+        pytest.skip("no session bus (run the tests under `dbus-run-session -- tests/with-keyring.sh`)")
+    import keyring
+    import keyring.core
+
+    keyring.core.init_backend()
+    backend = keyring.get_keyring()
+    if type(backend).__module__ != "keyring.backends.SecretService":
+        pytest.skip(f"keyring's backend is {type(backend).__module__}, not the Secret Service")
+    return keyring
+
+
+def forget_entry(keyring) -> None:
+    try:
+        keyring.delete_password(SERVICE, USERNAME)
+    except keyring.errors.PasswordDeleteError:
+        pass
+
+
+@pytest.fixture
+def secret_service():
+    """A real Secret Service with no convocations entry before and after the test."""
+    keyring = real_secret_service()
+    forget_entry(keyring)
+    yield keyring
+    forget_entry(keyring)
+
+
+class TestMemoryStore(SecretStoreContract):
+    backend = MEMORY
+
+    def make_store(self, tmp_path):
+        return MemoryStore()
+
+
+class TestLocalEncryptedStore(SecretStoreContract):
+    backend = LOCAL_ENCRYPTED
+
+    def make_store(self, tmp_path):
+        return open_store(tmp_path / "conf" / "config.toml", forced_backend=LOCAL_ENCRYPTED)
+
+    def scan_dir(self, tmp_path):
+        return tmp_path
+
+    def reopen(self, store, tmp_path):
+        return open_store(tmp_path / "conf" / "config.toml")  # automatic: reading follows the reference
+
+    def test_config_holds_only_ciphertext(self, store, tmp_path):
+        store.set(self.key())
+        table = configfile.load(tmp_path / "conf" / "config.toml")["openrouter_api_key"]
+        assert set(table) == {"backend", "nonce", "ciphertext"}
+        assert table["backend"] == LOCAL_ENCRYPTED
+
+
+@pytest.mark.keyring
+class TestKeyringStore(SecretStoreContract):
+    backend = KEYRING
+
+    @pytest.fixture
+    def store(self, tmp_path, secret_service):
+        return self.make_store(tmp_path)
+
+    def make_store(self, tmp_path):
+        return open_store(tmp_path / "conf" / "config.toml", forced_backend=KEYRING, keyring_timeout=30)
+
+    def scan_dir(self, tmp_path):
+        return tmp_path
+
+    def reopen(self, store, tmp_path):
+        return open_store(tmp_path / "conf" / "config.toml", keyring_timeout=30)
+
+    def test_reference_names_the_entry(self, store, tmp_path, secret_service):
+        key = self.key()
+        store.set(key)
+        table = configfile.load(tmp_path / "conf" / "config.toml")["openrouter_api_key"]
+        assert table == {"backend": "keyring", "service": "convocations", "username": "openrouter_api_key"}
+        assert secret_service.get_password(SERVICE, USERNAME) == key
+
+    def test_clear_removes_the_keyring_entry(self, store, secret_service):
+        store.set(self.key())
+        assert store.clear()
+        assert secret_service.get_password(SERVICE, USERNAME) is None
