@@ -28,9 +28,13 @@ def runtime_dir(env: Mapping[str, str] = os.environ) -> Path:
     base = env.get("XDG_RUNTIME_DIR")
     if base and os.path.isabs(base):
         return Path(base) / APP
+    import warnings
+
     import platformdirs
 
-    return Path(platformdirs.user_runtime_dir(APP, appauthor=False))
+    with warnings.catch_warnings():  # it warns when it falls back to /tmp; the daemon says where it listens
+        warnings.simplefilter("ignore")
+        return Path(platformdirs.user_runtime_dir(APP, appauthor=False))
 
 
 def socket_path(env: Mapping[str, str] = os.environ) -> Path:
