@@ -1,0 +1,85 @@
+"""Logging set-up for the daemon: one stderr handler, formatted for whoever reads stderr.
+
+Under a service manager stderr goes to the journal, which stamps each line itself and reads a leading
+``<N>`` as the syslog priority (sd-daemon(3)), so lines carry that prefix and no timestamp; ``journalctl -p
+warning`` then works. Run by hand (or under launchd, which writes a plain file) lines start with a UTC
+timestamp. Calling ``setup_logging`` again (SIGHUP reload) swaps level and format in place, never adding a
+second handler.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections.abc import Mapping
+from typing import TextIO
+
+from .systemd import under_journal
+
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+_HANDLER_NAME = "convocationsd-stderr"
+
+
+class JournalFormatter(logging.Formatter):
+    """``<3>name: message``; every line of a multi-line record (tracebacks) gets the prefix, because the
+    journal reads each line as its own entry."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        prefix = f"<{syslog_priority(record.levelno)}>"
+        return "\n".join(prefix + line for line in super().format(record).splitlines() or [""])
+
+
+class TimestampFormatter(logging.Formatter):
+    """``2026-11-30T12:00:00Z WARNING name: message`` in UTC, so logs from different machines line up."""
+
+    converter = time.gmtime
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%Y-%m-%dT%H:%M:%SZ")
+
+
+def syslog_priority(levelno: int) -> int:
+    if levelno >= logging.CRITICAL:
+        return 2
+    if levelno >= logging.ERROR:
+        return 3
+    if levelno >= logging.WARNING:
+        return 4
+    if levelno >= logging.INFO:
+        return 6
+    return 7
+
+
+def _level(level: str | int) -> int:
+    if isinstance(level, int):
+        return level
+    try:
+        return LEVELS[level.lower()]
+    except KeyError:
+        raise ValueError(f"unknown log level {level!r}; use one of {', '.join(LEVELS)}") from None
+
+
+def _our_handler(root: logging.Logger) -> logging.Handler | None:
+    return next((h for h in root.handlers if h.get_name() == _HANDLER_NAME), None)
+
+
+def setup_logging(level: str, env: Mapping[str, str] = os.environ, *, stream: TextIO | None = None) -> None:
+    """Configures the root logger: ``level`` is debug|info|warning|error. ``stream`` defaults to stderr."""
+    root = logging.getLogger()
+    numeric = _level(level)
+    handler = _our_handler(root)
+    if handler is None:
+        handler = logging.StreamHandler(stream or sys.stderr)
+        handler.set_name(_HANDLER_NAME)
+        root.addHandler(handler)
+    elif stream is not None and isinstance(handler, logging.StreamHandler):
+        handler.setStream(stream)
+    handler.setFormatter(JournalFormatter("%(name)s: %(message)s") if under_journal(env) else TimestampFormatter())
+    root.setLevel(numeric)
+
+
+def set_level(level: str) -> None:
+    """Changes the level only (SIGHUP reload of ``log_level``)."""
+    logging.getLogger().setLevel(_level(level))
