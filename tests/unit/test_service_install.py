@@ -1,0 +1,252 @@
+"""convctl service install|uninstall|status: rendering, idempotency and what gets printed and run.
+
+No systemd user manager or launchd runs on the test machines, so systemctl/launchctl are replaced by a
+recording runner: a mock of the service manager that answers with scripted exit codes. The rendered unit
+files themselves are checked by the real ``systemd-analyze --user verify`` in tests/integration/test_units.py.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import plistlib
+from pathlib import Path
+
+import pytest
+
+from convocationsd import service_install as si
+from convocationsd.errors import ConvError
+
+PYTHON = "/opt/conv venv/bin/python"  # a blank in the path must survive ExecStart quoting
+
+
+class Recorder:
+    """Stands in for systemctl/launchctl: records argv, answers from ``answers`` (argv prefix -> result)."""
+
+    def __init__(self, answers: dict[tuple[str, ...], si.RunResult] | None = None) -> None:
+        self.calls: list[list[str]] = []
+        self.answers = answers or {}
+
+    def __call__(self, argv):
+        self.calls.append(list(argv))
+        for prefix, result in self.answers.items():
+            if tuple(argv[: len(prefix)]) == prefix:
+                return result
+        return si.RunResult(0, "")
+
+
+@pytest.fixture
+def env(tmp_path):
+    return {"HOME": str(tmp_path / "home"), "XDG_CONFIG_HOME": str(tmp_path / "config")}
+
+
+def install(env, run, **kw):
+    out = io.StringIO()
+    kw.setdefault("python", PYTHON)
+    lines = si.install(out=out, run=run, env=env, platform="linux", **kw)
+    assert out.getvalue().splitlines() == lines  # everything returned was printed
+    return lines
+
+
+def test_systemd_quote():
+    assert si.systemd_quote("/usr/bin/python3") == "/usr/bin/python3"
+    assert si.systemd_quote("/opt/my env/python") == '"/opt/my env/python"'
+    assert si.systemd_quote("/opt/100%/py") == "/opt/100%%/py"
+    assert si.systemd_quote("/opt/$HOME/py") == "/opt/$$HOME/py"
+    assert si.systemd_quote('/a"b\\c d') == '"/a\\"b\\\\c d"'
+
+
+def test_render_units_fills_interpreter_and_port():
+    units = si.render_units(PYTHON, http_port=3123)
+    assert set(units) == {"convocationsd.service", "convocationsd.socket", "convocationsd-http.socket"}
+    exec_lines = [l for l in units["convocationsd.service"].splitlines() if l.startswith("ExecStart=")]
+    assert exec_lines == ['ExecStart="/opt/conv venv/bin/python" -m convocationsd']
+    listen = [l for l in units["convocationsd-http.socket"].splitlines() if l.startswith("ListenStream=")]
+    assert listen == ["ListenStream=127.0.0.1:3123", "ListenStream=[::1]:3123"]
+
+
+def test_install_writes_units_and_enables_sockets(env):
+    run = Recorder()
+    lines = install(env, run)
+    folder = Path(env["XDG_CONFIG_HOME"]) / "systemd" / "user"
+    for name in si.UNITS:
+        assert f"wrote: {folder / name}" in lines
+        assert (folder / name).stat().st_mode & 0o777 == 0o644
+    assert "ExecStart=\"/opt/conv venv/bin/python\" -m convocationsd" in (folder / "convocationsd.service").read_text()
+    assert run.calls == [
+        ["systemctl", "--user", "daemon-reload"],
+        ["systemctl", "--user", "enable", "--now", "convocationsd.socket", "convocationsd-http.socket"],
+    ]
+    assert "running: systemctl --user daemon-reload" in lines
+    assert not list(folder.glob(".*.tmp"))
+
+
+def test_second_install_rewrites_nothing(env):
+    install(env, Recorder())
+    folder = Path(env["XDG_CONFIG_HOME"]) / "systemd" / "user"
+    stamps = {p: p.stat().st_mtime_ns for p in folder.iterdir()}
+    run = Recorder()
+    lines = install(env, run)
+    assert [l for l in lines if l.startswith("unchanged: ")] == [f"unchanged: {folder / n}" for n in si.UNITS]
+    assert {p: p.stat().st_mtime_ns for p in folder.iterdir()} == stamps
+    assert run.calls == [["systemctl", "--user", "enable", "--now", *si.SOCKETS]]  # no reload: nothing changed
+
+
+def test_new_interpreter_updates_only_the_service_and_says_how_to_apply(env):
+    install(env, Recorder())
+    lines = install(env, Recorder(), python="/usr/local/bin/python3.12")
+    assert any(l.startswith("updated: ") and l.endswith("convocationsd.service") for l in lines)
+    assert sum(l.startswith("unchanged: ") for l in lines) == 2
+    assert any("To apply them now" in l for l in lines)
+
+
+def test_default_unit_dir_without_xdg(tmp_path):
+    assert si.unit_dir({"HOME": str(tmp_path)}) == tmp_path / ".config" / "systemd" / "user"
+    assert si.unit_dir({"HOME": str(tmp_path), "XDG_CONFIG_HOME": "relative"}) == tmp_path / ".config" / "systemd" / "user"
+
+
+def test_dry_run_touches_nothing(env):
+    run = Recorder()
+    lines = install(env, run, dry_run=True)
+    assert run.calls == []
+    assert not Path(env["XDG_CONFIG_HOME"]).exists()
+    assert sum(l.startswith("would write: ") for l in lines) == 3
+    assert "would run: systemctl --user enable --now convocationsd.socket convocationsd-http.socket" in lines
+
+
+def test_missing_systemctl_says_what_was_written_and_what_to_run(env):
+    run = Recorder({("systemctl",): si.RunResult(127, "systemctl: command not found")})
+    out = io.StringIO()
+    with pytest.raises(si.ServiceManagerError) as e:
+        si.install(out=out, run=run, env=env, platform="linux", python=PYTHON)
+    folder = Path(env["XDG_CONFIG_HOME"]) / "systemd" / "user"
+    assert all((folder / n).is_file() for n in si.UNITS)  # the files stay written
+    assert str(folder) in e.value.message and "command not found" in e.value.message
+    assert "systemctl --user enable --now convocationsd.socket convocationsd-http.socket" in e.value.hint
+    assert "failed (exit 127): systemctl --user daemon-reload: systemctl: command not found" in out.getvalue()
+    assert run.calls == [["systemctl", "--user", "daemon-reload"]]  # stops at the first failure
+
+
+def test_no_user_manager(env):
+    run = Recorder({("systemctl",): si.RunResult(1, "Failed to connect to bus: No medium found")})
+    with pytest.raises(si.ServiceManagerError, match="No medium found"):
+        install(env, run)
+
+
+def test_uninstall_disables_then_removes(env):
+    install(env, Recorder())
+    run = Recorder()
+    out = io.StringIO()
+    lines = si.uninstall(out=out, run=run, env=env, platform="linux")
+    folder = Path(env["XDG_CONFIG_HOME"]) / "systemd" / "user"
+    assert not any((folder / n).exists() for n in si.UNITS)
+    assert run.calls == [
+        ["systemctl", "--user", "disable", "--now", *si.SOCKETS, "convocationsd.service"],
+        ["systemctl", "--user", "daemon-reload"],
+    ]
+    assert sum(l.startswith("removed: ") for l in lines) == 3
+    again = Recorder()
+    lines = si.uninstall(out=io.StringIO(), run=again, env=env, platform="linux")
+    assert again.calls == [] and all(l.startswith("not installed: ") for l in lines)
+
+
+def test_uninstall_without_manager_still_removes_files(env):
+    install(env, Recorder())
+    run = Recorder({("systemctl",): si.RunResult(1, "Failed to connect to bus")})
+    lines = si.uninstall(out=io.StringIO(), run=run, env=env, platform="linux")
+    assert sum(l.startswith("removed: ") for l in lines) == 3
+    assert any("systemctl --user stop" in l for l in lines)
+    assert len(run.calls) == 1  # no daemon-reload against a manager that is not there
+
+
+def test_status_reports_files_and_manager(env):
+    install(env, Recorder())
+    show = "\n\n".join(
+        f"Id={u}\nLoadState=loaded\nUnitFileState={s}\nActiveState={a}\nSubState={sub}"
+        for u, s, a, sub in [
+            ("convocationsd.service", "static", "inactive", "dead"),
+            ("convocationsd.socket", "enabled", "active", "listening"),
+            ("convocationsd-http.socket", "enabled", "failed", "failed"),
+        ]
+    )
+    run = Recorder({("systemctl", "--user", "show"): si.RunResult(0, show)})
+    lines = si.status(out=io.StringIO(), run=run, env=env, platform="linux", python=PYTHON)
+    assert sum("installed, current" in l for l in lines) == 3
+    assert "convocationsd.socket: enabled, active (listening)" in lines
+    assert "convocationsd-http.socket: enabled, failed (failed)" in lines
+
+    other = si.status(out=io.StringIO(), run=Recorder({("systemctl",): si.RunResult(1, "Failed to connect to bus")}),
+                      env=env, platform="linux", python="/usr/bin/python3")
+    assert any("differs from this installation" in l for l in other)
+    assert "systemd user manager: not reachable (Failed to connect to bus)" in other
+
+
+def test_unsupported_platform(env):
+    with pytest.raises(ConvError, match="Linux .* macOS"):
+        si.install(out=io.StringIO(), run=Recorder(), env=env, platform="win32")
+
+
+def test_missing_templates_explain_themselves(env, tmp_path):
+    with pytest.raises(ConvError, match="not part of this installation"):
+        install(env, Recorder(), templates=tmp_path / "nowhere")
+
+
+# ------------------------------------------------------------------------------------------------ macOS
+
+
+@pytest.fixture
+def mac_env(tmp_path):
+    return {"HOME": str(tmp_path / "Users" / "ada"), "CONVOCATIONS_SOCKET": str(tmp_path / "run" / "conv.sock")}
+
+
+def mac_install(env, run, **kw):
+    return si.install(out=io.StringIO(), run=run, env=env, platform="darwin", python="/opt/py/bin/python3", **kw)
+
+
+def test_launchd_install_writes_plist_and_bootstraps(mac_env):
+    not_loaded = si.RunResult(113, 'Could not find service "io.convocations.convocationsd" in domain for user gui: 501')
+    run = Recorder({("launchctl", "print"): not_loaded})
+    lines = mac_install(mac_env, run)
+    target = Path(mac_env["HOME"]) / "Library" / "LaunchAgents" / "io.convocations.convocationsd.plist"
+    plist = plistlib.loads(target.read_bytes())
+    assert plist["ProgramArguments"] == ["/opt/py/bin/python3", "-m", "convocationsd"]
+    assert plist["Sockets"]["ctl"] == {"SockPathName": mac_env["CONVOCATIONS_SOCKET"], "SockPathMode": 0o600}
+    assert plist["Sockets"]["http"]["SockServiceName"] == "3000"
+    assert plist["StandardErrorPath"] == f"{mac_env['HOME']}/Library/Logs/convocationsd.log"
+    assert (Path(mac_env["CONVOCATIONS_SOCKET"]).parent.stat().st_mode & 0o777) == 0o700
+    uid = os.getuid()
+    assert run.calls == [
+        ["launchctl", "print", f"gui/{uid}/io.convocations.convocationsd"],
+        ["launchctl", "enable", f"gui/{uid}/io.convocations.convocationsd"],
+        ["launchctl", "bootstrap", f"gui/{uid}", str(target)],
+    ]
+    assert f"running: launchctl bootstrap gui/{uid} {target}" in lines
+
+    again = Recorder()  # `launchctl print` succeeds now: loaded
+    lines = mac_install(mac_env, again)
+    assert f"unchanged: {target}" in lines and any(l.startswith("already loaded") for l in lines)
+    assert again.calls == [["launchctl", "print", f"gui/{uid}/io.convocations.convocationsd"]]
+
+
+def test_launchd_changed_plist_is_reloaded(mac_env):
+    mac_install(mac_env, Recorder({("launchctl", "print"): si.RunResult(113, "")}))
+    run = Recorder()
+    mac_install(mac_env, run, http_port=3100)
+    assert [c[1] for c in run.calls] == ["print", "bootout", "enable", "bootstrap"]
+
+
+def test_launchd_failure_names_the_command(mac_env):
+    run = Recorder({("launchctl", "print"): si.RunResult(113, ""), ("launchctl", "bootstrap"): si.RunResult(5, "Bootstrap failed: 5: Input/output error")})
+    with pytest.raises(si.ServiceManagerError) as e:
+        mac_install(mac_env, run)
+    assert "Input/output error" in e.value.message
+    assert e.value.hint.startswith("Run: launchctl bootstrap gui/$(id -u) ")
+
+
+def test_launchd_uninstall(mac_env):
+    mac_install(mac_env, Recorder({("launchctl", "print"): si.RunResult(113, "")}))
+    run = Recorder()
+    lines = si.uninstall(out=io.StringIO(), run=run, env=mac_env, platform="darwin")
+    assert [c[1] for c in run.calls] == ["print", "bootout"]
+    assert any(l.startswith("removed: ") for l in lines)
+    assert not si.plist_path(mac_env).exists()
