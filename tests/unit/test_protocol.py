@@ -1,0 +1,510 @@
+"""JSON-RPC 2.0 lines: parse errors, request checks, parameter checks for every method, encoding."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from convocationsd import protocol
+from convocationsd.protocol import (
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    METHOD_NOT_FOUND,
+    METHODS,
+    PARSE_ERROR,
+    ProtocolError,
+    Request,
+    parse_request,
+)
+
+ALL_CODES = {PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS}
+
+
+def line(obj) -> bytes:
+    return json.dumps(obj).encode()
+
+
+def req(method: str, params=None, id_=1, **extra) -> bytes:
+    msg = {"jsonrpc": "2.0", "id": id_, "method": method, **extra}
+    if params is not None:
+        msg["params"] = params
+    return line(msg)
+
+
+def err(raw: bytes) -> ProtocolError:
+    with pytest.raises(ProtocolError) as ei:
+        parse_request(raw)
+    assert isinstance(ei.value.message, str) and ei.value.message
+    assert str(ei.value) == ei.value.message
+    return ei.value
+
+
+# A good value for each accepted type, and a pool of values of every JSON type.
+GOOD = {bool: True, str: "x", list: ["openrouter-auth-complete"], int: 1, float: 1.5, dict: {}}
+POOL = {
+    "true": True,
+    "false": False,
+    "int": 1,
+    "zero": 0,
+    "float": 1.5,
+    "str": "x",
+    "empty-str": "",
+    "list": [],
+    "dict": {},
+}
+
+
+def accepted(value, types: tuple[type, ...]) -> bool:
+    if isinstance(value, bool):
+        return bool in types
+    return isinstance(value, types)
+
+
+def required_params(method: str) -> dict:
+    return {name: GOOD[types[0]] for name, (types, required) in METHODS[method].items() if required}
+
+
+WRONG_TYPE_CASES = [
+    pytest.param(method, name, value, id=f"{method}.{name}={label}")
+    for method, spec in METHODS.items()
+    for name, (types, _) in spec.items()
+    for label, value in POOL.items()
+    if not accepted(value, types)
+]
+RIGHT_TYPE_CASES = [
+    pytest.param(method, name, value, id=f"{method}.{name}={label}")
+    for method, spec in METHODS.items()
+    for name, (types, _) in spec.items()
+    for label, value in POOL.items()
+    if accepted(value, types)
+]
+REQUIRED_CASES = [
+    pytest.param(method, name, id=f"{method}.{name}")
+    for method, spec in METHODS.items()
+    for name, (_, required) in spec.items()
+    if required
+]
+
+
+def test_constants():
+    assert (PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS) == (-32700, -32600, -32601, -32602)
+    assert protocol.INTERNAL_ERROR == -32603
+    assert protocol.MAX_LINE == 1024 * 1024
+
+
+def test_methods_cover_the_contract():
+    contract = {"status", "oauth.start", "oauth.cancel", "subscribe", "secret.status", "secret.set",
+                "secret.clear", "secret.get"}  # fmt: skip
+    assert contract <= set(METHODS)
+    assert METHODS["oauth.start"]["restart"] == ((bool,), False)
+    assert METHODS["oauth.cancel"]["session_id"] == ((str,), False)
+    assert METHODS["subscribe"]["events"] == ((list,), False)
+    assert METHODS["secret.set"]["key"] == ((str,), True)
+    for m in ("status", "secret.status", "secret.clear", "secret.get"):
+        assert METHODS[m] == {}
+
+
+def test_the_parametrised_cases_are_not_empty():
+    assert len(WRONG_TYPE_CASES) > 40 and len(RIGHT_TYPE_CASES) >= 6 and len(REQUIRED_CASES) >= 2
+
+
+# -- -32700 ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"\n",
+        b"   ",
+        b"{",
+        b"}",
+        b'{"jsonrpc": "2.0",}',
+        b"{'jsonrpc': '2.0'}",
+        b"\xff\xfe\xfd",
+        b'{"jsonrpc":"2.0","id":1,"method":"st\xc3atus"}',  # invalid UTF-8 inside a string
+        b'{"jsonrpc":"2.0","id":1,"method":"status"}\xff',
+        b'{"jsonrpc":"2.0","id":1,"method":"status"} {}',  # two values on one line
+        b"[" * 100_000,
+        b"{\"a\":" * 100_000,
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"id": 1' + b"0" * 5000 + b"}",  # beyond Python's int-string limit
+    ],
+    ids=lambda r: repr(r[:24]),
+)
+def test_parse_error(raw):
+    e = err(raw)
+    assert e.code == PARSE_ERROR
+    assert e.id is None
+
+
+# -- -32600 ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [[], [1], [{"jsonrpc": "2.0", "id": 1, "method": "status"}], "x", 1, 1.5, True, None])
+def test_non_object_is_invalid_request(value):
+    e = err(line(value))
+    assert e.code == INVALID_REQUEST and e.id is None
+
+
+@pytest.mark.parametrize("jsonrpc", [None, "1.0", "2", 2.0, 2, "2.0 ", ["2.0"]])
+def test_wrong_jsonrpc_keeps_id(jsonrpc):
+    msg = {"id": 7, "method": "status"}
+    if jsonrpc is not None:
+        msg["jsonrpc"] = jsonrpc
+    e = err(line(msg))
+    assert e.code == INVALID_REQUEST and e.id == 7
+
+
+@pytest.mark.parametrize("bad_id", [True, False, [], [1], {}, {"a": 1}])
+def test_bad_id_type(bad_id):
+    e = err(req("status", id_=bad_id))
+    assert e.code == INVALID_REQUEST
+    assert e.id is None  # the id is unusable, so the reply carries null
+
+
+@pytest.mark.parametrize("method", [None, 1, True, [], {}, ["status"]])
+def test_method_not_a_string(method):
+    msg = {"jsonrpc": "2.0", "id": "abc", "method": method}
+    if method is None:
+        del msg["method"]
+    e = err(line(msg))
+    assert e.code == INVALID_REQUEST and e.id == "abc"
+
+
+@pytest.mark.parametrize("good_id", [0, -1, 2**53, 1.5, "", "abc", "ünï", None])
+def test_good_ids_are_preserved(good_id):
+    r = parse_request(req("status", id_=good_id))
+    assert r.id == good_id and type(r.id) is type(good_id)
+
+
+def test_missing_id_is_a_notification():
+    r = parse_request(line({"jsonrpc": "2.0", "method": "status"}))
+    assert r == Request(None, "status", {})
+
+
+# -- -32601 ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["", "nope", "Status", "status ", "oauth", "oauth.start.x", "rpc.discover", "é" * 10])
+def test_unknown_method(method):
+    e = err(req(method, id_="q"))
+    assert e.code == METHOD_NOT_FOUND and e.id == "q"
+
+
+def test_unknown_method_message_is_truncated():
+    e = err(req("x" * 10_000))
+    assert e.code == METHOD_NOT_FOUND
+    assert len(e.message) < 200
+
+
+# -- -32602 ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("params", [[], [True], "x", 1, True])
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_params_not_an_object(method, params):
+    e = err(req(method, params, id_=3))
+    assert e.code == INVALID_PARAMS and e.id == 3
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_unknown_param(method):
+    params = {**required_params(method), "bogus": 1}
+    e = err(req(method, params, id_=4))
+    assert e.code == INVALID_PARAMS and e.id == 4
+    assert "bogus" in e.message
+
+
+def test_unknown_param_name_is_truncated_in_message():
+    e = err(req("status", {"y" * 10_000: 1}))
+    assert e.code == INVALID_PARAMS and len(e.message) < 200
+
+
+@pytest.mark.parametrize(("method", "name", "value"), WRONG_TYPE_CASES)
+def test_wrong_type_for_every_param(method, name, value):
+    params = {**required_params(method), name: value}
+    e = err(req(method, params, id_="w"))
+    assert e.code == INVALID_PARAMS and e.id == "w"
+    assert name in e.message
+
+
+@pytest.mark.parametrize(("method", "name", "value"), RIGHT_TYPE_CASES)
+def test_right_type_for_every_param(method, name, value):
+    params = {**required_params(method), name: value}
+    r = parse_request(req(method, params, id_="r"))
+    assert r == Request("r", method, params)
+
+
+@pytest.mark.parametrize(("method", "name"), REQUIRED_CASES)
+def test_missing_required_param(method, name):
+    params = required_params(method)
+    del params[name]
+    for p in (params, None):
+        e = err(req(method, p, id_=9))
+        assert e.code == INVALID_PARAMS and e.id == 9
+        assert name in e.message
+
+
+def test_bool_is_not_an_int_and_int_is_not_a_bool():
+    assert err(req("oauth.start", {"restart": 1})).code == INVALID_PARAMS
+    assert err(req("oauth.start", {"restart": 0})).code == INVALID_PARAMS
+    assert err(req("oauth.start", {"restart": "true"})).code == INVALID_PARAMS
+    assert parse_request(req("oauth.start", {"restart": False})).params == {"restart": False}
+
+
+def test_bool_rejected_where_int_is_expected(monkeypatch):
+    # No current method takes an int; the rule is generic, so check it with a synthetic one.
+    monkeypatch.setitem(METHODS, "test.int", {"n": ((int,), True)})
+    assert parse_request(req("test.int", {"n": 5})).params == {"n": 5}
+    for bad in (True, False):
+        e = err(req("test.int", {"n": bad}))
+        assert e.code == INVALID_PARAMS and "'n'" in e.message
+
+
+def test_params_absent_or_null_means_empty():
+    assert parse_request(req("status")).params == {}
+    assert parse_request(req("status", id_=1, params=None)).params == {}
+    assert parse_request(line({"jsonrpc": "2.0", "id": 1, "method": "status", "params": None})).params == {}
+    assert parse_request(req("oauth.start", {})).params == {}
+
+
+def test_errors_checked_in_order():
+    # bad id beats everything else and loses the id
+    assert err(line({"jsonrpc": "1.0", "id": True, "method": 5})).id is None
+    # wrong jsonrpc beats unknown method
+    assert err(line({"jsonrpc": "1.0", "id": 1, "method": "nope"})).code == INVALID_REQUEST
+    # unknown method beats bad params
+    assert err(req("nope", [1])).code == METHOD_NOT_FOUND
+
+
+def test_valid_requests():
+    assert parse_request(req("oauth.start", {"restart": True}, id_=1)) == Request(1, "oauth.start", {"restart": True})
+    assert parse_request(req("secret.set", {"key": "sk-or-v1-abc"}, id_="k")) == Request(
+        "k", "secret.set", {"key": "sk-or-v1-abc"}
+    )
+    # a str line is also accepted by json.loads; the framing gives bytes, trailing newline is fine
+    assert parse_request(req("status") + b"\n").method == "status"
+    assert parse_request(b'  {"jsonrpc":"2.0","id":1,"method":"status"}\r\n').method == "status"
+
+
+def test_non_ascii_params_decoded():
+    r = parse_request(req("secret.set", {"key": "ключ-🔑"}))
+    assert r.params["key"] == "ключ-🔑"
+
+
+# -- known bugs ------------------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: a JSON string with a lone surrogate (\\ud800) is accepted as id, but result_line/"
+    "error_line then raise UnicodeEncodeError (ensure_ascii=False + strict UTF-8), so the client gets no reply",
+)
+def test_lone_surrogate_id_can_be_answered():
+    raw = b'{"jsonrpc":"2.0","id":"\\ud800","method":"nope"}'
+    try:
+        parse_request(raw)
+    except ProtocolError as e:
+        out = protocol.error_line(e.id, e.code, e.message)
+    else:
+        out = protocol.result_line("\ud800", None)
+    assert json.loads(out)["jsonrpc"] == "2.0"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: NaN/Infinity are not JSON, but json.loads accepts them; an id of NaN passes and is "
+    "echoed as the non-JSON token NaN",
+)
+@pytest.mark.parametrize("token", [b"NaN", b"Infinity", b"-Infinity"])
+def test_non_finite_id_rejected(token):
+    e = err(b'{"jsonrpc":"2.0","id":' + token + b',"method":"status"}')
+    assert e.code in (PARSE_ERROR, INVALID_REQUEST)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: subscribe's events list items are not checked; [1, 'a'] or [{}] pass and then "
+    "EventBus.subscribe raises TypeError (sorted() of mixed types / unhashable) -> internal error",
+)
+@pytest.mark.parametrize("events", [[1], [{}], [None], [1, "openrouter-key-changed"], [["x"]]])
+def test_subscribe_events_must_be_strings(events):
+    e = err(req("subscribe", {"events": events}))
+    assert e.code == INVALID_PARAMS
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: the contract says lines are UTF-8, but json.loads(bytes) auto-detects UTF-16/32 "
+    "and silently strips a UTF-8 BOM",
+)
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-32", "utf-8-sig"])
+def test_only_utf8_lines(encoding):
+    e = err('{"jsonrpc":"2.0","id":1,"method":"status"}'.encode(encoding))
+    assert e.code == PARSE_ERROR
+
+
+# -- encoding --------------------------------------------------------------------------------------
+
+
+def assert_one_line(out: bytes) -> dict:
+    assert isinstance(out, bytes)
+    assert out.endswith(b"\n") and out.count(b"\n") == 1 and b"\r" not in out
+    return json.loads(out)
+
+
+def test_result_line():
+    out = protocol.result_line(5, {"a": [1, "b"], "multi\nline": "x\ny"})
+    assert assert_one_line(out) == {"jsonrpc": "2.0", "id": 5, "result": {"a": [1, "b"], "multi\nline": "x\ny"}}
+    assert b" " not in out  # compact separators
+
+
+@pytest.mark.parametrize("result", [None, True, 0, "", [], {}])
+def test_result_line_falsy_results(result):
+    assert assert_one_line(protocol.result_line("i", result)) == {"jsonrpc": "2.0", "id": "i", "result": result}
+
+
+def test_error_line_without_and_with_data():
+    assert assert_one_line(protocol.error_line(None, PARSE_ERROR, "Parse error")) == {
+        "jsonrpc": "2.0",
+        "id": None,
+        "error": {"code": -32700, "message": "Parse error"},
+    }
+    out = protocol.error_line(3, protocol.OPERATION_FAILED, "failed", {"hint": "do x", "kind": "K"})
+    assert assert_one_line(out) == {
+        "jsonrpc": "2.0",
+        "id": 3,
+        "error": {"code": -32000, "message": "failed", "data": {"hint": "do x", "kind": "K"}},
+    }
+
+
+def test_event_line():
+    out = protocol.event_line(42, "openrouter-key-changed", {"stored": False, "backend": None})
+    assert assert_one_line(out) == {
+        "jsonrpc": "2.0",
+        "method": "event",
+        "params": {"event": "openrouter-key-changed", "seq": 42, "data": {"stored": False, "backend": None}},
+    }
+    assert "id" not in json.loads(out)
+
+
+def test_request_line_omits_empty_params():
+    assert assert_one_line(protocol.request_line(1, "status")) == {"jsonrpc": "2.0", "id": 1, "method": "status"}
+    assert "params" not in json.loads(protocol.request_line(1, "status", {}))
+    assert json.loads(protocol.request_line(1, "oauth.start", {"restart": True}))["params"] == {"restart": True}
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_request_line_round_trips_through_parse_request(method):
+    params = required_params(method)
+    for id_ in (1, "x", 0):
+        assert parse_request(protocol.request_line(id_, method, params)) == Request(id_, method, params)
+
+
+def test_non_ascii_stays_utf8():
+    text = "Zugriff verweigert — ключ ✓ 🔑"
+    for out in (
+        protocol.result_line("é", {"m": text}),
+        protocol.error_line("é", 1, text, {"hint": text}),
+        protocol.event_line(1, "e", {"m": text}),
+        protocol.request_line("é", "secret.set", {"key": text}),
+    ):
+        assert text.encode("utf-8") in out
+        assert b"\\u" not in out
+        assert text in out.decode("utf-8")
+        assert_one_line(out)
+
+
+def test_protocol_error_reply_round_trip():
+    e = err(req("nope", id_="abc"))
+    reply = assert_one_line(protocol.error_line(e.id, e.code, e.message))
+    assert reply["id"] == "abc" and reply["error"]["code"] == METHOD_NOT_FOUND
+
+
+# -- properties ------------------------------------------------------------------------------------
+
+ids = st.none() | st.integers() | st.text(max_size=8) | st.floats(allow_nan=False, allow_infinity=False)
+json_scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10)
+json_values = st.recursive(
+    json_scalars, lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4), max_leaves=12
+)
+param_values = st.sampled_from(list(POOL.values())) | json_values
+method_names = st.sampled_from(sorted(METHODS)) | st.text(max_size=12) | json_scalars
+
+
+@st.composite
+def requestish(draw):
+    msg = {}
+    if draw(st.booleans()):
+        msg["jsonrpc"] = draw(st.sampled_from(["2.0", "2.0", "2.0", "1.0"]) | json_scalars)
+    if draw(st.booleans()):
+        msg["id"] = draw(ids | json_values)
+    if draw(st.integers(0, 9)):
+        msg["method"] = draw(method_names)
+    method = msg.get("method")
+    if draw(st.booleans()):
+        names = list(METHODS[method]) if isinstance(method, str) and method in METHODS else []
+        keys = st.sampled_from(names) | st.text(max_size=6) if names else st.text(max_size=6)
+        msg["params"] = draw(st.dictionaries(keys, param_values, max_size=3) | json_values)
+    return msg
+
+
+def _check(raw: bytes):
+    try:
+        r = parse_request(raw)
+    except ProtocolError as e:
+        assert e.code in ALL_CODES
+        assert isinstance(e.message, str) and e.message
+        return e
+    assert isinstance(r, Request)
+    spec = METHODS[r.method]
+    assert isinstance(r.params, dict) and set(r.params) <= set(spec)
+    assert all(name in r.params for name, (_, required) in spec.items() if required)
+    for name, value in r.params.items():
+        assert accepted(value, spec[name][0])
+    return r
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=200))
+def test_parse_request_on_arbitrary_bytes(raw):
+    _check(raw)
+
+
+@settings(max_examples=300)
+@given(json_values)
+def test_parse_request_on_arbitrary_json(value):
+    _check(json.dumps(value).encode())
+
+
+@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+@given(requestish())
+def test_parse_request_on_request_shaped_objects(msg):
+    out = _check(json.dumps(msg, ensure_ascii=False).encode())
+    id_ = msg.get("id")
+    id_ok = id_ is None or (isinstance(id_, (str, int, float)) and not isinstance(id_, bool))
+    if isinstance(out, ProtocolError):
+        assert out.code != PARSE_ERROR
+        if id_ok:
+            assert out.id == id_ or (isinstance(id_, float) and math.isnan(id_))
+        else:
+            assert out.id is None
+        # every error can be answered with a well-formed line
+        assert_one_line(protocol.error_line(out.id, out.code, out.message))
+    else:
+        assert out.id == id_ and out.method == msg["method"]
+        assert_one_line(protocol.result_line(out.id, {"ok": True}))
+
+
+@given(ids, st.dictionaries(st.text(max_size=8), json_values, max_size=4))
+def test_result_line_round_trips(id_, result):
+    out = protocol.result_line(id_, result)
+    decoded = json.loads(out)
+    assert out.endswith(b"\n") and out.count(b"\n") == 1
+    assert decoded["id"] == id_ or (id_ != id_)  # noqa: PLR0124
+    assert json.dumps(decoded["result"], sort_keys=True) == json.dumps(result, sort_keys=True)
