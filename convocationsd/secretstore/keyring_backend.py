@@ -160,7 +160,7 @@ def _translate(e: BaseException, op: str, secret: str | None) -> SecretStoreErro
     """Turns any failure into BackendUnavailable with a safe message (the key is scrubbed out)."""
     if isinstance(e, SecretStoreError):
         return e
-    text = f"{type(e).__name__}: {e}".strip().rstrip(":")
+    text = f"{type(e).__name__}: {e}".strip().rstrip(":.")
     if secret and secret in text:
         text = text.replace(secret, "[redacted]")
     try:

@@ -18,6 +18,9 @@ from convocationsd.secretstore.keyring_backend import SERVICE, USERNAME  # noqa:
 from convocationsd.secretstore.select import open_store  # noqa: E402
 
 
+SECRET_SERVICE_BACKENDS = ("keyring.backends.SecretService", "keyring.backends.libsecret")
+
+
 def real_secret_service():
     """Skips unless keyring talks to a real Secret Service; returns the keyring module."""
     import os
@@ -29,7 +32,8 @@ def real_secret_service():
 
     keyring.core.init_backend()
     backend = keyring.get_keyring()
-    if type(backend).__module__ != "keyring.backends.SecretService":
+    chained = getattr(backend, "backends", None) or [backend]  # a ChainerBackend wraps several
+    if not any(type(b).__module__ in SECRET_SERVICE_BACKENDS for b in chained):
         pytest.skip(f"keyring's backend is {type(backend).__module__}, not the Secret Service")
     return keyring
 
