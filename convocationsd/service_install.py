@@ -252,7 +252,8 @@ def _install_systemd(s: _Session, env: Mapping[str, str], python: str, port: int
             "The changed units apply from the next start. To apply them now: systemctl --user stop "
             f"{SERVICE} && systemctl --user restart {' '.join(SOCKETS)}"
         )
-    s.say("convocationsd starts on the first connection; logs: journalctl --user -u convocationsd")
+    if not s.dry_run:
+        s.say("convocationsd starts on the first connection; logs: journalctl --user -u convocationsd")
 
 
 def _install_launchd(s: _Session, env: Mapping[str, str], python: str, port: int, templates: Path) -> None:
@@ -281,7 +282,8 @@ def _install_launchd(s: _Session, env: Mapping[str, str], python: str, port: int
                 + (f": {_first_line(result.output)}" if result.output else "."),
                 f"Run: launchctl bootstrap gui/$(id -u) {target}",
             )
-    s.say(f"convocationsd starts on the first connection; logs: {home}/Library/Logs/convocationsd.log")
+    if not s.dry_run:
+        s.say(f"convocationsd starts on the first connection; logs: {home}/Library/Logs/convocationsd.log")
 
 
 def uninstall(
