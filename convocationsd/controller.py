@@ -197,6 +197,9 @@ class Controller:
         except asyncio.CancelledError:
             self.flows.release(flow)
             raise
+        if flow.done:  # cancelled (restart, Ctrl-C, shutdown) while OpenRouter answered: respect that
+            log.warning("login %s was cancelled during the exchange; the new key was not stored", flow.session_id)
+            return _failed_outcome(flow.error or FlowError("cancelled", "The login was cancelled."))
         try:
             backend = await self._store_key(result.key)
         except SecretStoreError as e:

@@ -177,10 +177,13 @@ class FlowStore:
         return None
 
     def finish(self, flow: Flow, error: FlowError | None = None, backend: str | None = None) -> Flow:
-        flow.backend = backend
+        if not flow.done:
+            flow.backend = backend
         return self._finish(flow, error)
 
     def _finish(self, flow: Flow, error: FlowError | None) -> Flow:
+        if flow.done:  # e.g. cancelled while its exchange ran: the first ending stands
+            return flow
         flow.status = FAILED if error else SUCCEEDED
         flow.error = error
         flow.finished_at = self._clock()

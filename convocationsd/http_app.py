@@ -145,7 +145,12 @@ async def result(request: web.Request) -> web.StreamResponse:
 
 
 async def status_json(request: web.Request) -> web.StreamResponse:
-    return _json(request.app[CONTROLLER].status())
+    # Any local user can reach loopback HTTP, so this copy leaves out the pending flow's authorize URL
+    # (its state would help a login-CSRF); the same-uid socket's `status` has it.
+    status = request.app[CONTROLLER].status()
+    if status["flow"]:
+        status["flow"] = {k: v for k, v in status["flow"].items() if k != "auth_url"}
+    return _json(status)
 
 
 async def index(request: web.Request) -> web.StreamResponse:

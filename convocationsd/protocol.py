@@ -28,7 +28,19 @@ METHODS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "secret.get": {},
 }
 
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_utf8 = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_ascii = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def _encode(obj: Any) -> bytes:
+    try:
+        return _utf8(obj).encode()
+    except UnicodeEncodeError:  # a lone surrogate from a \ud800 escape: send it escaped
+        return _ascii(obj).encode()
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 @dataclass(frozen=True)
@@ -53,7 +65,7 @@ def _valid_id(value: Any) -> bool:
 def parse_request(line: bytes) -> Request:
     """Parses one line into a checked Request, or raises ProtocolError naming the problem."""
     try:
-        msg = json.loads(line)
+        msg = json.loads(line.decode("utf-8"), parse_constant=_reject_constant)
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         raise ProtocolError(PARSE_ERROR, "Parse error: each line must be one UTF-8 JSON object") from None
     if not isinstance(msg, dict):
@@ -81,6 +93,8 @@ def parse_request(line: bytes) -> Request:
         if not isinstance(value, types) or (bool not in types and isinstance(value, bool)):
             kind = " or ".join(t.__name__ for t in types)
             raise ProtocolError(INVALID_PARAMS, f"Invalid params: {name!r} must be a {kind}", id_)
+        if isinstance(value, list) and not all(isinstance(item, str) for item in value):
+            raise ProtocolError(INVALID_PARAMS, f"Invalid params: {name!r} must be a list of strings", id_)
     for name, (_, required) in spec.items():
         if required and name not in params:
             raise ProtocolError(INVALID_PARAMS, f"Invalid params: {method} needs {name!r}", id_)
@@ -88,22 +102,22 @@ def parse_request(line: bytes) -> Request:
 
 
 def result_line(id_: Any, result: Any) -> bytes:
-    return _encode({"jsonrpc": "2.0", "id": id_, "result": result}).encode() + b"\n"
+    return _encode({"jsonrpc": "2.0", "id": id_, "result": result}) + b"\n"
 
 
 def error_line(id_: Any, code: int, message: str, data: Any = None) -> bytes:
     error: dict[str, Any] = {"code": code, "message": message}
     if data is not None:
         error["data"] = data
-    return _encode({"jsonrpc": "2.0", "id": id_, "error": error}).encode() + b"\n"
+    return _encode({"jsonrpc": "2.0", "id": id_, "error": error}) + b"\n"
 
 
 def event_line(seq: int, name: str, data: dict) -> bytes:
-    return _encode({"jsonrpc": "2.0", "method": "event", "params": {"event": name, "seq": seq, "data": data}}).encode() + b"\n"
+    return _encode({"jsonrpc": "2.0", "method": "event", "params": {"event": name, "seq": seq, "data": data}}) + b"\n"
 
 
 def request_line(id_: Any, method: str, params: dict | None = None) -> bytes:
     msg: dict[str, Any] = {"jsonrpc": "2.0", "id": id_, "method": method}
     if params:
         msg["params"] = params
-    return _encode(msg).encode() + b"\n"
+    return _encode(msg) + b"\n"

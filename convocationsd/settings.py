@@ -27,6 +27,10 @@ SOURCES: dict[str, tuple[str | None, str | None]] = {
 }
 
 
+# setting -> the daemon's flag, where its name differs from the setting's
+FLAGS = {"http_port": "--port", "socket_path": "--socket", "config_path": "--config"}
+
+
 @dataclass(frozen=True)
 class Settings:
     socket_path: Path
@@ -43,15 +47,19 @@ class Settings:
 
 
 def _port(v: Any) -> int:
+    if isinstance(v, (bool, float)):
+        raise ValueError("must be a whole port number from 1 to 65535 (0 picks a free one)")
     port = int(v)
-    if not 0 <= port <= 65535 or isinstance(v, bool):
+    if not 0 <= port <= 65535:
         raise ValueError("must be a port number from 1 to 65535 (0 picks a free one)")
     return port
 
 
 def _url(v: Any) -> str:
-    if not isinstance(v, str) or not v.startswith(("http://", "https://")):
-        raise ValueError("must be an http:// or https:// URL")
+    from urllib.parse import urlsplit
+
+    if not isinstance(v, str) or not v.startswith(("http://", "https://")) or not urlsplit(v).hostname:
+        raise ValueError("must be an http:// or https:// URL with a host")
     return v.rstrip("/")
 
 
@@ -116,7 +124,7 @@ def resolve(
         name = f.name
         env_name, config_key = SOURCES.get(name, (None, None))
         candidates = [
-            (flags.get(name), f"--{name.replace('_', '-')}"),
+            (flags.get(name), FLAGS.get(name, f"--{name.replace('_', '-')}")),
             (env.get(env_name) if env_name else None, env_name),
             (config.get(config_key) if config_key else None, f"{config_key} in {config_path}"),
         ]

@@ -446,11 +446,6 @@ def test_history_is_bounded(clock, tokens):
     assert s.latest() is made[-1]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: finishing an already-finished flow (e.g. restart/cancel during an exchange, then the "
-    "exchange completes) appends it to history a second time and rewrites its outcome",
-)
 def test_finish_of_a_cancelled_flow_does_not_duplicate_history(store):
     f = store.start().flow
     store.claim_code("c", f.state)

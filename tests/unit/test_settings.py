@@ -142,7 +142,6 @@ def test_port_rejected(port):
     assert "http_port" in e.message and str(CONF) in e.message
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a fractional port (TOML 3000.5) is silently truncated by int()")
 def test_fractional_port_rejected():
     bad(config={"http_port": 3000.5})
 
@@ -170,7 +169,6 @@ def test_url_scheme_checked(url):
     assert "openrouter_url" in e.message and "http" in e.message
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a URL with no host ('http://') passes the scheme check and becomes 'http:'")
 @pytest.mark.parametrize("url", ["http://", "https://", "https:///"])
 def test_url_without_host_rejected(url):
     bad(env={"CONVOCATIONS_OPENROUTER_URL": url})
@@ -290,15 +288,12 @@ CONTRACT_FLAGS = [
     pytest.param("log_level", "--log-level", "loud"),
     pytest.param(
         "http_port", "--port", 99999,
-        marks=pytest.mark.xfail(strict=True, reason="BUG: error names '--http-port'; the contract's flag is --port"),
     ),
     pytest.param(
         "socket_path", "--socket", 5,
-        marks=pytest.mark.xfail(strict=True, reason="BUG: error names '--socket-path'; the contract's flag is --socket"),
     ),
     pytest.param(
         "config_path", "--config", 5,
-        marks=pytest.mark.xfail(strict=True, reason="BUG: error names '--config-path'; the contract's flag is --config"),
     ),
 ]  # fmt: skip
 
