@@ -140,7 +140,9 @@ def _lock(lock_path: Path, path: Path) -> int:
     try:
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as e:
-        raise ConfigError(f"Cannot open the lock file {lock_path}: {e.strerror or e}.", "Check the directory's permissions.") from e
+        raise ConfigError(
+            f"Cannot open the lock file {lock_path}: {e.strerror or e}.", "Check the directory's permissions."
+        ) from e
     deadline = time.monotonic() + LOCK_TIMEOUT
     delay = 0.002
     while True:

@@ -2,7 +2,8 @@
 
 A backend's test is a small subclass that defines ``make_store(tmp_path)`` and ``backend`` (the name
 ``set`` must return). Every test also checks that no key it used shows up in a log record, and, when
-the subclass names a directory through ``scan_dir``, in any file under it.
+the subclass names a directory through ``scan_dir``, in any file under it. Also here: the checks for
+leaks, and a real Secret Service for fixtures (or a clean skip).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import secrets
 from pathlib import Path
 
 import pytest
+
+from convocationsd.secretstore.keyring_backend import SERVICE, USERNAME
 
 LONG_KEY = "sk-or-v1-" + ("0123456789abcdef" * 256)[: 4096 - len("sk-or-v1-")]
 UNICODE_KEY = "sk-or-ключ-🔑-ü-中文-\u00e9\u0301"
@@ -133,3 +136,38 @@ class SecretStoreContract:
     def reopen(self, store, tmp_path):
         """Another instance over the same storage (the same one for in-memory stores)."""
         return store
+
+
+# -- a real Secret Service ---------------------------------------------------------------------------
+
+SECRET_SERVICE_BACKENDS = ("keyring.backends.SecretService", "keyring.backends.libsecret")
+
+
+def real_secret_service():
+    """Skips unless keyring talks to a real Secret Service; returns the keyring module."""
+    if not os.environ.get("DBUS_SESSION_BUS_ADDRESS"):
+        pytest.skip("no session bus (run the tests under `dbus-run-session -- tests/with-keyring.sh`)")
+    import keyring
+    import keyring.core
+
+    keyring.core.init_backend()
+    backend = keyring.get_keyring()
+    chained = getattr(backend, "backends", None) or [backend]  # a ChainerBackend wraps several
+    if not any(type(b).__module__ in SECRET_SERVICE_BACKENDS for b in chained):
+        pytest.skip(f"keyring's backend is {type(backend).__module__}, not the Secret Service")
+    return keyring
+
+
+def forget_entry(keyring) -> None:
+    try:
+        keyring.delete_password(SERVICE, USERNAME)
+    except keyring.errors.PasswordDeleteError:
+        pass
+
+
+def clean_secret_service():
+    """For a fixture: a real Secret Service with no convocations entry before and after the test."""
+    keyring = real_secret_service()
+    forget_entry(keyring)
+    yield keyring
+    forget_entry(keyring)

@@ -16,7 +16,7 @@ from typing import Any
 
 from .. import configfile
 from ..errors import ConfigError, ConvError, SecretStoreError
-from . import KEYRING, LOCAL_ENCRYPTED, SecretStatus
+from . import KEYRING, LOCAL_ENCRYPTED, SecretStatus, SecretStore
 from .encrypted import KEY_FILE, LocalEncrypted
 from .keyring_backend import SERVICE, USERNAME, KeyringBackend
 
@@ -29,7 +29,7 @@ AGAIN = "Store the key again with `convctl secret set-openrouter-key`, or remove
 
 def open_store(
     config_path: Path, *, forced_backend: str | None = None, keyring_timeout: float = 120.0
-) -> ConfiguredStore:
+) -> SecretStore:
     """The SecretStore for this config.toml; secret.key lives in the same directory."""
     return ConfiguredStore(config_path, forced_backend=forced_backend, keyring=KeyringBackend(timeout=keyring_timeout))
 

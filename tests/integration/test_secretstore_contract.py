@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from secretstore_contract import SecretStoreContract  # noqa: E402
+from secretstore_contract import SecretStoreContract, clean_secret_service  # noqa: E402
 
 from convocationsd import configfile  # noqa: E402
 from convocationsd.secretstore import KEYRING, LOCAL_ENCRYPTED, MEMORY, MemoryStore  # noqa: E402
@@ -18,40 +18,9 @@ from convocationsd.secretstore.keyring_backend import SERVICE, USERNAME  # noqa:
 from convocationsd.secretstore.select import open_store  # noqa: E402
 
 
-SECRET_SERVICE_BACKENDS = ("keyring.backends.SecretService", "keyring.backends.libsecret")
-
-
-def real_secret_service():
-    """Skips unless keyring talks to a real Secret Service; returns the keyring module."""
-    import os
-
-    if not os.environ.get("DBUS_SESSION_BUS_ADDRESS"):
-        pytest.skip("no session bus (run the tests under `dbus-run-session -- tests/with-keyring.sh`)")
-    import keyring
-    import keyring.core
-
-    keyring.core.init_backend()
-    backend = keyring.get_keyring()
-    chained = getattr(backend, "backends", None) or [backend]  # a ChainerBackend wraps several
-    if not any(type(b).__module__ in SECRET_SERVICE_BACKENDS for b in chained):
-        pytest.skip(f"keyring's backend is {type(backend).__module__}, not the Secret Service")
-    return keyring
-
-
-def forget_entry(keyring) -> None:
-    try:
-        keyring.delete_password(SERVICE, USERNAME)
-    except keyring.errors.PasswordDeleteError:
-        pass
-
-
 @pytest.fixture
 def secret_service():
-    """A real Secret Service with no convocations entry before and after the test."""
-    keyring = real_secret_service()
-    forget_entry(keyring)
-    yield keyring
-    forget_entry(keyring)
+    yield from clean_secret_service()
 
 
 class TestMemoryStore(SecretStoreContract):

@@ -17,7 +17,13 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from secretstore_contract import assert_key_hidden, assert_key_in_no_file, new_key  # noqa: E402
+from secretstore_contract import (  # noqa: E402
+    assert_key_hidden,
+    assert_key_in_no_file,
+    forget_entry,
+    new_key,
+    real_secret_service,
+)
 
 from convocationsd import configfile  # noqa: E402
 from convocationsd.errors import BackendUnavailable, ConfigError, SecretStoreError  # noqa: E402
@@ -82,8 +88,12 @@ def conf(tmp_path):
 
 
 @pytest.fixture(autouse=True)
-def _debug_logs(caplog):
+def _no_test_key_in_any_log(caplog):
+    """Every key these tests use starts with sk-or-v1-; none may reach a log record."""
     caplog.set_level(logging.DEBUG)
+    yield
+    for record in caplog.records:
+        assert "sk-or-v1-" not in record.getMessage() + (record.exc_text or ""), f"key leaked via {record.name}"
 
 
 def child_env(tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -293,6 +303,21 @@ def test_plain_text_key_in_config_is_never_echoed(conf, caplog):
     assert store.get() == key
 
 
+def test_inline_table_reference_is_read(conf, caplog):
+    """The seed notes show the reference as an inline table; it reads the same and is rewritten cleanly."""
+    fake, key = FakeKeyring(), new_key()
+    fake.entries[(SERVICE, USERNAME)] = key
+    conf.parent.mkdir(mode=0o700)
+    conf.write_text('a = 1\nopenrouter_api_key = { backend = "keyring" }\nb = 2\n')
+    store = make(conf, fake)
+    assert store.status().to_dict() == {"stored": True, "backend": "keyring"}
+    assert store.get() == key
+    store.set(key)
+    assert configfile.load(conf) == {
+        "a": 1, "b": 2, "openrouter_api_key": {"backend": "keyring", "service": SERVICE, "username": USERNAME},
+    }
+
+
 def test_set_and_clear_keep_the_rest_of_config(conf, caplog):
     conf.parent.mkdir(mode=0o700)
     conf.write_text("# mine\nhttp_port = 3001  # busy 3000\nfavourite = 'tea'\n")
@@ -404,8 +429,6 @@ def test_locked_keyring_falls_back_quickly(tmp_path, caplog):
 
 @pytest.mark.keyring
 def test_real_secret_service_switching_moves_the_key(conf, caplog):
-    from test_secretstore_contract import forget_entry, real_secret_service
-
     keyring = real_secret_service()
     forget_entry(keyring)
     try:
