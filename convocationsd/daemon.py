@@ -64,6 +64,7 @@ class Daemon:
         self._ipc: Any = None
         self._openrouter: Any = None
         self._tasks: list[asyncio.Task] = []
+        self._desktop: Any = None
 
     # -- start-up ------------------------------------------------------------------------------------
 
@@ -121,6 +122,11 @@ class Daemon:
             await ctl.refresh_secret_status()
         except ConvError as e:
             log.error("%s", e)
+
+        # D-Bus (optional): notifications unless turned off, and the exported object, which is always wanted.
+        from . import desktop
+
+        self._desktop = await desktop.start(ctl, self.bus, notifications=s.desktop_notifications, env=self.env)
 
         self._ipc = ipc_server.IpcServer(self._ipc_handlers(), self.bus, on_activity=ctl.touch)
         await self._ipc.start(ctl_sock)
@@ -209,6 +215,8 @@ class Daemon:
                 await asyncio.wait_for(self._runner.cleanup(), SHUTDOWN_GRACE)
         if self._openrouter is not None:
             await self._openrouter.close()
+        if self._desktop is not None:
+            await self._desktop.close()
         log.info("stopped")
 
 
