@@ -1,33 +1,39 @@
 # make run   - create .venv, install convocationsd, run the daemon in the foreground
-# make test  - install what the tests need (system packages on Debian/Ubuntu when root), run the tests
+# make test  - install what the tests need (system packages on Debian/Ubuntu), run the tests
 # make bench - run the benchmarks, write bench/RESULTS.md
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
 
 # The tests use a real Secret Service: a private session bus with an unlocked gnome-keyring.
 WITH_KEYRING := $(shell command -v dbus-run-session >/dev/null 2>&1 && echo "dbus-run-session -- tests/with-keyring.sh")
 
 .PHONY: run test system-deps bench clean
 
-$(STAMP): pyproject.toml
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.run: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+# The desktop extra (pydbus, PyGObject) needs C headers; without them its tests skip.
+$(VENV)/.test: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[test,desktop]' || $(BIN)/python -m pip install -q -e '.[test]'
 	touch $@
 
-run: $(STAMP)
+run: $(VENV)/.run
 	$(BIN)/convocationsd
 
 system-deps:
 	.ci/system-deps
 
-test: system-deps $(STAMP)
+test: system-deps $(VENV)/.test
 	$(WITH_KEYRING) $(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: $(STAMP)
+bench: $(VENV)/.test
 	$(BIN)/python -m bench
 
 clean:
