@@ -6,15 +6,13 @@ import json
 import os
 import pwd
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
-from tests.conftest import free_port, start_daemon, wait_for_socket
+from tests.conftest import free_port, start_daemon
 
 
 def _hold(family: int, host: str, port: int) -> socket.socket:
