@@ -15,6 +15,10 @@ import pytest
 from tests.conftest import free_port, start_daemon
 
 
+# The other user runs the system interpreter: a venv under a 0700 home may not be reachable for them.
+OTHER_USER_PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+
+
 def _hold(family: int, host: str, port: int) -> socket.socket:
     s = socket.socket(family)
     if family == socket.AF_INET6:
@@ -75,7 +79,7 @@ def test_other_uid_client_is_refused(daemon_factory):
     )
     done = subprocess.run(
         ["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups",
-         sys.executable, "-c", script, str(d.socket)],
+         OTHER_USER_PYTHON, "-c", script, str(d.socket)],
         capture_output=True, text=True, timeout=20,
     )
     assert "Permission denied" in done.stdout, done.stderr
