@@ -49,6 +49,24 @@ def load_settings(flags: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
     )
 
 
+def _by_role(found: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    """Inherited sockets under the names the daemon uses: "ctl" (IPC) and "http". A unit written without
+    ``FileDescriptorName=`` passes the socket unit's name (or "unknown"); such sockets are sorted by address
+    family rather than ignored, since ignoring the IPC one would make us bind the path systemd already holds."""
+    import socket
+
+    roles: dict[str, list[Any]] = {}
+    for name, socks in found.items():
+        for sock in socks:
+            role = name
+            if name not in ("ctl", "http"):
+                role = "ctl" if sock.family == socket.AF_UNIX else "http"
+                log.warning("inherited socket %s has fd name %r; using it as %r (set FileDescriptorName=)",
+                            sock.getsockname(), name, role)
+            roles.setdefault(role, []).append(sock)
+    return roles
+
+
 class Daemon:
     def __init__(self, settings: Settings, *, flags: Mapping[str, Any] | None = None, secrets: Any = None,
                  env: Mapping[str, str] = os.environ) -> None:
@@ -65,6 +83,8 @@ class Daemon:
         self._openrouter: Any = None
         self._tasks: list[asyncio.Task] = []
         self._desktop: Any = None
+        self._status = "Starting"
+        self._stop_reason = "signal"
 
     # -- start-up ------------------------------------------------------------------------------------
 
@@ -75,7 +95,9 @@ class Daemon:
         from .openrouter import OpenRouterClient
 
         s = self.settings
-        inherited = systemd.inherited_sockets(self.env) if "LISTEN_FDS" in self.env else {}
+        # Always called: it returns {} when not activated, and it clears LISTEN_* variables that were meant
+        # for another process, so a child of ours never misreads them.
+        inherited = _by_role(systemd.inherited_sockets(self.env))
         if not inherited and sys.platform == "darwin":
             from . import launchd
 
@@ -139,7 +161,9 @@ class Daemon:
             await web.SockSite(self._runner, sock).start()
 
         log.info("convocationsd %s listening on http://localhost:%d and %s", __version__, port, socket_path)
-        systemd.notify(f"READY=1\nSTATUS=Listening on http://localhost:{port}", self.env)
+        # Both servers accept from here on: only now may systemd consider the start finished.
+        self._status = f"Listening on http://localhost:{port}" + (" (fallback port)" if fell_back else "")
+        systemd.notify(f"READY=1\nSTATUS={self._status}", self.env)
         if self.activated:
             self._tasks.append(asyncio.create_task(self._idle_watch()))
 
@@ -189,20 +213,22 @@ class Daemon:
         if self._openrouter is not None:
             self._openrouter.timeout = new.exchange_timeout_seconds
         log.info("configuration reloaded from %s", new.config_path)
+        systemd.notify(f"STATUS={self._status}; configuration reloaded", self.env)
 
     async def _idle_watch(self) -> None:
-        idle = self.settings.idle_exit_seconds
         ctl = self.controller
         assert ctl is not None
         while not self.stopping.is_set():
+            idle = self.settings.idle_exit_seconds  # re-read: SIGHUP may change it
             await asyncio.sleep(min(idle / 4, 30.0))
             quiet = not ctl.busy() and not self._ipc.connections
             if quiet and time.monotonic() - ctl.last_activity >= idle:
                 log.info("idle for %.0f s; exiting until the next connection", idle)
+                self._stop_reason = "idle"
                 self.stopping.set()
 
     async def stop(self) -> None:
-        systemd.notify("STOPPING=1", self.env)
+        systemd.notify(f"STOPPING=1\nSTATUS=Stopping ({self._stop_reason})", self.env)
         for task in self._tasks:
             task.cancel()
         ctl = self.controller
