@@ -246,9 +246,32 @@ def _read_key(out: Any) -> str:
 def service(args: argparse.Namespace, out: Any) -> int:
     from . import service_install
 
-    action = {"install": service_install.install, "uninstall": service_install.uninstall, "status": service_install.status}
-    result = action[args.action](dry_run=args.dry_run, out=out.stdout) if args.action != "status" else action["status"](out=out.stdout)
+    if args.action == "uninstall":
+        result = service_install.uninstall(dry_run=args.dry_run, out=out.stdout)
+    elif args.action == "install":
+        result = service_install.install(dry_run=args.dry_run, out=out.stdout, http_port=service_http_port())
+    else:
+        result = service_install.status(out=out.stdout, http_port=service_http_port())
     return EXIT_OK if result is not False else EXIT_FAILED
+
+
+def service_http_port(env: Any = os.environ) -> int:
+    """The port the HTTP socket unit (or plist) listens on: the daemon's own http_port setting, i.e.
+    RCONV_HTTP_PORT, else ``http_port`` in config.toml, else 3000. Resolved the daemon's way, so a bad
+    value is reported as the daemon would report it."""
+    from . import configfile, paths
+    from .settings import resolve
+
+    config_path = paths.config_path(env)
+    settings = resolve(
+        {}, env, configfile.load(config_path), socket_path=paths.socket_path(env), config_path=config_path
+    )
+    if settings.http_port == 0:
+        raise UsageError(
+            "http_port 0 (any free port) cannot be used for a service: the socket unit needs a fixed port.",
+            "Set RCONV_HTTP_PORT or http_port in config.toml to a port such as 3000.",
+        )
+    return settings.http_port
 
 
 def doctor(args: argparse.Namespace, out: Any) -> int:
