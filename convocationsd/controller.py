@@ -79,6 +79,9 @@ class Controller:
         self._secret_lock = asyncio.Lock()
         self.last_activity = time.monotonic()
         self.secret_state = SecretStatus(False, None)  # cached so that `status` never waits on a backend
+        from .account import AccountStatus
+
+        self.account = AccountStatus(self)  # the key's label/usage from OpenRouter, cached, refreshed in the background
 
     # -- flows ---------------------------------------------------------------------------------------
 
@@ -285,6 +288,7 @@ class Controller:
             "flow": flow.public() if flow else None,
             "secret": self.secret_state.to_dict(),
             "subscribers": len(self.bus),
+            "account": self.account.snapshot(),
         }
 
     def touch(self) -> None:

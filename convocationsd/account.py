@@ -1,0 +1,179 @@
+"""Account status: the linked key's label, usage and limit from OpenRouter's ``GET /api/v1/key``.
+
+``status`` must answer at once, so it never waits on the network: :meth:`AccountStatus.snapshot` returns
+what is cached and, when that is missing or older than the TTL, starts one background refresh. The
+refresh reads the key from the secret store, asks OpenRouter, and caches a small summary. The summary
+never contains the key. A 401 means the key was revoked (or never worked): it is reported as such until the
+key changes. A change of key (``openrouter-key-changed``) drops the cache and refreshes at once, so the
+account shows up right after a login.
+
+The TTL is ``CONVOCATIONS_ACCOUNT_CACHE_SECONDS`` (default 60 s); tests make it short.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+TTL_ENV = "CONVOCATIONS_ACCOUNT_CACHE_SECONDS"
+DEFAULT_TTL = 60.0
+KEY_CHANGED = "openrouter-key-changed"
+REVOKED_MESSAGE = "linked key is no longer valid — run `convctl oauth start`"
+
+
+def ttl_from_env(env: Mapping[str, str] = os.environ) -> float:
+    try:
+        ttl = float(env.get(TTL_ENV, DEFAULT_TTL))
+    except ValueError:
+        return DEFAULT_TTL
+    return ttl if math.isfinite(ttl) and ttl >= 0 else DEFAULT_TTL
+
+
+def _number(value: Any) -> float | int | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return value
+
+
+def _label(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return None
+    text = "".join(c for c in value[:80] if c.isprintable())
+    # OpenRouter labels some keys with a masked form of the key ("sk-or-v1-abc...xyz"); that is not a
+    # secret, but a summary that never looks like a key is easier to trust.
+    return text if not text.startswith("sk-") else "(unnamed key)"
+
+
+def summary(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The status ``account`` entry for a key OpenRouter accepted (only the fields we show)."""
+    return {
+        "label": _label(data.get("label")),
+        "usage": _number(data.get("usage")),
+        "limit": _number(data.get("limit")),
+        "limit_remaining": _number(data.get("limit_remaining")),
+        "valid": True,
+        "message": None,
+    }
+
+
+def revoked() -> dict[str, Any]:
+    return {"label": None, "usage": None, "limit": None, "limit_remaining": None, "valid": False, "message": REVOKED_MESSAGE}
+
+
+def unknown(message: str) -> dict[str, Any]:
+    """OpenRouter could not be asked (network, keyring locked): the key may well be fine."""
+    return {"label": None, "usage": None, "limit": None, "limit_remaining": None, "valid": True, "message": message}
+
+
+class AccountCache:
+    """A one-entry cache with an injected clock. ``generation`` tells a refresh whether the key changed
+    while it ran, so a slow answer about an old key never overwrites the state of a new one."""
+
+    def __init__(self, ttl: float = DEFAULT_TTL, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl = ttl
+        self.clock = clock
+        self.value: dict[str, Any] | None = None
+        self.fetched_at: float | None = None
+        self.generation = 0
+
+    def get(self) -> dict[str, Any] | None:
+        """The cached summary, fresh or stale."""
+        return dict(self.value) if self.value is not None else None
+
+    def stale(self) -> bool:
+        return self.fetched_at is None or self.clock() - self.fetched_at >= self.ttl
+
+    def put(self, value: dict[str, Any] | None, generation: int) -> bool:
+        """Stores ``value`` if no invalidation happened since ``generation`` was read."""
+        if generation != self.generation:
+            return False
+        self.value = value
+        self.fetched_at = self.clock()
+        return True
+
+    def invalidate(self) -> None:
+        self.generation += 1
+        self.value = None
+        self.fetched_at = None
+
+
+class AccountStatus:
+    """Glue between the cache, the controller's secret store and its OpenRouter client."""
+
+    def __init__(self, controller: Any, *, ttl: float | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.controller = controller
+        self.cache = AccountCache(ttl_from_env() if ttl is None else ttl, clock)
+        self._task: asyncio.Task | None = None
+        bus = getattr(controller, "bus", None)
+        if bus is not None and hasattr(bus, "add_listener"):
+            bus.add_listener(self._on_event)
+
+    def _on_event(self, name: str, data: dict) -> None:
+        if name == KEY_CHANGED:
+            self.cache.invalidate()
+            if data.get("stored"):
+                self._start_refresh()
+
+    def snapshot(self) -> dict[str, Any] | None:
+        """What ``status`` shows: the cached summary (None when no key is stored or none is known yet).
+        Starts a background refresh when the cache is stale; never waits for it."""
+        if not self.controller.secret_state.stored:
+            return None
+        if self.cache.stale():
+            self._start_refresh()
+        return self.cache.get()
+
+    def _start_refresh(self) -> None:
+        if self._task is not None and not self._task.done():
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a synchronous caller in a test): nothing to schedule
+            return
+        self._task = loop.create_task(self._refresh_quietly())
+
+    async def _refresh_quietly(self) -> None:
+        try:
+            await self.refresh()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a background task must not die noisily; the next status retries
+            log.exception("could not refresh the account status")
+
+    async def refresh(self) -> dict[str, Any] | None:
+        """Asks OpenRouter now and caches the answer; returns it."""
+        from .errors import ConvError
+
+        generation = self.cache.generation
+        ctl = self.controller
+        try:
+            key = await ctl._secret_call(ctl.secrets.get)
+        except ConvError as e:
+            value = unknown(f"the stored key could not be read: {e.message}")
+            self.cache.put(value, generation)
+            return value
+        if not key:
+            self.cache.put(None, generation)
+            return None
+        from .openrouter import KeyRejected, UpstreamError
+
+        try:
+            data = await ctl.openrouter.key_info(key)
+        except KeyRejected:
+            value = revoked()
+            log.warning("OpenRouter does not accept the stored key (HTTP 401); it may have been revoked")
+        except UpstreamError as e:
+            value = unknown(f"could not check the key with OpenRouter: {e.message}")
+        else:
+            value = summary(data)
+        finally:
+            del key
+        self.cache.put(value, generation)
+        return value
