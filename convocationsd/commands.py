@@ -26,7 +26,7 @@ def _client(args: argparse.Namespace) -> Client:
 
 def status(args: argparse.Namespace, out: Any) -> int:
     with _client(args) as c:
-        st = c.call("status")
+        st = _status_with_account(c)
     if args.json:
         out.json(st)
         return EXIT_OK
@@ -48,11 +48,35 @@ def status(args: argparse.Namespace, out: Any) -> int:
     return EXIT_OK
 
 
+def _status_with_account(c: Client, wait: float = 3.0) -> dict:
+    """``status``; when a key is stored but the daemon has not asked OpenRouter about it yet (it does that
+    in the background), asks again for up to ``wait`` seconds so the account line can be shown."""
+    deadline = time.monotonic() + wait
+    st = c.call("status")
+    while (
+        "account" in st and st["account"] is None and (st.get("secret") or {}).get("stored")
+        and time.monotonic() < deadline
+    ):
+        time.sleep(0.1)
+        st = c.call("status")
+    return st
+
+
+def _money(value: Any) -> str:
+    return f"${value:,.2f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "unknown"
+
+
 def _account_line(account: dict) -> str:
     if account.get("valid") is False:
-        return account.get("message", "linked key is no longer valid - run `convctl oauth start`")
-    parts = [f"label {account.get('label')!s}", f"usage {account.get('usage')}"]
-    parts.append(f"limit {account.get('limit') if account.get('limit') is not None else 'none'}")
+        return account.get("message") or "linked key is no longer valid - run `convctl oauth start`"
+    if account.get("message"):
+        return str(account["message"])
+    limit = account.get("limit")
+    parts = [f"label {account.get('label') or '(none)'}", f"usage {_money(account.get('usage'))}"]
+    if limit is None:
+        parts.append("no limit")
+    else:
+        parts.append(f"limit {_money(limit)} ({_money(account.get('limit_remaining'))} left)")
     return ", ".join(parts)
 
 
@@ -81,22 +105,48 @@ def oauth_start(args: argparse.Namespace, out: Any) -> int:
             verb = "Joined the login in progress" if reply["joined"] else "Open this address to link your OpenRouter account"
             out.print(f"{verb}:\n\n  {reply['auth_url']}\n")
         if not args.no_browser and not args.paste:
-            _open_browser(reply["auth_url"], out)
+            _open_browser(reply["auth_url"], out, port=_callback_port(reply))
         try:
             if args.paste:
-                data = _paste_code(c, session, out)
+                data = _paste_code(c, session, out, args.timeout)
             else:
                 data = _wait(c, session, args.timeout, out, quiet=args.json)
         except KeyboardInterrupt:
             c.call("oauth.cancel", {"session_id": session})
             out.err("\ncancelled; the pending login was ended. Run `convctl oauth start` to try again.")
             return EXIT_FAILED
+        except UsageError:
+            c.call("oauth.cancel", {"session_id": session})  # nothing was pasted: do not leave the login pending
+            raise
         if data is None:
             c.call("oauth.cancel", {"session_id": session})
             out.err(f"\nconvctl: no answer within {args.timeout:g} s; the login was cancelled.")
             out.err("Run `convctl oauth start` again (with a longer --timeout) and approve it in the browser.")
             return EXIT_FAILED
-    return _report(data, out, args.json)
+    code = _report(data, out, args.json)
+    if code == EXIT_OK and not args.json:
+        _show_account(args, out)
+    return code
+
+
+def _show_account(args: argparse.Namespace, out: Any) -> None:
+    """After a login: the new key's label and limit, once the daemon has asked OpenRouter (best effort)."""
+    try:
+        with _client(args) as c:
+            account = _status_with_account(c).get("account")
+    except ConvError:
+        return
+    if account:
+        out.print(f"Account: {_account_line(account)}")
+
+
+def _callback_port(reply: dict) -> int | None:
+    from urllib.parse import urlsplit
+
+    try:
+        return urlsplit(reply.get("callback_url") or "").port
+    except ValueError:
+        return None
 
 
 def _report(data: dict, out: Any, as_json: bool) -> int:
@@ -143,17 +193,42 @@ def _wait(c: Client, session: str, timeout: float | None, out: Any, *, quiet: bo
             out.err(f"still waiting ({elapsed} s)")
 
 
-def _paste_code(c: Client, session: str, out: Any) -> dict:
+def _paste_code(c: Client, session: str, out: Any, timeout: float | None = None) -> dict | None:
+    """Reads the code OpenRouter shows (or the whole address it is in) and has the daemon exchange it.
+    None when ``timeout`` passes without a line."""
     out.err("Open the address above in any browser (on any machine), approve, then paste the code shown.")
     prompt = "Code: "
     if out.stdin.isatty():
         out.stderr.write(prompt)
         out.stderr.flush()
-    line = out.stdin.readline()
-    code = line.strip()
+    if timeout is not None and not _readable_within(out.stdin, timeout):
+        return None
+    code = _code_from_paste(out.stdin.readline())
     if not code:
         raise UsageError("No code was pasted.", "Run `convctl oauth start --paste` again and paste the code OpenRouter shows.")
     return c.call("oauth.exchange", {"code": code, "session_id": session}, timeout=120.0)
+
+
+def _readable_within(stream: Any, timeout: float) -> bool:
+    import select
+
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return True  # not a real file (tests pass StringIO): read it
+    return bool(select.select([fd], [], [], timeout)[0])
+
+
+def _code_from_paste(line: str) -> str:
+    """The code from what a person pasted: the code itself, maybe quoted, or an address with ``code=``."""
+    text = line.strip().strip("'\"").strip()
+    if "code=" in text:
+        from urllib.parse import parse_qs, urlsplit
+
+        found = parse_qs(urlsplit(text).query).get("code")
+        if found:
+            return found[0].strip()
+    return text
 
 
 def browser_unavailable_reason(env: dict | os._Environ = os.environ) -> str | None:
@@ -165,7 +240,7 @@ def browser_unavailable_reason(env: dict | os._Environ = os.environ) -> str | No
     return None
 
 
-def _open_browser(url: str, out: Any) -> None:
+def _open_browser(url: str, out: Any, port: int | None = None) -> None:
     if not url.startswith(("http://", "https://")):
         out.err("convctl: not opening a URL that is not http(s); open it yourself if you trust it.")
         return
@@ -178,7 +253,8 @@ def _open_browser(url: str, out: Any) -> None:
         reason = "no browser could be started"
     out.err(f"Could not open a browser: {reason}. Either:")
     out.err("  - open the address above in a browser on this machine, or")
-    out.err("  - on your own machine run `ssh -L 3000:localhost:3000 <this host>` and open the address there, or")
+    p = port or 3000
+    out.err(f"  - on your own machine run `ssh -L {p}:localhost:{p} <this host>` and open the address there, or")
     out.err("  - run `convctl oauth start --paste` and paste the code OpenRouter shows.")
 
 
