@@ -114,8 +114,22 @@ async def start_post(request: web.Request) -> web.StreamResponse:
     return _json(ctl.start(restart=restart))
 
 
+def _navigation(request: web.Request) -> bool:
+    """False when a browser says this is not a top-level page load (an image, script, fetch or frame).
+
+    OpenRouter sends the person back with a top-level navigation; a page that embeds our callback
+    invisibly (``<img src=...?error=access_denied>``) must not be able to end or feed the real login.
+    Clients that send no fetch metadata (curl, older browsers) are not refused."""
+    dest = request.headers.get("Sec-Fetch-Dest")
+    mode = request.headers.get("Sec-Fetch-Mode")
+    return dest in (None, "document") and mode in (None, "navigate")
+
+
 async def callback(request: web.Request) -> web.StreamResponse:
     ctl = request.app[CONTROLLER]
+    if not _navigation(request):
+        log.warning("refused a callback that was not a page load (Sec-Fetch-Dest %r)", request.headers.get("Sec-Fetch-Dest"))
+        return _forbidden(request, "This address only works as the page OpenRouter sends you back to.")
     q = request.query
     state = q.get("state")
     if "error" in q:
