@@ -1,0 +1,411 @@
+"""Web pages attacking localhost: DNS rebinding, cross-site starts, CORS, callback injection, headers.
+
+The attacker is any page open in the person's browser. It can make the browser send requests to
+localhost (navigations, images, forms, fetch), and with DNS rebinding it can even read the answers of
+requests that carry its own name in ``Host``. None of that may start a login, end or consume the real
+one, store a key, or read anything.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from tests.adversarial.harness import (
+    callback,
+    next_event,
+    query_of,
+    raw_http,
+    state_of,
+    subscriber,
+)
+
+
+START = "/api/openrouter/oauth/start"
+CB = "/api/openrouter/oauth/callback"
+
+
+def latest_session(d) -> str | None:
+    flow = d.call("status")["flow"]
+    return flow and flow["session_id"]
+
+
+# -- DNS rebinding ------------------------------------------------------------------------------------
+
+HOSTILE_HOSTS = [
+    pytest.param("evil.com:{port}", id="evil.com"),
+    pytest.param("attacker.localhost:{port}", id="subdomain-of-localhost"),
+    pytest.param("127.0.0.1.nip.io:{port}", id="nip.io"),
+    pytest.param("localhost:{other}", id="wrong-port"),
+    pytest.param("localhost", id="no-port"),
+    pytest.param("localhost:{port}.evil.com", id="port-then-suffix"),
+    pytest.param("[::1]:{port}@evil.com", id="userinfo-trick"),
+    pytest.param(None, id="missing-host"),
+    pytest.param("", id="empty-host"),
+]
+
+ROUTES = [
+    ("GET", "/api/status", {}),
+    ("GET", "/", {"Accept": "text/html"}),
+    # A rebinding page is same-origin with itself, so its requests look same-origin to the browser.
+    ("GET", START, {"Sec-Fetch-Site": "same-origin"}),
+    ("POST", START, {"Sec-Fetch-Site": "same-origin", "Content-Type": "application/json"}),
+    ("GET", CB + "?code=abc&state=x", {}),
+]
+
+
+@pytest.mark.parametrize("host", HOSTILE_HOSTS)
+def test_dns_rebinding_host_is_refused_without_side_effect(mdaemon, host):
+    """Any Host other than localhost/127.0.0.1/[::1] with our port gets 403 on every route; no flow starts.
+
+    Defence: Host allow-list in http_app.security."""
+    d = mdaemon
+    before = latest_session(d)
+    if host is not None:
+        host = host.format(port=d.port, other=d.port + 1 if d.port < 65535 else d.port - 1)
+    for method, path, headers in ROUTES:
+        h = dict(headers)
+        if host is not None and "Origin" not in h and method == "POST":
+            h["Origin"] = f"http://{host}"
+        body = b"{}" if method == "POST" else b""
+        r = raw_http(d.port, method, path, h, body, host=host)
+        # HTTP/1.1 without Host is malformed: aiohttp answers 400 before any route runs.
+        assert r.status == (400 if host is None else 403), (method, path, r.dump())
+        assert "session_id" not in r.text and "auth_url" not in r.text and '"port"' not in r.text
+    assert latest_session(d) == before  # nothing started
+
+
+def test_http10_without_host_is_refused(mdaemon):
+    """HTTP/1.0 may omit Host; such requests are still refused (403) and start nothing."""
+    d = mdaemon
+    before = latest_session(d)
+    for method, path, headers in ROUTES:
+        r = raw_http(d.port, method, path, headers, b"{}" if method == "POST" else b"", host=None, version="HTTP/1.0")
+        assert r.status == 403, (method, path, r.dump())
+    assert latest_session(d) == before
+
+
+def test_rebinding_callback_does_not_consume_the_real_code(mdaemon, fake_t):
+    """A rebinding page replaying the real callback gets 403; the real code still completes the login.
+
+    Defence: Host allow-list runs before the callback route."""
+    d = mdaemon
+    reply = d.call("oauth.start", {"restart": True})
+    location = fake_t.approve(reply["auth_url"])
+    r = raw_http(d.port, "GET", CB + "?" + query_of(location), host=f"evil.com:{d.port}")
+    assert r.status == 403
+    assert d.call("status")["flow"]["status"] == "pending"
+    _, page = callback(d.port, query_of(location))
+    assert page is not None and page.status == 200 and "OpenRouter account linked" in page.text
+    d.call("secret.clear")
+
+
+@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6], ids=["ipv4", "ipv6"])
+def test_every_loopback_name_is_accepted(mdaemon, family):
+    """localhost, 127.0.0.1 and [::1] with our port are served on both loopback addresses (no false 403)."""
+    d = mdaemon
+    for name in ("localhost", "127.0.0.1", "[::1]", "LOCALHOST"):
+        r = raw_http(d.port, "GET", "/api/status", host=f"{name}:{d.port}", family=family)
+        assert r.status == 200, (name, r.dump())
+
+
+# -- cross-site starts --------------------------------------------------------------------------------
+
+CROSS_SITE = [
+    pytest.param("GET", {"Sec-Fetch-Site": "cross-site"}, id="get-cross-site"),
+    pytest.param("GET", {"Sec-Fetch-Site": "same-site"}, id="get-same-site"),
+    pytest.param("GET", {"Origin": "https://evil.example"}, id="get-origin-evil"),
+    pytest.param("GET", {"Origin": "null"}, id="get-origin-null"),
+    pytest.param("GET", {"Sec-Fetch-Site": "none", "Origin": "https://evil.example"}, id="get-none-but-evil-origin"),
+    pytest.param("GET", {}, id="get-no-fetch-metadata"),
+    pytest.param("POST", {"Origin": "https://evil.example"}, id="post-origin-evil"),
+    pytest.param("POST", {"Origin": "http://localhost:1"}, id="post-origin-other-local-port"),
+    pytest.param("POST", {"Sec-Fetch-Site": "cross-site"}, id="post-cross-site"),
+    pytest.param("POST", {"Sec-Fetch-Site": "same-site", "Origin": "{origin}"}, id="post-same-site"),
+    pytest.param("POST", {"Sec-Fetch-Site": "none"}, id="post-none"),
+    pytest.param("POST", {"Origin": "null"}, id="post-origin-null"),
+    pytest.param("POST", {}, id="post-no-origin"),
+]
+
+
+@pytest.mark.parametrize("method, headers", CROSS_SITE)
+def test_cross_site_start_is_refused(mdaemon, method, headers):
+    """Start routes refuse callers that are not same-origin (or a person's typed URL): 403, no flow.
+
+    Defence: http_app._same_site (Origin / Sec-Fetch-Site)."""
+    d = mdaemon
+    before = latest_session(d)
+    h = {k: v.format(origin=f"http://localhost:{d.port}") for k, v in headers.items()}
+    body = b"{}" if method == "POST" else b""
+    if method == "POST":
+        h.setdefault("Content-Type", "application/json")
+    r = raw_http(d.port, method, START, h, body)
+    assert r.status == 403, r.dump()
+    assert "auth_url" not in r.text and "Location" not in dict(r.headers)
+    assert latest_session(d) == before
+
+
+def test_same_origin_and_typed_url_are_allowed(mdaemon):
+    """Our own page (same-origin POST) and a typed URL (Sec-Fetch-Site: none GET) may start a login."""
+    d = mdaemon
+    origin = f"http://localhost:{d.port}"
+    r = raw_http(d.port, "POST", START, {"Origin": origin, "Sec-Fetch-Site": "same-origin",
+                                          "Content-Type": "application/json"}, b"{}")
+    assert r.status == 200 and "auth_url" in r.text
+    r = raw_http(d.port, "GET", START, {"Sec-Fetch-Site": "none"})
+    assert r.status == 302
+
+
+# -- CORS ---------------------------------------------------------------------------------------------
+
+ALL_ROUTES = ["/", "/api/status", START, CB, CB + "?code=x&state=y", "/api/openrouter/oauth/result/nope", "/nope"]
+
+
+def test_no_cors_headers_anywhere(mdaemon):
+    """No response, on any route or method, carries Access-Control-Allow-* (other origins cannot read it)."""
+    d = mdaemon
+    for path in ALL_ROUTES:
+        for method in ("GET", "POST", "PUT", "DELETE"):
+            r = raw_http(d.port, method, path, {"Origin": "https://evil.example", "Content-Type": "application/json"},
+                         b"{}" if method != "GET" else b"")
+            assert r.status, (method, path)
+            assert not [k for k, _ in r.headers if k.lower().startswith("access-control-")], (method, path, r.dump())
+    d.call("oauth.cancel")
+
+
+@pytest.mark.parametrize("path", ALL_ROUTES)
+def test_options_preflight_gets_nothing_permissive(mdaemon, path):
+    """OPTIONS preflights are answered with an error and no Access-Control-* headers; nothing starts."""
+    d = mdaemon
+    before = latest_session(d)
+    r = raw_http(d.port, "OPTIONS", path, {
+        "Origin": "https://evil.example",
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-type",
+        "Access-Control-Request-Private-Network": "true",
+    })
+    assert r.status >= 400, r.dump()
+    assert not [k for k, _ in r.headers if k.lower().startswith("access-control-")], r.dump()
+    assert latest_session(d) == before
+
+
+# -- callback injection -------------------------------------------------------------------------------
+
+
+def test_callback_with_no_pending_flow(mdaemon, fake_t):
+    """A code with no login pending: error page, no exchange with OpenRouter, no key stored."""
+    d = mdaemon
+    exchanges = len(fake_t.fake.exchanges)
+    first, page = callback(d.port, "code=attacker-code&state=whatever")
+    assert first.status == 303 and page is not None and page.status == 400
+    assert "No login is in progress" in page.text
+    assert len(fake_t.fake.exchanges) == exchanges
+    assert d.call("secret.status")["stored"] is False
+
+
+def test_wrong_state_neither_exchanges_nor_ends_the_flow(mdaemon, fake_t):
+    """A code with the wrong state: error page; the code is not sent to OpenRouter; the flow stays pending.
+
+    Defence: the state compare in flows._matching_flow."""
+    d = mdaemon
+    reply = d.call("oauth.start", {"restart": True})
+    real = fake_t.approve(reply["auth_url"])
+    code = dict(p.split("=", 1) for p in query_of(real).split("&"))["code"]
+    exchanges = len(fake_t.fake.exchanges)
+    for query in (f"code={code}&state=wrong", f"code={code}&state=", f"code={code}&state={state_of(reply['auth_url'])}x",
+                  f"error=access_denied&state=wrong"):
+        _, page = callback(d.port, query)
+        assert page is not None and "does not belong" in page.text, (query, page and page.text)
+    assert len(fake_t.fake.exchanges) == exchanges  # the attacker could not make us spend the code
+    assert d.call("status")["flow"]["status"] == "pending"
+    _, page = callback(d.port, query_of(real))
+    assert page is not None and "OpenRouter account linked" in page.text
+    d.call("secret.clear")
+
+
+def test_repeated_code_is_not_exchanged_again(mdaemon, fake_t):
+    """A code that was already exchanged, replayed into the next login: refused before reaching OpenRouter.
+
+    Defence: used-code digests in flows.claim_code."""
+    d = mdaemon
+    first = d.call("oauth.start", {"restart": True})
+    location = fake_t.approve(first["auth_url"])
+    _, page = callback(d.port, query_of(location))
+    assert "OpenRouter account linked" in page.text
+    stored = d.call("secret.get")["key"]
+    second = d.call("oauth.start")
+    old_code = query_of(location).split("code=")[1].split("&")[0]
+    exchanges = len(fake_t.fake.exchanges)
+    _, page = callback(d.port, f"code={old_code}&state={state_of(second['auth_url'])}")
+    assert page is not None and page.status == 400 and "already used" in page.text
+    assert len(fake_t.fake.exchanges) == exchanges
+    assert d.call("status")["flow"]["status"] == "pending"
+    assert d.call("secret.get")["key"] == stored
+    d.call("oauth.cancel")
+    d.call("secret.clear")
+
+
+def test_code_for_another_verifier_leaves_flow_pending(mdaemon, fake_t):
+    """A stateless callback with a code issued for another PKCE challenge: ignored, flow pending, no key.
+
+    Defence: PKCE (OpenRouter rejects the verifier) plus controller releasing the flow."""
+    d = mdaemon
+    fake_t.config.echo_state = False
+    reply = d.call("oauth.start", {"restart": True})
+    foreign = fake_t.fake.issue_code("a-challenge-for-someone-elses-verifier-0123456789")
+    _, page = callback(d.port, f"code={foreign}")
+    assert page is not None and "ignored" in page.text and page.status == 400
+    assert d.call("status")["flow"]["status"] == "pending"
+    assert d.call("secret.status")["stored"] is False
+    real = fake_t.approve(reply["auth_url"])  # no state echoed: the real one still works
+    _, page = callback(d.port, query_of(real))
+    assert page is not None and "OpenRouter account linked" in page.text
+    d.call("secret.clear")
+
+
+def test_concurrent_duplicate_callbacks_exchange_once(mdaemon, fake_t):
+    """The same callback fired twice at once (double click, replay race): exactly one exchange upstream."""
+    import threading
+
+    d = mdaemon
+    fake_t.config.exchange_delay = 0.5
+    reply = d.call("oauth.start", {"restart": True})
+    location = fake_t.approve(reply["auth_url"])
+    before = len(fake_t.fake.exchanges)
+    pages: list = []
+    threads = [threading.Thread(target=lambda: pages.append(callback(d.port, query_of(location))[1])) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(15)
+    texts = sorted(p.text for p in pages if p is not None)
+    assert sum("OpenRouter account linked" in t for t in texts) == 1, texts
+    assert len(fake_t.fake.exchanges) == before + 1
+    d.call("secret.clear")
+
+
+def test_subresource_callback_is_refused(mdaemon, fake_t):
+    """A page embedding the callback as an image/script/fetch (invisible to the person) changes nothing.
+
+    Defence: the callback only accepts top-level navigations (Sec-Fetch-Dest/Mode) when a browser says so."""
+    d = mdaemon
+    sub = subscriber(d, ["openrouter-auth-complete"])
+    reply = d.call("oauth.start", {"restart": True})
+    for dest, mode in (("image", "no-cors"), ("script", "no-cors"), ("empty", "cors"), ("iframe", "navigate")):
+        r = raw_http(d.port, "GET", CB + "?error=access_denied", {
+            "Sec-Fetch-Dest": dest, "Sec-Fetch-Mode": mode, "Sec-Fetch-Site": "cross-site"})
+        assert r.status == 403, (dest, r.dump())
+    assert d.call("status")["flow"]["status"] == "pending"
+    # The real browser redirect from OpenRouter is a cross-site top-level navigation: accepted.
+    location = fake_t.approve(reply["auth_url"])
+    _, page = callback(d.port, query_of(location), {"Sec-Fetch-Dest": "document", "Sec-Fetch-Mode": "navigate",
+                                                    "Sec-Fetch-Site": "cross-site"})
+    assert page is not None and "OpenRouter account linked" in page.text
+    ev = next_event(sub, "openrouter-auth-complete", reply["session_id"])
+    assert ev["data"]["success"] is True
+    sub.close()
+    d.call("secret.clear")
+
+
+# -- response headers and escaping ---------------------------------------------------------------------
+
+
+def _check_headers(r, where):
+    assert r.header("Cache-Control") == "no-store", where
+    assert r.header("Referrer-Policy") == "no-referrer", where
+    assert r.header("X-Content-Type-Options") == "nosniff", where
+    if (r.header("Content-Type") or "").startswith("text/html"):
+        csp = r.header("Content-Security-Policy") or ""
+        assert "default-src 'none'" in csp and "frame-ancestors 'none'" in csp, where
+        assert "unsafe-inline" not in csp and "unsafe-eval" not in csp and "*" not in csp, where
+        body = r.text.lower()
+        assert "<script" not in body, where
+        assert "src=\"http" not in body and "href=\"http" not in body and "url(" not in body, where
+
+
+def test_security_headers_on_every_response(mdaemon, fake_t):
+    """Cache-Control no-store, Referrer-Policy no-referrer, nosniff on all answers; strict CSP on HTML."""
+    d = mdaemon
+    html = {"Accept": "text/html"}
+    replies = {
+        "index": raw_http(d.port, "GET", "/", html),
+        "status": raw_http(d.port, "GET", "/api/status"),
+        "404": raw_http(d.port, "GET", "/nope", html),
+        "405": raw_http(d.port, "PUT", "/api/status"),
+        "403-html": raw_http(d.port, "GET", START, {"Sec-Fetch-Site": "cross-site", **html}),
+        "403-rebinding": raw_http(d.port, "GET", "/", html, host="evil.com"),
+        "403-json": raw_http(d.port, "POST", START, {"Origin": "https://evil.example"}),
+        "start-302": raw_http(d.port, "GET", START, {"Sec-Fetch-Site": "none"}),
+        "413": raw_http(d.port, "POST", START, {"Origin": f"http://localhost:{d.port}"}, b"x" * 100_000),
+    }
+    first, page = callback(d.port, "code=x&state=y")
+    replies["callback-303"], replies["result"] = first, page
+    replies["result-expired"] = raw_http(d.port, "GET", "/api/openrouter/oauth/result/expired", html)
+    for where, r in replies.items():
+        assert r is not None and r.status, where
+        _check_headers(r, where)
+    assert (replies["index"].header("Content-Type") or "").startswith("text/html")
+    assert (replies["result"].header("Content-Type") or "").startswith("text/html")
+    assert replies["callback-303"].header("Location").startswith("/api/openrouter/oauth/result/")
+    assert "code=" not in replies["callback-303"].header("Location")
+    d.call("oauth.cancel")
+
+
+SCRIPTY = '<script>alert(1)</script>"\'><img src=x onerror=alert(2)>'
+
+
+def test_reflected_query_text_is_escaped(mdaemon):
+    """Attacker-chosen error text comes back only HTML-escaped; no markup from the query reaches a page."""
+    from urllib.parse import quote
+
+    d = mdaemon
+    sub = subscriber(d, ["openrouter-auth-complete"])
+    reply = d.call("oauth.start", {"restart": True})
+    q = f"error={quote(SCRIPTY)}&error_description={quote(SCRIPTY)}&state={state_of(reply['auth_url'])}"
+    _, page = callback(d.port, q)
+    assert page is not None and page.status == 400
+    assert "<script" not in page.text and "<img" not in page.text
+    assert "&lt;script&gt;" in page.text  # it is shown, escaped
+    ev = next_event(sub, "openrouter-auth-complete", reply["session_id"])
+    assert ev["data"]["error"]["code"] == "exchange_failed"
+    # stray callbacks and unknown pages never reflect the query at all
+    for path in (CB + "?code=" + quote(SCRIPTY) + "&state=" + quote(SCRIPTY),
+                 "/" + quote(SCRIPTY), "/api/openrouter/oauth/result/" + quote(SCRIPTY)):
+        first, page = (callback(d.port, path.split("?", 1)[1]) if path.startswith(CB)
+                       else (raw_http(d.port, "GET", path, {"Accept": "text/html"}), None))
+        for r in (first, page):
+            if r is not None:
+                assert "<script" not in r.text and "<img" not in r.text, (path, r.text)
+    sub.close()
+
+
+def test_status_json_never_carries_the_authorize_url(mdaemon):
+    """Loopback HTTP is reachable by every local user: /api/status leaves out the pending flow's auth URL/state."""
+    d = mdaemon
+    reply = d.call("oauth.start", {"restart": True})
+    r = raw_http(d.port, "GET", "/api/status")
+    assert r.status == 200
+    assert state_of(reply["auth_url"]) not in r.text and "auth_url" not in r.text
+    d.call("oauth.cancel")
+
+
+def test_flood_of_hostile_requests_leaves_daemon_serving(mdaemon):
+    """200 hostile requests in a row (rebinding, cross-site, preflight) leave the daemon answering and unchanged."""
+    d = mdaemon
+    before = latest_session(d)
+    t0 = time.monotonic()
+    for i in range(200):
+        kind = i % 3
+        if kind == 0:
+            r = raw_http(d.port, "GET", "/api/status", host="evil.com")
+        elif kind == 1:
+            r = raw_http(d.port, "POST", START, {"Origin": "https://evil.example"}, b"{}")
+        else:
+            r = raw_http(d.port, "OPTIONS", START, {"Origin": "https://evil.example"})
+        assert r.status >= 400
+        if time.monotonic() - t0 > 20:
+            break
+    assert latest_session(d) == before
+    assert d.call("status")["pid"] == d.proc.pid
