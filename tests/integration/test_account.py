@@ -1,0 +1,254 @@
+"""Account status: the linked key's label/usage/limit in `status`, cached, and a revoked key reported."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+
+import pytest
+
+from convocationsd import account
+from convocationsd.errors import SecretStoreError
+from convocationsd.events import EventBus
+from convocationsd.flows import FlowError
+from convocationsd.openrouter import KeyRejected, UpstreamError
+from convocationsd.secretstore import SecretStatus
+from tests.conftest import assert_no_secret
+
+URL_RE = re.compile(r"^\s+(http://\S+/auth\?\S+)$", re.M)
+
+
+# -- the pure cache ----------------------------------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_cache_expires_after_ttl():
+    clock = Clock()
+    cache = account.AccountCache(ttl=60, clock=clock)
+    assert cache.stale() and cache.get() is None
+    assert cache.put({"label": "a"}, cache.generation)
+    assert not cache.stale() and cache.get() == {"label": "a"}
+    clock.now += 59.9
+    assert not cache.stale()
+    clock.now += 0.1
+    assert cache.stale() and cache.get() == {"label": "a"}  # stale values are still shown
+
+
+def test_cache_refuses_answers_about_an_old_key():
+    cache = account.AccountCache(ttl=60, clock=Clock())
+    generation = cache.generation
+    cache.invalidate()
+    assert not cache.put({"label": "old key"}, generation)
+    assert cache.get() is None and cache.stale()
+
+
+def test_summary_keeps_only_what_is_shown():
+    data = {"label": "sk-or-v1-abc...xyz", "usage": 1.5, "limit": None, "limit_remaining": None, "usage_daily": 3,
+            "is_free_tier": True, "secret": "nope"}
+    s = account.summary(data)
+    assert s == {"label": "(unnamed key)", "usage": 1.5, "limit": None, "limit_remaining": None, "valid": True, "message": None}
+    assert account.summary({"label": "x\x1b[31m", "usage": float("nan"), "limit": True})["usage"] is None
+
+
+def test_ttl_from_env():
+    assert account.ttl_from_env({}) == 60
+    assert account.ttl_from_env({account.TTL_ENV: "0.5"}) == 0.5
+    assert account.ttl_from_env({account.TTL_ENV: "nope"}) == 60
+    assert account.ttl_from_env({account.TTL_ENV: "-1"}) == 60
+
+
+# -- AccountStatus with a stand-in controller ----------------------------------------------------------------
+
+
+class StubOpenRouter:
+    def __init__(self) -> None:
+        self.calls = 0
+        self.answer: object = {"label": "Convocations", "usage": 0.25, "limit": 10, "limit_remaining": 9.75}
+        self.gate: asyncio.Event | None = None
+
+    async def key_info(self, key: str) -> dict:
+        self.calls += 1
+        assert key == "sk-or-v1-test"
+        if self.gate is not None:
+            await self.gate.wait()
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+
+class StubSecrets:
+    def __init__(self) -> None:
+        self.key: str | None = "sk-or-v1-test"
+        self.error: Exception | None = None
+
+    def get(self) -> str | None:
+        if self.error:
+            raise self.error
+        return self.key
+
+
+class StubController:
+    def __init__(self) -> None:
+        self.bus = EventBus()
+        self.secret_state = SecretStatus(True, "local-encrypted")
+        self.secrets = StubSecrets()
+        self.openrouter = StubOpenRouter()
+
+    async def _secret_call(self, fn, *args):
+        return fn(*args)
+
+
+async def settle(status: account.AccountStatus) -> None:
+    if status._task is not None:
+        await status._task
+
+
+async def test_snapshot_never_waits_and_refreshes_in_background():
+    ctl = StubController()
+    clock = Clock()
+    st = account.AccountStatus(ctl, ttl=60, clock=clock)
+    assert st.snapshot() is None  # nothing known yet; a refresh has started
+    await settle(st)
+    assert st.snapshot() == {"label": "Convocations", "usage": 0.25, "limit": 10, "limit_remaining": 9.75,
+                             "valid": True, "message": None}
+    assert ctl.openrouter.calls == 1
+    st.snapshot()
+    await settle(st)
+    assert ctl.openrouter.calls == 1  # cached
+    clock.now += 61
+    ctl.openrouter.answer = KeyRejected(FlowError("key_rejected", "x", "y"), status=401)
+    assert st.snapshot()["valid"] is True  # the stale value, while it refreshes
+    await settle(st)
+    assert st.snapshot() == account.revoked()
+    assert "no longer valid" in st.snapshot()["message"] and "convctl oauth start" in st.snapshot()["message"]
+
+
+async def test_one_refresh_at_a_time_and_key_change_restarts():
+    ctl = StubController()
+    st = account.AccountStatus(ctl, ttl=60, clock=Clock())
+    ctl.openrouter.gate = asyncio.Event()
+    st.snapshot()
+    st.snapshot()
+    await asyncio.sleep(0)
+    assert ctl.openrouter.calls == 1
+    first = st._task
+    ctl.bus.publish("openrouter-key-changed", {"stored": True, "backend": "keyring"})  # a new key mid-refresh
+    ctl.openrouter.gate.set()
+    await first
+    assert st.cache.get() is None  # the answer about the old key was dropped
+    st.snapshot()
+    await settle(st)
+    assert st.snapshot()["label"] == "Convocations"
+
+
+async def test_no_key_and_errors():
+    ctl = StubController()
+    st = account.AccountStatus(ctl, ttl=60, clock=Clock())
+    ctl.secret_state = SecretStatus(False, None)
+    assert st.snapshot() is None and st._task is None
+    ctl.secret_state = SecretStatus(True, "keyring")
+    ctl.secrets.error = SecretStoreError("The keyring is locked.", "Unlock it.")
+    value = await st.refresh()
+    assert value["valid"] is True and "could not be read" in value["message"]
+    ctl.secrets.error = None
+    ctl.openrouter.answer = UpstreamError(FlowError("upstream_unreachable", "Could not reach OpenRouter.", ""))
+    value = await st.refresh()
+    assert value["valid"] is True and "Could not reach OpenRouter" in value["message"]
+
+
+async def test_without_a_loop_snapshot_is_harmless():
+    ctl = StubController()
+    st = account.AccountStatus(ctl, ttl=60, clock=Clock())
+    assert await asyncio.to_thread(st.snapshot) is None
+
+
+# -- the daemon and convctl against the fake -------------------------------------------------------------------
+
+
+async def _read_url(proc) -> str:
+    while True:
+        line = await asyncio.to_thread(proc.stdout.readline)
+        assert line, "convctl ended before printing a URL"
+        if m := URL_RE.match(line):
+            return m.group(1)
+
+
+async def test_account_after_login_in_status_and_revoked(daemon_factory, fake):
+    from tests.conftest import follow_callback
+
+    d = await asyncio.to_thread(
+        daemon_factory, CONVOCATIONS_OPENROUTER_URL=fake.url, CONVOCATIONS_ACCOUNT_CACHE_SECONDS="0.5"
+    )
+    proc = d.convctl_async("oauth", "start", "--no-browser", "--timeout", "30")
+    auth_url = await _read_url(proc)
+    location = await fake.approve(auth_url)
+    await follow_callback(location)
+    out, err = await asyncio.to_thread(proc.communicate, timeout=20)
+    assert proc.returncode == 0, err
+    # right after linking, convctl shows the account
+    assert "Account: label Convocations, usage $0.00, no limit" in out
+
+    done = await asyncio.to_thread(d.convctl, "status")
+    assert done.returncode == 0
+    assert "key:      label Convocations, usage $0.00, no limit" in done.stdout
+    js = d.call("status")["account"]
+    assert js == {"label": "Convocations", "usage": 0, "limit": None, "limit_remaining": None, "valid": True, "message": None}
+
+    key = fake.issued_keys[-1]
+    fake.revoke(key)
+    deadline = time.monotonic() + 10
+    text = ""
+    while time.monotonic() < deadline:
+        done = await asyncio.to_thread(d.convctl, "status")
+        text = done.stdout
+        if "no longer valid" in text:
+            break
+        await asyncio.sleep(0.2)
+    assert "key:      linked key is no longer valid — run `convctl oauth start`" in text
+    assert d.call("status")["account"]["valid"] is False
+    assert_no_secret(key, d.all_output(), out, err, text, str(js))
+
+
+async def test_status_with_a_key_set_by_hand_shows_limit(daemon, fake):
+    key = fake.issue_key("my laptop", limit=25.0)
+    daemon.call("secret.set", {"key": key})
+    done = await asyncio.to_thread(daemon.convctl, "status")
+    assert "key:      label my laptop, usage $0.00, limit $25.00 ($25.00 left)" in done.stdout
+    js = await asyncio.to_thread(daemon.convctl, "status", "--json")
+    assert '"label": "my laptop"' in js.stdout
+    daemon.call("secret.clear")
+    assert daemon.call("status")["account"] is None
+    assert_no_secret(key, daemon.all_output())
+
+
+async def test_status_unreachable_openrouter_is_not_an_invalid_key(daemon_factory, fake):
+    d = await asyncio.to_thread(daemon_factory, CONVOCATIONS_OPENROUTER_URL=fake.url)
+    key = fake.issue_key()
+    d.call("secret.set", {"key": key})
+    fake.config.key_info_status = 503
+    done = await asyncio.to_thread(d.convctl, "status")
+    assert "could not check the key with OpenRouter" in done.stdout
+    assert "no longer valid" not in done.stdout
+
+
+@pytest.mark.parametrize("cmd", [("status",), ("secret", "status"), ("--help",)])
+def test_convctl_stays_light(cmd, short_tmp):
+    import subprocess
+    import sys
+
+    from tests.conftest import base_env
+
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "convocationsd.cli", *cmd],
+        env=base_env(short_tmp), capture_output=True, text=True, timeout=30,
+    )
+    heavy = [line for line in done.stderr.splitlines() if re.search(r"\b(aiohttp|keyring|cryptography)\b", line)]
+    assert heavy == []
