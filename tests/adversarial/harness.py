@@ -121,7 +121,8 @@ def spawn_daemon(tmp: Path, *, umask: int | None = None, nofile: int | None = No
             [sys.executable, "-m", "convocationsd", "--log-level", "debug"], env=full,
             stdout=log_file, stderr=subprocess.STDOUT, preexec_fn=prepare,
         )
-    d = DaemonProcess(proc, full, Path(full["CONVOCATIONS_SOCKET"]), tmp / "cfg" / "convocations", log_path)
+    sock = full["CONVOCATIONS_SOCKET"] or str(Path(full["XDG_RUNTIME_DIR"]) / "convocations" / "convocationsd.sock")
+    d = DaemonProcess(proc, full, Path(sock), tmp / "cfg" / "convocations", log_path)
     wait_for_socket(d.socket, proc)
     d.port = d.call("status")["port"]
     return d
