@@ -1,0 +1,231 @@
+"""Headless login (`--paste`), the no-browser advice, and waiting: Ctrl-C, --timeout, the spinner on a tty."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from convocationsd import commands
+from tests.conftest import assert_no_secret
+
+URL_RE = re.compile(r"^\s+(http://\S+/auth\?\S+)$", re.M)
+
+
+async def read_url(proc: subprocess.Popen) -> str:
+    lines = []
+    while True:
+        line = await asyncio.to_thread(proc.stdout.readline)
+        assert line, "convctl ended before printing a URL: " + "".join(lines) + proc.stderr.read()
+        lines.append(line)
+        if m := URL_RE.match(line):
+            return m.group(1)
+
+
+def flow_error(daemon) -> str | None:
+    flow = daemon.call("status")["flow"]
+    return flow["error"]["code"] if flow and flow["error"] else None
+
+
+async def wait_for_flow_end(daemon, timeout: float = 10.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        flow = daemon.call("status")["flow"]
+        if flow and flow["status"] != "pending":
+            return flow
+        await asyncio.sleep(0.05)
+    raise AssertionError("the flow did not end")
+
+
+# -- paste mode ------------------------------------------------------------------------------------------------
+
+
+async def test_paste_mode_end_to_end(daemon, fake):
+    proc = daemon.convctl_async("oauth", "start", "--paste", "--timeout", "30")
+    auth_url = await read_url(proc)
+    query = parse_qs(urlsplit(auth_url).query)
+    assert "callback_url" not in query and query["code_challenge_method"] == ["S256"]
+    code = await fake.approve_headless(auth_url)
+    out, err = await asyncio.to_thread(proc.communicate, code + "\n", 20)
+    assert proc.returncode == 0, err
+    assert "paste the code" in err
+    assert "Linked. Your OpenRouter key is stored in local-encrypted." in out
+    key = fake.issued_keys[-1]
+    assert daemon.call("secret.get") == {"key": key}
+    flow = daemon.call("status")["flow"]
+    assert flow["status"] == "succeeded" and flow["paste"] is True and flow["callback_url"] is None
+    assert_no_secret(key, out, err, daemon.all_output())
+    assert_no_secret(code, out, err, daemon.log())
+
+
+async def test_paste_accepts_the_whole_address(daemon, fake):
+    proc = daemon.convctl_async("oauth", "start", "--paste")
+    code = await fake.approve_headless(await read_url(proc))
+    pasted = f"  'https://example.invalid/done?code={code}&x=1'  "
+    out, err = await asyncio.to_thread(proc.communicate, pasted + "\n", 20)
+    assert proc.returncode == 0, err
+    assert daemon.call("secret.status")["stored"] is True
+
+
+async def test_paste_nothing_cancels_the_login(daemon, fake):
+    proc = daemon.convctl_async("oauth", "start", "--paste")
+    await read_url(proc)
+    out, err = await asyncio.to_thread(proc.communicate, "", 20)  # end of input: nothing pasted
+    assert proc.returncode == 2
+    assert "No code was pasted" in err and "--paste" in err
+    assert flow_error(daemon) == "cancelled"  # not left pending for ten minutes
+
+
+async def test_paste_wrong_code_fails_clearly(daemon, fake):
+    proc = daemon.convctl_async("oauth", "start", "--paste")
+    await read_url(proc)
+    out, err = await asyncio.to_thread(proc.communicate, "not-the-code\n", 20)
+    assert proc.returncode == 1
+    assert "rejected the authorization code" in err and "convctl oauth start" in err
+    assert daemon.call("secret.status")["stored"] is False
+
+
+async def test_paste_timeout(daemon, fake):
+    proc = daemon.convctl_async("oauth", "start", "--paste", "--timeout", "1")
+    await read_url(proc)
+    started = time.monotonic()
+    rc = await asyncio.to_thread(proc.wait, 15)  # stdin stays open: nobody pastes
+    out, err = proc.communicate()
+    assert rc == 1 and time.monotonic() - started < 10
+    assert "no answer within 1 s" in err
+    assert flow_error(daemon) == "cancelled"
+
+
+async def test_paste_ctrl_c(daemon, fake):
+    proc = daemon.convctl_async("oauth", "start", "--paste")
+    await read_url(proc)
+    await asyncio.sleep(0.3)  # at the prompt
+    proc.send_signal(signal.SIGINT)
+    out, err = await asyncio.to_thread(proc.communicate, None, 15)
+    assert proc.returncode == 1 and "cancelled" in err
+    assert flow_error(daemon) == "cancelled"
+
+
+@pytest.mark.parametrize(
+    "line, code",
+    [("abc\n", "abc"), ("  'abc'  \n", "abc"), ('"abc"', "abc"),
+     ("http://localhost:3000/api/openrouter/oauth/callback?code=xyz&state=s", "xyz"), ("\n", "")],
+)
+def test_code_from_paste(line, code):
+    assert commands._code_from_paste(line) == code
+
+
+# -- when no browser can open -------------------------------------------------------------------------------------
+
+
+def headless_env(env: dict, **extra: str) -> dict:
+    env = {k: v for k, v in env.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "SSH_CONNECTION", "SSH_TTY")}
+    env.update(extra)
+    return env
+
+
+@pytest.mark.parametrize(
+    "extra, reason",
+    [({"SSH_CONNECTION": "10.0.0.2 50000 10.0.0.1 22"}, "this is an SSH session"),
+     ({}, "there is no graphical display")],
+)
+async def test_no_browser_says_what_to_do(daemon, fake, extra, reason):
+    env = headless_env(daemon.env, **extra)
+    done = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "convocationsd.cli", "oauth", "start", "--timeout", "1"],
+        env=env, capture_output=True, text=True, timeout=30,
+    )
+    assert done.returncode == 1
+    err = done.stderr
+    assert f"Could not open a browser: {reason}" in err
+    assert "convctl oauth start --paste" in err
+    assert f"ssh -L {daemon.port}:localhost:{daemon.port} <this host>" in err
+    assert URL_RE.search(done.stdout)  # the address is still shown to copy
+
+
+def test_browser_unavailable_reason():
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the display rule is Linux's")
+    assert commands.browser_unavailable_reason({"SSH_CONNECTION": "x", "DISPLAY": ":0"}) == "this is an SSH session"
+    assert "no graphical display" in commands.browser_unavailable_reason({})
+    assert commands.browser_unavailable_reason({"WAYLAND_DISPLAY": "wayland-0"}) is None
+
+
+# -- waiting -------------------------------------------------------------------------------------------------------
+
+
+async def test_ctrl_c_cancels_the_flow_in_the_daemon(daemon, fake):
+    sub = await daemon.aclient()
+    await sub.call("subscribe", {"events": ["openrouter-auth-complete"]})
+    proc = daemon.convctl_async("oauth", "start", "--no-browser")
+    await read_url(proc)
+    await asyncio.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    out, err = await asyncio.to_thread(proc.communicate, None, 15)
+    assert proc.returncode == 1
+    assert "cancelled; the pending login was ended" in err and "Traceback" not in err
+
+    async def complete():
+        async for ev in sub.events():
+            if ev["event"] == "openrouter-auth-complete":
+                return ev
+
+    ev = await asyncio.wait_for(complete(), 10)
+    assert ev["data"]["success"] is False and ev["data"]["error"]["code"] == "cancelled"
+    flow = daemon.call("status")["flow"]
+    assert flow["status"] == "failed" and flow["error"]["code"] == "cancelled"
+    await sub.close()
+
+
+async def test_timeout_ends_the_wait(daemon, fake):
+    started = time.monotonic()
+    done = await asyncio.to_thread(daemon.convctl, "oauth", "start", "--no-browser", "--timeout", "1.5")
+    assert done.returncode == 1
+    assert 1.4 < time.monotonic() - started < 10
+    assert "no answer within 1.5 s; the login was cancelled" in done.stderr
+    assert "\r" not in done.stderr  # not a terminal: no spinner
+    assert flow_error(daemon) == "cancelled"
+
+
+async def test_bad_timeout_is_a_usage_error(daemon):
+    done = await asyncio.to_thread(daemon.convctl, "oauth", "start", "--no-browser", "--timeout", "0")
+    assert done.returncode == 2 and "--timeout" in done.stderr
+
+
+async def test_spinner_on_a_terminal(daemon, fake):
+    master, slave = os.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "convocationsd.cli", "oauth", "start", "--no-browser", "--timeout", "30"],
+        env=daemon.env, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, close_fds=True,
+    )
+    os.close(slave)
+    seen = b""
+    try:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not re.search(rb"waiting 0:0[1-9]", seen):
+            ready, _, _ = await asyncio.to_thread(select.select, [master], [], [], 0.5)
+            if ready:
+                try:
+                    seen += os.read(master, 4096)
+                except OSError:
+                    break
+        text = seen.decode(errors="replace")
+        assert "/auth?" in text  # the URL stays on screen
+        assert re.search(r"\r[|/\\-] waiting 0:0[1-9]", text), text
+        proc.send_signal(signal.SIGINT)
+        await asyncio.to_thread(proc.wait, 15)
+        assert proc.returncode == 1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+    assert (await wait_for_flow_end(daemon))["error"]["code"] == "cancelled"
