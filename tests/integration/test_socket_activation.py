@@ -93,7 +93,8 @@ class NotifySocket:
 class Activation:
     """``systemd-socket-activate -l <ctl> -l 127.0.0.1:<port> -l [::1]:<port> --fdname=ctl:http:http ...``"""
 
-    def __init__(self, tmp: Path, ctl: Path, port: int, *, command: list[str] | None = None, **env: str) -> None:
+    def __init__(self, tmp: Path, ctl: Path, port: int, *, command: list[str] | None = None,
+                 fdnames: str | None = "ctl:http:http", **env: str) -> None:
         self.ctl, self.port = ctl, port
         # The daemon's own defaults point elsewhere, so a daemon that ignored the inherited sockets would show.
         full = base_env(tmp, RCONV_HTTP_PORT=str(free_port()), CONVOCATIONS_SOCKET=str(tmp / "own.sock"), **env)
@@ -103,8 +104,8 @@ class Activation:
         self.out_path = self.log_path.with_suffix(".out")
         with open(self.log_path, "wb") as log, open(self.out_path, "wb") as out:
             self.proc = subprocess.Popen(
-                [TOOL, "-l", str(ctl), "-l", f"127.0.0.1:{port}", "-l", f"[::1]:{port}", "--fdname=ctl:http:http",
-                 *passed, *command],
+                [TOOL, "-l", str(ctl), "-l", f"127.0.0.1:{port}", "-l", f"[::1]:{port}",
+                 *([f"--fdname={fdnames}"] if fdnames else []), *passed, *command],
                 stdout=out, stderr=log, cwd=tmp,
             )
 
@@ -268,6 +269,23 @@ def test_held_socket_reactivates_after_idle_exit(short_tmp, activations):
     assert os.stat(ctl).st_ino == inode
     assert a.wait() == 0  # the second daemon exited on idle too, and the stand-in with it
     assert a.out().splitlines() == [f"exited {pid1} 0", f"exited {st['pid']} 0"]
+
+
+@needs_tool
+def test_unnamed_inherited_sockets_are_used_by_family(short_tmp, activations):
+    """A unit without FileDescriptorName= (here: no --fdname, so LISTEN_FDNAMES is unset and every fd is
+    "unknown"): the Unix socket still serves IPC and the IP ones HTTP, instead of the daemon trying to bind
+    the path that is already held."""
+    ctl, port = short_tmp / "c.sock", free_port()
+    a = Activation(short_tmp, ctl, port, fdnames=None)
+    activations.append(a)
+    st = a.call("status")
+    assert (st["port"], st["port_fallback"], st["socket"]) == (port, False, str(ctl))
+    assert http_status("::1", port)[0] == 200
+    a.proc.send_signal(signal.SIGTERM)
+    assert a.wait() == 0
+    assert "has fd name 'unknown'; using it as 'ctl'" in a.log()
+    assert ctl.exists()
 
 
 # -- run by hand (not activated) ------------------------------------------------------------------------
