@@ -181,7 +181,31 @@ async def index(request: web.Request) -> web.StreamResponse:
     )
 
 
+class _MalformedRequests(logging.Filter):
+    """One line, not a traceback, for requests aiohttp cannot parse (oversized headers, garbage bytes).
+
+    Anyone on this machine can send those: left alone, aiohttp logs each with a traceback at ERROR and
+    the first 100 bytes of the offending line, which may hold a query (a code) or a header someone sent."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from aiohttp.http_exceptions import HttpProcessingError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            remote = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+            record.msg, record.args = "refused a malformed HTTP request from %s (%s)", (remote, type(exc).__name__)
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+_MALFORMED = _MalformedRequests()
+
+
 def make_app(controller: Controller) -> web.Application:
+    server_log = logging.getLogger("aiohttp.server")
+    if _MALFORMED not in server_log.filters:
+        server_log.addFilter(_MALFORMED)
     app = web.Application(middlewares=[security], client_max_size=MAX_BODY)
     app[CONTROLLER] = controller
     app[RESULTS] = OrderedDict()
