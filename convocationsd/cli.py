@@ -93,6 +93,9 @@ def main(argv: list[str] | None = None, out: Out | None = None) -> int:
     except KeyboardInterrupt:
         out.err("interrupted")
         return EXIT_FAILED
+    except BrokenPipeError:  # `convctl ... | head`: the reader left; not an error worth a traceback
+        sys.stderr.close()
+        return EXIT_OK
 
 
 def run(args: argparse.Namespace, out: Out) -> int:
