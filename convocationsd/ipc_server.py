@@ -195,7 +195,9 @@ class IpcServer:
 
     async def start(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_unix_server(lambda: Connection(self), sock=sock)
+        # Python 3.13+ would unlink the socket's path on close; whose file it is, we decide (own_socket).
+        extra = {"cleanup_socket": False} if sys.version_info >= (3, 13) else {}
+        self._server = await loop.create_unix_server(lambda: Connection(self), sock=sock, **extra)
 
     def own_socket(self, path: Path) -> None:
         """Marks ``path`` as created by us, to be removed at close (an inherited socket is not)."""
