@@ -155,7 +155,9 @@ class Daemon:
         if not ipc_socks:
             self._ipc.own_socket(Path(socket_path))
 
-        self._runner = web.AppRunner(http_app.make_app(ctl), handle_signals=False, access_log=None)
+        self._runner = web.AppRunner(
+            http_app.make_app(ctl), handle_signals=False, access_log=None, keepalive_timeout=http_app.IDLE_TIMEOUT
+        )
         await self._runner.setup()
         for sock in http_socks:
             await web.SockSite(self._runner, sock).start()
@@ -256,6 +258,26 @@ async def serve(settings: Settings, *, flags: Mapping[str, Any] | None = None, e
         await daemon.stop()
 
 
+def raise_open_file_limit() -> None:
+    """Soft RLIMIT_NOFILE up to the hard limit, at most 65536 (systemd hands out 1024 / 524288).
+
+    Any local user can open loopback HTTP connections; at 1024 descriptors a few hundred idle ones would
+    make the daemon unable to accept its own user's socket clients. Memory, not descriptors, then bounds
+    what a crowd costs, and idle HTTP connections are closed after ``http_app.IDLE_TIMEOUT``."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        wanted = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+        if sys.platform == "darwin":
+            wanted = min(wanted, 10240)  # OPEN_MAX: macOS refuses more
+        if soft != resource.RLIM_INFINITY and soft < wanted:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            log.debug("open file limit raised from %d to %d", soft, wanted)
+    except (ImportError, ValueError, OSError) as e:
+        log.debug("could not raise the open file limit: %s", e)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     flags = {k: v for k, v in vars(args).items() if v is not None}
@@ -266,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"convocationsd: {e}", file=sys.stderr)
         return 2
     setup_logging(settings.log_level, env)
+    raise_open_file_limit()
     try:
         asyncio.run(serve(settings, flags=flags, env=env))
     except ConvError as e:

@@ -31,6 +31,7 @@ CONTROLLER = web.AppKey("controller", Controller)
 RESULTS = web.AppKey("results", OrderedDict)
 MAX_RESULTS = 32
 MAX_BODY = 16 * 1024
+IDLE_TIMEOUT = 10.0  # seconds a connection may sit without a complete request (slowloris, idle crowds)
 
 
 def allowed_hosts(port: int) -> frozenset[str]:
