@@ -1,0 +1,556 @@
+"""Bad input on every door: HTTP (headers, bodies, query strings, garbage), the JSON-RPC socket (long
+lines, invalid UTF-8, deep nesting, wrong types for every parameter, half-written lines, idle crowds,
+generated lines) and config.toml.
+
+The daemon must answer with a clear error or close that one connection: never crash, never log a
+traceback, never grow without bound.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from convocationsd import protocol
+from tests.adversarial.harness import assert_healthy, open_fds, raw_http, rss_kib
+
+START = "/api/openrouter/oauth/start"
+
+
+def _line(d, line: bytes, timeout: float = 10.0) -> tuple[list[dict], bool]:
+    """Sends one line on a fresh connection; returns (replies, closed by the daemon)."""
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(timeout)
+    s.connect(str(d.socket))
+    try:
+        s.sendall(line)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    try:
+        return _read_all(s, timeout)
+    finally:
+        s.close()
+
+
+def _read_all(s: socket.socket, timeout: float, until_id=None) -> tuple[list[dict], bool]:
+    buf, replies, closed = b"", [], False
+    deadline = time.monotonic() + timeout
+    s.settimeout(0.3)
+    while time.monotonic() < deadline:
+        try:
+            chunk = s.recv(65536)
+        except TimeoutError:
+            if replies and until_id is None:
+                break
+            continue
+        except ConnectionResetError:
+            closed = True
+            break
+        if not chunk:
+            closed = True
+            break
+        buf += chunk
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            replies.append(json.loads(line))
+        if until_id is not None and any(r.get("id") == until_id for r in replies):
+            break
+    return replies, closed
+
+
+# -- HTTP ---------------------------------------------------------------------------------------------
+
+
+def test_oversized_header_is_4xx(mdaemon):
+    """One 64 KiB header: 4xx, daemon alive."""
+    d = mdaemon
+    r = raw_http(d.port, "GET", "/api/status", {"X-Big": "a" * 65536})
+    assert 400 <= r.status < 500, r.dump()[:300]
+    assert_healthy(d)
+
+
+def test_ten_thousand_headers_are_4xx(mdaemon):
+    """10,000 small headers (about 150 KiB): 4xx, daemon alive."""
+    d = mdaemon
+    r = raw_http(d.port, "GET", "/api/status", [(f"X-H{i}", "v") for i in range(10_000)])
+    assert 400 <= r.status < 500, r.dump()[:300]
+    assert_healthy(d)
+
+
+def test_oversized_query_string_is_4xx(mdaemon):
+    """A 200 KiB query string on the callback: 4xx before any route runs; no flow touched."""
+    d = mdaemon
+    d.call("oauth.start", {"restart": True})
+    r = raw_http(d.port, "GET", "/api/openrouter/oauth/callback?code=" + "A" * 200_000 + "&state=x")
+    assert 400 <= r.status < 500, r.dump()[:300]
+    assert d.call("status")["flow"]["status"] == "pending"
+    assert_healthy(d)
+
+
+def test_long_but_legal_code_is_only_ignored(mdaemon):
+    """A 6 KiB code with a wrong state fits the request line: an ordinary 'ignored' page, nothing exchanged."""
+    d = mdaemon
+    d.call("oauth.start", {"restart": True})
+    r = raw_http(d.port, "GET", "/api/openrouter/oauth/callback?code=" + "A" * 6000 + "&state=x")
+    assert r.status == 303
+    assert d.call("status")["flow"]["status"] == "pending"
+
+
+@pytest.mark.parametrize("size", [17 * 1024, 2 * 1024 * 1024], ids=["17KiB", "2MiB"])
+def test_oversized_body_is_413_and_starts_nothing(mdaemon, size):
+    """A POST start body over the 16 KiB limit: 413, no flow started, daemon alive."""
+    d = mdaemon
+    origin = f"http://localhost:{d.port}"
+    body = b'{"restart": true, "pad": "' + b"x" * size + b'"}'
+    r = raw_http(d.port, "POST", START, {"Origin": origin, "Content-Type": "application/json"}, body)
+    assert r.status == 413, r.dump()[:300]
+    assert d.call("status")["flow"] is None or d.call("status")["flow"]["status"] != "pending"
+    assert_healthy(d)
+
+
+def test_body_longer_than_announced_and_lying_lengths(mdaemon):
+    """Content-Length lies (too small, negative, huge with no body) and chunked garbage: 4xx or an orderly close."""
+    d = mdaemon
+    origin = f"http://localhost:{d.port}"
+    base = f"POST {START} HTTP/1.1\r\nHost: localhost:{d.port}\r\nOrigin: {origin}\r\nConnection: close\r\n"
+    for extra in (
+        "Content-Length: -1\r\n\r\n{}",
+        "Content-Length: 99999999999999999999\r\n\r\n{}",
+        "Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
+        "Content-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    ):
+        try:
+            r = raw_http(d.port, raw=(base + extra).encode(), timeout=5)
+        except TimeoutError:
+            pytest.fail(f"no answer to {extra!r}")
+        assert r.status == 0 or 400 <= r.status < 500, (extra, r.dump()[:300])
+    assert_healthy(d)
+
+
+@pytest.mark.parametrize("body", [b"\xff\xfe{}", b"[]", b'{"restart": "yes"}', b"{" * 5000, b'"x"', b"null"],
+                         ids=["bad-utf8", "array", "wrong-type", "deep", "string", "null"])
+def test_malformed_post_bodies_are_400(mdaemon, body):
+    """Bodies that are not {"restart": bool}: 400 with a clear message, no flow started."""
+    d = mdaemon
+    r = raw_http(d.port, "POST", START, {"Origin": f"http://localhost:{d.port}", "Content-Type": "application/json"}, body)
+    assert r.status == 400 and "restart" in r.text or "JSON object" in r.text, r.dump()[:300]
+    flow = d.call("status")["flow"]
+    assert flow is None or flow["status"] != "pending"
+
+
+def test_garbage_request_lines(mdaemon):
+    """Binary garbage, invalid UTF-8 in the path, a 100 KiB path, a bogus HTTP version: 4xx, daemon alive."""
+    d = mdaemon
+    for raw in (b"\x00\x01\x02\xff\r\n\r\n", b"GET /\xff\xfe HTTP/1.1\r\nHost: localhost:%d\r\n\r\n" % d.port,
+                b"GET " + b"/" * 100_000 + b" HTTP/1.1\r\n\r\n",
+                b"GET /api/status HTTP/9.9\r\nHost: localhost:%d\r\n\r\n" % d.port):
+        r = raw_http(d.port, raw=raw, timeout=5)
+        assert r.status == 0 or 400 <= r.status < 600 and r.status != 500, (raw[:40], r.dump()[:300])
+    assert_healthy(d)
+
+
+# -- JSON-RPC lines -----------------------------------------------------------------------------------
+
+
+def test_line_over_one_mib_closes_that_connection_only(mdaemon):
+    """A 1 MiB + 1 line (with and without newline): an error, the connection closed; others keep working.
+
+    Defence: ipc_server.Connection's MAX_LINE check."""
+    d = mdaemon
+    with d.client() as bystander:
+        bystander.call("status")
+        for tail in (b"\n", b""):
+            payload = b'{"jsonrpc":"2.0","id":1,"method":"status","params":{"pad":"' + b"x" * protocol.MAX_LINE + b'"}}'
+            replies, closed = _line(d, payload + tail)
+            assert closed, "the daemon kept a connection that sent more than 1 MiB"
+            assert replies and replies[0]["error"]["code"] == protocol.INVALID_REQUEST
+        assert bystander.call("status")["pid"] == d.proc.pid
+    assert_healthy(d)
+
+
+def test_endless_line_without_newline_is_cut_off_early(mdaemon):
+    """A client streaming 8 MiB with no newline is disconnected after about 1 MiB (memory stays bounded)."""
+    d = mdaemon
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(str(d.socket))
+    s.settimeout(10)
+    sent = 0
+    chunk = b"x" * 65536
+    try:
+        while sent < 8 * 1024 * 1024:
+            s.sendall(chunk)
+            sent += len(chunk)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    s.close()
+    assert sent < 4 * 1024 * 1024, f"the daemon read {sent} bytes of one line before closing"
+    assert_healthy(d)
+
+
+@pytest.mark.parametrize("line", [
+    b"\xff\n", b"\xc0\xaf\n", b'{"jsonrpc":"2.0","id":1,"method":"st\xe9tus"}\n', b"\xed\xa0\x80\n",
+    b'{"jsonrpc":"2.0","id":1,"method":"status"}\x00\n', b"\x00\x00\x00\n",
+], ids=["ff", "overlong", "latin1", "surrogate", "nul-after", "nuls"])
+def test_invalid_utf8_lines_get_parse_errors(mdaemon, line):
+    """Bytes that are not UTF-8 (overlong, surrogates, Latin-1): -32700, connection still usable."""
+    d = mdaemon
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(5)
+    s.connect(str(d.socket))
+    s.sendall(line + b'{"jsonrpc":"2.0","id":"after","method":"status"}\n')
+    replies, closed = _read_all(s, 5, until_id="after")
+    s.close()
+    assert replies[0]["error"]["code"] == protocol.PARSE_ERROR
+    assert replies[-1]["id"] == "after" and "result" in replies[-1]
+
+
+@pytest.mark.parametrize("depth", [1000, 100_000, 400_000])
+def test_deeply_nested_json(mdaemon, depth):
+    """Nesting 1k-400k deep, as the line and inside params: a JSON-RPC error, never a crash."""
+    d = mdaemon
+    lines = [b"[" * depth + b"]" * depth,
+             b'{"jsonrpc":"2.0","id":7,"method":"subscribe","params":{"events":' + b"[" * depth + b"]" * depth + b"}}",
+             b'{"jsonrpc":"2.0","id":8,"method":"status","params":' + b'{"a":' * depth + b"1" + b"}" * depth + b"}"]
+    for line in lines:
+        if len(line) > protocol.MAX_LINE:
+            continue
+        replies, closed = _line(d, line + b"\n")
+        assert replies and "error" in replies[0], replies
+        assert replies[0]["error"]["code"] in (protocol.PARSE_ERROR, protocol.INVALID_PARAMS, protocol.INVALID_REQUEST)
+    assert_healthy(d)
+
+
+WRONG = {
+    bool: ["yes", 1, 0, 1.5, None, [], {}, [True]],
+    str: [1, True, None, [], {}, ["x"], 2.5],
+    list: ["openrouter-auth-complete", 1, True, None, {}, [1], [None], [["x"]], ["no-such-event"]],
+}
+
+
+def _wrong_type_cases():
+    for method, spec in protocol.METHODS.items():
+        for name, (types, _) in spec.items():
+            for value in WRONG[types[0]]:
+                yield method, {name: value}
+        yield method, {"not_a_param": 1}
+        for params in ([], "x", 3, True):
+            yield method, params
+        for name, (_, required) in spec.items():
+            if required:
+                yield method, {}
+
+
+def test_wrong_types_for_every_param_of_every_method(mdaemon):
+    """Every method x every param x wrong-typed values (and unknown params, non-object params, missing required):
+    -32602 each, on one connection that stays usable; nothing started, stored or cleared."""
+    d = mdaemon
+    d.call("secret.set", {"key": "sk-or-v1-" + "1" * 64})
+    cases = list(_wrong_type_cases())
+    with d.client() as c:
+        assert c.call("status")["flow"] is None or c.call("status")["flow"]["status"] != "pending"
+        sock = c._sock
+        for i, (method, params) in enumerate(cases):
+            sock.sendall(json.dumps({"jsonrpc": "2.0", "id": i, "method": method, "params": params}).encode() + b"\n")
+        got = {}
+        buf = b""
+        deadline = time.monotonic() + 20
+        while len(got) < len(cases) and time.monotonic() < deadline:
+            buf += sock.recv(65536)
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                msg = json.loads(line)
+                got[msg["id"]] = msg
+        for i, (method, params) in enumerate(cases):
+            assert "error" in got[i], (method, params, got[i])
+            assert got[i]["error"]["code"] == protocol.INVALID_PARAMS, (method, params, got[i])
+        assert c.call("status")["pid"] == d.proc.pid
+    assert d.call("secret.get") == {"key": "sk-or-v1-" + "1" * 64}
+    flow = d.call("status")["flow"]
+    assert flow is None or flow["status"] != "pending"
+    assert_healthy(d)
+    d.call("secret.clear")
+
+
+@pytest.mark.parametrize("value", [" ", "not-a-key", "sk-" + "x" * 5000, "sk-or-v1-abc\ndef", "sk-or-\u00e9"],
+                         ids=["blank", "no-prefix", "5000-chars", "newline", "non-ascii"])
+def test_secret_set_rejects_implausible_keys(mdaemon, value):
+    """secret.set with well-typed but implausible keys: a -32000 error with a hint; nothing stored."""
+    from convocationsd.errors import RemoteError
+
+    d = mdaemon
+    with pytest.raises(RemoteError) as info:
+        d.call("secret.set", {"key": value})
+    assert info.value.code == protocol.OPERATION_FAILED and info.value.hint
+    assert d.call("secret.status")["stored"] is False
+
+
+def test_half_written_lines_then_disconnect(mdaemon):
+    """300 clients each send half a request (or a whole secret.set with no newline) and hang up:
+    nothing runs, nothing stored, no descriptor leaks."""
+    d = mdaemon
+    fds = open_fds(d.proc.pid)
+    halves = [b'{"jsonrpc":"2.0","id":1,"meth', b'{"jsonrpc":"2.0","id":1,"method":"secret.set","params":{"key":"sk-or-v1-half"}}',
+              b'{"jsonrpc":"2.0","id":1,"method":"oauth.start"}', b"\xe2\x82"]
+    for i in range(300):
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(str(d.socket))
+        s.sendall(halves[i % len(halves)])
+        if i % 2:
+            s.shutdown(socket.SHUT_WR)  # half-close: the daemon sees EOF mid-line
+        s.close()
+    time.sleep(0.3)
+    assert d.call("secret.status")["stored"] is False
+    flow = d.call("status")["flow"]
+    assert flow is None or flow["status"] != "pending"
+    assert open_fds(d.proc.pid) <= fds + 2
+    assert_healthy(d)
+
+
+def _connect_unix(path) -> socket.socket:
+    """connect() that waits out a full listen backlog (EAGAIN) instead of failing."""
+    for _ in range(200):
+        s = socket.socket(socket.AF_UNIX)
+        s.settimeout(5)
+        try:
+            s.connect(str(path))
+            return s
+        except BlockingIOError:
+            s.close()
+            time.sleep(0.01)
+    raise TimeoutError("the daemon's listen backlog stayed full")
+
+
+def _raise_nofile(n: int) -> None:
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < n:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(n, hard), hard))
+
+
+def test_two_thousand_idle_connections(spawn):
+    """2000 idle socket clients + 300 idle HTTP clients: the daemon still answers status, RSS grows < 40 MiB,
+    and every descriptor is released afterwards, with the daemon started under systemd's default soft limit
+    of 1024 open files.
+
+    Defence: daemon.raise_open_file_limit (and http_app.IDLE_TIMEOUT for the HTTP crowd)."""
+    _raise_nofile(4096)
+    d = spawn(nofile=1024)
+    pid = d.proc.pid
+    rss0, fds0 = rss_kib(pid), open_fds(pid)
+    probe = d.client(timeout=10)  # opened first: the blocking client's select() needs a low descriptor
+    probe.call("status")
+    held: list[socket.socket] = []
+    deadline = time.monotonic() + 30
+    try:
+        for _ in range(2000):
+            held.append(_connect_unix(d.socket))
+            if time.monotonic() > deadline:
+                break
+        for _ in range(300):
+            s = socket.create_connection(("127.0.0.1", d.port), timeout=5)
+            held.append(s)
+        time.sleep(0.5)
+        assert probe.call("status")["pid"] == pid
+        with _connect_unix(d.socket) as fresh:  # and a newcomer is still accepted
+            fresh.sendall(b'{"jsonrpc":"2.0","id":1,"method":"status"}\n')
+            assert b'"result"' in fresh.recv(65536)
+        r = raw_http(d.port, "GET", "/api/status", timeout=10)
+        assert r.status == 200
+        grown = rss_kib(pid) - rss0
+        assert grown < 40 * 1024, f"RSS grew by {grown} KiB with {len(held)} idle connections"
+    finally:
+        probe.close()
+        for s in held:
+            s.close()
+    time.sleep(0.5)
+    deadline = time.monotonic() + 10
+    while open_fds(pid) > fds0 + 4 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert open_fds(pid) <= fds0 + 4
+    assert_healthy(d)
+
+
+# -- generated JSON-RPC lines against the real socket -------------------------------------------------
+
+json_scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=False),
+                         st.text(max_size=20))
+json_values = st.recursive(json_scalars, lambda inner: st.one_of(
+    st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)), max_leaves=12)
+methods = st.one_of(st.sampled_from(sorted(protocol.METHODS)), st.text(max_size=12))
+param_names = st.one_of(st.sampled_from(sorted({n for spec in protocol.METHODS.values() for n in spec})), st.text(max_size=8))
+requests = st.fixed_dictionaries(
+    {"jsonrpc": st.one_of(st.just("2.0"), json_scalars), "method": st.one_of(methods, json_scalars)},
+    optional={"id": st.one_of(st.integers(), st.text(max_size=8), json_scalars, json_values),
+              "params": st.one_of(st.dictionaries(param_names, json_values, max_size=3), json_values)},
+)
+lines = st.one_of(
+    requests.map(lambda m: json.dumps(m).encode()),
+    json_values.map(lambda v: json.dumps(v).encode()),
+    st.binary(max_size=64).map(lambda b: b.replace(b"\n", b" ")),
+)
+
+
+@pytest.fixture(scope="module")
+def fuzz_conn(module_daemon):
+    state = {"sock": None, "n": 0}
+    yield module_daemon, state
+    if state["sock"] is not None:
+        state["sock"].close()
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=list(HealthCheck))
+@given(line=lines)
+def test_generated_lines_get_a_reply_or_close(fuzz_conn, line):
+    """Hypothesis-generated JSON-RPC lines on the real socket: every reply is well-formed JSON-RPC, the
+    connection answers the next request, and the daemon never logs a traceback."""
+    d, state = fuzz_conn
+    if state["sock"] is None:
+        s = socket.socket(socket.AF_UNIX)
+        s.settimeout(5)
+        s.connect(str(d.socket))
+        state["sock"] = s
+    s = state["sock"]
+    state["n"] += 1
+    sentinel = f"sentinel-{state['n']}"
+    try:
+        s.sendall(line + b"\n" + json.dumps({"jsonrpc": "2.0", "id": sentinel, "method": "status"}).encode() + b"\n")
+        replies, closed = _read_all(s, 10, until_id=sentinel)
+    except (BrokenPipeError, ConnectionResetError):
+        replies, closed = [], True
+    if closed:
+        s.close()
+        state["sock"] = None
+    for r in replies:
+        assert r.get("jsonrpc") == "2.0"
+        assert ("result" in r) != ("error" in r) or r.get("method") == "event", r
+        if "error" in r:
+            assert isinstance(r["error"]["code"], int) and r["error"]["message"]
+    assert closed or any(r.get("id") == sentinel for r in replies), (line, replies)
+    assert d.proc.poll() is None
+
+
+def test_after_fuzzing_the_daemon_logged_no_traceback(module_daemon):
+    """Runs after the generated lines: no traceback or internal error in the daemon's log."""
+    module_daemon.call("oauth.cancel")
+    module_daemon.call("secret.clear")
+    assert_healthy(module_daemon)
+
+
+# -- config.toml --------------------------------------------------------------------------------------
+
+KEYS = ["http_port", "openrouter_url", "secret_backend", "desktop_notifications", "idle_exit_seconds",
+        "flow_timeout_seconds", "exchange_timeout_seconds", "keyring_timeout_seconds", "log_level", "socket"]
+toml_scalars = st.one_of(
+    st.integers(-2**63, 2**63 - 1).map(str), st.floats(allow_nan=True).map(lambda f: repr(f).lower().replace("inf", "inf")),
+    st.booleans().map(lambda b: "true" if b else "false"), st.text(max_size=12).map(json.dumps),
+    st.sampled_from(["1979-05-27T07:32:00Z", "07:32:00", "[]", "[1, 'a']", "{}", '{backend = 3}', "'''x'''", "nan", "-inf"]),
+)
+toml_docs = st.lists(
+    st.one_of(
+        st.tuples(st.sampled_from(KEYS), toml_scalars).map(lambda kv: f"{kv[0]} = {kv[1]}"),
+        st.sampled_from(["[openrouter_api_key]", "[[openrouter_api_key]]", "openrouter_api_key = 5",
+                         'backend = "local-encrypted"', 'backend = "keyring"', 'nonce = "AAAA"', 'ciphertext = "!!"',
+                         "service = 1", "username = []", "# comment", "[other]", ""]),
+        st.text(max_size=20),
+    ),
+    max_size=8,
+).map(lambda ls: "\n".join(ls).encode("utf-8", "surrogatepass"))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.one_of(toml_docs, st.binary(max_size=120)))
+def test_config_fuzz_reaches_settings_and_secret_status_safely(tmp_path, data):
+    """Generated config.toml files: loading, resolving settings and reading secret status raise only
+    ConfigError/SecretStoreError (clear messages), never another exception; an unparsable file is never rewritten."""
+    from convocationsd import configfile
+    from convocationsd.daemon import load_settings
+    from convocationsd.errors import ConvError
+    from convocationsd.secretstore.select import ConfiguredStore
+
+    cfg = tmp_path / "cfg" / "convocations"
+    cfg.mkdir(parents=True, exist_ok=True)
+    path = cfg / "config.toml"
+    path.write_bytes(data)
+    env = {"XDG_CONFIG_HOME": str(tmp_path / "cfg"), "XDG_RUNTIME_DIR": str(tmp_path / "run")}
+    try:
+        load_settings({}, env)
+    except ConvError as e:
+        assert e.message and e.hint
+    store = ConfiguredStore(path, forced_backend="local-encrypted")
+    try:
+        store.status()
+    except ConvError as e:
+        assert e.message
+    try:
+        parsed = configfile.load(path)
+    except ConvError:
+        parsed = None
+    try:
+        store.clear()
+    except ConvError:
+        pass
+    if parsed is None:
+        assert path.read_bytes() == data  # a file that does not parse is never overwritten
+
+
+def test_daemon_with_garbage_config_exits_2_with_a_clear_message(short_tmp):
+    """A config.toml that is not TOML: the daemon exits 2 naming the file, line and column; no traceback."""
+    from tests.conftest import start_daemon
+
+    cfg = short_tmp / "cfg" / "convocations"
+    cfg.mkdir(parents=True)
+    (cfg / "config.toml").write_bytes(b"http_port = 3000\n[openrouter_api_key\n\xff")
+    d = start_daemon(short_tmp, wait=False)
+    assert d.proc.wait(20) == 2
+    log = d.log()
+    assert "config.toml is not valid TOML" in log and "line 3, column 1" in log and "Traceback" not in log
+    assert (cfg / "config.toml").read_bytes().endswith(b"\xff")
+    assert not Path(d.socket).exists()
+    assert os.listdir(cfg) == ["config.toml"]
+
+
+def test_slowloris_http_connections_are_closed(mdaemon):
+    """100 HTTP clients that send half a request and stall, 100 that send nothing: the daemon keeps serving and
+    closes every one of them after its idle timeout (http_app.IDLE_TIMEOUT), freeing their descriptors."""
+    from convocationsd.http_app import IDLE_TIMEOUT
+
+    d = mdaemon
+    fds0 = open_fds(d.proc.pid)
+    held = []
+    for i in range(200):
+        s = socket.create_connection(("127.0.0.1", d.port), timeout=5)
+        if i % 2:
+            s.sendall(b"GET /api/status HTTP/1.1\r\nHost: localhost:%d\r\nX-Slow: " % d.port)
+        held.append(s)
+    assert raw_http(d.port, "GET", "/api/status").status == 200
+    deadline = time.monotonic() + IDLE_TIMEOUT + 5
+    open_ones = list(held)
+    while open_ones and time.monotonic() < deadline:
+        still = []
+        for s in open_ones:
+            s.settimeout(0.01)
+            try:
+                if s.recv(4096) == b"":
+                    s.close()
+                    continue
+            except TimeoutError:
+                pass
+            except ConnectionResetError:
+                s.close()
+                continue
+            still.append(s)
+        open_ones = still
+        time.sleep(0.2)
+    for s in held:
+        s.close()
+    assert not open_ones, f"{len(open_ones)} stalled connections still open after {IDLE_TIMEOUT + 5} s"
+    assert open_fds(d.proc.pid) <= fds0 + 4
+    assert_healthy(d)
