@@ -492,15 +492,15 @@ def check_files(ctx: Context) -> Check:
     config_dir = ctx.config_path.parent
     runtime = ctx.socket_path.parent
     wanted = [
-        (ctx.config_path, 0o600, f"chmod 600 {ctx.config_path}"),
-        (config_dir / "secret.key", 0o600, f"chmod 600 {config_dir / 'secret.key'}"),
-        (runtime, 0o700, f"chmod 700 {runtime}"),
-        (ctx.socket_path, 0o600, f"restart convocationsd (it recreates {ctx.socket_path} with mode 0600)"),
+        (ctx.config_path, 0o600, f"chmod 600 {ctx.config_path}", "config.toml 0600"),
+        (config_dir / "secret.key", 0o600, f"chmod 600 {config_dir / 'secret.key'}", "secret.key 0600"),
+        (runtime, 0o700, f"chmod 700 {runtime}", "runtime dir 0700"),
+        (ctx.socket_path, 0o600, f"restart convocationsd (it recreates {ctx.socket_path} with mode 0600)", "socket 0600"),
     ]
     problems, fixes, seen = [], [], []
-    for path, mode, fix in wanted:
+    for path, mode, fix, shown in wanted:
         if path.exists() or path.is_symlink():
-            seen.append(path.name or str(path))
+            seen.append(shown)
         problem = _mode_problem(path, mode)
         if problem:
             problems.append(problem)
@@ -510,8 +510,9 @@ def check_files(ctx: Context) -> Check:
         fixes.append(f"Fix the syntax of {ctx.config_path} (the line and column are named above).")
     if problems:
         return Check("files", False, "; ".join(problems), "; ".join(fixes))
-    shown = ", ".join(seen) if seen else "none created yet"
-    return Check("files", True, f"modes are private ({shown}; config in {config_dir}, runtime dir {runtime})")
+    if not seen:
+        return Check("files", True, f"nothing created yet in {config_dir} or {runtime}")
+    return Check("files", True, f"private: {', '.join(seen)} (config in {config_dir}, runtime dir {runtime})")
 
 
 def check_openrouter(ctx: Context, timeout: float = 5.0) -> Check:
@@ -542,10 +543,8 @@ def check_openrouter(ctx: Context, timeout: float = 5.0) -> Check:
             f"{url} (from {source}) cannot be reached: {getattr(e, 'strerror', None) or e}",
             "Check your network and the OpenRouter URL (default https://openrouter.ai).",
         )
-    note = ""
-    if ctx.status is not None and source != "the default":
-        note = " (as convctl sees it; the daemon uses its own environment)"
-    return Check("openrouter", True, f"{url} answers (HTTP {status}, from {source}){note}")
+    where = "the default address" if source == "the default" else f"address from {source} (convctl's environment)"
+    return Check("openrouter", True, f"{url} answers (HTTP {status}); {where}")
 
 
 # -- running ----------------------------------------------------------------------------------------------
