@@ -189,19 +189,20 @@ class Desktop:
         except Exception as e:
             log.warning("cannot own %s on the session bus (%s; is another convocationsd running?); its object "
                         "stays reachable at %s only", BUS_NAME, _one_line(e), con.con.get_unique_name())
-        con.con.connect("closed", lambda *_: log.warning("the D-Bus session bus went away; desktop notifications "
-                                                         "and signals are off until the daemon restarts"))
+        on_closed = con.con.connect("closed", lambda *_: log.warning(
+            "the D-Bus session bus went away; desktop notifications and signals are off until the daemon restarts"))
         main_loop = GLib.MainLoop()
         with self._lock:
             if self._abandoned:
-                _quietly(owner and owner.unown, registration.unregister, lambda: con.con.close_sync(None))
+                _quietly(owner and owner.unown, registration.unregister, lambda: con.con.disconnect(on_closed),
+                         lambda: con.con.close_sync(None))
                 return
             self._glib, self._main_loop, self._con = GLib, main_loop, con
             self._ready.set_result(None)
         main_loop.run()
         # close() queued the quit behind any pending signal emissions; push them out, then leave the bus.
         _quietly(lambda: con.con.flush_sync(None), owner and owner.unown, registration.unregister,
-                 lambda: con.con.close_sync(None))
+                 lambda: con.con.disconnect(on_closed), lambda: con.con.close_sync(None))
 
     def _emit(self, name: str, data_json: str) -> bool:
         try:

@@ -167,6 +167,18 @@ async def test_subscriber_on_the_bus_gets_the_same_events_as_the_socket(daemon_f
 
 
 @needs_dbus
+async def test_shutdown_sends_the_cancel_signal_then_leaves_the_bus(daemon_factory, fake, private_bus, recorder):
+    d = await _daemon(daemon_factory, fake, private_bus)
+    started = d.call("oauth.start")
+    await _stop(d)
+    done = await asyncio.to_thread(recorder.wait_for, events.AUTH_COMPLETE)
+    assert done["session_id"] == started["session_id"] and done["error"]["code"] == "cancelled"
+    assert "session bus went away" not in d.log()
+    with private_bus.connect() as con:
+        assert not con.dbus.NameHasOwner(desktop.BUS_NAME)
+
+
+@needs_dbus
 async def test_start_oauth_and_status_over_dbus_match_the_socket(daemon_factory, fake, private_bus):
     d = await _daemon(daemon_factory, fake, private_bus)
     over_dbus = await asyncio.to_thread(call_daemon, private_bus, "StartOAuth", False)
@@ -250,6 +262,16 @@ async def test_without_pydbus_runs_on_with_one_log_line(daemon_factory, fake, sh
     await _stop(d)
     (line,) = _desktop_lines(d.log())
     assert "pydbus/PyGObject cannot be imported" in line and "runs on" in line and "[desktop]" in line
+
+
+@needs_dbus
+async def test_bus_going_away_is_logged_and_the_daemon_runs_on(daemon_factory, fake, private_bus):
+    d = await _daemon(daemon_factory, fake, private_bus)
+    private_bus.close()
+    await _link(d, fake)
+    assert d.call("status")["flow"]["status"] == "succeeded"
+    await _stop(d)
+    assert "the D-Bus session bus went away" in d.log()
 
 
 @needs_dbus
