@@ -36,9 +36,10 @@ def module_tmp() -> Iterator[Path]:
 
 
 @pytest.fixture(scope="module")
-def module_daemon(module_tmp: Path, mod_fake: FakeThread) -> Iterator[DaemonProcess]:
-    """One daemon for a whole module, pointed at the module's fake. Tests must leave no flow pending."""
-    d = start_daemon(module_tmp, CONVOCATIONS_OPENROUTER_URL=mod_fake.url)
+def module_daemon(request, module_tmp: Path, mod_fake: FakeThread) -> Iterator[DaemonProcess]:
+    """One daemon for a whole module, pointed at the module's fake (plus the module's ``DAEMON_ENV``)."""
+    env = {"CONVOCATIONS_OPENROUTER_URL": mod_fake.url, **getattr(request.module, "DAEMON_ENV", {})}
+    d = start_daemon(module_tmp, **env)
     yield d
     kill(d)
 
