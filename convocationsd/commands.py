@@ -118,6 +118,14 @@ def oauth_start(args: argparse.Namespace, out: Any) -> int:
         except UsageError:
             c.call("oauth.cancel", {"session_id": session})  # nothing was pasted: do not leave the login pending
             raise
+        except DaemonUnreachable:
+            # Flows live in the daemon's memory: whatever ended it (crash, kill, restart) ended the login too.
+            raise DaemonUnreachable(
+                "The daemon went away while the login was in progress (it stopped, crashed or restarted), "
+                "so that login is lost.",
+                "Start the daemon again (`convocationsd`, or `systemctl --user start convocationsd.socket`), "
+                "then run `convctl oauth start` to begin a new login.",
+            ) from None
         if data is None:
             c.call("oauth.cancel", {"session_id": session})
             out.err(f"\nconvctl: no answer within {args.timeout:g} s; the login was cancelled.")
