@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from . import __version__, events, pkce
+from . import __version__, events, pkce, protocol
 from .errors import ConvError, SecretStoreError, UsageError
 from .flows import CallbackRejected, Flow, FlowError, FlowStore
 from .secretstore import SecretStatus, SecretStore
@@ -276,20 +276,39 @@ class Controller:
 
     # -- status --------------------------------------------------------------------------------------
 
+    _status_cache: tuple[tuple, dict, bytes] | None = None  # (what it depends on, the answer, its JSON)
+
     def status(self) -> dict:
+        """The answer to ``status``. Built and JSON-encoded only when something in it changed: the socket
+        asks for it far more often than it changes, and building it (two timestamps) and encoding it were
+        most of a round trip. Callers get their own top-level copy; treat the nested dicts as read-only."""
         flow = self.flows.latest()
-        return {
-            "version": __version__,
-            "pid": os.getpid(),
-            "http_url": pkce.local_origin(self.endpoint.port),
-            "port": self.endpoint.port,
-            "port_fallback": self.endpoint.port_fallback,
-            "socket": self.endpoint.socket_path,
-            "flow": flow.public() if flow else None,
-            "secret": self.secret_state.to_dict(),
-            "subscribers": len(self.bus),
-            "account": self.account.snapshot(),
-        }
+        account = self.account.snapshot()  # also starts a background refresh when the cached one is stale
+        key = (
+            flow,  # Flow compares by identity; the fields below are the ones that change after creation
+            None if flow is None else (flow.status, flow.error, flow.backend),
+            self.secret_state,
+            len(self.bus),
+            account,
+        )
+        cached = self._status_cache
+        if cached is None or cached[0] != key:
+            answer = {
+                "version": __version__,
+                "pid": os.getpid(),
+                "http_url": pkce.local_origin(self.endpoint.port),
+                "port": self.endpoint.port,
+                "port_fallback": self.endpoint.port_fallback,
+                "socket": self.endpoint.socket_path,
+                "flow": flow.public() if flow else None,
+                "secret": self.secret_state.to_dict(),
+                "subscribers": len(self.bus),
+                "account": account,
+            }
+            cached = self._status_cache = (key, answer, protocol.encode(answer))
+        answer = protocol.Encoded(cached[1])
+        answer.json = cached[2]
+        return answer
 
     def touch(self) -> None:
         self.last_activity = time.monotonic()

@@ -85,6 +85,11 @@ class Connection(asyncio.BufferedProtocol):
         if self.closed:
             return
         self.server.touch()
+        if not self.buffer and data.find(b"\n") == len(data) - 1 >= 0 and len(data) <= protocol.MAX_LINE:
+            # The usual read: exactly one whole request, nothing pending before it.
+            if data.strip():
+                self.handle_line(data[:-1])
+            return
         buf = self.buffer
         buf += data
         if b"\n" not in data:
@@ -122,7 +127,7 @@ class Connection(asyncio.BufferedProtocol):
         except Exception as e:
             self.reply_error(request.id, e)
             return
-        if isinstance(result, Awaitable):
+        if not isinstance(result, dict) and isinstance(result, Awaitable):  # dict first: a cheaper check
             task = asyncio.ensure_future(result)
             self.server.tasks.add(task)
             task.add_done_callback(lambda t: self._finish(request.id, t))
