@@ -118,9 +118,9 @@ async def start(controller: Any, bus: events.EventBus, *, notifications: bool | 
     desktop = Desktop(controller, asyncio.get_running_loop(), notify=notifications is not False)
     try:
         await desktop.started(address)
-    except Unavailable as e:
+    except Exception as e:  # Unavailable, or anything unforeseen: the daemon must come up regardless
         log.log(level, "desktop integration is off: %s; the daemon runs on without notifications and D-Bus "
-                "signals", e)
+                "signals", e if isinstance(e, Unavailable) else _one_line(e))
         return None
     bus.add_listener(desktop.on_event)
     log.info("desktop integration on: %s on the session bus, notifications %s", BUS_NAME,
@@ -171,16 +171,18 @@ class Desktop:
             import pydbus
             from gi.repository import GLib
             from pydbus.generic import signal
-        except ImportError as e:  # also a broken PyGObject (missing typelibs) lands here
+        except Exception as e:  # ImportError, or a broken PyGObject (missing typelibs, version clash)
             self._ready.set_exception(Unavailable(f"pydbus/PyGObject cannot be imported ({e}); "
                                                   "`pip install 'convocationsd[desktop]'` adds them"))
             return
+        con = None
         try:
             # A private connection: unlike the shared one, closing it (the bus going away) does not exit
             # the process, and it uses the address we resolved instead of GLib's own guess.
             con = pydbus.connect(address)
             registration = con.register_object(OBJECT_PATH, _exported_object(self, signal), INTROSPECTION)
         except Exception as e:  # GLib.Error: bad address, refused, authentication failed, ...
+            _quietly(con and (lambda: con.con.close_sync(None)))
             self._ready.set_exception(Unavailable(f"cannot use the session bus at {address} ({_one_line(e)})"))
             return
         owner = None

@@ -287,6 +287,26 @@ async def test_unreachable_bus_is_one_line_and_none(short_tmp, caplog):
     assert record.levelno == logging.INFO and "cannot use the session bus" in record.getMessage()
 
 
+@needs_dbus
+async def test_name_already_owned_warns_and_keeps_the_rest(private_bus, caplog):
+    class Ctl:
+        def touch(self) -> None: ...
+
+    caplog.set_level(logging.INFO, logger="convocationsd.desktop")
+    env = {"DBUS_SESSION_BUS_ADDRESS": private_bus.address}
+    first = await desktop.start(Ctl(), events.EventBus(), notifications=False, env=env)
+    second = await desktop.start(Ctl(), events.EventBus(), notifications=False, env=env)
+    try:
+        assert first is not None and second is not None
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1 and "cannot own io.convocations.Daemon1" in warnings[0]
+    finally:
+        await second.close()
+        await first.close()
+    with private_bus.connect() as con:
+        assert not con.dbus.NameHasOwner(desktop.BUS_NAME)  # released on close
+
+
 # -- pure parts -----------------------------------------------------------------------------------------
 
 
