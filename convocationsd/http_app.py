@@ -161,8 +161,10 @@ async def result(request: web.Request) -> web.StreamResponse:
 
 async def status_json(request: web.Request) -> web.StreamResponse:
     # Any local user can reach loopback HTTP, so this copy leaves out the pending flow's authorize URL
-    # (its state would help a login-CSRF); the same-uid socket's `status` has it.
-    status = request.app[CONTROLLER].status()
+    # (its state would help a login-CSRF) and the account's label and usage; the same-uid socket's
+    # `status` has both.
+    status = dict(request.app[CONTROLLER].status())
+    status.pop("account", None)
     if status["flow"]:
         status["flow"] = {k: v for k, v in status["flow"].items() if k != "auth_url"}
     return _json(status)
