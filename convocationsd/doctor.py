@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from . import configfile, paths
+from . import configfile, paths, proc_net
 from .errors import ConvError
 
 DEFAULT_PORT = 3000
@@ -96,31 +96,13 @@ class Listener:
         return f"{what} (pid {self.pid}{cmd})"
 
 
-def _hex_address(text: str) -> str:
-    """/proc/net/tcp{,6} local address (host-order 32-bit words in hex) to text."""
-    raw = bytes.fromhex(text)
-    if len(raw) == 4:
-        return socket.inet_ntop(socket.AF_INET, raw[::-1])
-    words = b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))
-    return socket.inet_ntop(socket.AF_INET6, words)
-
-
 def proc_listeners(port: int, proc: Path = Path("/proc")) -> list[Listener]:
     """TCP listeners on ``port`` from /proc/net/tcp and tcp6, owners resolved through /proc/*/fd."""
-    found: list[Listener] = []
-    for table in ("tcp", "tcp6"):
-        try:
-            lines = (proc / "net" / table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if len(fields) < 10 or fields[3] != "0A":  # 0A: LISTEN
-                continue
-            addr, _, port_hex = fields[1].partition(":")
-            if int(port_hex, 16) != port:
-                continue
-            found.append(Listener(_hex_address(addr), port, int(fields[9])))
+    found = [
+        Listener(entry.local[0], port, entry.inode)
+        for entry in proc_net.read_tables(proc)
+        if entry.state == proc_net.LISTEN and entry.local[1] == port
+    ]
     if not found:
         return found
     owners = _socket_owners({entry.inode for entry in found}, proc)

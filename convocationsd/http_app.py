@@ -10,14 +10,16 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import os
 import secrets
 import socket
+import sys
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from . import pages
+from . import pages, proc_net
 from .controller import Controller, Outcome
 
 log = logging.getLogger(__name__)
@@ -31,6 +33,7 @@ CONTROLLER = web.AppKey("controller", Controller)
 RESULTS = web.AppKey("results", OrderedDict)
 MAX_RESULTS = 32
 MAX_BODY = 16 * 1024
+CHECK_PEER_UID = sys.platform.startswith("linux") and proc_net.available()
 IDLE_TIMEOUT = 10.0  # seconds a connection may sit without a complete request (slowloris, idle crowds)
 
 
@@ -65,6 +68,8 @@ async def security(request: web.Request, handler: Handler) -> web.StreamResponse
     ctl.touch()
     if request.headers.get("Host", "").lower() not in allowed_hosts(ctl.endpoint.port):
         response: web.StreamResponse = _forbidden(request, "This address is only served as localhost.")
+    elif not _same_user(request):
+        response = _forbidden(request, "This daemon serves only the user it runs as.")
     else:
         try:
             response = await handler(request)
@@ -78,6 +83,24 @@ async def security(request: web.Request, handler: Handler) -> web.StreamResponse
     if (response.content_type or "").startswith("text/html"):
         headers["Content-Security-Policy"] = pages.CSP
     return response
+
+
+def _same_user(request: web.Request) -> bool:
+    """On Linux, only connections opened by our own uid (the user's browser and tools) are served: any
+    local user can reach loopback, and one who joined a pending login could link their own account."""
+    if not CHECK_PEER_UID:
+        return True
+    transport = request.transport
+    if transport is None:
+        return False
+    peer, local = transport.get_extra_info("peername"), transport.get_extra_info("sockname")
+    if not isinstance(peer, tuple) or not isinstance(local, tuple):
+        return False
+    uid = proc_net.connection_uid(peer, local)
+    if uid != os.getuid():
+        log.warning("refused an HTTP request from uid %s (this daemon runs as uid %s)", uid, os.getuid())
+        return False
+    return True
 
 
 def _same_site(request: web.Request, port: int) -> bool:

@@ -280,10 +280,14 @@ def subscriber(d: DaemonProcess, events: list[str] | None = None) -> Client:
 NOBODY = 65534
 
 
+# The system interpreter: a venv under a 0700 home may not be reachable for another user.
+OTHER_USER_PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+
+
 def as_nobody(script: str, *args: str, timeout: float = 20.0) -> subprocess.CompletedProcess:
     """Runs a Python snippet as uid/gid 65534 with no supplementary groups."""
     return subprocess.run(
-        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", sys.executable, "-c", script, *args],
+        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", OTHER_USER_PYTHON, "-c", script, *args],
         capture_output=True, text=True, timeout=timeout,
     )
 

@@ -69,6 +69,33 @@ def test_other_uid_cannot_connect_to_0600_socket(spawn):
     assert "GOT" not in done.stdout
 
 
+HTTP_START = (
+    "import sys,urllib.request,urllib.error\n"
+    "port=sys.argv[1]\n"
+    "req=urllib.request.Request(f'http://127.0.0.1:{port}/api/openrouter/oauth/start',method='POST',data=b'{}',\n"
+    "    headers={'Host':f'localhost:{port}','Origin':f'http://localhost:{port}','Content-Type':'application/json'})\n"
+    "try:\n"
+    "    print('GOT', urllib.request.urlopen(req, timeout=10).read().decode())\n"
+    "except urllib.error.HTTPError as e:\n"
+    "    print('HTTP', e.code)\n"
+)
+
+
+@needs_root_setpriv
+def test_other_uid_cannot_start_or_join_a_login_over_http(spawn):
+    """Another uid forging the browser's headers still gets 403 from the loopback HTTP server, so it
+    cannot learn a pending login's state and link its own account into this user's daemon.
+
+    Defence: http_app._same_user (the connection's owner from /proc/net/tcp)."""
+    d = spawn()
+    pending = d.call("oauth.start")
+    done = as_nobody(HTTP_START, str(d.port))
+    assert done.stdout.strip() == "HTTP 403", done.stdout + done.stderr
+    assert pending["auth_url"] not in done.stdout
+    assert d.call("status")["flow"]["session_id"] == pending["session_id"]
+    assert "refused an HTTP request from uid" in d.log()
+
+
 def test_modes_hold_under_umask_000(spawn):
     """Even started with umask 000: runtime dir 0700, socket 0600, config dir 0700, config.toml and secret.key 0600."""
     d = spawn(umask=0)

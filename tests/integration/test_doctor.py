@@ -186,11 +186,6 @@ def test_proc_parsing_finds_own_listener():
     assert [(f.address, f.pid) for f in found] == [("::1", os.getpid())]
 
 
-def test_hex_addresses():
-    assert doctor._hex_address("0100007F") == "127.0.0.1"
-    assert doctor._hex_address("00000000000000000000000001000000") == "::1"
-
-
 def test_secret_backend_choices(tmp_path: Path):
     def ctx(env=None, config=None, status=None):
         return doctor.Context(env or {}, tmp_path / "s", tmp_path / "config.toml", config or {}, None, status)
