@@ -6,10 +6,13 @@ import argparse
 import os
 import sys
 import time
-from typing import Any
 
 from .errors import ConvError, DaemonUnreachable, UsageError
 from .ipc_client import Client
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing is not imported at run time: convctl starts faster without it
+    from typing import Any
 
 EXIT_OK, EXIT_FAILED = 0, 1
 AUTH_COMPLETE = "openrouter-auth-complete"
