@@ -1,0 +1,100 @@
+"""2. IPC round trip: sequential `status` calls on one connection, against ssh-agent with the same harness."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+
+from . import rawclient
+from .common import cleanup_tmp, percentile, short_tmp, start_daemon, track
+from .report import Section
+
+TARGET_RATIO = 0.7
+
+
+def start_ssh_agent(path: str) -> subprocess.Popen:
+    agent = shutil.which("ssh-agent")
+    if agent is None:
+        raise RuntimeError("ssh-agent is not installed (Debian: openssh-client)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SSH_")}
+    proc = track(subprocess.Popen([agent, "-D", "-a", path], env=env, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL))
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            rawclient.connect(path).close()
+            return proc
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("ssh-agent did not start") from None
+            time.sleep(0.01)
+
+
+def measure(targets: list[rawclient.Target], *, rounds: int, seconds: float, warmup: int) -> dict[str, list[rawclient.Run]]:
+    """Interleaved rounds (a, b, a, b, ...) so that drift in the machine's load hits both alike."""
+    socks = {t.name: rawclient.connect(t.path) for t in targets}
+    try:
+        for t in targets:
+            first = rawclient.call(socks[t.name], t.request, t.reply_length)
+            if t.reply_length is rawclient.ssh_agent_reply and first[4] != rawclient.SSH_AGENT_IDENTITIES_ANSWER:
+                raise RuntimeError(f"ssh-agent answered message type {first[4]}")
+            rawclient.run(socks[t.name], t.request, t.reply_length, duration=10, max_count=warmup)
+        runs: dict[str, list[rawclient.Run]] = {t.name: [] for t in targets}
+        for _ in range(rounds):
+            for t in targets:
+                runs[t.name].append(rawclient.run(socks[t.name], t.request, t.reply_length, duration=seconds))
+        return runs
+    finally:
+        for s in socks.values():
+            s.close()
+
+
+def run(smoke: bool) -> Section:
+    sec = Section("IPC round trip: sequential `status` on one connection vs ssh-agent")
+    tmp = short_tmp()
+    agent = daemon = None
+    try:
+        agent_path = str(tmp / "agent.sock")
+        agent = start_ssh_agent(agent_path)
+        daemon = start_daemon(tmp)
+        targets = [
+            rawclient.Target("ssh-agent", agent_path, rawclient.SSH_AGENTC_REQUEST_IDENTITIES, rawclient.ssh_agent_reply),
+            rawclient.Target("convocationsd", str(daemon.socket), rawclient.STATUS_REQUEST, rawclient.line_reply),
+        ]
+        rounds, seconds, warmup = (1, 0.2, 50) if smoke else (5, 1.5, 2000)
+        runs = measure(targets, rounds=rounds, seconds=seconds, warmup=warmup)
+        reply = rawclient.call(rawclient.connect(str(daemon.socket)), rawclient.STATUS_REQUEST, rawclient.line_reply)
+        rows, rate = [], {}
+        for t in targets:
+            rs = runs[t.name]
+            lat = [x for r in rs for x in r.latencies]
+            rates = sorted(r.rate for r in rs)
+            rate[t.name] = rates[len(rates) // 2]
+            rows.append([
+                t.name, f"{rate[t.name]:,.0f}", f"{rates[0]:,.0f} - {rates[-1]:,.0f}",
+                f"{percentile(lat, 50) * 1e6:.1f}", f"{percentile(lat, 99) * 1e6:.1f}", f"{len(lat):,}",
+            ])
+        ratio = rate["convocationsd"] / rate["ssh-agent"]
+        sec.body.append(
+            f"Same blocking raw-socket loop (bench/rawclient.py) for both: send one request, read until one reply "
+            f"is complete, repeat on one connection. {rounds} interleaved rounds of {seconds} s per server after "
+            f"{warmup} warm-up calls; rate = median round. ssh-agent gets SSH_AGENTC_REQUEST_IDENTITIES (no keys "
+            f"loaded: a 9-byte answer); convocationsd gets `status` (a {len(reply)}-byte answer)."
+        )
+        sec.body.append("")
+        sec.table(["server", "req/s (median round)", "range over rounds", "p50 µs", "p99 µs", "requests"], rows)
+        sec.body.append(f"Ratio convocationsd / ssh-agent: **{ratio:.2f}**")
+        sec.check("IPC `status` rate vs ssh-agent", f"{rate['convocationsd']:,.0f} vs {rate['ssh-agent']:,.0f} req/s "
+                  f"= {ratio:.2f}x", f">= {TARGET_RATIO}x", ratio >= TARGET_RATIO)
+        lat = [x for r in runs["convocationsd"] for x in r.latencies]
+        sec.extra = {"ratio": ratio, "p99": percentile(lat, 99)}  # type: ignore[attr-defined]
+    finally:
+        if daemon is not None:
+            daemon.stop()
+        if agent is not None and agent.poll() is None:
+            agent.terminate()
+            agent.wait(5)
+        cleanup_tmp(tmp)
+    return sec
