@@ -63,7 +63,7 @@ def run(smoke: bool) -> Section:
             rawclient.Target("ssh-agent", agent_path, rawclient.SSH_AGENTC_REQUEST_IDENTITIES, rawclient.ssh_agent_reply),
             rawclient.Target("convocationsd", str(daemon.socket), rawclient.STATUS_REQUEST, rawclient.line_reply),
         ]
-        rounds, seconds, warmup = (1, 0.2, 50) if smoke else (5, 1.5, 2000)
+        rounds, seconds, warmup = (1, 0.2, 50) if smoke else (15, 0.5, 2000)
         runs = measure(targets, rounds=rounds, seconds=seconds, warmup=warmup)
         reply = rawclient.call(rawclient.connect(str(daemon.socket)), rawclient.STATUS_REQUEST, rawclient.line_reply)
         rows, rate = [], {}
@@ -76,18 +76,23 @@ def run(smoke: bool) -> Section:
                 t.name, f"{rate[t.name]:,.0f}", f"{rates[0]:,.0f} - {rates[-1]:,.0f}",
                 f"{percentile(lat, 50) * 1e6:.1f}", f"{percentile(lat, 99) * 1e6:.1f}", f"{len(lat):,}",
             ])
-        ratio = rate["convocationsd"] / rate["ssh-agent"]
+        # Each round of the daemon is compared with the ssh-agent round just before it: the machine's load
+        # drifts (other people's tests), and a ratio of neighbours cancels most of it.
+        pair = sorted(d.rate / a.rate for a, d in zip(runs["ssh-agent"], runs["convocationsd"]))
+        ratio = pair[len(pair) // 2]
         sec.body.append(
             f"Same blocking raw-socket loop (bench/rawclient.py) for both: send one request, read until one reply "
             f"is complete, repeat on one connection. {rounds} interleaved rounds of {seconds} s per server after "
-            f"{warmup} warm-up calls; rate = median round. ssh-agent gets SSH_AGENTC_REQUEST_IDENTITIES (no keys "
+            f"{warmup} warm-up calls; rate = median round; the ratio is the median of the {rounds} per-round ratios "
+            f"(each daemon round against the ssh-agent round just before it). ssh-agent gets SSH_AGENTC_REQUEST_IDENTITIES (no keys "
             f"loaded: a 9-byte answer); convocationsd gets `status` (a {len(reply)}-byte answer)."
         )
         sec.body.append("")
         sec.table(["server", "req/s (median round)", "range over rounds", "p50 µs", "p99 µs", "requests"], rows)
-        sec.body.append(f"Ratio convocationsd / ssh-agent: **{ratio:.2f}**")
-        sec.check("IPC `status` rate vs ssh-agent", f"{rate['convocationsd']:,.0f} vs {rate['ssh-agent']:,.0f} req/s "
-                  f"= {ratio:.2f}x", f">= {TARGET_RATIO}x", ratio >= TARGET_RATIO)
+        sec.body.append(f"Ratio convocationsd / ssh-agent: **{ratio:.2f}** (per-round ratios from {pair[0]:.2f} to "
+                        f"{pair[-1]:.2f})")
+        sec.check("IPC `status` rate vs ssh-agent", f"{rate['convocationsd']:,.0f} vs {rate['ssh-agent']:,.0f} req/s, "
+                  f"ratio {ratio:.2f}x", f">= {TARGET_RATIO}x", ratio >= TARGET_RATIO)
         lat = [x for r in runs["convocationsd"] for x in r.latencies]
         sec.extra = {"ratio": ratio, "p99": percentile(lat, 99)}  # type: ignore[attr-defined]
     finally:
