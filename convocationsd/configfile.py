@@ -197,10 +197,11 @@ def _atomic_write(path: Path, data: bytes) -> None:
         except OSError:
             pass
         raise ConfigError(f"Cannot write {path}: {e.strerror or e}.", "Check free space and the directory's permissions.") from e
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Makes a rename or a new file in ``directory`` durable (best effort where unsupported)."""
     try:
         fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import signal
 import socket
@@ -199,6 +200,38 @@ async def follow_callback(location: str, *, host_port: int | None = None) -> tup
     async with aiohttp.ClientSession() as s:
         async with s.get(location) as r:
             return r.status, str(r.url), await r.text()
+
+
+AUTH_URL_RE = re.compile(r"^\s+(https?://\S+/auth\?\S+)$", re.M)
+
+
+def read_auth_url_sync(proc: subprocess.Popen, timeout: float = 20.0) -> str:
+    """Reads ``convctl oauth start``'s stdout until it prints the authorize URL."""
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        assert line, "convctl ended before printing a URL: " + "".join(lines) + (proc.stderr.read() if proc.stderr else "")
+        lines.append(line)
+        if m := AUTH_URL_RE.match(line):
+            return m.group(1)
+    raise AssertionError("no URL from convctl")
+
+
+async def read_auth_url(proc: subprocess.Popen) -> str:
+    return await asyncio.to_thread(read_auth_url_sync, proc)
+
+
+async def next_event(client: AsyncClient, name: str, timeout: float = 10.0) -> dict:
+    """The next event called ``name`` on an AsyncClient that has subscribed."""
+
+    async def wait() -> dict:
+        async for ev in client.events():
+            if ev["event"] == name:
+                return ev
+        raise AssertionError("the daemon closed the connection")
+
+    return await asyncio.wait_for(wait(), timeout)
 
 
 def assert_no_secret(secret: str, *texts: str) -> None:

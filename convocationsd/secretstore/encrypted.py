@@ -17,6 +17,7 @@ import secrets
 import stat
 from pathlib import Path
 
+from ..configfile import fsync_dir
 from ..errors import SecretStoreError
 
 KEY_FILE = "secret.key"
@@ -147,7 +148,7 @@ class LocalEncrypted:
                     os.unlink(tmp)
                 except OSError:
                     pass
-            _fsync_dir(directory)
+            fsync_dir(directory)
         except OSError as e:
             raise SecretStoreError(f"Cannot create the master key {path}: {e.strerror or e}.",
                                    "Check the directory's permissions and free space.") from e
@@ -175,16 +176,3 @@ def _unb64(text: object) -> bytes:
         return base64.b64decode(text.encode("ascii"), validate=True)
     except (binascii.Error, UnicodeEncodeError):
         raise ValueError("not base64") from None
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -8,7 +8,6 @@ lost and how to start again.
 from __future__ import annotations
 
 import random
-import re
 import threading
 import time
 import tomllib
@@ -18,8 +17,8 @@ import pytest
 from convocationsd.errors import ConvError
 from convocationsd.ipc_client import Client
 from tests.adversarial.harness import FakeThread, callback, kill, query_of
+from tests.conftest import read_auth_url_sync
 
-URL_RE = re.compile(r"^\s+(https?://\S+/auth\?\S+)$", re.M)
 OLD_KEY = "sk-or-v1-" + "0" * 64
 
 
@@ -28,18 +27,6 @@ def fake_crash(request):
     f = FakeThread()
     request.addfinalizer(f.close)
     return f
-
-
-def _read_url(proc) -> str:
-    lines = []
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        assert line, "convctl ended before printing a URL: " + "".join(lines) + proc.stderr.read()
-        lines.append(line)
-        if m := URL_RE.match(line):
-            return m.group(1)
-    raise AssertionError("no URL from convctl")
 
 
 def _wait_status(d, status: str, timeout: float = 10.0) -> None:
@@ -65,7 +52,7 @@ def test_kill_9_during_exchange(spawn, fake_crash):
     fake_crash.config.exchange_delay = 5.0
     proc = d.convctl_async("oauth", "start", "--no-browser", "--timeout", "30")
     try:
-        location = fake_crash.approve(_read_url(proc))
+        location = fake_crash.approve(read_auth_url_sync(proc))
         browser = threading.Thread(target=lambda: _ignore(callback, d.port, query_of(location)), daemon=True)
         browser.start()
         _wait_status(d, "exchanging")
@@ -142,7 +129,7 @@ def test_convctl_waiting_when_daemon_is_killed_while_pending(spawn):
     d = spawn()
     proc = d.convctl_async("oauth", "start", "--no-browser", "--timeout", "30")
     try:
-        _read_url(proc)
+        read_auth_url_sync(proc)
         _wait_status(d, "pending")
         kill(d)
         out, err = proc.communicate(timeout=15)

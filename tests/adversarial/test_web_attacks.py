@@ -215,7 +215,7 @@ def test_wrong_state_neither_exchanges_nor_ends_the_flow(mdaemon, fake_t):
     code = dict(p.split("=", 1) for p in query_of(real).split("&"))["code"]
     exchanges = len(fake_t.fake.exchanges)
     for query in (f"code={code}&state=wrong", f"code={code}&state=", f"code={code}&state={state_of(reply['auth_url'])}x",
-                  f"error=access_denied&state=wrong"):
+                  "error=access_denied&state=wrong"):
         _, page = callback(d.port, query)
         assert page is not None and "does not belong" in page.text, (query, page and page.text)
     assert len(fake_t.fake.exchanges) == exchanges  # the attacker could not make us spend the code

@@ -10,11 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ARTIFACTS, assert_no_secret, free_port
+from tests.conftest import ARTIFACTS, assert_no_secret, free_port, next_event, read_auth_url
 
 CHROMIUM = Path("/usr/bin/chromium")
-URL_RE = re.compile(r"^\s+(http://\S+/auth\?\S+)$", re.M)
-
 pytestmark = pytest.mark.browser
 
 try:
@@ -101,25 +99,6 @@ def hosts(daemon, fake) -> tuple[str, ...]:
     return (f"localhost:{daemon.port}", f"127.0.0.1:{fake.port}")
 
 
-async def read_url(proc) -> str:
-    lines = []
-    while True:
-        line = await asyncio.to_thread(proc.stdout.readline)
-        assert line, "convctl ended before printing a URL: " + "".join(lines)
-        lines.append(line)
-        if m := URL_RE.match(line):
-            return m.group(1)
-
-
-async def next_event(client, name: str, timeout: float = 10.0) -> dict:
-    async def wait():
-        async for ev in client.events():
-            if ev["event"] == name:
-                return ev
-
-    return await asyncio.wait_for(wait(), timeout)
-
-
 async def check_our_page_headers(page) -> None:
     """Our HTML pages: no caching, no referrer, a CSP that forbids scripts and outside resources."""
     response = await page.reload()
@@ -133,7 +112,7 @@ async def test_approve_via_convctl(browser, daemon, fake):
     sub = await daemon.aclient()
     await sub.call("subscribe")
     proc = daemon.convctl_async("oauth", "start", "--no-browser", "--timeout", "60")
-    auth_url = await read_url(proc)
+    auth_url = await read_auth_url(proc)
     person = await Person.open(browser, allowed_hosts=hosts(daemon, fake))
     page = person.page
 
@@ -239,7 +218,7 @@ async def test_409_on_a_fallback_port(browser, daemon_factory, fake):
         assert d.call("status")["port_fallback"] is True
         fake.config.authorize_409 = True
         proc = d.convctl_async("oauth", "start", "--no-browser", "--timeout", "60")
-        auth_url = await read_url(proc)
+        auth_url = await read_auth_url(proc)
 
         person = await Person.open(browser, allowed_hosts=(f"localhost:{d.port}", f"127.0.0.1:{fake.port}"))
         page = person.page

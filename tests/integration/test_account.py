@@ -14,9 +14,7 @@ from convocationsd.events import EventBus
 from convocationsd.flows import FlowError
 from convocationsd.openrouter import KeyRejected, UpstreamError
 from convocationsd.secretstore import SecretStatus
-from tests.conftest import assert_no_secret
-
-URL_RE = re.compile(r"^\s+(http://\S+/auth\?\S+)$", re.M)
+from tests.conftest import assert_no_secret, read_auth_url
 
 
 # -- the pure cache ----------------------------------------------------------------------------------------
@@ -173,14 +171,6 @@ async def test_without_a_loop_snapshot_is_harmless():
 # -- the daemon and convctl against the fake -------------------------------------------------------------------
 
 
-async def _read_url(proc) -> str:
-    while True:
-        line = await asyncio.to_thread(proc.stdout.readline)
-        assert line, "convctl ended before printing a URL"
-        if m := URL_RE.match(line):
-            return m.group(1)
-
-
 async def test_account_after_login_in_status_and_revoked(daemon_factory, fake):
     from tests.conftest import follow_callback
 
@@ -188,7 +178,7 @@ async def test_account_after_login_in_status_and_revoked(daemon_factory, fake):
         daemon_factory, CONVOCATIONS_OPENROUTER_URL=fake.url, CONVOCATIONS_ACCOUNT_CACHE_SECONDS="0.5"
     )
     proc = d.convctl_async("oauth", "start", "--no-browser", "--timeout", "30")
-    auth_url = await _read_url(proc)
+    auth_url = await read_auth_url(proc)
     location = await fake.approve(auth_url)
     await follow_callback(location)
     out, err = await asyncio.to_thread(proc.communicate, timeout=20)

@@ -3,45 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import signal
 import socket
 
 import aiohttp
 import pytest
 
-from tests.conftest import assert_no_secret, follow_callback
+from tests.conftest import assert_no_secret, follow_callback, next_event, read_auth_url
 
 pytestmark = pytest.mark.asyncio
-
-URL_RE = re.compile(r"^\s+(http://\S+/auth\?\S+)$", re.M)
-
-
-async def _read_url(proc) -> str:
-    """Reads convctl's stdout until it prints the authorize URL."""
-    lines = []
-    while True:
-        line = await asyncio.to_thread(proc.stdout.readline)
-        assert line, "convctl ended before printing a URL: " + "".join(lines)
-        lines.append(line)
-        if m := URL_RE.match(line):
-            return m.group(1)
-
-
-async def _next_event(client, name: str, timeout: float = 10.0) -> dict:
-    async def wait():
-        async for ev in client.events():
-            if ev["event"] == name:
-                return ev
-    return await asyncio.wait_for(wait(), timeout)
-
 
 async def test_full_flow_with_convctl_and_subscriber(daemon, fake):
     sub = await daemon.aclient()
     await sub.call("subscribe")
     proc = daemon.convctl_async("oauth", "start", "--no-browser", "--timeout", "30")
-    auth_url = await _read_url(proc)
-    started = await _next_event(sub, "openrouter-auth-started")
+    auth_url = await read_auth_url(proc)
+    started = await next_event(sub, "openrouter-auth-started")
 
     params = fake.last_authorize  # not yet: the browser has not loaded the page
     location = await fake.approve(auth_url)
@@ -54,9 +31,9 @@ async def test_full_flow_with_convctl_and_subscriber(daemon, fake):
     assert status == 200 and "OpenRouter account linked" in html and "close this tab" in html
     assert "code=" not in final_url  # the code left the address bar
 
-    done = await _next_event(sub, "openrouter-auth-complete")
+    done = await next_event(sub, "openrouter-auth-complete")
     assert done["data"] == {"session_id": started["data"]["session_id"], "success": True, "backend": "local-encrypted", "error": None}
-    changed = await _next_event(sub, "openrouter-key-changed")
+    changed = await next_event(sub, "openrouter-key-changed")
     assert changed["data"] == {"stored": True, "backend": "local-encrypted"}
 
     out, err = await asyncio.to_thread(proc.communicate, timeout=15)
@@ -83,7 +60,7 @@ async def test_denial_ends_flow_with_access_denied(daemon, fake):
 async def test_409_at_authorize_leaves_flow_pending_and_convctl_times_out(daemon, fake):
     fake.config.authorize_409 = True
     proc = daemon.convctl_async("oauth", "start", "--no-browser", "--timeout", "2")
-    auth_url = await _read_url(proc)
+    auth_url = await read_auth_url(proc)
     outcome = await fake.submit(auth_url, "approve")
     assert outcome.status == 409 and "Failed to create or update app" in outcome.body
     out, err = await asyncio.to_thread(proc.communicate, timeout=15)
@@ -105,7 +82,7 @@ async def test_exchange_errors_end_flow(daemon, fake, status, message, needle):
     reply = daemon.call("oauth.start")
     location = await fake.approve(reply["auth_url"])
     code, _, html = await follow_callback(location)
-    ev = await _next_event(sub, "openrouter-auth-complete")
+    ev = await next_event(sub, "openrouter-auth-complete")
     assert ev["data"]["success"] is False and ev["data"]["error"]["code"] == "exchange_failed"
     assert needle in ev["data"]["error"]["message"] + ev["data"]["error"]["hint"]
     assert code == 400 and "Linking failed" in html
@@ -130,7 +107,7 @@ async def test_flow_timeout(daemon_factory, fake):
     sub = await d.aclient()
     await sub.call("subscribe", {"events": ["openrouter-auth-complete"]})
     d.call("oauth.start")
-    ev = await _next_event(sub, "openrouter-auth-complete", timeout=5)
+    ev = await next_event(sub, "openrouter-auth-complete", timeout=5)
     assert ev["data"]["error"]["code"] == "timeout"
     await sub.close()
 
@@ -167,7 +144,7 @@ async def test_join_and_restart(daemon, fake):
     assert again["joined"] is True and again["session_id"] == first["session_id"]
     restarted = daemon.call("oauth.start", {"restart": True})
     assert restarted["joined"] is False and restarted["session_id"] != first["session_id"]
-    ev = await _next_event(sub, "openrouter-auth-complete")
+    ev = await next_event(sub, "openrouter-auth-complete")
     assert ev["data"]["session_id"] == first["session_id"] and ev["data"]["error"]["code"] == "cancelled"
     # the old flow's approval no longer completes anything; the new one does
     location = await fake.approve(first["auth_url"])
@@ -203,7 +180,7 @@ async def test_sigterm_cancels_flow_removes_socket_exits_zero(daemon):
     await sub.call("subscribe", {"events": ["openrouter-auth-complete"]})
     daemon.call("oauth.start")
     rc = await asyncio.to_thread(daemon.stop, signal.SIGTERM)
-    ev = await _next_event(sub, "openrouter-auth-complete")
+    ev = await next_event(sub, "openrouter-auth-complete")
     assert ev["data"]["error"]["code"] == "cancelled"
     assert rc == 0 and not daemon.socket.exists()
     await sub.close()

@@ -13,7 +13,6 @@ import textwrap
 import time
 from pathlib import Path
 
-import pytest
 
 from convocationsd import doctor
 from tests.conftest import base_env, free_port

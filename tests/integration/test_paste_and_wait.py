@@ -15,19 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from convocationsd import commands
-from tests.conftest import assert_no_secret
-
-URL_RE = re.compile(r"^\s+(http://\S+/auth\?\S+)$", re.M)
-
-
-async def read_url(proc: subprocess.Popen) -> str:
-    lines = []
-    while True:
-        line = await asyncio.to_thread(proc.stdout.readline)
-        assert line, "convctl ended before printing a URL: " + "".join(lines) + proc.stderr.read()
-        lines.append(line)
-        if m := URL_RE.match(line):
-            return m.group(1)
+from tests.conftest import AUTH_URL_RE, assert_no_secret, read_auth_url
 
 
 def flow_error(daemon) -> str | None:
@@ -50,7 +38,7 @@ async def wait_for_flow_end(daemon, timeout: float = 10.0) -> dict:
 
 async def test_paste_mode_end_to_end(daemon, fake):
     proc = daemon.convctl_async("oauth", "start", "--paste", "--timeout", "30")
-    auth_url = await read_url(proc)
+    auth_url = await read_auth_url(proc)
     query = parse_qs(urlsplit(auth_url).query)
     assert "callback_url" not in query and query["code_challenge_method"] == ["S256"]
     code = await fake.approve_headless(auth_url)
@@ -68,7 +56,7 @@ async def test_paste_mode_end_to_end(daemon, fake):
 
 async def test_paste_accepts_the_whole_address(daemon, fake):
     proc = daemon.convctl_async("oauth", "start", "--paste")
-    code = await fake.approve_headless(await read_url(proc))
+    code = await fake.approve_headless(await read_auth_url(proc))
     pasted = f"  'https://example.invalid/done?code={code}&x=1'  "
     out, err = await asyncio.to_thread(proc.communicate, pasted + "\n", 20)
     assert proc.returncode == 0, err
@@ -77,7 +65,7 @@ async def test_paste_accepts_the_whole_address(daemon, fake):
 
 async def test_paste_nothing_cancels_the_login(daemon, fake):
     proc = daemon.convctl_async("oauth", "start", "--paste")
-    await read_url(proc)
+    await read_auth_url(proc)
     out, err = await asyncio.to_thread(proc.communicate, "", 20)  # end of input: nothing pasted
     assert proc.returncode == 2
     assert "No code was pasted" in err and "--paste" in err
@@ -86,7 +74,7 @@ async def test_paste_nothing_cancels_the_login(daemon, fake):
 
 async def test_paste_wrong_code_fails_clearly(daemon, fake):
     proc = daemon.convctl_async("oauth", "start", "--paste")
-    await read_url(proc)
+    await read_auth_url(proc)
     out, err = await asyncio.to_thread(proc.communicate, "not-the-code\n", 20)
     assert proc.returncode == 1
     assert "rejected the authorization code" in err and "convctl oauth start" in err
@@ -95,7 +83,7 @@ async def test_paste_wrong_code_fails_clearly(daemon, fake):
 
 async def test_paste_timeout(daemon, fake):
     proc = daemon.convctl_async("oauth", "start", "--paste", "--timeout", "1")
-    await read_url(proc)
+    await read_auth_url(proc)
     started = time.monotonic()
     rc = await asyncio.to_thread(proc.wait, 15)  # stdin stays open: nobody pastes
     out, err = proc.communicate()
@@ -106,7 +94,7 @@ async def test_paste_timeout(daemon, fake):
 
 async def test_paste_ctrl_c(daemon, fake):
     proc = daemon.convctl_async("oauth", "start", "--paste")
-    await read_url(proc)
+    await read_auth_url(proc)
     await asyncio.sleep(0.3)  # at the prompt
     proc.send_signal(signal.SIGINT)
     out, err = await asyncio.to_thread(proc.communicate, None, 15)
@@ -148,7 +136,7 @@ async def test_no_browser_says_what_to_do(daemon, fake, extra, reason):
     assert f"Could not open a browser: {reason}" in err
     assert "convctl oauth start --paste" in err
     assert f"ssh -L {daemon.port}:localhost:{daemon.port} <this host>" in err
-    assert URL_RE.search(done.stdout)  # the address is still shown to copy
+    assert AUTH_URL_RE.search(done.stdout)  # the address is still shown to copy
 
 
 def test_browser_unavailable_reason():
@@ -166,7 +154,7 @@ async def test_ctrl_c_cancels_the_flow_in_the_daemon(daemon, fake):
     sub = await daemon.aclient()
     await sub.call("subscribe", {"events": ["openrouter-auth-complete"]})
     proc = daemon.convctl_async("oauth", "start", "--no-browser")
-    await read_url(proc)
+    await read_auth_url(proc)
     await asyncio.sleep(0.3)
     proc.send_signal(signal.SIGINT)
     out, err = await asyncio.to_thread(proc.communicate, None, 15)

@@ -29,7 +29,7 @@ def test_connection_uid_of_a_real_loopback_connection():
         with socket.socket(family) as server:
             server.bind((host, 0))
             server.listen()
-            with socket.create_connection(server.getsockname()[:2]) as client:
+            with socket.create_connection(server.getsockname()[:2]):
                 conn, peer = server.accept()
                 with conn:
                     assert proc_net.connection_uid(peer, conn.getsockname()) == os.getuid()
