@@ -1,12 +1,14 @@
-"""Reading Linux's TCP tables (/proc/net/tcp, tcp6): who listens on a port, who owns a connection.
+"""Linux's TCP socket tables: who listens on a port (doctor), who owns a connection (HTTP uid check).
 
-Loopback HTTP is reachable by every user of the machine, and headers are only words; the kernel's table
-says which uid really opened a connection. Parsing is pure; only ``read_tables`` touches /proc.
+Loopback HTTP is reachable by every user of the machine, and headers are only words; the kernel knows
+which uid really opened a connection. One connection is looked up with a sock_diag netlink query (a few
+microseconds); /proc/net/tcp{,6} lists them all (milliseconds on a busy machine) and is the fallback.
 """
 
 from __future__ import annotations
 
 import socket
+import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +66,11 @@ def available(proc: Path = Path("/proc")) -> bool:
 def connection_uid(client: tuple, server: tuple, entries: Iterable[TcpEntry] | None = None) -> int | None:
     """The uid that owns the client end of a loopback connection (``client``/``server`` as from
     getpeername/getsockname on the server side), or None when the kernel does not list it."""
+    if entries is None:
+        try:
+            return diag_uid(client, server)
+        except OSError:
+            pass  # no sock_diag here (old kernel, seccomp): read the whole table instead
     want_local = (_normal(client[0]), client[1])
     want_remote = (_normal(server[0]), server[1])
     for entry in read_tables() if entries is None else entries:
@@ -81,3 +88,40 @@ def _family_packed(address: str) -> tuple[int, bytes]:
         return socket.AF_INET, socket.inet_pton(socket.AF_INET, address)
     except OSError:
         return socket.AF_INET6, socket.inet_pton(socket.AF_INET6, address.split("%")[0])
+
+
+# -- sock_diag (netlink) ---------------------------------------------------------------------------------
+
+NETLINK_SOCK_DIAG = 4
+SOCK_DIAG_BY_FAMILY = 20
+NLM_F_REQUEST = 1
+NLMSG_ERROR = 2
+NLMSG_HEADER = struct.Struct("=IHHII")
+# struct inet_diag_msg: family, state, timer, retrans, sockid (48 bytes), expires, rqueue, wqueue, uid, inode
+DIAG_UID = struct.Struct("=I")
+DIAG_UID_OFFSET = NLMSG_HEADER.size + 4 + 48 + 12
+
+
+def diag_uid(client: tuple, server: tuple) -> int | None:
+    """Asks the kernel (sock_diag) for the owner of the TCP socket ``client`` -> ``server``."""
+    family, src = _family_packed(client[0])
+    _, dst = _family_packed(server[0])
+    body = _diag_request(family, client[1], server[1], src, dst)
+    header = NLMSG_HEADER.pack(NLMSG_HEADER.size + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, 1, 0)
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG) as nl:
+        nl.settimeout(1.0)
+        nl.sendto(header + body, (0, 0))
+        reply = nl.recv(8192)
+    length, kind = NLMSG_HEADER.unpack_from(reply)[:2]
+    if kind == NLMSG_ERROR or length < DIAG_UID_OFFSET + 4:
+        return None  # the kernel knows no such socket
+    return DIAG_UID.unpack_from(reply, DIAG_UID_OFFSET)[0]
+
+
+def _diag_request(family: int, sport: int, dport: int, src: bytes, dst: bytes) -> bytes:
+    """struct inet_diag_req_v2: family, protocol, ext, pad, states; then struct inet_diag_sockid: sport and
+    dport (big-endian), src[16], dst[16], interface, cookie[2] (all ones: no cookie to match)."""
+    head = struct.pack("=BBBxI", family, socket.IPPROTO_TCP, 0, 0xFFFFFFFF)
+    ports = struct.pack(">HH", sport, dport)
+    rest = struct.pack("=16s16sIII", src.ljust(16, b"\0"), dst.ljust(16, b"\0"), 0, 0xFFFFFFFF, 0xFFFFFFFF)
+    return head + ports + rest

@@ -33,3 +33,19 @@ def test_connection_uid_of_a_real_loopback_connection():
                 conn, peer = server.accept()
                 with conn:
                     assert proc_net.connection_uid(peer, conn.getsockname()) == os.getuid()
+
+
+def test_sock_diag_and_proc_table_agree_and_are_told_apart():
+    if not proc_net.available():
+        return
+    for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+        with socket.socket(family) as server:
+            server.bind((host, 0))
+            server.listen()
+            with socket.create_connection(server.getsockname()[:2]):
+                conn, peer = server.accept()
+                with conn:
+                    local = conn.getsockname()
+                    assert proc_net.diag_uid(peer, local) == os.getuid()
+                    assert proc_net.connection_uid(peer, local, proc_net.read_tables()) == os.getuid()
+                    assert proc_net.diag_uid((host, 1), local) is None  # no such connection
