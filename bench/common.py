@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from convocationsd.testing.ports import free_port  # noqa: F401 (bench modules import it from here)
+
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable  # the venv's interpreter when run as `.venv/bin/python -m bench`
 BIN = Path(PY).parent
@@ -112,21 +114,6 @@ def rss_kb(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise RuntimeError("no VmRSS")
-
-
-def free_port() -> int:
-    """A TCP port free on both 127.0.0.1 and ::1 right now."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET) as v4:
-            v4.bind(("127.0.0.1", 0))
-            port = v4.getsockname()[1]
-            try:
-                with socket.socket(socket.AF_INET6) as v6:
-                    v6.bind(("::1", port))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free port")
 
 
 def short_tmp() -> Path:

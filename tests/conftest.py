@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from convocationsd.ipc_client import AsyncClient, Client
+from convocationsd.testing.ports import free_port  # noqa: F401 (tests import it from here)
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -37,21 +37,6 @@ def short_tmp() -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
-
-
-def free_port() -> int:
-    """A port free on both 127.0.0.1 and ::1 right now."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET) as v4:
-            v4.bind(("127.0.0.1", 0))
-            port = v4.getsockname()[1]
-            try:
-                with socket.socket(socket.AF_INET6) as v6:
-                    v6.bind(("::1", port))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free port")
 
 
 @dataclass

@@ -16,6 +16,8 @@ import time
 
 import pytest
 
+from convocationsd.testing.ports import free_port
+
 TOOL = shutil.which("systemd-socket-activate")
 pytestmark = pytest.mark.skipif(TOOL is None, reason="systemd-socket-activate is not installed")
 
@@ -28,12 +30,6 @@ CHILD = textwrap.dedent(
                       for name, socks in found.items()}), flush=True)
     """
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_child_sees_named_sockets_from_systemd_socket_activate():
