@@ -22,19 +22,6 @@ def test_parse_table_and_connection_uid():
     assert proc_net.connection_uid(("127.0.0.1", 1), ("127.0.0.1", 3000), entries) is None
 
 
-def test_connection_uid_of_a_real_loopback_connection():
-    if not proc_net.available():
-        return
-    for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
-        with socket.socket(family) as server:
-            server.bind((host, 0))
-            server.listen()
-            with socket.create_connection(server.getsockname()[:2]):
-                conn, peer = server.accept()
-                with conn:
-                    assert proc_net.connection_uid(peer, conn.getsockname()) == os.getuid()
-
-
 def test_sock_diag_and_proc_table_agree_and_are_told_apart():
     if not proc_net.available():
         return
