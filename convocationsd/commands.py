@@ -367,4 +367,3 @@ def doctor(args: argparse.Namespace, out: Any) -> int:
     return doctor_mod.run(args, out)
 
 
-__all__ = ["status", "oauth", "events", "secret", "service", "doctor", "ConvError", "DaemonUnreachable"]
