@@ -25,7 +25,16 @@ from typing import TextIO
 from . import paths
 from .errors import ConvError
 
-TEMPLATES = Path(__file__).resolve().parent.parent  # the checkout: systemd/ and launchd/ live beside the package
+def _find_templates() -> Path:
+    """systemd/ and launchd/ live beside the package in a checkout (and an editable install); a wheel
+    installs them under <prefix>/share/convocationsd (pyproject's data-files)."""
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / "systemd").is_dir():
+        return checkout
+    return Path(sys.prefix) / "share" / "convocationsd"
+
+
+TEMPLATES = _find_templates()
 SERVICE = "convocationsd.service"
 SOCKETS = ("convocationsd.socket", "convocationsd-http.socket")
 UNITS = (SERVICE, *SOCKETS)
@@ -108,7 +117,7 @@ def _template_dir(templates: Path, sub: str, names: Sequence[str]) -> Path:
     if missing:
         raise ConvError(
             f"The service templates ({', '.join(missing)}) are not part of this installation (looked in {folder}).",
-            "Install convocationsd from a source checkout, or copy the files from its systemd/ or launchd/ folder.",
+            "Reinstall convocationsd (pip puts them in <prefix>/share/convocationsd), or copy them from its source.",
         )
     return folder
 
