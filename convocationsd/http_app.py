@@ -270,7 +270,8 @@ def bind_loopback(port: int, *, attempts: int = 20) -> tuple[list[socket.socket]
 
     Returns (sockets, port, fell_back). A machine without IPv6 loopback gets the IPv4 socket only."""
     try:
-        return _bind_both(port), port, False
+        socks = _bind_both(port)
+        return socks, socks[0].getsockname()[1], False  # port 0 means "any": report the one we got
     except OSError as e:
         if port == 0:
             raise

@@ -128,3 +128,15 @@ def test_slow_subscriber_dropped_fast_one_gets_everything(daemon_factory):
     assert "stopped reading" in d.log()
     slow.close()
     fast.close()
+
+
+def test_port_zero_binds_one_free_port_on_both_loopbacks():
+    from convocationsd.http_app import bind_loopback
+
+    socks, port, fell_back = bind_loopback(0)
+    try:
+        assert port != 0 and not fell_back
+        assert {s.getsockname()[1] for s in socks} == {port}
+    finally:
+        for s in socks:
+            s.close()
