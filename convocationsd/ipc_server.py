@@ -12,6 +12,7 @@ transport calls ``recv(256 KiB)`` for every read, and a fresh 256 KiB bytes obje
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
@@ -33,6 +34,8 @@ Handler = Callable[["Connection", dict[str, Any]], Any]  # returns a result or a
 
 QUEUE_LIMIT = 256 * 1024  # bytes of unsent events before a subscriber counts as stuck
 READ_SIZE = 64 * 1024  # bytes per read, into the shared buffer
+CLOSE_FLUSH_SECONDS = 1.0  # at shutdown, time for clients to take what was written (the "cancelled" event)
+CLOSE_WAIT_SECONDS = 2.0  # then at most this long for the server to report every connection gone
 
 
 def peer_uid(sock: socket.socket) -> int | None:
@@ -177,9 +180,16 @@ class Connection(asyncio.BufferedProtocol):
         return True
 
     def close(self) -> None:
+        """Closes after what is already written has been sent: a client that stops reading keeps it open."""
         if not self.closed and self.transport is not None:
             self.closed = True
             self.transport.close()
+
+    def abort(self) -> None:
+        """Closes at once, dropping what is unsent."""
+        if self.transport is not None:
+            self.closed = True
+            self.transport.abort()
 
 
 class IpcServer:
@@ -205,10 +215,13 @@ class IpcServer:
         self._server: asyncio.AbstractServer | None = None
         self._owned_path: Path | None = None
         self._owned_ino: int | None = None
+        self._all_gone: asyncio.Event | None = None  # set when the last connection is gone, during close()
 
     def forget(self, conn: Connection) -> None:
         self.connections.discard(conn)
         self.bus.unsubscribe(conn)
+        if not self.connections and self._all_gone is not None:
+            self._all_gone.set()
 
     async def start(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
@@ -224,11 +237,23 @@ class IpcServer:
         if self._server is not None:
             self._server.close()
         for conn in list(self.connections):
-            conn.close()
+            conn.close()  # flushes first: readers still get the last events (the "cancelled" of a SIGTERM)
         for task in list(self.tasks):
             task.cancel()
+        if self.connections:
+            self._all_gone = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._all_gone.wait(), CLOSE_FLUSH_SECONDS)
+        # A client that stopped reading would hold its connection open forever, and since Python 3.12
+        # wait_closed() waits for every connection: cut off whoever has not taken their events by now.
+        stuck = list(self.connections)
+        for conn in stuck:
+            conn.abort()
+        if stuck:
+            log.info("closed %d client connection(s) that were not reading; their unsent events were dropped", len(stuck))
         if self._server is not None:
-            await self._server.wait_closed()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._server.wait_closed(), CLOSE_WAIT_SECONDS)
         self._unlink_own_socket()
 
     def _unlink_own_socket(self) -> None:

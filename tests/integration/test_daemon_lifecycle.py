@@ -9,6 +9,8 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
@@ -128,6 +130,50 @@ def test_slow_subscriber_dropped_fast_one_gets_everything(daemon_factory):
     assert "stopped reading" in d.log()
     slow.close()
     fast.close()
+
+
+def test_sigterm_with_a_subscriber_that_stopped_reading_exits_promptly(daemon_factory):
+    from convocationsd.ipc_server import QUEUE_LIMIT
+
+    try:
+        with open("/proc/sys/net/core/wmem_default") as f:
+            kernel_buffer = int(f.read())  # the most a Unix socket's send side holds (payload plus overhead)
+    except OSError:
+        kernel_buffer = 212992
+    target = kernel_buffer + 32 * 1024  # event bytes to send
+    if target + 16 * 1024 > QUEUE_LIMIT:
+        pytest.skip("socket buffers this large would get the stuck subscriber dropped before the shutdown")
+    d = daemon_factory()
+    subscribe = b'{"jsonrpc":"2.0","id":1,"method":"subscribe"}\n'
+    stuck = socket.socket(socket.AF_UNIX)
+    stuck.connect(str(d.socket))
+    stuck.sendall(subscribe)  # and never reads
+    reader = socket.socket(socket.AF_UNIX)
+    reader.connect(str(d.socket))
+    reader.sendall(subscribe)
+    received: list[bytes] = []
+    thread = threading.Thread(target=lambda: [received.append(c) for c in iter(lambda: reader.recv(65536), b"")], daemon=True)
+    thread.start()
+    # More event bytes than the kernel buffers for `stuck`, so the daemon holds some unsent, but less than
+    # its queue limit on top, so `stuck` is not dropped as a slow subscriber: only shutdown can end it.
+    with d.client() as actor:
+        for _ in range(5000):
+            if sum(map(len, received)) > target:
+                break
+            actor.call("oauth.start", {"restart": True})
+        else:
+            raise AssertionError("the reading subscriber got too few events")
+        assert actor.call("status")["subscribers"] == 2
+    started = time.monotonic()
+    assert d.stop(timeout=15) == 0
+    assert time.monotonic() - started < 6  # bounded: ~1 s for clients to take their events, then cut off
+    thread.join(10)
+    last = json.loads(b"".join(received).splitlines()[-1])
+    assert last["params"]["event"] == "openrouter-auth-complete"  # a reader still gets SIGTERM's "cancelled"
+    assert last["params"]["data"]["error"]["code"] == "cancelled"
+    assert "1 client connection(s) that were not reading" in d.log()
+    stuck.close()
+    reader.close()
 
 
 def test_port_zero_binds_one_free_port_on_both_loopbacks():

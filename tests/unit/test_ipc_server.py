@@ -1,0 +1,95 @@
+"""The IPC server in-process, with stand-in handlers: shutdown with a client that stopped reading, and
+errors of requests that must not be answered (notifications)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+
+from convocationsd import ipc_server, protocol
+from convocationsd.events import EventBus
+
+
+def handlers(bus: EventBus, **overrides) -> dict:
+    def subscribe(conn, params):
+        return {"events": bus.subscribe(conn, params.get("events"))}
+
+    table = {method: (lambda conn, params: {}) for method in protocol.METHODS}
+    table["subscribe"] = subscribe
+    table.update(overrides)
+    return table
+
+
+async def start(tmp, bus: EventBus, **kw) -> tuple[ipc_server.IpcServer, str]:
+    server = ipc_server.IpcServer(kw.pop("table", None) or handlers(bus), bus, **kw)
+    path = tmp / "s.sock"
+    await server.start(ipc_server.bind_unix_socket(path))
+    return server, str(path)
+
+
+def connect(path: str) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(path)
+    return s
+
+
+async def until(condition, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+def read_all(sock: socket.socket, into: list[bytes]) -> None:
+    while chunk := sock.recv(65536):
+        into.append(chunk)
+
+
+async def test_close_cuts_off_a_client_that_stopped_reading(short_tmp):
+    bus = EventBus()
+    # A queue limit far above what is sent: the stuck client is not dropped for being slow, so only
+    # close() can end its connection.
+    server, path = await start(short_tmp, bus, queue_limit=64 * 2**20)
+    stuck, reader = connect(path), connect(path)
+    for s in (stuck, reader):
+        s.sendall(b'{"jsonrpc":"2.0","id":1,"method":"subscribe"}\n')
+    await until(lambda: len(bus) == 2)
+    received: list[bytes] = []
+    thread = threading.Thread(target=read_all, args=(reader, received), daemon=True)
+    thread.start()
+    for i in range(2000):  # ~1 MB: far more than the kernel's socket buffer holds for `stuck`
+        bus.publish("openrouter-auth-started", {"i": i, "pad": "x" * 400})
+    await asyncio.sleep(0.2)
+    assert any(c.transport.get_write_buffer_size() > 0 for c in server.connections)  # something is really stuck
+    bus.publish("openrouter-auth-complete", {"last": True})
+
+    started = time.monotonic()
+    await asyncio.wait_for(server.close(), 10)
+    elapsed = time.monotonic() - started
+
+    # Since Python 3.12 Server.wait_closed() waits for every connection; one left open would hang the
+    # daemon's shutdown. So close() must leave none behind, and within its bound.
+    assert not server.connections
+    assert elapsed < ipc_server.CLOSE_FLUSH_SECONDS + ipc_server.CLOSE_WAIT_SECONDS + 1
+    await asyncio.to_thread(thread.join, 10)
+    lines = b"".join(received).splitlines()
+    assert json.loads(lines[-1])["params"]["data"] == {"last": True}  # a client that reads gets everything
+    assert len(lines) == 2 + 2000  # the subscribe reply, every event and the last one
+    stuck.close()
+    reader.close()
+
+
+async def test_close_is_quick_when_everyone_reads(short_tmp):
+    bus = EventBus()
+    server, path = await start(short_tmp, bus)
+    client = connect(path)
+    client.sendall(b'{"jsonrpc":"2.0","id":1,"method":"subscribe"}\n')
+    await until(lambda: len(bus) == 1)
+    started = time.monotonic()
+    await server.close()
+    assert time.monotonic() - started < 0.5
+    assert not server.connections
+    client.close()
