@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import __version__, events, pkce, protocol
-from .errors import ConvError, SecretStoreError, UsageError
-from .flows import CallbackRejected, Flow, FlowError, FlowStore
+from .errors import ConvError, UsageError
+from .flows import EXCHANGING, CallbackRejected, Flow, FlowError, FlowStore
 from .secretstore import SecretStatus, SecretStore
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,10 @@ class Endpoint:
     port: int
     port_fallback: bool
     socket_path: str
+
+
+class CodeRejected(ConvError):
+    """A pasted code that OpenRouter did not accept; the login still waits for the right one."""
 
 
 DENIED = FlowError(
@@ -99,8 +103,9 @@ class Controller:
             self._schedule_expiry(flow)
         return flow.start_reply(result.joined)
 
-    def cancel(self, session_id: str | None = None) -> bool:
-        flow = self.flows.cancel(session_id)
+    def cancel(self, session_id: str | None = None, *, force: bool = False) -> bool:
+        """Cancels the pending login; one whose code is being exchanged only with ``force`` (shutdown)."""
+        flow = self.flows.cancel(session_id, force=force)
         if flow is None:
             return False
         log.info("login %s cancelled", flow.session_id)
@@ -119,7 +124,9 @@ class Controller:
         if flow is not None:
             log.info("login %s timed out", flow.session_id)
             self._publish_complete(flow)
-        elif self.flows.pending is not None and self.flows.pending.status == "pending":
+        elif self.flows.pending is not None:
+            # Not due yet, or its code is being exchanged: look again later. An exchange that gives the
+            # flow back (a stray code) must not leave it without a timer.
             self._schedule_expiry(self.flows.pending)
 
     async def callback(self, code: str | None, state: str | None) -> Outcome:
@@ -136,9 +143,9 @@ class Controller:
         except CallbackRejected as e:
             log.warning("ignored a callback: %s", e.reason)
             return Outcome("ignored", "This link was ignored", e.message, e.hint, e.reason)
-        return await self._exchange(flow, code, stateless=state is None)
+        return await self._exchange(flow, code, verified=state is not None)
 
-    def callback_error(self, error: str, description: str | None, state: str | None) -> Outcome:
+    def callback_error(self, error: str, state: str | None) -> Outcome:
         try:
             flow = self.flows.claim_error(state)
         except CallbackRejected as e:
@@ -152,107 +159,116 @@ class Controller:
                 f"OpenRouter did not authorize the login ({_printable(error)}).",
                 "Run `convctl oauth start` to try again; `convctl doctor` checks the usual causes.",
             )
-        self.flows.finish(flow, failure)
         log.info("login %s ended by OpenRouter: %s", flow.session_id, failure.code)
-        self._publish_complete(flow)
+        self._end(flow, failure)
         return _failed_outcome(failure)
 
     async def exchange_pasted(self, code: str, session_id: str | None) -> dict:
+        """Paste mode: the person copies the code OpenRouter shows. Any pending login accepts one (PKCE
+        binds the code to its verifier); a code OpenRouter rejects leaves the login waiting for another."""
         pending = self.flows.pending
-        if pending is None or not pending.paste or (session_id and session_id != pending.session_id):
-            raise UsageError(
-                "No paste-mode login is waiting for a code.", "Run `convctl oauth start --paste` first."
-            )
+        if pending is None or (session_id and session_id != pending.session_id):
+            raise UsageError("No login is waiting for a code.", "Run `convctl oauth start --paste` first.")
+        code = code.strip()
         try:
-            flow = self.flows.claim_code(code.strip(), None)
+            flow = self.flows.claim_code(code, None)
         except CallbackRejected as e:
             raise ConvError(e.message, e.hint) from None
-        outcome = await self._exchange(flow, code.strip(), stateless=False)
-        return {"success": outcome.kind == "success", "backend": flow.backend, "error": flow.error.to_dict() if flow.error else None}
+        outcome = await self._exchange(flow, code, verified=False)
+        if outcome.kind == "ignored":
+            raise CodeRejected(
+                "OpenRouter did not accept that code for this login.",
+                "Check that you copied the whole code from the page OpenRouter showed, and paste it again.",
+            )
+        return flow.complete_data()
 
-    async def _exchange(self, flow: Flow, code: str, *, stateless: bool) -> Outcome:
-        from .openrouter import UpstreamError
+    async def _exchange(self, flow: Flow, code: str, *, verified: bool) -> Outcome:
+        """Exchanges ``code`` for a key and stores it. ``verified``: the callback carried our state, so
+        a failure ends the login; otherwise a code OpenRouter rejects was not ours and the login goes on.
+        However the exchange ends, the flow does not stay ``exchanging``."""
+        from .openrouter import UpstreamError, app_conflict_hint
 
         try:
-            result = await self.openrouter.exchange(code, flow.verifier)
-        except UpstreamError as e:
-            if stateless and e.code_rejected:
-                # Without a state we cannot tell our code from a stray one; PKCE just told us it was not
-                # ours, so the real login goes on.
-                self.flows.release(flow)
-                log.warning("ignored a callback whose code OpenRouter rejected for this login")
-                return Outcome(
-                    "ignored",
-                    "This link was ignored",
-                    "OpenRouter did not accept this code for the login in progress.",
-                    "Finish the login from the browser tab that `convctl oauth start` opened.",
-                    "code_rejected",
+            try:
+                result = await self.openrouter.exchange(code, flow.verifier)
+            except UpstreamError as e:
+                if not verified and e.code_rejected:
+                    self.flows.release(flow)
+                    log.warning("ignored a code that OpenRouter rejected for this login")
+                    return Outcome(
+                        "ignored",
+                        "This link was ignored",
+                        "OpenRouter did not accept this code for the login in progress.",
+                        "Finish the login from the browser tab that `convctl oauth start` opened.",
+                        "code_rejected",
+                    )
+                failure = e.flow_error
+                if failure.code == "app_conflict":
+                    hint = app_conflict_hint(self.endpoint.port, self.endpoint.port_fallback)
+                    failure = FlowError(failure.code, failure.message, hint)
+                log.warning("login %s failed: %s (%s)", flow.session_id, failure.code, failure.message)
+                self._end(flow, failure)
+                return _failed_outcome(failure)
+            try:
+                backend = await self._store_key(result.key)
+            except ConvError as e:
+                failure = FlowError("storage_failed", f"The key was created but could not be saved: {e.message}", e.hint)
+            except Exception:
+                log.exception("storing the key failed")
+                failure = FlowError(
+                    "storage_failed", "The key was created but could not be saved.", "See the daemon's log, then try again."
                 )
-            failure = e.flow_error
-            if failure.code == "app_conflict":
-                from .openrouter import app_conflict_hint
-
-                failure = FlowError(failure.code, failure.message, app_conflict_hint(self.endpoint.port, self.endpoint.port_fallback))
-            self.flows.finish(flow, failure)
-            log.warning("login %s failed: %s (%s)", flow.session_id, failure.code, failure.message)
-            self._publish_complete(flow)
-            return _failed_outcome(failure)
-        except asyncio.CancelledError:
-            self.flows.release(flow)
-            raise
-        if flow.done:  # cancelled (restart, Ctrl-C, shutdown) while OpenRouter answered: respect that
-            log.warning("login %s was cancelled during the exchange; the new key was not stored", flow.session_id)
-            return _failed_outcome(flow.error or FlowError("cancelled", "The login was cancelled."))
-        try:
-            backend = await self._store_key(result.key)
-        except SecretStoreError as e:
-            failure = FlowError("storage_failed", f"The key was created but could not be saved: {e.message}", e.hint)
-            self.flows.finish(flow, failure)
+            else:
+                if self._end(flow, None, backend):
+                    log.info("login %s succeeded; key stored in %s", flow.session_id, backend)
+                self.bus.publish(events.KEY_CHANGED, {"stored": True, "backend": backend})
+                return Outcome(
+                    "success",
+                    "OpenRouter account linked",
+                    "Convocations can now use your OpenRouter account.",
+                    "You can close this tab.",
+                )
             log.error("login %s: %s", flow.session_id, failure.message)
-            self._publish_complete(flow)
+            self._end(flow, failure)
             return _failed_outcome(failure)
-        self.flows.finish(flow, None, backend)
-        log.info("login %s succeeded; key stored in %s", flow.session_id, backend)
-        self._publish_complete(flow)
-        self.bus.publish(events.KEY_CHANGED, {"stored": True, "backend": backend})
-        return Outcome(
-            "success",
-            "OpenRouter account linked",
-            "Convocations can now use your OpenRouter account.",
-            "You can close this tab.",
-        )
+        finally:
+            if flow.status == EXCHANGING:  # cancelled (shutdown) or a bug above: give the login back
+                self.flows.release(flow)
+                self._schedule_expiry(flow)
+
+    def _end(self, flow: Flow, error: FlowError | None, backend: str | None = None) -> bool:
+        """Ends ``flow`` and announces it, once: a flow cancelled at shutdown stays cancelled."""
+        ended = self.flows.finish(flow, error, backend)
+        if ended:
+            self._publish_complete(flow)
+        return ended
 
     def _publish_complete(self, flow: Flow) -> None:
-        self.bus.publish(
-            events.AUTH_COMPLETE,
-            {
-                "session_id": flow.session_id,
-                "success": flow.error is None,
-                "backend": flow.backend,
-                "error": flow.error.to_dict() if flow.error else None,
-            },
-        )
+        self.bus.publish(events.AUTH_COMPLETE, flow.complete_data())
 
     # -- secrets -------------------------------------------------------------------------------------
 
     async def _secret_call(self, fn: Callable, *args: Any) -> Any:
-        # Backends block (keyring may wait for an unlock prompt) and bound their own time; one at a time.
+        """Runs a secret-store call in a thread, one at a time (backends block: keyring may wait for an
+        unlock prompt, within their own time bound), and refreshes the cached status under the same lock,
+        so a slower call can never leave an older status behind."""
         async with self._secret_lock:
-            return await asyncio.to_thread(fn, *args)
+            try:
+                return await asyncio.to_thread(fn, *args)
+            finally:
+                if fn is not self.secrets.get:
+                    await self.refresh_secret_status()
 
     async def _store_key(self, key: str) -> str:
-        try:
-            return await self._secret_call(self.secrets.set, key)
-        finally:
-            await self.refresh_secret_status()
+        return await self._secret_call(self.secrets.set, key)
 
     async def refresh_secret_status(self) -> dict:
         self.secret_state = await asyncio.to_thread(self.secrets.status)
         return self.secret_state.to_dict()
 
     async def secret_status(self) -> dict:
-        async with self._secret_lock:
-            return await self.refresh_secret_status()
+        # No lock: status reads only config.toml's reference, and must answer during a keyring prompt.
+        return await self.refresh_secret_status()
 
     async def secret_set(self, key: str) -> dict:
         from .keycheck import check_key
@@ -263,10 +279,7 @@ class Controller:
         return {"stored": True, "backend": backend}
 
     async def secret_clear(self) -> dict:
-        try:
-            cleared = await self._secret_call(self.secrets.clear)
-        finally:
-            await self.refresh_secret_status()
+        cleared = await self._secret_call(self.secrets.clear)
         if cleared:
             self.bus.publish(events.KEY_CHANGED, {"stored": False, "backend": None})
         return {"cleared": cleared}

@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_settings(flags: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
-    config_path = Path(flags.get("config_path") or paths.config_path(env))
+    config_path = Path(flags.get("config_path") or paths.config_path(env)).expanduser()
     return resolve(
         flags, env, configfile.load(config_path), socket_path=paths.socket_path(env), config_path=config_path
     )
@@ -68,12 +68,12 @@ def _by_role(found: dict[str, list[Any]]) -> dict[str, list[Any]]:
 
 
 class Daemon:
-    def __init__(self, settings: Settings, *, flags: Mapping[str, Any] | None = None, secrets: Any = None,
+    def __init__(self, settings: Settings, *, flags: Mapping[str, Any] | None = None,
                  env: Mapping[str, str] = os.environ) -> None:
         self.settings = settings
         self.flags = dict(flags or {})
         self.env = env
-        self.secrets = secrets
+        self.secrets: Any = None
         self.bus = EventBus()
         self.stopping = asyncio.Event()
         self.activated = False
@@ -116,7 +116,13 @@ class Daemon:
         if http_socks:
             port = http_socks[0].getsockname()[1]
         else:
-            http_socks, port, fell_back = http_app.bind_loopback(s.http_port)
+            try:
+                http_socks, port, fell_back = http_app.bind_loopback(s.http_port)
+            except OSError:
+                if not ipc_socks:  # do not leave our socket file behind for the next start to call stale
+                    ctl_sock.close()
+                    os.unlink(socket_path)
+                raise
         if fell_back:
             log.warning(
                 "PORT %d IS BUSY: listening on http://localhost:%d instead. OpenRouter may refuse logins from this "
@@ -125,12 +131,11 @@ class Daemon:
                 s.http_port, port, s.http_port, port,
             )
 
-        if self.secrets is None:
-            from .secretstore.select import open_store
+        from .secretstore.select import open_store
 
-            self.secrets = open_store(
-                s.config_path, forced_backend=s.secret_backend, keyring_timeout=s.keyring_timeout_seconds
-            )
+        self.secrets = open_store(
+            s.config_path, forced_backend=s.secret_backend, keyring_timeout=s.keyring_timeout_seconds
+        )
         self._openrouter = OpenRouterClient(s.openrouter_url, timeout=s.exchange_timeout_seconds)
         ctl = self.controller = Controller(
             endpoint=Endpoint(port=port, port_fallback=fell_back, socket_path=str(socket_path)),
@@ -174,8 +179,8 @@ class Daemon:
         assert ctl is not None
 
         def subscribe(conn: Any, p: dict) -> dict:
-            wanted = p.get("events")
-            if wanted is not None and (not all(isinstance(e, str) for e in wanted) or set(wanted) - set(ALL_EVENTS)):
+            wanted = p.get("events")  # protocol.parse_request checked it is a list of strings
+            if wanted is not None and set(wanted) - set(ALL_EVENTS):
                 raise protocol.ProtocolError(
                     protocol.INVALID_PARAMS, "Invalid params: events must be names from " + ", ".join(ALL_EVENTS)
                 )
@@ -214,6 +219,9 @@ class Daemon:
             self.controller.flows.timeout = new.flow_timeout_seconds
         if self._openrouter is not None:
             self._openrouter.timeout = new.exchange_timeout_seconds
+        keyring = getattr(self.secrets, "keyring", None)  # the configured store's keyring backend
+        if keyring is not None:
+            keyring.timeout = new.keyring_timeout_seconds
         log.info("configuration reloaded from %s", new.config_path)
         systemd.notify(f"STATUS={self._status}; configuration reloaded", self.env)
 
@@ -235,7 +243,7 @@ class Daemon:
             task.cancel()
         ctl = self.controller
         if ctl is not None and ctl.flows.pending is not None:
-            ctl.cancel()
+            ctl.cancel(force=True)
         if self._ipc is not None:
             await self._ipc.close()
         if self._runner is not None:

@@ -1,7 +1,9 @@
 """The in-memory session store: at most one pending OAuth flow, its expiry, and a short history.
 
 Rules (the contract's "Flows" section):
-- ``start`` while a flow is pending joins it, unless ``restart`` is asked; a restart cancels the old flow.
+- ``start`` while a flow is pending joins it (whatever its mode), unless ``restart`` is asked; a restart
+  cancels the old flow. A flow whose code is being exchanged is never cancelled by a restart or a cancel
+  (only by shutdown, ``force=True``): the key may already exist, and the exchange decides how it ends.
 - A flow expires ``timeout`` seconds after it started, unless its code is being exchanged.
 - A callback is *claimed* before anything happens: with no pending flow, a wrong ``state``, a code seen
   before, or an exchange already running, it is rejected and the pending flow is left untouched.
@@ -87,6 +89,15 @@ class Flow:
             "backend": self.backend,
         }
 
+    def complete_data(self) -> dict:
+        """The data of its ``openrouter-auth-complete`` event."""
+        return {
+            "session_id": self.session_id,
+            "success": self.error is None,
+            "backend": self.backend,
+            "error": self.error.to_dict() if self.error else None,
+        }
+
     def start_reply(self, joined: bool) -> dict:
         return {
             "session_id": self.session_id,
@@ -142,11 +153,9 @@ class FlowStore:
     def start(self, *, restart: bool = False, paste: bool = False) -> StartResult:
         cancelled = None
         if self.pending is not None:
-            if not restart and self.pending.paste == paste:
+            if not restart or self.pending.status == EXCHANGING:
                 return StartResult(self.pending, joined=True)
-            if self.pending.status == EXCHANGING and not restart:
-                return StartResult(self.pending, joined=True)
-            cancelled = self._finish(self.pending, CANCELLED)
+            cancelled = self._end(self.pending, CANCELLED)
         verifier = pkce.make_verifier(self._token)
         state = self._token(24)
         now = self._clock()
@@ -163,27 +172,32 @@ class FlowStore:
         self.pending = flow
         return StartResult(flow, joined=False, cancelled=cancelled)
 
-    def cancel(self, session_id: str | None = None) -> Flow | None:
+    def cancel(self, session_id: str | None = None, *, force: bool = False) -> Flow | None:
+        """Ends the pending flow (the one named, if a session is given); None when nothing was cancelled."""
         flow = self.pending
         if flow is None or (session_id is not None and session_id != flow.session_id):
             return None
-        return self._finish(flow, CANCELLED)
+        if flow.status == EXCHANGING and not force:
+            return None
+        return self._end(flow, CANCELLED)
 
     def expire_due(self) -> Flow | None:
         """Ends the pending flow with ``timeout`` if its time is up and no exchange is running."""
         flow = self.pending
         if flow is not None and flow.status == PENDING and self._clock() >= flow.expires_at:
-            return self._finish(flow, TIMED_OUT)
+            return self._end(flow, TIMED_OUT)
         return None
 
-    def finish(self, flow: Flow, error: FlowError | None = None, backend: str | None = None) -> Flow:
-        if not flow.done:
-            flow.backend = backend
-        return self._finish(flow, error)
+    def finish(self, flow: Flow, error: FlowError | None = None, backend: str | None = None) -> bool:
+        """Ends ``flow`` with its outcome; False when it had already ended (e.g. cancelled at shutdown
+        while its exchange ran): the first ending stands and nothing more should be announced."""
+        if flow.done:
+            return False
+        flow.backend = backend
+        self._end(flow, error)
+        return True
 
-    def _finish(self, flow: Flow, error: FlowError | None) -> Flow:
-        if flow.done:  # e.g. cancelled while its exchange ran: the first ending stands
-            return flow
+    def _end(self, flow: Flow, error: FlowError | None) -> Flow:
         flow.status = FAILED if error else SUCCEEDED
         flow.error = error
         flow.finished_at = self._clock()
@@ -204,10 +218,7 @@ class FlowStore:
                 "This authorization code was already used.",
                 "Codes work once. If your login did not finish, run `convctl oauth start` again.",
             )
-        if flow.status == EXCHANGING:
-            raise CallbackRejected(
-                "busy", "A code for this login is already being exchanged.", "Wait a moment and check `convctl status`."
-            )
+        _refuse_if_exchanging(flow)
         self._used_codes.append(digest)
         flow.status = EXCHANGING
         return flow
@@ -215,10 +226,7 @@ class FlowStore:
     def claim_error(self, state: str | None) -> Flow:
         """The flow that an ``?error=`` callback ends; raises CallbackRejected for a stray one."""
         flow = self._matching_flow(state)
-        if flow.status == EXCHANGING:
-            raise CallbackRejected(
-                "busy", "A code for this login is already being exchanged.", "Wait a moment and check `convctl status`."
-            )
+        _refuse_if_exchanging(flow)
         return flow
 
     def release(self, flow: Flow) -> None:
@@ -248,3 +256,10 @@ class FlowStore:
         if self.pending is not None:
             return self.pending
         return self.history[-1] if self.history else None
+
+
+def _refuse_if_exchanging(flow: Flow) -> None:
+    if flow.status == EXCHANGING:
+        raise CallbackRejected(
+            "busy", "A code for this login is already being exchanged.", "Wait a moment and check `convctl status`."
+        )

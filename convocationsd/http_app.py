@@ -157,7 +157,7 @@ async def callback(request: web.Request) -> web.StreamResponse:
     q = request.query
     state = q.get("state")
     if "error" in q:
-        outcome = ctl.callback_error(q["error"], q.get("error_description"), state)
+        outcome = ctl.callback_error(q["error"], state)  # error_description is OpenRouter's text: not echoed
     else:
         outcome = await ctl.callback(q.get("code"), state)
     # The code leaves the address bar and history: the person lands on a URL without it.

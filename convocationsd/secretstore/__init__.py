@@ -38,7 +38,7 @@ class SecretStore(Protocol):
 
 
 class MemoryStore:
-    """Keeps the key in this process only. For tests, and for a daemon told not to persist."""
+    """Keeps the key in this process only: the reference implementation the store contract tests run against."""
 
     def __init__(self) -> None:
         self._key: str | None = None

@@ -184,3 +184,49 @@ async def test_sigterm_cancels_flow_removes_socket_exits_zero(daemon):
     assert ev["data"]["error"]["code"] == "cancelled"
     assert rc == 0 and not daemon.socket.exists()
     await sub.close()
+
+
+async def test_storage_failure_of_any_kind_ends_the_flow(daemon, fake):
+    """A config.toml that stopped parsing mid-login (a ConfigError, not a SecretStoreError) still ends the
+    flow with storage_failed, says why, and leaves nothing stuck: the next start is a new login."""
+    sub = await daemon.aclient()
+    await sub.call("subscribe", {"events": ["openrouter-auth-complete"]})
+    reply = daemon.call("oauth.start")
+    daemon.config_dir.mkdir(parents=True, exist_ok=True)
+    (daemon.config_dir / "config.toml").write_text("this is = = not toml\n")
+    status, _, html = await follow_callback(await fake.approve(reply["auth_url"]))
+    ev = await next_event(sub, "openrouter-auth-complete")
+    assert ev["data"]["error"]["code"] == "storage_failed" and "config.toml" in ev["data"]["error"]["message"]
+    assert status == 400 and "could not be saved" in html
+    assert daemon.call("oauth.start")["joined"] is False
+    assert (daemon.config_dir / "config.toml").read_text() == "this is = = not toml\n"  # never overwritten
+    await sub.close()
+    assert_no_secret(fake.issued_keys[-1], daemon.all_output(), html, str(ev))
+
+
+async def test_a_rejected_stray_code_keeps_the_flow_and_its_timer(daemon_factory, fake):
+    d = await asyncio.to_thread(daemon_factory, CONVOCATIONS_OPENROUTER_URL=fake.url, CONVOCATIONS_FLOW_TIMEOUT_SECONDS="2")
+    sub = await d.aclient()
+    await sub.call("subscribe", {"events": ["openrouter-auth-complete"]})
+    d.call("oauth.start")
+    stray = fake.issue_code("not-our-challenge-" + "y" * 30)
+    fake.config.exchange_delay = 2.5  # the exchange outlives the flow's deadline, then gives the flow back
+    _, _, html = await follow_callback(f"{d.base}/api/openrouter/oauth/callback?code={stray}")
+    assert "ignored" in html
+    ev = await next_event(sub, "openrouter-auth-complete", timeout=10)
+    assert ev["data"]["error"]["code"] == "timeout"
+    await sub.close()
+
+
+async def test_paste_mode_wrong_code_then_right_one(daemon, fake):
+    from convocationsd.errors import RemoteError
+
+    reply = daemon.call("oauth.start", {"paste": True})
+    code = await fake.approve_headless(reply["auth_url"])
+    exchange = lambda code: daemon.call("oauth.exchange", {"code": code, "session_id": reply["session_id"]})  # noqa: E731
+    with pytest.raises(RemoteError, match="did not accept that code"):
+        await asyncio.to_thread(exchange, "not-the-code")  # the fake answers on this loop: do not block it
+    assert daemon.call("status")["flow"]["status"] == "pending"
+    done = await asyncio.to_thread(exchange, code)
+    assert done["success"] is True and done["error"] is None
+    assert daemon.call("secret.get") == {"key": fake.issued_keys[-1]}

@@ -176,15 +176,14 @@ def test_paste_mode_flow(store):
     assert query(f.auth_url)["state"] == f.state
 
 
-def test_switching_mode_replaces_the_pending_flow(store):
+def test_the_other_mode_joins_the_pending_flow(store):
+    """Start joins whatever is pending (the contract); only restart replaces it."""
     cb = store.start().flow
     r = store.start(paste=True)
-    assert r.joined is False and r.cancelled is cb
-    assert cb.error.code == "cancelled"
-    assert r.flow.paste is True and store.pending is r.flow
-    # ... and back again
-    r2 = store.start(paste=False)
-    assert r2.cancelled is r.flow and r2.flow.paste is False and r2.flow.callback_url is not None
+    assert r.joined is True and r.flow is cb and r.cancelled is None and cb.status == flows.PENDING
+    r2 = store.start(paste=True, restart=True)
+    assert r2.cancelled is cb and cb.error.code == "cancelled"
+    assert r2.flow.paste is True and r2.flow.callback_url is None and store.pending is r2.flow
 
 
 def test_same_mode_paste_joins(store):
@@ -201,11 +200,14 @@ def test_mode_switch_while_exchanging_joins_instead_of_cancelling(store):
     assert f.status == flows.EXCHANGING
 
 
-def test_restart_while_exchanging_cancels(store):
+def test_restart_or_cancel_while_exchanging_joins_instead(store):
+    """The key may already exist: the exchange decides how the flow ends (shutdown forces it)."""
     f = store.start().flow
     store.claim_code("c1", f.state)
     r = store.start(restart=True)
-    assert r.cancelled is f and f.error.code == "cancelled" and store.pending is r.flow
+    assert r.joined is True and r.flow is f and r.cancelled is None
+    assert store.cancel() is None and f.status == flows.EXCHANGING
+    assert store.cancel(force=True) is f and f.error.code == "cancelled"
 
 
 # -- expiry ----------------------------------------------------------------------------------------
@@ -414,7 +416,7 @@ def test_finish_success(store, clock):
     f = store.start().flow
     store.claim_code("c", f.state)
     clock.advance(7)
-    assert store.finish(f, backend="keyring") is f
+    assert store.finish(f, backend="keyring") is True
     assert f.status == flows.SUCCEEDED and f.done and f.error is None
     assert f.backend == "keyring" and f.finished_at == T0 + 7
     assert store.pending is None and list(store.history) == [f]
@@ -449,10 +451,10 @@ def test_history_is_bounded(clock, tokens):
 def test_finish_of_a_cancelled_flow_does_not_duplicate_history(store):
     f = store.start().flow
     store.claim_code("c", f.state)
-    store.cancel()  # or start(restart=True)
+    store.cancel(force=True)  # shutdown
     assert f.error.code == "cancelled"
-    store.finish(f, backend="keyring")  # the exchange that was running completes
-    assert list(store.history).count(f) == 1
+    assert store.finish(f, backend="keyring") is False  # the exchange that was running completes
+    assert list(store.history).count(f) == 1 and f.error.code == "cancelled" and f.backend is None
 
 
 # -- cancel ----------------------------------------------------------------------------------------
