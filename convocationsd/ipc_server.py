@@ -139,22 +139,28 @@ class Connection(asyncio.BufferedProtocol):
 
     def _finish(self, id_: Any, task: asyncio.Future) -> None:
         self.server.tasks.discard(task)
-        if task.cancelled() or id_ is None:
+        if task.cancelled():
             return
-        exc = task.exception()
+        exc = task.exception()  # retrieved even for a notification, which also gets it logged if unexpected
         if exc is not None:
             self.reply_error(id_, exc)
-        else:
+        elif id_ is not None:
             self.write(protocol.result_line(id_, task.result()))
 
     def reply_error(self, id_: Any, exc: BaseException) -> None:
+        """Answers a failed request; a notification (``id_`` None) gets no answer (JSON-RPC 2.0), but an
+        unexpected error is logged either way."""
+        unexpected = not isinstance(exc, (protocol.ProtocolError, ConvError))
+        if unexpected:
+            log.error("internal error while answering a request", exc_info=exc)
+        if id_ is None:
+            return
         if isinstance(exc, protocol.ProtocolError):
             self.write(protocol.error_line(id_, exc.code, exc.message))
         elif isinstance(exc, ConvError):
             data = {"kind": type(exc).__name__, "hint": exc.hint}
             self.write(protocol.error_line(id_, protocol.OPERATION_FAILED, exc.message, data))
         else:
-            log.error("internal error while answering a request", exc_info=exc)
             self.write(protocol.error_line(id_, protocol.INTERNAL_ERROR, "Internal error; see the daemon's log."))
 
     def _too_long(self) -> None:

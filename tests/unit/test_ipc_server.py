@@ -4,12 +4,15 @@ errors of requests that must not be answered (notifications)."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
+import logging
 import socket
 import threading
 import time
 
 from convocationsd import ipc_server, protocol
+from convocationsd.errors import ConvError
 from convocationsd.events import EventBus
 
 
@@ -93,3 +96,49 @@ async def test_close_is_quick_when_everyone_reads(short_tmp):
     assert time.monotonic() - started < 0.5
     assert not server.connections
     client.close()
+
+
+async def test_notification_errors_are_logged_never_answered(short_tmp, caplog):
+    bus = EventBus()
+
+    def sync_boom(conn, params):
+        raise RuntimeError("sync boom")
+
+    async def async_boom(conn, params):
+        raise RuntimeError("async boom")
+
+    def expected(conn, params):
+        raise ConvError("An expected failure.", "A hint.")
+
+    table = handlers(bus, **{"secret.clear": sync_boom, "secret.get": async_boom, "secret.status": expected})
+    server, path = await start(short_tmp, bus, table=table)
+    client = connect(path)
+    client.settimeout(5)
+    f = client.makefile("rwb")
+    with caplog.at_level(logging.ERROR, logger="convocationsd.ipc_server"):
+        for method in ("secret.clear", "secret.get", "secret.status"):
+            f.write(json.dumps({"jsonrpc": "2.0", "method": method}).encode() + b"\n")  # no id: a notification
+        f.write(b'{"jsonrpc":"2.0","id":7,"method":"status"}\n')
+        f.flush()
+        # JSON-RPC 2.0: a notification is never answered, not even with an error; the first line we get
+        # is the answer to the request that has an id.
+        reply = json.loads(await asyncio.to_thread(f.readline))
+        assert reply == {"jsonrpc": "2.0", "id": 7, "result": {}}
+        await until(lambda: "async boom" in caplog.text)
+        assert "sync boom" in caplog.text  # an unexpected error is logged even when nobody is answered
+        assert "An expected failure" not in caplog.text  # a ConvError is not a fault of the daemon
+    with caplog.at_level(logging.ERROR):
+        gc.collect()
+        await asyncio.sleep(0)
+    assert "never retrieved" not in caplog.text
+    # Errors of requests with an id are still answered.
+    f.write(b'{"jsonrpc":"2.0","id":8,"method":"secret.get"}\n')
+    f.flush()
+    error = json.loads(await asyncio.to_thread(f.readline))["error"]
+    assert error["code"] == protocol.INTERNAL_ERROR
+    f.write(b'{"jsonrpc":"2.0","id":9,"method":"secret.status"}\n')
+    f.flush()
+    error = json.loads(await asyncio.to_thread(f.readline))["error"]
+    assert error["code"] == protocol.OPERATION_FAILED and error["data"]["kind"] == "ConvError"
+    client.close()
+    await server.close()
