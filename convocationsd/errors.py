@@ -26,7 +26,21 @@ class UsageError(ConvError):
 
 
 class DaemonUnreachable(ConvError):
+    """No daemon to talk to: nothing listens on the socket, or the connection closed."""
+
     exit_code = 3
+
+
+class NoReply(ConvError):
+    """The daemon is connected but did not answer in time: it may still be working on the request, so
+    unlike DaemonUnreachable this says nothing about whether the request took effect."""
+
+    def __init__(self, method: str) -> None:
+        super().__init__(
+            f"The daemon did not answer `{method}` in time.",
+            "It may still be working on it: check `convctl status`; restart the daemon if it hangs.",
+        )
+        self.method = method
 
 
 class ConfigError(ConvError):
@@ -42,8 +56,10 @@ class BackendUnavailable(SecretStoreError):
 
 
 class RemoteError(ConvError):
-    """The daemon answered a request with a JSON-RPC error."""
+    """The daemon answered a request with a JSON-RPC error. ``kind`` is the class name of the daemon's
+    error (``error.data.kind``, e.g. "CodeRejected"), None when it sent none."""
 
-    def __init__(self, code: int, message: str, hint: str = "") -> None:
+    def __init__(self, code: int, message: str, hint: str = "", kind: str | None = None) -> None:
         super().__init__(message, hint)
         self.code = code
+        self.kind = kind

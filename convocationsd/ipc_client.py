@@ -12,7 +12,8 @@ import time
 from collections import deque
 from pathlib import Path
 
-from .errors import DaemonUnreachable, RemoteError
+from . import protocol
+from .errors import ConvError, DaemonUnreachable, NoReply, RemoteError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: convctl starts faster without it
@@ -36,7 +37,26 @@ def _unreachable(path: Path, err: OSError) -> DaemonUnreachable:
 
 def _remote_error(error: dict) -> RemoteError:
     data = error.get("data") if isinstance(error.get("data"), dict) else {}
-    return RemoteError(int(error.get("code", -32603)), str(error.get("message", "unknown error")), str(data.get("hint", "")))
+    kind = data.get("kind")
+    return RemoteError(
+        int(error.get("code", -32603)), str(error.get("message", "unknown error")), str(data.get("hint", "")),
+        kind if isinstance(kind, str) else None,
+    )
+
+
+def _decode(line: bytes, path: Path) -> dict:
+    """One line from the daemon as a JSON object; anything else is a clear error, not a traceback."""
+    try:
+        message = json.loads(line)
+    except ValueError:  # UnicodeDecodeError is one too
+        message = None
+    if not isinstance(message, dict):
+        # The line itself is not shown: it may be part of an answer that carries the key.
+        raise ConvError(
+            f"The daemon at {path} sent a line that is not a JSON-RPC message.",
+            "Check that CONVOCATIONS_SOCKET names convocationsd's socket, then restart the daemon.",
+        )
+    return message
 
 
 class Client:
@@ -78,18 +98,15 @@ class Client:
         assert self._sock is not None
         self._next_id += 1
         id_ = self._next_id
-        msg = {"jsonrpc": "2.0", "id": id_, "method": method}
-        if params:
-            msg["params"] = params
         try:
-            self._sock.sendall(json.dumps(msg, separators=(",", ":")).encode() + b"\n")
+            self._sock.sendall(protocol.request_line(id_, method, params))
         except OSError as e:
             raise _unreachable(self.path, e) from None
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         while True:
             message = self._read(deadline)
             if message is None:
-                raise DaemonUnreachable(f"The daemon did not answer `{method}` in time.", "Check `convctl status`; restart the daemon if it hangs.")
+                raise NoReply(method)
             if message.get("method") == "event":
                 self._events.append(message.get("params", {}))
             elif message.get("id") == id_ or (message.get("id") is None and "error" in message):
@@ -130,7 +147,7 @@ class Client:
                 raise DaemonUnreachable("The daemon closed the connection (it stopped or restarted).", START_HINT)
             self._buf += chunk
         line, self._buf = self._buf.split(b"\n", 1)
-        return json.loads(line)
+        return _decode(line, self.path)
 
 
 class AsyncClient:
@@ -170,28 +187,51 @@ class AsyncClient:
         self._reader_task = asyncio.create_task(self._read_loop())
 
     async def _read_loop(self) -> None:
+        """Hands replies to their callers and events to ``events()``. Whatever ends it (the daemon
+        closing, a reset, a malformed line) fails the calls still waiting, and is logged here, since
+        nobody awaits this task."""
+        error: ConvError = DaemonUnreachable("The daemon closed the connection.", START_HINT)
         try:
             while line := await self._reader.readline():
-                message = json.loads(line)
+                message = _decode(line, self.path)
                 if message.get("method") == "event":
                     self._events.put_nowait(message.get("params", {}))
                 elif (future := self._pending.pop(message.get("id"), None)) is not None and not future.done():
                     future.set_result(message)
+        except Exception as e:
+            import logging
+
+            # Expected: a malformed line (ConvError), a reset (OSError), a line over the limit (ValueError).
+            expected = isinstance(e, (ConvError, OSError, ValueError))
+            if isinstance(e, ConvError):
+                error = e
+            else:
+                error = DaemonUnreachable(f"The connection to the daemon failed: {e}.", START_HINT)
+            logging.getLogger(__name__).warning("connection to the daemon ended: %s", error.message, exc_info=not expected)
         finally:
-            for future in self._pending.values():
+            self._writer.close()  # nothing reads this connection any more
+            pending, self._pending = self._pending, {}
+            for future in pending.values():
                 if not future.done():
-                    future.set_exception(DaemonUnreachable("The daemon closed the connection.", START_HINT))
+                    future.set_exception(error)
             self._events.put_nowait(None)
 
     async def call(self, method: str, params: dict | None = None) -> Any:
         import asyncio
 
+        if self._reader_task is None or self._reader_task.done():
+            # Nothing would ever read the answer: fail now rather than wait forever.
+            raise DaemonUnreachable("The connection to the daemon is closed.", START_HINT)
         self._next_id += 1
+        id_ = self._next_id
         future = asyncio.get_running_loop().create_future()
-        self._pending[self._next_id] = future
-        msg = {"jsonrpc": "2.0", "id": self._next_id, "method": method, "params": params or {}}
-        self._writer.write(json.dumps(msg).encode() + b"\n")
-        await self._writer.drain()
+        self._pending[id_] = future
+        try:
+            self._writer.write(protocol.request_line(id_, method, params))
+            await self._writer.drain()
+        except OSError as e:
+            self._pending.pop(id_, None)
+            raise _unreachable(self.path, e) from None
         message = await future
         if "error" in message:
             raise _remote_error(message["error"])

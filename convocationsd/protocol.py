@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
-from typing import Any, NamedTuple
+from collections import namedtuple
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing is not imported at run time: convctl imports this module (request_line)
+    from typing import Any, NamedTuple
 
 MAX_LINE = 1024 * 1024  # bytes; a longer line closes the connection
 
@@ -110,10 +114,15 @@ def encode(obj: Any) -> bytes:
     return _encode(obj)
 
 
-class Request(NamedTuple):  # immutable like a frozen dataclass, and a third of the cost to build
-    id: Any  # None for a notification
-    method: str
-    params: dict[str, Any]
+if TYPE_CHECKING:
+
+    class Request(NamedTuple):  # immutable like a frozen dataclass, and a third of the cost to build
+        id: Any  # None for a notification
+        method: str
+        params: dict[str, Any]
+
+else:  # the same tuple class, built without importing typing
+    Request = namedtuple("Request", ("id", "method", "params"))
 
 
 class ProtocolError(Exception):
