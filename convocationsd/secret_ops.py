@@ -10,20 +10,31 @@ from .ipc_client import Client
 
 
 def _via_daemon(socket: str | None, method: str, params: dict | None = None) -> dict | None:
+    """The daemon's answer, or None when no daemon can be reached (then the caller uses the files).
+    Only a failed connect means that: once connected, every error propagates (NoReply, RemoteError, a
+    disconnect mid-call), since the daemon may still be writing the store and two writers must not race."""
+    client = Client(socket, timeout=150.0)  # a keyring unlock prompt may take a person a while
     try:
-        with Client(socket, timeout=150.0) as c:  # a keyring unlock prompt may take a person a while
-            return c.call(method, params)
+        client.connect()
     except DaemonUnreachable:
         return None
+    try:
+        return client.call(method, params)
+    finally:
+        client.close()
 
 
 def _direct_store():
     from . import configfile, paths
     from .secretstore.select import open_store
+    from .settings import resolve
 
+    # The daemon's own resolver, so the backend and the keyring timeout are chosen as the daemon would.
     config_path = paths.config_path(os.environ)
-    forced = os.environ.get("CONVOCATIONS_SECRET_BACKEND") or configfile.load(config_path).get("secret_backend")
-    return open_store(config_path, forced_backend=forced or None)
+    s = resolve(
+        {}, os.environ, configfile.load(config_path), socket_path=paths.socket_path(os.environ), config_path=config_path
+    )
+    return open_store(s.config_path, forced_backend=s.secret_backend, keyring_timeout=s.keyring_timeout_seconds)
 
 
 def status(socket: str | None) -> dict:

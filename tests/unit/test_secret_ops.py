@@ -1,0 +1,101 @@
+"""convctl's secret commands: the files are used directly only when no daemon can be reached, and then
+with the daemon's own settings."""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+import pytest
+
+from convocationsd import secret_ops
+from convocationsd.errors import DaemonUnreachable, NoReply, RemoteError
+from convocationsd.ipc_client import Client
+
+KEY = "sk-or-v1-" + "cd" * 32
+
+
+@pytest.fixture
+def env(short_tmp, monkeypatch):
+    for name in ("CONVOCATIONS_CONFIG", "CONVOCATIONS_SECRET_BACKEND", "CONVOCATIONS_KEYRING_TIMEOUT_SECONDS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(short_tmp / "cfg"))
+    monkeypatch.setenv("CONVOCATIONS_SOCKET", str(short_tmp / "d.sock"))
+    return short_tmp
+
+
+def stand_in_daemon(path, answer: bytes | None) -> threading.Thread:
+    """Accepts one connection, reads one request, then sends ``answer`` (None: closes without one)."""
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(path))
+    listener.listen()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn, listener:
+            conn.makefile("rb").readline()
+            if answer is not None:
+                conn.sendall(answer)
+                conn.recv(1)  # until the client goes
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return thread
+
+
+def no_files_written(tmp) -> bool:
+    return not (tmp / "cfg").exists()
+
+
+def test_no_daemon_uses_the_files(env, monkeypatch):
+    monkeypatch.setenv("CONVOCATIONS_SECRET_BACKEND", "local-encrypted")
+    assert secret_ops.set_key(None, KEY) == {"stored": True, "backend": "local-encrypted"}
+    assert secret_ops.status(None) == {"stored": True, "backend": "local-encrypted"}
+    assert secret_ops.clear(None) == {"cleared": True}
+
+
+def test_a_disconnect_mid_call_is_not_a_reason_to_write_the_files(env):
+    thread = stand_in_daemon(env / "d.sock", None)
+    with pytest.raises(DaemonUnreachable):
+        secret_ops.set_key(None, KEY)
+    thread.join(5)
+    assert no_files_written(env)  # the daemon may have been writing: no second writer
+
+
+def test_an_error_answer_propagates(env):
+    thread = stand_in_daemon(env / "d.sock", b'{"jsonrpc":"2.0","id":1,"error":{"code":-32000,"message":"Locked."}}\n')
+    with pytest.raises(RemoteError, match="Locked"):
+        secret_ops.clear(None)
+    thread.join(5)
+    assert no_files_written(env)
+
+
+def test_no_reply_propagates(env, monkeypatch):
+    class QuickClient(Client):
+        def __init__(self, path, *, timeout):
+            super().__init__(path, timeout=0.3)
+
+    monkeypatch.setattr(secret_ops, "Client", QuickClient)
+    thread = stand_in_daemon(env / "d.sock", b"")  # connected, never answers
+    with pytest.raises(NoReply):
+        secret_ops.set_key(None, KEY)
+    thread.join(5)
+    assert no_files_written(env)
+
+
+def test_direct_store_uses_the_daemons_settings(env, monkeypatch):
+    config = env / "cfg" / "convocations" / "config.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text('secret_backend = "local-encrypted"\nkeyring_timeout_seconds = 7\n')
+    seen = {}
+
+    def open_store(config_path, *, forced_backend=None, keyring_timeout=120.0):
+        seen.update(config_path=config_path, forced_backend=forced_backend, keyring_timeout=keyring_timeout)
+
+    monkeypatch.setattr("convocationsd.secretstore.select.open_store", open_store)
+    secret_ops._direct_store()
+    assert seen == {"config_path": config, "forced_backend": "local-encrypted", "keyring_timeout": 7.0}
+    monkeypatch.setenv("CONVOCATIONS_SECRET_BACKEND", "keyring")
+    monkeypatch.setenv("CONVOCATIONS_KEYRING_TIMEOUT_SECONDS", "3")
+    secret_ops._direct_store()
+    assert seen["forced_backend"] == "keyring" and seen["keyring_timeout"] == 3.0
