@@ -7,7 +7,7 @@ import os
 import sys
 import time
 
-from .errors import ConvError, DaemonUnreachable, UsageError
+from .errors import ConvError, DaemonUnreachable, NoReply, RemoteError, UsageError
 from .ipc_client import Client
 
 TYPE_CHECKING = False
@@ -16,6 +16,10 @@ if TYPE_CHECKING:  # typing is not imported at run time: convctl starts faster w
 
 EXIT_OK, EXIT_FAILED = 0, 1
 AUTH_COMPLETE = "openrouter-auth-complete"
+PASTE_ATTEMPTS = 3  # codes a person may paste before the login is cancelled
+# The daemon answers `oauth.exchange` after OpenRouter answered (exchange_timeout_seconds, 30 s by default)
+# and the key is stored, which may wait for a person to answer a keyring unlock prompt.
+EXCHANGE_REPLY_SECONDS = 300.0
 
 
 def _client(args: argparse.Namespace) -> Client:
@@ -35,7 +39,10 @@ def status(args: argparse.Namespace, out: Any) -> int:
         return EXIT_OK
     secret = st.get("secret") or {}
     out.print(f"daemon:   running (pid {st['pid']}, version {st['version']})")
-    port_note = "  (FALLBACK: port 3000 was busy; OpenRouter may answer 409 - see `convctl doctor`)" if st.get("port_fallback") else ""
+    port_note = (
+        "  (FALLBACK: the preferred port was busy; OpenRouter may answer 409 - see `convctl doctor`)"
+        if st.get("port_fallback") else ""
+    )
     out.print(f"http:     {st['http_url']}{port_note}")
     out.print(f"socket:   {st['socket']}")
     out.print(f"account:  {'linked, key in ' + str(secret.get('backend')) if secret.get('stored') else 'not linked (run `convctl oauth start`)'}")
@@ -118,8 +125,8 @@ def oauth_start(args: argparse.Namespace, out: Any) -> int:
             c.call("oauth.cancel", {"session_id": session})
             out.err("\ncancelled; the pending login was ended. Run `convctl oauth start` to try again.")
             return EXIT_FAILED
-        except UsageError:
-            c.call("oauth.cancel", {"session_id": session})  # nothing was pasted: do not leave the login pending
+        except (UsageError, _CodesRejected):
+            c.call("oauth.cancel", {"session_id": session})  # no usable code: do not leave the login pending
             raise
         except DaemonUnreachable:
             # Flows live in the daemon's memory: whatever ended it (crash, kill, restart) ended the login too.
@@ -204,20 +211,45 @@ def _wait(c: Client, session: str, timeout: float | None, out: Any, *, quiet: bo
             out.err(f"still waiting ({elapsed} s)")
 
 
+class _CodesRejected(ConvError):
+    """OpenRouter accepted none of the pasted codes; oauth_start then cancels the login."""
+
+
 def _paste_code(c: Client, session: str, out: Any, timeout: float | None = None) -> dict | None:
-    """Reads the code OpenRouter shows (or the whole address it is in) and has the daemon exchange it.
-    None when ``timeout`` passes without a line."""
+    """Reads the code OpenRouter shows (or the whole address it is in) and has the daemon exchange it;
+    a code OpenRouter does not accept leaves the login waiting, so the person may paste again, up to
+    PASTE_ATTEMPTS codes in all. None when ``timeout`` passes without a line (each prompt gets that long)."""
     out.err("Open the address above in any browser (on any machine), approve, then paste the code shown.")
-    prompt = "Code: "
-    if out.stdin.isatty():
-        out.stderr.write(prompt)
-        out.stderr.flush()
-    if timeout is not None and not _readable_within(out.stdin, timeout):
-        return None
-    code = _code_from_paste(out.stdin.readline())
-    if not code:
-        raise UsageError("No code was pasted.", "Run `convctl oauth start --paste` again and paste the code OpenRouter shows.")
-    return c.call("oauth.exchange", {"code": code, "session_id": session}, timeout=120.0)
+    for attempt in range(1, PASTE_ATTEMPTS + 1):
+        if out.stdin.isatty():
+            out.stderr.write("Code: ")
+            out.stderr.flush()
+        if timeout is not None and not _readable_within(out.stdin, timeout):
+            return None
+        code = _code_from_paste(out.stdin.readline())
+        if not code:
+            raise UsageError(
+                "No code was pasted.", "Run `convctl oauth start --paste` again and paste the code OpenRouter shows."
+            )
+        try:
+            return c.call("oauth.exchange", {"code": code, "session_id": session}, timeout=EXCHANGE_REPLY_SECONDS)
+        except NoReply:
+            # Not a lost login: the daemon is connected and may yet store the key (a slow OpenRouter or an
+            # unanswered keyring prompt), so nothing is cancelled.
+            raise ConvError(
+                f"The daemon is still working on the code after {EXCHANGE_REPLY_SECONDS:g} s.",
+                "Check `convctl status` in a while to see whether the account was linked.",
+            ) from None
+        except RemoteError as e:
+            if e.kind != "CodeRejected":
+                raise
+            out.err(f"convctl: {e.message}")
+            if attempt < PASTE_ATTEMPTS:
+                out.err(f"{e.hint} (attempt {attempt + 1} of {PASTE_ATTEMPTS})".lstrip())
+    raise _CodesRejected(
+        f"OpenRouter did not accept any of the {PASTE_ATTEMPTS} codes, so the login was cancelled.",
+        "Run `convctl oauth start --paste` again, approve, and copy the whole code OpenRouter shows.",
+    )
 
 
 def _readable_within(stream: Any, timeout: float) -> bool:
@@ -334,12 +366,12 @@ def service(args: argparse.Namespace, out: Any) -> int:
     from . import service_install
 
     if args.action == "uninstall":
-        result = service_install.uninstall(dry_run=args.dry_run, out=out.stdout)
+        service_install.uninstall(dry_run=args.dry_run, out=out.stdout)
     elif args.action == "install":
-        result = service_install.install(dry_run=args.dry_run, out=out.stdout, http_port=service_http_port())
+        service_install.install(dry_run=args.dry_run, out=out.stdout, http_port=service_http_port())
     else:
-        result = service_install.status(out=out.stdout, http_port=service_http_port())
-    return EXIT_OK if result is not False else EXIT_FAILED
+        service_install.status(out=out.stdout, http_port=service_http_port())
+    return EXIT_OK  # they report what they did and raise ConvError on a failure
 
 
 def service_http_port(env: Any = os.environ) -> int:

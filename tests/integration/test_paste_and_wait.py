@@ -10,11 +10,13 @@ import signal
 import subprocess
 import sys
 import time
+from io import StringIO
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from convocationsd import commands
+from convocationsd import cli, commands
+from convocationsd.errors import DaemonUnreachable, NoReply, RemoteError
 from tests.conftest import AUTH_URL_RE, assert_no_secret, read_auth_url
 
 
@@ -72,13 +74,122 @@ async def test_paste_nothing_cancels_the_login(daemon, fake):
     assert flow_error(daemon) == "cancelled"  # not left pending for ten minutes
 
 
-async def test_paste_wrong_code_fails_clearly(daemon, fake):
+async def test_paste_wrong_codes_three_times_cancels_clearly(daemon, fake):
     proc = daemon.convctl_async("oauth", "start", "--paste")
     await read_auth_url(proc)
-    out, err = await asyncio.to_thread(proc.communicate, "not-the-code\n", 20)
-    assert proc.returncode == 1
-    assert "rejected the authorization code" in err and "convctl oauth start" in err
+    out, err = await asyncio.to_thread(proc.communicate, "not-the-code\nnor-this\nnor-that\nnever-read\n", 20)
+    assert proc.returncode == 1, err
+    assert err.count("did not accept that code") == 3 and "(attempt 3 of 3)" in err
+    assert "did not accept any of the 3 codes, so the login was cancelled" in err and "--paste" in err
+    assert flow_error(daemon) == "cancelled"
     assert daemon.call("secret.status")["stored"] is False
+
+
+async def test_paste_a_wrong_code_then_the_right_one(daemon, fake):
+    proc = daemon.convctl_async("oauth", "start", "--paste")
+    code = await fake.approve_headless(await read_auth_url(proc))
+    out, err = await asyncio.to_thread(proc.communicate, f"not-the-code\n{code}\n", 20)
+    assert proc.returncode == 0, err
+    assert "did not accept that code" in err and "(attempt 2 of 3)" in err
+    assert "Linked." in out and daemon.call("secret.status")["stored"] is True
+    assert_no_secret(code, out, err, daemon.log())
+
+
+# -- paste mode against a stand-in client (answers the daemon gives rarely or only when slow) ----------------
+
+
+class StandInClient:
+    """What ``commands._client`` returns: answers ``oauth.exchange`` from ``exchanges``, records calls."""
+
+    def __init__(self, exchanges: list) -> None:
+        self.exchanges = exchanges
+        self.calls: list[tuple[str, dict | None, float | None]] = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def call(self, method: str, params: dict | None = None, *, timeout: float | None = None):
+        self.calls.append((method, params, timeout))
+        if method == "oauth.start":
+            return {"session_id": "s1", "joined": False, "auth_url": "https://openrouter.invalid/auth?x=1", "callback_url": None}
+        if method == "oauth.exchange":
+            answer = self.exchanges.pop(0)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+        if method == "oauth.cancel":
+            return {"cancelled": True}
+        return {}
+
+    def methods(self) -> list[str]:
+        return [m for m, _, _ in self.calls]
+
+
+def rejected() -> RemoteError:
+    return RemoteError(-32000, "OpenRouter did not accept that code for this login.", "Paste it again.", "CodeRejected")
+
+
+def run_paste(monkeypatch, client: StandInClient, pasted: str) -> tuple[int, str, str]:
+    monkeypatch.setattr(commands, "_client", lambda args: client)
+    stdout, stderr = StringIO(), StringIO()
+    rc = cli.main(["oauth", "start", "--paste"], cli.Out(stdout, stderr, StringIO(pasted)))
+    return rc, stdout.getvalue(), stderr.getvalue()
+
+
+def test_paste_slow_exchange_is_not_a_lost_login(monkeypatch):
+    client = StandInClient([NoReply("oauth.exchange")])
+    rc, out, err = run_paste(monkeypatch, client, "the-code\n")
+    assert rc == 1
+    assert "still working on the code" in err and "convctl status" in err
+    assert "lost" not in err and "went away" not in err
+    assert "oauth.cancel" not in client.methods()  # it may yet succeed
+    assert ("oauth.exchange", {"code": "the-code", "session_id": "s1"}, 300.0) in client.calls
+
+
+def test_paste_disconnect_is_a_lost_login(monkeypatch):
+    client = StandInClient([DaemonUnreachable("The daemon closed the connection.", "")])
+    rc, out, err = run_paste(monkeypatch, client, "the-code\n")
+    assert rc == 3 and "so that login is lost" in err
+
+
+def test_paste_rejected_code_prompts_again(monkeypatch):
+    client = StandInClient([rejected(), {"success": True, "backend": "keyring", "error": None}])
+    rc, out, err = run_paste(monkeypatch, client, "wrong\nright\n")
+    assert rc == 0 and "Linked." in out
+    assert err.count("did not accept that code") == 1 and "Paste it again. (attempt 2 of 3)" in err
+    assert [p["code"] for m, p, _ in client.calls if m == "oauth.exchange"] == ["wrong", "right"]
+
+
+def test_paste_three_rejected_codes_cancel_the_login(monkeypatch):
+    client = StandInClient([rejected(), rejected(), rejected()])
+    rc, out, err = run_paste(monkeypatch, client, "a\nb\nc\nd\n")
+    assert rc == 1
+    assert err.count("did not accept that code") == 3
+    assert "did not accept any of the 3 codes, so the login was cancelled" in err
+    assert client.methods().count("oauth.exchange") == 3
+    assert client.calls[-1] == ("oauth.cancel", {"session_id": "s1"}, None)
+
+
+def test_paste_other_errors_are_not_retried(monkeypatch):
+    client = StandInClient([RemoteError(-32000, "No login is waiting for a code.", "", "UsageError")])
+    rc, out, err = run_paste(monkeypatch, client, "a\nb\n")
+    assert rc == 1 and "No login is waiting" in err
+    assert client.methods().count("oauth.exchange") == 1
+
+
+def test_status_names_no_fixed_port_for_a_fallback(monkeypatch):
+    class StatusClient(StandInClient):
+        def call(self, method, params=None, *, timeout=None):
+            return {"pid": 1, "version": "0", "http_url": "http://localhost:41000", "port_fallback": True,
+                    "socket": "/run/x.sock", "secret": {"stored": False}, "flow": None}
+
+    monkeypatch.setattr(commands, "_client", lambda args: StatusClient([]))
+    stdout = StringIO()
+    assert cli.main(["status"], cli.Out(stdout, StringIO(), StringIO())) == 0
+    assert "FALLBACK: the preferred port was busy" in stdout.getvalue() and "3000" not in stdout.getvalue()
 
 
 async def test_paste_timeout(daemon, fake):
