@@ -2,10 +2,14 @@
 
 ``status`` must answer at once, so it never waits on the network: :meth:`AccountStatus.snapshot` returns
 what is cached and, when that is missing or older than the TTL, starts one background refresh. The
-refresh reads the key from the secret store, asks OpenRouter, and caches a small summary. The summary
-never contains the key. A 401 means the key was revoked (or never worked): it is reported as such until the
-key changes. A change of key (``openrouter-key-changed``) drops the cache and refreshes at once, so the
-account shows up right after a login.
+refresh asks OpenRouter about the key and caches a small summary. The summary never contains the key. A 401
+means the key was revoked (or never worked): it is reported as such until the key changes. A change of key
+(``openrouter-key-changed``) drops the cache and refreshes at once, so the account shows up right after a
+login.
+
+The key is read from the secret store once, by the first refresh after start-up or after a key change, and
+kept for the next refreshes: on a locked Secret Service every read is an unlock prompt, which a background
+refresh must not open every TTL (nor disturb a prompt a person is answering).
 
 The TTL is ``CONVOCATIONS_ACCOUNT_CACHE_SECONDS`` (default 60 s); tests make it short.
 """
@@ -111,13 +115,16 @@ class AccountStatus:
         self.controller = controller
         self.cache = AccountCache(ttl_from_env() if ttl is None else ttl, clock)
         self._task: asyncio.Task | None = None
-        bus = getattr(controller, "bus", None)
-        if bus is not None and hasattr(bus, "add_listener"):
-            bus.add_listener(self._on_event)
+        # The key as the store gave it (None: no key), or why it could not be read; see the module doc.
+        self._key_read = False
+        self._key: str | None = None
+        self._key_problem: str | None = None
+        controller.bus.add_listener(self._on_event)
 
     def _on_event(self, name: str, data: dict) -> None:
         if name == KEY_CHANGED:
             self.cache.invalidate()
+            self._key_read, self._key, self._key_problem = False, None, None
             if data.get("stored"):
                 self._start_refresh()
 
@@ -149,23 +156,24 @@ class AccountStatus:
 
     async def refresh(self) -> dict[str, Any] | None:
         """Asks OpenRouter now and caches the answer; returns it."""
-        from .errors import ConvError
-
         generation = self.cache.generation
-        ctl = self.controller
-        try:
-            key = await ctl._secret_call(ctl.secrets.get)
-        except ConvError as e:
-            value = unknown(f"the stored key could not be read: {e.message}")
+        if not self._key_read:
+            key, problem = await self._read_key()
+            if generation != self.cache.generation:
+                return None  # the key changed while it was read: the next refresh reads the new one
+            self._key_read, self._key, self._key_problem = True, key, problem
+        if self._key_problem is not None:  # not read again until the key changes: that read may prompt too
+            value = unknown(self._key_problem)
             self.cache.put(value, generation)
             return value
+        key = self._key
         if not key:
             self.cache.put(None, generation)
             return None
         from .openrouter import KeyRejected, UpstreamError
 
         try:
-            data = await ctl.openrouter.key_info(key)
+            data = await self.controller.openrouter.key_info(key)
         except KeyRejected:
             value = revoked()
             log.warning("OpenRouter does not accept the stored key (HTTP 401); it may have been revoked")
@@ -173,7 +181,15 @@ class AccountStatus:
             value = unknown(f"could not check the key with OpenRouter: {e.message}")
         else:
             value = summary(data)
-        finally:
-            del key
         self.cache.put(value, generation)
         return value
+
+    async def _read_key(self) -> tuple[str | None, str | None]:
+        """(the stored key or None, None) or (None, why it could not be read)."""
+        from .errors import ConvError
+
+        ctl = self.controller
+        try:
+            return await ctl._secret_call(ctl.secrets.get), None
+        except ConvError as e:
+            return None, f"the stored key could not be read: {e.message}"

@@ -86,8 +86,10 @@ class StubSecrets:
     def __init__(self) -> None:
         self.key: str | None = "sk-or-v1-test"
         self.error: Exception | None = None
+        self.gets = 0
 
     def get(self) -> str | None:
+        self.gets += 1
         if self.error:
             raise self.error
         return self.key
@@ -157,9 +159,44 @@ async def test_no_key_and_errors():
     value = await st.refresh()
     assert value["valid"] is True and "could not be read" in value["message"]
     ctl.secrets.error = None
+    assert "could not be read" in (await st.refresh())["message"]  # not read again (another prompt)...
+    assert ctl.secrets.gets == 1
+    ctl.bus.publish("openrouter-key-changed", {"stored": True, "backend": "keyring"})  # ...until the key changes
+    await settle(st)
+    assert ctl.secrets.gets == 2
     ctl.openrouter.answer = UpstreamError(FlowError("upstream_unreachable", "Could not reach OpenRouter.", ""))
     value = await st.refresh()
     assert value["valid"] is True and "Could not reach OpenRouter" in value["message"]
+
+
+async def test_refreshes_read_the_key_once_per_key():
+    # Every read may be a keyring unlock prompt: a background refresh must not ask each TTL.
+    ctl = StubController()
+    clock = Clock()
+    st = account.AccountStatus(ctl, ttl=60, clock=clock)
+    for _ in range(5):
+        st.snapshot()
+        await settle(st)
+        clock.now += 61
+    assert ctl.openrouter.calls == 5 and ctl.secrets.gets == 1
+    asked = []
+
+    async def key_info(key: str) -> dict:
+        asked.append(key)
+        return {"label": "New"}
+
+    ctl.secrets.key = "sk-or-v1-new"
+    ctl.openrouter.key_info = key_info
+    ctl.bus.publish("openrouter-key-changed", {"stored": True, "backend": "keyring"})
+    await settle(st)
+    for _ in range(3):
+        clock.now += 61
+        st.snapshot()
+        await settle(st)
+    assert ctl.secrets.gets == 2 and asked == ["sk-or-v1-new"] * 4  # the new key, read once
+    ctl.bus.publish("openrouter-key-changed", {"stored": False, "backend": None})
+    ctl.secret_state = SecretStatus(False, None)
+    assert st.snapshot() is None and ctl.secrets.gets == 2
 
 
 async def test_without_a_loop_snapshot_is_harmless():
