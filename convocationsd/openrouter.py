@@ -25,12 +25,12 @@ from yarl import URL
 from . import pkce
 from .errors import ConvError
 from .flows import FlowError
+from .keycheck import MAX_KEY_LENGTH  # one limit for typed keys and keys OpenRouter issues
 
 log = logging.getLogger(__name__)
 
 EXCHANGE_PATH = "/api/v1/auth/keys"
 KEY_INFO_PATH = "/api/v1/key"
-MAX_KEY_LENGTH = 1024
 MAX_BODY_BYTES = 64 * 1024
 URL_ENV = "CONVOCATIONS_OPENROUTER_URL"
 
@@ -257,15 +257,14 @@ class OpenRouterClient:
 
     def __init__(self, base_url: str, *, timeout: float = 30.0) -> None:
         self.base_url = base_url.rstrip("/")
-        self.timeout = timeout
+        self.timeout = timeout  # SIGHUP may change it: read for each request, never baked into the session
         self._session: aiohttp.ClientSession | None = None
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             # force_close: no pooled connection that OpenRouter may have idled out under a single-use exchange.
             connector = aiohttp.TCPConnector(force_close=True)
-            timeout = aiohttp.ClientTimeout(total=self.timeout)
-            self._session = aiohttp.ClientSession(connector=connector, timeout=timeout)
+            self._session = aiohttp.ClientSession(connector=connector)
         return self._session
 
     async def close(self) -> None:
@@ -329,16 +328,19 @@ class OpenRouterClient:
     async def _request(self, method: str, path: str, **kwargs: Any) -> tuple[int, bytes]:
         """One request, bounded in time and size; transport failures become UpstreamError."""
         url = self.base_url + path
+        timeout = self.timeout  # one value for both bounds and the message, even if a reload changes it meanwhile
         try:
-            async with asyncio.timeout(self.timeout):
-                async with self._get_session().request(method, url, allow_redirects=False, **kwargs) as response:
+            async with asyncio.timeout(timeout):
+                async with self._get_session().request(
+                    method, url, allow_redirects=False, timeout=aiohttp.ClientTimeout(total=timeout), **kwargs
+                ) as response:
                     return response.status, await _read_limited(response, MAX_BODY_BYTES)
         except _BodyTooLarge:
             error = unusable_answer_error(None, f"it is larger than {MAX_BODY_BYTES // 1024} KiB")
             log.warning("%s %s failed: %s", method, public_url(url), error.message)
             raise error from None
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            error = transport_error(self.base_url, exc, self.timeout)
+            error = transport_error(self.base_url, exc, timeout)
             log.warning("%s %s failed: %s (%s)", method, public_url(url), error.message, type(exc).__name__)
             raise error from exc
 

@@ -175,6 +175,14 @@ async def test_timeout_is_upstream_unreachable_and_bounded(fake, all_logs):
     assert_no_secrets(all_logs, code, verifier, error=error)
 
 
+async def test_a_longer_timeout_after_reload_is_not_capped_by_the_session(fake):
+    async with OpenRouterClient(fake.url, timeout=0.3) as client:
+        await client.exchange(*login(fake))  # the session now exists, made while the timeout was 0.3 s
+        client.timeout = 5.0  # what SIGHUP does after exchange_timeout_seconds changed
+        fake.config.exchange_delay = 1.0
+        assert (await client.exchange(*login(fake))).key
+
+
 async def test_connection_refused_names_the_url_and_the_setting(all_logs):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
