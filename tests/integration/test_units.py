@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import plistlib
+import re
 import shutil
 import subprocess
 import sys
@@ -106,9 +107,25 @@ def test_service_unit():
     assert deps["Wants"] == ["convocationsd-http.socket"]
     assert "convocationsd-http.socket" not in " ".join(deps["Requires"])
     assert service["NoNewPrivileges"] == ["yes"]
-    assert service["RestrictAddressFamilies"] == ["AF_UNIX AF_INET AF_INET6"]
+    # AF_NETLINK: proc_net.diag_uid (sock_diag), the HTTP same-user check's fast path.
+    assert service["RestrictAddressFamilies"] == ["AF_UNIX AF_INET AF_INET6 AF_NETLINK"]
     # Mount-namespace hardening would need PrivateUsers=yes in a user unit (see the comment in the unit).
     assert "PrivateUsers" not in service and "ProtectSystem" not in service
+
+
+def test_service_unit_allows_every_address_family_the_daemon_opens():
+    """A family missing from RestrictAddressFamilies= fails only under the unit (EAFNOSUPPORT), where
+    the daemon may quietly fall back (proc_net did, for every HTTP request): catch it here."""
+    service = parse_unit((UNITS / "convocationsd.service").read_text())["Service"]
+    allowed = set(service["RestrictAddressFamilies"][0].split())
+    package = ROOT / "convocationsd"
+    opened = {
+        m.group(1)
+        for path in package.rglob("*.py") if "testing" not in path.relative_to(package).parts
+        for m in re.finditer(r"socket\.socket\(\s*socket\.(AF_\w+)", path.read_text())
+    }
+    assert "AF_NETLINK" in opened  # the scan finds what it should
+    assert opened <= allowed, opened - allowed
 
 
 def test_plist_template():
