@@ -19,13 +19,13 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from . import pages, proc_net
+from . import pages, pkce, proc_net
 from .controller import Controller, Outcome
 
 log = logging.getLogger(__name__)
 
 START = "/api/openrouter/oauth/start"
-CALLBACK = "/api/openrouter/oauth/callback"
+CALLBACK = pkce.CALLBACK_PATH  # the path OpenRouter is sent, so route and callback_url cannot drift apart
 RESULT = "/api/openrouter/oauth/result/{id}"
 STATUS = "/api/status"
 
@@ -245,8 +245,6 @@ def make_app(controller: Controller) -> web.Application:
 
 
 # -- binding -----------------------------------------------------------------------------------------
-
-LOOPBACKS = ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1"))
 
 
 def _listen(family: int, host: str, port: int) -> socket.socket:
