@@ -104,6 +104,16 @@ class DaemonProcess:
         return "\n".join(parts)
 
 
+class ManualClock:
+    """A clock tests move by hand (``clock.now += 600``): expiry without sleeping."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def base_env(tmp: Path, **overrides: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CONVOCATIONS_", "RCONV_", "LISTEN_", "NOTIFY_"))}
     env.update(

@@ -22,25 +22,18 @@ from convocationsd.testing.fake_openrouter import (
     FakeOpenRouter,
     fingerprint,
 )
+from tests.conftest import ManualClock
 
 KEY_RE = re.compile(r"^sk-or-v1-[0-9a-f]{64}$")
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-async def fake(clock: Clock):
+async def fake(clock: ManualClock):
     async with FakeOpenRouter(host="127.0.0.1", port=0, clock=clock) as server:
         yield server
 

@@ -19,21 +19,19 @@ from cryptography.x509.oid import NameOID
 
 from convocationsd import pkce
 from convocationsd.errors import ConvError
-from convocationsd.openrouter import ExchangeResult, KeyRejected, OpenRouterClient, UpstreamError
+from convocationsd.openrouter import (
+    ExchangeResult,
+    KeyRejected,
+    OpenRouterClient,
+    UpstreamError,
+)
 from convocationsd.testing.fake_openrouter import FakeConfig, FakeOpenRouter
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.conftest import ManualClock
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> ManualClock:
+    return ManualClock()
 
 
 @pytest.fixture
