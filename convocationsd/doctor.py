@@ -22,12 +22,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from . import configfile, paths, proc_net
-from .errors import ConvError
+from . import configfile, paths, pkce, proc_net
+from .errors import BackendUnavailable, ConvError
+from .settings import Settings
 
-DEFAULT_PORT = 3000
-DEFAULT_OPENROUTER = "https://openrouter.ai"
-CALLBACK_PATH = "/api/openrouter/oauth/callback"
+DEFAULT_PORT = Settings.http_port
+DEFAULT_OPENROUTER = Settings.openrouter_url
+CALLBACK_PATH = pkce.CALLBACK_PATH
 START_FIX = "Start it with `convocationsd` (or `systemctl --user start convocationsd.socket`), then run `convctl doctor` again."
 
 
@@ -384,20 +385,19 @@ def _keyring_verdict(timeout: float = 5.0) -> tuple[bool, str]:
     def detect() -> None:
         try:
             import keyring
-            from keyring.backends import fail
+
+            from .secretstore.keyring_backend import _check_usable
 
             try:
                 kr = keyring.core.init_backend() or keyring.get_keyring()
             except Exception:
                 kr = keyring.get_keyring()
-            backends = getattr(kr, "backends", None)
-            name = f"{type(kr).__module__}.{type(kr).__name__}"
-            if isinstance(kr, fail.Keyring) or (backends is not None and not backends):
-                result.append((False, "no usable OS keyring was found (on Linux: no Secret Service on the D-Bus session bus)"))
-            elif getattr(kr, "priority", 1) <= 0:
-                result.append((False, f"only a keyring of no priority is available ({name})"))
+            try:
+                _check_usable(kr)  # the daemon's own rule, so doctor and the daemon never disagree
+            except BackendUnavailable as e:
+                result.append((False, f"no usable OS keyring was found: {e.message.rstrip('.')}"))
             else:
-                result.append((True, f"the OS keyring ({name})"))
+                result.append((True, f"the OS keyring ({type(kr).__module__}.{type(kr).__name__})"))
         except ImportError:
             result.append((False, "the keyring package is not installed"))
         except Exception as e:  # keyring's detection can fail in many ways; all mean "not usable"

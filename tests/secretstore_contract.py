@@ -171,3 +171,12 @@ def clean_secret_service():
     forget_entry(keyring)
     yield keyring
     forget_entry(keyring)
+
+
+@pytest.fixture(autouse=True)  # import it into a test module to apply it there
+def no_test_key_in_any_log(caplog):
+    """Every key these tests use starts with sk-or-v1-; none may reach a log record."""
+    caplog.set_level(logging.DEBUG)
+    yield
+    for record in caplog.records:
+        assert "sk-or-v1-" not in record.getMessage() + (record.exc_text or ""), f"key leaked via {record.name}"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import logging
 import os
 import stat
 import sys
@@ -14,21 +13,17 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from secretstore_contract import assert_key_hidden, assert_key_in_no_file, new_key  # noqa: E402
+from secretstore_contract import (  # noqa: E402
+    assert_key_hidden,
+    assert_key_in_no_file,
+    new_key,
+    no_test_key_in_any_log,  # noqa: E402,F401 (autouse fixture)
+)
 
 from convocationsd import configfile  # noqa: E402
 from convocationsd.errors import SecretStoreError  # noqa: E402
 from convocationsd.secretstore.encrypted import AAD, LocalEncrypted  # noqa: E402
 from convocationsd.secretstore.select import open_store  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def _no_test_key_in_any_log(caplog):
-    """Every key these tests use starts with sk-or-v1-; none may reach a log record."""
-    caplog.set_level(logging.DEBUG)
-    yield
-    for record in caplog.records:
-        assert "sk-or-v1-" not in record.getMessage() + (record.exc_text or ""), f"key leaked via {record.name}"
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ key between backends, timeouts on a hanging keyring, and the config reference th
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import subprocess
@@ -22,6 +21,7 @@ from secretstore_contract import (  # noqa: E402
     assert_key_in_no_file,
     forget_entry,
     new_key,
+    no_test_key_in_any_log,  # noqa: E402,F401 (autouse fixture)
     real_secret_service,
 )
 
@@ -87,13 +87,6 @@ def conf(tmp_path):
     return tmp_path / "convocations" / "config.toml"
 
 
-@pytest.fixture(autouse=True)
-def _no_test_key_in_any_log(caplog):
-    """Every key these tests use starts with sk-or-v1-; none may reach a log record."""
-    caplog.set_level(logging.DEBUG)
-    yield
-    for record in caplog.records:
-        assert "sk-or-v1-" not in record.getMessage() + (record.exc_text or ""), f"key leaked via {record.name}"
 
 
 def child_env(tmp_path: Path, **extra: str) -> dict[str, str]:
