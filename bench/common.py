@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from convocationsd.testing.ports import free_port  # noqa: F401 (bench modules import it from here)
+from convocationsd.testing.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable  # the venv's interpreter when run as `.venv/bin/python -m bench`
@@ -66,7 +66,7 @@ def machine() -> dict[str, str]:
         "python": f"{platform.python_implementation()} {platform.python_version()} ({PY})",
         "kernel": f"{platform.system()} {platform.release()}",
         "os": _os_name(),
-        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "load": " ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
 
@@ -156,7 +156,7 @@ class NotifySocket:
             self.sock.settimeout(left)
             try:
                 data = self.sock.recv(4096)
-            except socket.timeout:
+            except TimeoutError:
                 return None
             if word.encode() in data.split(b"\n"):
                 return time.monotonic()

@@ -62,7 +62,7 @@ async def _http_worker(port: int, deadline: float, counts: dict) -> None:
                 counts["http_responses"] += 1
                 if b"connection: close" in head.lower():
                     break
-        except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError, asyncio.LimitOverrunError):
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
             counts["http_closed"] += 1
         finally:
             writer.close()
@@ -84,7 +84,7 @@ async def _ipc_worker(path: str, deadline: float, counts: dict) -> None:
                 for _ in range(BATCH):
                     await asyncio.wait_for(reader.readline(), 5)
                 counts["ipc_replies"] += BATCH
-        except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
             counts["ipc_closed"] += 1
         finally:
             writer.close()
@@ -99,7 +99,7 @@ async def main_async(args: argparse.Namespace) -> dict:
     workers += [_ipc_worker(args.socket, deadline, counts) for _ in range(args.ipc)]
     try:
         await asyncio.wait_for(asyncio.gather(*workers), args.seconds + 10)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         counts["stopped_by_timeout"] = 1
     counts["seconds"] = round(time.monotonic() - start, 2)
     return counts

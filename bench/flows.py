@@ -90,7 +90,7 @@ class Subscribers:
         fut = self._waiters[session] = asyncio.get_running_loop().create_future()
         try:
             return await asyncio.wait_for(fut, timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return None
         finally:
             self._done.pop(session, None)
@@ -102,7 +102,7 @@ class Subscribers:
                 await self.proc.stdin.drain()
                 self.proc.stdin.close()
                 await asyncio.wait_for(self.proc.wait(), 10)
-            except (asyncio.TimeoutError, ConnectionError):
+            except (TimeoutError, ConnectionError):
                 self.proc.kill()
                 await self.proc.wait()
         self._reader.cancel()
@@ -151,7 +151,7 @@ class FlowDriver:
         url = urlsplit(location)
         n_exchanges = len(self.fake.exchange_times)
         t0 = time.monotonic()
-        status, _, headers = await http_get(url.port, f"{url.path}?{url.query}")
+        status, _, _headers = await http_get(url.port, f"{url.path}?{url.query}")
         t_resp = time.monotonic()
         if status != 303:
             raise RuntimeError(f"callback answered {status}")

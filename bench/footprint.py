@@ -10,7 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from .common import (BIN, PY, ROOT, cleanup_tmp, daemon_env, free_port, median, short_tmp, start_daemon, track)
+from .common import BIN, PY, ROOT, cleanup_tmp, daemon_env, free_port, median, short_tmp, start_daemon, track
 from .flows import FlowDriver, TimedFake
 from .report import Section
 

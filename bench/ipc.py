@@ -78,7 +78,7 @@ def run(smoke: bool) -> Section:
             ])
         # Each round of the daemon is compared with the ssh-agent round just before it: the machine's load
         # drifts (other people's tests), and a ratio of neighbours cancels most of it.
-        pair = sorted(d.rate / a.rate for a, d in zip(runs["ssh-agent"], runs["convocationsd"]))
+        pair = sorted(d.rate / a.rate for a, d in zip(runs["ssh-agent"], runs["convocationsd"], strict=False))
         ratio = pair[len(pair) // 2]
         sec.body.append(
             f"Same blocking raw-socket loop (bench/rawclient.py) for both: send one request, read until one reply "

@@ -34,8 +34,8 @@ def main() -> int:
     ap.add_argument("--lifetime", type=float, default=240.0)
     args = ap.parse_args()
     deadline = time.monotonic() + args.lifetime
-    params = "" if args.events == "all" else ',"params":{"events":%s}' % json.dumps(args.events.split(","))
-    request = ('{"jsonrpc":"2.0","id":1,"method":"subscribe"%s}\n' % params).encode()
+    params = "" if args.events == "all" else ',"params":{{"events":{}}}'.format(json.dumps(args.events.split(",")))
+    request = (f'{{"jsonrpc":"2.0","id":1,"method":"subscribe"{params}}}\n').encode()
 
     socks: dict[int, socket.socket] = {}
     bufs: dict[int, bytes] = {}

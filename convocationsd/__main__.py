@@ -1,5 +1,5 @@
 import sys
 
-from .daemon import main
+from convocationsd.daemon.main import main
 
 sys.exit(main())

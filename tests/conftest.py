@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from convocationsd.ipc_client import AsyncClient, Client
-from convocationsd.testing.ports import free_port  # noqa: F401 (tests import it from here)
+from convocationsd.client import AsyncClient, Client
+from convocationsd.testing.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -72,7 +72,7 @@ class DaemonProcess:
 
     def convctl(self, *args: str, input: str | None = None, timeout: float = 30.0) -> subprocess.CompletedProcess:
         done = subprocess.run(
-            [sys.executable, "-m", "convocationsd.cli", *args], env=self.env, input=input,
+            [sys.executable, "-m", "convocationsd.cli.main", *args], env=self.env, input=input,
             capture_output=True, text=True, timeout=timeout,
         )
         self.extra_outputs += [done.stdout, done.stderr]
@@ -80,7 +80,7 @@ class DaemonProcess:
 
     def convctl_async(self, *args: str) -> subprocess.Popen:
         return subprocess.Popen(
-            [sys.executable, "-m", "convocationsd.cli", *args], env=self.env,
+            [sys.executable, "-m", "convocationsd.cli.main", *args], env=self.env,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
 
@@ -192,9 +192,8 @@ async def follow_callback(location: str, *, host_port: int | None = None) -> tup
     """Follows OpenRouter's redirect to our callback like a browser; returns (status, final URL, HTML)."""
     import aiohttp
 
-    async with aiohttp.ClientSession() as s:
-        async with s.get(location) as r:
-            return r.status, str(r.url), await r.text()
+    async with aiohttp.ClientSession() as s, s.get(location) as r:
+        return r.status, str(r.url), await r.text()
 
 
 AUTH_URL_RE = re.compile(r"^\s+(https?://\S+/auth\?\S+)$", re.M)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from convocationsd.secretstore.keyring_backend import SERVICE, USERNAME
+from convocationsd.store.keyring_backend import SERVICE, USERNAME
 
 LONG_KEY = "sk-or-v1-" + ("0123456789abcdef" * 256)[: 4096 - len("sk-or-v1-")]
 UNICODE_KEY = "sk-or-ключ-🔑-ü-中文-\u00e9\u0301"

@@ -1,5 +1,5 @@
 """``python -m convocationsd.testing`` runs the fake OpenRouter (the only tool in this package)."""
 
-from .fake_openrouter import main
+from convocationsd.testing.fake_openrouter import main
 
 raise SystemExit(main())

@@ -407,8 +407,8 @@ class FakeOpenRouter:
             return _page("Bad request", f"<h1>Bad request</h1><p>{html.escape(problem)}</p>", status=400)
         if self.config.authorize_409 or self._app_urls_changed(params):
             # Byte for byte what the seed notes saw in the browser: compact JSON, message before code.
-            body = {"error": {"message": APP_CONFLICT_MESSAGE, "code": 409}, "user_id": self.user_id}
-            return web.json_response(body, status=409, dumps=_compact_json)
+            conflict = {"error": {"message": APP_CONFLICT_MESSAGE, "code": 409}, "user_id": self.user_id}
+            return web.json_response(conflict, status=409, dumps=_compact_json)
         code = secrets.token_urlsafe(24)
         self._codes[code] = _IssuedCode(
             params["code_challenge"],

@@ -26,7 +26,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from convocationsd.ipc_client import Client
+from convocationsd.client import Client
 from convocationsd.testing.fake_openrouter import FakeOpenRouter
 from tests.conftest import DaemonProcess
 

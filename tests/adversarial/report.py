@@ -38,43 +38,43 @@ DOORS = {
 
 # (defence, file, original text, replacement, tests that must fail)
 MUTANTS = [
-    ("Host allow-list (DNS rebinding)", "http_app.py",
+    ("Host allow-list (DNS rebinding)", "daemon/http_app.py",
      'if request.headers.get("Host", "").lower() not in allowed_hosts(ctl.endpoint.port):', "if False:",
      ["tests/adversarial/test_web_attacks.py::test_dns_rebinding_host_is_refused_without_side_effect"]),
-    ("Cross-site check on the start routes", "http_app.py",
+    ("Cross-site check on the start routes", "daemon/http_app.py",
      "if not _same_site(request, ctl.endpoint.port):", "if False:",
      ["tests/adversarial/test_web_attacks.py::test_cross_site_start_is_refused"]),
-    ("Callbacks only as top-level navigations", "http_app.py",
+    ("Callbacks only as top-level navigations", "daemon/http_app.py",
      "if not _navigation(request):", "if False:",
      ["tests/adversarial/test_web_attacks.py::test_subresource_callback_is_refused"]),
-    ("state compare", "flows.py",
+    ("state compare", "core/flows.py",
      "if state is not None and not hmac.compare_digest(", "if False and not hmac.compare_digest(",
      ["tests/adversarial/test_web_attacks.py::test_wrong_state_neither_exchanges_nor_ends_the_flow"]),
-    ("Codes exchanged at most once", "flows.py",
+    ("Codes exchanged at most once", "core/flows.py",
      "if digest in self._used_codes:", "if False:",
      ["tests/adversarial/test_web_attacks.py::test_repeated_code_is_not_exchanged_again"]),
-    ("Peer uid check on the socket", "ipc_server.py",
+    ("Peer uid check on the socket", "daemon/ipc_server.py",
      "if self.uid != self.server.uid:", "if False:",
      ["tests/integration/test_daemon_lifecycle.py::test_other_uid_client_is_refused"]),
-    ("Loopback HTTP only for our own uid", "http_app.py",
+    ("Loopback HTTP only for our own uid", "daemon/http_app.py",
      "    elif not _same_user(request):", "    elif False:",
      ["tests/adversarial/test_local_users.py::test_other_uid_cannot_start_or_join_a_login_over_http"]),
-    ("Subscriber queue limit", "ipc_server.py",
+    ("Subscriber queue limit", "daemon/ipc_server.py",
      "if self.transport.get_write_buffer_size() > self.server.queue_limit:", "if False:",
      ["tests/integration/test_daemon_lifecycle.py::test_slow_subscriber_dropped_fast_one_gets_everything"]),
-    ("1 MiB line limit", "ipc_server.py", "protocol.MAX_LINE", "(1 << 62)",
+    ("1 MiB line limit", "daemon/ipc_server.py", "protocol.MAX_LINE", "(1 << 62)",
      ["tests/adversarial/test_bad_input.py::test_line_over_one_mib_closes_that_connection_only"]),
-    ("Open-file limit raised at start", "daemon.py", "    raise_open_file_limit()\n", "",
+    ("Open-file limit raised at start", "daemon/main.py", "    raise_open_file_limit()\n", "",
      ["tests/adversarial/test_bad_input.py::test_two_thousand_idle_connections"]),
-    ("Malformed HTTP requests logged without traceback", "http_app.py",
+    ("Malformed HTTP requests logged without traceback", "daemon/http_app.py",
      "server_log.addFilter(_MALFORMED)", "pass",
      ["tests/adversarial/test_bad_input.py::test_oversized_header_is_4xx"]),
-    ("0600 runtime dir", "ipc_server.py", "path.mkdir(mode=0o700, parents=True, exist_ok=True)",
+    ("0600 runtime dir", "daemon/ipc_server.py", "path.mkdir(mode=0o700, parents=True, exist_ok=True)",
      "path.mkdir(mode=0o755, parents=True, exist_ok=True); return",
      ["tests/adversarial/test_local_users.py::test_other_uid_cannot_traverse_default_runtime_dir"]),
-    ("Loose secret.key refused", "secretstore/encrypted.py", "if st.st_mode & 0o077:", "if False:",
+    ("Loose secret.key refused", "store/encrypted.py", "if st.st_mode & 0o077:", "if False:",
      ["tests/adversarial/test_local_users.py::test_loose_secret_key_refused_when_storing_from_a_login"]),
-    ("No key in logs (a leak planted on purpose)", "controller.py",
+    ("No key in logs (a leak planted on purpose)", "daemon/controller.py",
      "backend = await self._store_key(result.key)",
      'log.info("storing %s", result.key); backend = await self._store_key(result.key)',
      ["tests/adversarial/test_no_leaks.py::test_no_secret_in_any_output"]),
@@ -187,7 +187,7 @@ def render(results: dict, elapsed: float, mutants: list[tuple] | None, old_mutan
         grouped: dict[str, list[tuple[str, dict]]] = {}
         for nid, r in rows:
             grouped.setdefault(nid.split("::")[1].split("[")[0], []).append((nid, r))
-        for name, items in grouped.items():
+        for items in grouped.values():
             case, defence = _first_para(items[0][1]["doc"])
             for nid, r in items:
                 variant = nid.split("[", 1)[1].rstrip("]") if "[" in nid else ""

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from convocationsd import protocol
+from convocationsd.core import protocol
 from tests.adversarial.harness import assert_healthy, open_fds, raw_http, rss_kib
 
 START = "/api/openrouter/oauth/start"
@@ -140,7 +140,7 @@ def test_malformed_post_bodies_are_400(mdaemon, body):
     """Bodies that are not {"restart": bool}: 400 with a clear message, no flow started."""
     d = mdaemon
     r = raw_http(d.port, "POST", START, {"Origin": f"http://localhost:{d.port}", "Content-Type": "application/json"}, body)
-    assert r.status == 400 and "restart" in r.text or "JSON object" in r.text, r.dump()[:300]
+    assert (r.status == 400 and "restart" in r.text) or "JSON object" in r.text, r.dump()[:300]
     flow = d.call("status")["flow"]
     assert flow is None or flow["status"] != "pending"
 
@@ -152,7 +152,7 @@ def test_garbage_request_lines(mdaemon):
                 b"GET " + b"/" * 100_000 + b" HTTP/1.1\r\n\r\n",
                 b"GET /api/status HTTP/9.9\r\nHost: localhost:%d\r\n\r\n" % d.port):
         r = raw_http(d.port, raw=raw, timeout=5)
-        assert r.status == 0 or 400 <= r.status < 600 and r.status != 500, (raw[:40], r.dump()[:300])
+        assert r.status == 0 or (400 <= r.status < 600 and r.status != 500), (raw[:40], r.dump()[:300])
     assert_healthy(d)
 
 
@@ -205,7 +205,7 @@ def test_invalid_utf8_lines_get_parse_errors(mdaemon, line):
     s.settimeout(5)
     s.connect(str(d.socket))
     s.sendall(line + b'{"jsonrpc":"2.0","id":"after","method":"status"}\n')
-    replies, closed = _read_all(s, 5, until_id="after")
+    replies, _closed = _read_all(s, 5, until_id="after")
     s.close()
     assert replies[0]["error"]["code"] == protocol.PARSE_ERROR
     assert replies[-1]["id"] == "after" and "result" in replies[-1]
@@ -221,7 +221,7 @@ def test_deeply_nested_json(mdaemon, depth):
     for line in lines:
         if len(line) > protocol.MAX_LINE:
             continue
-        replies, closed = _line(d, line + b"\n")
+        replies, _closed = _line(d, line + b"\n")
         assert replies and "error" in replies[0], replies
         assert replies[0]["error"]["code"] in (protocol.PARSE_ERROR, protocol.INVALID_PARAMS, protocol.INVALID_REQUEST)
     assert_healthy(d)
@@ -242,9 +242,8 @@ def _wrong_type_cases():
         yield method, {"not_a_param": 1}
         for params in ([], "x", 3, True):
             yield method, params
-        for name, (_, required) in spec.items():
-            if required:
-                yield method, {}
+        if any(required for _, required in spec.values()):
+            yield method, {}
 
 
 def test_wrong_types_for_every_param_of_every_method(mdaemon):
@@ -282,7 +281,7 @@ def test_wrong_types_for_every_param_of_every_method(mdaemon):
                          ids=["blank", "no-prefix", "5000-chars", "newline", "non-ascii"])
 def test_secret_set_rejects_implausible_keys(mdaemon, value):
     """secret.set with well-typed but implausible keys: a -32000 error with a hint; nothing stored."""
-    from convocationsd.errors import RemoteError
+    from convocationsd.core.errors import RemoteError
 
     d = mdaemon
     with pytest.raises(RemoteError) as info:
@@ -470,10 +469,10 @@ toml_docs = st.lists(
 def test_config_fuzz_reaches_settings_and_secret_status_safely(tmp_path, data):
     """Generated config.toml files: loading, resolving settings and reading secret status raise only
     ConfigError/SecretStoreError (clear messages), never another exception; an unparsable file is never rewritten."""
-    from convocationsd import configfile
-    from convocationsd.daemon import load_settings
-    from convocationsd.errors import ConvError
-    from convocationsd.secretstore.select import ConfiguredStore
+    from convocationsd.core.errors import ConvError
+    from convocationsd.daemon.main import load_settings
+    from convocationsd.store import configfile
+    from convocationsd.store.select import ConfiguredStore
 
     cfg = tmp_path / "cfg" / "convocations"
     cfg.mkdir(parents=True, exist_ok=True)
@@ -520,7 +519,7 @@ def test_daemon_with_garbage_config_exits_2_with_a_clear_message(short_tmp):
 def test_slowloris_http_connections_are_closed(mdaemon):
     """100 HTTP clients that send half a request and stall, 100 that send nothing: the daemon keeps serving and
     closes every one of them after its idle timeout (http_app.IDLE_TIMEOUT), freeing their descriptors."""
-    from convocationsd.http_app import IDLE_TIMEOUT
+    from convocationsd.daemon.http_app import IDLE_TIMEOUT
 
     d = mdaemon
     fds0 = open_fds(d.proc.pid)

@@ -14,8 +14,8 @@ import tomllib
 
 import pytest
 
-from convocationsd.errors import ConvError
-from convocationsd.ipc_client import Client
+from convocationsd.client import Client
+from convocationsd.core.errors import ConvError
 from tests.adversarial.harness import FakeThread, callback, kill, query_of
 from tests.conftest import read_auth_url_sync
 
@@ -95,7 +95,7 @@ def test_kill_9_during_config_writes(spawn):
     for round_ in range(3):
         stop = threading.Event()
 
-        def writer(d=d, round_=round_) -> None:
+        def writer(d=d, round_=round_, stop=stop) -> None:
             i = 0
             try:
                 with Client(d.socket, timeout=5) as c:

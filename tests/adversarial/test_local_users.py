@@ -183,7 +183,7 @@ def test_loose_secret_key_refused_when_storing_from_a_login(spawn, mode, request
 
 def test_loose_secret_key_refused_on_secret_set(spawn):
     """secret.set over IPC with a loose secret.key: a clear error with the chmod hint; the old key stays readable once fixed."""
-    from convocationsd.errors import RemoteError
+    from convocationsd.core.errors import RemoteError
 
     d = spawn()
     d.call("secret.set", {"key": "sk-or-v1-" + "c" * 64})
@@ -199,7 +199,7 @@ def test_loose_secret_key_refused_on_secret_set(spawn):
 @needs_root_setpriv
 def test_secret_key_owned_by_another_user_is_refused(spawn):
     """A secret.key owned by another uid (planted master key) is refused with a chown hint."""
-    from convocationsd.errors import RemoteError
+    from convocationsd.core.errors import RemoteError
 
     d = spawn()
     d.call("secret.set", {"key": "sk-or-v1-" + "e" * 64})

@@ -16,7 +16,7 @@ import signal
 import threading
 import time
 
-from convocationsd.errors import ConvError
+from convocationsd.core.errors import ConvError
 from convocationsd.testing.fake_openrouter import FakeOpenRouter, _IssuedKey
 from tests.adversarial.harness import FakeThread, callback, kill, query_of, raw_http, state_of, subscriber
 

@@ -22,7 +22,6 @@ from tests.adversarial.harness import (
     subscriber,
 )
 
-
 START = "/api/openrouter/oauth/start"
 CB = "/api/openrouter/oauth/callback"
 

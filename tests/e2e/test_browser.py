@@ -241,7 +241,7 @@ async def test_409_on_a_fallback_port(browser, daemon_factory, fake):
         assert re.search(rf"\[::1\]:{port} is held by python\S* \(pid {holder.pid}", doctor.stdout)
 
         proc.send_signal(__import__("signal").SIGINT)
-        out, err = await asyncio.to_thread(proc.communicate, None, 15)
+        _out, err = await asyncio.to_thread(proc.communicate, None, 15)
         assert "convctl doctor" in err  # convctl told the person where to look when the 409 shows
         assert d.call("status")["flow"]["error"]["code"] == "cancelled"
         await person.close()

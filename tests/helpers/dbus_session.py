@@ -92,7 +92,7 @@ class FakeNotifications:
             mock = con.get(NOTIFICATIONS, NOTIFICATIONS_PATH)["org.freedesktop.DBus.Mock"]
             calls = mock.GetCalls()
         names = ("app_name", "replaces_id", "app_icon", "summary", "body", "actions", "hints", "expire_timeout")
-        return [dict(zip(names, args)) for _, method, args in calls if method == "Notify"]
+        return [dict(zip(names, args, strict=False)) for _, method, args in calls if method == "Notify"]
 
     def wait_for_calls(self, n: int, timeout: float = 10.0) -> list[dict]:
         deadline = time.monotonic() + timeout

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from convocationsd import configfile
+from convocationsd.store import configfile
 
 
 def main() -> None:

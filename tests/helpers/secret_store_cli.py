@@ -14,8 +14,8 @@ import os
 import sys
 import time
 
-from convocationsd import paths
-from convocationsd.secretstore.select import open_store
+from convocationsd.common import paths
+from convocationsd.store.select import open_store
 
 
 def main() -> None:

@@ -8,14 +8,13 @@ import time
 
 import pytest
 
-from convocationsd import account
-from convocationsd.errors import SecretStoreError
-from convocationsd.events import EventBus
-from convocationsd.flows import FlowError
-from convocationsd.openrouter import KeyRejected, UpstreamError
-from convocationsd.secretstore import SecretStatus
+from convocationsd.core.errors import SecretStoreError
+from convocationsd.core.events import EventBus
+from convocationsd.core.flows import FlowError
+from convocationsd.daemon import account
+from convocationsd.daemon.openrouter import KeyRejected, UpstreamError
+from convocationsd.store.secrets import SecretStatus
 from tests.conftest import assert_no_secret, read_auth_url
-
 
 # -- the pure cache ----------------------------------------------------------------------------------------
 
@@ -274,7 +273,7 @@ def test_convctl_stays_light(cmd, short_tmp):
     from tests.conftest import base_env
 
     done = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "convocationsd.cli", *cmd],
+        [sys.executable, "-X", "importtime", "-m", "convocationsd.cli.main", *cmd],
         env=base_env(short_tmp), capture_output=True, text=True, timeout=30,
     )
     heavy = [line for line in done.stderr.splitlines() if re.search(r"\b(aiohttp|keyring|cryptography)\b", line)]

@@ -63,7 +63,7 @@ async def test_409_at_authorize_leaves_flow_pending_and_convctl_times_out(daemon
     auth_url = await read_auth_url(proc)
     outcome = await fake.submit(auth_url, "approve")
     assert outcome.status == 409 and "Failed to create or update app" in outcome.body
-    out, err = await asyncio.to_thread(proc.communicate, timeout=15)
+    _out, err = await asyncio.to_thread(proc.communicate, timeout=15)
     assert proc.returncode == 1
     assert "409" in err and "convctl doctor" in err  # the person is told what the 409 means
     assert "no answer within 2 s" in err
@@ -168,7 +168,7 @@ async def test_http_routes(daemon, fake):
             assert r.status == 403
         async with s.get(base + "/api/openrouter/oauth/start", headers={"Sec-Fetch-Site": "cross-site"}, allow_redirects=False) as r:
             assert r.status == 403
-        async with s.get(base + "/api/status", headers={"Host": "evil.example:%d" % daemon.port}) as r:
+        async with s.get(base + "/api/status", headers={"Host": f"evil.example:{daemon.port}"}) as r:
             assert r.status == 403
         async with s.get(base + "/api/status") as r:
             st = await r.json()
@@ -219,7 +219,7 @@ async def test_a_rejected_stray_code_keeps_the_flow_and_its_timer(daemon_factory
 
 
 async def test_paste_mode_wrong_code_then_right_one(daemon, fake):
-    from convocationsd.errors import RemoteError
+    from convocationsd.core.errors import RemoteError
 
     reply = daemon.call("oauth.start", {"paste": True})
     code = await fake.approve_headless(reply["auth_url"])

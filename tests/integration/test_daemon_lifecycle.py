@@ -16,7 +16,6 @@ import pytest
 
 from tests.conftest import free_port, start_daemon
 
-
 # The other user runs the system interpreter: a venv under a 0700 home may not be reachable for them.
 OTHER_USER_PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
 
@@ -133,7 +132,7 @@ def test_slow_subscriber_dropped_fast_one_gets_everything(daemon_factory):
 
 
 def test_sigterm_with_a_subscriber_that_stopped_reading_exits_promptly(daemon_factory):
-    from convocationsd.ipc_server import QUEUE_LIMIT
+    from convocationsd.daemon.ipc_server import QUEUE_LIMIT
 
     try:
         with open("/proc/sys/net/core/wmem_default") as f:
@@ -177,7 +176,7 @@ def test_sigterm_with_a_subscriber_that_stopped_reading_exits_promptly(daemon_fa
 
 
 def test_port_zero_binds_one_free_port_on_both_loopbacks():
-    from convocationsd.http_app import bind_loopback
+    from convocationsd.daemon.http_app import bind_loopback
 
     socks, port, fell_back = bind_loopback(0)
     try:

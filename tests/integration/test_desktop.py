@@ -18,8 +18,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from convocationsd import desktop, events
-from convocationsd.controller import DENIED
+from convocationsd.core import events
+from convocationsd.daemon import desktop
+from convocationsd.daemon.controller import DENIED
 from tests.conftest import assert_no_secret, follow_callback
 from tests.helpers.dbus_session import (
     FakeNotifications,
@@ -79,7 +80,7 @@ def _interface(xml: str) -> set:
 
 
 def _desktop_lines(log: str) -> list[str]:
-    return [line for line in log.splitlines() if "convocationsd.desktop:" in line]
+    return [line for line in log.splitlines() if "convocationsd.daemon.desktop:" in line]
 
 
 async def _stop(d) -> None:
@@ -279,7 +280,7 @@ async def test_unreachable_bus_is_one_line_and_none(short_tmp, caplog):
     class Idle:
         def touch(self) -> None: ...
 
-    caplog.set_level(logging.INFO, logger="convocationsd.desktop")
+    caplog.set_level(logging.INFO, logger="convocationsd.daemon.desktop")
     result = await desktop.start(Idle(), events.EventBus(), notifications=None,
                                  env={"DBUS_SESSION_BUS_ADDRESS": f"unix:path={short_tmp}/nobus"})
     assert result is None
@@ -292,7 +293,7 @@ async def test_name_already_owned_warns_and_keeps_the_rest(private_bus, caplog):
     class Ctl:
         def touch(self) -> None: ...
 
-    caplog.set_level(logging.INFO, logger="convocationsd.desktop")
+    caplog.set_level(logging.INFO, logger="convocationsd.daemon.desktop")
     env = {"DBUS_SESSION_BUS_ADDRESS": private_bus.address}
     first = await desktop.start(Ctl(), events.EventBus(), notifications=False, env=env)
     second = await desktop.start(Ctl(), events.EventBus(), notifications=False, env=env)

@@ -13,14 +13,13 @@ import textwrap
 import time
 from pathlib import Path
 
-
-from convocationsd import doctor
+from convocationsd.cli import doctor
 from tests.conftest import base_env, free_port
 
 
 def run_doctor(env: dict[str, str], *extra: str) -> tuple[int, list[dict], str]:
     done = subprocess.run(
-        [sys.executable, "-m", "convocationsd.cli", "doctor", "--json", *extra],
+        [sys.executable, "-m", "convocationsd.cli.main", "doctor", "--json", *extra],
         env=env, capture_output=True, text=True, timeout=60,
     )
     assert done.stdout, done.stderr

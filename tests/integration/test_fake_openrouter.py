@@ -14,7 +14,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import aiohttp
 import pytest
 
-from convocationsd import pkce
+from convocationsd.core import pkce
 from convocationsd.testing.fake_openrouter import (
     APP_CONFLICT_MESSAGE,
     FakeBrowserError,

@@ -17,9 +17,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from convocationsd import pkce
-from convocationsd.errors import ConvError
-from convocationsd.openrouter import (
+from convocationsd.core import pkce
+from convocationsd.core.errors import ConvError
+from convocationsd.daemon.openrouter import (
     ExchangeResult,
     KeyRejected,
     OpenRouterClient,
@@ -270,7 +270,7 @@ async def test_tls_to_a_plain_http_server_is_upstream_unreachable(fake, all_logs
 def self_signed_context(tmp_path) -> ssl.SSLContext:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
         .serial_number(x509.random_serial_number()).not_valid_before(now)

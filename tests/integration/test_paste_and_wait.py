@@ -15,8 +15,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from convocationsd import cli, commands
-from convocationsd.errors import DaemonUnreachable, NoReply, RemoteError
+from convocationsd.cli import commands
+from convocationsd.cli import main as cli
+from convocationsd.core.errors import DaemonUnreachable, NoReply, RemoteError
 from tests.conftest import AUTH_URL_RE, assert_no_secret, read_auth_url
 
 
@@ -60,7 +61,7 @@ async def test_paste_accepts_the_whole_address(daemon, fake):
     proc = daemon.convctl_async("oauth", "start", "--paste")
     code = await fake.approve_headless(await read_auth_url(proc))
     pasted = f"  'https://example.invalid/done?code={code}&x=1'  "
-    out, err = await asyncio.to_thread(proc.communicate, pasted + "\n", 20)
+    _out, err = await asyncio.to_thread(proc.communicate, pasted + "\n", 20)
     assert proc.returncode == 0, err
     assert daemon.call("secret.status")["stored"] is True
 
@@ -68,7 +69,7 @@ async def test_paste_accepts_the_whole_address(daemon, fake):
 async def test_paste_nothing_cancels_the_login(daemon, fake):
     proc = daemon.convctl_async("oauth", "start", "--paste")
     await read_auth_url(proc)
-    out, err = await asyncio.to_thread(proc.communicate, "", 20)  # end of input: nothing pasted
+    _out, err = await asyncio.to_thread(proc.communicate, "", 20)  # end of input: nothing pasted
     assert proc.returncode == 2
     assert "No code was pasted" in err and "--paste" in err
     assert flow_error(daemon) == "cancelled"  # not left pending for ten minutes
@@ -77,7 +78,7 @@ async def test_paste_nothing_cancels_the_login(daemon, fake):
 async def test_paste_wrong_codes_three_times_cancels_clearly(daemon, fake):
     proc = daemon.convctl_async("oauth", "start", "--paste")
     await read_auth_url(proc)
-    out, err = await asyncio.to_thread(proc.communicate, "not-the-code\nnor-this\nnor-that\nnever-read\n", 20)
+    _out, err = await asyncio.to_thread(proc.communicate, "not-the-code\nnor-this\nnor-that\nnever-read\n", 20)
     assert proc.returncode == 1, err
     assert err.count("did not accept that code") == 3 and "(attempt 3 of 3)" in err
     assert "did not accept any of the 3 codes, so the login was cancelled" in err and "--paste" in err
@@ -141,7 +142,7 @@ def run_paste(monkeypatch, client: StandInClient, pasted: str) -> tuple[int, str
 
 def test_paste_slow_exchange_is_not_a_lost_login(monkeypatch):
     client = StandInClient([NoReply("oauth.exchange")])
-    rc, out, err = run_paste(monkeypatch, client, "the-code\n")
+    rc, _out, err = run_paste(monkeypatch, client, "the-code\n")
     assert rc == 1
     assert "still working on the code" in err and "convctl status" in err
     assert "lost" not in err and "went away" not in err
@@ -151,7 +152,7 @@ def test_paste_slow_exchange_is_not_a_lost_login(monkeypatch):
 
 def test_paste_disconnect_is_a_lost_login(monkeypatch):
     client = StandInClient([DaemonUnreachable("The daemon closed the connection.", "")])
-    rc, out, err = run_paste(monkeypatch, client, "the-code\n")
+    rc, _out, err = run_paste(monkeypatch, client, "the-code\n")
     assert rc == 3 and "so that login is lost" in err
 
 
@@ -165,7 +166,7 @@ def test_paste_rejected_code_prompts_again(monkeypatch):
 
 def test_paste_three_rejected_codes_cancel_the_login(monkeypatch):
     client = StandInClient([rejected(), rejected(), rejected()])
-    rc, out, err = run_paste(monkeypatch, client, "a\nb\nc\nd\n")
+    rc, _out, err = run_paste(monkeypatch, client, "a\nb\nc\nd\n")
     assert rc == 1
     assert err.count("did not accept that code") == 3
     assert "did not accept any of the 3 codes, so the login was cancelled" in err
@@ -175,7 +176,7 @@ def test_paste_three_rejected_codes_cancel_the_login(monkeypatch):
 
 def test_paste_other_errors_are_not_retried(monkeypatch):
     client = StandInClient([RemoteError(-32000, "No login is waiting for a code.", "", "UsageError")])
-    rc, out, err = run_paste(monkeypatch, client, "a\nb\n")
+    rc, _out, err = run_paste(monkeypatch, client, "a\nb\n")
     assert rc == 1 and "No login is waiting" in err
     assert client.methods().count("oauth.exchange") == 1
 
@@ -197,7 +198,7 @@ async def test_paste_timeout(daemon, fake):
     await read_auth_url(proc)
     started = time.monotonic()
     rc = await asyncio.to_thread(proc.wait, 15)  # stdin stays open: nobody pastes
-    out, err = proc.communicate()
+    _out, err = proc.communicate()
     assert rc == 1 and time.monotonic() - started < 10
     assert "no answer within 1 s" in err
     assert flow_error(daemon) == "cancelled"
@@ -208,7 +209,7 @@ async def test_paste_ctrl_c(daemon, fake):
     await read_auth_url(proc)
     await asyncio.sleep(0.3)  # at the prompt
     proc.send_signal(signal.SIGINT)
-    out, err = await asyncio.to_thread(proc.communicate, None, 15)
+    _out, err = await asyncio.to_thread(proc.communicate, None, 15)
     assert proc.returncode == 1 and "cancelled" in err
     assert flow_error(daemon) == "cancelled"
 
@@ -239,7 +240,7 @@ def headless_env(env: dict, **extra: str) -> dict:
 async def test_no_browser_says_what_to_do(daemon, fake, extra, reason):
     env = headless_env(daemon.env, **extra)
     done = await asyncio.to_thread(
-        subprocess.run, [sys.executable, "-m", "convocationsd.cli", "oauth", "start", "--timeout", "1"],
+        subprocess.run, [sys.executable, "-m", "convocationsd.cli.main", "oauth", "start", "--timeout", "1"],
         env=env, capture_output=True, text=True, timeout=30,
     )
     assert done.returncode == 1
@@ -268,7 +269,7 @@ async def test_ctrl_c_cancels_the_flow_in_the_daemon(daemon, fake):
     await read_auth_url(proc)
     await asyncio.sleep(0.3)
     proc.send_signal(signal.SIGINT)
-    out, err = await asyncio.to_thread(proc.communicate, None, 15)
+    _out, err = await asyncio.to_thread(proc.communicate, None, 15)
     assert proc.returncode == 1
     assert "cancelled; the pending login was ended" in err and "Traceback" not in err
 
@@ -302,7 +303,7 @@ async def test_bad_timeout_is_a_usage_error(daemon):
 async def test_spinner_on_a_terminal(daemon, fake):
     master, slave = os.openpty()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "convocationsd.cli", "oauth", "start", "--no-browser", "--timeout", "30"],
+        [sys.executable, "-m", "convocationsd.cli.main", "oauth", "start", "--no-browser", "--timeout", "30"],
         env=daemon.env, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, close_fds=True,
     )
     os.close(slave)

@@ -10,12 +10,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from secretstore_contract import SecretStoreContract, clean_secret_service  # noqa: E402
+from secretstore_contract import SecretStoreContract, clean_secret_service
 
-from convocationsd import configfile  # noqa: E402
-from convocationsd.secretstore import KEYRING, LOCAL_ENCRYPTED, MEMORY, MemoryStore  # noqa: E402
-from convocationsd.secretstore.keyring_backend import SERVICE, USERNAME  # noqa: E402
-from convocationsd.secretstore.select import open_store  # noqa: E402
+from convocationsd.store import configfile
+from convocationsd.store.keyring_backend import SERVICE, USERNAME
+from convocationsd.store.secrets import KEYRING, LOCAL_ENCRYPTED, MEMORY, MemoryStore
+from convocationsd.store.select import open_store
 
 
 @pytest.fixture

@@ -13,17 +13,17 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from secretstore_contract import (  # noqa: E402
+from secretstore_contract import (
     assert_key_hidden,
     assert_key_in_no_file,
     new_key,
-    no_test_key_in_any_log,  # noqa: E402,F401 (autouse fixture)
+    no_test_key_in_any_log,  # noqa: F401 (autouse fixture)
 )
 
-from convocationsd import configfile  # noqa: E402
-from convocationsd.errors import SecretStoreError  # noqa: E402
-from convocationsd.secretstore.encrypted import AAD, LocalEncrypted  # noqa: E402
-from convocationsd.secretstore.select import open_store  # noqa: E402
+from convocationsd.core.errors import SecretStoreError
+from convocationsd.store import configfile
+from convocationsd.store.encrypted import AAD, LocalEncrypted
+from convocationsd.store.select import open_store
 
 
 @pytest.fixture

@@ -16,22 +16,22 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from secretstore_contract import (  # noqa: E402
+from secretstore_contract import (
     assert_key_hidden,
     assert_key_in_no_file,
     forget_entry,
     new_key,
-    no_test_key_in_any_log,  # noqa: E402,F401 (autouse fixture)
+    no_test_key_in_any_log,  # noqa: F401 (autouse fixture)
     real_secret_service,
 )
 
-from convocationsd import configfile  # noqa: E402
-from convocationsd.errors import BackendUnavailable, ConfigError, SecretStoreError  # noqa: E402
-from convocationsd.secretstore.keyring_backend import SERVICE, USERNAME, KeyringBackend  # noqa: E402
-from convocationsd.secretstore.select import ConfiguredStore, open_store  # noqa: E402
+from convocationsd.core.errors import BackendUnavailable, ConfigError, SecretStoreError
+from convocationsd.store import configfile
+from convocationsd.store.keyring_backend import SERVICE, USERNAME, KeyringBackend
+from convocationsd.store.select import ConfiguredStore, open_store
 
 HELPER = Path(__file__).resolve().parents[1] / "helpers" / "secret_store_cli.py"
-LOGGER = "convocationsd.secretstore"
+LOGGER = "convocationsd.store.secrets"
 
 
 class FakeKeyring:

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from convocationsd.ipc_client import Client
+from convocationsd.client import Client
 from tests.conftest import base_env, free_port, start_daemon, wait_for_socket
 
 TOOL = shutil.which("systemd-socket-activate")

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.skipif(TOOL is None, reason="systemd-socket-activate is
 CHILD = textwrap.dedent(
     """
     import json
-    from convocationsd.systemd import inherited_sockets
+    from convocationsd.daemon.systemd import inherited_sockets
     found = inherited_sockets()
     print(json.dumps({name: [[s.family.name, s.type.name, s.getsockname()] for s in socks]
                       for name, socks in found.items()}), flush=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from convocationsd import service_install as si
+from convocationsd.cli import service_install as si
 
 ROOT = Path(__file__).resolve().parents[2]
 UNITS = ROOT / "systemd"

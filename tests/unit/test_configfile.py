@@ -16,8 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from convocationsd import configfile
-from convocationsd.errors import ConfigError
+from convocationsd.core.errors import ConfigError
+from convocationsd.store import configfile
 
 WRITER = Path(__file__).resolve().parents[1] / "helpers" / "secret_config_writer.py"
 
@@ -116,7 +116,7 @@ def test_load_does_not_import_tomlkit(tmp_path):
     path = tmp_path / "config.toml"
     path.write_text(COMMENTED)
     code = (
-        "import sys; from pathlib import Path; from convocationsd import configfile; "
+        "import sys; from pathlib import Path; from convocationsd.store import configfile; "
         f"configfile.load(Path({str(path)!r})); print('tomlkit' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -7,8 +7,8 @@ import logging
 
 import pytest
 
-from convocationsd import events, protocol
-from convocationsd.events import ALL_EVENTS, AUTH_COMPLETE, AUTH_STARTED, KEY_CHANGED, EventBus
+from convocationsd.core import events, protocol
+from convocationsd.core.events import ALL_EVENTS, AUTH_COMPLETE, AUTH_STARTED, KEY_CHANGED, EventBus
 
 
 class Sink:

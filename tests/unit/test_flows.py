@@ -9,8 +9,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from convocationsd import flows, pkce
-from convocationsd.flows import CallbackRejected, FlowError, FlowStore
+from convocationsd.core import flows, pkce
+from convocationsd.core.flows import CallbackRejected, FlowError, FlowStore
 
 T0 = 1_700_000_000.0
 PORT = 3000
@@ -95,7 +95,7 @@ def test_start_creates_pending_flow(store, clock, tokens):
 
 def test_start_uses_enough_entropy(store, tokens):
     f = store.start().flow
-    by_value = dict(zip(tokens.issued, tokens.calls))
+    by_value = dict(zip(tokens.issued, tokens.calls, strict=False))
     assert by_value[f.verifier] >= 32
     assert by_value[f.state] >= 16
     assert by_value[f.session_id] >= 9

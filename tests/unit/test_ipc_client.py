@@ -11,9 +11,9 @@ import threading
 
 import pytest
 
-from convocationsd import protocol
-from convocationsd.errors import ConvError, DaemonUnreachable, NoReply, RemoteError
-from convocationsd.ipc_client import AsyncClient, Client
+from convocationsd.client import AsyncClient, Client
+from convocationsd.core import protocol
+from convocationsd.core.errors import ConvError, DaemonUnreachable, NoReply, RemoteError
 
 
 class StandIn:
@@ -122,7 +122,7 @@ async def test_async_malformed_line_fails_the_call_and_is_logged(short_tmp, capl
     server = await serve_once(short_tmp / "s", handler)
     c = AsyncClient(short_tmp / "s")
     await c.connect()
-    with caplog.at_level(logging.WARNING, logger="convocationsd.ipc_client"):
+    with caplog.at_level(logging.WARNING, logger="convocationsd.client"):
         with pytest.raises(ConvError, match="not a JSON-RPC message"):
             await asyncio.wait_for(c.call("status"), 5)
         assert [ev async for ev in c.events()] == []  # the event stream ends too

@@ -11,9 +11,10 @@ import socket
 import threading
 import time
 
-from convocationsd import ipc_server, protocol
-from convocationsd.errors import ConvError
-from convocationsd.events import EventBus
+from convocationsd.core import protocol
+from convocationsd.core.errors import ConvError
+from convocationsd.core.events import EventBus
+from convocationsd.daemon import ipc_server
 
 
 def handlers(bus: EventBus, **overrides) -> dict:
@@ -115,7 +116,7 @@ async def test_notification_errors_are_logged_never_answered(short_tmp, caplog):
     client = connect(path)
     client.settimeout(5)
     f = client.makefile("rwb")
-    with caplog.at_level(logging.ERROR, logger="convocationsd.ipc_server"):
+    with caplog.at_level(logging.ERROR, logger="convocationsd.daemon.ipc_server"):
         for method in ("secret.clear", "secret.get", "secret.status"):
             f.write(json.dumps({"jsonrpc": "2.0", "method": method}).encode() + b"\n")  # no id: a notification
         f.write(b'{"jsonrpc":"2.0","id":7,"method":"status"}\n')

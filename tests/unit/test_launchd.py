@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from convocationsd import launchd
+from convocationsd.daemon import launchd
 
 libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 libc.malloc.argtypes, libc.malloc.restype = [ctypes.c_size_t], ctypes.c_void_p

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from convocationsd import logs
+from convocationsd.daemon import logs
 
 JOURNAL = {"JOURNAL_STREAM": "8:4242", "INVOCATION_ID": "0123abcd"}
 

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from convocationsd.errors import ConvError
-from convocationsd.openrouter import (
+from convocationsd.core.errors import ConvError
+from convocationsd.daemon.openrouter import (
     MAX_KEY_LENGTH,
     UpstreamError,
     app_conflict_error,

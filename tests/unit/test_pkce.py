@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from convocationsd import pkce
+from convocationsd.core import pkce
 
 UNRESERVED = set(string.ascii_letters + string.digits + "-._~")
 

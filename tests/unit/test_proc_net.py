@@ -1,7 +1,7 @@
 import os
 import socket
 
-from convocationsd import proc_net
+from convocationsd.common import proc_net
 
 TABLE = """  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
    0: 0100007F:0BB8 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 4242 1 0

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from convocationsd import protocol
-from convocationsd.protocol import (
+from convocationsd.core import protocol
+from convocationsd.core.protocol import (
     INVALID_PARAMS,
     INVALID_REQUEST,
     METHOD_NOT_FOUND,
@@ -490,5 +490,5 @@ def test_result_line_round_trips(id_, result):
     out = protocol.result_line(id_, result)
     decoded = json.loads(out)
     assert out.endswith(b"\n") and out.count(b"\n") == 1
-    assert decoded["id"] == id_ or (id_ != id_)  # noqa: PLR0124
+    assert decoded["id"] == id_ or (id_ != id_)
     assert json.dumps(decoded["result"], sort_keys=True) == json.dumps(result, sort_keys=True)

@@ -8,9 +8,9 @@ import threading
 
 import pytest
 
-from convocationsd import secret_ops
-from convocationsd.errors import DaemonUnreachable, NoReply, RemoteError
-from convocationsd.ipc_client import Client
+from convocationsd.cli import secret_ops
+from convocationsd.client import Client
+from convocationsd.core.errors import DaemonUnreachable, NoReply, RemoteError
 
 KEY = "sk-or-v1-" + "cd" * 32
 
@@ -92,7 +92,7 @@ def test_direct_store_uses_the_daemons_settings(env, monkeypatch):
     def open_store(config_path, *, forced_backend=None, keyring_timeout=120.0):
         seen.update(config_path=config_path, forced_backend=forced_backend, keyring_timeout=keyring_timeout)
 
-    monkeypatch.setattr("convocationsd.secretstore.select.open_store", open_store)
+    monkeypatch.setattr("convocationsd.store.select.open_store", open_store)
     secret_ops._direct_store()
     assert seen == {"config_path": config, "forced_backend": "local-encrypted", "keyring_timeout": 7.0}
     monkeypatch.setenv("CONVOCATIONS_SECRET_BACKEND", "keyring")

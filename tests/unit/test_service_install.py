@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from convocationsd import service_install as si
-from convocationsd.errors import ConvError
+from convocationsd.cli import service_install as si
+from convocationsd.core.errors import ConvError
 
 PYTHON = "/opt/conv venv/bin/python"  # a blank in the path must survive ExecStart quoting
 
@@ -59,9 +59,9 @@ def test_systemd_quote():
 def test_render_units_fills_interpreter_and_port():
     units = si.render_units(PYTHON, http_port=3123)
     assert set(units) == {"convocationsd.service", "convocationsd.socket", "convocationsd-http.socket"}
-    exec_lines = [l for l in units["convocationsd.service"].splitlines() if l.startswith("ExecStart=")]
+    exec_lines = [line for line in units["convocationsd.service"].splitlines() if line.startswith("ExecStart=")]
     assert exec_lines == ['ExecStart="/opt/conv venv/bin/python" -m convocationsd']
-    listen = [l for l in units["convocationsd-http.socket"].splitlines() if l.startswith("ListenStream=")]
+    listen = [line for line in units["convocationsd-http.socket"].splitlines() if line.startswith("ListenStream=")]
     assert listen == ["ListenStream=127.0.0.1:3123", "ListenStream=[::1]:3123"]
 
 
@@ -87,7 +87,7 @@ def test_second_install_rewrites_nothing(env):
     stamps = {p: p.stat().st_mtime_ns for p in folder.iterdir()}
     run = Recorder()
     lines = install(env, run)
-    assert [l for l in lines if l.startswith("unchanged: ")] == [f"unchanged: {folder / n}" for n in si.UNITS]
+    assert [line for line in lines if line.startswith("unchanged: ")] == [f"unchanged: {folder / n}" for n in si.UNITS]
     assert {p: p.stat().st_mtime_ns for p in folder.iterdir()} == stamps
     assert run.calls == [["systemctl", "--user", "enable", "--now", *si.SOCKETS]]  # no reload: nothing changed
 
@@ -95,9 +95,9 @@ def test_second_install_rewrites_nothing(env):
 def test_new_interpreter_updates_only_the_service_and_says_how_to_apply(env):
     install(env, Recorder())
     lines = install(env, Recorder(), python="/usr/local/bin/python3.12")
-    assert any(l.startswith("updated: ") and l.endswith("convocationsd.service") for l in lines)
-    assert sum(l.startswith("unchanged: ") for l in lines) == 2
-    assert any("To apply them now" in l for l in lines)
+    assert any(line.startswith("updated: ") and line.endswith("convocationsd.service") for line in lines)
+    assert sum(line.startswith("unchanged: ") for line in lines) == 2
+    assert any("To apply them now" in line for line in lines)
 
 
 def test_default_unit_dir_without_xdg(tmp_path):
@@ -110,7 +110,7 @@ def test_dry_run_touches_nothing(env):
     lines = install(env, run, dry_run=True)
     assert run.calls == []
     assert not Path(env["XDG_CONFIG_HOME"]).exists()
-    assert sum(l.startswith("would write: ") for l in lines) == 3
+    assert sum(line.startswith("would write: ") for line in lines) == 3
     assert "would run: systemctl --user enable --now convocationsd.socket convocationsd-http.socket" in lines
 
 
@@ -144,18 +144,18 @@ def test_uninstall_disables_then_removes(env):
         ["systemctl", "--user", "disable", "--now", *si.SOCKETS, "convocationsd.service"],
         ["systemctl", "--user", "daemon-reload"],
     ]
-    assert sum(l.startswith("removed: ") for l in lines) == 3
+    assert sum(line.startswith("removed: ") for line in lines) == 3
     again = Recorder()
     lines = si.uninstall(out=io.StringIO(), run=again, env=env, platform="linux")
-    assert again.calls == [] and all(l.startswith("not installed: ") for l in lines)
+    assert again.calls == [] and all(line.startswith("not installed: ") for line in lines)
 
 
 def test_uninstall_without_manager_still_removes_files(env):
     install(env, Recorder())
     run = Recorder({("systemctl",): si.RunResult(1, "Failed to connect to bus")})
     lines = si.uninstall(out=io.StringIO(), run=run, env=env, platform="linux")
-    assert sum(l.startswith("removed: ") for l in lines) == 3
-    assert any("systemctl --user stop" in l for l in lines)
+    assert sum(line.startswith("removed: ") for line in lines) == 3
+    assert any("systemctl --user stop" in line for line in lines)
     assert len(run.calls) == 1  # no daemon-reload against a manager that is not there
 
 
@@ -171,18 +171,18 @@ def test_status_reports_files_and_manager(env):
     )
     run = Recorder({("systemctl", "--user", "show"): si.RunResult(0, show)})
     lines = si.status(out=io.StringIO(), run=run, env=env, platform="linux", python=PYTHON)
-    assert sum("installed, current" in l for l in lines) == 3
+    assert sum("installed, current" in line for line in lines) == 3
     assert "convocationsd.socket: enabled, active (listening)" in lines
     assert "convocationsd-http.socket: enabled, failed (failed)" in lines
 
     other = si.status(out=io.StringIO(), run=Recorder({("systemctl",): si.RunResult(1, "Failed to connect to bus")}),
                       env=env, platform="linux", python="/usr/bin/python3")
-    assert any("differs from this installation" in l for l in other)
+    assert any("differs from this installation" in line for line in other)
     assert "systemd user manager: not reachable (Failed to connect to bus)" in other
 
 
 def test_unsupported_platform(env):
-    with pytest.raises(ConvError, match="Linux .* macOS"):
+    with pytest.raises(ConvError, match=r"Linux .* macOS"):
         si.install(out=io.StringIO(), run=Recorder(), env=env, platform="win32")
 
 
@@ -224,7 +224,7 @@ def test_launchd_install_writes_plist_and_bootstraps(mac_env):
 
     again = Recorder()  # `launchctl print` succeeds now: loaded
     lines = mac_install(mac_env, again)
-    assert f"unchanged: {target}" in lines and any(l.startswith("already loaded") for l in lines)
+    assert f"unchanged: {target}" in lines and any(line.startswith("already loaded") for line in lines)
     assert again.calls == [["launchctl", "print", f"gui/{uid}/io.convocations.convocationsd"]]
 
 
@@ -248,5 +248,5 @@ def test_launchd_uninstall(mac_env):
     run = Recorder()
     lines = si.uninstall(out=io.StringIO(), run=run, env=mac_env, platform="darwin")
     assert [c[1] for c in run.calls] == ["print", "bootout"]
-    assert any(l.startswith("removed: ") for l in lines)
+    assert any(line.startswith("removed: ") for line in lines)
     assert not si.plist_path(mac_env).exists()

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from convocationsd import settings
-from convocationsd.errors import ConfigError, ConvError
-from convocationsd.settings import Settings, resolve
+from convocationsd.common import settings
+from convocationsd.common.settings import Settings, resolve
+from convocationsd.core.errors import ConfigError, ConvError
 
 SOCK = Path("/run/user/1000/convocations/convocationsd.sock")
 CONF = Path("/home/u/.config/convocations/config.toml")
@@ -49,7 +49,7 @@ LAYERS = {
 
 def test_every_sourced_field_is_covered():
     assert set(LAYERS) == set(settings.SOURCES)
-    assert set(settings.CONVERT) == {f for f in Settings.__dataclass_fields__}
+    assert set(settings.CONVERT) == set(Settings.__dataclass_fields__)
 
 
 def test_sources_match_the_contract():
@@ -89,7 +89,7 @@ def test_precedence(name):
 
 @pytest.mark.parametrize("name", sorted(LAYERS))
 def test_empty_and_none_fall_through(name):
-    flag, env_s, cfg, _, _, want_cfg, _ = LAYERS[name]
+    _flag, _env_s, cfg, _, _, want_cfg, _ = LAYERS[name]
     env_name, key = settings.SOURCES[name]
     assert getattr(build({name: None}, {env_name: ""}, {key: cfg}), name) == want_cfg
     assert getattr(build({name: ""}, {env_name: ""}, {key: cfg}), name) == want_cfg

@@ -15,13 +15,13 @@ import uuid
 
 import pytest
 
-from convocationsd import systemd
+from convocationsd.daemon import systemd
 
 # Moves the passed fds to 3, 4, ..., sets LISTEN_* for itself, calls inherited_sockets and reports.
 CHILD = textwrap.dedent(
     """
     import fcntl, json, os, sys
-    from convocationsd.systemd import inherited_sockets
+    from convocationsd.daemon.systemd import inherited_sockets
     spec = json.loads(sys.argv[1])
     high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 100) for fd in spec["fds"]]  # out of the way of 3..
     for i, fd in enumerate(high):

@@ -16,12 +16,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from . import __version__, configfile, paths, protocol, systemd
-from .controller import Controller, Endpoint
-from .errors import ConvError
-from .events import ALL_EVENTS, EventBus
-from .logs import set_level, setup_logging
-from .settings import LOG_LEVELS, Settings, resolve
+from convocationsd import __version__
+from convocationsd.common import paths
+from convocationsd.common.settings import LOG_LEVELS, Settings, resolve
+from convocationsd.core import protocol
+from convocationsd.core.errors import ConvError
+from convocationsd.core.events import ALL_EVENTS, EventBus
+from convocationsd.daemon import systemd
+from convocationsd.daemon.controller import Controller, Endpoint
+from convocationsd.daemon.logs import set_level, setup_logging
+from convocationsd.store import configfile
 
 log = logging.getLogger("convocationsd")
 
@@ -91,15 +95,15 @@ class Daemon:
     async def start(self) -> None:
         from aiohttp import web
 
-        from . import http_app, ipc_server
-        from .openrouter import OpenRouterClient
+        from convocationsd.daemon import http_app, ipc_server
+        from convocationsd.daemon.openrouter import OpenRouterClient
 
         s = self.settings
         # Always called: it returns {} when not activated, and it clears LISTEN_* variables that were meant
         # for another process, so a child of ours never misreads them.
         inherited = _by_role(systemd.inherited_sockets(self.env))
         if not inherited and sys.platform == "darwin":
-            from . import launchd
+            from convocationsd.daemon import launchd
 
             inherited = launchd.inherited_sockets()
         self.activated = bool(inherited)
@@ -131,7 +135,7 @@ class Daemon:
                 s.http_port, port, s.http_port, port,
             )
 
-        from .secretstore.select import open_store
+        from convocationsd.store.select import open_store
 
         self.secrets = open_store(
             s.config_path, forced_backend=s.secret_backend, keyring_timeout=s.keyring_timeout_seconds
@@ -151,7 +155,7 @@ class Daemon:
             log.error("%s", e)
 
         # D-Bus (optional): notifications unless turned off, and the exported object, which is always wanted.
-        from . import desktop
+        from convocationsd.daemon import desktop
 
         self._desktop = await desktop.start(ctl, self.bus, notifications=s.desktop_notifications, env=self.env)
 

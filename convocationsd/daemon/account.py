@@ -170,7 +170,7 @@ class AccountStatus:
         if not key:
             self.cache.put(None, generation)
             return None
-        from .openrouter import KeyRejected, UpstreamError
+        from convocationsd.daemon.openrouter import KeyRejected, UpstreamError
 
         try:
             data = await self.controller.openrouter.key_info(key)
@@ -186,7 +186,7 @@ class AccountStatus:
 
     async def _read_key(self) -> tuple[str | None, str | None]:
         """(the stored key or None, None) or (None, why it could not be read)."""
-        from .errors import ConvError
+        from convocationsd.core.errors import ConvError
 
         ctl = self.controller
         try:

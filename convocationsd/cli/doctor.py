@@ -22,9 +22,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from . import configfile, paths, pkce, proc_net
-from .errors import BackendUnavailable, ConvError
-from .settings import Settings
+from convocationsd.common import paths, proc_net
+from convocationsd.common.settings import Settings
+from convocationsd.core import pkce
+from convocationsd.core.errors import ConvError
+from convocationsd.store import configfile
+from convocationsd.store.keyring_backend import probe_keyring
 
 DEFAULT_PORT = Settings.http_port
 DEFAULT_OPENROUTER = Settings.openrouter_url
@@ -310,7 +313,7 @@ def check_callback(ctx: Context) -> Check:
     st = ctx.status
     if st is None:
         return Check("callback", False, "not checked: the daemon is not running")
-    port = st.get("port")
+    port: int = st["port"]
     flow = st.get("flow") or {}
     sent = flow.get("callback_url") or f"http://localhost:{port}{CALLBACK_PATH}"
     expected = f"http://localhost:{port}{CALLBACK_PATH}"
@@ -376,42 +379,7 @@ def check_account(ctx: Context) -> Check:
     return Check("account", True, f"a key is stored in {secret.get('backend')}, label {account.get('label') or '(none)'}")
 
 
-def _keyring_verdict(timeout: float = 5.0) -> tuple[bool, str]:
-    """(usable, description) of the OS keyring, detected in a thread so a stuck D-Bus cannot hang doctor."""
-    import threading
-
-    result: list[tuple[bool, str]] = []
-
-    def detect() -> None:
-        try:
-            import keyring
-
-            from .secretstore.keyring_backend import _check_usable
-
-            try:
-                kr = keyring.core.init_backend() or keyring.get_keyring()
-            except Exception:
-                kr = keyring.get_keyring()
-            try:
-                _check_usable(kr)  # the daemon's own rule, so doctor and the daemon never disagree
-            except BackendUnavailable as e:
-                result.append((False, f"no usable OS keyring was found: {e.message.rstrip('.')}"))
-            else:
-                result.append((True, f"the OS keyring ({type(kr).__module__}.{type(kr).__name__})"))
-        except ImportError:
-            result.append((False, "the keyring package is not installed"))
-        except Exception as e:  # keyring's detection can fail in many ways; all mean "not usable"
-            result.append((False, f"the OS keyring could not be detected ({type(e).__name__})"))
-
-    worker = threading.Thread(target=detect, daemon=True)
-    worker.start()
-    worker.join(timeout)
-    if not result:
-        return False, f"the OS keyring did not answer within {timeout:g} s"
-    return result[0]
-
-
-def check_secret_backend(ctx: Context, keyring_probe: Callable[[], tuple[bool, str]] = _keyring_verdict) -> Check:
+def check_secret_backend(ctx: Context, keyring_probe: Callable[[], tuple[bool, str]] = probe_keyring) -> Check:
     forced, why = None, ""
     if ctx.env.get("CONVOCATIONS_SECRET_BACKEND"):
         forced, why = ctx.env["CONVOCATIONS_SECRET_BACKEND"], "CONVOCATIONS_SECRET_BACKEND"
@@ -541,7 +509,7 @@ def gather(env: Mapping[str, str], socket_override: str | None = None) -> Contex
     except ConvError as e:
         config_error = e.message
     ctx = Context(env, socket_path, config_path, config, config_error)
-    from .ipc_client import Client
+    from convocationsd.client import Client
 
     try:
         with Client(socket_path, timeout=5.0) as c:

@@ -24,9 +24,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from . import protocol
-from .errors import ConvError
-from .events import EventBus
+from convocationsd.core import protocol
+from convocationsd.core.errors import ConvError
+from convocationsd.core.events import EventBus
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +232,7 @@ class IpcServer:
     async def start(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         # Python 3.13+ would unlink the socket's path on close; whose file it is, we decide (own_socket).
-        extra = {"cleanup_socket": False} if sys.version_info >= (3, 13) else {}
+        extra: dict[str, Any] = {"cleanup_socket": False} if sys.version_info >= (3, 13) else {}
         self._server = await loop.create_unix_server(lambda: Connection(self), sock=sock, **extra)
 
     def own_socket(self, path: Path) -> None:

@@ -22,13 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from . import paths
-from .errors import ConvError
+from convocationsd.common import paths
+from convocationsd.core.errors import ConvError
+
 
 def _find_templates() -> Path:
     """systemd/ and launchd/ live beside the package in a checkout (and an editable install); a wheel
     installs them under <prefix>/share/convocationsd (pyproject's data-files)."""
-    checkout = Path(__file__).resolve().parent.parent
+    checkout = Path(__file__).resolve().parents[2]
     if (checkout / "systemd").is_dir():
         return checkout
     return Path(sys.prefix) / "share" / "convocationsd"

@@ -7,8 +7,8 @@ import os
 import sys
 import time
 
-from .errors import ConvError, DaemonUnreachable, NoReply, RemoteError, UsageError
-from .ipc_client import Client
+from convocationsd.client import Client
+from convocationsd.core.errors import ConvError, DaemonUnreachable, NoReply, RemoteError, UsageError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: convctl starts faster without it
@@ -328,7 +328,7 @@ def _summary(data: dict) -> str:
 
 
 def secret(args: argparse.Namespace, out: Any) -> int:
-    from . import secret_ops
+    from convocationsd.cli import secret_ops
 
     if args.action == "status":
         st = secret_ops.status(args.socket)
@@ -348,7 +348,7 @@ def secret(args: argparse.Namespace, out: Any) -> int:
 
 
 def _read_key(out: Any) -> str:
-    from .keycheck import check_key
+    from convocationsd.core.keycheck import check_key
 
     if out.stdin.isatty():
         import getpass
@@ -363,7 +363,7 @@ def _read_key(out: Any) -> str:
 
 
 def service(args: argparse.Namespace, out: Any) -> int:
-    from . import service_install
+    from convocationsd.cli import service_install
 
     if args.action == "uninstall":
         service_install.uninstall(dry_run=args.dry_run, out=out.stdout)
@@ -378,8 +378,9 @@ def service_http_port(env: Any = os.environ) -> int:
     """The port the HTTP socket unit (or plist) listens on: the daemon's own http_port setting, i.e.
     RCONV_HTTP_PORT, else ``http_port`` in config.toml, else 3000. Resolved the daemon's way, so a bad
     value is reported as the daemon would report it."""
-    from . import configfile, paths
-    from .settings import resolve
+    from convocationsd.common import paths
+    from convocationsd.common.settings import resolve
+    from convocationsd.store import configfile
 
     config_path = paths.config_path(env)
     settings = resolve(
@@ -394,7 +395,7 @@ def service_http_port(env: Any = os.environ) -> int:
 
 
 def doctor(args: argparse.Namespace, out: Any) -> int:
-    from . import doctor as doctor_mod
+    from convocationsd.cli import doctor as doctor_mod
 
     return doctor_mod.run(args, out)
 

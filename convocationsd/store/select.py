@@ -14,13 +14,13 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from .. import configfile
-from ..errors import ConfigError, ConvError, SecretStoreError
-from . import KEYRING, LOCAL_ENCRYPTED, SecretStatus, SecretStore
-from .encrypted import KEY_FILE, LocalEncrypted
-from .keyring_backend import SERVICE, USERNAME, KeyringBackend
+from convocationsd.core.errors import ConfigError, ConvError, SecretStoreError
+from convocationsd.store import configfile
+from convocationsd.store.encrypted import KEY_FILE, LocalEncrypted
+from convocationsd.store.keyring_backend import SERVICE, USERNAME, KeyringBackend
+from convocationsd.store.secrets import KEYRING, LOCAL_ENCRYPTED, SecretStatus, SecretStore
 
-log = logging.getLogger("convocationsd.secretstore")
+log = logging.getLogger("convocationsd.store.secrets")
 
 TABLE = "openrouter_api_key"
 BACKENDS = (KEYRING, LOCAL_ENCRYPTED)

@@ -19,8 +19,10 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from . import pages, pkce, proc_net
-from .controller import Controller, Outcome
+from convocationsd.common import proc_net
+from convocationsd.core import pkce
+from convocationsd.daemon import pages
+from convocationsd.daemon.controller import Controller, Outcome
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from convocationsd.core.errors import ConfigError
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 BACKENDS = ("keyring", "local-encrypted")

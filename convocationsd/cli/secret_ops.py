@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import os
 
-from .errors import DaemonUnreachable
-from .ipc_client import Client
+from convocationsd.client import Client
+from convocationsd.core.errors import DaemonUnreachable
 
 
 def _via_daemon(socket: str | None, method: str, params: dict | None = None) -> dict | None:
@@ -25,9 +25,10 @@ def _via_daemon(socket: str | None, method: str, params: dict | None = None) -> 
 
 
 def _direct_store():
-    from . import configfile, paths
-    from .secretstore.select import open_store
-    from .settings import resolve
+    from convocationsd.common import paths
+    from convocationsd.common.settings import resolve
+    from convocationsd.store import configfile
+    from convocationsd.store.select import open_store
 
     # The daemon's own resolver, so the backend and the keyring timeout are chosen as the daemon would.
     config_path = paths.config_path(os.environ)

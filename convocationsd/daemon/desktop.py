@@ -27,9 +27,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from . import events
+from convocationsd.core import events
 
-log = logging.getLogger("convocationsd.desktop")
+log = logging.getLogger(__name__)
 
 BUS_NAME = "io.convocations.Daemon1"
 OBJECT_PATH = "/io/convocations/Daemon1"
@@ -151,7 +151,7 @@ class Desktop:
         try:
             try:
                 await asyncio.wait_for(asyncio.wrap_future(self._ready), STARTUP_TIMEOUT)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 with self._lock:
                     self._abandoned = not self._ready.done()
                 if self._abandoned:

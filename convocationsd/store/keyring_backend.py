@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import BackendUnavailable, SecretStoreError
+from convocationsd.core.errors import BackendUnavailable, SecretStoreError
 
 SERVICE = "convocations"
 USERNAME = "openrouter_api_key"
@@ -176,3 +176,36 @@ def _translate(e: BaseException, op: str, secret: str | None) -> SecretStoreErro
     else:
         message = f"The OS keyring failed to {op} the key"
     return BackendUnavailable(f"{message} ({text}).", UNLOCK_HINT)
+
+
+def probe_keyring(timeout: float = 5.0) -> tuple[bool, str]:
+    """(usable, description) of the OS keyring, for doctor: detected in a thread, so a stuck D-Bus cannot hang it."""
+    import threading
+
+    result: list[tuple[bool, str]] = []
+
+    def detect() -> None:
+        try:
+            import keyring
+
+            try:
+                kr = keyring.core.init_backend() or keyring.get_keyring()
+            except Exception:
+                kr = keyring.get_keyring()
+            try:
+                _check_usable(kr)  # the daemon's own rule, so doctor and the daemon never disagree
+            except BackendUnavailable as e:
+                result.append((False, f"no usable OS keyring was found: {e.message.rstrip('.')}"))
+            else:
+                result.append((True, f"the OS keyring ({type(kr).__module__}.{type(kr).__name__})"))
+        except ImportError:
+            result.append((False, "the keyring package is not installed"))
+        except Exception as e:  # keyring's detection can fail in many ways; all mean "not usable"
+            result.append((False, f"the OS keyring could not be detected ({type(e).__name__})"))
+
+    worker = threading.Thread(target=detect, daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if not result:
+        return False, f"the OS keyring did not answer within {timeout:g} s"
+    return result[0]

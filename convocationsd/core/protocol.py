@@ -50,7 +50,7 @@ def _reject_constant(name: str) -> Any:
 # for each request, which costs about as much as the parse itself.
 _decoder = json.JSONDecoder(parse_constant=_reject_constant)
 _decode = _decoder.decode
-_scan_once = _decoder.scan_once
+_scan_once = _decoder.scan_once  # type: ignore[attr-defined]  # set by JSONDecoder.__init__, not in typeshed
 _JSON_SPACE = " \t\n\r"
 
 
@@ -67,7 +67,7 @@ def _loads(text: str) -> Any:
     return value
 
 
-class Encoded(dict):
+class Encoded(dict[str, Any]):
     """A result dict that also carries its own JSON text, so ``result_line`` need not encode it again
     (``Controller.status`` caches its answer this way). Changing the dict drops the text.
 
@@ -84,7 +84,7 @@ class Encoded(dict):
         self.json = None
         super().__delitem__(key)
 
-    def __ior__(self, other: Any) -> Encoded:
+    def __ior__(self, other: Any) -> Encoded:  # type: ignore[override,misc]  # dict's |= keeps the type
         self.json = None
         return super().__ior__(other)
 
@@ -192,11 +192,11 @@ def error_line(id_: Any, code: int, message: str, data: Any = None) -> bytes:
     return _encode({"jsonrpc": "2.0", "id": id_, "error": error}) + b"\n"
 
 
-def event_line(seq: int, name: str, data: dict) -> bytes:
+def event_line(seq: int, name: str, data: dict[str, Any]) -> bytes:
     return _encode({"jsonrpc": "2.0", "method": "event", "params": {"event": name, "seq": seq, "data": data}}) + b"\n"
 
 
-def request_line(id_: Any, method: str, params: dict | None = None) -> bytes:
+def request_line(id_: Any, method: str, params: dict[str, Any] | None = None) -> bytes:
     msg: dict[str, Any] = {"jsonrpc": "2.0", "id": id_, "method": method}
     if params:
         msg["params"] = params

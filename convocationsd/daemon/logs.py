@@ -16,7 +16,7 @@ import time
 from collections.abc import Mapping
 from typing import TextIO
 
-from .systemd import under_journal
+from convocationsd.daemon.systemd import under_journal
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 _HANDLER_NAME = "convocationsd-stderr"
@@ -34,7 +34,7 @@ class JournalFormatter(logging.Formatter):
 class TimestampFormatter(logging.Formatter):
     """``2026-11-30T12:00:00Z WARNING name: message`` in UTC, so logs from different machines line up."""
 
-    converter = time.gmtime
+    converter = staticmethod(time.gmtime)
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%Y-%m-%dT%H:%M:%SZ")

@@ -11,8 +11,8 @@ import json
 import os
 import sys
 
-from . import __version__
-from .errors import ConvError
+from convocationsd import __version__
+from convocationsd.core.errors import ConvError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs more to import than the rest of a `convctl status`
@@ -49,7 +49,7 @@ def _terminal_columns() -> int:
         columns = 0
     if columns <= 0:
         try:
-            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
         except (AttributeError, ValueError, OSError):
             columns = 0
     return columns or 80
@@ -59,7 +59,7 @@ class _Parser(argparse.ArgumentParser):
     # argparse makes a formatter for every add_argument (to check the metavar) and each one imports shutil
     # to ask the terminal its width; giving the width ourselves keeps shutil out of every convctl run.
     def _get_formatter(self) -> argparse.HelpFormatter:
-        return self.formatter_class(prog=self.prog, width=_terminal_columns() - 2)
+        return argparse.HelpFormatter(prog=self.prog, width=_terminal_columns() - 2)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None, out: Out | None = None) -> int:
 
 
 def run(args: argparse.Namespace, out: Out) -> int:
-    from . import commands
+    from convocationsd.cli import commands
 
     handler = {
         "status": commands.status,

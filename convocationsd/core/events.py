@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from typing import Protocol
+from typing import Any, Protocol
 
-from . import protocol
+from convocationsd.core import protocol
 
 AUTH_STARTED = "openrouter-auth-started"
 AUTH_COMPLETE = "openrouter-auth-complete"
@@ -25,7 +25,7 @@ class Sink(Protocol):
     def send(self, line: bytes) -> bool: ...
 
 
-Listener = Callable[[str, dict], None]
+Listener = Callable[[str, dict[str, Any]], None]
 
 
 class EventBus:
@@ -48,7 +48,7 @@ class EventBus:
     def add_listener(self, listener: Listener) -> None:
         self._listeners.append(listener)
 
-    def publish(self, name: str, data: dict) -> int:
+    def publish(self, name: str, data: dict[str, Any]) -> int:
         self.seq += 1
         line = protocol.event_line(self.seq, name, data)
         dropped = [sink for sink, wanted in self._subscribers.items() if name in wanted and not sink.send(line)]

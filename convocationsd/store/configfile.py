@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError
+from convocationsd.core.errors import ConfigError
 
 if TYPE_CHECKING:  # tomlkit is imported only when writing
     import tomlkit

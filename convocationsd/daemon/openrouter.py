@@ -22,10 +22,10 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from . import pkce
-from .errors import ConvError
-from .flows import FlowError
-from .keycheck import MAX_KEY_LENGTH  # one limit for typed keys and keys OpenRouter issues
+from convocationsd.core import pkce
+from convocationsd.core.errors import ConvError
+from convocationsd.core.flows import FlowError
+from convocationsd.core.keycheck import MAX_KEY_LENGTH  # one limit for typed keys and keys OpenRouter issues
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ import time
 from collections import deque
 from pathlib import Path
 
-from . import protocol
-from .errors import ConvError, DaemonUnreachable, NoReply, RemoteError
+from convocationsd.core import protocol
+from convocationsd.core.errors import ConvError, DaemonUnreachable, NoReply, RemoteError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: convctl starts faster without it
@@ -24,7 +24,7 @@ START_HINT = "Start it with `convocationsd` (or `systemctl --user start convocat
 
 
 def default_socket_path() -> Path:
-    from .paths import socket_path
+    from convocationsd.common.paths import socket_path
 
     return socket_path(os.environ)
 
@@ -36,7 +36,9 @@ def _unreachable(path: Path, err: OSError) -> DaemonUnreachable:
 
 
 def _remote_error(error: dict) -> RemoteError:
-    data = error.get("data") if isinstance(error.get("data"), dict) else {}
+    data = error.get("data")
+    if not isinstance(data, dict):
+        data = {}
     kind = data.get("kind")
     return RemoteError(
         int(error.get("code", -32603)), str(error.get("message", "unknown error")), str(data.get("hint", "")),
@@ -196,7 +198,7 @@ class AsyncClient:
                 message = _decode(line, self.path)
                 if message.get("method") == "event":
                     self._events.put_nowait(message.get("params", {}))
-                elif (future := self._pending.pop(message.get("id"), None)) is not None and not future.done():
+                elif (future := self._pending.pop(message.get("id"), None)) is not None and not future.done():  # type: ignore[arg-type]
                     future.set_result(message)
         except Exception as e:
             import logging

@@ -17,8 +17,8 @@ import secrets
 import stat
 from pathlib import Path
 
-from ..configfile import fsync_dir
-from ..errors import SecretStoreError
+from convocationsd.core.errors import SecretStoreError
+from convocationsd.store.configfile import fsync_dir
 
 KEY_FILE = "secret.key"
 KEY_BYTES = 32

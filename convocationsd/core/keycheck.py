@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .errors import UsageError
+from convocationsd.core.errors import UsageError
 
 MAX_KEY_LENGTH = 1024
 

@@ -22,9 +22,10 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from typing import Any
 
-from . import pkce
+from convocationsd.core import pkce
 
 PENDING = "pending"
 EXCHANGING = "exchanging"
@@ -53,7 +54,7 @@ class CallbackRejected(Exception):
 
 
 def iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(eq=False)
@@ -75,7 +76,7 @@ class Flow:
     def done(self) -> bool:
         return self.status in (SUCCEEDED, FAILED)
 
-    def public(self) -> dict:
+    def public(self) -> dict[str, Any]:
         """What status and events may show: never the verifier, the state or a code."""
         return {
             "session_id": self.session_id,
@@ -89,7 +90,7 @@ class Flow:
             "backend": self.backend,
         }
 
-    def complete_data(self) -> dict:
+    def complete_data(self) -> dict[str, Any]:
         """The data of its ``openrouter-auth-complete`` event."""
         return {
             "session_id": self.session_id,
@@ -98,7 +99,7 @@ class Flow:
             "error": self.error.to_dict() if self.error else None,
         }
 
-    def start_reply(self, joined: bool) -> dict:
+    def start_reply(self, joined: bool) -> dict[str, Any]:
         return {
             "session_id": self.session_id,
             "auth_url": self.auth_url,

@@ -15,10 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from . import __version__, events, pkce, protocol
-from .errors import ConvError, UsageError
-from .flows import EXCHANGING, CallbackRejected, Flow, FlowError, FlowStore
-from .secretstore import SecretStatus, SecretStore
+from convocationsd import __version__
+from convocationsd.core import events, pkce, protocol
+from convocationsd.core.errors import ConvError, UsageError
+from convocationsd.core.flows import EXCHANGING, CallbackRejected, Flow, FlowError, FlowStore
+from convocationsd.store.secrets import SecretStatus, SecretStore
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ class Controller:
         self._secret_lock = asyncio.Lock()
         self.last_activity = time.monotonic()
         self.secret_state = SecretStatus(False, None)  # cached so that `status` never waits on a backend
-        from .account import AccountStatus
+        from convocationsd.daemon.account import AccountStatus
 
         self.account = AccountStatus(self)  # the key's label/usage from OpenRouter, cached, refreshed in the background
 
@@ -186,7 +187,7 @@ class Controller:
         """Exchanges ``code`` for a key and stores it. ``verified``: the callback carried our state, so
         a failure ends the login; otherwise a code OpenRouter rejects was not ours and the login goes on.
         However the exchange ends, the flow does not stay ``exchanging``."""
-        from .openrouter import UpstreamError, app_conflict_hint
+        from convocationsd.daemon.openrouter import UpstreamError, app_conflict_hint
 
         try:
             try:
@@ -271,7 +272,7 @@ class Controller:
         return await self.refresh_secret_status()
 
     async def secret_set(self, key: str) -> dict:
-        from .keycheck import check_key
+        from convocationsd.core.keycheck import check_key
 
         key = check_key(key)
         backend = await self._store_key(key)

@@ -1,0 +1,1 @@
+"""convctl, the command line: argument parsing, commands, doctor and service install."""

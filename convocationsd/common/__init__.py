@@ -1,0 +1,1 @@
+"""What both programs need from the host: file paths, settings resolution, and /proc/net parsing."""
