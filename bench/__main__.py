@@ -34,8 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, help="where to write the report (default bench/RESULTS.md)")
     ap.add_argument("--only", choices=SECTIONS, action="append", help="run only these sections")
     args = ap.parse_args(argv)
-    out = args.out or (Path(tempfile.gettempdir()) / "convocationsd-bench-smoke.md" if args.smoke
-                       else HERE / "RESULTS.md")
+    out = args.out or (
+        Path(tempfile.gettempdir()) / "convocationsd-bench-smoke.md" if args.smoke else HERE / "RESULTS.md"
+    )
     soft, _ = raise_nofile(8192)  # 1,000 subscribers and the daemon's side of them
     info = machine()
     chosen = args.only or list(SECTIONS)
@@ -65,8 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     step("footprint", "5. footprint", footprint.run)
     step("flood", "6. under flood", flood.run)
     total = time.monotonic() - start
-    preamble = [f"Command: `.venv/bin/python -m bench` (or `make bench`) from the repository root; open-file limit "
-                f"raised to {soft} for the 1,000-subscriber run.", ""]
+    preamble = [
+        f"Command: `.venv/bin/python -m bench` (or `make bench`) from the repository root; open-file limit "
+        f"raised to {soft} for the 1,000-subscriber run.",
+        "",
+    ]
     text = render(info, sections, smoke=args.smoke, total=total, preamble=preamble)
     analysis = HERE / "ANALYSIS.md"
     if analysis.exists() and not args.smoke:

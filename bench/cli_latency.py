@@ -15,7 +15,7 @@ WATCHED = ("asyncio", "typing", "platformdirs", "tomlkit", "shutil", "pathlib")
 # The reference a well-built client is compared with: one raw-socket call, no argument parsing.
 RAW_CALL = (
     "import os,socket;s=socket.socket(socket.AF_UNIX);s.connect(os.environ['CONVOCATIONS_SOCKET']);"
-    "s.sendall(b'{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"status\"}\\n');s.recv(65536)"
+    's.sendall(b\'{"jsonrpc":"2.0","id":1,"method":"status"}\\n\');s.recv(65536)'
 )
 
 
@@ -63,35 +63,56 @@ def run(smoke: bool) -> Section:
         for name, ts in times.items():
             m = median(ts)
             rows.append([name, f"{m * 1000:.1f}", f"{min(ts) * 1000:.1f}", f"{m / base:.2f}x"])
-        sec.body.append(f"Wall time of each command as a child process, median of {runs} interleaved runs, all on "
-                        f"`{PY}` (the venv's interpreter; `convctl` is its console script).")
+        sec.body.append(
+            f"Wall time of each command as a child process, median of {runs} interleaved runs, all on "
+            f"`{PY}` (the venv's interpreter; `convctl` is its console script)."
+        )
         sec.body.append("")
         sec.table(["command", "median ms", "best ms", "vs `python -c pass`"], rows)
         for name in ("convctl status", "convctl --help", "convctl secret status"):
             ratio = median(times[name]) / base
-            sec.check(f"`{name}` wall time", f"{median(times[name]) * 1000:.1f} ms = {ratio:.2f}x bare start",
-                      f"<= {TARGET_RATIO}x `python -c pass`", ratio <= TARGET_RATIO)
+            sec.check(
+                f"`{name}` wall time",
+                f"{median(times[name]) * 1000:.1f} ms = {ratio:.2f}x bare start",
+                f"<= {TARGET_RATIO}x `python -c pass`",
+                ratio <= TARGET_RATIO,
+            )
 
         # What they import (python -X importtime), with the daemon running.
         rows = []
-        for label, args in (("convctl status", ["status"]), ("convctl --help", ["--help"]),
-                            ("convctl secret status", ["secret", "status"])):
+        for label, args in (
+            ("convctl status", ["status"]),
+            ("convctl --help", ["--help"]),
+            ("convctl secret status", ["secret", "status"]),
+        ):
             names = imported_modules([convctl, *args], daemon.env)
             bad = [m for m in FORBIDDEN if top(names, m)]
-            rows.append([label, str(len(names)), ", ".join(bad) or "none",
-                         ", ".join(m for m in WATCHED if top(names, m)) or "none"])
-            sec.check(f"`{label}` imports no {'/'.join(FORBIDDEN)}", ", ".join(bad) or "none of them", "none",
-                      not bad)
+            rows.append(
+                [
+                    label,
+                    str(len(names)),
+                    ", ".join(bad) or "none",
+                    ", ".join(m for m in WATCHED if top(names, m)) or "none",
+                ]
+            )
+            sec.check(f"`{label}` imports no {'/'.join(FORBIDDEN)}", ", ".join(bad) or "none of them", "none", not bad)
         stopped_env = dict(daemon.env, CONVOCATIONS_SOCKET=str(tmp / "nobody.sock"))
         names = imported_modules([convctl, "secret", "status"], stopped_env)
-        rows.append(["convctl secret status, no daemon (reads the files itself; informational)", str(len(names)),
-                     ", ".join(m for m in FORBIDDEN if top(names, m)) or "none",
-                     ", ".join(m for m in WATCHED if top(names, m)) or "none"])
+        rows.append(
+            [
+                "convctl secret status, no daemon (reads the files itself; informational)",
+                str(len(names)),
+                ", ".join(m for m in FORBIDDEN if top(names, m)) or "none",
+                ", ".join(m for m in WATCHED if top(names, m)) or "none",
+            ]
+        )
         sec.body.append("Modules imported (`python -X importtime`), daemon running:")
         sec.body.append("")
         sec.table(["command", "modules", "aiohttp/keyring/cryptography", "also imported (watched list)"], rows)
-        sec.body.append("`pathlib` (and what it pulls in) is imported by the editable install's path hook in "
-                        "`site`, so `python -c pass` pays for it too in this venv.")
+        sec.body.append(
+            "`pathlib` (and what it pulls in) is imported by the editable install's path hook in "
+            "`site`, so `python -c pass` pays for it too in this venv."
+        )
     finally:
         if daemon is not None:
             daemon.stop()

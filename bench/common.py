@@ -197,8 +197,14 @@ class Daemon:
                 self.proc.wait()
 
 
-def start_daemon(tmp: Path | None = None, *, openrouter_url: str = "http://127.0.0.1:9", log_level: str = "info",
-                 cwd: Path = ROOT, **env_overrides: str) -> Daemon:
+def start_daemon(
+    tmp: Path | None = None,
+    *,
+    openrouter_url: str = "http://127.0.0.1:9",
+    log_level: str = "info",
+    cwd: Path = ROOT,
+    **env_overrides: str,
+) -> Daemon:
     """Starts ``python -m convocationsd`` and waits for its READY=1 datagram (raises if none in 30 s)."""
     tmp = tmp or short_tmp()
     port = free_port()
@@ -208,8 +214,15 @@ def start_daemon(tmp: Path | None = None, *, openrouter_url: str = "http://127.0
     log_path = tmp / f"daemon-{time.monotonic_ns()}.log"
     with open(log_path, "wb") as log_file:
         t0 = time.monotonic()
-        proc = track(subprocess.Popen([PY, "-m", "convocationsd", "--log-level", log_level], env=env,
-                                      stdout=log_file, stderr=subprocess.STDOUT, cwd=str(cwd)))
+        proc = track(
+            subprocess.Popen(
+                [PY, "-m", "convocationsd", "--log-level", log_level],
+                env=env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                cwd=str(cwd),
+            )
+        )
     try:
         ready = notify.wait_for("READY=1", 30.0)
     finally:

@@ -52,14 +52,27 @@ async def run_async(smoke: bool) -> tuple[Section, Section]:
                     await subs.close()
                 ev = [t.event for t in timings if t.event is not None]
                 first = [t.first_event for t in timings if t.first_event is not None]
-                rows.append([str(n), str(count), _ms(median(first)), _ms(median(ev)), _ms(percentile(ev, 99)),
-                             _ms(max(ev)), str(lost)])
+                rows.append(
+                    [
+                        str(n),
+                        str(count),
+                        _ms(median(first)),
+                        _ms(median(ev)),
+                        _ms(percentile(ev, 99)),
+                        _ms(max(ev)),
+                        str(lost),
+                    ]
+                )
                 kb = (rss1 - rss0) / n
                 mem_rows.append([str(n), f"{rss0 / 1024:.1f}", f"{rss1 / 1024:.1f}", f"{kb:.1f}"])
                 if n == max(g[0] for g in groups):
                     per_sub_kb = kb
-                    fan.check(f"fan-out p99 at {n} subscribers", f"{_ms(percentile(ev, 99))} ms",
-                              f"<= {FANOUT_P99 * 1000:.0f} ms", percentile(ev, 99) <= FANOUT_P99 and not lost)
+                    fan.check(
+                        f"fan-out p99 at {n} subscribers",
+                        f"{_ms(percentile(ev, 99))} ms",
+                        f"<= {FANOUT_P99 * 1000:.0f} ms",
+                        percentile(ev, 99) <= FANOUT_P99 and not lost,
+                    )
                 if n == 1:
                     _callback_section(cb, timings)
             fan.body.append(
@@ -70,14 +83,28 @@ async def run_async(smoke: bool) -> tuple[Section, Section]:
                 "fake's code exchange (see section 4 for the part without it)."
             )
             fan.body.append("")
-            fan.table(["subscribers", "flows", "first p50 ms", "last p50 ms", "last p99 ms", "last max ms",
-                       "subscribers lost"], rows)
+            fan.table(
+                [
+                    "subscribers",
+                    "flows",
+                    "first p50 ms",
+                    "last p50 ms",
+                    "last p99 ms",
+                    "last max ms",
+                    "subscribers lost",
+                ],
+                rows,
+            )
             fan.body.append("Daemon memory (VmRSS) before/after connecting the subscribers:")
             fan.body.append("")
             fan.table(["subscribers", "RSS before MB", "RSS after MB", "KB per subscriber"], mem_rows)
             if per_sub_kb is not None:
-                fan.check("memory per idle subscriber", f"{per_sub_kb:.1f} KB", f"<= {PER_SUBSCRIBER_KB:.0f} KB",
-                          per_sub_kb <= PER_SUBSCRIBER_KB)
+                fan.check(
+                    "memory per idle subscriber",
+                    f"{per_sub_kb:.1f} KB",
+                    f"<= {PER_SUBSCRIBER_KB:.0f} KB",
+                    per_sub_kb <= PER_SUBSCRIBER_KB,
+                )
             driver.close()
         finally:
             if daemon is not None:
@@ -108,10 +135,18 @@ def _callback_section(sec: Section, timings: list[FlowTiming]) -> None:
     )
     sec.body.append("")
     sec.table(["interval", "p50 ms", "p99 ms", "max ms"], rows)
-    sec.check("callback -> response p99, exchange excluded", f"{_ms(percentile(resp_x, 99))} ms",
-              f"<= {CALLBACK_P99 * 1000:.0f} ms", percentile(resp_x, 99) <= CALLBACK_P99)
-    sec.check("callback -> event p99, exchange excluded", f"{_ms(percentile(ev_x, 99))} ms",
-              f"<= {CALLBACK_P99 * 1000:.0f} ms", percentile(ev_x, 99) <= CALLBACK_P99)
+    sec.check(
+        "callback -> response p99, exchange excluded",
+        f"{_ms(percentile(resp_x, 99))} ms",
+        f"<= {CALLBACK_P99 * 1000:.0f} ms",
+        percentile(resp_x, 99) <= CALLBACK_P99,
+    )
+    sec.check(
+        "callback -> event p99, exchange excluded",
+        f"{_ms(percentile(ev_x, 99))} ms",
+        f"<= {CALLBACK_P99 * 1000:.0f} ms",
+        percentile(ev_x, 99) <= CALLBACK_P99,
+    )
 
 
 def run(smoke: bool) -> tuple[Section, Section]:

@@ -43,8 +43,17 @@ async def run_async(smoke: bool) -> Section:
             await driver.flow(subs)  # warm: the first login loads the crypto and HTTP client code
             quiet = await asyncio.to_thread(_probe, str(daemon.socket), 0.5 if smoke else 2.0, 0.005)
             flooder = await asyncio.create_subprocess_exec(
-                PY, "-m", "bench.flooder", "--port", str(daemon.port), "--socket", str(daemon.socket),
-                "--seconds", str(seconds), stdout=asyncio.subprocess.PIPE, cwd=str(ROOT),
+                PY,
+                "-m",
+                "bench.flooder",
+                "--port",
+                str(daemon.port),
+                "--socket",
+                str(daemon.socket),
+                "--seconds",
+                str(seconds),
+                stdout=asyncio.subprocess.PIPE,
+                cwd=str(ROOT),
             )
             await asyncio.sleep(0.5)  # let the flood build up
             probe = asyncio.ensure_future(asyncio.to_thread(_probe, str(daemon.socket), seconds - 1.0, 0.005))
@@ -73,28 +82,50 @@ async def run_async(smoke: bool) -> Section:
         "bench sends `status` every 5 ms on its own connection, and runs one real login with a subscriber."
     )
     sec.body.append("")
-    sec.table(["flood", "count", "per second"], [
-        ["HTTP responses to junk", f"{counts['http_responses']:,}", f"{counts['http_responses'] / flood_s:,.0f}"],
-        ["HTTP connections closed by the daemon", f"{counts['http_closed']:,}", ""],
-        ["junk socket lines answered", f"{counts['ipc_replies']:,}", f"{counts['ipc_replies'] / flood_s:,.0f}"],
-        ["socket connections closed", f"{counts['ipc_closed']:,}", ""],
-    ])
-    sec.table(["`status` latency", "calls", "p50 ms", "p99 ms", "max ms"], [
-        ["quiet (before the flood)", str(len(quiet)), f"{median(quiet) * 1000:.2f}", f"{percentile(quiet, 99) * 1000:.2f}",
-         f"{max(quiet) * 1000:.2f}"],
-        ["under flood", str(len(loaded)), f"{median(loaded) * 1000:.2f}", f"{percentile(loaded, 99) * 1000:.2f}",
-         f"{max(loaded) * 1000:.2f}"],
-    ])
+    sec.table(
+        ["flood", "count", "per second"],
+        [
+            ["HTTP responses to junk", f"{counts['http_responses']:,}", f"{counts['http_responses'] / flood_s:,.0f}"],
+            ["HTTP connections closed by the daemon", f"{counts['http_closed']:,}", ""],
+            ["junk socket lines answered", f"{counts['ipc_replies']:,}", f"{counts['ipc_replies'] / flood_s:,.0f}"],
+            ["socket connections closed", f"{counts['ipc_closed']:,}", ""],
+        ],
+    )
+    sec.table(
+        ["`status` latency", "calls", "p50 ms", "p99 ms", "max ms"],
+        [
+            [
+                "quiet (before the flood)",
+                str(len(quiet)),
+                f"{median(quiet) * 1000:.2f}",
+                f"{percentile(quiet, 99) * 1000:.2f}",
+                f"{max(quiet) * 1000:.2f}",
+            ],
+            [
+                "under flood",
+                str(len(loaded)),
+                f"{median(loaded) * 1000:.2f}",
+                f"{percentile(loaded, 99) * 1000:.2f}",
+                f"{max(loaded) * 1000:.2f}",
+            ],
+        ],
+    )
     if timing is not None:
-        sec.body.append(f"The real login under flood: callback -> 303 in {timing.response * 1000:.1f} ms, -> event at "
-                        f"the subscriber in {timing.event * 1000:.1f} ms.")
+        sec.body.append(
+            f"The real login under flood: callback -> 303 in {timing.response * 1000:.1f} ms, -> event at "
+            f"the subscriber in {timing.event * 1000:.1f} ms."
+        )
     else:
         sec.body.append(f"The real login under flood failed: {flow_error}")
     sec.body.append(f"Daemon still running afterwards: {alive}.")
     p99 = percentile(loaded, 99)
     sec.check("`status` p99 under flood", f"{p99 * 1000:.2f} ms", f"<= {STATUS_P99 * 1000:.0f} ms", p99 <= STATUS_P99)
-    sec.check("a real login completes under flood", "yes" if timing is not None and alive else f"no ({flow_error})",
-              "completes", timing is not None and alive)
+    sec.check(
+        "a real login completes under flood",
+        "yes" if timing is not None and alive else f"no ({flow_error})",
+        "completes",
+        timing is not None and alive,
+    )
     return sec
 
 

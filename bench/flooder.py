@@ -91,8 +91,18 @@ async def _ipc_worker(path: str, deadline: float, counts: dict) -> None:
 
 
 async def main_async(args: argparse.Namespace) -> dict:
-    counts = dict.fromkeys(("http_responses", "http_closed", "http_connect_errors", "ipc_lines_sent", "ipc_replies",
-                            "ipc_closed", "ipc_connect_errors"), 0)
+    counts = dict.fromkeys(
+        (
+            "http_responses",
+            "http_closed",
+            "http_connect_errors",
+            "ipc_lines_sent",
+            "ipc_replies",
+            "ipc_closed",
+            "ipc_connect_errors",
+        ),
+        0,
+    )
     start = time.monotonic()
     deadline = start + args.seconds
     workers = [_http_worker(args.port, deadline, counts) for _ in range(args.http)]

@@ -61,8 +61,18 @@ class Subscribers:
     @classmethod
     async def start(cls, socket_path: str, count: int, *, events: str = "all", lifetime: float = 240.0) -> Subscribers:
         proc = await asyncio.create_subprocess_exec(
-            PY, "-m", "bench.subscribers", socket_path, str(count), "--events", events, "--lifetime", str(lifetime),
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, cwd=str(ROOT),
+            PY,
+            "-m",
+            "bench.subscribers",
+            socket_path,
+            str(count),
+            "--events",
+            events,
+            "--lifetime",
+            str(lifetime),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            cwd=str(ROOT),
         )
         line = await asyncio.wait_for(proc.stdout.readline(), 60 + count / 50)
         if not line.startswith(b"READY"):
@@ -159,8 +169,10 @@ class FlowDriver:
         if subscribers is not None:
             got = await subscribers.wait(started["session_id"])
             if got is None:
-                raise RuntimeError(f"no openrouter-auth-complete for {started['session_id']} within 10 s "
-                                   f"(lost subscribers: {subscribers.lost})")
+                raise RuntimeError(
+                    f"no openrouter-auth-complete for {started['session_id']} within 10 s "
+                    f"(lost subscribers: {subscribers.lost})"
+                )
             first, last = got[0] - t0, got[1] - t0
         exchange = self.fake.exchange_times[-1] if len(self.fake.exchange_times) > n_exchanges else 0.0
         return FlowTiming(started["session_id"], t_resp - t0, last, first, exchange, status)

@@ -57,18 +57,29 @@ async def _flows_rss(smoke: bool, sec: Section) -> None:
             if daemon is not None:
                 await asyncio.to_thread(daemon.stop)
             cleanup_tmp(tmp)
-    sec.body.append(f"One daemon, {total} complete logins in a row against the fake ({elapsed:.1f} s, "
-                    f"{total / elapsed:.0f} flows/s), no subscribers. VmRSS from /proc/<pid>/status:")
+    sec.body.append(
+        f"One daemon, {total} complete logins in a row against the fake ({elapsed:.1f} s, "
+        f"{total / elapsed:.0f} flows/s), no subscribers. VmRSS from /proc/<pid>/status:"
+    )
     sec.body.append("")
     sec.table(["when", "VmRSS MB"], [[label, f"{kb / 1024:.1f}"] for label, _, kb in points])
     after_warm = next(kb for _, n, kb in points if n == warm)
     growth = idle_end - after_warm
-    sec.check("idle RSS after start-up", f"{idle0 / 1024:.1f} MB", f"<= {IDLE_RSS_MB:.0f} MB",
-              idle0 / 1024 <= IDLE_RSS_MB)
-    sec.check(f"idle RSS after {total} flows", f"{idle_end / 1024:.1f} MB", f"<= {IDLE_RSS_MB:.0f} MB",
-              idle_end / 1024 <= IDLE_RSS_MB)
-    sec.check(f"no leak: RSS growth from flow {warm} to flow {total}", f"{growth:+d} KB "
-              f"({growth * 1024 / max(total - warm, 1):+.0f} B/flow)", f"<= {LEAK_KB} KB", growth <= LEAK_KB)
+    sec.check(
+        "idle RSS after start-up", f"{idle0 / 1024:.1f} MB", f"<= {IDLE_RSS_MB:.0f} MB", idle0 / 1024 <= IDLE_RSS_MB
+    )
+    sec.check(
+        f"idle RSS after {total} flows",
+        f"{idle_end / 1024:.1f} MB",
+        f"<= {IDLE_RSS_MB:.0f} MB",
+        idle_end / 1024 <= IDLE_RSS_MB,
+    )
+    sec.check(
+        f"no leak: RSS growth from flow {warm} to flow {total}",
+        f"{growth:+d} KB ({growth * 1024 / max(total - warm, 1):+.0f} B/flow)",
+        f"<= {LEAK_KB} KB",
+        growth <= LEAK_KB,
+    )
 
 
 def _daemon_pids(marker: str) -> list[int]:
@@ -100,8 +111,20 @@ def _activation(smoke: bool, sec: Section) -> None:
     sock_path = env["CONVOCATIONS_SOCKET"]
     (tmp / "run").mkdir(mode=0o700, parents=True)
     passed = [f"-E{k}" for k in env]  # the tool gives its child only what -E names
-    cmd = [tool, "-l", sock_path, "-l", f"127.0.0.1:{port}", "--fdname=ctl:http", *passed,
-           PY, "-m", "convocationsd", "--log-level", "info"]
+    cmd = [
+        tool,
+        "-l",
+        sock_path,
+        "-l",
+        f"127.0.0.1:{port}",
+        "--fdname=ctl:http",
+        *passed,
+        PY,
+        "-m",
+        "convocationsd",
+        "--log-level",
+        "info",
+    ]
     log = open(tmp / "activation.log", "wb")
     convctl = str(BIN / "convctl")
     cycles = 1 if smoke else 3
@@ -133,9 +156,15 @@ def _activation(smoke: bool, sec: Section) -> None:
                 exited = time.monotonic() - t_idle
             except subprocess.TimeoutExpired:
                 exited = None
-            rows.append([str(cycle), f"{first * 1000:.0f}", str(running),
-                         f"{exited:.2f}" if exited is not None else "did not exit",
-                         str(tool_proc.returncode) if exited is not None else "-"])
+            rows.append(
+                [
+                    str(cycle),
+                    f"{first * 1000:.0f}",
+                    str(running),
+                    f"{exited:.2f}" if exited is not None else "did not exit",
+                    str(tool_proc.returncode) if exited is not None else "-",
+                ]
+            )
             if exited is None:
                 problems.append(f"cycle {cycle}: the daemon did not exit after {IDLE_EXIT_S:g} s idle")
                 break
@@ -161,14 +190,30 @@ def _activation(smoke: bool, sec: Section) -> None:
     sec.table(["cycle", "first `convctl status` ms", "daemons while serving", "exit after s", "exit code"], rows)
     sec.body.append(f"Daemon processes counted while only the sockets were listening: {idle_counts}")
     if problems:
-        sec.body += ["", "Problems:", *[f"- {p}" for p in problems], "", "Daemon log (last lines):", "", "```",
-                     *log_text.splitlines()[-15:], "```"]
-    sec.check("daemon processes while idle (socket-activated)", str(max(idle_counts) if idle_counts else "-"), "0",
-              bool(idle_counts) and max(idle_counts) == 0 and not any("did not exit" in p for p in problems))
+        sec.body += [
+            "",
+            "Problems:",
+            *[f"- {p}" for p in problems],
+            "",
+            "Daemon log (last lines):",
+            "",
+            "```",
+            *log_text.splitlines()[-15:],
+            "```",
+        ]
+    sec.check(
+        "daemon processes while idle (socket-activated)",
+        str(max(idle_counts) if idle_counts else "-"),
+        "0",
+        bool(idle_counts) and max(idle_counts) == 0 and not any("did not exit" in p for p in problems),
+    )
     later = firsts[1:] or firsts
-    sec.check("first `convctl status` after an idle exit", f"{max(later) * 1000:.0f} ms (worst of {len(later)})"
-              if later else "-", f"<= {ACTIVATION_S * 1000:.0f} ms",
-              bool(later) and max(later) <= ACTIVATION_S and not problems)
+    sec.check(
+        "first `convctl status` after an idle exit",
+        f"{max(later) * 1000:.0f} ms (worst of {len(later)})" if later else "-",
+        f"<= {ACTIVATION_S * 1000:.0f} ms",
+        bool(later) and max(later) <= ACTIVATION_S and not problems,
+    )
 
 
 def _listening(path: str) -> bool:
@@ -187,13 +232,19 @@ def run(smoke: bool) -> Section:
         d.stop()
         cleanup_tmp(tmp)
     aio = _aiohttp_import_time(1 if smoke else 5)
-    sec.body.append(f"Start-up to READY=1 (spawn of `python -m convocationsd` to the sd_notify datagram on a "
-                    f"NOTIFY_SOCKET made by the bench), median of {len(starts)}: **{median(starts) * 1000:.0f} ms** "
-                    f"(all: {', '.join(f'{s * 1000:.0f}' for s in starts)}). Reference in the same run: "
-                    f"`python -c \"from aiohttp import web\"` takes {aio * 1000:.0f} ms.")
+    sec.body.append(
+        f"Start-up to READY=1 (spawn of `python -m convocationsd` to the sd_notify datagram on a "
+        f"NOTIFY_SOCKET made by the bench), median of {len(starts)}: **{median(starts) * 1000:.0f} ms** "
+        f"(all: {', '.join(f'{s * 1000:.0f}' for s in starts)}). Reference in the same run: "
+        f'`python -c "from aiohttp import web"` takes {aio * 1000:.0f} ms.'
+    )
     sec.body.append("")
-    sec.check("start-up to READY", f"{median(starts) * 1000:.0f} ms (aiohttp import alone: {aio * 1000:.0f} ms)",
-              "reported (no target)", None)
+    sec.check(
+        "start-up to READY",
+        f"{median(starts) * 1000:.0f} ms (aiohttp import alone: {aio * 1000:.0f} ms)",
+        "reported (no target)",
+        None,
+    )
     asyncio.run(_flows_rss(smoke, sec))
     sec.body.append("")
     _activation(smoke, sec)

@@ -19,8 +19,9 @@ def start_ssh_agent(path: str) -> subprocess.Popen:
     if agent is None:
         raise RuntimeError("ssh-agent is not installed (Debian: openssh-client)")
     env = {k: v for k, v in os.environ.items() if not k.startswith("SSH_")}
-    proc = track(subprocess.Popen([agent, "-D", "-a", path], env=env, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL))
+    proc = track(
+        subprocess.Popen([agent, "-D", "-a", path], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    )
     deadline = time.monotonic() + 10
     while True:
         try:
@@ -32,7 +33,9 @@ def start_ssh_agent(path: str) -> subprocess.Popen:
             time.sleep(0.01)
 
 
-def measure(targets: list[rawclient.Target], *, rounds: int, seconds: float, warmup: int) -> dict[str, list[rawclient.Run]]:
+def measure(
+    targets: list[rawclient.Target], *, rounds: int, seconds: float, warmup: int
+) -> dict[str, list[rawclient.Run]]:
     """Interleaved rounds (a, b, a, b, ...) so that drift in the machine's load hits both alike."""
     socks = {t.name: rawclient.connect(t.path) for t in targets}
     try:
@@ -60,7 +63,9 @@ def run(smoke: bool) -> Section:
         agent = start_ssh_agent(agent_path)
         daemon = start_daemon(tmp)
         targets = [
-            rawclient.Target("ssh-agent", agent_path, rawclient.SSH_AGENTC_REQUEST_IDENTITIES, rawclient.ssh_agent_reply),
+            rawclient.Target(
+                "ssh-agent", agent_path, rawclient.SSH_AGENTC_REQUEST_IDENTITIES, rawclient.ssh_agent_reply
+            ),
             rawclient.Target("convocationsd", str(daemon.socket), rawclient.STATUS_REQUEST, rawclient.line_reply),
         ]
         rounds, seconds, warmup = (1, 0.2, 50) if smoke else (15, 0.5, 2000)
@@ -72,10 +77,16 @@ def run(smoke: bool) -> Section:
             lat = [x for r in rs for x in r.latencies]
             rates = sorted(r.rate for r in rs)
             rate[t.name] = rates[len(rates) // 2]
-            rows.append([
-                t.name, f"{rate[t.name]:,.0f}", f"{rates[0]:,.0f} - {rates[-1]:,.0f}",
-                f"{percentile(lat, 50) * 1e6:.1f}", f"{percentile(lat, 99) * 1e6:.1f}", f"{len(lat):,}",
-            ])
+            rows.append(
+                [
+                    t.name,
+                    f"{rate[t.name]:,.0f}",
+                    f"{rates[0]:,.0f} - {rates[-1]:,.0f}",
+                    f"{percentile(lat, 50) * 1e6:.1f}",
+                    f"{percentile(lat, 99) * 1e6:.1f}",
+                    f"{len(lat):,}",
+                ]
+            )
         # Each round of the daemon is compared with the ssh-agent round just before it: the machine's load
         # drifts (other people's tests), and a ratio of neighbours cancels most of it.
         pair = sorted(d.rate / a.rate for a, d in zip(runs["ssh-agent"], runs["convocationsd"], strict=False))
@@ -89,10 +100,15 @@ def run(smoke: bool) -> Section:
         )
         sec.body.append("")
         sec.table(["server", "req/s (median round)", "range over rounds", "p50 µs", "p99 µs", "requests"], rows)
-        sec.body.append(f"Ratio convocationsd / ssh-agent: **{ratio:.2f}** (per-round ratios from {pair[0]:.2f} to "
-                        f"{pair[-1]:.2f})")
-        sec.check("IPC `status` rate vs ssh-agent", f"{rate['convocationsd']:,.0f} vs {rate['ssh-agent']:,.0f} req/s, "
-                  f"ratio {ratio:.2f}x", f">= {TARGET_RATIO}x", ratio >= TARGET_RATIO)
+        sec.body.append(
+            f"Ratio convocationsd / ssh-agent: **{ratio:.2f}** (per-round ratios from {pair[0]:.2f} to {pair[-1]:.2f})"
+        )
+        sec.check(
+            "IPC `status` rate vs ssh-agent",
+            f"{rate['convocationsd']:,.0f} vs {rate['ssh-agent']:,.0f} req/s, ratio {ratio:.2f}x",
+            f">= {TARGET_RATIO}x",
+            ratio >= TARGET_RATIO,
+        )
         lat = [x for r in runs["convocationsd"] for x in r.latencies]
         sec.extra = {"ratio": ratio, "p99": percentile(lat, 99)}  # type: ignore[attr-defined]
     finally:

@@ -73,8 +73,9 @@ def call(sock: socket.socket, request: bytes, reply_length: ReplyLength) -> byte
             return buf[:n]
 
 
-def run(sock: socket.socket, request: bytes, reply_length: ReplyLength, *, duration: float,
-        max_count: int = 10_000_000) -> Run:
+def run(
+    sock: socket.socket, request: bytes, reply_length: ReplyLength, *, duration: float, max_count: int = 10_000_000
+) -> Run:
     """Sequential requests on ``sock`` for ``duration`` seconds (or ``max_count`` requests)."""
     clock = time.perf_counter
     send, recv = sock.sendall, sock.recv

@@ -39,7 +39,10 @@ def verdict(passed: bool | None) -> str:
 def render(machine: dict[str, str], sections: list[Section], *, smoke: bool, total: float, preamble: list[str]) -> str:
     out = ["# convocationsd benchmarks", ""]
     if smoke:
-        out += ["> **Smoke run** (tiny counts): the figures below are not meaningful; run `make bench` for real numbers.", ""]
+        out += [
+            "> **Smoke run** (tiny counts): the figures below are not meaningful; run `make bench` for real numbers.",
+            "",
+        ]
     out += [
         f"- date: {machine['date']}",
         f"- machine: {machine['cpu']}, {machine['cores']} cores, {machine['os']}, kernel {machine['kernel']}",

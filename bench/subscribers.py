@@ -100,7 +100,7 @@ def main() -> int:
                     if MARK not in line:
                         continue
                     start = line.index(SESSION) + len(SESSION)
-                    session = line[start:line.index(b'"', start)].decode()
+                    session = line[start : line.index(b'"', start)].decode()
                     rec = seen.get(session)
                     if rec is None:
                         rec = seen[session] = [0, now, now]

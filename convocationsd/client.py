@@ -41,7 +41,9 @@ def _remote_error(error: dict) -> RemoteError:
         data = {}
     kind = data.get("kind")
     return RemoteError(
-        int(error.get("code", -32603)), str(error.get("message", "unknown error")), str(data.get("hint", "")),
+        int(error.get("code", -32603)),
+        str(error.get("message", "unknown error")),
+        str(data.get("hint", "")),
         kind if isinstance(kind, str) else None,
     )
 
@@ -155,11 +157,11 @@ class Client:
 class AsyncClient:
     """asyncio client for Python frontends::
 
-        async with AsyncClient() as c:
-            await c.call("subscribe", {"events": ["openrouter-auth-complete"]})
-            reply = await c.call("oauth.start")
-            async for event in c.events():
-                ...
+    async with AsyncClient() as c:
+        await c.call("subscribe", {"events": ["openrouter-auth-complete"]})
+        reply = await c.call("oauth.start")
+        async for event in c.events():
+            ...
     """
 
     def __init__(self, path: Path | str | None = None) -> None:
@@ -209,7 +211,9 @@ class AsyncClient:
                 error = e
             else:
                 error = DaemonUnreachable(f"The connection to the daemon failed: {e}.", START_HINT)
-            logging.getLogger(__name__).warning("connection to the daemon ended: %s", error.message, exc_info=not expected)
+            logging.getLogger(__name__).warning(
+                "connection to the daemon ended: %s", error.message, exc_info=not expected
+            )
         finally:
             self._writer.close()  # nothing reads this connection any more
             pending, self._pending = self._pending, {}

@@ -72,16 +72,24 @@ class DaemonProcess:
 
     def convctl(self, *args: str, input: str | None = None, timeout: float = 30.0) -> subprocess.CompletedProcess:
         done = subprocess.run(
-            [sys.executable, "-m", "convocationsd.cli.main", *args], env=self.env, input=input,
-            capture_output=True, text=True, timeout=timeout,
+            [sys.executable, "-m", "convocationsd.cli.main", *args],
+            env=self.env,
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
         self.extra_outputs += [done.stdout, done.stderr]
         return done
 
     def convctl_async(self, *args: str) -> subprocess.Popen:
         return subprocess.Popen(
-            [sys.executable, "-m", "convocationsd.cli.main", *args], env=self.env,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [sys.executable, "-m", "convocationsd.cli.main", *args],
+            env=self.env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
@@ -147,8 +155,10 @@ def start_daemon(tmp: Path, *, wait: bool = True, args: tuple[str, ...] = (), **
     log_path = tmp / f"daemon-{time.monotonic_ns()}.log"
     log_file = open(log_path, "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "convocationsd", "--log-level", "debug", *args], env=env,
-        stdout=log_file, stderr=subprocess.STDOUT,
+        [sys.executable, "-m", "convocationsd", "--log-level", "debug", *args],
+        env=env,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
     )
     log_file.close()
     d = DaemonProcess(proc, env, Path(env["CONVOCATIONS_SOCKET"]), tmp / "cfg" / "convocations", log_path)
@@ -205,7 +215,9 @@ def read_auth_url_sync(proc: subprocess.Popen, timeout: float = 20.0) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
-        assert line, "convctl ended before printing a URL: " + "".join(lines) + (proc.stderr.read() if proc.stderr else "")
+        assert line, (
+            "convctl ended before printing a URL: " + "".join(lines) + (proc.stderr.read() if proc.stderr else "")
+        )
         lines.append(line)
         if m := AUTH_URL_RE.match(line):
             return m.group(1)

@@ -41,11 +41,14 @@ def status(args: argparse.Namespace, out: Any) -> int:
     out.print(f"daemon:   running (pid {st['pid']}, version {st['version']})")
     port_note = (
         "  (FALLBACK: the preferred port was busy; OpenRouter may answer 409 - see `convctl doctor`)"
-        if st.get("port_fallback") else ""
+        if st.get("port_fallback")
+        else ""
     )
     out.print(f"http:     {st['http_url']}{port_note}")
     out.print(f"socket:   {st['socket']}")
-    out.print(f"account:  {'linked, key in ' + str(secret.get('backend')) if secret.get('stored') else 'not linked (run `convctl oauth start`)'}")
+    out.print(
+        f"account:  {'linked, key in ' + str(secret.get('backend')) if secret.get('stored') else 'not linked (run `convctl oauth start`)'}"
+    )
     account = st.get("account")
     if account:
         out.print(f"key:      {_account_line(account)}")
@@ -64,7 +67,9 @@ def _status_with_account(c: Client, wait: float = 3.0) -> dict:
     deadline = time.monotonic() + wait
     st = c.call("status")
     while (
-        "account" in st and st["account"] is None and (st.get("secret") or {}).get("stored")
+        "account" in st
+        and st["account"] is None
+        and (st.get("secret") or {}).get("stored")
         and time.monotonic() < deadline
     ):
         time.sleep(0.1)
@@ -112,7 +117,11 @@ def oauth_start(args: argparse.Namespace, out: Any) -> int:
         if args.json:
             out.json({"event": "started", **reply})
         else:
-            verb = "Joined the login in progress" if reply["joined"] else "Open this address to link your OpenRouter account"
+            verb = (
+                "Joined the login in progress"
+                if reply["joined"]
+                else "Open this address to link your OpenRouter account"
+            )
             out.print(f"{verb}:\n\n  {reply['auth_url']}\n")
         if not args.no_browser and not args.paste:
             _open_browser(reply["auth_url"], out, port=_callback_port(reply))
@@ -398,5 +407,3 @@ def doctor(args: argparse.Namespace, out: Any) -> int:
     from convocationsd.cli import doctor as doctor_mod
 
     return doctor_mod.run(args, out)
-
-

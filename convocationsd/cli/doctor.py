@@ -32,7 +32,9 @@ from convocationsd.store.keyring_backend import probe_keyring
 DEFAULT_PORT = Settings.http_port
 DEFAULT_OPENROUTER = Settings.openrouter_url
 CALLBACK_PATH = pkce.CALLBACK_PATH
-START_FIX = "Start it with `convocationsd` (or `systemctl --user start convocationsd.socket`), then run `convctl doctor` again."
+START_FIX = (
+    "Start it with `convocationsd` (or `systemctl --user start convocationsd.socket`), then run `convctl doctor` again."
+)
 
 
 @dataclass
@@ -116,7 +118,9 @@ def proc_listeners(port: int, proc: Path = Path("/proc")) -> list[Listener]:
         if pid is None:
             result.append(entry)
             continue
-        result.append(Listener(entry.address, port, entry.inode, pid, _read(proc / str(pid) / "comm"), _cmdline(proc, pid)))
+        result.append(
+            Listener(entry.address, port, entry.inode, pid, _read(proc / str(pid) / "comm"), _cmdline(proc, pid))
+        )
     return result
 
 
@@ -271,9 +275,13 @@ def check_port(ctx: Context, port: int | None = None) -> Check:
         return Check("port", False, "; ".join(problems), fix)
     if ours and ctx.status is not None and daemon_port == port:
         extra = f"; {', '.join(free)} free" if free else ""
-        return Check("port", True, f"port {port} on {' and '.join(ours)} belongs to convocationsd (pid {daemon_pid}){extra}")
+        return Check(
+            "port", True, f"port {port} on {' and '.join(ours)} belongs to convocationsd (pid {daemon_pid}){extra}"
+        )
     if ctx.status is None:
-        return Check("port", True, f"port {port} is free on {' and '.join(free)}; convocationsd can take it when it starts")
+        return Check(
+            "port", True, f"port {port} is free on {' and '.join(free)}; convocationsd can take it when it starts"
+        )
     if daemon_port != port:
         return Check(
             "port",
@@ -342,8 +350,8 @@ def check_callback(ctx: Context) -> Check:
             "callback",
             False,
             f"OpenRouter is sent callback_url {expected} and referrer http://localhost:{port}, a fallback port chosen "
-            f"because {preferred} was busy. It changes on every start, and OpenRouter answers HTTP 409 \"Failed to "
-            "create or update app\" when these differ from what it has on record",
+            f'because {preferred} was busy. It changes on every start, and OpenRouter answers HTTP 409 "Failed to '
+            'create or update app" when these differ from what it has on record',
             f"Free port {preferred} (see the port check) and restart convocationsd; or set RCONV_HTTP_PORT to a fixed "
             f"free port, restart, and register that callback and referrer with OpenRouter.",
         )
@@ -376,7 +384,9 @@ def check_account(ctx: Context) -> Check:
         )
     if account.get("message"):
         return Check("account", True, f"a key is stored in {secret.get('backend')}; {account['message']}")
-    return Check("account", True, f"a key is stored in {secret.get('backend')}, label {account.get('label') or '(none)'}")
+    return Check(
+        "account", True, f"a key is stored in {secret.get('backend')}, label {account.get('label') or '(none)'}"
+    )
 
 
 def check_secret_backend(ctx: Context, keyring_probe: Callable[[], tuple[bool, str]] = probe_keyring) -> Check:
@@ -391,7 +401,9 @@ def check_secret_backend(ctx: Context, keyring_probe: Callable[[], tuple[bool, s
         stored = table.get("backend") if isinstance(table, dict) else None
     where = f"; the current key is in {stored}" if stored else ""
     if forced not in (None, "keyring", "local-encrypted"):
-        return Check("secret-backend", False, f"{why} names an unknown backend {forced!r}", "Use keyring or local-encrypted.")
+        return Check(
+            "secret-backend", False, f"{why} names an unknown backend {forced!r}", "Use keyring or local-encrypted."
+        )
     if forced == "local-encrypted":
         return Check("secret-backend", True, f"new keys go to local-encrypted (forced by {why}){where}")
     usable, description = keyring_probe()
@@ -445,7 +457,12 @@ def check_files(ctx: Context) -> Check:
         (ctx.config_path, 0o600, f"chmod 600 {ctx.config_path}", "config.toml 0600"),
         (config_dir / "secret.key", 0o600, f"chmod 600 {config_dir / 'secret.key'}", "secret.key 0600"),
         (runtime, 0o700, f"chmod 700 {runtime}", "runtime dir 0700"),
-        (ctx.socket_path, 0o600, f"restart convocationsd (it recreates {ctx.socket_path} with mode 0600)", "socket 0600"),
+        (
+            ctx.socket_path,
+            0o600,
+            f"restart convocationsd (it recreates {ctx.socket_path} with mode 0600)",
+            "socket 0600",
+        ),
     ]
     problems, fixes, seen = [], [], []
     for path, mode, fix, shown in wanted:
@@ -523,7 +540,13 @@ def gather(env: Mapping[str, str], socket_override: str | None = None) -> Contex
 
 def run_checks(ctx: Context) -> list[Check]:
     checks: list[Callable[[Context], Check]] = [
-        check_daemon, check_port, check_callback, check_account, check_secret_backend, check_files, check_openrouter
+        check_daemon,
+        check_port,
+        check_callback,
+        check_account,
+        check_secret_backend,
+        check_files,
+        check_openrouter,
     ]
     results = []
     for fn in checks:
@@ -531,7 +554,9 @@ def run_checks(ctx: Context) -> list[Check]:
             results.append(fn(ctx))
         except Exception as e:  # a broken check must not hide the others
             name = fn.__name__.removeprefix("check_")
-            results.append(Check(name, False, f"the check itself failed: {type(e).__name__}: {e}", "Report this as a bug."))
+            results.append(
+                Check(name, False, f"the check itself failed: {type(e).__name__}: {e}", "Report this as a bug.")
+            )
     return results
 
 

@@ -193,7 +193,10 @@ class _Session:
         self.say(f"running: {shown}")
         result = self.run(argv)
         if result.returncode != 0:
-            self.say(f"failed (exit {result.returncode}): {shown}" + (f": {_first_line(result.output)}" if result.output else ""))
+            self.say(
+                f"failed (exit {result.returncode}): {shown}"
+                + (f": {_first_line(result.output)}" if result.output else "")
+            )
         return result
 
 
@@ -246,7 +249,9 @@ def install(
 def _install_systemd(s: _Session, env: Mapping[str, str], python: str, port: int, templates: Path) -> None:
     folder = unit_dir(env)
     existed = any((folder / name).exists() for name in UNITS)
-    changed = [name for name, text in render_units(python, port, templates).items() if s.write(folder / name, text.encode())]
+    changed = [
+        name for name, text in render_units(python, port, templates).items() if s.write(folder / name, text.encode())
+    ]
     enable = _systemctl("enable", "--now", *SOCKETS)
     for argv in ([_systemctl("daemon-reload")] if changed else []) + [enable]:
         result = s.command(argv)
@@ -254,8 +259,7 @@ def _install_systemd(s: _Session, env: Mapping[str, str], python: str, port: int
             raise ServiceManagerError(
                 f"The unit files are in {folder}, but `{' '.join(argv)}` failed"
                 + (f": {_first_line(result.output)}" if result.output else "."),
-                "In a session with a systemd user manager, run: systemctl --user daemon-reload && "
-                + " ".join(enable),
+                "In a session with a systemd user manager, run: systemctl --user daemon-reload && " + " ".join(enable),
             )
     if existed and changed:
         s.say(
@@ -351,7 +355,9 @@ def status(
         argv = _systemctl("show", "--property=Id,LoadState,UnitFileState,ActiveState,SubState", *UNITS)
         result = run(argv)
         if result.returncode != 0:
-            s.say(f"systemd user manager: not reachable ({_first_line(result.output) or 'exit ' + str(result.returncode)})")
+            s.say(
+                f"systemd user manager: not reachable ({_first_line(result.output) or 'exit ' + str(result.returncode)})"
+            )
         else:
             for block in result.output.split("\n\n"):
                 props = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)

@@ -68,7 +68,14 @@ def summary(data: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def revoked() -> dict[str, Any]:
-    return {"label": None, "usage": None, "limit": None, "limit_remaining": None, "valid": False, "message": REVOKED_MESSAGE}
+    return {
+        "label": None,
+        "usage": None,
+        "limit": None,
+        "limit_remaining": None,
+        "valid": False,
+        "message": REVOKED_MESSAGE,
+    }
 
 
 def unknown(message: str) -> dict[str, Any]:
@@ -111,7 +118,9 @@ class AccountCache:
 class AccountStatus:
     """Glue between the cache, the controller's secret store and its OpenRouter client."""
 
-    def __init__(self, controller: Any, *, ttl: float | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, controller: Any, *, ttl: float | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.controller = controller
         self.cache = AccountCache(ttl_from_env() if ttl is None else ttl, clock)
         self._task: asyncio.Task | None = None

@@ -96,7 +96,9 @@ class Controller:
             self._publish_complete(result.cancelled)
         flow = result.flow
         if not result.joined:
-            log.info("login %s started; waiting for the browser (expires %s)", flow.session_id, flow.public()["expires_at"])
+            log.info(
+                "login %s started; waiting for the browser (expires %s)", flow.session_id, flow.public()["expires_at"]
+            )
             self.bus.publish(
                 events.AUTH_STARTED,
                 {"session_id": flow.session_id, "auth_url": flow.auth_url, "expires_at": flow.public()["expires_at"]},
@@ -213,11 +215,15 @@ class Controller:
             try:
                 backend = await self._store_key(result.key)
             except ConvError as e:
-                failure = FlowError("storage_failed", f"The key was created but could not be saved: {e.message}", e.hint)
+                failure = FlowError(
+                    "storage_failed", f"The key was created but could not be saved: {e.message}", e.hint
+                )
             except Exception:
                 log.exception("storing the key failed")
                 failure = FlowError(
-                    "storage_failed", "The key was created but could not be saved.", "See the daemon's log, then try again."
+                    "storage_failed",
+                    "The key was created but could not be saved.",
+                    "See the daemon's log, then try again.",
                 )
             else:
                 if self._end(flow, None, backend):

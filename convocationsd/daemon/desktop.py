@@ -86,9 +86,7 @@ def session_bus_address(env: Mapping[str, str]) -> str | None:
 
 def _escape_address(value: str) -> str:
     # D-Bus address values escape every byte outside [-0-9A-Za-z_/.\*] as %xx.
-    return "".join(
-        chr(b) if re.fullmatch(rb"[-0-9A-Za-z_/.\\*]", bytes([b])) else f"%{b:02x}" for b in value.encode()
-    )
+    return "".join(chr(b) if re.fullmatch(rb"[-0-9A-Za-z_/.\\*]", bytes([b])) else f"%{b:02x}" for b in value.encode())
 
 
 def notification_text(data: Mapping[str, Any]) -> tuple[str, str] | None:
@@ -105,26 +103,34 @@ def notification_text(data: Mapping[str, Any]) -> tuple[str, str] | None:
     return NOT_LINKED, body
 
 
-async def start(controller: Any, bus: events.EventBus, *, notifications: bool | None,
-                env: Mapping[str, str]) -> Desktop | None:
+async def start(
+    controller: Any, bus: events.EventBus, *, notifications: bool | None, env: Mapping[str, str]
+) -> Desktop | None:
     """Connects to the session bus, exports the object and listens to ``bus``; None when that cannot be."""
     # Asked for explicitly and impossible: a warning. Left at the default (on a server, say): just info.
     level = logging.WARNING if notifications else logging.INFO
     address = session_bus_address(env)
     if address is None:
-        log.log(level, "desktop integration is off: no D-Bus session bus (DBUS_SESSION_BUS_ADDRESS is unset and "
-                "$XDG_RUNTIME_DIR/bus does not exist); the daemon runs on without notifications and D-Bus signals")
+        log.log(
+            level,
+            "desktop integration is off: no D-Bus session bus (DBUS_SESSION_BUS_ADDRESS is unset and "
+            "$XDG_RUNTIME_DIR/bus does not exist); the daemon runs on without notifications and D-Bus signals",
+        )
         return None
     desktop = Desktop(controller, asyncio.get_running_loop(), notify=notifications is not False)
     try:
         await desktop.started(address)
     except Exception as e:  # Unavailable, or anything unforeseen: the daemon must come up regardless
-        log.log(level, "desktop integration is off: %s; the daemon runs on without notifications and D-Bus "
-                "signals", e if isinstance(e, Unavailable) else _one_line(e))
+        log.log(
+            level,
+            "desktop integration is off: %s; the daemon runs on without notifications and D-Bus signals",
+            e if isinstance(e, Unavailable) else _one_line(e),
+        )
         return None
     bus.add_listener(desktop.on_event)
-    log.info("desktop integration on: %s on the session bus, notifications %s", BUS_NAME,
-             "on" if desktop.notify else "off")
+    log.info(
+        "desktop integration on: %s on the session bus, notifications %s", BUS_NAME, "on" if desktop.notify else "off"
+    )
     return desktop
 
 
@@ -155,8 +161,9 @@ class Desktop:
                 with self._lock:
                     self._abandoned = not self._ready.done()
                 if self._abandoned:
-                    raise Unavailable(f"the session bus at {address} did not answer within "
-                                      f"{STARTUP_TIMEOUT:.0f} s") from None
+                    raise Unavailable(
+                        f"the session bus at {address} did not answer within {STARTUP_TIMEOUT:.0f} s"
+                    ) from None
                 self._ready.result()  # it finished just as we gave up: keep it
         except Unavailable:
             self._notify_pool.shutdown(wait=False)
@@ -172,8 +179,11 @@ class Desktop:
             from gi.repository import GLib
             from pydbus.generic import signal
         except Exception as e:  # ImportError, or a broken PyGObject (missing typelibs, version clash)
-            self._ready.set_exception(Unavailable(f"pydbus/PyGObject cannot be imported ({e}); "
-                                                  "`pip install 'convocationsd[desktop]'` adds them"))
+            self._ready.set_exception(
+                Unavailable(
+                    f"pydbus/PyGObject cannot be imported ({e}); `pip install 'convocationsd[desktop]'` adds them"
+                )
+            )
             return
         con = None
         try:
@@ -189,22 +199,40 @@ class Desktop:
         try:
             owner = con.request_name(BUS_NAME, allow_replacement=False)
         except Exception as e:
-            log.warning("cannot own %s on the session bus (%s; is another convocationsd running?); its object "
-                        "stays reachable at %s only", BUS_NAME, _one_line(e), con.con.get_unique_name())
-        on_closed = con.con.connect("closed", lambda *_: log.warning(
-            "the D-Bus session bus went away; desktop notifications and signals are off until the daemon restarts"))
+            log.warning(
+                "cannot own %s on the session bus (%s; is another convocationsd running?); its object "
+                "stays reachable at %s only",
+                BUS_NAME,
+                _one_line(e),
+                con.con.get_unique_name(),
+            )
+        on_closed = con.con.connect(
+            "closed",
+            lambda *_: log.warning(
+                "the D-Bus session bus went away; desktop notifications and signals are off until the daemon restarts"
+            ),
+        )
         main_loop = GLib.MainLoop()
         with self._lock:
             if self._abandoned:
-                _quietly(owner and owner.unown, registration.unregister, lambda: con.con.disconnect(on_closed),
-                         lambda: con.con.close_sync(None))
+                _quietly(
+                    owner and owner.unown,
+                    registration.unregister,
+                    lambda: con.con.disconnect(on_closed),
+                    lambda: con.con.close_sync(None),
+                )
                 return
             self._glib, self._main_loop, self._con = GLib, main_loop, con
             self._ready.set_result(None)
         main_loop.run()
         # close() queued the quit behind any pending signal emissions; push them out, then leave the bus.
-        _quietly(lambda: con.con.flush_sync(None), owner and owner.unown, registration.unregister,
-                 lambda: con.con.disconnect(on_closed), lambda: con.con.close_sync(None))
+        _quietly(
+            lambda: con.con.flush_sync(None),
+            owner and owner.unown,
+            registration.unregister,
+            lambda: con.con.disconnect(on_closed),
+            lambda: con.con.close_sync(None),
+        )
 
     def _emit(self, name: str, data_json: str) -> bool:
         try:
@@ -238,11 +266,13 @@ class Desktop:
     def _send_notification(self, summary: str, body: str) -> None:
         try:
             if self._notifier is None:
-                self._notifier = self._con.get("org.freedesktop.Notifications", "/org/freedesktop/Notifications",
-                                               timeout=NOTIFY_TIMEOUT)
+                self._notifier = self._con.get(
+                    "org.freedesktop.Notifications", "/org/freedesktop/Notifications", timeout=NOTIFY_TIMEOUT
+                )
             # The body may be read as markup (the spec's body-markup capability): escape it.
-            self._notifier.Notify(APP_NAME, 0, "", summary, html.escape(body, quote=False), [], {}, -1,
-                                  timeout=NOTIFY_TIMEOUT)
+            self._notifier.Notify(
+                APP_NAME, 0, "", summary, html.escape(body, quote=False), [], {}, -1, timeout=NOTIFY_TIMEOUT
+            )
         except Exception as e:
             self._notifier = None  # the server may come back (or be a different one) next time
             log.warning("desktop notification %r not shown: %s", summary, _one_line(e))

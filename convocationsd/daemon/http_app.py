@@ -119,7 +119,9 @@ def _same_site(request: web.Request, port: int) -> bool:
 async def start_get(request: web.Request) -> web.StreamResponse:
     ctl = request.app[CONTROLLER]
     if not _same_site(request, ctl.endpoint.port):
-        return _forbidden(request, "A login can only be started from this computer's Convocations, not by another site.")
+        return _forbidden(
+            request, "A login can only be started from this computer's Convocations, not by another site."
+        )
     reply = ctl.start(restart=request.query.get("restart") == "1")
     raise web.HTTPFound(reply["auth_url"])
 
@@ -127,7 +129,9 @@ async def start_get(request: web.Request) -> web.StreamResponse:
 async def start_post(request: web.Request) -> web.StreamResponse:
     ctl = request.app[CONTROLLER]
     if not _same_site(request, ctl.endpoint.port):
-        return _forbidden(request, "A login can only be started from this computer's Convocations, not by another site.")
+        return _forbidden(
+            request, "A login can only be started from this computer's Convocations, not by another site."
+        )
     restart = False
     if request.can_read_body:
         try:
@@ -154,7 +158,9 @@ def _navigation(request: web.Request) -> bool:
 async def callback(request: web.Request) -> web.StreamResponse:
     ctl = request.app[CONTROLLER]
     if not _navigation(request):
-        log.warning("refused a callback that was not a page load (Sec-Fetch-Dest %r)", request.headers.get("Sec-Fetch-Dest"))
+        log.warning(
+            "refused a callback that was not a page load (Sec-Fetch-Dest %r)", request.headers.get("Sec-Fetch-Dest")
+        )
         return _forbidden(request, "This address only works as the page OpenRouter sends you back to.")
     q = request.query
     state = q.get("state")

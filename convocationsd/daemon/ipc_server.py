@@ -68,7 +68,9 @@ class Connection(asyncio.BufferedProtocol):
         self.transport = transport
         self.uid = peer_uid(transport.get_extra_info("socket"))
         if self.uid != self.server.uid:
-            log.warning("refused a socket client running as uid %s (this daemon runs as uid %s)", self.uid, self.server.uid)
+            log.warning(
+                "refused a socket client running as uid %s (this daemon runs as uid %s)", self.uid, self.server.uid
+            )
             transport.write(
                 protocol.error_line(
                     None, protocol.OPERATION_FAILED, "Permission denied: this daemon serves only its own user."
@@ -256,7 +258,9 @@ class IpcServer:
         for conn in stuck:
             conn.abort()
         if stuck:
-            log.info("closed %d client connection(s) that were not reading; their unsent events were dropped", len(stuck))
+            log.info(
+                "closed %d client connection(s) that were not reading; their unsent events were dropped", len(stuck)
+            )
         if self._server is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._server.wait_closed(), CLOSE_WAIT_SECONDS)
@@ -318,7 +322,9 @@ def _recover_stale(path: Path) -> None:
         probe.connect(str(path))
     except OSError as e:
         if e.errno not in (errno.ECONNREFUSED, errno.ENOENT):
-            raise ConvError(f"Cannot check the existing socket {path}: {e.strerror}.", "Remove it if no daemon runs.") from e
+            raise ConvError(
+                f"Cannot check the existing socket {path}: {e.strerror}.", "Remove it if no daemon runs."
+            ) from e
         log.info("removing a stale socket left by a daemon that did not exit cleanly: %s", path)
         os.unlink(path)
     else:

@@ -39,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--port", type=int, dest="http_port", help="preferred HTTP port (env RCONV_HTTP_PORT, default 3000)")
     p.add_argument("--socket", dest="socket_path", help="Unix socket path (env CONVOCATIONS_SOCKET)")
-    p.add_argument("--openrouter-url", dest="openrouter_url", help="OpenRouter base URL (env CONVOCATIONS_OPENROUTER_URL)")
+    p.add_argument(
+        "--openrouter-url", dest="openrouter_url", help="OpenRouter base URL (env CONVOCATIONS_OPENROUTER_URL)"
+    )
     p.add_argument("--log-level", choices=LOG_LEVELS, dest="log_level", help="env CONVOCATIONS_LOG_LEVEL, default info")
     p.add_argument("--config", dest="config_path", help="config file (env CONVOCATIONS_CONFIG)")
     p.add_argument("--version", action="version", version=f"convocationsd {__version__}")
@@ -65,15 +67,20 @@ def _by_role(found: dict[str, list[Any]]) -> dict[str, list[Any]]:
             role = name
             if name not in ("ctl", "http"):
                 role = "ctl" if sock.family == socket.AF_UNIX else "http"
-                log.warning("inherited socket %s has fd name %r; using it as %r (set FileDescriptorName=)",
-                            sock.getsockname(), name, role)
+                log.warning(
+                    "inherited socket %s has fd name %r; using it as %r (set FileDescriptorName=)",
+                    sock.getsockname(),
+                    name,
+                    role,
+                )
             roles.setdefault(role, []).append(sock)
     return roles
 
 
 class Daemon:
-    def __init__(self, settings: Settings, *, flags: Mapping[str, Any] | None = None,
-                 env: Mapping[str, str] = os.environ) -> None:
+    def __init__(
+        self, settings: Settings, *, flags: Mapping[str, Any] | None = None, env: Mapping[str, str] = os.environ
+    ) -> None:
         self.settings = settings
         self.flags = dict(flags or {})
         self.env = env
@@ -132,7 +139,10 @@ class Daemon:
                 "PORT %d IS BUSY: listening on http://localhost:%d instead. OpenRouter may refuse logins from this "
                 "port (HTTP 409). Free port %d (see `convctl doctor`) and restart, or set RCONV_HTTP_PORT and register "
                 "http://localhost:%d/api/openrouter/oauth/callback with OpenRouter.",
-                s.http_port, port, s.http_port, port,
+                s.http_port,
+                port,
+                s.http_port,
+                port,
             )
 
         from convocationsd.store.select import open_store
@@ -260,7 +270,9 @@ class Daemon:
         log.info("stopped")
 
 
-async def serve(settings: Settings, *, flags: Mapping[str, Any] | None = None, env: Mapping[str, str] = os.environ) -> None:
+async def serve(
+    settings: Settings, *, flags: Mapping[str, Any] | None = None, env: Mapping[str, str] = os.environ
+) -> None:
     daemon = Daemon(settings, flags=flags, env=env)
     try:
         await daemon.start()

@@ -82,7 +82,7 @@ def _page(title: str, tone: str, body: str) -> str:
 
 
 def _head(mark: str, title: str) -> str:
-    return f'<div class=head><span class=badge aria-hidden=true>{mark}</span><h1>{escape(title)}</h1></div>'
+    return f"<div class=head><span class=badge aria-hidden=true>{mark}</span><h1>{escape(title)}</h1></div>"
 
 
 def result_page(kind: str, title: str, message: str, hint: str = "", code: str | None = None) -> str:

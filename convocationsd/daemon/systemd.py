@@ -19,9 +19,7 @@ LISTEN_VARS = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
 UNKNOWN_NAME = "unknown"  # systemd's name for an fd without FileDescriptorName=
 
 
-def inherited_sockets(
-    env: Mapping[str, str] = os.environ, *, unset_env: bool = True
-) -> dict[str, list[socket.socket]]:
+def inherited_sockets(env: Mapping[str, str] = os.environ, *, unset_env: bool = True) -> dict[str, list[socket.socket]]:
     """Returns the listening sockets the service manager passed in, grouped by FileDescriptorName.
 
     ``{"ctl": [unix socket], "http": [127.0.0.1 socket, ::1 socket]}`` under the shipped units; ``{}`` when
@@ -57,8 +55,9 @@ def _parse(env: Mapping[str, str]) -> dict[str, list[socket.socket]]:
 
     names = env["LISTEN_FDNAMES"].split(":") if env.get("LISTEN_FDNAMES") else []
     if names and len(names) != count_n:
-        log.warning("LISTEN_FDNAMES has %d names for %d fds; unnamed fds are called %r",
-                    len(names), count_n, UNKNOWN_NAME)
+        log.warning(
+            "LISTEN_FDNAMES has %d names for %d fds; unnamed fds are called %r", len(names), count_n, UNKNOWN_NAME
+        )
     names += [UNKNOWN_NAME] * (count_n - len(names))
 
     found: dict[str, list[socket.socket]] = {}

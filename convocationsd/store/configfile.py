@@ -196,7 +196,9 @@ def _atomic_write(path: Path, data: bytes) -> None:
             os.unlink(tmp)
         except OSError:
             pass
-        raise ConfigError(f"Cannot write {path}: {e.strerror or e}.", "Check free space and the directory's permissions.") from e
+        raise ConfigError(
+            f"Cannot write {path}: {e.strerror or e}.", "Check free space and the directory's permissions."
+        ) from e
     fsync_dir(path.parent)
 
 

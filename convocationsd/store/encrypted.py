@@ -91,17 +91,22 @@ class LocalEncrypted:
             raise
         except OSError as e:
             if e.errno == errno.ELOOP:
-                raise SecretStoreError(f"{path} is a symbolic link; refusing to use it as the master key.",
-                                       "Replace it with the file itself (mode 0600).") from None
+                raise SecretStoreError(
+                    f"{path} is a symbolic link; refusing to use it as the master key.",
+                    "Replace it with the file itself (mode 0600).",
+                ) from None
             raise SecretStoreError(f"Cannot read {path}: {e.strerror or e}.", "Check its owner and permissions.") from e
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
-                raise SecretStoreError(f"{path} is not a regular file; refusing to use it as the master key.",
-                                       "Move it away; a new master key is created on the next store.")
+                raise SecretStoreError(
+                    f"{path} is not a regular file; refusing to use it as the master key.",
+                    "Move it away; a new master key is created on the next store.",
+                )
             if st.st_uid != os.geteuid():
-                raise SecretStoreError(f"{path} is owned by another user; refusing to use it.",
-                                       f"Run: chown {os.geteuid()} {path}")
+                raise SecretStoreError(
+                    f"{path} is owned by another user; refusing to use it.", f"Run: chown {os.geteuid()} {path}"
+                )
             if st.st_mode & 0o077:
                 raise SecretStoreError(
                     f"{path} can be accessed by other users (mode {stat.S_IMODE(st.st_mode):04o}); refusing to use it.",
@@ -150,8 +155,10 @@ class LocalEncrypted:
                     pass
             fsync_dir(directory)
         except OSError as e:
-            raise SecretStoreError(f"Cannot create the master key {path}: {e.strerror or e}.",
-                                   "Check the directory's permissions and free space.") from e
+            raise SecretStoreError(
+                f"Cannot create the master key {path}: {e.strerror or e}.",
+                "Check the directory's permissions and free space.",
+            ) from e
 
     def _create_directly(self) -> None:
         try:

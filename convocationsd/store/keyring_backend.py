@@ -19,7 +19,9 @@ from convocationsd.core.errors import BackendUnavailable, SecretStoreError
 SERVICE = "convocations"
 USERNAME = "openrouter_api_key"
 
-UNLOCK_HINT = "Unlock the OS keyring, or set CONVOCATIONS_SECRET_BACKEND=local-encrypted to keep the key in an encrypted file."
+UNLOCK_HINT = (
+    "Unlock the OS keyring, or set CONVOCATIONS_SECRET_BACKEND=local-encrypted to keep the key in an encrypted file."
+)
 
 
 class KeyringBackend:

@@ -27,9 +27,7 @@ BACKENDS = (KEYRING, LOCAL_ENCRYPTED)
 AGAIN = "Store the key again with `convctl secret set-openrouter-key`, or remove it with `convctl secret clear-openrouter-key`."
 
 
-def open_store(
-    config_path: Path, *, forced_backend: str | None = None, keyring_timeout: float = 120.0
-) -> SecretStore:
+def open_store(config_path: Path, *, forced_backend: str | None = None, keyring_timeout: float = 120.0) -> SecretStore:
     """The SecretStore for this config.toml; secret.key lives in the same directory."""
     return ConfiguredStore(config_path, forced_backend=forced_backend, keyring=KeyringBackend(timeout=keyring_timeout))
 

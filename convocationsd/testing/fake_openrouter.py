@@ -222,7 +222,14 @@ def _hidden_fields(params: dict[str, str]) -> str:
 
 # Parameters of GET /auth that travel through the forms to approve/deny.
 _CARRIED = (
-    "callback_url", "code_challenge", "code_challenge_method", "client_id", "referrer", "state", "key_label", "limit"
+    "callback_url",
+    "code_challenge",
+    "code_challenge_method",
+    "client_id",
+    "referrer",
+    "state",
+    "key_label",
+    "limit",
 )
 
 
@@ -690,8 +697,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=8787, help="port (default 8787; 0 picks a free one)")
     parser.add_argument("--no-echo-state", action="store_true", help="do not return `state` on the callback")
     parser.add_argument("--authorize-409", action="store_true", help="answer Approve with OpenRouter's 409")
-    parser.add_argument("--authorize-409-on-new-callback", action="store_true",
-                        help="answer Approve with 409 when callback_url/referrer differ from the first ones seen")
+    parser.add_argument(
+        "--authorize-409-on-new-callback",
+        action="store_true",
+        help="answer Approve with 409 when callback_url/referrer differ from the first ones seen",
+    )
     parser.add_argument("--exchange-status", type=int, help="answer every exchange with this error status")
     parser.add_argument("--exchange-message", help="error message for --exchange-status")
     parser.add_argument("--exchange-delay", type=float, default=0.0, help="seconds before answering an exchange")

@@ -47,7 +47,9 @@ def module_daemon(request, module_tmp: Path, mod_fake: FakeThread) -> Iterator[D
 @pytest.fixture
 def mdaemon(module_daemon: DaemonProcess) -> Iterator[DaemonProcess]:
     """The module daemon, alive, with no flow pending before and after the test."""
-    assert module_daemon.proc.poll() is None, "the shared daemon died in an earlier test:\n" + module_daemon.log()[-3000:]
+    assert module_daemon.proc.poll() is None, (
+        "the shared daemon died in an earlier test:\n" + module_daemon.log()[-3000:]
+    )
     module_daemon.call("oauth.cancel")
     yield module_daemon
     if module_daemon.proc.poll() is None:

@@ -78,17 +78,7 @@ class FakeThread:
             self.thread.join(5)
 
 
-
-
-
-
 # -- daemons ----------------------------------------------------------------------------------------
-
-
-
-
-
-
 
 
 def kill(d: DaemonProcess) -> None:
@@ -116,16 +106,17 @@ def spawn_daemon(tmp: Path, *, umask: int | None = None, nofile: int | None = No
 
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "convocationsd", "--log-level", "debug"], env=full,
-            stdout=log_file, stderr=subprocess.STDOUT, preexec_fn=prepare,
+            [sys.executable, "-m", "convocationsd", "--log-level", "debug"],
+            env=full,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            preexec_fn=prepare,
         )
     sock = full["CONVOCATIONS_SOCKET"] or str(Path(full["XDG_RUNTIME_DIR"]) / "convocations" / "convocationsd.sock")
     d = DaemonProcess(proc, full, Path(sock), tmp / "cfg" / "convocations", log_path)
     wait_for_socket(d.socket, proc)
     d.port = d.call("status")["port"]
     return d
-
-
 
 
 def rss_kib(pid: int) -> int:
@@ -286,7 +277,9 @@ def as_nobody(script: str, *args: str, timeout: float = 20.0) -> subprocess.Comp
     """Runs a Python snippet as uid/gid 65534 with no supplementary groups."""
     return subprocess.run(
         ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", OTHER_USER_PYTHON, "-c", script, *args],
-        capture_output=True, text=True, timeout=timeout,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 

@@ -38,46 +38,104 @@ DOORS = {
 
 # (defence, file, original text, replacement, tests that must fail)
 MUTANTS = [
-    ("Host allow-list (DNS rebinding)", "daemon/http_app.py",
-     'if request.headers.get("Host", "").lower() not in allowed_hosts(ctl.endpoint.port):', "if False:",
-     ["tests/adversarial/test_web_attacks.py::test_dns_rebinding_host_is_refused_without_side_effect"]),
-    ("Cross-site check on the start routes", "daemon/http_app.py",
-     "if not _same_site(request, ctl.endpoint.port):", "if False:",
-     ["tests/adversarial/test_web_attacks.py::test_cross_site_start_is_refused"]),
-    ("Callbacks only as top-level navigations", "daemon/http_app.py",
-     "if not _navigation(request):", "if False:",
-     ["tests/adversarial/test_web_attacks.py::test_subresource_callback_is_refused"]),
-    ("state compare", "core/flows.py",
-     "if state is not None and not hmac.compare_digest(", "if False and not hmac.compare_digest(",
-     ["tests/adversarial/test_web_attacks.py::test_wrong_state_neither_exchanges_nor_ends_the_flow"]),
-    ("Codes exchanged at most once", "core/flows.py",
-     "if digest in self._used_codes:", "if False:",
-     ["tests/adversarial/test_web_attacks.py::test_repeated_code_is_not_exchanged_again"]),
-    ("Peer uid check on the socket", "daemon/ipc_server.py",
-     "if self.uid != self.server.uid:", "if False:",
-     ["tests/integration/test_daemon_lifecycle.py::test_other_uid_client_is_refused"]),
-    ("Loopback HTTP only for our own uid", "daemon/http_app.py",
-     "    elif not _same_user(request):", "    elif False:",
-     ["tests/adversarial/test_local_users.py::test_other_uid_cannot_start_or_join_a_login_over_http"]),
-    ("Subscriber queue limit", "daemon/ipc_server.py",
-     "if self.transport.get_write_buffer_size() > self.server.queue_limit:", "if False:",
-     ["tests/integration/test_daemon_lifecycle.py::test_slow_subscriber_dropped_fast_one_gets_everything"]),
-    ("1 MiB line limit", "daemon/ipc_server.py", "protocol.MAX_LINE", "(1 << 62)",
-     ["tests/adversarial/test_bad_input.py::test_line_over_one_mib_closes_that_connection_only"]),
-    ("Open-file limit raised at start", "daemon/main.py", "    raise_open_file_limit()\n", "",
-     ["tests/adversarial/test_bad_input.py::test_two_thousand_idle_connections"]),
-    ("Malformed HTTP requests logged without traceback", "daemon/http_app.py",
-     "server_log.addFilter(_MALFORMED)", "pass",
-     ["tests/adversarial/test_bad_input.py::test_oversized_header_is_4xx"]),
-    ("0600 runtime dir", "daemon/ipc_server.py", "path.mkdir(mode=0o700, parents=True, exist_ok=True)",
-     "path.mkdir(mode=0o755, parents=True, exist_ok=True); return",
-     ["tests/adversarial/test_local_users.py::test_other_uid_cannot_traverse_default_runtime_dir"]),
-    ("Loose secret.key refused", "store/encrypted.py", "if st.st_mode & 0o077:", "if False:",
-     ["tests/adversarial/test_local_users.py::test_loose_secret_key_refused_when_storing_from_a_login"]),
-    ("No key in logs (a leak planted on purpose)", "daemon/controller.py",
-     "backend = await self._store_key(result.key)",
-     'log.info("storing %s", result.key); backend = await self._store_key(result.key)',
-     ["tests/adversarial/test_no_leaks.py::test_no_secret_in_any_output"]),
+    (
+        "Host allow-list (DNS rebinding)",
+        "daemon/http_app.py",
+        'if request.headers.get("Host", "").lower() not in allowed_hosts(ctl.endpoint.port):',
+        "if False:",
+        ["tests/adversarial/test_web_attacks.py::test_dns_rebinding_host_is_refused_without_side_effect"],
+    ),
+    (
+        "Cross-site check on the start routes",
+        "daemon/http_app.py",
+        "if not _same_site(request, ctl.endpoint.port):",
+        "if False:",
+        ["tests/adversarial/test_web_attacks.py::test_cross_site_start_is_refused"],
+    ),
+    (
+        "Callbacks only as top-level navigations",
+        "daemon/http_app.py",
+        "if not _navigation(request):",
+        "if False:",
+        ["tests/adversarial/test_web_attacks.py::test_subresource_callback_is_refused"],
+    ),
+    (
+        "state compare",
+        "core/flows.py",
+        "if state is not None and not hmac.compare_digest(",
+        "if False and not hmac.compare_digest(",
+        ["tests/adversarial/test_web_attacks.py::test_wrong_state_neither_exchanges_nor_ends_the_flow"],
+    ),
+    (
+        "Codes exchanged at most once",
+        "core/flows.py",
+        "if digest in self._used_codes:",
+        "if False:",
+        ["tests/adversarial/test_web_attacks.py::test_repeated_code_is_not_exchanged_again"],
+    ),
+    (
+        "Peer uid check on the socket",
+        "daemon/ipc_server.py",
+        "if self.uid != self.server.uid:",
+        "if False:",
+        ["tests/integration/test_daemon_lifecycle.py::test_other_uid_client_is_refused"],
+    ),
+    (
+        "Loopback HTTP only for our own uid",
+        "daemon/http_app.py",
+        "    elif not _same_user(request):",
+        "    elif False:",
+        ["tests/adversarial/test_local_users.py::test_other_uid_cannot_start_or_join_a_login_over_http"],
+    ),
+    (
+        "Subscriber queue limit",
+        "daemon/ipc_server.py",
+        "if self.transport.get_write_buffer_size() > self.server.queue_limit:",
+        "if False:",
+        ["tests/integration/test_daemon_lifecycle.py::test_slow_subscriber_dropped_fast_one_gets_everything"],
+    ),
+    (
+        "1 MiB line limit",
+        "daemon/ipc_server.py",
+        "protocol.MAX_LINE",
+        "(1 << 62)",
+        ["tests/adversarial/test_bad_input.py::test_line_over_one_mib_closes_that_connection_only"],
+    ),
+    (
+        "Open-file limit raised at start",
+        "daemon/main.py",
+        "    raise_open_file_limit()\n",
+        "",
+        ["tests/adversarial/test_bad_input.py::test_two_thousand_idle_connections"],
+    ),
+    (
+        "Malformed HTTP requests logged without traceback",
+        "daemon/http_app.py",
+        "server_log.addFilter(_MALFORMED)",
+        "pass",
+        ["tests/adversarial/test_bad_input.py::test_oversized_header_is_4xx"],
+    ),
+    (
+        "0600 runtime dir",
+        "daemon/ipc_server.py",
+        "path.mkdir(mode=0o700, parents=True, exist_ok=True)",
+        "path.mkdir(mode=0o755, parents=True, exist_ok=True); return",
+        ["tests/adversarial/test_local_users.py::test_other_uid_cannot_traverse_default_runtime_dir"],
+    ),
+    (
+        "Loose secret.key refused",
+        "store/encrypted.py",
+        "if st.st_mode & 0o077:",
+        "if False:",
+        ["tests/adversarial/test_local_users.py::test_loose_secret_key_refused_when_storing_from_a_login"],
+    ),
+    (
+        "No key in logs (a leak planted on purpose)",
+        "daemon/controller.py",
+        "backend = await self._store_key(result.key)",
+        'log.info("storing %s", result.key); backend = await self._store_key(result.key)',
+        ["tests/adversarial/test_no_leaks.py::test_no_secret_in_any_output"],
+    ),
 ]
 
 
@@ -117,8 +175,21 @@ def run_suite() -> tuple[dict, float]:
         out = f.name
     env = {**os.environ, OUT_ENV: out}
     t0 = time.monotonic()
-    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "tests.adversarial.report",
-                    "tests/adversarial"], cwd=ROOT, env=env)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "tests.adversarial.report",
+            "tests/adversarial",
+        ],
+        cwd=ROOT,
+        env=env,
+    )
     elapsed = time.monotonic() - t0
     data = json.loads(Path(out).read_text())
     os.unlink(out)
@@ -137,11 +208,20 @@ def run_mutant(defence: str, file: str, old: str, new: str, tests: list[str]) ->
             return "not applied", f"`{old}` is no longer in {file}: update MUTANTS"
         target.write_text(text.replace(old, new))
         # cwd=work: both this pytest and the daemons it starts (python -m convocationsd) import the mutant.
-        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests],
-                              cwd=work, capture_output=True, text=True, timeout=300,
-                              env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+        done = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests],
+            cwd=work,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+        )
         summary = (done.stdout.strip().splitlines() or ["(no output)"])[-1]
-        failed = [line.split(" - ")[0].replace("FAILED ", "") for line in done.stdout.splitlines() if line.startswith("FAILED")]
+        failed = [
+            line.split(" - ")[0].replace("FAILED ", "")
+            for line in done.stdout.splitlines()
+            if line.startswith("FAILED")
+        ]
         if done.returncode == 0:
             return "NOT DETECTED", summary
         return "detected", (failed[0].split("::", 1)[-1] + ": " if failed else "") + summary
@@ -171,7 +251,8 @@ def render(results: dict, elapsed: float, mutants: list[tuple] | None, old_mutan
         "The threat model behind these cases is in [SECURITY.md](../SECURITY.md).",
         "",
         f"Last run: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {len(results)} cases, "
-        + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + f", {elapsed:.0f} s.",
+        + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+        + f", {elapsed:.0f} s.",
         "",
     ]
     by_door: dict[str, list[tuple[str, dict]]] = {}
@@ -182,8 +263,14 @@ def render(results: dict, elapsed: float, mutants: list[tuple] | None, old_mutan
         rows = by_door.get(module, [])
         if not rows:
             continue
-        lines += [f"## {door}", "", f"`tests/adversarial/{module}.py`", "", "| case | variant | defence | result |",
-                  "|---|---|---|---|"]
+        lines += [
+            f"## {door}",
+            "",
+            f"`tests/adversarial/{module}.py`",
+            "",
+            "| case | variant | defence | result |",
+            "|---|---|---|---|",
+        ]
         grouped: dict[str, list[tuple[str, dict]]] = {}
         for nid, r in rows:
             grouped.setdefault(nid.split("::")[1].split("[")[0], []).append((nid, r))
@@ -191,9 +278,13 @@ def render(results: dict, elapsed: float, mutants: list[tuple] | None, old_mutan
             case, defence = _first_para(items[0][1]["doc"])
             for nid, r in items:
                 variant = nid.split("[", 1)[1].rstrip("]") if "[" in nid else ""
-                result = {"passed": "pass", "failed": "**FAIL**", "error": "**ERROR**", "skipped": "skipped"}[r["outcome"]]
-                lines.append(f"| {case.replace('|', '/') if variant == '' or nid == items[0][0] else '〃'} | {variant} | "
-                             f"{defence.replace('|', '/') if nid == items[0][0] else ''} | {result} |")
+                result = {"passed": "pass", "failed": "**FAIL**", "error": "**ERROR**", "skipped": "skipped"}[
+                    r["outcome"]
+                ]
+                lines.append(
+                    f"| {case.replace('|', '/') if variant == '' or nid == items[0][0] else '〃'} | {variant} | "
+                    f"{defence.replace('|', '/') if nid == items[0][0] else ''} | {result} |"
+                )
         lines.append("")
     lines += ["## Does the suite notice a missing defence?", ""]
     if mutants is None:
@@ -219,7 +310,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     results, elapsed = run_suite()
     old = DOC.read_text() if DOC.exists() else ""
-    old_section = old.split("## Does the suite notice a missing defence?", 1)[1] if "## Does the suite notice" in old else ""
+    old_section = (
+        old.split("## Does the suite notice a missing defence?", 1)[1] if "## Does the suite notice" in old else ""
+    )
     mutants = None
     if not args.no_mutants:
         mutants = []

@@ -134,12 +134,17 @@ def test_body_longer_than_announced_and_lying_lengths(mdaemon):
     assert_healthy(d)
 
 
-@pytest.mark.parametrize("body", [b"\xff\xfe{}", b"[]", b'{"restart": "yes"}', b"{" * 5000, b'"x"', b"null"],
-                         ids=["bad-utf8", "array", "wrong-type", "deep", "string", "null"])
+@pytest.mark.parametrize(
+    "body",
+    [b"\xff\xfe{}", b"[]", b'{"restart": "yes"}', b"{" * 5000, b'"x"', b"null"],
+    ids=["bad-utf8", "array", "wrong-type", "deep", "string", "null"],
+)
 def test_malformed_post_bodies_are_400(mdaemon, body):
     """Bodies that are not {"restart": bool}: 400 with a clear message, no flow started."""
     d = mdaemon
-    r = raw_http(d.port, "POST", START, {"Origin": f"http://localhost:{d.port}", "Content-Type": "application/json"}, body)
+    r = raw_http(
+        d.port, "POST", START, {"Origin": f"http://localhost:{d.port}", "Content-Type": "application/json"}, body
+    )
     assert (r.status == 400 and "restart" in r.text) or "JSON object" in r.text, r.dump()[:300]
     flow = d.call("status")["flow"]
     assert flow is None or flow["status"] != "pending"
@@ -148,9 +153,12 @@ def test_malformed_post_bodies_are_400(mdaemon, body):
 def test_garbage_request_lines(mdaemon):
     """Binary garbage, invalid UTF-8 in the path, a 100 KiB path, a bogus HTTP version: 4xx, daemon alive."""
     d = mdaemon
-    for raw in (b"\x00\x01\x02\xff\r\n\r\n", b"GET /\xff\xfe HTTP/1.1\r\nHost: localhost:%d\r\n\r\n" % d.port,
-                b"GET " + b"/" * 100_000 + b" HTTP/1.1\r\n\r\n",
-                b"GET /api/status HTTP/9.9\r\nHost: localhost:%d\r\n\r\n" % d.port):
+    for raw in (
+        b"\x00\x01\x02\xff\r\n\r\n",
+        b"GET /\xff\xfe HTTP/1.1\r\nHost: localhost:%d\r\n\r\n" % d.port,
+        b"GET " + b"/" * 100_000 + b" HTTP/1.1\r\n\r\n",
+        b"GET /api/status HTTP/9.9\r\nHost: localhost:%d\r\n\r\n" % d.port,
+    ):
         r = raw_http(d.port, raw=raw, timeout=5)
         assert r.status == 0 or (400 <= r.status < 600 and r.status != 500), (raw[:40], r.dump()[:300])
     assert_healthy(d)
@@ -194,10 +202,18 @@ def test_endless_line_without_newline_is_cut_off_early(mdaemon):
     assert_healthy(d)
 
 
-@pytest.mark.parametrize("line", [
-    b"\xff\n", b"\xc0\xaf\n", b'{"jsonrpc":"2.0","id":1,"method":"st\xe9tus"}\n', b"\xed\xa0\x80\n",
-    b'{"jsonrpc":"2.0","id":1,"method":"status"}\x00\n', b"\x00\x00\x00\n",
-], ids=["ff", "overlong", "latin1", "surrogate", "nul-after", "nuls"])
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"\xff\n",
+        b"\xc0\xaf\n",
+        b'{"jsonrpc":"2.0","id":1,"method":"st\xe9tus"}\n',
+        b"\xed\xa0\x80\n",
+        b'{"jsonrpc":"2.0","id":1,"method":"status"}\x00\n',
+        b"\x00\x00\x00\n",
+    ],
+    ids=["ff", "overlong", "latin1", "surrogate", "nul-after", "nuls"],
+)
 def test_invalid_utf8_lines_get_parse_errors(mdaemon, line):
     """Bytes that are not UTF-8 (overlong, surrogates, Latin-1): -32700, connection still usable."""
     d = mdaemon
@@ -215,9 +231,11 @@ def test_invalid_utf8_lines_get_parse_errors(mdaemon, line):
 def test_deeply_nested_json(mdaemon, depth):
     """Nesting 1k-400k deep, as the line and inside params: a JSON-RPC error, never a crash."""
     d = mdaemon
-    lines = [b"[" * depth + b"]" * depth,
-             b'{"jsonrpc":"2.0","id":7,"method":"subscribe","params":{"events":' + b"[" * depth + b"]" * depth + b"}}",
-             b'{"jsonrpc":"2.0","id":8,"method":"status","params":' + b'{"a":' * depth + b"1" + b"}" * depth + b"}"]
+    lines = [
+        b"[" * depth + b"]" * depth,
+        b'{"jsonrpc":"2.0","id":7,"method":"subscribe","params":{"events":' + b"[" * depth + b"]" * depth + b"}}",
+        b'{"jsonrpc":"2.0","id":8,"method":"status","params":' + b'{"a":' * depth + b"1" + b"}" * depth + b"}",
+    ]
     for line in lines:
         if len(line) > protocol.MAX_LINE:
             continue
@@ -277,8 +295,11 @@ def test_wrong_types_for_every_param_of_every_method(mdaemon):
     d.call("secret.clear")
 
 
-@pytest.mark.parametrize("value", [" ", "not-a-key", "sk-" + "x" * 5000, "sk-or-v1-abc\ndef", "sk-or-\u00e9"],
-                         ids=["blank", "no-prefix", "5000-chars", "newline", "non-ascii"])
+@pytest.mark.parametrize(
+    "value",
+    [" ", "not-a-key", "sk-" + "x" * 5000, "sk-or-v1-abc\ndef", "sk-or-\u00e9"],
+    ids=["blank", "no-prefix", "5000-chars", "newline", "non-ascii"],
+)
 def test_secret_set_rejects_implausible_keys(mdaemon, value):
     """secret.set with well-typed but implausible keys: a -32000 error with a hint; nothing stored."""
     from convocationsd.core.errors import RemoteError
@@ -295,8 +316,12 @@ def test_half_written_lines_then_disconnect(mdaemon):
     nothing runs, nothing stored, no descriptor leaks."""
     d = mdaemon
     fds = open_fds(d.proc.pid)
-    halves = [b'{"jsonrpc":"2.0","id":1,"meth', b'{"jsonrpc":"2.0","id":1,"method":"secret.set","params":{"key":"sk-or-v1-half"}}',
-              b'{"jsonrpc":"2.0","id":1,"method":"oauth.start"}', b"\xe2\x82"]
+    halves = [
+        b'{"jsonrpc":"2.0","id":1,"meth',
+        b'{"jsonrpc":"2.0","id":1,"method":"secret.set","params":{"key":"sk-or-v1-half"}}',
+        b'{"jsonrpc":"2.0","id":1,"method":"oauth.start"}',
+        b"\xe2\x82",
+    ]
     for i in range(300):
         s = socket.socket(socket.AF_UNIX)
         s.connect(str(d.socket))
@@ -379,16 +404,24 @@ def test_two_thousand_idle_connections(spawn):
 
 # -- generated JSON-RPC lines against the real socket -------------------------------------------------
 
-json_scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=False),
-                         st.text(max_size=20))
-json_values = st.recursive(json_scalars, lambda inner: st.one_of(
-    st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)), max_leaves=12)
+json_scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=False), st.text(max_size=20)
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+    max_leaves=12,
+)
 methods = st.one_of(st.sampled_from(sorted(protocol.METHODS)), st.text(max_size=12))
-param_names = st.one_of(st.sampled_from(sorted({n for spec in protocol.METHODS.values() for n in spec})), st.text(max_size=8))
+param_names = st.one_of(
+    st.sampled_from(sorted({n for spec in protocol.METHODS.values() for n in spec})), st.text(max_size=8)
+)
 requests = st.fixed_dictionaries(
     {"jsonrpc": st.one_of(st.just("2.0"), json_scalars), "method": st.one_of(methods, json_scalars)},
-    optional={"id": st.one_of(st.integers(), st.text(max_size=8), json_scalars, json_values),
-              "params": st.one_of(st.dictionaries(param_names, json_values, max_size=3), json_values)},
+    optional={
+        "id": st.one_of(st.integers(), st.text(max_size=8), json_scalars, json_values),
+        "params": st.one_of(st.dictionaries(param_names, json_values, max_size=3), json_values),
+    },
 )
 lines = st.one_of(
     requests.map(lambda m: json.dumps(m).encode()),
@@ -445,19 +478,46 @@ def test_after_fuzzing_the_daemon_logged_no_traceback(module_daemon):
 
 # -- config.toml --------------------------------------------------------------------------------------
 
-KEYS = ["http_port", "openrouter_url", "secret_backend", "desktop_notifications", "idle_exit_seconds",
-        "flow_timeout_seconds", "exchange_timeout_seconds", "keyring_timeout_seconds", "log_level", "socket"]
+KEYS = [
+    "http_port",
+    "openrouter_url",
+    "secret_backend",
+    "desktop_notifications",
+    "idle_exit_seconds",
+    "flow_timeout_seconds",
+    "exchange_timeout_seconds",
+    "keyring_timeout_seconds",
+    "log_level",
+    "socket",
+]
 toml_scalars = st.one_of(
-    st.integers(-2**63, 2**63 - 1).map(str), st.floats(allow_nan=True).map(lambda f: repr(f).lower().replace("inf", "inf")),
-    st.booleans().map(lambda b: "true" if b else "false"), st.text(max_size=12).map(json.dumps),
-    st.sampled_from(["1979-05-27T07:32:00Z", "07:32:00", "[]", "[1, 'a']", "{}", '{backend = 3}', "'''x'''", "nan", "-inf"]),
+    st.integers(-(2**63), 2**63 - 1).map(str),
+    st.floats(allow_nan=True).map(lambda f: repr(f).lower().replace("inf", "inf")),
+    st.booleans().map(lambda b: "true" if b else "false"),
+    st.text(max_size=12).map(json.dumps),
+    st.sampled_from(
+        ["1979-05-27T07:32:00Z", "07:32:00", "[]", "[1, 'a']", "{}", "{backend = 3}", "'''x'''", "nan", "-inf"]
+    ),
 )
 toml_docs = st.lists(
     st.one_of(
         st.tuples(st.sampled_from(KEYS), toml_scalars).map(lambda kv: f"{kv[0]} = {kv[1]}"),
-        st.sampled_from(["[openrouter_api_key]", "[[openrouter_api_key]]", "openrouter_api_key = 5",
-                         'backend = "local-encrypted"', 'backend = "keyring"', 'nonce = "AAAA"', 'ciphertext = "!!"',
-                         "service = 1", "username = []", "# comment", "[other]", ""]),
+        st.sampled_from(
+            [
+                "[openrouter_api_key]",
+                "[[openrouter_api_key]]",
+                "openrouter_api_key = 5",
+                'backend = "local-encrypted"',
+                'backend = "keyring"',
+                'nonce = "AAAA"',
+                'ciphertext = "!!"',
+                "service = 1",
+                "username = []",
+                "# comment",
+                "[other]",
+                "",
+            ]
+        ),
         st.text(max_size=20),
     ),
     max_size=8,

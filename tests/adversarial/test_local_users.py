@@ -31,7 +31,7 @@ CONNECT = (
     "    s.connect(sys.argv[1])\n"
     "except OSError as e:\n"
     "    print('ERR', e.errno, e.strerror); sys.exit(0)\n"
-    "s.sendall(b'{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"secret.get\"}\\n')\n"
+    's.sendall(b\'{"jsonrpc":"2.0","id":1,"method":"secret.get"}\\n\')\n'
     "print('GOT', s.recv(4096).decode())\n"
 )
 

@@ -171,7 +171,9 @@ def test_no_secret_in_any_output(spawn, request):
     secrets |= {("bad key", k) for k in bad_keys}
     secrets |= {("code", c) for c in canary.seen_codes if c and c != "None"}
     secrets |= {("verifier", v) for v in canary.seen_verifiers if v and v != "None"}
-    assert len([s for s in secrets if s[0] == "issued key"]) >= 2 and len([s for s in secrets if s[0] == "verifier"]) >= 4
+    assert (
+        len([s for s in secrets if s[0] == "issued key"]) >= 2 and len([s for s in secrets if s[0] == "verifier"]) >= 4
+    )
     leaks = [(kind, where) for kind, secret in secrets for where, text in seen if secret in text]
     assert not leaks, f"secrets leaked: {leaks}"
     # and the ciphertext really is there, encrypted
@@ -184,4 +186,3 @@ def _quiet(fn, *args):
         fn(*args)
     except OSError:
         pass
-

@@ -59,8 +59,12 @@ def check_failure(d, data, page, code: str, *needles: str) -> None:
 
 FAULTS = [
     pytest.param({"exchange_status": 400}, "exchange_failed", ["HTTP 400", "report it"], id="400"),
-    pytest.param({"exchange_status": 403, "exchange_message": "Authorization code expired"}, "exchange_failed",
-                 ["expired", "10 minutes"], id="403-expired"),
+    pytest.param(
+        {"exchange_status": 403, "exchange_message": "Authorization code expired"},
+        "exchange_failed",
+        ["expired", "10 minutes"],
+        id="403-expired",
+    ),
     pytest.param({"exchange_status": 403}, "exchange_failed", ["rejected", "convctl oauth start"], id="403-invalid"),
     pytest.param({"exchange_status": 405}, "exchange_failed", ["HTTP 405", "CONVOCATIONS_OPENROUTER_URL"], id="405"),
     pytest.param({"exchange_status": 409}, "app_conflict", ["409", "RCONV_HTTP_PORT"], id="409-at-exchange"),
@@ -146,7 +150,9 @@ class RawUpstream:
                 elif mode == "garbage":
                     conn.sendall(b"SSH-2.0-OpenSSH_9.2\r\n\x00\xff\xfe garbage\r\n\r\n")
                 elif mode == "endless":
-                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+                    conn.sendall(
+                        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    )
                     chunk = b"4000\r\n" + b"x" * 0x4000 + b"\r\n"
                     deadline = time.monotonic() + 5
                     while time.monotonic() < deadline and not self.stop.is_set():
@@ -157,8 +163,10 @@ class RawUpstream:
                         conn.sendall(b" ")
                         time.sleep(0.2)
                 elif mode == "redirect":
-                    conn.sendall(b"HTTP/1.1 307 Temporary Redirect\r\nLocation: http://127.0.0.1:9/steal\r\n"
-                                 b"Content-Length: 0\r\n\r\n")
+                    conn.sendall(
+                        b"HTTP/1.1 307 Temporary Redirect\r\nLocation: http://127.0.0.1:9/steal\r\n"
+                        b"Content-Length: 0\r\n\r\n"
+                    )
                 elif mode == "headers-flood":
                     conn.sendall(b"HTTP/1.1 200 OK\r\n" + b"X-A: " + b"a" * 100_000 + b"\r\n\r\n{}")
             except OSError:

@@ -150,8 +150,13 @@ def test_same_origin_and_typed_url_are_allowed(mdaemon):
     """Our own page (same-origin POST) and a typed URL (Sec-Fetch-Site: none GET) may start a login."""
     d = mdaemon
     origin = f"http://localhost:{d.port}"
-    r = raw_http(d.port, "POST", START, {"Origin": origin, "Sec-Fetch-Site": "same-origin",
-                                          "Content-Type": "application/json"}, b"{}")
+    r = raw_http(
+        d.port,
+        "POST",
+        START,
+        {"Origin": origin, "Sec-Fetch-Site": "same-origin", "Content-Type": "application/json"},
+        b"{}",
+    )
     assert r.status == 200 and "auth_url" in r.text
     r = raw_http(d.port, "GET", START, {"Sec-Fetch-Site": "none"})
     assert r.status == 302
@@ -167,8 +172,13 @@ def test_no_cors_headers_anywhere(mdaemon):
     d = mdaemon
     for path in ALL_ROUTES:
         for method in ("GET", "POST", "PUT", "DELETE"):
-            r = raw_http(d.port, method, path, {"Origin": "https://evil.example", "Content-Type": "application/json"},
-                         b"{}" if method != "GET" else b"")
+            r = raw_http(
+                d.port,
+                method,
+                path,
+                {"Origin": "https://evil.example", "Content-Type": "application/json"},
+                b"{}" if method != "GET" else b"",
+            )
             assert r.status, (method, path)
             assert not [k for k, _ in r.headers if k.lower().startswith("access-control-")], (method, path, r.dump())
     d.call("oauth.cancel")
@@ -179,12 +189,17 @@ def test_options_preflight_gets_nothing_permissive(mdaemon, path):
     """OPTIONS preflights are answered with an error and no Access-Control-* headers; nothing starts."""
     d = mdaemon
     before = latest_session(d)
-    r = raw_http(d.port, "OPTIONS", path, {
-        "Origin": "https://evil.example",
-        "Access-Control-Request-Method": "POST",
-        "Access-Control-Request-Headers": "content-type",
-        "Access-Control-Request-Private-Network": "true",
-    })
+    r = raw_http(
+        d.port,
+        "OPTIONS",
+        path,
+        {
+            "Origin": "https://evil.example",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type",
+            "Access-Control-Request-Private-Network": "true",
+        },
+    )
     assert r.status >= 400, r.dump()
     assert not [k for k, _ in r.headers if k.lower().startswith("access-control-")], r.dump()
     assert latest_session(d) == before
@@ -213,8 +228,12 @@ def test_wrong_state_neither_exchanges_nor_ends_the_flow(mdaemon, fake_t):
     real = fake_t.approve(reply["auth_url"])
     code = dict(p.split("=", 1) for p in query_of(real).split("&"))["code"]
     exchanges = len(fake_t.fake.exchanges)
-    for query in (f"code={code}&state=wrong", f"code={code}&state=", f"code={code}&state={state_of(reply['auth_url'])}x",
-                  "error=access_denied&state=wrong"):
+    for query in (
+        f"code={code}&state=wrong",
+        f"code={code}&state=",
+        f"code={code}&state={state_of(reply['auth_url'])}x",
+        "error=access_denied&state=wrong",
+    ):
         _, page = callback(d.port, query)
         assert page is not None and "does not belong" in page.text, (query, page and page.text)
     assert len(fake_t.fake.exchanges) == exchanges  # the attacker could not make us spend the code
@@ -293,14 +312,21 @@ def test_subresource_callback_is_refused(mdaemon, fake_t):
     sub = subscriber(d, ["openrouter-auth-complete"])
     reply = d.call("oauth.start", {"restart": True})
     for dest, mode in (("image", "no-cors"), ("script", "no-cors"), ("empty", "cors"), ("iframe", "navigate")):
-        r = raw_http(d.port, "GET", CB + "?error=access_denied", {
-            "Sec-Fetch-Dest": dest, "Sec-Fetch-Mode": mode, "Sec-Fetch-Site": "cross-site"})
+        r = raw_http(
+            d.port,
+            "GET",
+            CB + "?error=access_denied",
+            {"Sec-Fetch-Dest": dest, "Sec-Fetch-Mode": mode, "Sec-Fetch-Site": "cross-site"},
+        )
         assert r.status == 403, (dest, r.dump())
     assert d.call("status")["flow"]["status"] == "pending"
     # The real browser redirect from OpenRouter is a cross-site top-level navigation: accepted.
     location = fake_t.approve(reply["auth_url"])
-    _, page = callback(d.port, query_of(location), {"Sec-Fetch-Dest": "document", "Sec-Fetch-Mode": "navigate",
-                                                    "Sec-Fetch-Site": "cross-site"})
+    _, page = callback(
+        d.port,
+        query_of(location),
+        {"Sec-Fetch-Dest": "document", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Site": "cross-site"},
+    )
     assert page is not None and "OpenRouter account linked" in page.text
     ev = next_event(sub, "openrouter-auth-complete", reply["session_id"])
     assert ev["data"]["success"] is True
@@ -321,7 +347,7 @@ def _check_headers(r, where):
         assert "unsafe-inline" not in csp and "unsafe-eval" not in csp and "*" not in csp, where
         body = r.text.lower()
         assert "<script" not in body, where
-        assert "src=\"http" not in body and "href=\"http" not in body and "url(" not in body, where
+        assert 'src="http' not in body and 'href="http' not in body and "url(" not in body, where
 
 
 def test_security_headers_on_every_response(mdaemon, fake_t):
@@ -352,7 +378,7 @@ def test_security_headers_on_every_response(mdaemon, fake_t):
     d.call("oauth.cancel")
 
 
-SCRIPTY = '<script>alert(1)</script>"\'><img src=x onerror=alert(2)>'
+SCRIPTY = "<script>alert(1)</script>\"'><img src=x onerror=alert(2)>"
 
 
 def test_reflected_query_text_is_escaped(mdaemon):
@@ -370,10 +396,16 @@ def test_reflected_query_text_is_escaped(mdaemon):
     ev = next_event(sub, "openrouter-auth-complete", reply["session_id"])
     assert ev["data"]["error"]["code"] == "exchange_failed"
     # stray callbacks and unknown pages never reflect the query at all
-    for path in (CB + "?code=" + quote(SCRIPTY) + "&state=" + quote(SCRIPTY),
-                 "/" + quote(SCRIPTY), "/api/openrouter/oauth/result/" + quote(SCRIPTY)):
-        first, page = (callback(d.port, path.split("?", 1)[1]) if path.startswith(CB)
-                       else (raw_http(d.port, "GET", path, {"Accept": "text/html"}), None))
+    for path in (
+        CB + "?code=" + quote(SCRIPTY) + "&state=" + quote(SCRIPTY),
+        "/" + quote(SCRIPTY),
+        "/api/openrouter/oauth/result/" + quote(SCRIPTY),
+    ):
+        first, page = (
+            callback(d.port, path.split("?", 1)[1])
+            if path.startswith(CB)
+            else (raw_http(d.port, "GET", path, {"Accept": "text/html"}), None)
+        )
         for r in (first, page):
             if r is not None:
                 assert "<script" not in r.text and "<img" not in r.text, (path, r.text)

@@ -60,7 +60,9 @@ class Person:
         cls, browser, *, javascript: bool = True, allowed_hosts: tuple[str, ...] = (), dark: bool = False
     ) -> Person:
         context = await browser.new_context(
-            java_script_enabled=javascript, viewport={"width": 900, "height": 640}, color_scheme="dark" if dark else "light"
+            java_script_enabled=javascript,
+            viewport={"width": 900, "height": 640},
+            color_scheme="dark" if dark else "light",
         )
         person = cls(context)
         context.on("response", person._on_response)
@@ -207,10 +209,14 @@ async def test_409_on_a_fallback_port(browser, daemon_factory, fake):
 
     port = free_port()
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import socket,time\ns=socket.socket(socket.AF_INET6)\ns.setsockopt(socket.IPPROTO_IPV6,socket.IPV6_V6ONLY,1)\n"
-         f"s.bind(('::1',{port}))\ns.listen()\nprint('ready',flush=True)\ntime.sleep(120)"],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import socket,time\ns=socket.socket(socket.AF_INET6)\ns.setsockopt(socket.IPPROTO_IPV6,socket.IPV6_V6ONLY,1)\n"
+            f"s.bind(('::1',{port}))\ns.listen()\nprint('ready',flush=True)\ntime.sleep(120)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "ready"

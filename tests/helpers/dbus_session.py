@@ -83,7 +83,8 @@ class FakeNotifications:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "dbusmock", "--session", "-t", "notification_daemon"],
             env={"DBUS_SESSION_BUS_ADDRESS": bus.address, "PATH": "/usr/bin:/bin"},
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         bus.wait_for_name(NOTIFICATIONS)
 

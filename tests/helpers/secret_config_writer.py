@@ -1,7 +1,7 @@
 """Test helper: rewrites config.toml through configfile.update in a separate process.
 
-    secret_config_writer.py PATH count KEY N   increment integer KEY N times
-    secret_config_writer.py PATH loop SIZE     forever: n += 1 and payload = f"<n>;" * SIZE, printing n after each write
+secret_config_writer.py PATH count KEY N   increment integer KEY N times
+secret_config_writer.py PATH loop SIZE     forever: n += 1 and payload = f"<n>;" * SIZE, printing n after each write
 """
 
 from __future__ import annotations

@@ -48,10 +48,24 @@ def test_cache_refuses_answers_about_an_old_key():
 
 
 def test_summary_keeps_only_what_is_shown():
-    data = {"label": "sk-or-v1-abc...xyz", "usage": 1.5, "limit": None, "limit_remaining": None, "usage_daily": 3,
-            "is_free_tier": True, "secret": "nope"}
+    data = {
+        "label": "sk-or-v1-abc...xyz",
+        "usage": 1.5,
+        "limit": None,
+        "limit_remaining": None,
+        "usage_daily": 3,
+        "is_free_tier": True,
+        "secret": "nope",
+    }
     s = account.summary(data)
-    assert s == {"label": "(unnamed key)", "usage": 1.5, "limit": None, "limit_remaining": None, "valid": True, "message": None}
+    assert s == {
+        "label": "(unnamed key)",
+        "usage": 1.5,
+        "limit": None,
+        "limit_remaining": None,
+        "valid": True,
+        "message": None,
+    }
     assert account.summary({"label": "x\x1b[31m", "usage": float("nan"), "limit": True})["usage"] is None
 
 
@@ -116,8 +130,14 @@ async def test_snapshot_never_waits_and_refreshes_in_background():
     st = account.AccountStatus(ctl, ttl=60, clock=clock)
     assert st.snapshot() is None  # nothing known yet; a refresh has started
     await settle(st)
-    assert st.snapshot() == {"label": "Convocations", "usage": 0.25, "limit": 10, "limit_remaining": 9.75,
-                             "valid": True, "message": None}
+    assert st.snapshot() == {
+        "label": "Convocations",
+        "usage": 0.25,
+        "limit": 10,
+        "limit_remaining": 9.75,
+        "valid": True,
+        "message": None,
+    }
     assert ctl.openrouter.calls == 1
     st.snapshot()
     await settle(st)
@@ -226,7 +246,14 @@ async def test_account_after_login_in_status_and_revoked(daemon_factory, fake):
     assert done.returncode == 0
     assert "key:      label Convocations, usage $0.00, no limit" in done.stdout
     js = d.call("status")["account"]
-    assert js == {"label": "Convocations", "usage": 0, "limit": None, "limit_remaining": None, "valid": True, "message": None}
+    assert js == {
+        "label": "Convocations",
+        "usage": 0,
+        "limit": None,
+        "limit_remaining": None,
+        "valid": True,
+        "message": None,
+    }
 
     key = fake.issued_keys[-1]
     fake.revoke(key)
@@ -274,7 +301,10 @@ def test_convctl_stays_light(cmd, short_tmp):
 
     done = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "convocationsd.cli.main", *cmd],
-        env=base_env(short_tmp), capture_output=True, text=True, timeout=30,
+        env=base_env(short_tmp),
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     heavy = [line for line in done.stderr.splitlines() if re.search(r"\b(aiohttp|keyring|cryptography)\b", line)]
     assert heavy == []

@@ -14,7 +14,10 @@ def test_bench_smoke_writes_a_report(tmp_path):
     out = tmp_path / "results.md"
     done = subprocess.run(
         [sys.executable, "-m", "bench", "--smoke", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     text = out.read_text()

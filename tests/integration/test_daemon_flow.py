@@ -13,6 +13,7 @@ from tests.conftest import assert_no_secret, follow_callback, next_event, read_a
 
 pytestmark = pytest.mark.asyncio
 
+
 async def test_full_flow_with_convctl_and_subscriber(daemon, fake):
     sub = await daemon.aclient()
     await sub.call("subscribe")
@@ -32,7 +33,12 @@ async def test_full_flow_with_convctl_and_subscriber(daemon, fake):
     assert "code=" not in final_url  # the code left the address bar
 
     done = await next_event(sub, "openrouter-auth-complete")
-    assert done["data"] == {"session_id": started["data"]["session_id"], "success": True, "backend": "local-encrypted", "error": None}
+    assert done["data"] == {
+        "session_id": started["data"]["session_id"],
+        "success": True,
+        "backend": "local-encrypted",
+        "error": None,
+    }
     changed = await next_event(sub, "openrouter-key-changed")
     assert changed["data"] == {"stored": True, "backend": "local-encrypted"}
 
@@ -103,7 +109,9 @@ async def test_openrouter_down_is_upstream_unreachable(daemon_factory, fake):
 
 
 async def test_flow_timeout(daemon_factory, fake):
-    d = await asyncio.to_thread(daemon_factory, CONVOCATIONS_OPENROUTER_URL=fake.url, CONVOCATIONS_FLOW_TIMEOUT_SECONDS="1")
+    d = await asyncio.to_thread(
+        daemon_factory, CONVOCATIONS_OPENROUTER_URL=fake.url, CONVOCATIONS_FLOW_TIMEOUT_SECONDS="1"
+    )
     sub = await d.aclient()
     await sub.call("subscribe", {"events": ["openrouter-auth-complete"]})
     d.call("oauth.start")
@@ -159,14 +167,22 @@ async def test_join_and_restart(daemon, fake):
 async def test_http_routes(daemon, fake):
     base = daemon.base
     async with aiohttp.ClientSession() as s:
-        async with s.get(base + "/api/openrouter/oauth/start", headers={"Sec-Fetch-Site": "none"}, allow_redirects=False) as r:
+        async with s.get(
+            base + "/api/openrouter/oauth/start", headers={"Sec-Fetch-Site": "none"}, allow_redirects=False
+        ) as r:
             assert r.status == 302 and r.headers["Location"].startswith(fake.url + "/auth?")
         async with s.post(base + "/api/openrouter/oauth/start", json={}, headers={"Origin": base}) as r:
             body = await r.json()
-            assert r.status == 200 and body["joined"] is True and set(body) == {"session_id", "auth_url", "callback_url", "expires_at", "joined"}
+            assert (
+                r.status == 200
+                and body["joined"] is True
+                and set(body) == {"session_id", "auth_url", "callback_url", "expires_at", "joined"}
+            )
         async with s.post(base + "/api/openrouter/oauth/start", headers={"Origin": "https://evil.example"}) as r:
             assert r.status == 403
-        async with s.get(base + "/api/openrouter/oauth/start", headers={"Sec-Fetch-Site": "cross-site"}, allow_redirects=False) as r:
+        async with s.get(
+            base + "/api/openrouter/oauth/start", headers={"Sec-Fetch-Site": "cross-site"}, allow_redirects=False
+        ) as r:
             assert r.status == 403
         async with s.get(base + "/api/status", headers={"Host": f"evil.example:{daemon.port}"}) as r:
             assert r.status == 403
@@ -205,7 +221,9 @@ async def test_storage_failure_of_any_kind_ends_the_flow(daemon, fake):
 
 
 async def test_a_rejected_stray_code_keeps_the_flow_and_its_timer(daemon_factory, fake):
-    d = await asyncio.to_thread(daemon_factory, CONVOCATIONS_OPENROUTER_URL=fake.url, CONVOCATIONS_FLOW_TIMEOUT_SECONDS="2")
+    d = await asyncio.to_thread(
+        daemon_factory, CONVOCATIONS_OPENROUTER_URL=fake.url, CONVOCATIONS_FLOW_TIMEOUT_SECONDS="2"
+    )
     sub = await d.aclient()
     await sub.call("subscribe", {"events": ["openrouter-auth-complete"]})
     d.call("oauth.start")

@@ -64,7 +64,9 @@ def test_socket_modes(daemon_factory):
     assert os.stat(d.socket.parent).st_mode & 0o777 == 0o700
 
 
-@pytest.mark.skipif(os.getuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv to act as another user")
+@pytest.mark.skipif(
+    os.getuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv to act as another user"
+)
 def test_other_uid_client_is_refused(daemon_factory):
     d = daemon_factory()
     # Open the doors a misconfiguration might open, so only the peer-uid check stands in the way.
@@ -74,14 +76,24 @@ def test_other_uid_client_is_refused(daemon_factory):
     nobody = pwd.getpwnam("nobody")
     script = (
         "import socket,sys;s=socket.socket(socket.AF_UNIX);s.connect(sys.argv[1]);\n"
-        "try: s.sendall(b'{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"secret.get\"}\\n')\n"
+        'try: s.sendall(b\'{"jsonrpc":"2.0","id":1,"method":"secret.get"}\\n\')\n'
         "except OSError: pass\n"
         "print(s.recv(4096).decode())"
     )
     done = subprocess.run(
-        ["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups",
-         OTHER_USER_PYTHON, "-c", script, str(d.socket)],
-        capture_output=True, text=True, timeout=20,
+        [
+            "setpriv",
+            f"--reuid={nobody.pw_uid}",
+            f"--regid={nobody.pw_gid}",
+            "--clear-groups",
+            OTHER_USER_PYTHON,
+            "-c",
+            script,
+            str(d.socket),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=20,
     )
     assert "Permission denied" in done.stdout, done.stderr
     assert '"result"' not in done.stdout
@@ -93,9 +105,13 @@ def test_malformed_json_rpc_keeps_connection_usable(daemon_factory):
     s = socket.socket(socket.AF_UNIX)
     s.connect(str(d.socket))
     f = s.makefile("rwb")
-    for bad, code in [(b"{nope\n", -32700), (b"[1,2]\n", -32600), (b'{"jsonrpc":"2.0","id":1,"method":"x"}\n', -32601),
-                      (b'{"jsonrpc":"2.0","id":2,"method":"oauth.start","params":{"restart":"yes"}}\n', -32602),
-                      (b"\xff\xfe\n", -32700)]:
+    for bad, code in [
+        (b"{nope\n", -32700),
+        (b"[1,2]\n", -32600),
+        (b'{"jsonrpc":"2.0","id":1,"method":"x"}\n', -32601),
+        (b'{"jsonrpc":"2.0","id":2,"method":"oauth.start","params":{"restart":"yes"}}\n', -32602),
+        (b"\xff\xfe\n", -32700),
+    ]:
         f.write(bad)
         f.flush()
         assert json.loads(f.readline())["error"]["code"] == code
@@ -151,7 +167,9 @@ def test_sigterm_with_a_subscriber_that_stopped_reading_exits_promptly(daemon_fa
     reader.connect(str(d.socket))
     reader.sendall(subscribe)
     received: list[bytes] = []
-    thread = threading.Thread(target=lambda: [received.append(c) for c in iter(lambda: reader.recv(65536), b"")], daemon=True)
+    thread = threading.Thread(
+        target=lambda: [received.append(c) for c in iter(lambda: reader.recv(65536), b"")], daemon=True
+    )
     thread.start()
     # More event bytes than the kernel buffers for `stuck`, so the daemon holds some unsent, but less than
     # its queue limit on top, so `stuck` is not dropped as a slow subscriber: only shutdown can end it.

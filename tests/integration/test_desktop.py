@@ -218,9 +218,7 @@ async def test_start_oauth_and_status_over_dbus_match_the_socket(daemon_factory,
 
 
 @needs_dbus
-async def test_bus_found_at_xdg_runtime_dir_when_the_address_is_unset(
-    daemon_factory, fake, short_tmp, monkeypatch
-):
+async def test_bus_found_at_xdg_runtime_dir_when_the_address_is_unset(daemon_factory, fake, short_tmp, monkeypatch):
     run = short_tmp / "run"
     run.mkdir(mode=0o700)
     bus = PrivateBus(listen=run / "bus")
@@ -256,8 +254,9 @@ async def test_without_pydbus_runs_on_with_one_log_line(daemon_factory, fake, sh
     blocker.mkdir()
     (blocker / "pydbus.py").write_text("raise ModuleNotFoundError(\"No module named 'pydbus'\", name='pydbus')\n")
     pythonpath = os.pathsep.join(filter(None, [str(blocker), os.environ.get("PYTHONPATH")]))
-    d = await _daemon(daemon_factory, fake, PYTHONPATH=pythonpath,
-                      DBUS_SESSION_BUS_ADDRESS=f"unix:path={short_tmp}/nobus")
+    d = await _daemon(
+        daemon_factory, fake, PYTHONPATH=pythonpath, DBUS_SESSION_BUS_ADDRESS=f"unix:path={short_tmp}/nobus"
+    )
     await _link(d, fake)
     assert d.call("status")["flow"]["status"] == "succeeded"
     await _stop(d)
@@ -281,8 +280,9 @@ async def test_unreachable_bus_is_one_line_and_none(short_tmp, caplog):
         def touch(self) -> None: ...
 
     caplog.set_level(logging.INFO, logger="convocationsd.daemon.desktop")
-    result = await desktop.start(Idle(), events.EventBus(), notifications=None,
-                                 env={"DBUS_SESSION_BUS_ADDRESS": f"unix:path={short_tmp}/nobus"})
+    result = await desktop.start(
+        Idle(), events.EventBus(), notifications=None, env={"DBUS_SESSION_BUS_ADDRESS": f"unix:path={short_tmp}/nobus"}
+    )
     assert result is None
     (record,) = caplog.records
     assert record.levelno == logging.INFO and "cannot use the session bus" in record.getMessage()
@@ -331,7 +331,8 @@ def test_notification_text():
     assert desktop.notification_text({"success": True, "error": None}) == desktop.LINKED
     error = {"code": "timeout", "message": "The login took too long.", "hint": "Run it again."}
     assert desktop.notification_text({"success": False, "error": error}) == (
-        "OpenRouter account not linked", "The login took too long.\nRun it again."
+        "OpenRouter account not linked",
+        "The login took too long.\nRun it again.",
     )
     cancelled = {"success": False, "error": {"code": "cancelled", "message": "Cancelled.", "hint": ""}}
     assert desktop.notification_text(cancelled) is None

@@ -20,7 +20,10 @@ from tests.conftest import base_env, free_port
 def run_doctor(env: dict[str, str], *extra: str) -> tuple[int, list[dict], str]:
     done = subprocess.run(
         [sys.executable, "-m", "convocationsd.cli.main", "doctor", "--json", *extra],
-        env=env, capture_output=True, text=True, timeout=60,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.stdout, done.stderr
     return done.returncode, json.loads(done.stdout), done.stderr

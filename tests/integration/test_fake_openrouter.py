@@ -104,7 +104,7 @@ async def test_authorize_page_is_plain_html_with_two_buttons(fake, http):
         page = await response.text()
     assert response.status == 200 and response.content_type == "text/html"
     assert "Authorize Convocations?" in page
-    assert 'id=approve' in page and 'id=deny' in page
+    assert "id=approve" in page and "id=deny" in page
     assert "<script" not in page
 
 
@@ -117,9 +117,17 @@ async def test_state_is_not_echoed_when_switched_off(fake):
 
 async def test_existing_query_on_callback_url_is_kept(fake):
     challenge = pkce.s256_challenge(pkce.make_verifier())
-    auth_url = fake.url + "/auth?" + urlencode(
-        {"callback_url": "http://localhost:3000/cb?flow=abc", "code_challenge": challenge,
-         "code_challenge_method": "S256", "state": "s1"}
+    auth_url = (
+        fake.url
+        + "/auth?"
+        + urlencode(
+            {
+                "callback_url": "http://localhost:3000/cb?flow=abc",
+                "code_challenge": challenge,
+                "code_challenge_method": "S256",
+                "state": "s1",
+            }
+        )
     )
     params = query(await fake.approve(auth_url))
     assert params["flow"] == "abc" and params["state"] == "s1" and params["code"]
@@ -252,8 +260,17 @@ async def test_key_info_then_revoke_gives_401(fake, http):
     async with http.get(fake.url + "/api/v1/key", headers=headers) as response:
         assert response.status == 200
         data = (await response.json())["data"]
-    assert set(data) >= {"label", "limit", "limit_remaining", "usage", "usage_daily", "usage_weekly",
-                         "usage_monthly", "is_free_tier", "expires_at"}
+    assert set(data) >= {
+        "label",
+        "limit",
+        "limit_remaining",
+        "usage",
+        "usage_daily",
+        "usage_weekly",
+        "usage_monthly",
+        "is_free_tier",
+        "expires_at",
+    }
     assert data["limit"] == 5 and data["expires_at"] is None
 
     assert fake.revoke(key) is True
@@ -349,8 +366,15 @@ async def test_runtime_config_state_revoke_and_reset_over_http(fake, http):
 
 async def test_standalone_serves_and_stops_on_sigterm():
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "convocationsd.testing.fake_openrouter", "--port", "0", "--no-echo-state",
-        "--authorize-409", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "convocationsd.testing.fake_openrouter",
+        "--port",
+        "0",
+        "--no-echo-state",
+        "--authorize-409",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
         line = (await asyncio.wait_for(process.stdout.readline(), 15)).decode()

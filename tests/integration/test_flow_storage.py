@@ -36,7 +36,10 @@ async def test_flow_stores_key_in_real_keyring(daemon_factory, fake, secret_serv
 
 async def test_flow_without_session_bus_falls_back_to_ciphertext(daemon_factory, fake):
     d = await asyncio.to_thread(
-        daemon_factory, CONVOCATIONS_OPENROUTER_URL=fake.url, CONVOCATIONS_SECRET_BACKEND="", DBUS_SESSION_BUS_ADDRESS=""
+        daemon_factory,
+        CONVOCATIONS_OPENROUTER_URL=fake.url,
+        CONVOCATIONS_SECRET_BACKEND="",
+        DBUS_SESSION_BUS_ADDRESS="",
     )
     key = await _link(d, fake)
     assert d.call("secret.get") == {"key": key}

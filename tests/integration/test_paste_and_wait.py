@@ -115,7 +115,12 @@ class StandInClient:
     def call(self, method: str, params: dict | None = None, *, timeout: float | None = None):
         self.calls.append((method, params, timeout))
         if method == "oauth.start":
-            return {"session_id": "s1", "joined": False, "auth_url": "https://openrouter.invalid/auth?x=1", "callback_url": None}
+            return {
+                "session_id": "s1",
+                "joined": False,
+                "auth_url": "https://openrouter.invalid/auth?x=1",
+                "callback_url": None,
+            }
         if method == "oauth.exchange":
             answer = self.exchanges.pop(0)
             if isinstance(answer, Exception):
@@ -184,8 +189,15 @@ def test_paste_other_errors_are_not_retried(monkeypatch):
 def test_status_names_no_fixed_port_for_a_fallback(monkeypatch):
     class StatusClient(StandInClient):
         def call(self, method, params=None, *, timeout=None):
-            return {"pid": 1, "version": "0", "http_url": "http://localhost:41000", "port_fallback": True,
-                    "socket": "/run/x.sock", "secret": {"stored": False}, "flow": None}
+            return {
+                "pid": 1,
+                "version": "0",
+                "http_url": "http://localhost:41000",
+                "port_fallback": True,
+                "socket": "/run/x.sock",
+                "secret": {"stored": False},
+                "flow": None,
+            }
 
     monkeypatch.setattr(commands, "_client", lambda args: StatusClient([]))
     stdout = StringIO()
@@ -216,8 +228,13 @@ async def test_paste_ctrl_c(daemon, fake):
 
 @pytest.mark.parametrize(
     "line, code",
-    [("abc\n", "abc"), ("  'abc'  \n", "abc"), ('"abc"', "abc"),
-     ("http://localhost:3000/api/openrouter/oauth/callback?code=xyz&state=s", "xyz"), ("\n", "")],
+    [
+        ("abc\n", "abc"),
+        ("  'abc'  \n", "abc"),
+        ('"abc"', "abc"),
+        ("http://localhost:3000/api/openrouter/oauth/callback?code=xyz&state=s", "xyz"),
+        ("\n", ""),
+    ],
 )
 def test_code_from_paste(line, code):
     assert commands._code_from_paste(line) == code
@@ -234,14 +251,20 @@ def headless_env(env: dict, **extra: str) -> dict:
 
 @pytest.mark.parametrize(
     "extra, reason",
-    [({"SSH_CONNECTION": "10.0.0.2 50000 10.0.0.1 22"}, "this is an SSH session"),
-     ({}, "there is no graphical display")],
+    [
+        ({"SSH_CONNECTION": "10.0.0.2 50000 10.0.0.1 22"}, "this is an SSH session"),
+        ({}, "there is no graphical display"),
+    ],
 )
 async def test_no_browser_says_what_to_do(daemon, fake, extra, reason):
     env = headless_env(daemon.env, **extra)
     done = await asyncio.to_thread(
-        subprocess.run, [sys.executable, "-m", "convocationsd.cli.main", "oauth", "start", "--timeout", "1"],
-        env=env, capture_output=True, text=True, timeout=30,
+        subprocess.run,
+        [sys.executable, "-m", "convocationsd.cli.main", "oauth", "start", "--timeout", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert done.returncode == 1
     err = done.stderr
@@ -304,7 +327,11 @@ async def test_spinner_on_a_terminal(daemon, fake):
     master, slave = os.openpty()
     proc = subprocess.Popen(
         [sys.executable, "-m", "convocationsd.cli.main", "oauth", "start", "--no-browser", "--timeout", "30"],
-        env=daemon.env, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, close_fds=True,
+        env=daemon.env,
+        stdin=subprocess.DEVNULL,
+        stdout=slave,
+        stderr=slave,
+        close_fds=True,
     )
     os.close(slave)
     seen = b""

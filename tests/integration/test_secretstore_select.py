@@ -87,8 +87,6 @@ def conf(tmp_path):
     return tmp_path / "convocations" / "config.toml"
 
 
-
-
 def child_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CONVOCATIONS_", "PYTHON_KEYRING"))}
     env.pop("DBUS_SESSION_BUS_ADDRESS", None)
@@ -107,7 +105,9 @@ def test_working_keyring_is_preferred(conf, caplog):
     assert store.set(key) == "keyring"
     assert fake.entries == {(SERVICE, USERNAME): key}
     assert configfile.load(conf)["openrouter_api_key"] == {
-        "backend": "keyring", "service": SERVICE, "username": USERNAME,
+        "backend": "keyring",
+        "service": SERVICE,
+        "username": USERNAME,
     }
     assert not (conf.parent / "secret.key").exists()
     assert store.get() == key
@@ -307,7 +307,9 @@ def test_inline_table_reference_is_read(conf, caplog):
     assert store.get() == key
     store.set(key)
     assert configfile.load(conf) == {
-        "a": 1, "b": 2, "openrouter_api_key": {"backend": "keyring", "service": SERVICE, "username": USERNAME},
+        "a": 1,
+        "b": 2,
+        "openrouter_api_key": {"backend": "keyring", "service": SERVICE, "username": USERNAME},
     }
 
 
@@ -393,9 +395,11 @@ def test_locked_keyring_falls_back_quickly(tmp_path, caplog):
     # 1. create a password-protected login collection in this private HOME
     create = (
         "printf test-password | gnome-keyring-daemon --unlock --components=secrets >/dev/null 2>&1; "
-        'exec "$0" -c "import keyring; keyring.set_password(\'probe\', \'probe\', \'x\')"'
+        "exec \"$0\" -c \"import keyring; keyring.set_password('probe', 'probe', 'x')\""
     )
-    subprocess.run(["dbus-run-session", "--", "sh", "-c", create, sys.executable], env=env, capture_output=True, timeout=60)
+    subprocess.run(
+        ["dbus-run-session", "--", "sh", "-c", create, sys.executable], env=env, capture_output=True, timeout=60
+    )
     if not list((home / ".local" / "share" / "keyrings").glob("*.keyring")):
         pytest.skip("gnome-keyring did not create a collection here")
     # 2. a new session where that collection stays locked; the timeout is far above the bound we check
@@ -404,7 +408,11 @@ def test_locked_keyring_falls_back_quickly(tmp_path, caplog):
     began = time.monotonic()
     proc = subprocess.run(
         ["dbus-run-session", "--", "sh", "-c", start, sys.executable, str(HELPER), "set", "60"],
-        input=key + "\n", env=env, capture_output=True, text=True, timeout=120,
+        input=key + "\n",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     wall = time.monotonic() - began
     assert proc.returncode == 0, proc.stderr[-2000:].replace(key, "<key>")

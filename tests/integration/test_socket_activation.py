@@ -94,8 +94,16 @@ class NotifySocket:
 class Activation:
     """``systemd-socket-activate -l <ctl> -l 127.0.0.1:<port> -l [::1]:<port> --fdname=ctl:http:http ...``"""
 
-    def __init__(self, tmp: Path, ctl: Path, port: int, *, command: list[str] | None = None,
-                 fdnames: str | None = "ctl:http:http", **env: str) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        ctl: Path,
+        port: int,
+        *,
+        command: list[str] | None = None,
+        fdnames: str | None = "ctl:http:http",
+        **env: str,
+    ) -> None:
         self.ctl, self.port = ctl, port
         # The daemon's own defaults point elsewhere, so a daemon that ignored the inherited sockets would show.
         full = base_env(tmp, RCONV_HTTP_PORT=str(free_port()), CONVOCATIONS_SOCKET=str(tmp / "own.sock"), **env)
@@ -105,9 +113,21 @@ class Activation:
         self.out_path = self.log_path.with_suffix(".out")
         with open(self.log_path, "wb") as log, open(self.out_path, "wb") as out:
             self.proc = subprocess.Popen(
-                [TOOL, "-l", str(ctl), "-l", f"127.0.0.1:{port}", "-l", f"[::1]:{port}",
-                 *([f"--fdname={fdnames}"] if fdnames else []), *passed, *command],
-                stdout=out, stderr=log, cwd=tmp,
+                [
+                    TOOL,
+                    "-l",
+                    str(ctl),
+                    "-l",
+                    f"127.0.0.1:{port}",
+                    "-l",
+                    f"[::1]:{port}",
+                    *([f"--fdname={fdnames}"] if fdnames else []),
+                    *passed,
+                    *command,
+                ],
+                stdout=out,
+                stderr=log,
+                cwd=tmp,
             )
 
     def log(self) -> str:
@@ -255,8 +275,9 @@ def test_held_socket_reactivates_after_idle_exit(short_tmp, activations):
     """Like systemd: the sockets outlive the daemon; a request made while none runs starts the next one."""
     ctl, port = short_tmp / "c.sock", free_port()
     daemon = [sys.executable, "-m", "convocationsd", "--log-level", "debug"]
-    a = Activation(short_tmp, ctl, port, command=[sys.executable, "-c", RESPAWN, "2", *daemon],
-                   CONVOCATIONS_IDLE_EXIT_SECONDS="1")
+    a = Activation(
+        short_tmp, ctl, port, command=[sys.executable, "-c", RESPAWN, "2", *daemon], CONVOCATIONS_IDLE_EXIT_SECONDS="1"
+    )
     activations.append(a)
     pid1 = a.call("status")["pid"]
     inode = os.stat(ctl).st_ino
@@ -355,8 +376,9 @@ def test_sighup_reloads_config_keeping_subscriber_and_pending_flow(short_tmp):
         with Client(sock) as c:  # a new login uses the reloaded timeout
             c.call("oauth.start")
             new = c.call("status")["flow"]
-        created, expires = (calendar.timegm(time.strptime(new[k], "%Y-%m-%dT%H:%M:%SZ"))
-                            for k in ("created_at", "expires_at"))
+        created, expires = (
+            calendar.timegm(time.strptime(new[k], "%Y-%m-%dT%H:%M:%SZ")) for k in ("created_at", "expires_at")
+        )
         assert expires - created == 1234
         sub.close()
         proc.send_signal(signal.SIGTERM)

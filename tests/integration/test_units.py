@@ -121,7 +121,8 @@ def test_service_unit_allows_every_address_family_the_daemon_opens():
     package = ROOT / "convocationsd"
     opened = {
         m.group(1)
-        for path in package.rglob("*.py") if "testing" not in path.relative_to(package).parts
+        for path in package.rglob("*.py")
+        if "testing" not in path.relative_to(package).parts
         for m in re.finditer(r"socket\.socket\(\s*socket\.(AF_\w+)", path.read_text())
     }
     assert "AF_NETLINK" in opened  # the scan finds what it should

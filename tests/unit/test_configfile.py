@@ -93,7 +93,7 @@ def test_load_unreadable(tmp_path):
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.one_of(st.binary(max_size=200), st.text(alphabet='ab=[]{}."\'\n #1-:tT,\\', max_size=80).map(str.encode)))
+@given(st.one_of(st.binary(max_size=200), st.text(alphabet="ab=[]{}.\"'\n #1-:tT,\\", max_size=80).map(str.encode)))
 def test_load_arbitrary_bytes_gives_dict_or_config_error(tmp_path, data):
     path = tmp_path / "fuzz.toml"
     path.write_bytes(data)

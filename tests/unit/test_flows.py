@@ -430,7 +430,11 @@ def test_finish_failure(store):
     store.finish(f, err)
     assert f.status == flows.FAILED and f.error is err and f.backend is None
     assert store.pending is None and list(store.history) == [f]
-    assert f.public()["error"] == {"code": "exchange_failed", "message": "OpenRouter refused the code.", "hint": "Try again."}
+    assert f.public()["error"] == {
+        "code": "exchange_failed",
+        "message": "OpenRouter refused the code.",
+        "hint": "Try again.",
+    }
 
 
 def test_flow_error_to_dict_default_hint():

@@ -76,11 +76,18 @@ def test_malformed_line_is_a_clear_error(short_tmp, line):
 
 
 def test_remote_error_carries_its_kind(short_tmp):
-    error = protocol.error_line(1, protocol.OPERATION_FAILED, "Not accepted.", {"kind": "CodeRejected", "hint": "Again."})
+    error = protocol.error_line(
+        1, protocol.OPERATION_FAILED, "Not accepted.", {"kind": "CodeRejected", "hint": "Again."}
+    )
     standin = StandIn(short_tmp / "s", reply_with(error))
     with Client(standin.path, timeout=5) as c, pytest.raises(RemoteError) as e:
         c.call("oauth.exchange", {"code": "c"})
-    assert (e.value.code, e.value.kind, e.value.message, e.value.hint) == (-32000, "CodeRejected", "Not accepted.", "Again.")
+    assert (e.value.code, e.value.kind, e.value.message, e.value.hint) == (
+        -32000,
+        "CodeRejected",
+        "Not accepted.",
+        "Again.",
+    )
     standin.close()
 
 
@@ -140,8 +147,10 @@ async def test_async_request_lines_and_remote_error_kind(short_tmp):
     seen: list[bytes] = []
 
     async def handler(reader, writer):
-        for reply in (protocol.result_line(1, {"ok": True}),
-                      protocol.error_line(2, protocol.OPERATION_FAILED, "No.", {"kind": "CodeRejected", "hint": ""})):
+        for reply in (
+            protocol.result_line(1, {"ok": True}),
+            protocol.error_line(2, protocol.OPERATION_FAILED, "No.", {"kind": "CodeRejected", "hint": ""}),
+        ):
             seen.append(await reader.readline())
             writer.write(reply)
         await reader.read()

@@ -144,9 +144,7 @@ def test_authorize_url_paste_mode_omits_callback_url_only():
     assert "callback_url" not in url
 
 
-@pytest.mark.parametrize(
-    "base", ["https://openrouter.ai/", "https://openrouter.ai//", "https://openrouter.ai"]
-)
+@pytest.mark.parametrize("base", ["https://openrouter.ai/", "https://openrouter.ai//", "https://openrouter.ai"])
 def test_authorize_url_trailing_slash_on_base(base):
     url = pkce.authorize_url(base, 3000, "c", "s")
     assert url.startswith("https://openrouter.ai/auth?")

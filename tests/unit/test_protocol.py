@@ -130,7 +130,7 @@ def test_the_parametrised_cases_are_not_empty():
         b'{"jsonrpc":"2.0","id":1,"method":"status"}\xff',
         b'{"jsonrpc":"2.0","id":1,"method":"status"} {}',  # two values on one line
         b"[" * 100_000,
-        b"{\"a\":" * 100_000,
+        b'{"a":' * 100_000,
         b"[" * 100_000 + b"]" * 100_000,
         b'{"id": 1' + b"0" * 5000 + b"}",  # beyond Python's int-string limit
     ],
@@ -190,7 +190,9 @@ def test_missing_id_is_a_notification():
 # -- -32601 ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", ["", "nope", "Status", "status ", "oauth", "oauth.start.x", "rpc.discover", "é" * 10])
+@pytest.mark.parametrize(
+    "method", ["", "nope", "Status", "status ", "oauth", "oauth.start.x", "rpc.discover", "é" * 10]
+)
 def test_unknown_method(method):
     e = err(req(method, id_="q"))
     assert e.code == METHOD_NOT_FOUND and e.id == "q"

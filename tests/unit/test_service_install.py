@@ -72,7 +72,7 @@ def test_install_writes_units_and_enables_sockets(env):
     for name in si.UNITS:
         assert f"wrote: {folder / name}" in lines
         assert (folder / name).stat().st_mode & 0o777 == 0o644
-    assert "ExecStart=\"/opt/conv venv/bin/python\" -m convocationsd" in (folder / "convocationsd.service").read_text()
+    assert 'ExecStart="/opt/conv venv/bin/python" -m convocationsd' in (folder / "convocationsd.service").read_text()
     assert run.calls == [
         ["systemctl", "--user", "daemon-reload"],
         ["systemctl", "--user", "enable", "--now", "convocationsd.socket", "convocationsd-http.socket"],
@@ -102,7 +102,9 @@ def test_new_interpreter_updates_only_the_service_and_says_how_to_apply(env):
 
 def test_default_unit_dir_without_xdg(tmp_path):
     assert si.unit_dir({"HOME": str(tmp_path)}) == tmp_path / ".config" / "systemd" / "user"
-    assert si.unit_dir({"HOME": str(tmp_path), "XDG_CONFIG_HOME": "relative"}) == tmp_path / ".config" / "systemd" / "user"
+    assert (
+        si.unit_dir({"HOME": str(tmp_path), "XDG_CONFIG_HOME": "relative"}) == tmp_path / ".config" / "systemd" / "user"
+    )
 
 
 def test_dry_run_touches_nothing(env):
@@ -175,8 +177,13 @@ def test_status_reports_files_and_manager(env):
     assert "convocationsd.socket: enabled, active (listening)" in lines
     assert "convocationsd-http.socket: enabled, failed (failed)" in lines
 
-    other = si.status(out=io.StringIO(), run=Recorder({("systemctl",): si.RunResult(1, "Failed to connect to bus")}),
-                      env=env, platform="linux", python="/usr/bin/python3")
+    other = si.status(
+        out=io.StringIO(),
+        run=Recorder({("systemctl",): si.RunResult(1, "Failed to connect to bus")}),
+        env=env,
+        platform="linux",
+        python="/usr/bin/python3",
+    )
     assert any("differs from this installation" in line for line in other)
     assert "systemd user manager: not reachable (Failed to connect to bus)" in other
 
@@ -236,7 +243,12 @@ def test_launchd_changed_plist_is_reloaded(mac_env):
 
 
 def test_launchd_failure_names_the_command(mac_env):
-    run = Recorder({("launchctl", "print"): si.RunResult(113, ""), ("launchctl", "bootstrap"): si.RunResult(5, "Bootstrap failed: 5: Input/output error")})
+    run = Recorder(
+        {
+            ("launchctl", "print"): si.RunResult(113, ""),
+            ("launchctl", "bootstrap"): si.RunResult(5, "Bootstrap failed: 5: Input/output error"),
+        }
+    )
     with pytest.raises(si.ServiceManagerError) as e:
         mac_install(mac_env, run)
     assert "Input/output error" in e.value.message

@@ -136,7 +136,9 @@ def test_port_bounds_accepted(port):
     assert build(config={"http_port": port}).http_port == port
 
 
-@pytest.mark.parametrize("port", [-1, 65536, 100000, "-1", "65536", "abc", "3e3", "0x10", True, False, [], {}, "3000.5"])
+@pytest.mark.parametrize(
+    "port", [-1, 65536, 100000, "-1", "65536", "abc", "3e3", "0x10", True, False, [], {}, "3000.5"]
+)
 def test_port_rejected(port):
     e = bad(config={"http_port": port})
     assert "http_port" in e.message and str(CONF) in e.message
@@ -218,7 +220,12 @@ def test_config_bools_must_be_bools(value):
 
 def test_config_false_is_a_value_not_absence():
     assert build(config={"desktop_notifications": False}).desktop_notifications is False
-    assert build(env={"CONVOCATIONS_DESKTOP_NOTIFICATIONS": "on"}, config={"desktop_notifications": False}).desktop_notifications is True
+    assert (
+        build(
+            env={"CONVOCATIONS_DESKTOP_NOTIFICATIONS": "on"}, config={"desktop_notifications": False}
+        ).desktop_notifications
+        is True
+    )
 
 
 # -- seconds ---------------------------------------------------------------------------------------

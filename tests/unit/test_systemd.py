@@ -78,8 +78,12 @@ def test_named_sockets_are_grouped_typed_nonblocking_and_cloexec(listeners):
     report = run_child(listeners, names="ctl:http")
     found = report["found"]
     assert list(found) == ["ctl", "http"]
-    assert found["ctl"] == [{"family": "AF_UNIX", "type": "SOCK_STREAM", "blocking": False, "inheritable": False, "fd": 3}]
-    assert found["http"] == [{"family": "AF_INET", "type": "SOCK_STREAM", "blocking": False, "inheritable": False, "fd": 4}]
+    assert found["ctl"] == [
+        {"family": "AF_UNIX", "type": "SOCK_STREAM", "blocking": False, "inheritable": False, "fd": 3}
+    ]
+    assert found["http"] == [
+        {"family": "AF_INET", "type": "SOCK_STREAM", "blocking": False, "inheritable": False, "fd": 4}
+    ]
     assert report["left"] == []  # unset_env removed LISTEN_* so our children never see them
 
 
