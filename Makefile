@@ -1,5 +1,6 @@
 # make run   - create .venv, install convocationsd, run the daemon in the foreground
-# make test  - install what the tests need (system packages on Debian/Ubuntu), run the tests
+# make test  - install what the tests need (system packages on Debian/Ubuntu), lint, type-check, run the tests
+# make lint  - ruff check, ruff format --check, mypy
 # make bench - run the benchmarks, write bench/RESULTS.md
 
 PYTHON ?= python3
@@ -9,7 +10,7 @@ BIN    := $(VENV)/bin
 # The tests use a real Secret Service: a private session bus with an unlocked gnome-keyring.
 WITH_KEYRING := $(shell command -v dbus-run-session >/dev/null 2>&1 && echo "dbus-run-session -- tests/with-keyring.sh")
 
-.PHONY: run test system-deps bench clean
+.PHONY: run test lint system-deps bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +31,13 @@ run: $(VENV)/.run
 system-deps:
 	.ci/system-deps
 
-test: system-deps $(VENV)/.test
+# Lint and types first: they take seconds and fail fast.
+lint: $(VENV)/.test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: system-deps lint
 	$(WITH_KEYRING) $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(VENV)/.test

@@ -67,7 +67,7 @@ def _loads(text: str) -> Any:
     return value
 
 
-class Encoded(dict[str, Any]):
+class Encoded(dict):  # type: ignore[type-arg]  # a base class is evaluated at run time, where Any is not imported
     """A result dict that also carries its own JSON text, so ``result_line`` need not encode it again
     (``Controller.status`` caches its answer this way). Changing the dict drops the text.
 
@@ -84,7 +84,7 @@ class Encoded(dict[str, Any]):
         self.json = None
         super().__delitem__(key)
 
-    def __ior__(self, other: Any) -> Encoded:  # type: ignore[override,misc]  # dict's |= keeps the type
+    def __ior__(self, other: Any) -> Encoded:  # type: ignore[misc]  # dict's |= keeps the type
         self.json = None
         return super().__ior__(other)
 

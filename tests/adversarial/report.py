@@ -7,7 +7,8 @@
 docstring, then checks that the suite notices when a defence is removed: for each entry of ``MUTANTS``
 it copies the package to a temporary directory, disables one defence by a textual edit, runs the tests
 that guard it against the copy, and expects them to fail. The working tree is never modified, so this is
-safe while others edit the code. ``--no-mutants`` skips that part and keeps the previous mutant table.
+safe while others edit the code. ``--no-mutants`` skips that part and keeps the previous mutant table;
+``--only TEXT`` runs just the mutants whose defence names TEXT and prints their outcome.
 """
 
 from __future__ import annotations
@@ -307,7 +308,14 @@ def render(results: dict, elapsed: float, mutants: list[tuple] | None, old_mutan
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--no-mutants", action="store_true", help="skip the defence checks; keep the last table")
+    p.add_argument("--only", metavar="TEXT", help="run only the mutants whose defence contains TEXT; write nothing")
     args = p.parse_args(argv)
+    if args.only:
+        chosen = [m for m in MUTANTS if args.only.lower() in m[0].lower()]
+        outcomes = [(m[0], run_mutant(*m)) for m in chosen]
+        for name, (verdict, detail) in outcomes:
+            print(f"mutant {name}: {verdict} ({detail})")
+        return 0 if outcomes and all(o[0] == "detected" for _, o in outcomes) else 1
     results, elapsed = run_suite()
     old = DOC.read_text() if DOC.exists() else ""
     old_section = (
