@@ -35,6 +35,7 @@ DOORS = {
     "test_upstream_faults": "Upstream faults",
     "test_crashes": "Crashes and restarts",
     "test_no_leaks": "Secrets never leak",
+    "test_terminal": "Terminal hygiene",
 }
 
 # (defence, file, original text, replacement, tests that must fail)
@@ -180,6 +181,37 @@ MUTANTS = [
         "if not trusted_uid(uid):",
         "if False:",
         ["tests/adversarial/test_local_users.py::test_clients_refuse_a_server_run_by_another_user"],
+    ),
+    (
+        "convctl prints foreign text inert",
+        "cli/main.py",
+        "safe_line(str(line))",
+        "str(line)",
+        [
+            "tests/adversarial/test_terminal.py::test_convctl_output_from_the_daemon_is_inert",
+            "tests/adversarial/test_terminal.py::test_doctor_shows_a_hostile_process_name_inert",
+        ],
+    ),
+    (
+        "convctl --json escapes what json.dumps leaves raw",
+        "cli/main.py",
+        "self.stdout.write(safe_json(data) + ",
+        "self.stdout.write(__import__('json').dumps(data, ensure_ascii=False) + ",
+        ["tests/adversarial/test_terminal.py::test_json_output_stays_exact_and_inert"],
+    ),
+    (
+        "Only a plain http(s) URL goes to the browser",
+        "cli/commands.py",
+        "if not browser_safe(url):",
+        "if False:",
+        ["tests/adversarial/test_terminal.py::test_browser_gets_only_a_plain_http_url"],
+    ),
+    (
+        "service status prints systemctl's output inert",
+        "cli/service_install.py",
+        "print(safe_line(line), file=self.out, flush=True)",
+        "print(line, file=self.out, flush=True)",
+        ["tests/adversarial/test_terminal.py::test_service_status_shows_systemctl_output_inert"],
     ),
     (
         "Loose secret.key refused",
