@@ -59,57 +59,56 @@ def socket_path(env: Mapping[str, str] = os.environ) -> Path:
 
 
 def check_socket_dir(directory: Path) -> None:
-    """Refuses (UntrustedSocket) a socket directory that another user could change, for the daemon before
-    it binds and for clients before they connect. The directory itself must not be a symbolic link, and it
-    and every directory above it must belong to us or root and be writable by no one else, unless sticky:
-    in /tmp (root's, mode 1777) others cannot remove or rename what is ours, and a socket there is born 0600
-    and its peer's uid is checked, so ``CONVOCATIONS_SOCKET=/tmp/x.sock`` is allowed. Directories that do
-    not exist yet are skipped: ``ensure_socket_dir`` creates them 0700."""
+    """Refuses (UntrustedSocket) a socket directory that another user could change or swap, for the daemon
+    before it binds and for clients before they connect.
+
+    The directory itself must not be a symbolic link. Every directory on the way to it (as written, and
+    where links lead) must belong to us or root, and be writable by no one else unless sticky: in /tmp
+    (root's, mode 1777) others cannot remove or rename what is ours, and a socket there is born 0600 and its
+    peer's uid is checked, so ``CONVOCATIONS_SOCKET=/tmp/x.sock`` is allowed. A link on the way must belong
+    to us or root too, or its owner could point it elsewhere. What does not exist yet is skipped:
+    ``ensure_socket_dir`` creates it 0700."""
     directory = Path(os.path.abspath(directory))
-    try:
-        st = os.lstat(directory)
-    except FileNotFoundError:
-        pass
-    except OSError as e:
+    st = _lstat(directory)
+    if st is not None and stat.S_ISLNK(st.st_mode):
         raise UntrustedSocket(
-            f"Cannot check the socket directory {directory}: {e.strerror}.", "Set " + ELSEWHERE
-        ) from None
-    else:
-        if stat.S_ISLNK(st.st_mode):
-            raise UntrustedSocket(
-                f"The socket directory {directory} is a symbolic link (to {os.readlink(directory)}).",
-                "Remove the link (the daemon creates a real directory), use the directory it points to, or "
-                + "set "
-                + ELSEWHERE,
-            )
-        if not stat.S_ISDIR(st.st_mode):
-            raise UntrustedSocket(f"{directory} is not a directory, so it cannot hold the socket.", "Set " + ELSEWHERE)
-    real_parent = Path(os.path.realpath(directory.parent))  # links above: what they lead to is checked
-    for d in (directory, real_parent, *real_parent.parents):
-        try:
-            st = os.stat(d)
-        except FileNotFoundError:
+            f"The socket directory {directory} is a symbolic link (to {os.readlink(directory)}).",
+            f"Remove the link (the daemon creates a real directory), use the directory it points to, or set {ELSEWHERE}",
+        )
+    if st is not None and not stat.S_ISDIR(st.st_mode):
+        raise UntrustedSocket(f"{directory} is not a directory, so it cannot hold the socket.", f"Set {ELSEWHERE}")
+    real_parent = Path(os.path.realpath(directory.parent))
+    for d in dict.fromkeys([directory, *directory.parents, real_parent, *real_parent.parents]):
+        st = _lstat(d)
+        if st is None:
             continue
-        except OSError as e:
-            raise UntrustedSocket(
-                f"Cannot check {d}, above the daemon's socket: {e.strerror}.", "Set " + ELSEWHERE
-            ) from None
         mode = stat.S_IMODE(st.st_mode)
         if not trusted_uid(st.st_uid):
-            problem, fix = f"belongs to {describe_uid(st.st_uid)}", "Have that user or root remove it, or "
-        elif mode & 0o022 and not mode & stat.S_ISVTX:
+            problem, fix = f"belongs to {describe_uid(st.st_uid)}", "Have that user or root remove it, or"
+        elif stat.S_ISDIR(st.st_mode) and mode & 0o022 and not mode & stat.S_ISVTX:
             problem, fix = (
                 f"can be written by other users (mode {mode:04o})",
-                f"Run `chmod go-w {d}` if it is yours, or ",
+                f"Run `chmod go-w {d}` if it is yours, or",
             )
         else:
             continue
         where = (
             f"The socket directory {directory}"
             if d == directory
-            else f"{d}, a directory above the socket directory {directory},"
+            else f"{d}, on the way to the socket directory {directory},"
         )
-        raise UntrustedSocket(f"{where} {problem}, so another user could replace the socket.", fix + "set " + ELSEWHERE)
+        raise UntrustedSocket(f"{where} {problem}, so another user could replace the socket.", f"{fix} set {ELSEWHERE}")
+
+
+def _lstat(path: Path) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise UntrustedSocket(
+            f"Cannot check {path}, on the way to the daemon's socket: {e.strerror}.", f"Set {ELSEWHERE}"
+        ) from None
 
 
 def ensure_socket_dir(directory: Path) -> None:
@@ -123,7 +122,7 @@ def ensure_socket_dir(directory: Path) -> None:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as e:
         raise ConvError(
-            f"Cannot create the socket directory {directory}: {e.strerror}.", "Check the path, or set " + ELSEWHERE
+            f"Cannot create the socket directory {directory}: {e.strerror}.", f"Check the path, or set {ELSEWHERE}"
         ) from None
     finally:
         os.umask(old_umask)

@@ -127,14 +127,14 @@ MUTANTS = [
     (
         "Socket directory writable by others refused",
         "common/paths.py",
-        "elif mode & 0o022 and not mode & stat.S_ISVTX:",
+        "elif stat.S_ISDIR(st.st_mode) and mode & 0o022 and not mode & stat.S_ISVTX:",
         "elif False:",
         ["tests/adversarial/test_local_users.py::test_socket_dir_others_can_write_is_refused_not_chmodded"],
     ),
     (
         "Socket directory that is a symbolic link refused",
         "common/paths.py",
-        "if stat.S_ISLNK(st.st_mode):",
+        "if st is not None and stat.S_ISLNK(st.st_mode):",
         "if False:",
         ["tests/adversarial/test_local_users.py::test_symlinked_runtime_dir_is_refused"],
     ),

@@ -183,19 +183,28 @@ def test_symlinked_runtime_dir_is_refused(short_tmp):
 
 
 @needs_root_setpriv
-def test_runtime_dir_owned_by_another_user_is_refused(short_tmp):
-    """A runtime dir owned by another uid (someone pre-created it to plant a socket): the daemon will not
-    start there, and convctl will not connect there.
+@pytest.mark.parametrize("planted_as", ["directory", "link on the way"])
+def test_runtime_dir_owned_by_another_user_is_refused(short_tmp, planted_as):
+    """A runtime dir owned by another uid (someone pre-created it to plant a socket), or a symbolic link of
+    theirs on the way to it (they could point it elsewhere at any time): the daemon will not start there,
+    and convctl will not connect there.
 
-    Defence: paths.check_socket_dir (the directory and those above it are ours or root's)."""
+    Defence: paths.check_socket_dir (directories and links on the way are ours or root's)."""
     from tests.conftest import start_daemon
 
     planted = short_tmp / "run" / "planted"
-    planted.mkdir(parents=True)
-    os.chown(planted, NOBODY, NOBODY)
-    d = start_daemon(short_tmp, wait=False, CONVOCATIONS_SOCKET=str(planted / "d.sock"))
-    _refused(d, short_tmp, f"{planted} belongs to nobody (uid {NOBODY})")
-    assert not (planted / "d.sock").exists()
+    if planted_as == "directory":
+        planted.mkdir(parents=True)
+        sock_dir = planted
+    else:
+        (short_tmp / "real").mkdir()
+        (short_tmp / "run").mkdir()
+        planted.symlink_to(short_tmp / "real")
+        sock_dir = planted / "sub"
+    os.chown(planted, NOBODY, NOBODY, follow_symlinks=False)
+    d = start_daemon(short_tmp, wait=False, CONVOCATIONS_SOCKET=str(sock_dir / "d.sock"))
+    _refused(d, short_tmp, f"{planted}", f"belongs to nobody (uid {NOBODY})")
+    assert not (sock_dir / "d.sock").exists()
 
 
 @needs_root_setpriv
