@@ -113,8 +113,8 @@ def test_modes_hold_under_umask_000(spawn):
         assert not os.stat(p).st_mode & 0o077, p
 
 
-def _refused(d, short_tmp, *expected: str) -> None:
-    """The daemon stopped with exit 1 and one clear line, and convctl, pointed at the same place, exits 3
+def _refused(d, *expected: str) -> None:
+    """The daemon stopped with exit 1 and a clear message, and convctl, pointed at the same place, exits 3
     with a clear message; neither shows a traceback."""
     assert d.proc.wait(20) == 1
     log = d.log()
@@ -145,7 +145,7 @@ def test_socket_dir_others_can_write_is_refused_not_chmodded(short_tmp, mode, ab
     sock_dir.mkdir(mode=0o700, parents=True)
     os.chmod(loose, mode)
     d = start_daemon(short_tmp, wait=False, CONVOCATIONS_SOCKET=str(sock_dir / "d.sock"))
-    _refused(d, short_tmp, f"{loose}", f"can be written by other users (mode {mode:04o})", f"chmod go-w {loose}")
+    _refused(d, f"{loose}", f"can be written by other users (mode {mode:04o})", f"chmod go-w {loose}")
     assert stat.S_IMODE(os.stat(loose).st_mode) == mode
     assert not (sock_dir / "d.sock").exists()
 
@@ -177,7 +177,7 @@ def test_symlinked_runtime_dir_is_refused(short_tmp):
     link = short_tmp / "run" / "convocations"
     link.symlink_to(target)
     d = start_daemon(short_tmp, wait=False, CONVOCATIONS_SOCKET="")  # the default path, through the link
-    _refused(d, short_tmp, f"{link} is a symbolic link (to {target})")
+    _refused(d, f"{link} is a symbolic link (to {target})")
     assert stat.S_IMODE(os.stat(target).st_mode) == 0o755
     assert list(target.iterdir()) == []
 
@@ -203,7 +203,7 @@ def test_runtime_dir_owned_by_another_user_is_refused(short_tmp, planted_as):
         sock_dir = planted / "sub"
     os.chown(planted, NOBODY, NOBODY, follow_symlinks=False)
     d = start_daemon(short_tmp, wait=False, CONVOCATIONS_SOCKET=str(sock_dir / "d.sock"))
-    _refused(d, short_tmp, f"{planted}", f"belongs to nobody (uid {NOBODY})")
+    _refused(d, f"{planted}", f"belongs to nobody (uid {NOBODY})")
     assert not (sock_dir / "d.sock").exists()
 
 
@@ -232,7 +232,7 @@ def test_default_runtime_dir_planted_by_another_user_without_xdg_runtime_dir(sho
     planted.mkdir()
     os.chown(planted, NOBODY, NOBODY)
     d = start_daemon(short_tmp, wait=False, **unset)
-    _refused(d, short_tmp, str(planted), str(NOBODY))
+    _refused(d, str(planted), str(NOBODY))
     assert list(planted.iterdir()) == []
 
 
