@@ -12,8 +12,10 @@ import time
 from collections import deque
 from pathlib import Path
 
+from convocationsd.common.paths import check_socket_dir
+from convocationsd.common.peercred import describe_uid, peer_uid, trusted_uid
 from convocationsd.core import protocol
-from convocationsd.core.errors import ConvError, DaemonUnreachable, NoReply, RemoteError
+from convocationsd.core.errors import ConvError, DaemonUnreachable, NoReply, RemoteError, UntrustedSocket
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: convctl starts faster without it
@@ -33,6 +35,19 @@ def _unreachable(path: Path, err: OSError) -> DaemonUnreachable:
     if isinstance(err, (FileNotFoundError, ConnectionRefusedError)):
         return DaemonUnreachable(f"The convocationsd daemon is not running (nothing listens on {path}).", START_HINT)
     return DaemonUnreachable(f"Cannot reach the convocationsd daemon at {path}: {err.strerror or err}.", START_HINT)
+
+
+def _check_peer(sock: Any, path: Path) -> None:
+    """Before a byte is sent: the process serving ``path`` must be our own user's (or root's), else anyone
+    who can put a socket where we look (CONVOCATIONS_SOCKET in /tmp, say) would be handed our requests,
+    keys included."""
+    uid = peer_uid(sock)
+    if not trusted_uid(uid):
+        raise UntrustedSocket(
+            f"The socket {path} is served by {describe_uid(uid)}, not by you, so nothing was sent to it.",
+            "Someone may be posing as convocationsd: check CONVOCATIONS_SOCKET (or --socket), "
+            "and start your own daemon with `convocationsd`.",
+        )
 
 
 def _remote_error(error: dict) -> RemoteError:
@@ -82,13 +97,18 @@ class Client:
         self.close()
 
     def connect(self) -> None:
+        check_socket_dir(self.path.parent)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
         try:
             sock.connect(str(self.path))
+            _check_peer(sock, self.path)
         except OSError as e:
             sock.close()
             raise _unreachable(self.path, e) from None
+        except UntrustedSocket:
+            sock.close()
+            raise
         self._sock = sock
 
     def close(self) -> None:
@@ -183,10 +203,17 @@ class AsyncClient:
     async def connect(self) -> None:
         import asyncio
 
+        check_socket_dir(self.path.parent)
         try:
-            self._reader, self._writer = await asyncio.open_unix_connection(str(self.path), limit=2**20 + 2)
+            reader, writer = await asyncio.open_unix_connection(str(self.path), limit=2**20 + 2)
         except OSError as e:
             raise _unreachable(self.path, e) from None
+        try:
+            _check_peer(writer.get_extra_info("socket"), self.path)
+        except UntrustedSocket:
+            writer.close()
+            raise
+        self._reader, self._writer = reader, writer
         self._events = asyncio.Queue()
         self._reader_task = asyncio.create_task(self._read_loop())
 

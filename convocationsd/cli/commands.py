@@ -122,7 +122,7 @@ def oauth_start(args: argparse.Namespace, out: Any) -> int:
                 if reply["joined"]
                 else "Open this address to link your OpenRouter account"
             )
-            out.print(f"{verb}:\n\n  {reply['auth_url']}\n")
+            out.print(f"{verb}:", "", f"  {reply['auth_url']}", "")
         if not args.no_browser and not args.paste:
             _open_browser(reply["auth_url"], out, port=_callback_port(reply))
         try:
@@ -132,7 +132,7 @@ def oauth_start(args: argparse.Namespace, out: Any) -> int:
                 data = _wait(c, session, args.timeout, out, quiet=args.json)
         except KeyboardInterrupt:
             c.call("oauth.cancel", {"session_id": session})
-            out.err("\ncancelled; the pending login was ended. Run `convctl oauth start` to try again.")
+            out.err("", "cancelled; the pending login was ended. Run `convctl oauth start` to try again.")
             return EXIT_FAILED
         except (UsageError, _CodesRejected):
             c.call("oauth.cancel", {"session_id": session})  # no usable code: do not leave the login pending
@@ -147,7 +147,7 @@ def oauth_start(args: argparse.Namespace, out: Any) -> int:
             ) from None
         if data is None:
             c.call("oauth.cancel", {"session_id": session})
-            out.err(f"\nconvctl: no answer within {args.timeout:g} s; the login was cancelled.")
+            out.err("", f"convctl: no answer within {args.timeout:g} s; the login was cancelled.")
             out.err("Run `convctl oauth start` again (with a longer --timeout) and approve it in the browser.")
             return EXIT_FAILED
     code = _report(data, out, args.json)
@@ -292,9 +292,24 @@ def browser_unavailable_reason(env: dict | os._Environ = os.environ) -> str | No
     return None
 
 
+def browser_safe(url: str) -> bool:
+    """Only a plain http(s) address goes to the browser: no other scheme, no host-less URL, and nothing a
+    terminal or a URL parser would treat specially (controls, spaces; urlsplit silently drops tabs and
+    newlines, so they are checked on the text itself)."""
+    from urllib.parse import urlsplit
+
+    if not url.isprintable() or " " in url:
+        return False
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
 def _open_browser(url: str, out: Any, port: int | None = None) -> None:
-    if not url.startswith(("http://", "https://")):
-        out.err("convctl: not opening a URL that is not http(s); open it yourself if you trust it.")
+    if not browser_safe(url):
+        out.err("convctl: not opening that address in a browser: it is not a plain http(s) URL.")
         return
     reason = browser_unavailable_reason()
     if reason is None:

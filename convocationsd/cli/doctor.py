@@ -25,7 +25,7 @@ from typing import Any
 from convocationsd.common import paths, proc_net
 from convocationsd.common.settings import Settings
 from convocationsd.core import pkce
-from convocationsd.core.errors import ConvError
+from convocationsd.core.errors import ConvError, UntrustedSocket
 from convocationsd.store import configfile
 from convocationsd.store.keyring_backend import probe_keyring
 
@@ -48,12 +48,13 @@ class Check:
 @dataclass
 class Context:
     env: Mapping[str, str]
-    socket_path: Path
+    socket_path: Path | None  # None when no safe runtime directory can be named (daemon_error says why)
     config_path: Path
     config: dict[str, Any]
     config_error: str | None
     status: dict[str, Any] | None = None  # the daemon's IPC status, when it runs
     daemon_error: str | None = None
+    daemon_fix: str | None = None  # when it is not "start the daemon"
 
 
 # -- small helpers ----------------------------------------------------------------------------------------
@@ -228,7 +229,7 @@ def _bind_free(family: int, address: str, port: int) -> bool | None:
 def check_daemon(ctx: Context) -> Check:
     st = ctx.status
     if st is None:
-        return Check("daemon", False, ctx.daemon_error or "convocationsd is not running", START_FIX)
+        return Check("daemon", False, ctx.daemon_error or "convocationsd is not running", ctx.daemon_fix or START_FIX)
     note = f" (fallback: port {preferred_port(ctx)} was busy)" if st.get("port_fallback") else ""
     return Check(
         "daemon",
@@ -450,21 +451,34 @@ def _mode_problem(path: Path, wanted: int) -> str | None:
     return f"{path}: {', '.join(problems)}" if problems else None
 
 
+def _owned(path: Path) -> bool:
+    try:
+        return os.lstat(path).st_uid == os.getuid()
+    except OSError:
+        return False
+
+
 def check_files(ctx: Context) -> Check:
     config_dir = ctx.config_path.parent
-    runtime = ctx.socket_path.parent
     wanted = [
         (ctx.config_path, 0o600, f"chmod 600 {ctx.config_path}", "config.toml 0600"),
         (config_dir / "secret.key", 0o600, f"chmod 600 {config_dir / 'secret.key'}", "secret.key 0600"),
-        (runtime, 0o700, f"chmod 700 {runtime}", "runtime dir 0700"),
-        (
-            ctx.socket_path,
-            0o600,
-            f"restart convocationsd (it recreates {ctx.socket_path} with mode 0600)",
-            "socket 0600",
-        ),
     ]
     problems, fixes, seen = [], [], []
+    where = f"config in {config_dir}"
+    if ctx.socket_path is not None:  # else there is no safe runtime dir to name, and the daemon check says why
+        runtime = ctx.socket_path.parent
+        where += f", runtime dir {runtime}"
+        try:
+            paths.check_socket_dir(runtime)  # the daemon's and the clients' own rule
+        except UntrustedSocket as e:
+            problems.append(e.message)
+            fixes.append(e.hint)
+        else:
+            if _owned(runtime):  # a shared sticky directory such as /tmp is root's, and never ours to chmod
+                wanted.append((runtime, 0o700, f"chmod 700 {runtime}", "runtime dir 0700"))
+        restart = f"restart convocationsd (it recreates {ctx.socket_path} with mode 0600)"
+        wanted.append((ctx.socket_path, 0o600, restart, "socket 0600"))
     for path, mode, fix, shown in wanted:
         if path.exists() or path.is_symlink():
             seen.append(shown)
@@ -478,8 +492,8 @@ def check_files(ctx: Context) -> Check:
     if problems:
         return Check("files", False, "; ".join(problems), "; ".join(fixes))
     if not seen:
-        return Check("files", True, f"nothing created yet in {config_dir} or {runtime}")
-    return Check("files", True, f"private: {', '.join(seen)} (config in {config_dir}, runtime dir {runtime})")
+        return Check("files", True, f"nothing created yet ({where})")
+    return Check("files", True, f"private: {', '.join(seen)} ({where})")
 
 
 def check_openrouter(ctx: Context, timeout: float = 5.0) -> Check:
@@ -518,19 +532,21 @@ def check_openrouter(ctx: Context, timeout: float = 5.0) -> Check:
 
 
 def gather(env: Mapping[str, str], socket_override: str | None = None) -> Context:
-    socket_path = Path(socket_override) if socket_override else paths.socket_path(env)
     config_path = paths.config_path(env)
     config, config_error = {}, None
     try:
         config = configfile.load(config_path)
     except ConvError as e:
         config_error = e.message
-    ctx = Context(env, socket_path, config_path, config, config_error)
+    ctx = Context(env, None, config_path, config, config_error)
     from convocationsd.client import Client
 
     try:
-        with Client(socket_path, timeout=5.0) as c:
+        ctx.socket_path = Path(socket_override) if socket_override else paths.socket_path(env)
+        with Client(ctx.socket_path, timeout=5.0) as c:
             ctx.status = c.call("status")
+    except UntrustedSocket as e:  # nowhere safe to look: the daemon check says so, the other checks still run
+        ctx.daemon_error, ctx.daemon_fix = e.message.rstrip("."), e.hint
     except ConvError as e:
         ctx.daemon_error = e.message.rstrip(".")
     except OSError as e:
@@ -572,5 +588,5 @@ def run(args: argparse.Namespace, out: Any, env: Mapping[str, str] | None = None
             if r.fix and not r.ok:
                 out.print(f"      {'':<{width}}  fix: {r.fix}")
         bad = sum(not r.ok for r in results)
-        out.print("\nAll checks passed." if not bad else f"\n{bad} of {len(results)} checks need attention.")
+        out.print("", "All checks passed." if not bad else f"{bad} of {len(results)} checks need attention.")
     return 0 if all(r.ok for r in results) else 1

@@ -7,11 +7,11 @@ fall back to the files directly when no daemon runs (the same store code the dae
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
 from convocationsd import __version__
+from convocationsd.cli.terminal import safe_json, safe_line
 from convocationsd.core.errors import ConvError
 
 TYPE_CHECKING = False
@@ -22,23 +22,31 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
 
 class Out:
-    """The streams and terminal facts a command uses (injected in tests)."""
+    """The streams and terminal facts a command uses (injected in tests). Everything a command prints goes
+    through ``print``, ``err`` or ``json``: one argument is one line, made inert (``terminal``), so text
+    from the daemon, OpenRouter, the OS or a file can neither send escape sequences nor forge lines."""
 
     def __init__(self, stdout: TextIO = sys.stdout, stderr: TextIO = sys.stderr, stdin: TextIO = sys.stdin) -> None:
         self.stdout, self.stderr, self.stdin = stdout, stderr, stdin
 
-    def print(self, *args: Any) -> None:
-        print(*args, file=self.stdout, flush=True)
+    def print(self, *lines: Any) -> None:
+        _write(self.stdout, lines)
 
-    def err(self, *args: Any) -> None:
-        print(*args, file=self.stderr, flush=True)
+    def err(self, *lines: Any) -> None:
+        _write(self.stderr, lines)
 
     def json(self, data: Any) -> None:
-        self.print(json.dumps(data, ensure_ascii=False))
+        self.stdout.write(safe_json(data) + "\n")
+        self.stdout.flush()
 
     @property
     def tty(self) -> bool:
         return self.stderr.isatty()
+
+
+def _write(stream: TextIO, lines: tuple[Any, ...]) -> None:
+    stream.write("".join(safe_line(str(line)) + "\n" for line in lines or ("",)))
+    stream.flush()
 
 
 def _terminal_columns() -> int:

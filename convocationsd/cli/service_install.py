@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from convocationsd.cli.terminal import safe_line
 from convocationsd.common import paths
 from convocationsd.core.errors import ConvError
 
@@ -151,7 +152,7 @@ class _Session:
 
     def say(self, line: str) -> None:
         self.lines.append(line)
-        print(line, file=self.out, flush=True)
+        print(safe_line(line), file=self.out, flush=True)  # it may quote systemctl's or launchctl's output
 
     def write(self, path: Path, content: bytes) -> bool:
         """Writes ``path`` atomically unless it already holds ``content``; returns whether it changed."""
@@ -277,7 +278,7 @@ def _install_launchd(s: _Session, env: Mapping[str, str], python: str, port: int
     changed = s.write(target, content)
     if not s.dry_run:
         # launchd creates the socket but not its folder; the folder is what keeps other users out.
-        socket_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        paths.ensure_socket_dir(socket_path.parent)
         (home / "Library" / "Logs").mkdir(parents=True, exist_ok=True)
     domain, service = _launchctl_target()
     loaded = not s.dry_run and s.run(["launchctl", "print", service]).returncode == 0

@@ -31,6 +31,14 @@ class DaemonUnreachable(ConvError):
     exit_code = 3
 
 
+class UntrustedSocket(ConvError):
+    """The socket, a directory on its path, or the process serving it is not the user's own (or root's),
+    so nothing was sent. Not a DaemonUnreachable: the secret commands must not quietly fall back to the
+    files when someone may be impersonating the daemon; the person has to see this."""
+
+    exit_code = 3
+
+
 class NoReply(ConvError):
     """The daemon is connected but did not answer in time: it may still be working on the request, so
     unlike DaemonUnreachable this says nothing about whether the request took effect."""

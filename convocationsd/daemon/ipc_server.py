@@ -18,12 +18,13 @@ import logging
 import os
 import socket
 import stat
-import struct
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from convocationsd.common.paths import ensure_socket_dir
+from convocationsd.common.peercred import describe_uid, peer_uid
 from convocationsd.core import protocol
 from convocationsd.core.errors import ConvError
 from convocationsd.core.events import EventBus
@@ -36,21 +37,6 @@ QUEUE_LIMIT = 256 * 1024  # bytes of unsent events before a subscriber counts as
 READ_SIZE = 64 * 1024  # bytes per read, into the shared buffer
 CLOSE_FLUSH_SECONDS = 1.0  # at shutdown, time for clients to take what was written (the "cancelled" event)
 CLOSE_WAIT_SECONDS = 2.0  # then at most this long for the server to report every connection gone
-
-
-def peer_uid(sock: socket.socket) -> int | None:
-    """The uid of the process at the other end (SO_PEERCRED on Linux, LOCAL_PEERCRED on macOS/BSD)."""
-    try:
-        if hasattr(socket, "SO_PEERCRED"):
-            creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-            return struct.unpack("3i", creds)[1]
-        if sys.platform == "darwin" or "bsd" in sys.platform:
-            # struct xucred { u_int cr_version; uid_t cr_uid; ... }; SOL_LOCAL = 0, LOCAL_PEERCRED = 1
-            creds = sock.getsockopt(0, 1, 76)
-            return struct.unpack_from("Ii", creds)[1]
-    except OSError:
-        return None
-    return None
 
 
 class Connection(asyncio.BufferedProtocol):
@@ -281,20 +267,8 @@ class SocketInUse(ConvError):
     pass
 
 
-def prepare_runtime_dir(path: Path) -> None:
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    st = os.stat(path)
-    if st.st_uid != os.getuid():
-        raise ConvError(
-            f"The runtime directory {path} belongs to another user.",
-            "Set CONVOCATIONS_SOCKET to a path in a directory you own.",
-        )
-    if stat.S_IMODE(st.st_mode) & 0o077:
-        os.chmod(path, 0o700)
-
-
 def bind_unix_socket(path: Path) -> socket.socket:
-    prepare_runtime_dir(path.parent)
+    ensure_socket_dir(path.parent)
     if os.path.lexists(path):
         _recover_stale(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -313,9 +287,16 @@ def bind_unix_socket(path: Path) -> socket.socket:
 
 
 def _recover_stale(path: Path) -> None:
-    """A socket file left behind: if something answers on it, another daemon runs; else remove it."""
-    if not stat.S_ISSOCK(os.lstat(path).st_mode):
+    """A socket file left behind: if something answers on it, another daemon runs; else remove it.
+    Another user's file is never touched (root could unlink it, even in /tmp)."""
+    st = os.lstat(path)
+    if not stat.S_ISSOCK(st.st_mode):
         raise ConvError(f"{path} exists and is not a socket.", "Move it away or set CONVOCATIONS_SOCKET elsewhere.")
+    if st.st_uid != os.getuid():
+        raise ConvError(
+            f"{path} is a socket that belongs to {describe_uid(st.st_uid)}, not to you.",
+            "Set CONVOCATIONS_SOCKET to a path in a directory only you can write to.",
+        )
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     probe.settimeout(1.0)
     try:

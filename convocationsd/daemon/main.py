@@ -20,7 +20,7 @@ from convocationsd import __version__
 from convocationsd.common import paths
 from convocationsd.common.settings import LOG_LEVELS, Settings, resolve
 from convocationsd.core import protocol
-from convocationsd.core.errors import ConvError
+from convocationsd.core.errors import ConvError, UntrustedSocket
 from convocationsd.core.events import ALL_EVENTS, EventBus
 from convocationsd.daemon import systemd
 from convocationsd.daemon.controller import Controller, Endpoint
@@ -310,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings(flags, env)
     except ConvError as e:
         print(f"convocationsd: {e}", file=sys.stderr)
-        return 2
+        return 1 if isinstance(e, UntrustedSocket) else 2  # an unsafe place is no usage error
     setup_logging(settings.log_level, env)
     raise_open_file_limit()
     try:

@@ -35,6 +35,7 @@ DOORS = {
     "test_upstream_faults": "Upstream faults",
     "test_crashes": "Crashes and restarts",
     "test_no_leaks": "Secrets never leak",
+    "test_terminal": "Terminal hygiene",
 }
 
 # (defence, file, original text, replacement, tests that must fail)
@@ -117,11 +118,100 @@ MUTANTS = [
         ["tests/adversarial/test_bad_input.py::test_oversized_header_is_4xx"],
     ),
     (
-        "0600 runtime dir",
-        "daemon/ipc_server.py",
-        "path.mkdir(mode=0o700, parents=True, exist_ok=True)",
-        "path.mkdir(mode=0o755, parents=True, exist_ok=True); return",
+        "0700 runtime dir",
+        "common/paths.py",
+        "directory.mkdir(mode=0o700, parents=True, exist_ok=True)",
+        "os.umask(0o022); directory.mkdir(mode=0o755, parents=True, exist_ok=True)",
         ["tests/adversarial/test_local_users.py::test_other_uid_cannot_traverse_default_runtime_dir"],
+    ),
+    (
+        "Socket directory writable by others refused",
+        "common/paths.py",
+        "elif stat.S_ISDIR(st.st_mode) and mode & 0o022 and not mode & stat.S_ISVTX:",
+        "elif False:",
+        ["tests/adversarial/test_local_users.py::test_socket_dir_others_can_write_is_refused_not_chmodded"],
+    ),
+    (
+        "Socket directory that is a symbolic link refused",
+        "common/paths.py",
+        "if st is not None and stat.S_ISLNK(st.st_mode):",
+        "if False:",
+        ["tests/adversarial/test_local_users.py::test_symlinked_runtime_dir_is_refused"],
+    ),
+    (
+        "Socket directory of another user refused",
+        "common/paths.py",
+        "if not trusted_uid(st.st_uid):",
+        "if False:",
+        ["tests/adversarial/test_local_users.py::test_runtime_dir_owned_by_another_user_is_refused"],
+    ),
+    (
+        "No chmod of a directory the daemon did not create",
+        "common/paths.py",
+        "    finally:\n        os.umask(old_umask)\n",
+        "    finally:\n        os.umask(old_umask)\n    os.chmod(directory, 0o700)\n",
+        ["tests/adversarial/test_local_users.py::test_shared_sticky_dir_is_used_and_left_alone"],
+    ),
+    (
+        "platformdirs' refusal of the runtime dir is a clear error",
+        "common/paths.py",
+        "except OSError as e:  # newer releases",
+        "except ImportError as e:  # newer releases",
+        [
+            "tests/adversarial/test_local_users.py::test_default_runtime_dir_planted_by_another_user_without_xdg_runtime_dir"
+        ],
+    ),
+    (
+        "Another user's stale socket is not removed",
+        "daemon/ipc_server.py",
+        "if st.st_uid != os.getuid():",
+        "if False:",
+        ["tests/adversarial/test_local_users.py::test_stale_socket_of_another_user_is_not_removed"],
+    ),
+    (
+        "Clients check the socket directory",
+        "client.py",
+        "        check_socket_dir(self.path.parent)\n        sock = socket.socket",
+        "        sock = socket.socket",
+        ["tests/adversarial/test_local_users.py::test_socket_dir_others_can_write_is_refused_not_chmodded"],
+    ),
+    (
+        "Clients check the server's uid",
+        "client.py",
+        "if not trusted_uid(uid):",
+        "if False:",
+        ["tests/adversarial/test_local_users.py::test_clients_refuse_a_server_run_by_another_user"],
+    ),
+    (
+        "convctl prints foreign text inert",
+        "cli/main.py",
+        "safe_line(str(line))",
+        "str(line)",
+        [
+            "tests/adversarial/test_terminal.py::test_convctl_output_from_the_daemon_is_inert",
+            "tests/adversarial/test_terminal.py::test_doctor_shows_a_hostile_process_name_inert",
+        ],
+    ),
+    (
+        "convctl --json escapes what json.dumps leaves raw",
+        "cli/main.py",
+        "self.stdout.write(safe_json(data) + ",
+        "self.stdout.write(__import__('json').dumps(data, ensure_ascii=False) + ",
+        ["tests/adversarial/test_terminal.py::test_json_output_stays_exact_and_inert"],
+    ),
+    (
+        "Only a plain http(s) URL goes to the browser",
+        "cli/commands.py",
+        "if not browser_safe(url):",
+        "if False:",
+        ["tests/adversarial/test_terminal.py::test_browser_gets_only_a_plain_http_url"],
+    ),
+    (
+        "service status prints systemctl's output inert",
+        "cli/service_install.py",
+        "print(safe_line(line), file=self.out, flush=True)",
+        "print(line, file=self.out, flush=True)",
+        ["tests/adversarial/test_terminal.py::test_service_status_shows_systemctl_output_inert"],
     ),
     (
         "Loose secret.key refused",

@@ -1,5 +1,5 @@
-"""Other local users: the socket's three locks (0700 dir, 0600 socket, peer uid), file modes, and a
-master key that others could read.
+"""Other local users: the socket's three locks (0700 dir, 0600 socket, peer uid), directories that are not
+ours, servers that are not ours, file modes, and a master key that others could read.
 
 Each test opens every lock but the one it checks, so a test fails when exactly that lock is removed.
 The peer-uid refusal with all locks open is in tests/integration/test_daemon_lifecycle.py.
@@ -7,15 +7,19 @@ The peer-uid refusal with all locks open is in tests/integration/test_daemon_lif
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import stat
+import subprocess
+import sys
 import tomllib
 
 import pytest
 
 from tests.adversarial.harness import (
     NOBODY,
+    OTHER_USER_PYTHON,
     as_nobody,
     callback,
     needs_root_setpriv,
@@ -46,7 +50,7 @@ def _open_parents(d) -> None:
 def test_other_uid_cannot_traverse_default_runtime_dir(spawn):
     """With the default socket path, another uid cannot even reach the socket: the runtime dir is 0700.
 
-    Defence: ipc_server.prepare_runtime_dir (mode 0700)."""
+    Defence: paths.ensure_socket_dir (created 0700, under umask 077)."""
     d = spawn(CONVOCATIONS_SOCKET="")  # the default: $XDG_RUNTIME_DIR/convocations/convocationsd.sock
     assert d.call("status")["socket"] == str(d.socket)
     _open_parents(d)
@@ -109,28 +113,224 @@ def test_modes_hold_under_umask_000(spawn):
         assert not os.stat(p).st_mode & 0o077, p
 
 
-def test_loose_runtime_dir_is_tightened(spawn, short_tmp):
-    """A runtime dir someone made 0777 before start is tightened to 0700 by the daemon."""
+def _refused(d, *expected: str) -> None:
+    """The daemon stopped with exit 1 and a clear message, and convctl, pointed at the same place, exits 3
+    with a clear message; neither shows a traceback."""
+    assert d.proc.wait(20) == 1
+    log = d.log()
+    assert "Traceback" not in log, log
+    for text in expected:
+        assert text in log, log
+    done = d.convctl("status")
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr and done.stderr.startswith("convctl: "), done.stderr
+    for text in expected:
+        assert text in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize(
+    ("mode", "above"),
+    [(0o777, False), (0o770, False), (0o777, True)],
+    ids=["0777", "group-writable", "a directory above"],
+)
+def test_socket_dir_others_can_write_is_refused_not_chmodded(short_tmp, mode, above):
+    """A socket directory (or one above it) that other users can write to: the daemon refuses it and
+    leaves its mode alone; convctl refuses it before connecting.
+
+    Defence: paths.check_socket_dir (no group/other write unless sticky)."""
+    from tests.conftest import start_daemon
+
     loose = short_tmp / "run" / "loose"
-    loose.mkdir(parents=True)
-    os.chmod(loose, 0o777)
-    d = spawn(CONVOCATIONS_SOCKET=str(loose / "d.sock"))
-    assert stat.S_IMODE(os.stat(loose).st_mode) == 0o700
-    assert d.call("status")["pid"] == d.proc.pid
+    sock_dir = loose / "sub" if above else loose
+    sock_dir.mkdir(mode=0o700, parents=True)
+    os.chmod(loose, mode)
+    d = start_daemon(short_tmp, wait=False, CONVOCATIONS_SOCKET=str(sock_dir / "d.sock"))
+    _refused(d, f"{loose}", f"can be written by other users (mode {mode:04o})", f"chmod go-w {loose}")
+    assert stat.S_IMODE(os.stat(loose).st_mode) == mode
+    assert not (sock_dir / "d.sock").exists()
+
+
+def test_shared_sticky_dir_is_used_and_left_alone(spawn, short_tmp):
+    """CONVOCATIONS_SOCKET in a sticky, world-writable directory (like /tmp): the daemon serves there and
+    never chmods it (a daemon that did so to /tmp would lock every other user out); clients accept it.
+
+    Defence: paths.ensure_socket_dir never changes the mode of a directory it did not create."""
+    shared = short_tmp / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)
+    d = spawn(CONVOCATIONS_SOCKET=str(shared / "d.sock"))
+    assert stat.S_IMODE(os.stat(shared).st_mode) == 0o1777
+    assert stat.S_IMODE(os.stat(d.socket).st_mode) == 0o600
+    done = d.convctl("status")
+    assert done.returncode == 0 and f"socket:   {d.socket}" in done.stdout, done.stderr
+
+
+def test_symlinked_runtime_dir_is_refused(short_tmp):
+    """$XDG_RUNTIME_DIR/convocations is a symbolic link: not followed, its target's mode not changed.
+
+    Defence: paths.check_socket_dir (the socket directory may not be a symbolic link)."""
+    from tests.conftest import start_daemon
+
+    target = short_tmp / "elsewhere"
+    target.mkdir(mode=0o755)
+    (short_tmp / "run").mkdir(mode=0o700)
+    link = short_tmp / "run" / "convocations"
+    link.symlink_to(target)
+    d = start_daemon(short_tmp, wait=False, CONVOCATIONS_SOCKET="")  # the default path, through the link
+    _refused(d, f"{link} is a symbolic link (to {target})")
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o755
+    assert list(target.iterdir()) == []
 
 
 @needs_root_setpriv
-def test_runtime_dir_owned_by_another_user_is_refused(short_tmp):
-    """A runtime dir owned by another uid (someone pre-created it to plant a socket): the daemon will not start."""
+@pytest.mark.parametrize("planted_as", ["directory", "link on the way"])
+def test_runtime_dir_owned_by_another_user_is_refused(short_tmp, planted_as):
+    """A runtime dir owned by another uid (someone pre-created it to plant a socket), or a symbolic link of
+    theirs on the way to it (they could point it elsewhere at any time): the daemon will not start there,
+    and convctl will not connect there.
+
+    Defence: paths.check_socket_dir (directories and links on the way are ours or root's)."""
     from tests.conftest import start_daemon
 
     planted = short_tmp / "run" / "planted"
-    planted.mkdir(parents=True)
+    if planted_as == "directory":
+        planted.mkdir(parents=True)
+        sock_dir = planted
+    else:
+        (short_tmp / "real").mkdir()
+        (short_tmp / "run").mkdir()
+        planted.symlink_to(short_tmp / "real")
+        sock_dir = planted / "sub"
+    os.chown(planted, NOBODY, NOBODY, follow_symlinks=False)
+    d = start_daemon(short_tmp, wait=False, CONVOCATIONS_SOCKET=str(sock_dir / "d.sock"))
+    _refused(d, f"{planted}", f"belongs to nobody (uid {NOBODY})")
+    assert not (sock_dir / "d.sock").exists()
+
+
+@needs_root_setpriv
+def test_default_runtime_dir_planted_by_another_user_without_xdg_runtime_dir(short_tmp):
+    """XDG_RUNTIME_DIR unset, and the directory platformdirs falls back to was made first by another
+    user: both programs stop with a clear message (it used to be a PermissionError traceback).
+
+    Defence: paths.runtime_dir turns platformdirs' refusal into a clear error, and check_socket_dir
+    refuses the directory where a platformdirs release does not."""
+    from tests.conftest import base_env, start_daemon
+
+    tmpdir = short_tmp / "t"
+    tmpdir.mkdir()
+    os.chmod(tmpdir, 0o1777)
+    unset = {"CONVOCATIONS_SOCKET": "", "XDG_RUNTIME_DIR": "", "TMPDIR": str(tmpdir)}  # empty counts as unset
+    where = subprocess.run(
+        [sys.executable, "-c", "import platformdirs; print(platformdirs.user_runtime_dir('convocations'))"],
+        env=base_env(short_tmp, **unset),
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    if not where.startswith(str(tmpdir)):
+        pytest.skip(f"platformdirs does not fall back to TMPDIR on this machine (it says {where!r})")
+    planted = tmpdir / f"runtime-{os.getuid()}"
+    planted.mkdir()
     os.chown(planted, NOBODY, NOBODY)
-    d = start_daemon(short_tmp, wait=False, CONVOCATIONS_SOCKET=str(planted / "d.sock"))
+    d = start_daemon(short_tmp, wait=False, **unset)
+    _refused(d, str(planted), str(NOBODY))
+    assert list(planted.iterdir()) == []
+
+
+@needs_root_setpriv
+def test_stale_socket_of_another_user_is_not_removed(short_tmp):
+    """In a shared sticky directory, another user's socket where ours should go (nobody listening on it):
+    a root daemon, which could unlink it, leaves it alone and stops.
+
+    Defence: ipc_server._recover_stale removes only a socket of our own."""
+    from tests.conftest import start_daemon
+
+    os.chmod(short_tmp, 0o755)
+    shared = short_tmp / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)
+    theirs = shared / "d.sock"
+    made = as_nobody("import socket,sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])", str(theirs))
+    assert made.returncode == 0 and os.lstat(theirs).st_uid == NOBODY, made.stderr
+    d = start_daemon(short_tmp, wait=False, CONVOCATIONS_SOCKET=str(theirs))
     assert d.proc.wait(20) == 1
-    assert "belongs to another user" in d.log()
-    assert not (planted / "d.sock").exists()
+    assert f"{theirs} is a socket that belongs to nobody (uid {NOBODY})" in d.log() and "Traceback" not in d.log()
+    assert os.lstat(theirs).st_uid == NOBODY
+
+
+# A socket server run as another user, posing as the daemon: it answers every request with success and
+# reports each connection's bytes (hex) once the client goes; it serves two connections, then exits.
+IMPOSTOR = (
+    "import json,os,socket,sys\n"
+    "s=socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); os.chmod(sys.argv[1], 0o666); s.listen()\n"
+    "print('ready', flush=True)\n"
+    "for _ in range(2):\n"
+    "    conn, _ = s.accept(); got = b''\n"
+    "    with conn, conn.makefile('rwb') as f:\n"
+    "        for line in f:\n"
+    "            got += line\n"
+    "            req = json.loads(line)\n"
+    "            result = {'stored': True, 'backend': 'keyring', 'events': []}\n"
+    "            f.write(json.dumps({'jsonrpc': '2.0', 'id': req.get('id'), 'result': result}).encode() + b'\\n')\n"
+    "            f.flush()\n"
+    "    print('got', got.hex(), flush=True)\n"
+)
+
+
+@needs_root_setpriv
+def test_clients_refuse_a_server_run_by_another_user(short_tmp):
+    """CONVOCATIONS_SOCKET in a world-writable directory where another user serves: `convctl secret
+    set-openrouter-key` and the AsyncClient both refuse before sending a byte; the key never leaves.
+
+    Defence: client._check_peer (the serving process's uid, SO_PEERCRED / LOCAL_PEERCRED)."""
+    from convocationsd.client import AsyncClient
+    from convocationsd.core.errors import UntrustedSocket
+    from tests.conftest import base_env
+
+    os.chmod(short_tmp, 0o755)
+    shared = short_tmp / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)
+    sock = shared / "d.sock"
+    key = "sk-or-v1-" + "f" * 64
+    as_nobody_argv = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", OTHER_USER_PYTHON]
+    server = subprocess.Popen(
+        [*as_nobody_argv, "-c", IMPOSTOR, str(sock)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout.readline().strip() == "ready", server.stderr.read()
+        env = base_env(short_tmp, CONVOCATIONS_SOCKET=str(sock))
+        done = subprocess.run(
+            [sys.executable, "-m", "convocationsd.cli.main", "secret", "set-openrouter-key"],
+            env=env,
+            input=key + "\n",
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert done.returncode == 3, done.stdout + done.stderr
+        assert "stored" not in done.stdout
+        assert f"The socket {sock} is served by nobody (uid {NOBODY}), not by you" in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr and key not in done.stdout + done.stderr
+
+        async def use_async_client() -> None:
+            with pytest.raises(UntrustedSocket) as info:
+                async with AsyncClient(sock) as c:
+                    await c.call("secret.set", {"key": key})
+            assert str(sock) in info.value.message and "nobody" in info.value.message
+
+        asyncio.run(use_async_client())
+        out, err = server.communicate(timeout=20)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.communicate()
+    received = [line.split(" ", 1)[1] if " " in line else "" for line in out.splitlines() if line.startswith("got")]
+    assert received == ["", ""], out + err  # two connections, not a byte on either
+    assert key.encode().hex() not in out
+    assert not (short_tmp / "cfg" / "convocations" / "config.toml").exists()  # no fallback to the files either
 
 
 def test_socket_path_that_is_not_a_socket_is_not_deleted(spawn, short_tmp):
