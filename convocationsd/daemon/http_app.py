@@ -99,6 +99,9 @@ def _same_user(request: web.Request) -> bool:
     if not isinstance(peer, tuple) or not isinstance(local, tuple):
         return False
     uid = proc_net.connection_uid(peer, local)
+    if uid is None:
+        log.warning("refused an HTTP request: the kernel lists its client end as closed or ownerless")
+        return False
     if uid != os.getuid():
         log.warning("refused an HTTP request from uid %s (this daemon runs as uid %s)", uid, os.getuid())
         return False

@@ -89,6 +89,23 @@ MUTANTS = [
         ["tests/adversarial/test_local_users.py::test_other_uid_cannot_start_or_join_a_login_over_http"],
     ),
     (
+        "Closed connections name no user (sock_diag)",
+        "common/proc_net.py",
+        "if reply[DIAG_STATE_OFFSET] != TCP_ESTABLISHED or not inode:",
+        "if False:",
+        [
+            "tests/adversarial/test_local_users.py::test_a_closed_connection_names_no_user",
+            "tests/adversarial/test_local_users.py::test_other_uid_that_closes_at_once_cannot_restart_a_login",
+        ],
+    ),
+    (
+        "Closed connections name no user (/proc/net fallback)",
+        "common/proc_net.py",
+        "return entry.uid if entry.state == ESTABLISHED and entry.inode else None",
+        "return entry.uid",
+        ["tests/adversarial/test_local_users.py::test_a_closed_connection_names_no_user"],
+    ),
+    (
         "Subscriber queue limit",
         "daemon/ipc_server.py",
         "if self.transport.get_write_buffer_size() > self.server.queue_limit:",
