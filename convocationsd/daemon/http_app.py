@@ -16,8 +16,10 @@ import socket
 import sys
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from urllib.parse import urlsplit
 
 from aiohttp import web
+from aiohttp.http import HttpVersion10, HttpVersion11
 
 from convocationsd.common import proc_net
 from convocationsd.core import pkce
@@ -64,11 +66,21 @@ def _forbidden(request: web.Request, message: str) -> web.Response:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+SECURITY_HEADERS = {
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+}
+
+
 @web.middleware
 async def security(request: web.Request, handler: Handler) -> web.StreamResponse:
     ctl = request.app[CONTROLLER]
     ctl.touch()
-    if request.headers.get("Host", "").lower() not in allowed_hosts(ctl.endpoint.port):
+    if request.version not in (HttpVersion10, HttpVersion11):
+        return _version_not_supported(request)
+    if not _names_us(request, ctl.endpoint.port):
         response: web.StreamResponse = _forbidden(request, "This address is only served as localhost.")
     elif not _same_user(request):
         response = _forbidden(request, "This daemon serves only the user it runs as.")
@@ -77,14 +89,44 @@ async def security(request: web.Request, handler: Handler) -> web.StreamResponse
             response = await handler(request)
         except web.HTTPException as e:
             response = e
-    headers = response.headers
-    headers["Cache-Control"] = "no-store"
-    headers["Referrer-Policy"] = "no-referrer"
-    headers["X-Content-Type-Options"] = "nosniff"
-    headers["X-Frame-Options"] = "DENY"
+    response.headers.update(SECURITY_HEADERS)
     if (response.content_type or "").startswith("text/html"):
-        headers["Content-Security-Policy"] = pages.CSP
+        response.headers.setdefault("Content-Security-Policy", pages.CSP)
     return response
+
+
+def _names_us(request: web.Request, port: int) -> bool:
+    """``Host`` must be one of our loopback names with our port (DNS rebinding). So must the authority of an
+    absolute-form target (``GET http://host/path``), which RFC 9112 puts in the place of ``Host``."""
+    hosts = allowed_hosts(port)
+    if request.headers.get("Host", "").lower() not in hosts:
+        return False
+    target = request.raw_path
+    if target.startswith("/"):
+        return True
+    absolute = urlsplit(target)
+    return absolute.scheme.lower() == "http" and absolute.netloc.lower() in hosts
+
+
+def _version_not_supported(request: web.Request) -> web.StreamResponse:
+    """505 for a request line that claims a version other than HTTP/1.0 or 1.1 (``HTTP/2.0`` in plain text).
+
+    aiohttp's parser accepts such a line and writes its answer's status line with the request's version,
+    which would be an "HTTP/2.0 200" in HTTP/1 framing. So the refusal is written here, as HTTP/1.1
+    (RFC 9112 section 2.3), and the connection closed: aiohttp then finds nothing left to answer."""
+    body = b"This server speaks HTTP/1.1.\n"
+    head = [
+        "HTTP/1.1 505 HTTP Version Not Supported",
+        "Content-Type: text/plain; charset=utf-8",
+        f"Content-Length: {len(body)}",
+        "Connection: close",
+        *(f"{name}: {value}" for name, value in SECURITY_HEADERS.items()),
+    ]
+    transport = request.transport
+    if transport is not None:
+        transport.write(("\r\n".join(head) + "\r\n\r\n").encode("ascii") + body)
+        transport.close()
+    return web.Response(status=505)
 
 
 def _same_user(request: web.Request) -> bool:

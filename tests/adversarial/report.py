@@ -42,9 +42,23 @@ MUTANTS = [
     (
         "Host allow-list (DNS rebinding)",
         "daemon/http_app.py",
-        'if request.headers.get("Host", "").lower() not in allowed_hosts(ctl.endpoint.port):',
+        'if request.headers.get("Host", "").lower() not in hosts:',
         "if False:",
         ["tests/adversarial/test_web_attacks.py::test_dns_rebinding_host_is_refused_without_side_effect"],
+    ),
+    (
+        "Absolute-form target's authority checked",
+        "daemon/http_app.py",
+        'return absolute.scheme.lower() == "http" and absolute.netloc.lower() in hosts',
+        "return True",
+        ["tests/adversarial/test_web_attacks.py::test_absolute_form_target_must_name_us_too"],
+    ),
+    (
+        "HTTP versions other than 1.0 and 1.1 get 505 as HTTP/1.1",
+        "daemon/http_app.py",
+        "if request.version not in (HttpVersion10, HttpVersion11):",
+        "if False:",
+        ["tests/adversarial/test_web_attacks.py::test_request_line_with_another_version_gets_505_as_http11"],
     ),
     (
         "Cross-site check on the start routes",

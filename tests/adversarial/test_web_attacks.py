@@ -440,3 +440,96 @@ def test_flood_of_hostile_requests_leaves_daemon_serving(mdaemon):
             break
     assert latest_session(d) == before
     assert d.call("status")["pid"] == d.proc.pid
+
+
+# -- HTTP/1.1 corner cases (RFC 9112), byte by byte ----------------------------------------------------
+
+
+def _exchange(port: int, request: bytes) -> bytes:
+    """Sends ``request`` as is on a fresh connection and returns every byte of the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(request)
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+ABSOLUTE_TARGETS = [
+    pytest.param("http://evil.example{path}", id="other-host"),
+    pytest.param("http://evil.example:{port}{path}", id="other-host-our-port"),
+    pytest.param("http://localhost:{port}@evil.example{path}", id="userinfo-trick"),
+    pytest.param("http://localhost:{other}{path}", id="other-port"),
+    pytest.param("https://localhost:{port}{path}", id="https"),
+    pytest.param("localhost:{port}", id="authority-form"),
+]
+
+
+@pytest.mark.parametrize("target", ABSOLUTE_TARGETS)
+def test_absolute_form_target_must_name_us_too(mdaemon, target):
+    """``GET http://evil.example/api/status HTTP/1.1`` with a good Host: RFC 9112 makes the target's authority
+    the request's host, so it must pass the same allow-list as Host: 403, nothing served, nothing started.
+
+    Defence: http_app._names_us checks an absolute-form target's scheme and authority."""
+    d = mdaemon
+    before = latest_session(d)
+    for method, path, extra in (
+        ("GET", "/api/status", ""),
+        ("POST", START, "Sec-Fetch-Site: same-origin\r\nContent-Type: application/json\r\nContent-Length: 2\r\n"),
+    ):
+        t = target.format(port=d.port, other=d.port + 1 if d.port < 65535 else d.port - 1, path=path)
+        head = f"{method} {t} HTTP/1.1\r\nHost: localhost:{d.port}\r\n{extra}Connection: close\r\n\r\n"
+        answer = _exchange(d.port, head.encode() + (b"{}" if method == "POST" else b""))
+        status_line = answer.split(b"\r\n", 1)[0]
+        assert status_line.startswith(b"HTTP/1.1 403 ") or (
+            target.endswith("{port}") and status_line.startswith(b"HTTP/1.0 400 ")  # aiohttp's own refusal
+        ), answer
+        assert b'"pid"' not in answer and b"auth_url" not in answer
+    assert latest_session(d) == before
+
+
+def test_absolute_form_naming_us_is_served(mdaemon):
+    """RFC 9112 says a server must accept the absolute form: ``http://localhost:<port>/api/status`` works."""
+    d = mdaemon
+    for host in (f"localhost:{d.port}", f"127.0.0.1:{d.port}", f"[::1]:{d.port}", f"LOCALHOST:{d.port}"):
+        head = f"GET http://{host}/api/status HTTP/1.1\r\nHost: localhost:{d.port}\r\nConnection: close\r\n\r\n"
+        answer = _exchange(d.port, head.encode())
+        assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and b'"pid"' in answer, answer
+
+
+@pytest.mark.parametrize("version", ["HTTP/2.0", "HTTP/0.9"])
+def test_request_line_with_another_version_gets_505_as_http11(mdaemon, version):
+    """A plain-text request line claiming ``HTTP/2.0`` (or 0.9) is answered ``HTTP/1.1 505`` with our headers,
+    and nothing is served or started: never an ``HTTP/2.0 200`` in HTTP/1 framing.
+
+    Defence: http_app._version_not_supported."""
+    d = mdaemon
+    before = latest_session(d)
+    for method, path, body in (("GET", "/api/status", b""), ("POST", START, b'{"restart": true}')):
+        head = (
+            f"{method} {path} {version}\r\nHost: localhost:{d.port}\r\nOrigin: http://localhost:{d.port}\r\n"
+            f"Sec-Fetch-Site: same-origin\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        answer = _exchange(d.port, head.encode() + body)
+        head_bytes, _, payload = answer.partition(b"\r\n\r\n")
+        lines = head_bytes.decode("latin-1").split("\r\n")
+        assert lines[0] == "HTTP/1.1 505 HTTP Version Not Supported", answer
+        headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+        assert headers["cache-control"] == "no-store" and headers["x-content-type-options"] == "nosniff"
+        assert headers["connection"] == "close" and int(headers["content-length"]) == len(payload)
+        assert b'"pid"' not in answer and b"auth_url" not in answer
+    assert latest_session(d) == before
+    assert "Traceback" not in d.log()
+
+
+def test_aiohttp_own_400_is_bare_and_echoes_only_the_sender(mdaemon):
+    """Requests aiohttp cannot parse are answered by aiohttp before any of our code runs (aiohttp issue
+    #6463): HTTP/1.0, plain text, none of our headers, and the body may quote the sender's own
+    request line back to it. SECURITY.md says so; this test notices when aiohttp changes that."""
+    d = mdaemon
+    answer = _exchange(d.port, f"GET /api/status?x=1 HTTP/1.2\r\nHost: localhost:{d.port}\r\n\r\n".encode())
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 400 Bad Request\r\n"), answer
+    assert b"text/plain" in head
+    assert b"X-Content-Type-Options" not in head  # if this fails, aiohttp now runs our hooks: update SECURITY.md
+    assert b'"pid"' not in body
