@@ -1,5 +1,5 @@
-"""Other local users: the socket's three locks (0700 dir, 0600 socket, peer uid), file modes, and a
-master key that others could read.
+"""Other local users: the socket's three locks (0700 dir, 0600 socket, peer uid), file modes, a master
+key that others could read, and loopback HTTP (only connections the kernel lists as open and ours).
 
 Each test opens every lock but the one it checks, so a test fails when exactly that lock is removed.
 The peer-uid refusal with all locks open is in tests/integration/test_daemon_lifecycle.py.
