@@ -3,6 +3,10 @@
 Loopback HTTP is reachable by every user of the machine, and headers are only words; the kernel knows
 which uid really opened a connection. One connection is looked up with a sock_diag netlink query (a few
 microseconds); /proc/net/tcp{,6} lists them all (milliseconds on a busy machine) and is the fallback.
+
+Only an established socket that still has an owner names one. A client that closed at once leaves an
+orphan (FIN-WAIT) or a TIME-WAIT entry, which the kernel lists with uid 0 and inode 0: to a daemon running
+as root that would look like its own user.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 LISTEN = "0A"
+ESTABLISHED = "01"
 
 
 @dataclass(frozen=True)
@@ -65,7 +70,8 @@ def available(proc: Path = Path("/proc")) -> bool:
 
 def connection_uid(client: tuple, server: tuple, entries: Iterable[TcpEntry] | None = None) -> int | None:
     """The uid that owns the client end of a loopback connection (``client``/``server`` as from
-    getpeername/getsockname on the server side), or None when the kernel does not list it."""
+    getpeername/getsockname on the server side), or None when the kernel does not list it as an
+    established socket with an owner (closed, orphaned, in TIME-WAIT)."""
     if entries is None:
         try:
             return diag_uid(client, server)
@@ -75,7 +81,7 @@ def connection_uid(client: tuple, server: tuple, entries: Iterable[TcpEntry] | N
     want_remote = (_normal(server[0]), server[1])
     for entry in read_tables() if entries is None else entries:
         if entry.local == want_local and entry.remote == want_remote:
-            return entry.uid
+            return entry.uid if entry.state == ESTABLISHED and entry.inode else None
     return None
 
 
@@ -97,13 +103,15 @@ SOCK_DIAG_BY_FAMILY = 20
 NLM_F_REQUEST = 1
 NLMSG_ERROR = 2
 NLMSG_HEADER = struct.Struct("=IHHII")
+TCP_ESTABLISHED = 1
 # struct inet_diag_msg: family, state, timer, retrans, sockid (48 bytes), expires, rqueue, wqueue, uid, inode
-DIAG_UID = struct.Struct("=I")
-DIAG_UID_OFFSET = NLMSG_HEADER.size + 4 + 48 + 12
+DIAG_STATE_OFFSET = NLMSG_HEADER.size + 1
+DIAG_OWNER = struct.Struct("=II")  # uid, inode
+DIAG_OWNER_OFFSET = NLMSG_HEADER.size + 4 + 48 + 12
 
 
 def diag_uid(client: tuple, server: tuple) -> int | None:
-    """Asks the kernel (sock_diag) for the owner of the TCP socket ``client`` -> ``server``."""
+    """Asks the kernel (sock_diag) for the owner of the established TCP socket ``client`` -> ``server``."""
     family, src = _family_packed(client[0])
     _, dst = _family_packed(server[0])
     body = _diag_request(family, client[1], server[1], src, dst)
@@ -113,13 +121,17 @@ def diag_uid(client: tuple, server: tuple) -> int | None:
         nl.sendto(header + body, (0, 0))
         reply = nl.recv(8192)
     length, kind = NLMSG_HEADER.unpack_from(reply)[:2]
-    if kind == NLMSG_ERROR or length < DIAG_UID_OFFSET + 4:
+    if kind == NLMSG_ERROR or length < DIAG_OWNER_OFFSET + DIAG_OWNER.size:
         return None  # the kernel knows no such socket
-    return DIAG_UID.unpack_from(reply, DIAG_UID_OFFSET)[0]
+    uid, inode = DIAG_OWNER.unpack_from(reply, DIAG_OWNER_OFFSET)
+    if reply[DIAG_STATE_OFFSET] != TCP_ESTABLISHED or not inode:
+        return None  # closed by its owner: whatever uid the kernel lists is not the one who opened it
+    return int(uid)
 
 
 def _diag_request(family: int, sport: int, dport: int, src: bytes, dst: bytes) -> bytes:
-    """struct inet_diag_req_v2: family, protocol, ext, pad, states; then struct inet_diag_sockid: sport and
+    """struct inet_diag_req_v2: family, protocol, ext, pad, states (all: the kernel ignores them when it
+    looks up one socket, so the reply's state is checked instead); then struct inet_diag_sockid: sport and
     dport (big-endian), src[16], dst[16], interface, cookie[2] (all ones: no cookie to match)."""
     head = struct.pack("=BBBxI", family, socket.IPPROTO_TCP, 0, 0xFFFFFFFF)
     ports = struct.pack(">HH", sport, dport)

@@ -24,6 +24,7 @@ SOURCES: dict[str, tuple[str | None, str | None]] = {
     "flow_timeout_seconds": ("CONVOCATIONS_FLOW_TIMEOUT_SECONDS", "flow_timeout_seconds"),
     "exchange_timeout_seconds": ("CONVOCATIONS_EXCHANGE_TIMEOUT_SECONDS", "exchange_timeout_seconds"),
     "keyring_timeout_seconds": ("CONVOCATIONS_KEYRING_TIMEOUT_SECONDS", "keyring_timeout_seconds"),
+    "allow_stateless_callbacks": ("CONVOCATIONS_ALLOW_STATELESS_CALLBACKS", "allow_stateless_callbacks"),
 }
 
 
@@ -44,6 +45,7 @@ class Settings:
     flow_timeout_seconds: float = 600.0
     exchange_timeout_seconds: float = 30.0
     keyring_timeout_seconds: float = 120.0  # time for a person to answer an unlock prompt
+    allow_stateless_callbacks: bool = False  # for an OpenRouter that does not send `state` back
 
 
 def _port(v: Any) -> int:
@@ -105,6 +107,7 @@ CONVERT = {
     "flow_timeout_seconds": _seconds,
     "exchange_timeout_seconds": _seconds,
     "keyring_timeout_seconds": _seconds,
+    "allow_stateless_callbacks": _bool,
 }
 
 

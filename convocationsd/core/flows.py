@@ -5,10 +5,15 @@ Rules (the contract's "Flows" section):
   cancels the old flow. A flow whose code is being exchanged is never cancelled by a restart or a cancel
   (only by shutdown, ``force=True``): the key may already exist, and the exchange decides how it ends.
 - A flow expires ``timeout`` seconds after it started, unless its code is being exchanged.
-- A callback is *claimed* before anything happens: with no pending flow, a wrong ``state``, a code seen
-  before, or an exchange already running, it is rejected and the pending flow is left untouched.
-- A callback without ``state`` is accepted (OpenRouter may not echo it); PKCE still binds its code to our
-  verifier, and if the exchange says the code is not ours the flow goes back to pending (``release``).
+- A callback is *claimed* before anything happens: with no pending flow, a paste-mode flow (it takes codes
+  only from the socket), a wrong ``state``, a code seen before, or an exchange already running, it is
+  rejected and the pending flow is left untouched.
+- A callback without ``state`` can never end, block or delay the flow: any web page can send one. Its code
+  is refused unless ``require_state`` is off (for an OpenRouter that does not echo ``state``); then it is
+  checked on the side (``claim_stateless_code``) while the flow stays pending, and only OpenRouter accepting
+  it for this flow's PKCE verifier, proof that it is this flow's code, can end the flow. A stateless
+  ``?error=`` ends nothing by itself (the person may end the flow from its page).
+- Error codes from a callback are never shown as they came: known OAuth codes map to our own texts.
 
 Pure: the clock and the token source are arguments; nothing here sleeps, schedules or does I/O.
 """
@@ -120,6 +125,43 @@ AuthUrlBuilder = Callable[[str, str, bool], str]
 """(challenge, state, paste) -> authorize URL."""
 
 CANCELLED = FlowError("cancelled", "The login was cancelled.", "Run `convctl oauth start` to try again.")
+DENIED = FlowError(
+    "access_denied",
+    "You declined the request on OpenRouter, so no key was created.",
+    "If that was a mistake, run `convctl oauth start` again and choose Authorize.",
+)
+_RETRY_LATER = "Try again in a few minutes: run `convctl oauth start`."
+_REFUSED = FlowError(
+    "exchange_failed",
+    "OpenRouter refused the login request, so no key was created.",
+    "Run `convctl doctor`, which checks the usual causes, then `convctl oauth start` again.",
+)
+REPORTED = FlowError(
+    "exchange_failed",
+    "OpenRouter reported an error, so no key was created.",
+    "Run `convctl oauth start` to try again; `convctl doctor` checks the usual causes.",
+)
+# RFC 6749 section 4.1.2.1: the error codes an authorization server may send back; anything else is REPORTED.
+OAUTH_ERRORS = {
+    "access_denied": DENIED,
+    "invalid_request": _REFUSED,
+    "unauthorized_client": _REFUSED,
+    "unsupported_response_type": _REFUSED,
+    "invalid_scope": _REFUSED,
+    "server_error": FlowError(
+        "exchange_failed", "OpenRouter had an internal problem, so no key was created.", _RETRY_LATER
+    ),
+    "temporarily_unavailable": FlowError(
+        "exchange_failed", "OpenRouter could not authorize logins just then, so no key was created.", _RETRY_LATER
+    ),
+}
+
+
+def reported_error(error: str) -> FlowError:
+    """Our words for an ``?error=`` a callback carries: its text never reaches a person or a log."""
+    return OAUTH_ERRORS.get(error, REPORTED)
+
+
 TIMED_OUT = FlowError(
     "timeout",
     "The login was not completed in time.",
@@ -136,12 +178,14 @@ class FlowStore:
         timeout: float = 600.0,
         history: int = 16,
         used_codes: int = 256,
+        require_state: bool = True,
         clock: Callable[[], float] = time.time,
         token: pkce.TokenSource = secrets.token_urlsafe,
     ) -> None:
         self._auth_url = auth_url
         self._callback_url = callback_url
         self.timeout = timeout
+        self.require_state = require_state  # False: codes of callbacks without state are checked on the side
         self._clock = clock
         self._token = token
         self.pending: Flow | None = None
@@ -173,14 +217,17 @@ class FlowStore:
         self.pending = flow
         return StartResult(flow, joined=False, cancelled=cancelled)
 
-    def cancel(self, session_id: str | None = None, *, force: bool = False) -> Flow | None:
-        """Ends the pending flow (the one named, if a session is given); None when nothing was cancelled."""
+    def cancel(
+        self, session_id: str | None = None, *, force: bool = False, error: FlowError = CANCELLED
+    ) -> Flow | None:
+        """Ends the pending flow (the one named, if a session is given) with ``error``; None when nothing
+        was ended."""
         flow = self.pending
         if flow is None or (session_id is not None and session_id != flow.session_id):
             return None
         if flow.status == EXCHANGING and not force:
             return None
-        return self._end(flow, CANCELLED)
+        return self._end(flow, error)
 
     def expire_due(self) -> Flow | None:
         """Ends the pending flow with ``timeout`` if its time is up and no exchange is running."""
@@ -209,24 +256,45 @@ class FlowStore:
 
     # -- callbacks -----------------------------------------------------------------------------------
 
-    def claim_code(self, code: str, state: str | None) -> Flow:
-        """Marks the pending flow as exchanging ``code``; raises CallbackRejected for a stray callback."""
-        flow = self._matching_flow(state)
-        digest = hashlib.sha256(code.encode("utf-8", "surrogatepass")).digest()
-        if digest in self._used_codes:
+    def claim_code(self, code: str, state: str) -> Flow:
+        """Marks the pending flow as exchanging the code of a callback that carried ``state``; raises
+        CallbackRejected for a stray callback."""
+        flow = self._callback_flow(state)
+        return self._claim(flow, code)
+
+    def claim_stateless_code(self, code: str) -> Flow:
+        """The flow whose verifier may turn the code of a callback without ``state`` into a key. The flow
+        stays pending: the callback with the right state must never wait for this one or be turned away.
+        Raises CallbackRejected unless ``require_state`` is off."""
+        flow = self._callback_flow(None)
+        if self.require_state:
             raise CallbackRejected(
-                "code_reused",
-                "This authorization code was already used.",
-                "Codes work once. If your login did not finish, run `convctl oauth start` again.",
+                "missing_state",
+                "This link carried a login code but not the check value (`state`) of the login in progress, so "
+                "the code was not used: any web page can open this address.",
+                "If OpenRouter sent you here right after you approved, it did not send `state` back. Then set "
+                "`allow_stateless_callbacks = true` in convocationsd's config.toml (or "
+                "`CONVOCATIONS_ALLOW_STATELESS_CALLBACKS=1`), restart or reload convocationsd, and run "
+                "`convctl oauth start` again.",
             )
         _refuse_if_exchanging(flow)
-        self._used_codes.append(digest)
-        flow.status = EXCHANGING
+        self._remember(code)
         return flow
 
+    def claim_pasted(self, code: str) -> Flow:
+        """Marks the pending flow (of either mode) as exchanging a code pasted over the socket, the trusted
+        door: PKCE binds the code to the flow's verifier."""
+        flow = self.pending
+        if flow is None:
+            raise CallbackRejected(
+                "no_flow", "No login is waiting for a code.", "Run `convctl oauth start --paste` first."
+            )
+        return self._claim(flow, code)
+
     def claim_error(self, state: str | None) -> Flow:
-        """The flow that an ``?error=`` callback ends; raises CallbackRejected for a stray one."""
-        flow = self._matching_flow(state)
+        """The flow that an ``?error=`` callback is about; raises CallbackRejected for a stray one. Only one
+        that carried the right ``state`` may end it."""
+        flow = self._callback_flow(state)
         _refuse_if_exchanging(flow)
         return flow
 
@@ -235,13 +303,36 @@ class FlowStore:
         if self.pending is flow and flow.status == EXCHANGING:
             flow.status = PENDING
 
-    def _matching_flow(self, state: str | None) -> Flow:
+    def _claim(self, flow: Flow, code: str) -> Flow:
+        _refuse_if_exchanging(flow)
+        self._remember(code)
+        flow.status = EXCHANGING
+        return flow
+
+    def _remember(self, code: str) -> None:
+        """Refuses a code seen before, then remembers this one (as a digest)."""
+        digest = hashlib.sha256(code.encode("utf-8", "surrogatepass")).digest()
+        if digest in self._used_codes:
+            raise CallbackRejected(
+                "code_reused",
+                "This authorization code was already used.",
+                "Codes work once. If your login did not finish, run `convctl oauth start` again.",
+            )
+        self._used_codes.append(digest)
+
+    def _callback_flow(self, state: str | None) -> Flow:
         flow = self.pending
         if flow is None:
             raise CallbackRejected(
                 "no_flow",
                 "No login is in progress, so this callback was ignored.",
                 "Start one with `convctl oauth start` (or the Link OpenRouter button) and approve it in the browser.",
+            )
+        if flow.paste:
+            raise CallbackRejected(
+                "paste_mode",
+                "The login in progress waits for a code pasted into `convctl`, so this page was ignored.",
+                "Copy the code OpenRouter shows into the terminal where `convctl oauth start --paste` waits.",
             )
         if state is not None and not hmac.compare_digest(state.encode("utf-8", "surrogatepass"), flow.state.encode()):
             raise CallbackRejected(

@@ -18,7 +18,15 @@ from typing import Any
 from convocationsd import __version__
 from convocationsd.core import events, pkce, protocol
 from convocationsd.core.errors import ConvError, UsageError
-from convocationsd.core.flows import EXCHANGING, CallbackRejected, Flow, FlowError, FlowStore
+from convocationsd.core.flows import (
+    EXCHANGING,
+    OAUTH_ERRORS,
+    CallbackRejected,
+    Flow,
+    FlowError,
+    FlowStore,
+    reported_error,
+)
 from convocationsd.store.secrets import SecretStatus, SecretStore
 
 log = logging.getLogger(__name__)
@@ -28,11 +36,12 @@ log = logging.getLogger(__name__)
 class Outcome:
     """What a callback came to, in words a person can act on (rendered as the result page)."""
 
-    kind: str  # "success" | "failed" | "ignored"
+    kind: str  # "success" | "failed" (the login ended) | "ignored" | "reported" (an error report without state)
     title: str
     message: str
     hint: str = ""
     code: str | None = None  # the event's error code, or the rejection reason
+    end_login: tuple[str, str] | None = None  # "reported": (session_id, known OAuth error or "") for its button
 
 
 @dataclass(frozen=True)
@@ -46,13 +55,6 @@ class CodeRejected(ConvError):
     """A pasted code that OpenRouter did not accept; the login still waits for the right one."""
 
 
-DENIED = FlowError(
-    "access_denied",
-    "You declined the request on OpenRouter, so no key was created.",
-    "If that was a mistake, run `convctl oauth start` again and choose Authorize.",
-)
-
-
 class Controller:
     def __init__(
         self,
@@ -63,6 +65,7 @@ class Controller:
         secrets: SecretStore,
         bus: events.EventBus,
         flow_timeout: float,
+        require_state: bool = True,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.endpoint = endpoint
@@ -78,6 +81,7 @@ class Controller:
             ),
             callback_url=pkce.callback_url(port),
             timeout=flow_timeout,
+            require_state=require_state,
             clock=clock,
         )
         self._expiry: asyncio.TimerHandle | None = None
@@ -142,29 +146,58 @@ class Controller:
                 "no_code",
             )
         try:
-            flow = self.flows.claim_code(code, state)
+            if state is None:
+                flow = self.flows.claim_stateless_code(code)
+            else:
+                flow = self.flows.claim_code(code, state)
         except CallbackRejected as e:
             log.warning("ignored a callback: %s", e.reason)
             return Outcome("ignored", "This link was ignored", e.message, e.hint, e.reason)
-        return await self._exchange(flow, code, verified=state is not None)
+        if state is None:
+            return await self._exchange_on_the_side(flow, code)
+        return await self._exchange(flow, code, verified=True)
 
     def callback_error(self, error: str, state: str | None) -> Outcome:
+        """An ``?error=`` callback. With the login's state it ends the login, in our words for the error
+        (never its text). Without, anyone could have sent it: the login goes on, and the page lets the
+        person end it (``end_reported``)."""
         try:
             flow = self.flows.claim_error(state)
         except CallbackRejected as e:
             log.warning("ignored an error callback: %s", e.reason)
             return Outcome("ignored", "This link was ignored", e.message, e.hint, e.reason)
-        if error == "access_denied":
-            failure = DENIED
-        else:
-            failure = FlowError(
-                "exchange_failed",
-                f"OpenRouter did not authorize the login ({_printable(error)}).",
-                "Run `convctl oauth start` to try again; `convctl doctor` checks the usual causes.",
+        if state is None:
+            log.warning("an error report without state reached the callback; login %s goes on", flow.session_id)
+            return Outcome(
+                "reported",
+                "OpenRouter reported an error",
+                "This page was opened with an error report, but without the check value (`state`) of the login "
+                "in progress, so it may come from another web page: any page can open this address. The login "
+                "is still waiting.",
+                "If you declined on OpenRouter or it showed you an error, end the login here; the app or "
+                "terminal that started it will be told. Otherwise finish it in the OpenRouter tab.",
+                end_login=(flow.session_id, error if error in OAUTH_ERRORS else ""),
             )
+        failure = reported_error(error)
         log.info("login %s ended by OpenRouter: %s", flow.session_id, failure.code)
         self._end(flow, failure)
         return _failed_outcome(failure)
+
+    def end_reported(self, session_id: str, error: str) -> Outcome:
+        """The person pressed "End the login" on the page of an error report without state."""
+        flow = self.flows.cancel(session_id, error=reported_error(error)) if session_id else None
+        if flow is None or flow.error is None:  # (a flow that cancel returns always has its error)
+            return Outcome(
+                "ignored",
+                "Nothing was ended",
+                "The login this page was about is no longer waiting: it has ended, or its code is being "
+                "exchanged right now.",
+                "Check `convctl status`.",
+                "not_pending",
+            )
+        log.info("login %s ended from its error page: %s", flow.session_id, flow.error.code)
+        self._publish_complete(flow)
+        return _failed_outcome(flow.error)
 
     async def exchange_pasted(self, code: str, session_id: str | None) -> dict:
         """Paste mode: the person copies the code OpenRouter shows. Any pending login accepts one (PKCE
@@ -174,7 +207,7 @@ class Controller:
             raise UsageError("No login is waiting for a code.", "Run `convctl oauth start --paste` first.")
         code = code.strip()
         try:
-            flow = self.flows.claim_code(code, None)
+            flow = self.flows.claim_pasted(code)
         except CallbackRejected as e:
             raise ConvError(e.message, e.hint) from None
         outcome = await self._exchange(flow, code, verified=False)
@@ -185,10 +218,30 @@ class Controller:
             )
         return flow.complete_data()
 
+    async def _exchange_on_the_side(self, flow: Flow, code: str) -> Outcome:
+        """The code of a callback without state (``allow_stateless_callbacks``). The flow stays pending all
+        along, so the callback with the right state never waits for this one; a failure leaves it as it
+        was, and only OpenRouter accepting the code for this flow's verifier, proof that the code is this
+        flow's, ends it."""
+        from convocationsd.daemon.openrouter import UpstreamError
+
+        log.debug("login %s: trying the code of a callback without state, on the side", flow.session_id)
+        try:
+            result = await self.openrouter.exchange(code, flow.verifier)
+        except UpstreamError as e:
+            log.warning("ignored a callback without state: its code was not exchanged (%s)", e.flow_error.code)
+            if e.code_rejected:
+                message = "OpenRouter did not accept this code for the login in progress, which is still waiting."
+            else:
+                message = f"{e.flow_error.message} The login in progress is still waiting."
+            return Outcome("ignored", "This link was ignored", message, e.flow_error.hint, e.flow_error.code)
+        return await self._keep_key(flow, result.key)
+
     async def _exchange(self, flow: Flow, code: str, *, verified: bool) -> Outcome:
-        """Exchanges ``code`` for a key and stores it. ``verified``: the callback carried our state, so
-        a failure ends the login; otherwise a code OpenRouter rejects was not ours and the login goes on.
-        However the exchange ends, the flow does not stay ``exchanging``."""
+        """Exchanges the code of a claimed flow for a key and stores it. ``verified``: the callback carried
+        our state, so a failure ends the login; otherwise (a pasted code) a code OpenRouter rejects was not
+        this login's and the login waits for another. However the exchange ends, the flow does not stay
+        ``exchanging``."""
         from convocationsd.daemon.openrouter import UpstreamError, app_conflict_hint
 
         try:
@@ -212,36 +265,38 @@ class Controller:
                 log.warning("login %s failed: %s (%s)", flow.session_id, failure.code, failure.message)
                 self._end(flow, failure)
                 return _failed_outcome(failure)
-            try:
-                backend = await self._store_key(result.key)
-            except ConvError as e:
-                failure = FlowError(
-                    "storage_failed", f"The key was created but could not be saved: {e.message}", e.hint
-                )
-            except Exception:
-                log.exception("storing the key failed")
-                failure = FlowError(
-                    "storage_failed",
-                    "The key was created but could not be saved.",
-                    "See the daemon's log, then try again.",
-                )
-            else:
-                if self._end(flow, None, backend):
-                    log.info("login %s succeeded; key stored in %s", flow.session_id, backend)
-                self.bus.publish(events.KEY_CHANGED, {"stored": True, "backend": backend})
-                return Outcome(
-                    "success",
-                    "OpenRouter account linked",
-                    "Convocations can now use your OpenRouter account.",
-                    "You can close this tab.",
-                )
-            log.error("login %s: %s", flow.session_id, failure.message)
-            self._end(flow, failure)
-            return _failed_outcome(failure)
+            return await self._keep_key(flow, result.key)
         finally:
             if flow.status == EXCHANGING:  # cancelled (shutdown) or a bug above: give the login back
                 self.flows.release(flow)
                 self._schedule_expiry(flow)
+
+    async def _keep_key(self, flow: Flow, key: str) -> Outcome:
+        """Stores the key OpenRouter created for ``flow`` and ends the flow with how that went."""
+        try:
+            backend = await self._store_key(key)
+        except ConvError as e:
+            failure = FlowError("storage_failed", f"The key was created but could not be saved: {e.message}", e.hint)
+        except Exception:
+            log.exception("storing the key failed")
+            failure = FlowError(
+                "storage_failed",
+                "The key was created but could not be saved.",
+                "See the daemon's log, then try again.",
+            )
+        else:
+            if self._end(flow, None, backend):
+                log.info("login %s succeeded; key stored in %s", flow.session_id, backend)
+            self.bus.publish(events.KEY_CHANGED, {"stored": True, "backend": backend})
+            return Outcome(
+                "success",
+                "OpenRouter account linked",
+                "Convocations can now use your OpenRouter account.",
+                "You can close this tab.",
+            )
+        log.error("login %s: %s", flow.session_id, failure.message)
+        self._end(flow, failure)
+        return _failed_outcome(failure)
 
     def _end(self, flow: Flow, error: FlowError | None, backend: str | None = None) -> bool:
         """Ends ``flow`` and announces it, once: a flow cancelled at shutdown stays cancelled."""
@@ -340,7 +395,3 @@ class Controller:
 
 def _failed_outcome(failure: FlowError) -> Outcome:
     return Outcome("failed", "Linking failed", failure.message, failure.hint, failure.code)
-
-
-def _printable(text: str) -> str:
-    return "".join(c for c in text[:64] if c.isprintable())

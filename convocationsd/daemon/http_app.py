@@ -16,8 +16,11 @@ import socket
 import sys
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from typing import NoReturn
+from urllib.parse import urlsplit
 
 from aiohttp import web
+from aiohttp.http import HttpVersion10, HttpVersion11
 
 from convocationsd.common import proc_net
 from convocationsd.core import pkce
@@ -29,12 +32,39 @@ log = logging.getLogger(__name__)
 START = "/api/openrouter/oauth/start"
 CALLBACK = pkce.CALLBACK_PATH  # the path OpenRouter is sent, so route and callback_url cannot drift apart
 RESULT = "/api/openrouter/oauth/result/{id}"
+END = pages.END_PATH
 STATUS = "/api/status"
 
-CONTROLLER = web.AppKey("controller", Controller)
-RESULTS = web.AppKey("results", OrderedDict)
 MAX_RESULTS = 32
 MAX_BODY = 16 * 1024
+
+
+class Results:
+    """Result pages by unguessable id, the callback's answer once the code has left the address bar.
+
+    Any web page can open the callback address and make a result, so those of callbacks that ended the
+    login (which needs its state) are kept apart from the rest: a flood of strays pushes out only strays,
+    never the page the person is looking at."""
+
+    def __init__(self, size: int = MAX_RESULTS) -> None:
+        self._size = size
+        self._login: OrderedDict[str, Outcome] = OrderedDict()
+        self._stray: OrderedDict[str, Outcome] = OrderedDict()
+
+    def add(self, outcome: Outcome) -> str:
+        kept = self._login if outcome.kind in ("success", "failed") else self._stray
+        result_id = secrets.token_urlsafe(12)
+        kept[result_id] = outcome
+        while len(kept) > self._size:
+            kept.popitem(last=False)
+        return result_id
+
+    def get(self, result_id: str) -> Outcome | None:
+        return self._login.get(result_id) or self._stray.get(result_id)
+
+
+CONTROLLER = web.AppKey("controller", Controller)
+RESULTS = web.AppKey("results", Results)
 CHECK_PEER_UID = sys.platform.startswith("linux") and proc_net.available()
 IDLE_TIMEOUT = 10.0  # seconds a connection may sit without a complete request (slowloris, idle crowds)
 
@@ -64,11 +94,21 @@ def _forbidden(request: web.Request, message: str) -> web.Response:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+SECURITY_HEADERS = {
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+}
+
+
 @web.middleware
 async def security(request: web.Request, handler: Handler) -> web.StreamResponse:
     ctl = request.app[CONTROLLER]
     ctl.touch()
-    if request.headers.get("Host", "").lower() not in allowed_hosts(ctl.endpoint.port):
+    if request.version not in (HttpVersion10, HttpVersion11):
+        return _version_not_supported(request)
+    if not _names_us(request, ctl.endpoint.port):
         response: web.StreamResponse = _forbidden(request, "This address is only served as localhost.")
     elif not _same_user(request):
         response = _forbidden(request, "This daemon serves only the user it runs as.")
@@ -77,14 +117,44 @@ async def security(request: web.Request, handler: Handler) -> web.StreamResponse
             response = await handler(request)
         except web.HTTPException as e:
             response = e
-    headers = response.headers
-    headers["Cache-Control"] = "no-store"
-    headers["Referrer-Policy"] = "no-referrer"
-    headers["X-Content-Type-Options"] = "nosniff"
-    headers["X-Frame-Options"] = "DENY"
+    response.headers.update(SECURITY_HEADERS)
     if (response.content_type or "").startswith("text/html"):
-        headers["Content-Security-Policy"] = pages.CSP
+        response.headers.setdefault("Content-Security-Policy", pages.CSP)
     return response
+
+
+def _names_us(request: web.Request, port: int) -> bool:
+    """``Host`` must be one of our loopback names with our port (DNS rebinding). So must the authority of an
+    absolute-form target (``GET http://host/path``), which RFC 9112 puts in the place of ``Host``."""
+    hosts = allowed_hosts(port)
+    if request.headers.get("Host", "").lower() not in hosts:
+        return False
+    target = request.raw_path
+    if target.startswith("/"):
+        return True
+    absolute = urlsplit(target)
+    return absolute.scheme.lower() == "http" and absolute.netloc.lower() in hosts
+
+
+def _version_not_supported(request: web.Request) -> web.StreamResponse:
+    """505 for a request line that claims a version other than HTTP/1.0 or 1.1 (``HTTP/2.0`` in plain text).
+
+    aiohttp's parser accepts such a line and writes its answer's status line with the request's version,
+    which would be an "HTTP/2.0 200" in HTTP/1 framing. So the refusal is written here, as HTTP/1.1
+    (RFC 9112 section 2.3), and the connection closed: aiohttp then finds nothing left to answer."""
+    body = b"This server speaks HTTP/1.1.\n"
+    head = [
+        "HTTP/1.1 505 HTTP Version Not Supported",
+        "Content-Type: text/plain; charset=utf-8",
+        f"Content-Length: {len(body)}",
+        "Connection: close",
+        *(f"{name}: {value}" for name, value in SECURITY_HEADERS.items()),
+    ]
+    transport = request.transport
+    if transport is not None:
+        transport.write(("\r\n".join(head) + "\r\n\r\n").encode("ascii") + body)
+        transport.close()
+    return web.Response(status=505)
 
 
 def _same_user(request: web.Request) -> bool:
@@ -99,6 +169,9 @@ def _same_user(request: web.Request) -> bool:
     if not isinstance(peer, tuple) or not isinstance(local, tuple):
         return False
     uid = proc_net.connection_uid(peer, local)
+    if uid is None:
+        log.warning("refused an HTTP request: the kernel lists its client end as closed or ownerless")
+        return False
     if uid != os.getuid():
         log.warning("refused an HTTP request from uid %s (this daemon runs as uid %s)", uid, os.getuid())
         return False
@@ -109,11 +182,13 @@ def _same_site(request: web.Request, port: int) -> bool:
     """True for a person (typed URL: ``Sec-Fetch-Site: none``) or our own page; False for anyone else."""
     site = request.headers.get("Sec-Fetch-Site")
     origin = request.headers.get("Origin")
-    if origin is not None and origin not in allowed_origins(port):
+    ours = origin in allowed_origins(port)
+    if site is None:  # a browser without fetch metadata: only its Origin can vouch
+        return ours
+    # Our pages send no referrer, so a form posted from one says `Origin: null` (and same-origin).
+    if origin is not None and not ours and not (origin == "null" and site == "same-origin"):
         return False
-    if site is not None:
-        return site == "same-origin" or (site == "none" and request.method == "GET")
-    return origin is not None
+    return site == "same-origin" or (site == "none" and request.method == "GET")
 
 
 async def start_get(request: web.Request) -> web.StreamResponse:
@@ -158,23 +233,36 @@ def _navigation(request: web.Request) -> bool:
 async def callback(request: web.Request) -> web.StreamResponse:
     ctl = request.app[CONTROLLER]
     if not _navigation(request):
-        log.warning(
-            "refused a callback that was not a page load (Sec-Fetch-Dest %r)", request.headers.get("Sec-Fetch-Dest")
-        )
+        log.warning("refused a callback that was not a page load")  # nothing from the request: anyone chose it
         return _forbidden(request, "This address only works as the page OpenRouter sends you back to.")
     q = request.query
     state = q.get("state")
     if "error" in q:
-        outcome = ctl.callback_error(q["error"], state)  # error_description is OpenRouter's text: not echoed
+        outcome = ctl.callback_error(q["error"], state)  # error_description is never read
     else:
         outcome = await ctl.callback(q.get("code"), state)
+    _show_result(request, outcome)
+
+
+def _show_result(request: web.Request, outcome: Outcome) -> NoReturn:
     # The code leaves the address bar and history: the person lands on a URL without it.
-    results = request.app[RESULTS]
-    result_id = secrets.token_urlsafe(12)
-    results[result_id] = outcome
-    while len(results) > MAX_RESULTS:
-        results.popitem(last=False)
-    raise web.HTTPSeeOther(f"/api/openrouter/oauth/result/{result_id}")
+    raise web.HTTPSeeOther(RESULT.format(id=request.app[RESULTS].add(outcome)))
+
+
+async def end_login(request: web.Request) -> web.StreamResponse:
+    """The "End the login" button on the page of an error report without state."""
+    ctl = request.app[CONTROLLER]
+    if not _same_site(request, ctl.endpoint.port):  # only its own page may press the button
+        return _forbidden(request, "A login can only be ended from its own page on this computer, not by another site.")
+    try:
+        form = await request.post()
+    except ValueError:
+        form = None
+    session_id = form.get("session_id") if form else None
+    error = form.get("error", "") if form else None
+    if not isinstance(session_id, str) or not isinstance(error, str):
+        return _html(pages.error_page(400, "This form was not sent the way its page sends it."), 400)
+    _show_result(request, ctl.end_reported(session_id, error))
 
 
 async def result(request: web.Request) -> web.StreamResponse:
@@ -187,7 +275,13 @@ async def result(request: web.Request) -> web.StreamResponse:
             404,
         )
     status = 200 if outcome.kind == "success" else 400
-    return _html(pages.result_page(outcome.kind, outcome.title, outcome.message, outcome.hint, outcome.code), status)
+    page = pages.result_page(
+        outcome.kind, outcome.title, outcome.message, outcome.hint, outcome.code, outcome.end_login
+    )
+    response = _html(page, status)
+    if outcome.end_login is not None:
+        response.headers["Content-Security-Policy"] = pages.FORM_CSP  # its one form posts to this origin
+    return response
 
 
 async def status_json(request: web.Request) -> web.StreamResponse:
@@ -242,12 +336,13 @@ def make_app(controller: Controller) -> web.Application:
         server_log.addFilter(_MALFORMED)
     app = web.Application(middlewares=[security], client_max_size=MAX_BODY)
     app[CONTROLLER] = controller
-    app[RESULTS] = OrderedDict()
+    app[RESULTS] = Results()
     app.router.add_get("/", index)
     app.router.add_get(START, start_get)
     app.router.add_post(START, start_post)
     app.router.add_get(CALLBACK, callback)
     app.router.add_get(RESULT, result)
+    app.router.add_post(END, end_login)
     app.router.add_get(STATUS, status_json)
     return app
 

@@ -158,6 +158,7 @@ class Daemon:
             secrets=self.secrets,
             bus=self.bus,
             flow_timeout=s.flow_timeout_seconds,
+            require_state=not s.allow_stateless_callbacks,
         )
         try:
             await ctl.refresh_secret_status()
@@ -221,7 +222,8 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self.reload)
 
     def reload(self) -> None:
-        """SIGHUP: re-read the config; log level and timeouts change, subscribers and the flow stay."""
+        """SIGHUP: re-read the config; log level, timeouts and allow_stateless_callbacks change, subscribers
+        and the flow stay."""
         try:
             new = load_settings(self.flags, self.env)
         except ConvError as e:
@@ -231,6 +233,7 @@ class Daemon:
         set_level(new.log_level)
         if self.controller is not None:
             self.controller.flows.timeout = new.flow_timeout_seconds
+            self.controller.flows.require_state = not new.allow_stateless_callbacks
         if self._openrouter is not None:
             self._openrouter.timeout = new.exchange_timeout_seconds
         keyring = getattr(self.secrets, "keyring", None)  # the configured store's keyring backend

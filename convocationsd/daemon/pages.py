@@ -4,7 +4,9 @@ Everything dynamic goes through ``html.escape``; `backticked` commands in our ow
 after escaping. The one stylesheet is inline and allowed by its hash in the Content-Security-Policy, so
 the policy can forbid everything else. The "Link OpenRouter" control is a plain link to the GET start
 route, not a form: Chromium applies ``form-action`` to the redirect that follows a form submission, and
-that redirect goes to OpenRouter. Every page works with JavaScript off and never shows a key.
+that redirect goes to OpenRouter. The one form, "End the login" on the page of an error report without
+state, posts to our own origin, and its page alone is served with ``form-action 'self'``. Every page works
+with JavaScript off and never shows a key.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import re
 from html import escape
 
 START_PATH = "/api/openrouter/oauth/start"
+END_PATH = "/api/openrouter/oauth/end"
 
 STYLE = (
     ":root{color-scheme:light dark;--bg:#f4f5f7;--card:#fff;--ink:#1d1f23;--muted:#5f6368;--line:#e3e5e8;"
@@ -45,8 +48,8 @@ STYLE = (
     "border-radius:4px;padding:.05em .3em}.todo code{background:var(--card)}"
     ".small{color:var(--muted);font-size:.9rem}"
     ".close{margin-top:1.5rem;padding-top:1rem;border-top:1px solid var(--line);color:var(--muted);font-size:.95rem}"
-    ".button{display:inline-block;font-weight:600;padding:.65rem 1.3rem;border-radius:8px;background:var(--accent);"
-    "color:#fff;text-decoration:none;margin:.75rem 0 .25rem}"
+    ".button{display:inline-block;font:inherit;font-weight:600;padding:.65rem 1.3rem;border:0;border-radius:8px;"
+    "background:var(--accent);color:#fff;text-decoration:none;margin:.75rem 0 .25rem;cursor:pointer}"
     "@media (prefers-color-scheme:dark){.button{color:#17181b}}"
     ".button:focus-visible{outline:3px solid var(--ink);outline-offset:2px}"
     "dl{display:grid;grid-template-columns:max-content 1fr;gap:.4rem 1.25rem;margin:1rem 0}"
@@ -59,6 +62,7 @@ CSP = (
     f"default-src 'none'; style-src '{STYLE_HASH}'; img-src 'none'; form-action 'none'; "
     "base-uri 'none'; frame-ancestors 'none'"
 )
+FORM_CSP = CSP.replace("form-action 'none'", "form-action 'self'")  # the one page with a form posts to us
 
 CLOSE_TAB = "You can close this tab."
 BACKENDS = {"keyring": "OS keyring", "local-encrypted": "Encrypted file"}
@@ -85,7 +89,15 @@ def _head(mark: str, title: str) -> str:
     return f"<div class=head><span class=badge aria-hidden=true>{mark}</span><h1>{escape(title)}</h1></div>"
 
 
-def result_page(kind: str, title: str, message: str, hint: str = "", code: str | None = None) -> str:
+def result_page(
+    kind: str,
+    title: str,
+    message: str,
+    hint: str = "",
+    code: str | None = None,
+    end_login: tuple[str, str] | None = None,
+) -> str:
+    """``end_login`` = (session_id, error) adds an "End the login" button that posts them to END_PATH."""
     tone, mark = {"success": ("ok", "&#10003;"), "failed": ("bad", "!")}.get(kind, ("info", "i"))
     parts = [_head(mark, title), f"<p>{_text(message)}</p>"]
     closing = CLOSE_TAB
@@ -95,6 +107,13 @@ def result_page(kind: str, title: str, message: str, hint: str = "", code: str |
             parts.append(f"<p>{_text(hint)}</p>")
     elif hint:
         parts.append(f"<div class=todo><strong>What to do</strong>{_text(hint)}</div>")
+    if end_login is not None:
+        session_id, error = end_login
+        parts.append(
+            f'<form method=post action="{END_PATH}"><input type=hidden name=session_id value="{escape(session_id)}">'
+            f'<input type=hidden name=error value="{escape(error)}">'
+            "<button class=button type=submit>End the login</button></form>"
+        )
     if code and kind != "success":
         parts.append(f'<p class="small">Reason code: <code>{escape(code)}</code></p>')
     parts.append(f"<p class=close>{escape(closing)}</p>")

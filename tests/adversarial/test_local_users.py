@@ -1,5 +1,6 @@
 """Other local users: the socket's three locks (0700 dir, 0600 socket, peer uid), directories that are not
-ours, servers that are not ours, file modes, and a master key that others could read.
+ours, servers that are not ours, file modes, a master key that others could read, and loopback HTTP (only
+connections the kernel lists as open and ours).
 
 Each test opens every lock but the one it checks, so a test fails when exactly that lock is removed.
 The peer-uid refusal with all locks open is in tests/integration/test_daemon_lifecycle.py.
@@ -409,3 +410,104 @@ def test_secret_key_owned_by_another_user_is_refused(spawn):
         d.call("secret.get")
     assert "another user" in info.value.message and "chown" in info.value.hint
     shutil.chown(key_file, 0, 0)
+
+
+# -- loopback HTTP from other users: connections that are already gone ------------------------------------
+
+HIT_AND_RUN = (
+    "import socket,sys\n"
+    "port,n=int(sys.argv[1]),int(sys.argv[2])\n"
+    "body=b'{\"restart\": true}'\n"
+    "head=(f'POST /api/openrouter/oauth/start HTTP/1.1\\r\\nHost: localhost:{port}\\r\\n'\n"
+    "      f'Origin: http://localhost:{port}\\r\\nSec-Fetch-Site: same-origin\\r\\n'\n"
+    "      f'Content-Type: application/json\\r\\nContent-Length: {len(body)}\\r\\n\\r\\n').encode()\n"
+    "for _ in range(n):\n"
+    "    s=socket.create_connection(('127.0.0.1',port))\n"
+    "    s.sendall(head+body)\n"
+    "    s.close()\n"
+    "print('sent', n)\n"
+)
+
+
+@needs_root_setpriv
+def test_other_uid_that_closes_at_once_cannot_restart_a_login(spawn):
+    """A root daemon (a container): another uid sends 200 forged start requests with restart and closes each
+    connection at once. The kernel lists such a socket in TIME-WAIT with uid 0, which is root's: none may
+    pass, and the pending login survives.
+
+    Defence: proc_net.connection_uid counts only established sockets that have an owner (inode)."""
+    import time
+
+    d = spawn()
+    pending = d.call("oauth.start")
+    done = as_nobody(HIT_AND_RUN, str(d.port), "200", timeout=60)
+    assert done.stdout.strip() == "sent 200", done.stdout + done.stderr
+
+    def handled() -> int:  # the daemon logs every refusal and every login it starts
+        log = d.log()
+        return log.count("refused an HTTP request") + log.count("started; waiting for the browser") - 1
+
+    deadline = time.monotonic() + 30
+    while handled() < 200 and time.monotonic() < deadline:  # the daemon may still be working through them
+        time.sleep(0.05)
+    flow = d.call("status")["flow"]
+    assert flow["session_id"] == pending["session_id"] and flow["status"] == "pending", d.log()[-2000:]
+    assert "refused an HTTP request" in d.log()
+
+
+def _closed_by_client(family: int, host: str, wait_for_server_close: bool):
+    """A real loopback connection whose client end has been closed: orphaned in FIN-WAIT, or (after the
+    server closes too) in TIME-WAIT. Returns the server's (peer, local) view of it."""
+    import socket
+
+    with socket.socket(family) as server:
+        server.bind((host, 0))
+        server.listen()
+        client = socket.create_connection(server.getsockname()[:2])
+        conn, peer = server.accept()
+        with conn:
+            local = conn.getsockname()
+            client.close()
+            assert conn.recv(1) == b""  # the client's FIN has arrived
+            if not wait_for_server_close:
+                return peer, local, conn.dup()
+        return peer, local, None
+
+
+@pytest.mark.parametrize("path", ["sock_diag", "proc_net"])
+@pytest.mark.parametrize("state", ["fin_wait", "time_wait"])
+@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
+def test_a_closed_connection_names_no_user(path, state, family):
+    """A connection whose client already closed (FIN-WAIT, or TIME-WAIT where the kernel says uid 0 and
+    inode 0) counts as nobody's, on both lookups: sock_diag and the /proc/net/tcp fallback. An open one
+    still names its owner.
+
+    Defence: proc_net.diag_uid and connection_uid check the state and the inode."""
+    import socket
+
+    from convocationsd.common import proc_net
+
+    if not proc_net.available():
+        pytest.skip("no /proc/net/tcp here")
+    fam, host = (socket.AF_INET, "127.0.0.1") if family == "ipv4" else (socket.AF_INET6, "::1")
+
+    def lookup(peer, local):
+        if path == "sock_diag":
+            return proc_net.diag_uid(peer, local)
+        return proc_net.connection_uid(peer, local, proc_net.read_tables())
+
+    with socket.socket(fam) as server:  # an open connection: its owner is us
+        server.bind((host, 0))
+        server.listen()
+        with socket.create_connection(server.getsockname()[:2]):
+            conn, peer = server.accept()
+            with conn:
+                assert lookup(peer, conn.getsockname()) == os.getuid()
+    peer, local, still_open = _closed_by_client(fam, host, wait_for_server_close=state == "time_wait")
+    try:
+        listed = [e for e in proc_net.read_tables() if e.local == (host, peer[1])]
+        assert listed and listed[0].state != proc_net.ESTABLISHED, listed  # the kernel still lists it
+        assert lookup(peer, local) is None
+    finally:
+        if still_open is not None:
+            still_open.close()

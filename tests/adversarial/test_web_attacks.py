@@ -8,22 +8,49 @@ one, store a key, or read anything.
 
 from __future__ import annotations
 
+import shutil
 import socket
+import tempfile
+import threading
 import time
+from pathlib import Path
+from urllib.parse import quote, urlsplit
 
 import pytest
 
 from tests.adversarial.harness import (
     callback,
+    kill,
     next_event,
     query_of,
     raw_http,
     state_of,
     subscriber,
 )
+from tests.conftest import read_auth_url_sync, start_daemon
 
 START = "/api/openrouter/oauth/start"
 CB = "/api/openrouter/oauth/callback"
+END = "/api/openrouter/oauth/end"
+# What OpenRouter's redirect looks like to us: a cross-site top-level navigation.
+NAVIGATION = {"Sec-Fetch-Dest": "document", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Site": "cross-site"}
+
+
+@pytest.fixture(scope="module")
+def relaxed_daemon(mod_fake):
+    """A second daemon of the module with allow_stateless_callbacks (for an OpenRouter that drops state)."""
+    tmp = Path(tempfile.mkdtemp(prefix="cvr", dir="/tmp"))
+    d = start_daemon(tmp, CONVOCATIONS_OPENROUTER_URL=mod_fake.url, CONVOCATIONS_ALLOW_STATELESS_CALLBACKS="1")
+    yield d
+    kill(d)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture
+def relaxed(relaxed_daemon):
+    relaxed_daemon.call("oauth.cancel")
+    yield relaxed_daemon
+    relaxed_daemon.call("oauth.cancel")
 
 
 def latest_session(d) -> str | None:
@@ -265,11 +292,12 @@ def test_repeated_code_is_not_exchanged_again(mdaemon, fake_t):
     d.call("secret.clear")
 
 
-def test_code_for_another_verifier_leaves_flow_pending(mdaemon, fake_t):
-    """A stateless callback with a code issued for another PKCE challenge: ignored, flow pending, no key.
+def test_code_for_another_verifier_leaves_flow_pending(relaxed, fake_t):
+    """With allow_stateless_callbacks, a stateless callback with a code issued for another PKCE challenge:
+    ignored, flow pending, no key.
 
-    Defence: PKCE (OpenRouter rejects the verifier) plus controller releasing the flow."""
-    d = mdaemon
+    Defence: PKCE (OpenRouter rejects the verifier); the stateless code never held the flow."""
+    d = relaxed
     fake_t.config.echo_state = False
     reply = d.call("oauth.start", {"restart": True})
     foreign = fake_t.fake.issue_code("a-challenge-for-someone-elses-verifier-0123456789")
@@ -381,23 +409,20 @@ def test_security_headers_on_every_response(mdaemon, fake_t):
 SCRIPTY = "<script>alert(1)</script>\"'><img src=x onerror=alert(2)>"
 
 
-def test_reflected_query_text_is_escaped(mdaemon):
-    """Attacker-chosen error text comes back only HTML-escaped; no markup from the query reaches a page."""
-    from urllib.parse import quote
-
+def test_query_text_is_never_reflected(mdaemon):
+    """Attacker-chosen text in a callback's query (error, error_description, code, state) never comes back on
+    a page, not even escaped; unknown pages reflect nothing either."""
     d = mdaemon
     sub = subscriber(d, ["openrouter-auth-complete"])
     reply = d.call("oauth.start", {"restart": True})
     q = f"error={quote(SCRIPTY)}&error_description={quote(SCRIPTY)}&state={state_of(reply['auth_url'])}"
     _, page = callback(d.port, q)
-    assert page is not None and page.status == 400
-    assert "<script" not in page.text and "<img" not in page.text
-    assert "&lt;script&gt;" in page.text  # it is shown, escaped
+    assert page is not None and page.status == 400 and "OpenRouter reported an error" in page.text
     ev = next_event(sub, "openrouter-auth-complete", reply["session_id"])
     assert ev["data"]["error"]["code"] == "exchange_failed"
-    # stray callbacks and unknown pages never reflect the query at all
     for path in (
         CB + "?code=" + quote(SCRIPTY) + "&state=" + quote(SCRIPTY),
+        CB + "?error=" + quote(SCRIPTY),
         "/" + quote(SCRIPTY),
         "/api/openrouter/oauth/result/" + quote(SCRIPTY),
     ):
@@ -408,7 +433,7 @@ def test_reflected_query_text_is_escaped(mdaemon):
         )
         for r in (first, page):
             if r is not None:
-                assert "<script" not in r.text and "<img" not in r.text, (path, r.text)
+                assert "script" not in r.text and "onerror" not in r.text, (path, r.text)
     sub.close()
 
 
@@ -440,3 +465,301 @@ def test_flood_of_hostile_requests_leaves_daemon_serving(mdaemon):
             break
     assert latest_session(d) == before
     assert d.call("status")["pid"] == d.proc.pid
+
+
+# -- HTTP/1.1 corner cases (RFC 9112), byte by byte ----------------------------------------------------
+
+
+def _exchange(port: int, request: bytes) -> bytes:
+    """Sends ``request`` as is on a fresh connection and returns every byte of the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(request)
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+ABSOLUTE_TARGETS = [
+    pytest.param("http://evil.example{path}", id="other-host"),
+    pytest.param("http://evil.example:{port}{path}", id="other-host-our-port"),
+    pytest.param("http://localhost:{port}@evil.example{path}", id="userinfo-trick"),
+    pytest.param("http://localhost:{other}{path}", id="other-port"),
+    pytest.param("https://localhost:{port}{path}", id="https"),
+    pytest.param("localhost:{port}", id="authority-form"),
+]
+
+
+@pytest.mark.parametrize("target", ABSOLUTE_TARGETS)
+def test_absolute_form_target_must_name_us_too(mdaemon, target):
+    """``GET http://evil.example/api/status HTTP/1.1`` with a good Host: RFC 9112 makes the target's authority
+    the request's host, so it must pass the same allow-list as Host: 403, nothing served, nothing started.
+
+    Defence: http_app._names_us checks an absolute-form target's scheme and authority."""
+    d = mdaemon
+    before = latest_session(d)
+    for method, path, extra in (
+        ("GET", "/api/status", ""),
+        ("POST", START, "Sec-Fetch-Site: same-origin\r\nContent-Type: application/json\r\nContent-Length: 2\r\n"),
+    ):
+        t = target.format(port=d.port, other=d.port + 1 if d.port < 65535 else d.port - 1, path=path)
+        head = f"{method} {t} HTTP/1.1\r\nHost: localhost:{d.port}\r\n{extra}Connection: close\r\n\r\n"
+        answer = _exchange(d.port, head.encode() + (b"{}" if method == "POST" else b""))
+        status_line = answer.split(b"\r\n", 1)[0]
+        assert status_line.startswith(b"HTTP/1.1 403 ") or (
+            target.endswith("{port}") and status_line.startswith(b"HTTP/1.0 400 ")  # aiohttp's own refusal
+        ), answer
+        assert b'"pid"' not in answer and b"auth_url" not in answer
+    assert latest_session(d) == before
+
+
+def test_absolute_form_naming_us_is_served(mdaemon):
+    """RFC 9112 says a server must accept the absolute form: ``http://localhost:<port>/api/status`` works."""
+    d = mdaemon
+    for host in (f"localhost:{d.port}", f"127.0.0.1:{d.port}", f"[::1]:{d.port}", f"LOCALHOST:{d.port}"):
+        head = f"GET http://{host}/api/status HTTP/1.1\r\nHost: localhost:{d.port}\r\nConnection: close\r\n\r\n"
+        answer = _exchange(d.port, head.encode())
+        assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and b'"pid"' in answer, answer
+
+
+@pytest.mark.parametrize("version", ["HTTP/2.0", "HTTP/0.9"])
+def test_request_line_with_another_version_gets_505_as_http11(mdaemon, version):
+    """A plain-text request line claiming ``HTTP/2.0`` (or 0.9) is answered ``HTTP/1.1 505`` with our headers,
+    and nothing is served or started: never an ``HTTP/2.0 200`` in HTTP/1 framing.
+
+    Defence: http_app._version_not_supported."""
+    d = mdaemon
+    before = latest_session(d)
+    for method, path, body in (("GET", "/api/status", b""), ("POST", START, b'{"restart": true}')):
+        head = (
+            f"{method} {path} {version}\r\nHost: localhost:{d.port}\r\nOrigin: http://localhost:{d.port}\r\n"
+            f"Sec-Fetch-Site: same-origin\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        answer = _exchange(d.port, head.encode() + body)
+        head_bytes, _, payload = answer.partition(b"\r\n\r\n")
+        lines = head_bytes.decode("latin-1").split("\r\n")
+        assert lines[0] == "HTTP/1.1 505 HTTP Version Not Supported", answer
+        headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+        assert headers["cache-control"] == "no-store" and headers["x-content-type-options"] == "nosniff"
+        assert headers["connection"] == "close" and int(headers["content-length"]) == len(payload)
+        assert b'"pid"' not in answer and b"auth_url" not in answer
+    assert latest_session(d) == before
+    assert "Traceback" not in d.log()
+
+
+def test_aiohttp_own_400_is_bare_and_echoes_only_the_sender(mdaemon):
+    """Requests aiohttp cannot parse are answered by aiohttp before any of our code runs (aiohttp issue
+    #6463): HTTP/1.0, plain text, none of our headers, and the body may quote the sender's own
+    request line back to it. SECURITY.md says so; this test notices when aiohttp changes that."""
+    d = mdaemon
+    answer = _exchange(d.port, f"GET /api/status?x=1 HTTP/1.2\r\nHost: localhost:{d.port}\r\n\r\n".encode())
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 400 Bad Request\r\n"), answer
+    assert b"text/plain" in head
+    assert b"X-Content-Type-Options" not in head  # if this fails, aiohttp now runs our hooks: update SECURITY.md
+    assert b'"pid"' not in body
+
+
+# -- callbacks without state: any web page can send one ---------------------------------------------------
+
+MARK = "EVIL-7f3a"  # attacker text that must reach no person, event or log
+
+
+def _end_form(page_text: str) -> dict[str, str]:
+    """The hidden fields of the page's "End the login" form."""
+    import re
+
+    assert f'action="{END}"' in page_text, page_text
+    return dict(re.findall(r'<input type=hidden name=(\w+) value="([^"]*)">', page_text))
+
+
+@pytest.mark.parametrize("mode", ["default", "allow_stateless_callbacks"])
+def test_stateless_error_does_not_end_the_login(mdaemon, relaxed, fake_t, mode):
+    """A page navigates the browser to ``callback?error=access_denied&error_description=<its text>`` with no
+    state: the login goes on, the page says in our words that OpenRouter reported an error and offers a
+    button, and none of the page's text reaches the event, the page or the log. The real approval still links.
+
+    Defence: controller.callback_error ends a login only for an error that carried its state."""
+    d = mdaemon if mode == "default" else relaxed
+    sub = subscriber(d, ["openrouter-auth-complete"])
+    reply = d.call("oauth.start", {"restart": True})
+    for error in ("access_denied", MARK):
+        first, page = callback(d.port, f"error={error}&error_description={MARK}+{MARK}", NAVIGATION)
+        assert first.status == 303 and page is not None, first.dump()
+        assert "OpenRouter reported an error" in page.text and "still waiting" in page.text
+        assert _end_form(page.text)["session_id"] == reply["session_id"]
+        assert MARK not in page.text
+    assert d.call("status")["flow"]["status"] == "pending"
+    _, page = callback(d.port, query_of(fake_t.approve(reply["auth_url"])), NAVIGATION)
+    assert page is not None and "OpenRouter account linked" in page.text
+    ev = next_event(sub, "openrouter-auth-complete", reply["session_id"])  # the first one for this login
+    assert ev["data"]["success"] is True
+    assert MARK not in d.log()
+    sub.close()
+    d.call("secret.clear")
+
+
+def test_end_button_works_same_origin_only(mdaemon):
+    """The stateless error page's "End the login" button: a cross-site page (or one without fetch metadata)
+    posting the same form gets 403 and the login goes on; our own page's post ends it, in our words.
+
+    Defence: http_app.end_login's same-site check."""
+    d = mdaemon
+    sub = subscriber(d, ["openrouter-auth-complete"])
+    reply = d.call("oauth.start", {"restart": True})
+    _, page = callback(d.port, "error=access_denied", NAVIGATION)
+    fields = _end_form(page.text)
+    body = "&".join(f"{k}={quote(v)}" for k, v in fields.items()).encode()
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    for hostile in (
+        {"Sec-Fetch-Site": "cross-site", "Origin": "https://evil.example"},
+        {"Sec-Fetch-Site": "same-site", "Origin": "http://localhost:1"},
+        {"Origin": "https://evil.example"},
+        {"Sec-Fetch-Site": "none"},
+        {"Origin": "null"},
+        {},
+    ):
+        r = raw_http(d.port, "POST", END, {**form, **hostile}, body)
+        assert r.status == 403, (hostile, r.dump())
+    assert d.call("status")["flow"]["status"] == "pending"
+    # a browser posting our page's form: same-origin (with no-referrer, Chromium sends Origin: null)
+    for origin in ("null", f"http://localhost:{d.port}"):
+        d.call("oauth.cancel")
+        reply = d.call("oauth.start")
+        _, page = callback(d.port, "error=access_denied", NAVIGATION)
+        body = "&".join(f"{k}={quote(v)}" for k, v in _end_form(page.text).items()).encode()
+        r = raw_http(d.port, "POST", END, {**form, "Sec-Fetch-Site": "same-origin", "Origin": origin}, body)
+        assert r.status == 303, r.dump()
+        result = raw_http(d.port, "GET", urlsplit(r.header("Location")).path, {"Accept": "text/html"})
+        assert "Linking failed" in result.text and "declined" in result.text
+        ev = next_event(sub, "openrouter-auth-complete", reply["session_id"])
+        assert ev["data"]["error"]["code"] == "access_denied"
+    sub.close()
+
+
+def test_no_text_from_a_callback_reaches_convctl(mdaemon):
+    """An error callback that carries the login's state ends it, but what convctl prints, the event, the status
+    and the log say it in our words: unknown codes are "OpenRouter reported an error", never their text.
+
+    Defence: flows.reported_error maps OAuth error codes to our own messages."""
+    d = mdaemon
+    proc = d.convctl_async("oauth", "start", "--no-browser", "--timeout", "30")
+    auth_url = read_auth_url_sync(proc)
+    q = f"error={MARK}-{quote(SCRIPTY)}&error_description={MARK}+{MARK}&state={state_of(auth_url)}"
+    _, page = callback(d.port, q, NAVIGATION)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1, out + err
+    assert "OpenRouter reported an error" in err, err
+    flow = d.call("status")["flow"]
+    assert flow["error"]["message"].startswith("OpenRouter reported an error")
+    for text in (out, err, page.text, str(flow)):
+        assert MARK not in text and "script" not in text.lower(), text
+    assert MARK not in d.log()
+
+
+def test_stateless_code_is_refused_by_default(mdaemon, fake_t):
+    """By default a code without state is not used at all (never sent to OpenRouter); the page explains the
+    setting that accepts such callbacks, and the real callback still links.
+
+    Defence: flows.FlowStore.claim_stateless_code requires state unless allow_stateless_callbacks."""
+    d = mdaemon
+    reply = d.call("oauth.start", {"restart": True})
+    exchanges = len(fake_t.fake.exchanges)
+    foreign = fake_t.fake.issue_code("a-challenge-for-someone-elses-verifier-0123456789")
+    _, page = callback(d.port, f"code={foreign}", NAVIGATION)
+    assert page is not None and page.status == 400 and "was not used" in page.text
+    assert "allow_stateless_callbacks" in page.text and "CONVOCATIONS_ALLOW_STATELESS_CALLBACKS" in page.text
+    assert len(fake_t.fake.exchanges) == exchanges
+    assert d.call("status")["flow"]["status"] == "pending"
+    _, page = callback(d.port, query_of(fake_t.approve(reply["auth_url"])), NAVIGATION)
+    assert page is not None and "OpenRouter account linked" in page.text
+    d.call("secret.clear")
+
+
+def test_right_state_goes_first_while_a_stateless_code_is_exchanged(relaxed, fake_t):
+    """With allow_stateless_callbacks, a stateless code being exchanged (slowly) never holds the login: it
+    stays pending, and the person's callback arriving meanwhile links at once instead of being turned away.
+
+    Defence: the stateless code is exchanged on the side (claim_stateless_code leaves the flow pending)."""
+    d = relaxed
+    fake_t.config.exchange_delay = 1.5  # every exchange takes a while: the stray's is still running below
+    reply = d.call("oauth.start", {"restart": True})
+    real = fake_t.approve(reply["auth_url"])
+    foreign = fake_t.fake.issue_code("a-challenge-for-someone-elses-verifier-0123456789")
+    stray: list = []
+    thread = threading.Thread(target=lambda: stray.append(callback(d.port, f"code={foreign}", NAVIGATION)[1]))
+    started = d.log().count("without state, on the side")
+    thread.start()
+    deadline = time.monotonic() + 10
+    while d.log().count("without state, on the side") == started and time.monotonic() < deadline:
+        time.sleep(0.01)  # until the daemon is exchanging the stray code
+    assert d.call("status")["flow"]["status"] == "pending"
+    _, page = callback(d.port, query_of(real), NAVIGATION)
+    assert page is not None and "OpenRouter account linked" in page.text, page and page.text
+    thread.join(20)
+    assert stray and stray[0] is not None and "ignored" in stray[0].text
+    assert d.call("status")["flow"]["status"] == "succeeded"
+    d.call("secret.clear")
+
+
+def test_stateless_code_that_fails_upstream_never_ends_the_login(relaxed, fake_t):
+    """With allow_stateless_callbacks, a stateless code whose exchange fails for any reason (here OpenRouter
+    answers 500) is ignored: the login stays pending, and the real callback links.
+
+    Defence: controller._exchange_on_the_side answers a failure with an "ignored" page and leaves the flow."""
+    d = relaxed
+    reply = d.call("oauth.start", {"restart": True})
+    fake_t.config.exchange_status = 500
+    _, page = callback(d.port, "code=some-stray-code", NAVIGATION)
+    assert page is not None and "ignored" in page.text and "still waiting" in page.text
+    assert d.call("status")["flow"]["status"] == "pending"
+    fake_t.config.exchange_status = None
+    _, page = callback(d.port, query_of(fake_t.approve(reply["auth_url"])), NAVIGATION)
+    assert page is not None and "OpenRouter account linked" in page.text
+    d.call("secret.clear")
+
+
+@pytest.mark.parametrize("mode", ["default", "allow_stateless_callbacks"])
+def test_paste_login_ignores_browser_callbacks(mdaemon, relaxed, fake_t, mode):
+    """A ``--paste`` login never uses the callback: error or code, with its state or without, the callback
+    changes nothing and sends nothing to OpenRouter; the pasted code then links.
+
+    Defence: flows._callback_flow refuses callbacks for a paste-mode flow."""
+    d = mdaemon if mode == "default" else relaxed
+    reply = d.call("oauth.start", {"restart": True, "paste": True})
+    state = state_of(reply["auth_url"])
+    exchanges = len(fake_t.fake.exchanges)
+    foreign = fake_t.fake.issue_code("a-challenge-for-someone-elses-verifier-0123456789")
+    for query in (
+        "error=access_denied",
+        f"error=access_denied&state={state}",
+        f"code={foreign}",
+        f"code=x&state={state}",
+    ):
+        _, page = callback(d.port, query, NAVIGATION)
+        assert page is not None and "pasted" in page.text and "End the login" not in page.text, (query, page.text)
+    assert len(fake_t.fake.exchanges) == exchanges
+    assert d.call("status")["flow"]["status"] == "pending"
+    code = fake_t.run(fake_t.fake.approve_headless(reply["auth_url"]))
+    assert d.call("oauth.exchange", {"code": code})["success"] is True
+    d.call("secret.clear")
+
+
+def test_stray_flood_keeps_the_real_result_page(mdaemon, fake_t):
+    """After the person's login links, 200 stray callbacks (no state, wrong state, errors) cannot push its
+    result page out of the store: reloading it still says linked.
+
+    Defence: http_app.Results keeps the pages of callbacks that ended the login apart from the rest."""
+    d = mdaemon
+    reply = d.call("oauth.start", {"restart": True})
+    first, page = callback(d.port, query_of(fake_t.approve(reply["auth_url"])), NAVIGATION)
+    assert "OpenRouter account linked" in page.text
+    mine = urlsplit(first.header("Location")).path
+    d.call("oauth.start")  # a new login pending, so strays find something to aim at
+    for i in range(200):
+        query = ("error=access_denied", f"code=stray{i}", f"code=stray{i}&state=wrong", "error=x&state=y")[i % 4]
+        callback(d.port, query, NAVIGATION)
+    again = raw_http(d.port, "GET", mine, {"Accept": "text/html"})
+    assert again.status == 200 and "OpenRouter account linked" in again.text, again.dump()
+    d.call("oauth.cancel")
+    d.call("secret.clear")

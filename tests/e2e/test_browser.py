@@ -281,3 +281,39 @@ def test_artifacts_dir_is_ignored_by_git():
 
     done = subprocess.run([git, "check-ignore", "-q", str(ARTIFACTS / "x.png")], cwd=ARTIFACTS.parent)
     assert done.returncode == 0
+
+
+async def test_stateless_error_page_ends_the_login_from_its_button(browser, daemon, fake):
+    """A page sent the browser to the callback with ``?error=`` and no state: the login goes on; the page says
+    OpenRouter reported an error, and its "End the login" button (a same-origin form post) ends it."""
+    sub = await daemon.aclient()
+    await sub.call("subscribe", {"events": ["openrouter-auth-complete"]})
+    reply = daemon.call("oauth.start")
+    person = await Person.open(browser, javascript=False, allowed_hosts=hosts(daemon, fake))
+    page = person.page
+    posted: list[dict] = []
+
+    async def record(request) -> None:
+        if request.method == "POST":
+            posted.append(await request.all_headers())
+
+    person.context.on("request", record)
+    await page.goto(
+        f"http://localhost:{daemon.port}/api/openrouter/oauth/callback?error=access_denied&error_description=EVIL"
+    )
+    text = await person.text()
+    assert "OpenRouter reported an error" in text and "still waiting" in text and "EVIL" not in text
+    assert daemon.call("status")["flow"]["status"] == "pending"
+    await person.shot("11-result-stateless-error")
+    async with page.expect_navigation():
+        await page.click("button[type=submit]")
+    text = await person.text()
+    assert "Linking failed" in text and "declined" in text, (text, posted)
+    await person.shot("12-result-ended-from-button")
+    done = await next_event(sub, "openrouter-auth-complete")
+    assert done["data"]["session_id"] == reply["session_id"] and done["data"]["error"]["code"] == "access_denied"
+    # Chromium's own fetch metadata for our form (the page sends no referrer, hence Origin: null)
+    assert posted[-1]["sec-fetch-site"] == "same-origin" and posted[-1]["origin"] in ("null", daemon.base)
+    assert person.external == []
+    await person.close()
+    await sub.close()

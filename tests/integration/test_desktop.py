@@ -19,8 +19,8 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from convocationsd.core import events
+from convocationsd.core.flows import DENIED
 from convocationsd.daemon import desktop
-from convocationsd.daemon.controller import DENIED
 from tests.conftest import assert_no_secret, follow_callback
 from tests.helpers.dbus_session import (
     FakeNotifications,

@@ -301,10 +301,54 @@ def test_claim_code_right_state(store):
     assert f.status == flows.EXCHANGING and store.pending is f
 
 
-def test_claim_code_without_state_is_accepted(store):
+def test_stateless_code_is_refused_by_default(store):
     f = store.start().flow
-    assert store.claim_code("c", None) is f
+    with pytest.raises(CallbackRejected) as ei:
+        store.claim_stateless_code("c")
+    assert ei.value.reason == "missing_state"
+    assert "allow_stateless_callbacks" in ei.value.hint and "CONVOCATIONS_ALLOW_STATELESS_CALLBACKS" in ei.value.hint
+    assert f.status == flows.PENDING and store.pending is f
+    assert store.claim_code("c", f.state) is f  # the code was not consumed
+
+
+def test_stateless_code_when_allowed_leaves_the_flow_pending(clock, tokens):
+    s = make_store(clock, tokens, require_state=False)
+    f = s.start().flow
+    assert s.claim_stateless_code("stray") is f
+    assert f.status == flows.PENDING  # checked on the side: nothing waits for it
+    assert s.claim_code("real", f.state) is f  # the callback with the right state goes first
     assert f.status == flows.EXCHANGING
+    with pytest.raises(CallbackRejected) as ei:
+        s.claim_stateless_code("another")  # a stateless one never disturbs a running exchange
+    assert ei.value.reason == "busy" and f.status == flows.EXCHANGING
+
+
+def test_stateless_code_is_remembered(clock, tokens):
+    s = make_store(clock, tokens, require_state=False)
+    f = s.start().flow
+    s.claim_stateless_code("c")
+    with pytest.raises(CallbackRejected) as ei:
+        s.claim_stateless_code("c")
+    assert ei.value.reason == "code_reused"
+    with pytest.raises(CallbackRejected):
+        s.claim_code("c", f.state)
+
+
+@pytest.mark.parametrize("require_state", [True, False])
+def test_paste_flow_ignores_every_callback(clock, tokens, require_state):
+    s = make_store(clock, tokens, require_state=require_state)
+    f = s.start(paste=True).flow
+    for claim in (
+        lambda: s.claim_code("c", f.state),
+        lambda: s.claim_stateless_code("c"),
+        lambda: s.claim_error(f.state),
+        lambda: s.claim_error(None),
+    ):
+        with pytest.raises(CallbackRejected) as ei:
+            claim()
+        assert ei.value.reason == "paste_mode"
+    assert f.status == flows.PENDING
+    assert s.claim_pasted("c") is f and f.status == flows.EXCHANGING  # the socket's paste still works
 
 
 def test_same_code_twice_is_code_reused(store):
@@ -368,22 +412,22 @@ def test_claim_while_exchanging_wrong_state_is_state_mismatch(store):
 
 def test_release_puts_flow_back_to_pending(store):
     f = store.start().flow
-    store.claim_code("c", None)
+    store.claim_pasted("c")
     store.release(f)
     assert f.status == flows.PENDING and store.pending is f
-    assert store.claim_code("other", None) is f
+    assert store.claim_pasted("other") is f
 
 
 def test_release_is_a_no_op_for_other_flows(store):
     f = store.start().flow
     store.release(f)  # pending, not exchanging
     assert f.status == flows.PENDING
-    store.claim_code("c", None)
+    store.claim_pasted("c")
     store.finish(f, FlowError("exchange_failed", "x"))
     store.release(f)  # finished
     assert f.status == flows.FAILED
     stranger = store.start().flow
-    store.claim_code("d", None)
+    store.claim_pasted("d")
     store.release(f)  # not the pending one
     assert stranger.status == flows.EXCHANGING
 
@@ -401,12 +445,38 @@ def test_claim_error_rules(store):
     assert ei.value.reason == "state_mismatch"
     assert f.status == flows.PENDING and store.pending is f
     assert store.claim_error(f.state) is f
-    assert store.claim_error(None) is f
+    assert store.claim_error(None) is f  # the flow it is about; the caller decides that it ends nothing
     assert f.status == flows.PENDING  # claim_error itself changes nothing
-    store.claim_code("c", None)
+    store.claim_code("c", f.state)
     with pytest.raises(CallbackRejected) as ei:
         store.claim_error(None)
     assert ei.value.reason == "busy"
+
+
+@pytest.mark.parametrize(
+    "error, code",
+    [
+        ("access_denied", "access_denied"),
+        ("server_error", "exchange_failed"),
+        ("temporarily_unavailable", "exchange_failed"),
+        ("invalid_request", "exchange_failed"),
+        ("<script>alert(1)</script>", "exchange_failed"),
+        ("", "exchange_failed"),
+        ("ACCESS_DENIED", "exchange_failed"),
+    ],
+)
+def test_reported_errors_are_told_in_our_words(error, code):
+    failure = flows.reported_error(error)
+    assert failure.code == code and failure.message and failure.hint
+    assert not error or error not in failure.message + failure.hint
+    if error not in flows.OAUTH_ERRORS:
+        assert failure is flows.REPORTED and "OpenRouter reported an error" in failure.message
+
+
+def test_cancel_with_an_error(store):
+    f = store.start().flow
+    assert store.cancel(f.session_id, error=flows.DENIED) is f
+    assert f.error is flows.DENIED and store.pending is None
 
 
 # -- finishing -------------------------------------------------------------------------------------
@@ -501,7 +571,7 @@ def test_latest(store):
     assert store.latest() is f1
     f2 = store.start().flow
     assert store.latest() is f2
-    store.claim_code("c", None)
+    store.claim_code("c", f2.state)
     store.finish(f2, backend="local-encrypted")
     assert store.latest() is f2
     f3 = store.start().flow

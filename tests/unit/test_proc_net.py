@@ -6,7 +6,9 @@ from convocationsd.common import proc_net
 TABLE = """  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
    0: 0100007F:0BB8 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 4242 1 0
    1: 0100007F:D431 0100007F:0BB8 01 00000000:00000000 00:00000000 00000000  1001        0 4343 1 0
-   2: garbage
+   2: 0100007F:D432 0100007F:0BB8 06 00000000:00000000 03:00000F9F 00000000     0        0 0 3 0
+   3: 0100007F:D433 0100007F:0BB8 04 00000000:00000000 00:00000000 00000000  1001        0 0 3 0
+   4: garbage
 """
 
 
@@ -20,6 +22,9 @@ def test_parse_table_and_connection_uid():
     assert entries[0] == proc_net.TcpEntry(("127.0.0.1", 3000), ("0.0.0.0", 0), "0A", 1000, 4242)
     assert proc_net.connection_uid(("127.0.0.1", 0xD431), ("127.0.0.1", 3000), entries) == 1001
     assert proc_net.connection_uid(("127.0.0.1", 1), ("127.0.0.1", 3000), entries) is None
+    # TIME-WAIT (listed as uid 0) and an orphan in FIN-WAIT2: closed by the client, nobody's
+    assert proc_net.connection_uid(("127.0.0.1", 0xD432), ("127.0.0.1", 3000), entries) is None
+    assert proc_net.connection_uid(("127.0.0.1", 0xD433), ("127.0.0.1", 3000), entries) is None
 
 
 def test_sock_diag_and_proc_table_agree_and_are_told_apart():

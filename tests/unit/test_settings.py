@@ -44,6 +44,7 @@ LAYERS = {
     "flow_timeout_seconds": (12.5, "23.5", 34, 12.5, 23.5, 34.0, 600.0),
     "exchange_timeout_seconds": (1, "2", 3.5, 1.0, 2.0, 3.5, 30.0),
     "keyring_timeout_seconds": (5, "6", 7, 5.0, 6.0, 7.0, 120.0),
+    "allow_stateless_callbacks": (True, "no", True, True, False, True, False),
 }  # fmt: skip
 
 
@@ -259,6 +260,7 @@ INVALID = {
     "flow_timeout_seconds": "0",
     "exchange_timeout_seconds": "never",
     "keyring_timeout_seconds": "nan",
+    "allow_stateless_callbacks": "sometimes",
 }
 
 
