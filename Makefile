@@ -7,9 +7,6 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-# The tests use a real Secret Service: a private session bus with an unlocked gnome-keyring.
-WITH_KEYRING := $(shell command -v dbus-run-session >/dev/null 2>&1 && echo "dbus-run-session -- tests/with-keyring.sh")
-
 .PHONY: run test lint system-deps bench clean
 
 $(BIN)/python:
@@ -37,8 +34,9 @@ lint: $(VENV)/.test
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# Under a temporary HOME, with a private session bus and a gnome-keyring of their own: nothing of yours is touched.
 test: system-deps lint
-	$(WITH_KEYRING) $(BIN)/python -m pytest $(PYTEST_ARGS)
+	tests/with-keyring.sh $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(VENV)/.test
 	$(BIN)/python -m bench

@@ -2,7 +2,8 @@
 
 Nothing here is mocked: the daemon runs as ``python -m convocationsd`` with its own config and runtime
 dirs, talks to the fake over loopback, and every byte it writes to stderr is kept so tests can search
-it for secrets.
+it for secrets. The whole session runs under a temporary HOME, and fails if the real one was touched
+(tests/helpers/isolation.py).
 """
 
 from __future__ import annotations
@@ -24,6 +25,12 @@ import pytest
 
 from convocationsd.client import AsyncClient, Client
 from convocationsd.testing.ports import free_port
+from tests.helpers.isolation import (  # noqa: F401 (the session's hooks)
+    pytest_configure,
+    pytest_sessionfinish,
+    pytest_terminal_summary,
+    pytest_unconfigure,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
