@@ -162,13 +162,16 @@ def wait_for_socket(path: Path, proc: subprocess.Popen, timeout: float = 20.0) -
     raise TimeoutError("daemon did not come up")
 
 
-def start_daemon(tmp: Path, *, wait: bool = True, args: tuple[str, ...] = (), **env_overrides: str) -> DaemonProcess:
+def start_daemon(
+    tmp: Path, *, wait: bool = True, args: tuple[str, ...] = (), module: str = "convocationsd", **env_overrides: str
+) -> DaemonProcess:
+    """``python -m convocationsd`` (or a test's launcher ``module`` of it) with its own dirs under ``tmp``."""
     env = base_env(tmp, **env_overrides)
     env.setdefault("RCONV_HTTP_PORT", "0")  # see port_chosen_by_daemon
     log_path = tmp / f"daemon-{time.monotonic_ns()}.log"
     log_file = open(log_path, "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "convocationsd", "--log-level", "debug", *args],
+        [sys.executable, "-m", module, "--log-level", "debug", *args],
         env=env,
         stdout=log_file,
         stderr=subprocess.STDOUT,

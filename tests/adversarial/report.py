@@ -110,6 +110,13 @@ MUTANTS = [
         ["tests/adversarial/test_bad_input.py::test_two_thousand_idle_connections"],
     ),
     (
+        "HTTP idle timeout (slowloris)",
+        "daemon/main.py",
+        ", keepalive_timeout=http_app.IDLE_TIMEOUT",
+        "",
+        ["tests/adversarial/test_bad_input.py::test_slowloris_http_connections_are_closed"],
+    ),
+    (
         "Malformed HTTP requests logged without traceback",
         "daemon/http_app.py",
         "server_log.addFilter(_MALFORMED)",
