@@ -17,7 +17,7 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,7 +47,7 @@ class RealDirs:
     runtime_dir: Path
 
     @classmethod
-    def of(cls, env: MutableMapping[str, str]) -> RealDirs:
+    def of(cls, env: Mapping[str, str]) -> RealDirs:
         """The dirs an outer run passed on (all four), else the ones ``env`` names, with the XDG defaults."""
         if env.get(REAL_VARS["home"]):
             return cls(*(Path(env[var]) for var in REAL_VARS.values()))
