@@ -49,7 +49,7 @@ def run(smoke: bool) -> Section:
             "convctl --help": [convctl, "--help"],
             "convctl secret status": [convctl, "secret", "status"],
         }
-        runs = 3 if smoke else 25
+        runs = 1 if smoke else 25
         times: dict[str, list[float]] = {k: [] for k in cmds}
         for _ in range(runs):  # interleaved, so that load changes hit every command alike
             for name, cmd in cmds.items():

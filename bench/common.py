@@ -116,6 +116,11 @@ def rss_kb(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
+def settle(seconds: float, smoke: bool) -> float:
+    """How long to let the daemon settle before a reading: a smoke run's readings mean nothing, so it barely waits."""
+    return 0.05 if smoke else seconds
+
+
 def short_tmp() -> Path:
     """A short private directory (AF_UNIX paths must stay under 108 bytes)."""
     return Path(tempfile.mkdtemp(prefix="cvb", dir="/tmp"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from .common import cleanup_tmp, median, percentile, short_tmp, start_daemon
+from .common import cleanup_tmp, median, percentile, settle, short_tmp, start_daemon
 from .flows import FlowDriver, FlowTiming, Subscribers, TimedFake
 from .report import Section
 
@@ -39,10 +39,10 @@ async def run_async(smoke: bool) -> tuple[Section, Section]:
             rows, mem_rows = [], []
             per_sub_kb = None
             for n, count, warm in groups:
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(settle(0.5, smoke))
                 rss0 = daemon.rss_kb()
                 subs = await Subscribers.start(str(daemon.socket), n)
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(settle(0.5, smoke))
                 rss1 = daemon.rss_kb()
                 try:
                     await _flows(driver, subs, warm)

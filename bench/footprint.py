@@ -10,7 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from .common import BIN, PY, ROOT, cleanup_tmp, daemon_env, free_port, median, short_tmp, start_daemon, track
+from .common import BIN, PY, ROOT, cleanup_tmp, daemon_env, free_port, median, settle, short_tmp, start_daemon, track
 from .flows import FlowDriver, TimedFake
 from .report import Section
 
@@ -37,7 +37,7 @@ async def _flows_rss(smoke: bool, sec: Section) -> None:
     async with TimedFake() as fake:
         try:
             daemon = await asyncio.to_thread(start_daemon, tmp, openrouter_url=fake.url)
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(settle(1.0, smoke))
             idle0 = daemon.rss_kb()
             driver = FlowDriver(daemon, fake)
             points = [("idle after start-up", 0, idle0)]
@@ -45,12 +45,12 @@ async def _flows_rss(smoke: bool, sec: Section) -> None:
             for i in range(1, total + 1):
                 await driver.flow(None)
                 if i in checkpoints:
-                    await asyncio.sleep(0.3)
+                    await asyncio.sleep(settle(0.3, smoke))
                     points.append((f"after {i} flows", i, daemon.rss_kb()))
             elapsed = time.monotonic() - t
             driver.check_all_succeeded(min(total, 50))
             driver.close()
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(settle(1.0, smoke))
             idle_end = daemon.rss_kb()
             points.append((f"idle, 1 s after {total} flows", total, idle_end))
         finally:

@@ -2,7 +2,8 @@
 
 Nothing here is mocked: the daemon runs as ``python -m convocationsd`` with its own config and runtime
 dirs, talks to the fake over loopback, and every byte it writes to stderr is kept so tests can search
-it for secrets.
+it for secrets. The whole session runs under a temporary HOME, and fails if the real one was touched
+(tests/helpers/isolation.py).
 """
 
 from __future__ import annotations
@@ -21,12 +22,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from convocationsd.client import AsyncClient, Client
-from convocationsd.testing.ports import free_port
+from convocationsd.testing.ports import free_port  # noqa: F401 (tests import it from here)
+from tests.helpers.isolation import (  # noqa: F401 (the session's hooks)
+    pytest_configure,
+    pytest_sessionfinish,
+    pytest_terminal_summary,
+    pytest_unconfigure,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
+
+# The same examples on every run, and no per-example time limit: a property test then fails for its input,
+# never for a busy machine (`--hypothesis-profile=default` explores afresh).
+settings.register_profile("repeatable", derandomize=True, deadline=None)
+settings.load_profile("repeatable")
 
 
 @pytest.fixture
@@ -149,13 +162,16 @@ def wait_for_socket(path: Path, proc: subprocess.Popen, timeout: float = 20.0) -
     raise TimeoutError("daemon did not come up")
 
 
-def start_daemon(tmp: Path, *, wait: bool = True, args: tuple[str, ...] = (), **env_overrides: str) -> DaemonProcess:
+def start_daemon(
+    tmp: Path, *, wait: bool = True, args: tuple[str, ...] = (), module: str = "convocationsd", **env_overrides: str
+) -> DaemonProcess:
+    """``python -m convocationsd`` (or a test's launcher ``module`` of it) with its own dirs under ``tmp``."""
     env = base_env(tmp, **env_overrides)
-    env.setdefault("RCONV_HTTP_PORT", str(free_port()))
+    env.setdefault("RCONV_HTTP_PORT", "0")  # see port_chosen_by_daemon
     log_path = tmp / f"daemon-{time.monotonic_ns()}.log"
     log_file = open(log_path, "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "convocationsd", "--log-level", "debug", *args],
+        [sys.executable, "-m", module, "--log-level", "debug", *args],
         env=env,
         stdout=log_file,
         stderr=subprocess.STDOUT,
@@ -164,8 +180,20 @@ def start_daemon(tmp: Path, *, wait: bool = True, args: tuple[str, ...] = (), **
     d = DaemonProcess(proc, env, Path(env["CONVOCATIONS_SOCKET"]), tmp / "cfg" / "convocations", log_path)
     if wait:
         wait_for_socket(d.socket, proc)
-        d.port = d.call("status")["port"]
+        port_chosen_by_daemon(d)
     return d
+
+
+def port_chosen_by_daemon(d: DaemonProcess) -> None:
+    """Learns the HTTP port of a daemon started with RCONV_HTTP_PORT=0 (unless a test asked for one).
+
+    The daemon picks a port free on both loopbacks and binds it at once: a port picked by the test and bound
+    later by the daemon could be taken in between by any process on the machine, and the daemon would then
+    fall back (loudly) to another one. convctl and doctor are then told that port, as if it had been chosen.
+    """
+    d.port = d.call("status")["port"]
+    if d.env["RCONV_HTTP_PORT"] == "0":
+        d.env["RCONV_HTTP_PORT"] = str(d.port)
 
 
 @pytest.fixture
@@ -226,6 +254,24 @@ def read_auth_url_sync(proc: subprocess.Popen, timeout: float = 20.0) -> str:
 
 async def read_auth_url(proc: subprocess.Popen) -> str:
     return await asyncio.to_thread(read_auth_url_sync, proc)
+
+
+def read_line_with(stream, needle: str) -> str:
+    """Reads a child's stdout or stderr until a line contains ``needle`` (what it prints once it got there)."""
+    seen: list[str] = []
+    for line in iter(stream.readline, ""):
+        seen.append(line)
+        if needle in line:
+            return line
+    raise AssertionError(f"the output ended without {needle!r}:\n{''.join(seen)}")
+
+
+def wait_until(predicate, what: str, timeout: float = 15.0) -> None:
+    """Polls ``predicate`` until it holds: for states that no event announces. ``timeout`` only bounds a failure."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
 
 
 async def next_event(client: AsyncClient, name: str, timeout: float = 10.0) -> dict:

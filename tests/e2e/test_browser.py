@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ARTIFACTS, assert_no_secret, free_port, next_event, read_auth_url
+from tests.conftest import ARTIFACTS, assert_no_secret, next_event, read_auth_url
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = pytest.mark.browser
@@ -207,19 +207,18 @@ async def test_409_on_a_fallback_port(browser, daemon_factory, fake):
     import subprocess
     import sys
 
-    port = free_port()
     holder = subprocess.Popen(
         [
             sys.executable,
             "-c",
             "import socket,time\ns=socket.socket(socket.AF_INET6)\ns.setsockopt(socket.IPPROTO_IPV6,socket.IPV6_V6ONLY,1)\n"
-            f"s.bind(('::1',{port}))\ns.listen()\nprint('ready',flush=True)\ntime.sleep(120)",
+            "s.bind(('::1',0))\ns.listen()\nprint(s.getsockname()[1],flush=True)\ntime.sleep(120)",
         ],
         stdout=subprocess.PIPE,
         text=True,
     )
     try:
-        assert holder.stdout.readline().strip() == "ready"
+        port = int(holder.stdout.readline())  # chosen by the holder: nothing can take it in between
         d = await asyncio.to_thread(daemon_factory, CONVOCATIONS_OPENROUTER_URL=fake.url, RCONV_HTTP_PORT=str(port))
         assert d.call("status")["port_fallback"] is True
         fake.config.authorize_409 = True

@@ -38,8 +38,8 @@ def by_name(results: list[dict]) -> dict[str, dict]:
     return {r["check"]: r for r in results}
 
 
-def hold_port(address: str, port: int) -> subprocess.Popen:
-    """Another program (think of a dev server) listening on address:port."""
+def hold_port(address: str) -> tuple[subprocess.Popen, int]:
+    """Another program (think of a dev server) listening on address, on a port it chose: (process, port)."""
     code = textwrap.dedent(
         f"""
         import socket, sys, time
@@ -47,19 +47,19 @@ def hold_port(address: str, port: int) -> subprocess.Popen:
         s = socket.socket(fam)
         if fam == socket.AF_INET6:
             s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        s.bind(({address!r}, {port}))
+        s.bind(({address!r}, 0))
         s.listen()
-        print("ready", flush=True)
+        print(s.getsockname()[1], flush=True)
         time.sleep(120)
         """
     )
     script = Path(tempfile.mkdtemp(prefix="cvd", dir="/tmp")) / "devserver.py"
     script.write_text(code)
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "ready"
+    port = int(proc.stdout.readline())
     script.unlink()
     script.parent.rmdir()
-    return proc
+    return proc, port
 
 
 async def test_healthy_setup_exits_zero(daemon, fake):
@@ -83,8 +83,7 @@ async def test_human_output(daemon, fake):
 
 
 async def test_port_held_by_another_process_on_ipv6(daemon_factory, fake):
-    port = free_port()
-    holder = hold_port("::1", port)
+    holder, port = hold_port("::1")
     try:
         d = await asyncio.to_thread(daemon_factory, CONVOCATIONS_OPENROUTER_URL=fake.url, RCONV_HTTP_PORT=str(port))
         st = d.call("status")

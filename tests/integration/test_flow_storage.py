@@ -9,7 +9,7 @@ import tomllib
 
 import pytest
 
-from tests.conftest import assert_no_secret, follow_callback
+from tests.conftest import assert_no_secret, follow_callback, wait_until
 from tests.secretstore_contract import clean_secret_service
 
 secret_service = pytest.fixture(clean_secret_service)
@@ -82,7 +82,7 @@ async def test_convctl_status_and_events_json(daemon):
     st = daemon.convctl("status")
     assert st.returncode == 0 and f"localhost:{daemon.port}" in st.stdout and "not linked" in st.stdout
     proc = daemon.convctl_async("events", "--json")
-    await asyncio.sleep(0.5)  # let it subscribe
+    await asyncio.to_thread(wait_until, lambda: daemon.call("status")["subscribers"] == 1, "convctl to subscribe")
     daemon.call("oauth.start")
     line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 10)
     proc.terminate()

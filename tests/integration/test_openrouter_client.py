@@ -161,13 +161,10 @@ async def test_expired_code_says_to_start_again(fake, client, clock, all_logs):
 
 
 async def test_timeout_is_upstream_unreachable_and_bounded(fake, all_logs):
-    fake.config.exchange_delay = 30
+    fake.config.exchange_delay = 30  # unbounded, the exchange would succeed after 30 s
     code, verifier = login(fake)
-    loop = asyncio.get_running_loop()
-    started = loop.time()
     async with OpenRouterClient(fake.url, timeout=0.3) as client:
         error = await failed_exchange(client, code, verifier)
-    assert loop.time() - started < 3
     assert error.flow_error.code == "upstream_unreachable" and error.status is None
     assert "did not answer within 0.3 s" in error.message
     assert_no_secrets(all_logs, code, verifier, error=error)

@@ -18,7 +18,7 @@ import pytest
 from convocationsd.cli import commands
 from convocationsd.cli import main as cli
 from convocationsd.core.errors import DaemonUnreachable, NoReply, RemoteError
-from tests.conftest import AUTH_URL_RE, assert_no_secret, read_auth_url
+from tests.conftest import AUTH_URL_RE, assert_no_secret, read_auth_url, read_line_with
 
 
 def flow_error(daemon) -> str | None:
@@ -219,7 +219,7 @@ async def test_paste_timeout(daemon, fake):
 async def test_paste_ctrl_c(daemon, fake):
     proc = daemon.convctl_async("oauth", "start", "--paste")
     await read_auth_url(proc)
-    await asyncio.sleep(0.3)  # at the prompt
+    await asyncio.to_thread(read_line_with, proc.stderr, "paste the code shown")  # at the prompt
     proc.send_signal(signal.SIGINT)
     _out, err = await asyncio.to_thread(proc.communicate, None, 15)
     assert proc.returncode == 1 and "cancelled" in err
@@ -290,7 +290,7 @@ async def test_ctrl_c_cancels_the_flow_in_the_daemon(daemon, fake):
     await sub.call("subscribe", {"events": ["openrouter-auth-complete"]})
     proc = daemon.convctl_async("oauth", "start", "--no-browser")
     await read_auth_url(proc)
-    await asyncio.sleep(0.3)
+    await asyncio.to_thread(read_line_with, proc.stderr, "Waiting for you to approve")  # Ctrl-C cancels now
     proc.send_signal(signal.SIGINT)
     _out, err = await asyncio.to_thread(proc.communicate, None, 15)
     assert proc.returncode == 1

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -29,6 +28,8 @@ from convocationsd.core.errors import BackendUnavailable, ConfigError, SecretSto
 from convocationsd.store import configfile
 from convocationsd.store.keyring_backend import SERVICE, USERNAME, KeyringBackend
 from convocationsd.store.select import ConfiguredStore, open_store
+from tests.helpers.gnome_keyring import gnome_keyring
+from tests.helpers.gnome_keyring import missing_tools as gnome_keyring_missing
 
 HELPER = Path(__file__).resolve().parents[1] / "helpers" / "secret_store_cli.py"
 LOGGER = "convocationsd.store.secrets"
@@ -218,10 +219,8 @@ def test_hanging_keyring_times_out_and_falls_back(conf, caplog):
         assert store.set(key) == "local-encrypted"
         lines = fallback_lines(caplog)
         assert len(lines) == 1 and "did not answer within 0.2 s" in lines[0]
-        # while the first call still hangs, the next one does not queue behind it
-        started = time.monotonic()
+        # while the first call still hangs, the next one does not queue behind it: it is told so at once
         assert store.set(key) == "local-encrypted"
-        assert time.monotonic() - started < 0.2 * 5
         assert "earlier request" in fallback_lines(caplog)[1]
     finally:
         fake.gate.set()  # the person answers the prompt: the late write lands ...
@@ -233,8 +232,8 @@ def test_hanging_keyring_times_out_and_falls_back(conf, caplog):
 
 def test_hanging_clear_reports_and_finishes_late(conf, caplog):
     fake, key = FakeKeyring(), new_key()
+    make(conf, fake).set(key)  # in the keyring: with time to spare, however busy the machine
     store = make(conf, fake, timeout=0.2)
-    store.set(key)
     fake.gate.clear()
     with pytest.raises(BackendUnavailable) as info:
         store.clear()
@@ -387,34 +386,28 @@ def test_no_session_bus_falls_back_to_local_encrypted(tmp_path, caplog):
 @pytest.mark.keyring
 def test_locked_keyring_falls_back_quickly(tmp_path, caplog):
     """A private bus with a gnome-keyring whose login collection exists but is locked (no --unlock)."""
-    for tool in ("dbus-run-session", "gnome-keyring-daemon"):
-        if not shutil.which(tool):
-            pytest.skip(f"{tool} is not installed")
+    if reason := gnome_keyring_missing():
+        pytest.skip(reason)
     home = tmp_path / "home"
     env = child_env(tmp_path, HOME=str(home), XDG_DATA_HOME=str(home / ".local" / "share"))
     # 1. create a password-protected login collection in this private HOME
-    create = (
-        "printf test-password | gnome-keyring-daemon --unlock --components=secrets >/dev/null 2>&1; "
-        "exec \"$0\" -c \"import keyring; keyring.set_password('probe', 'probe', 'x')\""
-    )
-    subprocess.run(
-        ["dbus-run-session", "--", "sh", "-c", create, sys.executable], env=env, capture_output=True, timeout=60
-    )
-    if not list((home / ".local" / "share" / "keyrings").glob("*.keyring")):
-        pytest.skip("gnome-keyring did not create a collection here")
+    with gnome_keyring(env, "test-password") as unlocked:
+        probe = "import keyring; keyring.set_password('probe', 'probe', 'x')"
+        subprocess.run([sys.executable, "-c", probe], env=unlocked, capture_output=True, timeout=60, check=True)
+    assert list((home / ".local" / "share" / "keyrings").glob("*.keyring"))
     # 2. a new session where that collection stays locked; the timeout is far above the bound we check
     key = "sk-or-v1-locked-" + new_key()[9:]
-    start = 'gnome-keyring-daemon --start --components=secrets >/dev/null 2>&1; exec "$0" "$@"'
-    began = time.monotonic()
-    proc = subprocess.run(
-        ["dbus-run-session", "--", "sh", "-c", start, sys.executable, str(HELPER), "set", "60"],
-        input=key + "\n",
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    wall = time.monotonic() - began
+    with gnome_keyring(env, None) as locked:
+        began = time.monotonic()
+        proc = subprocess.run(
+            [sys.executable, str(HELPER), "set", "60"],
+            input=key + "\n",
+            env=locked,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        wall = time.monotonic() - began
     assert proc.returncode == 0, proc.stderr[-2000:].replace(key, "<key>")
     result = json.loads(proc.stdout)
     assert result["backend"] == "local-encrypted"

@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 
 from convocationsd.client import Client
-from tests.conftest import base_env, free_port, start_daemon, wait_for_socket
+from tests.conftest import base_env, free_port, start_daemon, wait_for_socket, wait_until
 
 TOOL = shutil.which("systemd-socket-activate")
 needs_tool = pytest.mark.skipif(TOOL is None, reason="systemd-socket-activate is not installed (Debian: systemd)")
@@ -195,13 +195,6 @@ def daemon_lines(log: str) -> list[str]:
     return [line for line in lines[start:] if line]
 
 
-def wait_until(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
 # -- under systemd-socket-activate ----------------------------------------------------------------------
 
 
@@ -281,7 +274,7 @@ def test_held_socket_reactivates_after_idle_exit(short_tmp, activations):
     activations.append(a)
     pid1 = a.call("status")["pid"]
     inode = os.stat(ctl).st_ino
-    wait_until(lambda: f"exited {pid1} 0" in a.out(), 15, f"the first daemon's idle exit\n{a.log()}\n{a.out()}")
+    wait_until(lambda: f"exited {pid1} 0" in a.out(), f"the first daemon's idle exit\n{a.log()}\n{a.out()}")
 
     # Nothing runs now; the connection waits in the held socket's backlog until the next daemon accepts it.
     with a.client() as c:
@@ -314,11 +307,11 @@ def test_unnamed_inherited_sockets_are_used_by_family(short_tmp, activations):
 
 
 def test_sigterm_with_pending_flow_not_activated(short_tmp, notify):
-    port = free_port()
-    d = start_daemon(short_tmp, wait=False, NOTIFY_SOCKET=str(notify.path), RCONV_HTTP_PORT=str(port))
+    d = start_daemon(short_tmp, wait=False, NOTIFY_SOCKET=str(notify.path))
     try:
         ready = notify.wait_for("READY=1")
         # READY means both servers accept: no retry loop needed from here.
+        port = d.call("status")["port"]
         assert f"STATUS=Listening on http://localhost:{port}" in ready.splitlines()
         assert http_status("127.0.0.1", port)[0] == 200
         sub = d.client()
@@ -362,7 +355,7 @@ def test_sighup_reloads_config_keeping_subscriber_and_pending_flow(short_tmp):
 
         config.write_text('log_level = "debug"\nflow_timeout_seconds = 1234\n')
         proc.send_signal(signal.SIGHUP)
-        wait_until(lambda: "configuration reloaded" in log_path.read_text(), 10, "the reload")
+        wait_until(lambda: "configuration reloaded" in log_path.read_text(), "the reload")
 
         assert sub.call("status")["subscribers"] == 1  # the subscriber's own connection is still served
         with Client(sock) as c:

@@ -66,18 +66,13 @@ async def test_close_cuts_off_a_client_that_stopped_reading(short_tmp):
     thread.start()
     for i in range(2000):  # ~1 MB: far more than the kernel's socket buffer holds for `stuck`
         bus.publish("openrouter-auth-started", {"i": i, "pad": "x" * 400})
-    await asyncio.sleep(0.2)
-    assert any(c.transport.get_write_buffer_size() > 0 for c in server.connections)  # something is really stuck
+    await until(lambda: any(c.transport.get_write_buffer_size() > 0 for c in server.connections))  # really stuck
     bus.publish("openrouter-auth-complete", {"last": True})
 
-    started = time.monotonic()
-    await asyncio.wait_for(server.close(), 10)
-    elapsed = time.monotonic() - started
-
     # Since Python 3.12 Server.wait_closed() waits for every connection; one left open would hang the
-    # daemon's shutdown. So close() must leave none behind, and within its bound.
+    # daemon's shutdown. So close() must leave none behind, and end on its own (its bounds add up to 3 s).
+    await asyncio.wait_for(server.close(), 10)
     assert not server.connections
-    assert elapsed < ipc_server.CLOSE_FLUSH_SECONDS + ipc_server.CLOSE_WAIT_SECONDS + 1
     await asyncio.to_thread(thread.join, 10)
     lines = b"".join(received).splitlines()
     assert json.loads(lines[-1])["params"]["data"] == {"last": True}  # a client that reads gets everything
@@ -86,15 +81,15 @@ async def test_close_cuts_off_a_client_that_stopped_reading(short_tmp):
     reader.close()
 
 
-async def test_close_is_quick_when_everyone_reads(short_tmp):
+async def test_close_is_quick_when_everyone_reads(short_tmp, monkeypatch):
+    # Flushing may take a minute here: close() must not wait for it when nothing is left to send.
+    monkeypatch.setattr(ipc_server, "CLOSE_FLUSH_SECONDS", 60.0)
     bus = EventBus()
     server, path = await start(short_tmp, bus)
     client = connect(path)
     client.sendall(b'{"jsonrpc":"2.0","id":1,"method":"subscribe"}\n')
     await until(lambda: len(bus) == 1)
-    started = time.monotonic()
-    await server.close()
-    assert time.monotonic() - started < 0.5
+    await asyncio.wait_for(server.close(), 10)
     assert not server.connections
     client.close()
 
