@@ -91,7 +91,7 @@ MUTANTS = [
     (
         "Subscriber queue limit",
         "daemon/ipc_server.py",
-        "if self.transport.get_write_buffer_size() > self.server.queue_limit:",
+        "if self.backlog > self.server.queue_limit and self.measure() > self.server.queue_limit:",
         "if False:",
         ["tests/integration/test_daemon_lifecycle.py::test_slow_subscriber_dropped_fast_one_gets_everything"],
     ),
