@@ -72,16 +72,21 @@ class Reply:
 
     def __init__(self, conn: Connection) -> None:
         self.conn: Connection | None = conn  # None once answered
+        conn.unanswered += 1
 
     def send(self, answer: Answer) -> None:
         """Writes ``answer`` (None: nothing, e.g. a request cancelled at shutdown), then what it held up."""
-        conn, self.conn = self.conn, None
+        conn = self.conn
         if conn is None:
             return
+        self.conn = None
+        conn.unanswered -= 1
         if answer is not None:
             conn.write(answer)
         if conn.held:
             conn.release()
+        if conn.eof:
+            conn.close_if_done()
 
 
 _CAUSE: contextvars.ContextVar[Reply | None] = contextvars.ContextVar("convocationsd_ipc_cause", default=None)
@@ -94,6 +99,8 @@ class Connection(asyncio.BufferedProtocol):
         self.buffer = bytearray()
         self.closed = False
         self.uid: int | None = None
+        self.unanswered = 0  # requests (or batches) whose answer is not written yet
+        self.eof = False  # the client has shut down its sending side
         # Events held until the reply they follow is written, in seq order, each with that reply (or None:
         # not caused by a request of ours, but it may not overtake those before it).
         self.held: list[tuple[bytes, Reply | None]] = []  # (lists, not deques: an empty one costs 56 bytes)
@@ -181,6 +188,18 @@ class Connection(asyncio.BufferedProtocol):
         if len(self.buffer) > protocol.MAX_LINE:
             self._too_long()
 
+    def eof_received(self) -> bool:
+        """The client has sent all it will (``echo '{…}' | socat - UNIX-CONNECT:…``): it still gets the
+        answers to what it asked, then the connection closes. (A subscriber too: a shut-down sending side
+        cannot be told from a client that is gone, which would keep the daemon from ever idling out.)"""
+        self.eof = True
+        self.close_if_done()
+        return True  # keep the transport open: close_if_done decides
+
+    def close_if_done(self) -> None:
+        if not self.unanswered:
+            self.close()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.server.forget(self)
@@ -201,13 +220,10 @@ class Connection(asyncio.BufferedProtocol):
         else:
             reply = Reply(self)
             answer = self._run(parsed, reply)
-            if isinstance(answer, bytes):  # the usual case, so Reply.send inlined
-                reply.conn = None
-                self.write(answer)
-                if self.held:
-                    self.release()
-            elif answer is not None:
+            if isinstance(answer, asyncio.Task):
                 answer.add_done_callback(lambda task: reply.send(None if task.cancelled() else task.result()))
+            else:
+                reply.send(answer)
 
     def _run(self, request: protocol.Request, reply: Reply | None) -> Answer | asyncio.Task[Answer]:
         """Calls the request's handler in the context of ``reply`` (None for a notification). Returns the

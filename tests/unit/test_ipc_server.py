@@ -439,3 +439,26 @@ async def test_a_subscriber_that_falls_behind_and_reads_again_gets_every_event_i
     assert server.backlog == 0 and conn in server.connections
     client.close()
     await server.close()
+
+
+async def test_a_client_that_shuts_down_its_sending_side_still_gets_its_answers(short_tmp):
+    """What a shell pipe does (``echo '{…}' | socat - UNIX-CONNECT:…``): the answers, then the close."""
+    bus = EventBus()
+    gate = asyncio.Event()
+
+    async def slow_status(conn, params):
+        await gate.wait()
+        return {"stored": False, "backend": None}
+
+    server, path = await start(short_tmp, bus, table=handlers(bus, **{"secret.status": slow_status}))
+    client = connect(path)
+    client.sendall(b'{"jsonrpc":"2.0","id":1,"method":"secret.status"}\n{"jsonrpc":"2.0","id":2,"method":"status"}\n')
+    client.shutdown(socket.SHUT_WR)
+    await until(lambda: server.tasks)
+    gate.set()
+    received: list[bytes] = []
+    await asyncio.to_thread(read_all, client, received)  # returns at the daemon's close
+    assert [json.loads(line)["id"] for line in b"".join(received).splitlines()] == [2, 1]
+    await until(lambda: not server.connections)
+    client.close()
+    await server.close()
