@@ -434,9 +434,9 @@ class IpcServer:
             self._shed()
 
     def _shed(self) -> None:
-        """The count passed the bound. It only ever overestimates (a client that reads part of its queue is
-        not noticed until it has read all of it), so measure first; if it is really over, disconnect the
-        connections with the most waiting until a quarter of the bound is free again."""
+        """The count passed the bound. It can only be too high (a client that took part of what its transport
+        held is not noticed until it has taken all of it), so measure first; if it is really over, disconnect
+        the connections with the most waiting until a quarter of the bound is free again."""
         for conn in list(self.behind):
             conn.measure()
         if self.backlog <= self.total_limit:
