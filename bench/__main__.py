@@ -13,12 +13,12 @@ import time
 import traceback
 from pathlib import Path
 
-from . import cli_latency, fanout, flood, footprint, ipc
+from . import cli_latency, fanout, flood, footprint, ipc, stuck
 from .common import machine, raise_nofile
 from .report import Section, render
 
 HERE = Path(__file__).resolve().parent
-SECTIONS = ("cli", "ipc", "fanout", "footprint", "flood")
+SECTIONS = ("cli", "ipc", "fanout", "footprint", "flood", "stuck")
 
 
 def _failed(title: str, exc: BaseException) -> Section:
@@ -65,10 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     step("fanout", "3+4. fan-out and callback path", fanout.run)
     step("footprint", "5. footprint", footprint.run)
     step("flood", "6. under flood", flood.run)
+    step("stuck", "7. stuck subscribers", stuck.run)
     total = time.monotonic() - start
     preamble = [
         f"Command: `.venv/bin/python -m bench` (or `make bench`) from the repository root; open-file limit "
-        f"raised to {soft} for the 1,000-subscriber run.",
+        f"raised to {soft} for the 1,000-subscriber run (and the helper holding 4,000 stuck ones).",
         "",
     ]
     text = render(info, sections, smoke=args.smoke, total=total, preamble=preamble)

@@ -59,7 +59,9 @@ class Subscribers:
         self._reader = asyncio.ensure_future(self._read())
 
     @classmethod
-    async def start(cls, socket_path: str, count: int, *, events: str = "all", lifetime: float = 240.0) -> Subscribers:
+    async def start(
+        cls, socket_path: str, count: int, *, events: str = "all", lifetime: float = 240.0, stuck: bool = False
+    ) -> Subscribers:
         proc = await asyncio.create_subprocess_exec(
             PY,
             "-m",
@@ -70,6 +72,7 @@ class Subscribers:
             events,
             "--lifetime",
             str(lifetime),
+            *(["--stuck"] if stuck else []),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             cwd=str(ROOT),

@@ -9,7 +9,8 @@ It runs in its own process so that reading N sockets does not compete with the b
     stdout  LOST <k>                               k subscribers were disconnected by the daemon
     stdin   EOF or "quit"                          close everything and exit
 
-It exits by itself after ``--lifetime`` seconds whatever happens.
+With ``--stuck`` the subscribers never read after their ``subscribe`` reply (a frontend that hangs): the
+daemon's queues for them fill up. It exits by itself after ``--lifetime`` seconds whatever happens.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def main() -> int:
     ap.add_argument("count", type=int)
     ap.add_argument("--events", default="all", help="'all' or a comma-separated list")
     ap.add_argument("--lifetime", type=float, default=240.0)
+    ap.add_argument("--stuck", action="store_true", help="never read after subscribing")
     args = ap.parse_args()
     deadline = time.monotonic() + args.lifetime
     params = "" if args.events == "all" else ',"params":{{"events":{}}}'.format(json.dumps(args.events.split(",")))
@@ -58,8 +60,9 @@ def main() -> int:
         bufs[s.fileno()] = rest
 
     ep = select.epoll()
-    for fd in socks:
-        ep.register(fd, select.EPOLLIN)
+    if not args.stuck:
+        for fd in socks:
+            ep.register(fd, select.EPOLLIN)
     stdin_fd = sys.stdin.fileno()
     ep.register(stdin_fd, select.EPOLLIN)
     out = sys.stdout

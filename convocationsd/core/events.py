@@ -38,8 +38,13 @@ class EventBus:
         return len(self._subscribers)
 
     def subscribe(self, sink: Sink, events: Iterable[str] | None = None) -> list[str]:
+        """Sets what ``sink`` receives, replacing what it had: ``events`` or, for None, every event. No
+        events at all ends the subscription."""
         wanted = frozenset(ALL_EVENTS if events is None else events)
-        self._subscribers[sink] = wanted
+        if wanted:
+            self._subscribers[sink] = wanted
+        else:
+            self.unsubscribe(sink)
         return sorted(wanted)
 
     def unsubscribe(self, sink: Sink) -> None:

@@ -1,15 +1,19 @@
-"""JSON-RPC 2.0 over newline-delimited UTF-8 JSON: parsing, parameter checks, and encoding. Pure."""
+"""JSON-RPC 2.0 over newline-delimited UTF-8 JSON: parsing (single requests and batches), parameter checks,
+and encoding. Pure."""
 
 from __future__ import annotations
 
 import json
+import math
 from collections import namedtuple
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: convctl imports this module (request_line)
     from typing import Any, NamedTuple
 
+VERSION = 1  # reported by `status`; raised only for a change an existing client could trip over
 MAX_LINE = 1024 * 1024  # bytes; a longer line closes the connection
+MAX_BATCH = 100  # requests in one batch: one line in may not become an unbounded line out
 
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
@@ -31,8 +35,9 @@ METHODS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "secret.get": {},
 }
 
-_utf8 = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-_ascii = json.JSONEncoder(separators=(",", ":")).encode
+# allow_nan=False: NaN and Infinity are not JSON, and a reply that holds one is refused rather than sent.
+_utf8 = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+_ascii = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
 
 def _encode(obj: Any) -> bytes:
@@ -42,13 +47,24 @@ def _encode(obj: Any) -> bytes:
         return _ascii(obj).encode()
 
 
+class _NotFinite(ValueError):
+    pass
+
+
 def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
+    raise _NotFinite(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999: beyond the range of a double, Python would make it inf
+        raise _NotFinite(f"{text[:32]} is not a finite number")
+    return value
 
 
 # One decoder for every line: ``json.loads(..., parse_constant=...)`` would build a new decoder and scanner
 # for each request, which costs about as much as the parse itself.
-_decoder = json.JSONDecoder(parse_constant=_reject_constant)
+_decoder = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
 _decode = _decoder.decode
 _scan_once = _decoder.scan_once  # type: ignore[attr-defined]  # set by JSONDecoder.__init__, not in typeshed
 _JSON_SPACE = " \t\n\r"
@@ -114,10 +130,19 @@ def encode(obj: Any) -> bytes:
     return _encode(obj)
 
 
+class _NoId:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NO_ID"
+
+
+NO_ID: Any = _NoId()  # the id of a notification: a request without an "id" member (``"id": null`` is answered)
+
 if TYPE_CHECKING:
 
     class Request(NamedTuple):  # immutable like a frozen dataclass, and a third of the cost to build
-        id: Any  # None for a notification
+        id: Any  # NO_ID for a notification
         method: str
         params: dict[str, Any]
 
@@ -126,6 +151,8 @@ else:  # the same tuple class, built without importing typing
 
 
 class ProtocolError(Exception):
+    """A request that cannot be run. ``id`` is where the error reply goes: NO_ID (a notification) gets none."""
+
     def __init__(self, code: int, message: str, id: Any = None) -> None:
         super().__init__(message)
         self.code = code
@@ -134,33 +161,70 @@ class ProtocolError(Exception):
 
 
 def _valid_id(value: Any) -> bool:
-    return type(value) is int or value is None or (isinstance(value, (str, int, float)) and not isinstance(value, bool))
+    return (
+        type(value) is int
+        or value is None
+        or value is NO_ID
+        or (isinstance(value, (str, int, float)) and not isinstance(value, bool))
+    )
 
 
-def parse_request(line: bytes) -> Request:
-    """Parses one line into a checked Request, or raises ProtocolError naming the problem."""
+def parse_line(line: bytes) -> Request | list[Request | ProtocolError]:
+    """One line: a Request, or for a batch (a JSON array) one Request or ProtocolError per member, in order.
+    Raises ProtocolError for a line that gets one error reply: not JSON, an empty or oversized batch, or a
+    single request that is invalid."""
     try:
         msg = _loads(line.decode("utf-8"))
+    except _NotFinite:
+        raise ProtocolError(
+            PARSE_ERROR, "Parse error: NaN, Infinity and numbers beyond the range of a double are not JSON"
+        ) from None
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
-        raise ProtocolError(PARSE_ERROR, "Parse error: each line must be one UTF-8 JSON object") from None
+        raise ProtocolError(
+            PARSE_ERROR, "Parse error: each line must be one UTF-8 JSON request object or batch array"
+        ) from None
+    if type(msg) is not list:
+        return check_request(msg)
+    if not msg:
+        raise ProtocolError(INVALID_REQUEST, "Invalid request: a batch must hold at least one request")
+    if len(msg) > MAX_BATCH:
+        raise ProtocolError(INVALID_REQUEST, f"Invalid request: a batch may hold at most {MAX_BATCH} requests")
+    members: list[Request | ProtocolError] = []
+    for item in msg:
+        try:
+            members.append(check_request(item))
+        except ProtocolError as e:
+            members.append(e)
+    return members
+
+
+def check_request(msg: Any) -> Request:
+    """A decoded JSON value as a checked Request, or raises ProtocolError naming the problem. An invalid
+    request object is answered even without an id (it is not a notification: that needs a valid request);
+    an unknown method or bad params of a notification are not."""
     if not isinstance(msg, dict):
         raise ProtocolError(INVALID_REQUEST, "Invalid request: expected a JSON object")
-    id_ = msg.get("id")
+    id_ = msg.get("id", NO_ID)
     if not _valid_id(id_):
         raise ProtocolError(INVALID_REQUEST, "Invalid request: id must be a string, a number or null")
+    reply_to = None if id_ is NO_ID else id_
     if msg.get("jsonrpc") != "2.0":
-        raise ProtocolError(INVALID_REQUEST, 'Invalid request: "jsonrpc" must be "2.0"', id_)
+        raise ProtocolError(INVALID_REQUEST, 'Invalid request: "jsonrpc" must be "2.0"', reply_to)
     method = msg.get("method")
     if not isinstance(method, str):
-        raise ProtocolError(INVALID_REQUEST, 'Invalid request: "method" must be a string', id_)
+        raise ProtocolError(INVALID_REQUEST, 'Invalid request: "method" must be a string', reply_to)
     spec = METHODS.get(method)
     if spec is None:
         raise ProtocolError(METHOD_NOT_FOUND, f"Method not found: {method[:64]!r}", id_)
-    params = msg.get("params", {})
-    if params is None:
+    params = msg.get("params")
+    if params is None or params == []:  # absent, null, or no positional params at all: none given
         params = {}
-    if not isinstance(params, dict):
+    elif type(params) is list:
+        raise ProtocolError(INVALID_PARAMS, _positional_message(method, spec), id_)
+    elif not isinstance(params, dict):
         raise ProtocolError(INVALID_PARAMS, "Invalid params: params must be an object", id_)
+    elif None in params.values():  # an optional param given as null is one left out
+        params = {name: value for name, value in params.items() if value is not None}
     for name, value in params.items():
         if name not in spec:
             raise ProtocolError(INVALID_PARAMS, f"Invalid params: {method} takes no {name[:64]!r}", id_)
@@ -174,6 +238,16 @@ def parse_request(line: bytes) -> Request:
         if required and name not in params:
             raise ProtocolError(INVALID_PARAMS, f"Invalid params: {method} needs {name!r}", id_)
     return Request(id_, method, params)
+
+
+def _positional_message(method: str, spec: dict[str, tuple[tuple[type, ...], bool]]) -> str:
+    if not spec:
+        return f"Invalid params: {method} takes no params"
+    names = ", ".join(f'"{name}"' for name in spec)
+    return (
+        f"Invalid params: {method} takes named params ({names}): send params as an object; "
+        "positional params (an array) are not accepted"
+    )
 
 
 def result_line(id_: Any, result: Any) -> bytes:
@@ -190,6 +264,11 @@ def error_line(id_: Any, code: int, message: str, data: Any = None) -> bytes:
     if data is not None:
         error["data"] = data
     return _encode({"jsonrpc": "2.0", "id": id_, "error": error}) + b"\n"
+
+
+def batch_line(replies: list[bytes]) -> bytes:
+    """The answer to a batch: the members' reply lines as one JSON array on one line."""
+    return b"[" + b",".join(reply[:-1] for reply in replies) + b"]\n"
 
 
 def event_line(seq: int, name: str, data: dict[str, Any]) -> bytes:

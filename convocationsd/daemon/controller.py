@@ -370,6 +370,7 @@ class Controller:
         if cached is None or cached[0] != key:
             answer = {
                 "version": __version__,
+                "protocol": protocol.VERSION,
                 "pid": os.getpid(),
                 "http_url": pkce.local_origin(self.endpoint.port),
                 "port": self.endpoint.port,

@@ -1,8 +1,10 @@
-"""The Unix-socket door: JSON-RPC 2.0, one object per line, for the CLI and frontends.
+"""The Unix-socket door: JSON-RPC 2.0, one request or batch per line, for the CLI and frontends.
 
-Built on ``asyncio.BufferedProtocol`` rather than streams: framing is a ``bytes.split`` over what arrived,
-and a subscriber's bounded queue is simply the transport's write buffer. A client that stops reading lets
-that buffer grow past ``queue_limit`` and is disconnected, without anyone else waiting for it.
+Built on ``asyncio.BufferedProtocol`` rather than streams: framing is a ``bytes.split`` over what arrived.
+What a client has not read yet waits in the transport's buffer and, behind it, in a per-connection list of the
+very line objects the event bus encoded once. Two bounds keep clients that stop reading from costing
+memory: a subscriber with more than ``queue_limit`` bytes waiting is disconnected, and when all connections
+together pass ``total_limit``, those furthest behind are. Nobody else waits for them.
 
 Reads go into one buffer shared by all connections (``get_buffer`` and ``buffer_updated`` run back to back
 in the loop's thread). A plain ``Protocol`` costs more than half the round trip on Python 3.11: its
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import errno
 import logging
 import os
@@ -32,11 +35,47 @@ from convocationsd.core.events import EventBus
 log = logging.getLogger(__name__)
 
 Handler = Callable[["Connection", dict[str, Any]], Any]  # returns a result or an awaitable of one
+Answer = bytes | None  # a reply line, or None for a notification
 
-QUEUE_LIMIT = 256 * 1024  # bytes of unsent events before a subscriber counts as stuck
+QUEUE_LIMIT = 256 * 1024  # bytes waiting for one subscriber before it counts as stuck
+TOTAL_LIMIT = 32 * 1024 * 1024  # bytes waiting for all connections together; past it the furthest behind go
 READ_SIZE = 64 * 1024  # bytes per read, into the shared buffer
+CHUNK = 64 * 1024  # bytes of queued lines handed to the transport at once
 CLOSE_FLUSH_SECONDS = 1.0  # at shutdown, time for clients to take what was written (the "cancelled" event)
 CLOSE_WAIT_SECONDS = 2.0  # then at most this long for the server to report every connection gone
+
+
+class Reply:
+    """The answer a connection owes for one request (or one batch). Events that request causes before it is
+    answered wait on the connection and follow the answer: on a connection, the reply to a request always
+    comes before any event it caused.
+
+    It is the context of the request's handler (``_CAUSE``): an event published from there, or from a task
+    or timer started there, finds it in ``Connection.send``. Once the answer is out, events pass straight
+    through, so a timer that fires ten minutes later is not held."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn: Connection | None = conn  # None once answered
+        conn.unanswered += 1
+
+    def send(self, answer: Answer) -> None:
+        """Writes ``answer`` (None: nothing, e.g. a request cancelled at shutdown), then what it held up."""
+        conn = self.conn
+        if conn is None:
+            return
+        self.conn = None
+        conn.unanswered -= 1
+        if answer is not None:
+            conn.write(answer)
+        if conn.held:
+            conn.release()
+        if conn.eof:
+            conn.close_if_done()
+
+
+_CAUSE: contextvars.ContextVar[Reply | None] = contextvars.ContextVar("convocationsd_ipc_cause", default=None)
 
 
 class Connection(asyncio.BufferedProtocol):
@@ -46,6 +85,17 @@ class Connection(asyncio.BufferedProtocol):
         self.buffer = bytearray()
         self.closed = False
         self.uid: int | None = None
+        self.unanswered = 0  # requests (or batches) whose answer is not written yet
+        self.eof = False  # the client has shut down its sending side
+        # Events held until the reply they follow is written, in seq order, each with that reply (or None:
+        # not caused by a request of ours, but it may not overtake those before it).
+        self.held: list[tuple[bytes, Reply | None]] = []  # (lists, not deques: an empty one costs 56 bytes)
+        # Output the client has not taken yet (see "output" below): the transport's and the queue's.
+        self.behind = False  # the transport holds unsent bytes (between pause_writing and resume_writing)
+        self.unsent = 0  # how many, as of the last write: the client may have taken some since
+        self.queue: list[bytes] = []  # lines waiting behind them, as they are
+        self.queued = 0  # bytes in ``queue``
+        self.backlog = 0  # unsent + queued, as the server counted them
 
     # -- asyncio callbacks ---------------------------------------------------------------------------
 
@@ -59,12 +109,36 @@ class Connection(asyncio.BufferedProtocol):
             )
             transport.write(
                 protocol.error_line(
-                    None, protocol.OPERATION_FAILED, "Permission denied: this daemon serves only its own user."
+                    None,
+                    protocol.OPERATION_FAILED,
+                    f"Permission denied: this daemon serves only its own user (uid {self.server.uid}), "
+                    f"and this client runs as uid {self.uid}.",
+                    {
+                        "kind": "PermissionDenied",
+                        "hint": "Run the client as the user who runs convocationsd, or start a convocationsd of "
+                        "your own (its socket is in your own runtime directory).",
+                    },
                 )
             )
             self.close()
             return
+        # High-water mark 0: pause_writing/resume_writing say exactly when bytes start and stop waiting.
+        transport.set_write_buffer_limits(high=0)
         self.server.connections.add(self)
+
+    def pause_writing(self) -> None:
+        self.behind = True
+
+    def resume_writing(self) -> None:
+        """The transport has sent everything: hand it what waits in the queue, a chunk at a time."""
+        assert self.transport is not None
+        self.behind = False
+        self.unsent = 0
+        while self.queue and not self.behind:
+            self.transport.write(self._take(CHUNK))
+        if self.behind:
+            self.unsent = self.transport.get_write_buffer_size()
+        self._recount()
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.server.read_view
@@ -100,6 +174,18 @@ class Connection(asyncio.BufferedProtocol):
         if len(self.buffer) > protocol.MAX_LINE:
             self._too_long()
 
+    def eof_received(self) -> bool:
+        """The client has sent all it will (``echo '{…}' | socat - UNIX-CONNECT:…``): it still gets the
+        answers to what it asked, then the connection closes. (A subscriber too: a shut-down sending side
+        cannot be told from a client that is gone, which would keep the daemon from ever idling out.)"""
+        self.eof = True
+        self.close_if_done()
+        return True  # keep the transport open: close_if_done decides
+
+    def close_if_done(self) -> None:
+        if not self.unanswered:
+            self.close()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.server.forget(self)
@@ -108,74 +194,177 @@ class Connection(asyncio.BufferedProtocol):
 
     def handle_line(self, line: bytes) -> None:
         try:
-            request = protocol.parse_request(line)
+            parsed = protocol.parse_line(line)
         except protocol.ProtocolError as e:
-            self.write(protocol.error_line(e.id, e.code, e.message))
+            if e.id is not protocol.NO_ID:  # an unknown method or bad params of a notification: no answer
+                self.write(protocol.error_line(e.id, e.code, e.message))
             return
-        handler = self.server.handlers[request.method]
-        try:
-            result = handler(self, request.params)
-        except Exception as e:
-            self.reply_error(request.id, e)
-            return
-        if not isinstance(result, dict) and isinstance(result, Awaitable):  # dict first: a cheaper check
-            task = asyncio.ensure_future(result)
-            self.server.tasks.add(task)
-            task.add_done_callback(lambda t: self._finish(request.id, t))
-        elif request.id is not None:
-            self.write(protocol.result_line(request.id, result))
-
-    def _finish(self, id_: Any, task: asyncio.Future) -> None:
-        self.server.tasks.discard(task)
-        if task.cancelled():
-            return
-        exc = task.exception()  # retrieved even for a notification, which also gets it logged if unexpected
-        if exc is not None:
-            self.reply_error(id_, exc)
-        elif id_ is not None:
-            self.write(protocol.result_line(id_, task.result()))
-
-    def reply_error(self, id_: Any, exc: BaseException) -> None:
-        """Answers a failed request; a notification (``id_`` None) gets no answer (JSON-RPC 2.0), but an
-        unexpected error is logged either way."""
-        unexpected = not isinstance(exc, (protocol.ProtocolError, ConvError))
-        if unexpected:
-            log.error("internal error while answering a request", exc_info=exc)
-        if id_ is None:
-            return
-        if isinstance(exc, protocol.ProtocolError):
-            self.write(protocol.error_line(id_, exc.code, exc.message))
-        elif isinstance(exc, ConvError):
-            data = {"kind": type(exc).__name__, "hint": exc.hint}
-            self.write(protocol.error_line(id_, protocol.OPERATION_FAILED, exc.message, data))
+        if isinstance(parsed, list):
+            self._batch(parsed)
+        elif parsed.id is protocol.NO_ID:
+            self._run(parsed, None)
         else:
-            self.write(protocol.error_line(id_, protocol.INTERNAL_ERROR, "Internal error; see the daemon's log."))
+            reply = Reply(self)
+            answer = self._run(parsed, reply)
+            if isinstance(answer, asyncio.Task):
+                answer.add_done_callback(lambda task: reply.send(None if task.cancelled() else task.result()))
+            else:
+                reply.send(answer)
+
+    def _run(self, request: protocol.Request, reply: Reply | None) -> Answer | asyncio.Task[Answer]:
+        """Calls the request's handler in the context of ``reply`` (None for a notification). Returns the
+        answer line, or for a handler that must wait (a coroutine) a task that ends with it."""
+        token = _CAUSE.set(reply)
+        try:
+            result = self.server.handlers[request.method](self, request.params)
+            if isinstance(result, dict) or not isinstance(result, Awaitable):  # dict first: a cheaper check
+                return None if request.id is protocol.NO_ID else protocol.result_line(request.id, result)
+            task = asyncio.ensure_future(self._finish(request.id, result))  # copies the context: reply
+            self.server.tasks.add(task)
+            task.add_done_callback(self.server.tasks.discard)
+            return task
+        except Exception as e:  # also a result that cannot be encoded
+            return self._error(request.id, e)
+        finally:
+            _CAUSE.reset(token)
+
+    async def _finish(self, id_: Any, pending: Awaitable[Any]) -> Answer:
+        try:
+            result = await pending
+            return None if id_ is protocol.NO_ID else protocol.result_line(id_, result)
+        except Exception as e:
+            return self._error(id_, e)
+
+    def _batch(self, members: list[protocol.Request | protocol.ProtocolError]) -> None:
+        """Runs a batch's members in order and answers them all in one array, once the last has finished;
+        notifications have no place in it, and a batch of notifications only is not answered at all."""
+        reply = Reply(self)
+        answers: list[Answer | asyncio.Task[Answer]] = []
+        for member in members:
+            if isinstance(member, protocol.ProtocolError):
+                if member.id is not protocol.NO_ID:
+                    answers.append(protocol.error_line(member.id, member.code, member.message))
+            else:
+                answers.append(self._run(member, None if member.id is protocol.NO_ID else reply))
+        tasks = [answer for answer in answers if isinstance(answer, asyncio.Task)]
+
+        def finish(_: object = None) -> None:
+            if not all(task.done() for task in tasks):
+                return
+            if any(task.cancelled() for task in tasks):  # shutting down
+                reply.send(None)
+                return
+            done = [answer.result() if isinstance(answer, asyncio.Task) else answer for answer in answers]
+            lines = [line for line in done if line is not None]
+            reply.send(protocol.batch_line(lines) if lines else None)
+
+        if not tasks:
+            finish()
+        for task in tasks:
+            task.add_done_callback(finish)
+
+    def _error(self, id_: Any, exc: BaseException) -> Answer:
+        """The error reply for a failed request; a notification gets none (JSON-RPC 2.0), but an unexpected
+        error is logged either way."""
+        if not isinstance(exc, (protocol.ProtocolError, ConvError)):
+            log.error("internal error while answering a request", exc_info=exc)
+        if id_ is protocol.NO_ID:
+            return None
+        if isinstance(exc, protocol.ProtocolError):
+            return protocol.error_line(id_, exc.code, exc.message)
+        if isinstance(exc, ConvError):
+            data = {"kind": type(exc).__name__, "hint": exc.hint}
+            return protocol.error_line(id_, protocol.OPERATION_FAILED, exc.message, data)
+        return protocol.error_line(id_, protocol.INTERNAL_ERROR, "Internal error; see the daemon's log.")
 
     def _too_long(self) -> None:
         self.write(protocol.error_line(None, protocol.INVALID_REQUEST, "Line longer than 1 MiB; closing."))
         self.close()
 
     # -- output --------------------------------------------------------------------------------------
+    #
+    # While the client is behind (the transport holds bytes the socket would not take), further lines wait
+    # in ``queue`` as they are. Every subscriber's queue holds the same event line objects, so a crowd of
+    # subscribers that stopped reading costs pointers, not a copy of each event for each of them (a
+    # transport's own buffer copies on Python 3.11). When the transport has sent all it had, it gets the next
+    # chunk (resume_writing).
 
     def write(self, line: bytes) -> None:
-        if not self.closed and self.transport is not None:
+        """Every line to the client goes through here, in order, so that the server counts what waits."""
+        if self.closed or self.transport is None:
+            return
+        if self.behind:
+            self.queue.append(line)
+            self.queued += len(line)
+        else:
             self.transport.write(line)
+            if not self.behind:  # the socket took it all: the usual case
+                return
+            self.unsent = self.transport.get_write_buffer_size()
+        self._recount()
+
+    def _take(self, limit: int) -> bytes:
+        """The queue's first lines, at least ``limit`` bytes of them (or all), as one piece."""
+        count = size = 0
+        for line in self.queue:
+            if size >= limit:
+                break
+            count += 1
+            size += len(line)
+        chunk = b"".join(self.queue[:count])
+        del self.queue[:count]
+        self.queued -= size
+        return chunk
+
+    def _recount(self) -> None:
+        self.server.count(self, self.unsent + self.queued)
 
     def send(self, line: bytes) -> bool:
         """Event sink for the bus: False (and disconnect) when this client has stopped reading."""
         if self.closed or self.transport is None:
             return False
-        if self.transport.get_write_buffer_size() > self.server.queue_limit:
+        reply = _CAUSE.get()
+        if reply is not None and reply.conn is not self:
+            reply = None  # caused by another connection's request, or by one of ours already answered
+        if reply is not None or self.held:
+            self.held.append((line, reply))  # after that answer, and after the events held before it
+            return True
+        return self._deliver(line)
+
+    def release(self) -> None:
+        """Sends the held events whose replies are out, in order, up to the first that must still wait."""
+        ready = 0
+        for _, reply in self.held:
+            if reply is not None and reply.conn is not None:
+                break
+            ready += 1
+        lines = [line for line, _ in self.held[:ready]]
+        del self.held[:ready]
+        for line in lines:
+            if not self._deliver(line):
+                self.held.clear()
+                return
+
+    def _deliver(self, line: bytes) -> bool:
+        if self.backlog > self.server.queue_limit and self.measure() > self.server.queue_limit:
             log.warning("disconnected a subscriber that stopped reading events")
-            self.transport.abort()
-            self.closed = True
+            self.abort()
             return False
-        self.transport.write(line)
-        return True
+        self.write(line)
+        return not self.closed  # the total bound may have cut us off
+
+    def measure(self) -> int:
+        """Replaces the counted backlog with the exact figure (the client may have read some since)."""
+        assert self.transport is not None
+        self.unsent = self.transport.get_write_buffer_size()
+        self.server.count(self, self.unsent + self.queued, shed=False)
+        return self.backlog
 
     def close(self) -> None:
         """Closes after what is already written has been sent: a client that stops reading keeps it open."""
         if not self.closed and self.transport is not None:
+            if self.queue:
+                self.transport.write(self._take(self.queued))
             self.closed = True
             self.transport.close()
 
@@ -184,6 +373,9 @@ class Connection(asyncio.BufferedProtocol):
         if self.transport is not None:
             self.closed = True
             self.transport.abort()
+            self.queue.clear()
+            self.queued = self.unsent = 0
+            self.server.count(self, 0)
 
 
 class IpcServer:
@@ -194,6 +386,7 @@ class IpcServer:
         *,
         on_activity: Callable[[], None] = lambda: None,
         queue_limit: int = QUEUE_LIMIT,
+        total_limit: int = TOTAL_LIMIT,
     ) -> None:
         missing = set(protocol.METHODS) - set(handlers)
         if missing:
@@ -202,8 +395,11 @@ class IpcServer:
         self.bus = bus
         self.touch = on_activity
         self.queue_limit = queue_limit
+        self.total_limit = total_limit
         self.uid = os.getuid()
         self.connections: set[Connection] = set()
+        self.behind: set[Connection] = set()  # connections with bytes waiting, counted in ``backlog``
+        self.backlog = 0  # bytes waiting for all connections together (see Connection.backlog)
         self.tasks: set[asyncio.Future] = set()
         self.read_view = memoryview(bytearray(READ_SIZE))  # shared by all connections, see the module doc
         self._server: asyncio.AbstractServer | None = None
@@ -211,8 +407,45 @@ class IpcServer:
         self._owned_ino: int | None = None
         self._all_gone: asyncio.Event | None = None  # set when the last connection is gone, during close()
 
+    def count(self, conn: Connection, size: int, *, shed: bool = True) -> None:
+        """Records that ``size`` bytes wait for ``conn``; past the total bound, sheds the furthest behind."""
+        grew = size > conn.backlog
+        self.backlog += size - conn.backlog
+        conn.backlog = size
+        if size:
+            self.behind.add(conn)
+        else:
+            self.behind.discard(conn)
+        if shed and grew and self.backlog > self.total_limit:
+            self._shed()
+
+    def _shed(self) -> None:
+        """The count passed the bound. It can only be too high (a client that took part of what its transport
+        held is not noticed until it has taken all of it), so measure first; if it is really over, disconnect
+        the connections with the most waiting until a quarter of the bound is free again."""
+        for conn in list(self.behind):
+            conn.measure()
+        if self.backlog <= self.total_limit:
+            return
+        goal = self.total_limit * 3 // 4
+        dropped = freed = 0
+        for conn in sorted(self.behind, key=lambda c: c.backlog, reverse=True):
+            if self.backlog <= goal:
+                break
+            freed += conn.backlog
+            dropped += 1
+            conn.abort()
+        log.warning(
+            "disconnected %d client(s) that stopped reading: %.1f MiB waited for them, more than the %.0f MiB "
+            "all clients together may have waiting",
+            dropped,
+            freed / 2**20,
+            self.total_limit / 2**20,
+        )
+
     def forget(self, conn: Connection) -> None:
         self.connections.discard(conn)
+        self.count(conn, 0)
         self.bus.unsubscribe(conn)
         if not self.connections and self._all_gone is not None:
             self._all_gone.set()

@@ -194,10 +194,12 @@ class Daemon:
         assert ctl is not None
 
         def subscribe(conn: Any, p: dict) -> dict:
-            wanted = p.get("events")  # protocol.parse_request checked it is a list of strings
-            if wanted is not None and set(wanted) - set(ALL_EVENTS):
+            wanted = p.get("events")  # protocol.check_request checked it is a list of strings (or absent)
+            unknown = set(wanted or ()) - set(ALL_EVENTS)
+            if unknown:  # the subscription stays as it was
                 raise protocol.ProtocolError(
-                    protocol.INVALID_PARAMS, "Invalid params: events must be names from " + ", ".join(ALL_EVENTS)
+                    protocol.INVALID_PARAMS,
+                    f"Invalid params: no event {sorted(unknown)[0][:64]!r}; events are " + ", ".join(ALL_EVENTS),
                 )
             return {"events": self.bus.subscribe(conn, wanted)}
 

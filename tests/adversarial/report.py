@@ -179,7 +179,7 @@ MUTANTS = [
     (
         "Subscriber queue limit",
         "daemon/ipc_server.py",
-        "if self.transport.get_write_buffer_size() > self.server.queue_limit:",
+        "if self.backlog > self.server.queue_limit and self.measure() > self.server.queue_limit:",
         "if False:",
         ["tests/integration/test_daemon_lifecycle.py::test_slow_subscriber_dropped_fast_one_gets_everything"],
     ),
@@ -189,6 +189,40 @@ MUTANTS = [
         "protocol.MAX_LINE",
         "(1 << 62)",
         ["tests/adversarial/test_bad_input.py::test_line_over_one_mib_closes_that_connection_only"],
+    ),
+    (
+        "Bound on the bytes waiting for all socket clients together",
+        "daemon/ipc_server.py",
+        "if shed and grew and self.backlog > self.total_limit:",
+        "if False:",
+        [
+            "tests/adversarial/test_bad_input.py::test_subscribers_that_stop_reading_cannot_take_the_daemons_memory",
+            "tests/unit/test_ipc_server.py::test_stuck_subscribers_share_the_event_lines_and_the_furthest_behind_go_first",
+        ],
+    ),
+    (
+        "Stuck clients' queues share the event lines (no copy per client)",
+        "daemon/ipc_server.py",
+        "        if self.behind:\n            self.queue.append(line)",
+        "        if False:\n            self.queue.append(line)",
+        ["tests/adversarial/test_bad_input.py::test_subscribers_that_stop_reading_cannot_take_the_daemons_memory"],
+    ),
+    (
+        "Numbers beyond a double (1e999) are a parse error",
+        "core/protocol.py",
+        "json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)",
+        "json.JSONDecoder(parse_constant=_reject_constant)",
+        ["tests/adversarial/test_bad_input.py::test_numbers_beyond_json_get_a_json_reply"],
+    ),
+    (
+        "No NaN or Infinity is ever encoded (allow_nan=False)",
+        "core/protocol.py",
+        "allow_nan=False",
+        "allow_nan=True",
+        [
+            "tests/unit/test_protocol.py::test_no_line_is_ever_written_with_nan_or_infinity",
+            "tests/unit/test_ipc_server.py::test_a_result_that_is_not_json_gets_an_internal_error",
+        ],
     ),
     (
         "Open-file limit raised at start",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -60,7 +61,8 @@ def _read_all(s: socket.socket, timeout: float, until_id=None) -> tuple[list[dic
         buf += chunk
         while b"\n" in buf:
             line, buf = buf.split(b"\n", 1)
-            replies.append(json.loads(line))
+            reply = json.loads(line)
+            replies.extend(reply if isinstance(reply, list) else [reply])  # a batch's answers, one by one
         if until_id is not None and any(r.get("id") == until_id for r in replies):
             break
     return replies, closed
@@ -246,10 +248,11 @@ def test_deeply_nested_json(mdaemon, depth):
     assert_healthy(d)
 
 
+# null is not here: an optional param given as null is one left out (docs/protocol.md).
 WRONG = {
-    bool: ["yes", 1, 0, 1.5, None, [], {}, [True]],
-    str: [1, True, None, [], {}, ["x"], 2.5],
-    list: ["openrouter-auth-complete", 1, True, None, {}, [1], [None], [["x"]], ["no-such-event"]],
+    bool: ["yes", 1, 0, 1.5, [], {}, [True]],
+    str: [1, True, [], {}, ["x"], 2.5],
+    list: ["openrouter-auth-complete", 1, True, {}, [1], [None], [["x"]], ["no-such-event"]],
 }
 
 
@@ -259,7 +262,7 @@ def _wrong_type_cases():
             for value in WRONG[types[0]]:
                 yield method, {name: value}
         yield method, {"not_a_param": 1}
-        for params in ([], "x", 3, True):
+        for params in ([1], ["x", True], "x", 3, True):  # positional params are refused, [] is no params
             yield method, params
         if any(required for _, required in spec.values()):
             yield method, {}
@@ -401,6 +404,193 @@ def test_two_thousand_idle_connections(spawn):
     while open_fds(pid) > fds0 + 4 and time.monotonic() < deadline:
         time.sleep(0.1)
     assert open_fds(pid) <= fds0 + 4
+    assert_healthy(d)
+
+
+# -- numbers that are not JSON ------------------------------------------------------------------------
+
+
+def _strict(line: bytes):
+    def refuse(name: str):
+        raise AssertionError(f"{name} in a line from the daemon: {line[:200]!r}")
+
+    return json.loads(line, parse_constant=refuse)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b'{"jsonrpc":"2.0","id":1e999,"method":"oauth.cancel"}',
+        b'{"jsonrpc":"2.0","id":-1e999,"method":"status"}',
+        b'{"jsonrpc":"2.0","id":NaN,"method":"status"}',
+        b'{"jsonrpc":"2.0","id":-Infinity,"method":"status"}',
+        b'{"jsonrpc":"2.0","id":1,"method":"oauth.cancel","params":{"session_id":1e999}}',
+        b'{"jsonrpc":"2.0","id":"x","method":"status","extra":[{"n":123e456}]}',
+        b'[{"jsonrpc":"2.0","id":1,"method":"status"},{"jsonrpc":"2.0","id":1e999,"method":"status"}]',
+        b'{"jsonrpc":"2.0","method":"oauth.cancel","id":2.5e308}',
+    ],
+    ids=["id-1e999", "id--1e999", "id-NaN", "id--Infinity", "param", "extra-member", "batch", "id-2.5e308"],
+)
+def test_numbers_beyond_json_get_a_json_reply(mdaemon, line):
+    """A request with 1e999, NaN or Infinity anywhere in it: one -32700 reply with "id": null that a strict
+    JSON parser accepts (never "id": Infinity), nothing run, and the connection keeps working.
+
+    Defence: protocol's finite-number check when parsing (and allow_nan=False when encoding)."""
+    d = mdaemon
+    d.call("oauth.start")
+    s = _connect_unix(d.socket)
+    s.settimeout(10)
+    f = s.makefile("rwb")
+    try:
+        f.write(line + b"\n" + b'{"jsonrpc":"2.0","id":"after","method":"status"}\n')
+        f.flush()
+        first, second = f.readline(), f.readline()
+        assert _strict(first) == {
+            "jsonrpc": "2.0",
+            "id": None,
+            "error": {
+                "code": protocol.PARSE_ERROR,
+                "message": "Parse error: NaN, Infinity and numbers beyond the range of a double are not JSON",
+            },
+        }
+        assert _strict(second)["id"] == "after" and "result" in _strict(second)
+        assert _strict(second)["result"]["flow"]["status"] == "pending"  # the oauth.cancel never ran
+    finally:
+        f.close()
+        s.close()
+    assert_healthy(d)
+
+
+# -- subscribers that stop reading ----------------------------------------------------------------------
+
+
+def _unread(sock: socket.socket) -> int:
+    """Bytes in this client's receive queue: what the kernel holds for it, not the daemon."""
+    import array
+    import fcntl
+    import termios
+
+    buf = array.array("i", [0])
+    fcntl.ioctl(sock.fileno(), termios.FIONREAD, buf)
+    return buf[0]
+
+
+class _LineReader(threading.Thread):
+    """A subscriber that reads everything: the size and seq of every event line, in arrival order."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(daemon=True)
+        self.sock = _connect_unix(path)
+        self.sock.settimeout(None)  # it waits as long as the test has no events for it
+        self.sock.sendall(b'{"jsonrpc":"2.0","id":1,"method":"subscribe"}\n')
+        self.events: list[tuple[int, int]] = []  # (seq, bytes on the wire)
+        self.seen = threading.Condition()
+
+    def run(self) -> None:
+        buf = b""
+        while chunk := self.sock.recv(1 << 16):
+            *lines, buf = (buf + chunk).split(b"\n")
+            with self.seen:
+                for line in lines:
+                    msg = json.loads(line)
+                    if msg.get("method") == "event":
+                        self.events.append((msg["params"]["seq"], len(line) + 1))
+                self.seen.notify_all()
+
+    def wait_for(self, seq: int) -> None:
+        with self.seen:
+            assert self.seen.wait_for(lambda: self.events and self.events[-1][0] >= seq, 30), "events stopped"
+
+    def bytes_after(self, seq: int) -> int:
+        with self.seen:
+            return sum(size for s, size in self.events if s > seq)
+
+
+def _stuck_subscribers(path: Path, n: int) -> list[socket.socket]:
+    socks = []
+    for _ in range(n):
+        s = _connect_unix(path)
+        s.settimeout(10)
+        s.sendall(b'{"jsonrpc":"2.0","id":1,"method":"subscribe"}\n')
+        reply = b""
+        while not reply.endswith(b"\n"):  # one short reply, then this client never reads again
+            reply += s.recv(1)
+        assert b'"result"' in reply
+        socks.append(s)
+    return socks
+
+
+def _drain(sock: socket.socket, last_seq: int) -> bool:
+    """Reads a stuck client's backlog: True if it holds every event up to ``last_seq``, False if the daemon
+    closed it first (it was dropped)."""
+    buf = b""
+    while True:
+        try:
+            chunk = sock.recv(1 << 16)
+        except ConnectionResetError:
+            return False
+        if not chunk:
+            return False
+        buf += chunk
+        if f'"seq":{last_seq},'.encode() in buf:
+            return True
+
+
+def test_subscribers_that_stop_reading_cannot_take_the_daemons_memory(daemon_factory):
+    """300 subscribers stop reading while logins are restarted over and over (two events each time), until
+    more than 40 MiB would be waiting for them, none of them near its own 256 KiB bound: the daemon drops
+    the ones furthest behind (the 240 that subscribed first) to stay under its 32 MiB total, keeps the 60
+    newer ones, loses nothing for a subscriber that reads, and its memory grows by a fraction of what waits.
+
+    Defence: ipc_server.IpcServer's bound on the bytes waiting for all connections (TOTAL_LIMIT), with
+    queues that share the event lines instead of copying them."""
+    _raise_nofile(4096)
+    d = daemon_factory()
+    pid = d.proc.pid
+    actor = d.client(timeout=30)
+    reader = _LineReader(d.socket)
+    reader.start()
+    actor.call("oauth.start")  # a login is pending: from now on each restart publishes two events
+    reader.wait_for(1)
+    rss0 = rss_kib(pid)
+    early = _stuck_subscribers(d.socket, 240)
+    early_after = 1  # the last seq published before they subscribed
+    restarts, late, late_after = 0, [], None
+    try:
+        while True:
+            actor.call("oauth.start", {"restart": True})
+            restarts += 1
+            if restarts % 10:
+                continue
+            last = 1 + 2 * restarts
+            reader.wait_for(last)
+            if late_after is None and restarts == 60:
+                late, late_after = _stuck_subscribers(d.socket, 60), last
+            waiting = [reader.bytes_after(early_after) - _unread(s) for s in early]
+            if late_after is not None:
+                waiting += [reader.bytes_after(late_after) - _unread(s) for s in late]
+            # What the daemon would hold without its total bound (dropped clients are counted as if kept).
+            assert max(waiting) < 240 * 1024, "a client neared its own bound: this test cannot tell the two apart"
+            if sum(waiting) > 40 * 2**20:
+                break
+        peak_rss = rss_kib(pid)
+        subscribers = actor.call("status")["subscribers"]
+        assert 1 + len(early) + len(late) - subscribers > 0, "nobody was dropped: the total is not bounded"
+        assert all(_drain(s, last) for s in late), "a newer subscriber was dropped before older ones"
+        kept_early = sum(_drain(s, last) for s in early)
+        assert kept_early == subscribers - 1 - len(late) < len(early)
+        assert peak_rss - rss0 < 16 * 1024, f"RSS grew by {peak_rss - rss0} KiB: the queues copy the events"
+    finally:
+        for s in early + late:
+            s.close()
+        actor.close()
+    reader.wait_for(last)
+    assert [seq for seq, _ in reader.events] == list(range(1, last + 1))  # the reader lost nothing
+    reader.sock.shutdown(socket.SHUT_RDWR)
+    reader.join(10)
+    reader.sock.close()
+    assert "all clients together may have waiting" in d.log()
+    assert "disconnected a subscriber that stopped reading" not in d.log()  # the per-client bound never acted
     assert_healthy(d)
 
 

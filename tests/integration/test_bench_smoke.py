@@ -22,6 +22,14 @@ def test_bench_smoke_writes_a_report(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     text = out.read_text()
     assert "Smoke run" in text
-    for title in ("CLI latency", "IPC round trip", "Event fan-out", "Callback path", "Footprint", "Under flood"):
+    for title in (
+        "CLI latency",
+        "IPC round trip",
+        "Event fan-out",
+        "Callback path",
+        "Footprint",
+        "Under flood",
+        "stop reading",
+    ):
         assert title in text, f"section {title!r} missing:\n{text}"
     assert "The section failed" not in text, text

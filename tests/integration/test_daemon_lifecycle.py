@@ -96,6 +96,9 @@ def test_other_uid_client_is_refused(daemon_factory):
     )
     assert "Permission denied" in done.stdout, done.stderr
     assert '"result"' not in done.stdout
+    error = json.loads(done.stdout)["error"]
+    assert error["code"] == -32000 and f"uid {nobody.pw_uid}" in error["message"]
+    assert error["data"]["kind"] == "PermissionDenied" and "convocationsd of your own" in error["data"]["hint"]
     assert "refused a socket client running as uid" in d.log()
 
 
@@ -106,7 +109,7 @@ def test_malformed_json_rpc_keeps_connection_usable(daemon_factory):
     f = s.makefile("rwb")
     for bad, code in [
         (b"{nope\n", -32700),
-        (b"[1,2]\n", -32600),
+        (b"[]\n", -32600),
         (b'{"jsonrpc":"2.0","id":1,"method":"x"}\n', -32601),
         (b'{"jsonrpc":"2.0","id":2,"method":"oauth.start","params":{"restart":"yes"}}\n', -32602),
         (b"\xff\xfe\n", -32700),

@@ -105,10 +105,20 @@ def test_subscribe_returns_sorted_names_and_empty_filter_gets_nothing(bus):
     assert bus.subscribe(s, iter([KEY_CHANGED, AUTH_STARTED, KEY_CHANGED])) == [AUTH_STARTED, KEY_CHANGED]
     e = Sink()
     assert bus.subscribe(e, []) == []
+    assert len(bus) == 1  # subscribed to nothing is not subscribed: status does not count it
     for name in ALL_EVENTS:
         bus.publish(name, {})
     assert e.lines == []
     assert len(s.lines) == 2
+
+
+def test_an_empty_filter_ends_a_subscription(bus):
+    s = Sink()
+    bus.subscribe(s)
+    assert bus.subscribe(s, []) == [] and len(bus) == 0
+    bus.publish(KEY_CHANGED, {})
+    assert s.lines == []
+    assert bus.subscribe(s, None) == sorted(ALL_EVENTS) and len(bus) == 1
 
 
 def test_resubscribe_replaces_filter(bus):

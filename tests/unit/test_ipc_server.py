@@ -138,3 +138,322 @@ async def test_notification_errors_are_logged_never_answered(short_tmp, caplog):
     assert error["code"] == protocol.OPERATION_FAILED and error["data"]["kind"] == "ConvError"
     client.close()
     await server.close()
+
+
+# -- replies before the events they caused ---------------------------------------------------------
+
+
+class Line:
+    """A blocking line reader over a client socket, used from a thread."""
+
+    def __init__(self, path: str) -> None:
+        self.sock = connect(path)
+        self.sock.settimeout(10)
+        self.file = self.sock.makefile("rwb")
+
+    def send(self, obj) -> None:
+        self.file.write((obj if isinstance(obj, bytes) else json.dumps(obj).encode()) + b"\n")
+        self.file.flush()
+
+    async def read(self):
+        return json.loads(await asyncio.to_thread(self.file.readline))
+
+    def nothing_waiting(self) -> bool:
+        self.sock.setblocking(False)
+        try:
+            return not self.sock.recv(1, socket.MSG_PEEK)  # b"": closed, which is not "nothing" either
+        except BlockingIOError:
+            return True
+        finally:
+            self.sock.settimeout(10)
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+
+def request(id_, method, params=None) -> dict:
+    msg = {"jsonrpc": "2.0", "id": id_, "method": method}
+    if params is not None:
+        msg["params"] = params
+    return msg
+
+
+async def subscribed(path: str, bus: EventBus) -> Line:
+    client = Line(path)
+    client.send(request(0, "subscribe"))
+    assert "result" in await client.read()  # written after the subscription took effect
+    return client
+
+
+async def test_the_reply_comes_before_the_events_its_request_caused(short_tmp):
+    bus = EventBus()
+
+    def start_login(conn, params):
+        bus.publish("openrouter-auth-complete", {"cancelled": "the old one"})
+        bus.publish("openrouter-auth-started", {"new": True})
+        return {"session_id": "s"}
+
+    async def store(conn, params):
+        await asyncio.sleep(0)
+        bus.publish("openrouter-key-changed", {"stored": True})
+        return {"stored": True}
+
+    server, path = await start(short_tmp, bus, table=handlers(bus, **{"oauth.start": start_login, "secret.set": store}))
+    client = await subscribed(path, bus)
+    client.send(request(1, "oauth.start"))
+    assert (await client.read())["id"] == 1  # before the events, although they were published first
+    assert [(await client.read())["params"]["seq"] for _ in range(2)] == [1, 2]
+    client.send(request(2, "secret.set", {"key": "k"}))  # a handler that waits: the same rule
+    assert (await client.read())["id"] == 2
+    assert (await client.read())["params"]["event"] == "openrouter-key-changed"
+    client.close()
+    await server.close()
+
+
+async def test_events_wait_in_order_behind_a_reply_not_yet_written(short_tmp):
+    bus = EventBus()
+    gate = asyncio.Event()
+
+    async def slow_clear(conn, params):
+        bus.publish("openrouter-key-changed", {"stored": False})  # caused by this request: after its reply
+        await gate.wait()
+        return {"cleared": True}
+
+    def cancel(conn, params):
+        bus.publish("openrouter-auth-complete", {"cancelled": True})  # caused by another client's request
+        return {"cancelled": True}
+
+    server, path = await start(
+        short_tmp, bus, table=handlers(bus, **{"secret.clear": slow_clear, "oauth.cancel": cancel})
+    )
+    waiting, watcher, other = await subscribed(path, bus), await subscribed(path, bus), Line(path)
+    waiting.send(request(1, "secret.clear"))
+    assert (await watcher.read())["params"]["seq"] == 1
+    other.send(request(2, "oauth.cancel"))
+    assert (await other.read())["id"] == 2
+    assert (await watcher.read())["params"]["seq"] == 2  # a client with nothing pending gets events at once
+    # Event 2 is not caused by the pending request, but it may not overtake event 1, which waits for it.
+    assert waiting.nothing_waiting()
+    gate.set()
+    assert (await waiting.read())["id"] == 1
+    assert [(await waiting.read())["params"]["seq"] for _ in range(2)] == [1, 2]
+    for c in (waiting, watcher, other):
+        c.close()
+    await server.close()
+
+
+async def test_an_event_from_a_timer_of_an_answered_request_is_not_held(short_tmp):
+    bus = EventBus()
+
+    def start_login(conn, params):  # the timer inherits the request's context, long after its reply
+        asyncio.get_running_loop().call_later(0.01, bus.publish, "openrouter-auth-complete", {"timeout": True})
+        return {"session_id": "s"}
+
+    server, path = await start(short_tmp, bus, table=handlers(bus, **{"oauth.start": start_login}))
+    client = await subscribed(path, bus)
+    client.send(request(1, "oauth.start"))
+    assert (await client.read())["id"] == 1
+    assert (await client.read())["params"]["data"] == {"timeout": True}
+    client.close()
+    await server.close()
+
+
+async def test_a_notification_is_not_answered_and_its_events_are_not_held(short_tmp):
+    bus = EventBus()
+
+    def cancel(conn, params):
+        bus.publish("openrouter-auth-complete", {"cancelled": True})
+        return {"cancelled": True}
+
+    server, path = await start(short_tmp, bus, table=handlers(bus, **{"oauth.cancel": cancel}))
+    client = await subscribed(path, bus)
+    client.send({"jsonrpc": "2.0", "method": "oauth.cancel"})
+    client.send(request(None, "status"))  # "id": null is a request: answered, with null
+    assert (await client.read())["params"]["seq"] == 1
+    assert await client.read() == {"jsonrpc": "2.0", "id": None, "result": {}}
+    client.close()
+    await server.close()
+
+
+# -- batches ---------------------------------------------------------------------------------------
+
+
+async def test_a_batch_is_answered_in_one_line_once_its_slowest_member_is_done(short_tmp):
+    bus = EventBus()
+    gate = asyncio.Event()
+
+    async def slow_get(conn, params):
+        await gate.wait()
+        return {"key": None}
+
+    def cancel(conn, params):
+        bus.publish("openrouter-auth-complete", {"cancelled": True})
+        return {"cancelled": True}
+
+    table = handlers(bus, **{"secret.get": slow_get, "oauth.cancel": cancel})
+    server, path = await start(short_tmp, bus, table=table)
+    client, watcher = await subscribed(path, bus), await subscribed(path, bus)
+    client.send(
+        json.dumps(
+            [
+                request(1, "oauth.cancel"),
+                request("two", "secret.get"),
+                {"jsonrpc": "2.0", "method": "status"},
+                {"foo": "boo"},
+                request(5, "nope"),
+            ]
+        ).encode()
+    )
+    assert (await watcher.read())["params"]["seq"] == 1  # the batch has run up to its waiting member
+    assert client.nothing_waiting()  # neither the answer nor the event caused by member 1
+    gate.set()
+    answers = await client.read()
+    assert answers == [
+        {"jsonrpc": "2.0", "id": 1, "result": {"cancelled": True}},
+        {"jsonrpc": "2.0", "id": "two", "result": {"key": None}},
+        {
+            "jsonrpc": "2.0",
+            "id": None,
+            "error": {"code": -32600, "message": 'Invalid request: "jsonrpc" must be "2.0"'},
+        },
+        {"jsonrpc": "2.0", "id": 5, "error": {"code": -32601, "message": "Method not found: 'nope'"}},
+    ]
+    assert (await client.read())["params"]["seq"] == 1
+    # A batch of notifications only gets no line at all: the next line answers the next request.
+    client.send(b'[{"jsonrpc":"2.0","method":"status"},{"jsonrpc":"2.0","method":"nope"}]')
+    client.send(request(6, "status"))
+    assert await client.read() == {"jsonrpc": "2.0", "id": 6, "result": {}}
+    for c in (client, watcher):
+        c.close()
+    await server.close()
+
+
+async def test_a_result_that_is_not_json_gets_an_internal_error(short_tmp, caplog):
+    bus = EventBus()
+    table = handlers(bus, status=lambda conn, params: {"usage": float("nan")})
+    server, path = await start(short_tmp, bus, table=table)
+    client = Line(path)
+    with caplog.at_level(logging.ERROR, logger="convocationsd.daemon.ipc_server"):
+        client.send(request(1, "status"))
+        reply = await client.read()
+    assert reply == {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "error": {"code": protocol.INTERNAL_ERROR, "message": "Internal error; see the daemon's log."},
+    }
+    assert "not JSON compliant" in caplog.text
+    client.send(b'[{"jsonrpc":"2.0","id":2,"method":"status"},{"jsonrpc":"2.0","id":3,"method":"secret.status"}]')
+    assert [r.get("error", {}).get("code") for r in await client.read()] == [protocol.INTERNAL_ERROR, None]
+    client.close()
+    await server.close()
+
+
+# -- clients that stop reading ---------------------------------------------------------------------
+
+
+class Recorder:
+    """A sink that keeps every line object the bus hands out."""
+
+    def __init__(self) -> None:
+        self.lines: list[bytes] = []
+
+    def send(self, line: bytes) -> bool:
+        self.lines.append(line)
+        return True
+
+
+async def stuck_subscriber(server: ipc_server.IpcServer, path: str, bus: EventBus):
+    """A subscriber that never reads after its subscribe reply, with its server-side Connection. The
+    server's socket buffer is made small so that its queue starts filling after a few events."""
+    known = set(server.connections)
+    client = await subscribed(path, bus)
+    (conn,) = set(server.connections) - known
+    conn.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    return client, conn
+
+
+async def test_stuck_subscribers_share_the_event_lines_and_the_furthest_behind_go_first(short_tmp):
+    bus = EventBus()
+    recorder = Recorder()
+    bus.subscribe(recorder)
+    total_limit = 96 * 1024
+    server, path = await start(short_tmp, bus, queue_limit=2**30, total_limit=total_limit)
+    reader = connect(path)
+    reader.sendall(b'{"jsonrpc":"2.0","id":1,"method":"subscribe"}\n')
+    received: list[bytes] = []
+    thread = threading.Thread(target=read_all, args=(reader, received), daemon=True)
+    thread.start()
+    await until(lambda: len(bus) == 2)
+    early = [await stuck_subscriber(server, path, bus) for _ in range(6)]
+    pad = "x" * 1000
+    for i in range(40):  # about 40 KiB each for the early ones: 240 KiB in all, past the bound
+        bus.publish("openrouter-key-changed", {"i": i, "pad": pad})
+        assert server.backlog <= total_limit
+    late = [await stuck_subscriber(server, path, bus) for _ in range(2)]
+    for i in range(40, 60):
+        bus.publish("openrouter-key-changed", {"i": i, "pad": pad})
+        assert server.backlog <= total_limit  # the bound holds after every event
+    await asyncio.sleep(0)  # connection_lost of those cut off runs now
+    gone = [conn for _, conn in early if conn not in server.connections]
+    assert gone and all(conn in server.connections for _, conn in late)  # the furthest behind went first
+    assert server.backlog == sum(conn.backlog for conn in server.connections)
+    # What waits for a stuck subscriber is the bus's own line objects: one copy for all of them.
+    for _, conn in late:
+        assert conn.queue and all(line is recorder.lines[-len(conn.queue) + k] for k, line in enumerate(conn.queue))
+    for client, _ in early + late:
+        client.close()
+    await until(lambda: len(server.connections) == 1 and server.backlog == 0)
+    bus.publish("openrouter-auth-complete", {"last": True})
+    await asyncio.wait_for(server.close(), 10)
+    await asyncio.to_thread(thread.join, 10)
+    lines = b"".join(received).splitlines()
+    assert [json.loads(line)["params"]["seq"] for line in lines[1:]] == list(range(1, 62))  # the reader lost nothing
+    reader.close()
+
+
+async def test_a_subscriber_that_falls_behind_and_reads_again_gets_every_event_in_order(short_tmp):
+    bus = EventBus()
+    server, path = await start(short_tmp, bus, queue_limit=2**30, total_limit=2**30)
+    client, conn = await stuck_subscriber(server, path, bus)
+    pad = "x" * 1000
+    for i in range(100):
+        bus.publish("openrouter-key-changed", {"i": i, "pad": pad})
+    assert len(conn.queue) > 50 and conn.backlog > 50_000  # most of it waits in the queue
+
+    def read_events(count: int) -> list[int]:
+        seqs, buf = [], b""
+        while len(seqs) < count:
+            buf += client.sock.recv(1 << 16)
+            *lines, buf = buf.split(b"\n")
+            seqs += [json.loads(line)["params"]["seq"] for line in lines]
+        return seqs
+
+    assert await asyncio.to_thread(read_events, 100) == list(range(1, 101))
+    await until(lambda: conn.backlog == 0 and not conn.queue)
+    assert server.backlog == 0 and conn in server.connections
+    client.close()
+    await server.close()
+
+
+async def test_a_client_that_shuts_down_its_sending_side_still_gets_its_answers(short_tmp):
+    """What a shell pipe does (``echo '{…}' | socat - UNIX-CONNECT:…``): the answers, then the close."""
+    bus = EventBus()
+    gate = asyncio.Event()
+
+    async def slow_status(conn, params):
+        await gate.wait()
+        return {"stored": False, "backend": None}
+
+    server, path = await start(short_tmp, bus, table=handlers(bus, **{"secret.status": slow_status}))
+    client = connect(path)
+    client.sendall(b'{"jsonrpc":"2.0","id":1,"method":"secret.status"}\n{"jsonrpc":"2.0","id":2,"method":"status"}\n')
+    client.shutdown(socket.SHUT_WR)
+    await until(lambda: server.tasks)
+    gate.set()
+    received: list[bytes] = []
+    await asyncio.to_thread(read_all, client, received)  # returns at the daemon's close
+    assert [json.loads(line)["id"] for line in b"".join(received).splitlines()] == [2, 1]
+    await until(lambda: not server.connections)
+    client.close()
+    await server.close()

@@ -1,4 +1,4 @@
-"""JSON-RPC 2.0 lines: parse errors, request checks, parameter checks for every method, encoding."""
+"""JSON-RPC 2.0 lines: parse errors, request checks, batches, parameter checks for every method, encoding."""
 
 from __future__ import annotations
 
@@ -15,10 +15,11 @@ from convocationsd.core.protocol import (
     INVALID_REQUEST,
     METHOD_NOT_FOUND,
     METHODS,
+    NO_ID,
     PARSE_ERROR,
     ProtocolError,
     Request,
-    parse_request,
+    parse_line,
 )
 
 ALL_CODES = {PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS}
@@ -37,7 +38,7 @@ def req(method: str, params=None, id_=1, **extra) -> bytes:
 
 def err(raw: bytes) -> ProtocolError:
     with pytest.raises(ProtocolError) as ei:
-        parse_request(raw)
+        parse_line(raw)
     assert isinstance(ei.value.message, str) and ei.value.message
     assert str(ei.value) == ei.value.message
     return ei.value
@@ -94,6 +95,7 @@ def test_constants():
     assert (PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS) == (-32700, -32600, -32601, -32602)
     assert protocol.INTERNAL_ERROR == -32603
     assert protocol.MAX_LINE == 1024 * 1024
+    assert protocol.VERSION == 1
 
 
 def test_methods_cover_the_contract():
@@ -145,8 +147,8 @@ def test_parse_error(raw):
 # -- -32600 ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("value", [[], [1], [{"jsonrpc": "2.0", "id": 1, "method": "status"}], "x", 1, 1.5, True, None])
-def test_non_object_is_invalid_request(value):
+@pytest.mark.parametrize("value", ["x", 1, 1.5, True, None, []])
+def test_non_object_nor_batch_is_invalid_request(value):
     e = err(line(value))
     assert e.code == INVALID_REQUEST and e.id is None
 
@@ -178,13 +180,30 @@ def test_method_not_a_string(method):
 
 @pytest.mark.parametrize("good_id", [0, -1, 2**53, 1.5, "", "abc", "ünï", None])
 def test_good_ids_are_preserved(good_id):
-    r = parse_request(req("status", id_=good_id))
+    r = parse_line(req("status", id_=good_id))
     assert r.id == good_id and type(r.id) is type(good_id)
 
 
-def test_missing_id_is_a_notification():
-    r = parse_request(line({"jsonrpc": "2.0", "method": "status"}))
-    assert r == Request(None, "status", {})
+def test_missing_id_is_a_notification_and_null_is_not():
+    assert parse_line(line({"jsonrpc": "2.0", "method": "status"})) == Request(NO_ID, "status", {})
+    assert parse_line(line({"jsonrpc": "2.0", "method": "status", "id": None})) == Request(None, "status", {})
+    assert repr(NO_ID) == "NO_ID"
+
+
+def test_a_notification_with_a_bad_method_or_params_is_not_answered():
+    # JSON-RPC 2.0: a notification is never answered, so its error goes nowhere (id NO_ID).
+    assert err(line({"jsonrpc": "2.0", "method": "foobar"})).id is NO_ID
+    assert err(line({"jsonrpc": "2.0", "method": "secret.set", "params": {}})).id is NO_ID
+
+
+@pytest.mark.parametrize(
+    "msg",
+    [{"jsonrpc": "1.0", "method": "status"}, {"method": "status"}, {"jsonrpc": "2.0", "method": 1, "params": "bar"}],
+)
+def test_an_invalid_request_without_id_is_answered_with_null(msg):
+    # Not a valid request object, so not a notification either: the spec's own example answers it.
+    e = err(line(msg))
+    assert e.code == INVALID_REQUEST and e.id is None
 
 
 # -- -32601 ----------------------------------------------------------------------------------------
@@ -204,14 +223,91 @@ def test_unknown_method_message_is_truncated():
     assert len(e.message) < 200
 
 
+# -- batches ---------------------------------------------------------------------------------------
+
+
+def test_batch_members_are_checked_one_by_one_in_order():
+    out = parse_line(
+        line(
+            [
+                {"jsonrpc": "2.0", "id": "1", "method": "status"},
+                {"jsonrpc": "2.0", "method": "oauth.cancel"},
+                1,
+                {"foo": "boo"},
+                {"jsonrpc": "2.0", "id": "5", "method": "foo.get"},
+                {"jsonrpc": "2.0", "id": None, "method": "secret.set", "params": ["k"]},
+                {"jsonrpc": "2.0", "method": "nope"},
+                [{"jsonrpc": "2.0", "id": 2, "method": "status"}],
+            ]
+        )
+    )
+    assert out[:2] == [Request("1", "status", {}), Request(NO_ID, "oauth.cancel", {})]
+    assert all(isinstance(e, ProtocolError) for e in out[2:])
+    assert [(e.code, e.id) for e in out[2:]] == [
+        (INVALID_REQUEST, None),
+        (INVALID_REQUEST, None),
+        (METHOD_NOT_FOUND, "5"),
+        (INVALID_PARAMS, None),
+        (METHOD_NOT_FOUND, NO_ID),  # a notification: not answered
+        (INVALID_REQUEST, None),  # batches do not nest
+    ]
+
+
+def test_a_batch_of_one_is_still_a_batch():
+    assert parse_line(line([{"jsonrpc": "2.0", "id": 1, "method": "status"}])) == [Request(1, "status", {})]
+
+
+def test_batch_size_is_bounded():
+    one = {"jsonrpc": "2.0", "id": 1, "method": "status"}
+    assert len(parse_line(line([one] * protocol.MAX_BATCH))) == protocol.MAX_BATCH
+    e = err(line([one] * (protocol.MAX_BATCH + 1)))
+    assert e.code == INVALID_REQUEST and e.id is None and str(protocol.MAX_BATCH) in e.message
+
+
+def test_empty_batch_is_one_invalid_request():
+    e = err(b"[]")
+    assert e.code == INVALID_REQUEST and e.id is None and "at least one" in e.message
+
+
+def test_batch_that_is_not_json_is_one_parse_error():
+    e = err(b'[{"jsonrpc": "2.0", "method": "sum", "params": [1,2,4], "id": "1"},{"jsonrpc": "2.0", "method"]')
+    assert e.code == PARSE_ERROR and e.id is None
+
+
 # -- -32602 ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("params", [[], [True], "x", 1, True])
+@pytest.mark.parametrize("params", ["x", 1, True])
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_params_not_an_object(method, params):
     e = err(req(method, params, id_=3))
     assert e.code == INVALID_PARAMS and e.id == 3
+
+
+@pytest.mark.parametrize("params", [[True], ["sk-or-v1-abc"], [None], [{}]])
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_positional_params_are_refused_with_a_pointer_to_named_ones(method, params):
+    e = err(req(method, params, id_=3))
+    assert e.code == INVALID_PARAMS and e.id == 3
+    if METHODS[method]:
+        assert "named params" in e.message and "object" in e.message
+        assert all(f'"{name}"' in e.message for name in METHODS[method])
+    else:
+        assert e.message == f"Invalid params: {method} takes no params"
+
+
+def test_an_empty_array_is_no_params():
+    assert parse_line(req("status", [])).params == {}
+    e = err(req("secret.set", [], id_=5))  # zero positional params: the required one is missing
+    assert e.code == INVALID_PARAMS and "'key'" in e.message
+
+
+def test_an_optional_param_given_as_null_is_left_out():
+    assert parse_line(req("subscribe", {"events": None})).params == {}
+    assert parse_line(req("oauth.cancel", {"session_id": None})).params == {}
+    assert parse_line(req("oauth.exchange", {"code": "c", "session_id": None})).params == {"code": "c"}
+    e = err(req("secret.set", {"key": None}))
+    assert e.code == INVALID_PARAMS and "needs 'key'" in e.message
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
@@ -238,7 +334,7 @@ def test_wrong_type_for_every_param(method, name, value):
 @pytest.mark.parametrize(("method", "name", "value"), RIGHT_TYPE_CASES)
 def test_right_type_for_every_param(method, name, value):
     params = {**required_params(method), name: value}
-    r = parse_request(req(method, params, id_="r"))
+    r = parse_line(req(method, params, id_="r"))
     assert r == Request("r", method, params)
 
 
@@ -256,23 +352,23 @@ def test_bool_is_not_an_int_and_int_is_not_a_bool():
     assert err(req("oauth.start", {"restart": 1})).code == INVALID_PARAMS
     assert err(req("oauth.start", {"restart": 0})).code == INVALID_PARAMS
     assert err(req("oauth.start", {"restart": "true"})).code == INVALID_PARAMS
-    assert parse_request(req("oauth.start", {"restart": False})).params == {"restart": False}
+    assert parse_line(req("oauth.start", {"restart": False})).params == {"restart": False}
 
 
 def test_bool_rejected_where_int_is_expected(monkeypatch):
     # No current method takes an int; the rule is generic, so check it with a synthetic one.
     monkeypatch.setitem(METHODS, "test.int", {"n": ((int,), True)})
-    assert parse_request(req("test.int", {"n": 5})).params == {"n": 5}
+    assert parse_line(req("test.int", {"n": 5})).params == {"n": 5}
     for bad in (True, False):
         e = err(req("test.int", {"n": bad}))
         assert e.code == INVALID_PARAMS and "'n'" in e.message
 
 
 def test_params_absent_or_null_means_empty():
-    assert parse_request(req("status")).params == {}
-    assert parse_request(req("status", id_=1, params=None)).params == {}
-    assert parse_request(line({"jsonrpc": "2.0", "id": 1, "method": "status", "params": None})).params == {}
-    assert parse_request(req("oauth.start", {})).params == {}
+    assert parse_line(req("status")).params == {}
+    assert parse_line(req("status", id_=1, params=None)).params == {}
+    assert parse_line(line({"jsonrpc": "2.0", "id": 1, "method": "status", "params": None})).params == {}
+    assert parse_line(req("oauth.start", {})).params == {}
 
 
 def test_errors_checked_in_order():
@@ -285,17 +381,17 @@ def test_errors_checked_in_order():
 
 
 def test_valid_requests():
-    assert parse_request(req("oauth.start", {"restart": True}, id_=1)) == Request(1, "oauth.start", {"restart": True})
-    assert parse_request(req("secret.set", {"key": "sk-or-v1-abc"}, id_="k")) == Request(
+    assert parse_line(req("oauth.start", {"restart": True}, id_=1)) == Request(1, "oauth.start", {"restart": True})
+    assert parse_line(req("secret.set", {"key": "sk-or-v1-abc"}, id_="k")) == Request(
         "k", "secret.set", {"key": "sk-or-v1-abc"}
     )
     # a str line is also accepted by json.loads; the framing gives bytes, trailing newline is fine
-    assert parse_request(req("status") + b"\n").method == "status"
-    assert parse_request(b'  {"jsonrpc":"2.0","id":1,"method":"status"}\r\n').method == "status"
+    assert parse_line(req("status") + b"\n").method == "status"
+    assert parse_line(b'  {"jsonrpc":"2.0","id":1,"method":"status"}\r\n').method == "status"
 
 
 def test_non_ascii_params_decoded():
-    r = parse_request(req("secret.set", {"key": "ключ-🔑"}))
+    r = parse_line(req("secret.set", {"key": "ключ-🔑"}))
     assert r.params["key"] == "ключ-🔑"
 
 
@@ -305,7 +401,7 @@ def test_non_ascii_params_decoded():
 def test_lone_surrogate_id_can_be_answered():
     raw = b'{"jsonrpc":"2.0","id":"\\ud800","method":"nope"}'
     try:
-        parse_request(raw)
+        parse_line(raw)
     except ProtocolError as e:
         out = protocol.error_line(e.id, e.code, e.message)
     else:
@@ -313,10 +409,32 @@ def test_lone_surrogate_id_can_be_answered():
     assert json.loads(out)["jsonrpc"] == "2.0"
 
 
-@pytest.mark.parametrize("token", [b"NaN", b"Infinity", b"-Infinity"])
+NON_FINITE = [b"NaN", b"Infinity", b"-Infinity", b"1e999", b"-1e999", b"1.5e400", b"123456789e999"]
+
+
+@pytest.mark.parametrize("token", NON_FINITE)
 def test_non_finite_id_rejected(token):
-    e = err(b'{"jsonrpc":"2.0","id":' + token + b',"method":"status"}')
-    assert e.code in (PARSE_ERROR, INVALID_REQUEST)
+    e = err(b'{"jsonrpc":"2.0","id":' + token + b',"method":"oauth.cancel"}')
+    assert e.code == PARSE_ERROR and e.id is None
+    assert "Infinity" in e.message and "not JSON" in e.message
+
+
+@pytest.mark.parametrize("token", NON_FINITE)
+@pytest.mark.parametrize(
+    "template",
+    [
+        b'{"jsonrpc":"2.0","id":1,"method":"oauth.cancel","params":{"session_id":%s}}',
+        b'{"jsonrpc":"2.0","id":1,"method":"status","x":[[{"y":%s}]]}',
+        b'[{"jsonrpc":"2.0","id":1,"method":"status"},{"jsonrpc":"2.0","id":%s,"method":"status"}]',
+    ],
+)
+def test_non_finite_number_anywhere_rejects_the_line(template, token):
+    assert err(template % token).code == PARSE_ERROR
+
+
+@pytest.mark.parametrize("value", [1e308, -1e308, 5e-324, 0.0, -0.0, 1.5])
+def test_finite_floats_are_fine(value):
+    assert parse_line(req("status", id_=value)).id == value
 
 
 @pytest.mark.parametrize("events", [[1], [{}], [None], [1, "openrouter-key-changed"], [["x"]]])
@@ -351,6 +469,20 @@ def test_result_line_falsy_results(result):
     assert assert_one_line(protocol.result_line("i", result)) == {"jsonrpc": "2.0", "id": "i", "result": result}
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_no_line_is_ever_written_with_nan_or_infinity(bad):
+    # The parser keeps them out of ids; anything else (a result, event data) is refused at encoding.
+    for make in (
+        lambda: protocol.result_line(1, {"usage": bad}),
+        lambda: protocol.error_line(1, -32000, "m", {"x": [bad]}),
+        lambda: protocol.event_line(1, "e", {"x": bad}),
+        lambda: protocol.request_line(1, "status", {"x": bad}),
+        lambda: protocol.result_line(bad, {}),
+    ):
+        with pytest.raises(ValueError):
+            make()
+
+
 def test_error_line_without_and_with_data():
     assert assert_one_line(protocol.error_line(None, PARSE_ERROR, "Parse error")) == {
         "jsonrpc": "2.0",
@@ -375,6 +507,15 @@ def test_event_line():
     assert "id" not in json.loads(out)
 
 
+def test_batch_line():
+    out = protocol.batch_line([protocol.result_line("1", {"a": 1}), protocol.error_line(None, -32600, "bad")])
+    assert assert_one_line(out) == [
+        {"jsonrpc": "2.0", "id": "1", "result": {"a": 1}},
+        {"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": "bad"}},
+    ]
+    assert protocol.batch_line([protocol.result_line(1, None)]) == b'[{"jsonrpc":"2.0","id":1,"result":null}]\n'
+
+
 def test_request_line_omits_empty_params():
     assert assert_one_line(protocol.request_line(1, "status")) == {"jsonrpc": "2.0", "id": 1, "method": "status"}
     assert "params" not in json.loads(protocol.request_line(1, "status", {}))
@@ -382,10 +523,10 @@ def test_request_line_omits_empty_params():
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
-def test_request_line_round_trips_through_parse_request(method):
+def test_request_line_round_trips_through_parse_line(method):
     params = required_params(method)
-    for id_ in (1, "x", 0):
-        assert parse_request(protocol.request_line(id_, method, params)) == Request(id_, method, params)
+    for id_ in (1, "x", 0, None):
+        assert parse_line(protocol.request_line(id_, method, params)) == Request(id_, method, params)
 
 
 def test_non_ascii_stays_utf8():
@@ -438,11 +579,23 @@ def requestish(draw):
 
 def _check(raw: bytes):
     try:
-        r = parse_request(raw)
+        r = parse_line(raw)
     except ProtocolError as e:
         assert e.code in ALL_CODES
         assert isinstance(e.message, str) and e.message
         return e
+    if isinstance(r, list):
+        assert 1 <= len(r) <= protocol.MAX_BATCH
+        for member in r:
+            if isinstance(member, ProtocolError):
+                assert member.code in ALL_CODES - {PARSE_ERROR} and member.message
+            else:
+                _check_request(member)
+        return r
+    return _check_request(r)
+
+
+def _check_request(r):
     assert isinstance(r, Request)
     spec = METHODS[r.method]
     assert isinstance(r.params, dict) and set(r.params) <= set(spec)
@@ -454,43 +607,62 @@ def _check(raw: bytes):
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=200))
-def test_parse_request_on_arbitrary_bytes(raw):
+def test_parse_line_on_arbitrary_bytes(raw):
     _check(raw)
 
 
 @settings(max_examples=300)
 @given(json_values)
-def test_parse_request_on_arbitrary_json(value):
+def test_parse_line_on_arbitrary_json(value):
     _check(json.dumps(value).encode())
 
 
 @settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
 @given(requestish())
-def test_parse_request_on_request_shaped_objects(msg):
+def test_parse_line_on_request_shaped_objects(msg):
     try:
         line = json.dumps(msg, ensure_ascii=False, allow_nan=False).encode()
     except ValueError:  # NaN/Infinity are not JSON; the parser rejects them (see test_non_finite_id_rejected)
         return
     out = _check(line)
-    id_ = msg.get("id")
-    id_ok = id_ is None or (isinstance(id_, (str, int, float)) and not isinstance(id_, bool))
+    id_ = msg.get("id", NO_ID)
+    id_ok = id_ is None or id_ is NO_ID or (isinstance(id_, (str, int, float)) and not isinstance(id_, bool))
     if isinstance(out, ProtocolError):
         assert out.code != PARSE_ERROR
-        if id_ok:
-            assert out.id == id_ or (isinstance(id_, float) and math.isnan(id_))
-        else:
+        if not id_ok:
             assert out.id is None
-        # every error can be answered with a well-formed line
-        assert_one_line(protocol.error_line(out.id, out.code, out.message))
+        elif out.code == INVALID_REQUEST:  # answered even without an id
+            assert out.id == (None if id_ is NO_ID else id_)
+        else:
+            assert out.id == id_ or (isinstance(id_, float) and math.isnan(id_))
+        if out.id is not NO_ID:  # every error that is answered can be, with a well-formed line
+            assert_one_line(protocol.error_line(out.id, out.code, out.message))
     else:
         assert out.id == id_ and out.method == msg["method"]
-        assert_one_line(protocol.result_line(out.id, {"ok": True}))
+        if out.id is not NO_ID:
+            assert_one_line(protocol.result_line(out.id, {"ok": True}))
 
 
-@given(ids, st.dictionaries(st.text(max_size=8), json_values, max_size=4))
+finite_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=10),
+    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(ids, st.dictionaries(st.text(max_size=8), finite_json_values, max_size=4))
 def test_result_line_round_trips(id_, result):
     out = protocol.result_line(id_, result)
     decoded = json.loads(out)
     assert out.endswith(b"\n") and out.count(b"\n") == 1
-    assert decoded["id"] == id_ or (id_ != id_)
+    assert decoded["id"] == id_
     assert json.dumps(decoded["result"], sort_keys=True) == json.dumps(result, sort_keys=True)
+
+
+@given(ids, json_values)
+def test_a_reply_line_is_strict_json_or_refused(id_, result):
+    try:
+        out = protocol.result_line(id_, result)
+    except ValueError:  # NaN or Infinity somewhere in it: refused, never sent
+        return
+    json.loads(out, parse_constant=lambda name: pytest.fail(f"{name} in a reply line"))
