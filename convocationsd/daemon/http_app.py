@@ -193,10 +193,11 @@ async def result(request: web.Request) -> web.StreamResponse:
 
 async def status_json(request: web.Request) -> web.StreamResponse:
     # Any local user can reach loopback HTTP, so this copy leaves out the pending flow's authorize URL
-    # (its state would help a login-CSRF) and the account's label and usage; the same-uid socket's
-    # `status` has both.
+    # (its state would help a login-CSRF), the account's label and usage, and the settings and the last
+    # store's outcome (paths, keyring errors); the same-uid socket's `status` has them all.
     status = dict(request.app[CONTROLLER].status())
-    status.pop("account", None)
+    for private in ("account", "settings", "last_store"):
+        status.pop(private, None)
     if status["flow"]:
         status["flow"] = {k: v for k, v in status["flow"].items() if k != "auth_url"}
     return _json(status)

@@ -300,7 +300,8 @@ class Daemon:
             await self._openrouter.close()
         if self._desktop is not None:
             await self._desktop.close()
-        log.info("stopped")
+        if ctl is not None:  # it started: a start that failed says why instead
+            log.info("stopped")
 
 
 async def serve(
