@@ -33,10 +33,10 @@ def _settings():
     return config.load({}, os.environ).settings  # the daemon's own resolver: the same backend, timeout, URL
 
 
-def _direct_store():
+def _direct_store(s=None):
     from convocationsd.store.select import open_store
 
-    s = _settings()
+    s = s or _settings()
     return open_store(s.config_path, forced_backend=s.secret_backend, keyring_timeout=s.keyring_timeout_seconds)
 
 
@@ -51,8 +51,9 @@ def set_key(socket: str | None, key: str, *, verify: bool = True) -> dict:
     reply = _via_daemon(socket, "secret.set", {"key": key, "verify": verify})
     if reply is not None:
         return reply
-    unchecked = check_with_openrouter(_settings().openrouter_url, key) if verify else None
-    result = {"stored": True, "backend": _direct_store().set(key)}
+    settings = _settings()
+    unchecked = check_with_openrouter(settings.openrouter_url, key) if verify else None
+    result = {"stored": True, "backend": _direct_store(settings).set(key)}
     if verify:
         result.update(verified=unchecked is None, not_verified_because=unchecked)
     return result
