@@ -89,9 +89,9 @@ async def test_a_setting_appended_below_the_old_table_is_warned_about_then_moved
     assert d.call("secret.get") == {"key": key}
 
 
-def test_an_invalid_value_stops_the_daemon_with_words_not_python(short_tmp):
+def test_an_invalid_value_stops_the_daemon_with_words_not_python(short_tmp, daemon_factory):
     config = write_config(short_tmp, 'http_port = "three thousand"\n')
-    d = start_daemon(short_tmp, wait=False, RCONV_HTTP_PORT="")
+    d = daemon_factory(wait=False, RCONV_HTTP_PORT="")  # killed at teardown should it run after all
     assert d.proc.wait(20) == 2
     log = d.log()
     assert f"Invalid http_port from http_port in {config}: must be a whole port number from 1 to 65535" in log

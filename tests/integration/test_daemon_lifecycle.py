@@ -42,7 +42,7 @@ def test_busy_port_falls_back_loudly_when_allowed(daemon_factory, family, host):
 
 
 @pytest.mark.parametrize("chosen", ["env", "flag", "config"])
-def test_a_busy_port_the_person_chose_is_an_error(short_tmp, chosen):
+def test_a_busy_port_the_person_chose_is_an_error(short_tmp, daemon_factory, chosen):
     """A chosen port is a promise: no silent fallback; exit 1 naming the port, where it was chosen and who holds it."""
     port = free_port()
     holder = subprocess.Popen(
@@ -58,7 +58,7 @@ def test_a_busy_port_the_person_chose_is_an_error(short_tmp, chosen):
             (short_tmp / "cfg" / "convocations").mkdir(parents=True)
             (short_tmp / "cfg" / "convocations" / "config.toml").write_text(f"http_port = {port}\n")
         env, args = how.get(chosen, ({}, ()))
-        d = start_daemon(short_tmp, wait=False, args=args, **{"RCONV_HTTP_PORT": "", **env})
+        d = daemon_factory(wait=False, args=args, **{"RCONV_HTTP_PORT": "", **env})  # killed at teardown if it runs
         assert d.proc.wait(20) == 1
         log = d.log()
         source = {"env": "RCONV_HTTP_PORT", "flag": "--port", "config": "http_port in "}[chosen]
