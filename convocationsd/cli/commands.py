@@ -54,11 +54,19 @@ def status(args: argparse.Namespace, out: Any) -> int:
         out.print(f"key:      {_account_line(account)}")
     flow = st.get("flow")
     if flow:
-        line = f"login:    {flow['status']} (session {flow['session_id']})"
-        if flow.get("error"):
-            line += f": {flow['error']['message']}"
-        out.print(line)
+        out.print(f"login:    {_login_line(flow)}")
     return EXIT_OK
+
+
+def _login_line(flow: dict) -> str:
+    """A pending login as the current state; a finished one as history (the key may have changed since)."""
+    started = str(flow.get("created_at") or "").replace("T", " ").replace("Z", " UTC")
+    if flow.get("status") in ("pending", "exchanging"):
+        return f"{flow['status']} (session {flow['session_id']}, started {started})"
+    line = f"none pending; the last one {flow.get('status')} (session {flow['session_id']}, started {started})"
+    if flow.get("error"):
+        line += f": {flow['error']['message']}"
+    return line
 
 
 def _status_with_account(c: Client, wait: float = 3.0) -> dict:
@@ -83,7 +91,7 @@ def _money(value: Any) -> str:
 
 def _account_line(account: dict) -> str:
     if account.get("valid") is False:
-        return account.get("message") or "linked key is no longer valid - run `convctl oauth start`"
+        return account.get("message") or "the stored key is not accepted by OpenRouter - run `convctl oauth start`"
     if account.get("message"):
         return str(account["message"])
     limit = account.get("limit")
@@ -102,7 +110,10 @@ def oauth(args: argparse.Namespace, out: Any) -> int:
     if args.action == "cancel":
         with _client(args) as c:
             cancelled = c.call("oauth.cancel")["cancelled"]
-        out.print("cancelled the pending login" if cancelled else "no login was pending")
+        if args.json:
+            out.json({"cancelled": cancelled})
+        else:
+            out.print("cancelled the pending login" if cancelled else "no login was pending")
         return EXIT_OK
     return oauth_start(args, out)
 
@@ -132,8 +143,11 @@ def oauth_start(args: argparse.Namespace, out: Any) -> int:
                 data = _wait(c, session, args.timeout, out, quiet=args.json)
         except KeyboardInterrupt:
             c.call("oauth.cancel", {"session_id": session})
-            out.err("", "cancelled; the pending login was ended. Run `convctl oauth start` to try again.")
-            return EXIT_FAILED
+            if not args.json:
+                out.err("")  # off the line ^C was echoed on
+            raise ConvError(
+                "cancelled; the pending login was ended.", "Run `convctl oauth start` to try again."
+            ) from None
         except (UsageError, _CodesRejected):
             c.call("oauth.cancel", {"session_id": session})  # no usable code: do not leave the login pending
             raise
@@ -147,9 +161,12 @@ def oauth_start(args: argparse.Namespace, out: Any) -> int:
             ) from None
         if data is None:
             c.call("oauth.cancel", {"session_id": session})
-            out.err("", f"convctl: no answer within {args.timeout:g} s; the login was cancelled.")
-            out.err("Run `convctl oauth start` again (with a longer --timeout) and approve it in the browser.")
-            return EXIT_FAILED
+            if not args.json:
+                out.err("")
+            raise ConvError(
+                f"no answer within {args.timeout:g} s; the login was cancelled.",
+                "Run `convctl oauth start` again (with a longer --timeout) and approve it in the browser.",
+            )
     code = _report(data, out, args.json)
     if code == EXIT_OK and not args.json:
         _show_account(args, out)
@@ -351,23 +368,41 @@ def _summary(data: dict) -> str:
 # -- secret ------------------------------------------------------------------------------------------
 
 
+NO_KEY_HINT = "Link your account with `convctl oauth start`, or store a key with `convctl secret set-openrouter-key`."
+
+
 def secret(args: argparse.Namespace, out: Any) -> int:
     from convocationsd.cli import secret_ops
 
     if args.action == "status":
         st = secret_ops.status(args.socket)
-        if getattr(args, "json", False):
+        if args.json:
             out.json(st)
         else:
             out.print(f"stored in {st['backend']}" if st["stored"] else "no key stored")
         return EXIT_OK
     if args.action == "clear-openrouter-key":
-        cleared = secret_ops.clear(args.socket)["cleared"]
-        out.print("key removed" if cleared else "no key was stored")
+        result = secret_ops.clear(args.socket)
+        if args.json:
+            out.json(result)
+        else:
+            out.print("key removed" if result["cleared"] else "no key was stored")
         return EXIT_OK
+    if args.action == "get-openrouter-key":
+        return _print_key(args, out)
     key = _read_key(out)
-    result = secret_ops.set_key(args.socket, key)
-    out.print(f"key stored in {result['backend']}")
+    result = secret_ops.set_key(args.socket, key, verify=not args.no_verify)
+    if args.json:
+        out.json(result)
+    elif result.get("verified"):
+        out.print(f"key stored in {result['backend']} (OpenRouter accepts it)")
+    else:
+        out.print(f"key stored in {result['backend']} (not checked with OpenRouter)")
+        if result.get("not_verified_because"):
+            out.err(
+                f"note: {str(result['not_verified_because']).rstrip('.')}, so the key was stored without being "
+                "checked; `convctl status` shows whether OpenRouter accepts it once it can be reached."
+            )
     return EXIT_OK
 
 
@@ -383,18 +418,80 @@ def _read_key(out: Any) -> str:
     return check_key(key)
 
 
+def _print_key(args: argparse.Namespace, out: Any) -> int:
+    """The key on stdout, for scripts. A terminal would keep it on screen and in its scrollback."""
+    from convocationsd.cli import secret_ops
+
+    if out.stdout.isatty() and not args.show:
+        raise UsageError(
+            "Not printing the key to a terminal, where it would stay on screen and in the scrollback.",
+            "Use it from a script (`KEY=$(convctl secret get-openrouter-key)`) or with `convctl exec -- COMMAND`; "
+            "add --show to print it here anyway.",
+        )
+    key = secret_ops.get(args.socket)
+    if key is None:
+        raise ConvError("No OpenRouter key is stored.", NO_KEY_HINT)
+    if args.json:
+        out.json({"key": key})
+    else:
+        out.print(key)
+    return EXIT_OK
+
+
+# -- exec --------------------------------------------------------------------------------------------
+
+
+class CommandNotFound(ConvError):
+    exit_code = 127  # what a shell and env(1) answer
+
+
+class CommandNotRunnable(ConvError):
+    exit_code = 126
+
+
+def exec_command(args: argparse.Namespace, out: Any) -> int:
+    """Replaces convctl with COMMAND, the key in its environment: its exit status (or signal) is convctl's,
+    and the key is in no command line, no output of ours and no log."""
+    from convocationsd.cli import secret_ops
+
+    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    if not argv:
+        raise UsageError("No command to run.", "Usage: convctl exec -- COMMAND [ARGS...]")
+    key = secret_ops.get(args.socket)
+    if key is None:
+        raise ConvError("No OpenRouter key is stored, so there is nothing to give the command.", NO_KEY_HINT)
+    env = {**os.environ, "OPENROUTER_API_KEY": key}
+    out.stdout.flush()
+    out.stderr.flush()
+    try:
+        os.execvpe(argv[0], argv, env)
+    except FileNotFoundError:
+        raise CommandNotFound(f"{argv[0]}: command not found.", "Check its name and your PATH.") from None
+    except OSError as e:
+        raise CommandNotRunnable(
+            f"{argv[0]}: cannot run it ({e.strerror or e}).", "Check that it is an executable file."
+        ) from None
+    return EXIT_FAILED  # not reached: exec returns only by raising
+
+
 # -- service, doctor ---------------------------------------------------------------------------------
 
 
 def service(args: argparse.Namespace, out: Any) -> int:
+    import io
+
     from convocationsd.cli import service_install
 
+    # Each step is printed as it happens; with --json they are collected and printed as one object.
+    sink = io.StringIO() if args.json else out.stdout
     if args.action == "uninstall":
-        service_install.uninstall(dry_run=args.dry_run, out=out.stdout)
+        lines = service_install.uninstall(dry_run=args.dry_run, out=sink)
     elif args.action == "install":
-        service_install.install(dry_run=args.dry_run, out=out.stdout, http_port=service_http_port())
+        lines = service_install.install(dry_run=args.dry_run, out=sink, http_port=service_http_port())
     else:
-        service_install.status(out=out.stdout, http_port=service_http_port())
+        lines = service_install.status(out=sink, http_port=service_http_port())
+    if args.json:
+        out.json({"steps": lines})
     return EXIT_OK  # they report what they did and raise ConvError on a failure
 
 
@@ -402,14 +499,9 @@ def service_http_port(env: Any = os.environ) -> int:
     """The port the HTTP socket unit (or plist) listens on: the daemon's own http_port setting, i.e.
     RCONV_HTTP_PORT, else ``http_port`` in config.toml, else 3000. Resolved the daemon's way, so a bad
     value is reported as the daemon would report it."""
-    from convocationsd.common import paths
-    from convocationsd.common.settings import resolve
-    from convocationsd.store import configfile
+    from convocationsd.store import config
 
-    config_path = paths.config_path(env)
-    settings = resolve(
-        {}, env, configfile.load(config_path), socket_path=paths.socket_path(env), config_path=config_path
-    )
+    settings = config.load({}, env).settings
     if settings.http_port == 0:
         raise UsageError(
             "http_port 0 (any free port) cannot be used for a service: the socket unit needs a fixed port.",

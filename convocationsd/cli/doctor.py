@@ -2,8 +2,13 @@
 
 Checks: the daemon (running? which port?), who holds the HTTP port on 127.0.0.1 and ::1 (named through
 /proc on Linux, ``lsof`` elsewhere when present), whether the callback URL OpenRouter is sent reaches
-this daemon (a fallback port is the usual cause of OpenRouter's HTTP 409), the linked key, which secret
-backend a new key would go to and why, file modes, and whether OpenRouter's base URL answers.
+this daemon (a fallback port is the usual cause of OpenRouter's HTTP 409), the linked key, where new keys
+go and where the last one went, what config.toml says that nothing reads, file modes, and whether
+OpenRouter's base URL answers.
+
+Doctor judges the daemon the person runs: while one runs, its OpenRouter address, port, config file,
+secret backend and the outcome of its last store come from its `status`; only when none runs does doctor
+use convctl's own settings, and it says so.
 
 It runs inside convctl, so it stays light: stdlib only (urllib, not aiohttp); ``keyring`` is imported
 inside its one check. Exit 0 only when every check passes.
@@ -16,24 +21,26 @@ import json
 import os
 import socket
 import stat
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from convocationsd.common import paths, proc_net
-from convocationsd.common.settings import Settings
+from convocationsd.common import paths, port_owners
+from convocationsd.common.settings import DEFAULT, Settings, config_problems
 from convocationsd.core import pkce
 from convocationsd.core.errors import ConvError, UntrustedSocket
+from convocationsd.store import config as config_mod
 from convocationsd.store import configfile
 from convocationsd.store.keyring_backend import probe_keyring
 
-DEFAULT_PORT = Settings.http_port
-DEFAULT_OPENROUTER = Settings.openrouter_url
 CALLBACK_PATH = pkce.CALLBACK_PATH
 START_FIX = (
     "Start it with `convocationsd` (or `systemctl --user start convocationsd.socket`), then run `convctl doctor` again."
+)
+KEYRING_HOWTO = (
+    "To keep keys in an OS keyring instead, run a Secret Service (gnome-keyring, KeePassXC) in your session and "
+    "unlock it, then store the key again (`convctl oauth start`)."
 )
 
 
@@ -42,16 +49,19 @@ class Check:
     check: str
     ok: bool
     verdict: str
-    fix: str = ""
+    fix: str = ""  # what to do, when not ok
+    note: str = ""  # worth knowing, when ok
 
 
 @dataclass
 class Context:
     env: Mapping[str, str]
     socket_path: Path | None  # None when no safe runtime directory can be named (daemon_error says why)
-    config_path: Path
+    config_path: Path  # the daemon's config file while it runs, else convctl's
     config: dict[str, Any]
-    config_error: str | None
+    config_error: str | None  # the file cannot be read or parsed
+    mine: config_mod.Loaded | None = None  # convctl's own settings (None: they do not resolve)
+    mine_error: str | None = None
     status: dict[str, Any] | None = None  # the daemon's IPC status, when it runs
     daemon_error: str | None = None
     daemon_fix: str | None = None  # when it is not "start the daemon"
@@ -60,151 +70,27 @@ class Context:
 # -- small helpers ----------------------------------------------------------------------------------------
 
 
+def setting(ctx: Context, name: str) -> tuple[Any, str]:
+    """(value, whose it is and where it came from): the running daemon's, or convctl's when none runs."""
+    reported = ((ctx.status or {}).get("settings") or {}).get(name)
+    if isinstance(reported, dict) and "value" in reported:
+        return reported["value"], f"the daemon's, from {reported.get('source') or DEFAULT}"
+    whose = "convctl's own (no daemon runs to ask)" if ctx.status is None else "convctl's own (the daemon does not say)"
+    if ctx.mine is None:
+        return getattr(Settings, name), f"{whose}, {DEFAULT}"
+    return getattr(ctx.mine.settings, name), f"{whose}, from {ctx.mine.sources.get(name, DEFAULT)}"
+
+
 def preferred_port(ctx: Context) -> int:
-    """The port the person asked for: RCONV_HTTP_PORT, else config http_port, else 3000 (convctl's view)."""
-    for raw in (ctx.env.get("RCONV_HTTP_PORT"), ctx.config.get("http_port")):
-        if raw is None or isinstance(raw, bool):
-            continue
-        try:
-            port = int(raw)
-        except (TypeError, ValueError):
-            continue
-        if 0 < port < 65536:
-            return port
-    return DEFAULT_PORT
+    """The port the daemon was asked to take (its http_port setting; convctl's when no daemon runs)."""
+    port = setting(ctx, "http_port")[0]
+    if port == 0 and ctx.status is not None:  # 0: "any free port", so the one it took
+        port = ctx.status.get("port")
+    return port if isinstance(port, int) and not isinstance(port, bool) and port > 0 else Settings.http_port
 
 
-def openrouter_url(ctx: Context) -> tuple[str, str]:
-    """(base URL, where it came from)."""
-    if ctx.env.get("CONVOCATIONS_OPENROUTER_URL"):
-        return ctx.env["CONVOCATIONS_OPENROUTER_URL"].rstrip("/"), "CONVOCATIONS_OPENROUTER_URL"
-    if isinstance(ctx.config.get("openrouter_url"), str):
-        return ctx.config["openrouter_url"].rstrip("/"), f"openrouter_url in {ctx.config_path}"
-    return DEFAULT_OPENROUTER, "the default"
-
-
-# -- who listens on a port --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Listener:
-    address: str  # as the kernel reports it: "127.0.0.1", "0.0.0.0", "::1", "::"
-    port: int
-    inode: int
-    pid: int | None = None
-    name: str | None = None
-    cmdline: str | None = None
-
-    def describe(self) -> str:
-        if self.pid is None:
-            return "another process (its owner is not visible to you: another user's, or a container's)"
-        what = self.name or "a process"
-        cmd = f": {self.cmdline}" if self.cmdline and self.cmdline != self.name else ""
-        return f"{what} (pid {self.pid}{cmd})"
-
-
-def proc_listeners(port: int, proc: Path = Path("/proc")) -> list[Listener]:
-    """TCP listeners on ``port`` from /proc/net/tcp and tcp6, owners resolved through /proc/*/fd."""
-    found = [
-        Listener(entry.local[0], port, entry.inode)
-        for entry in proc_net.read_tables(proc)
-        if entry.state == proc_net.LISTEN and entry.local[1] == port
-    ]
-    if not found:
-        return found
-    owners = _socket_owners({entry.inode for entry in found}, proc)
-    result = []
-    for entry in found:
-        pid = owners.get(entry.inode)
-        if pid is None:
-            result.append(entry)
-            continue
-        result.append(
-            Listener(entry.address, port, entry.inode, pid, _read(proc / str(pid) / "comm"), _cmdline(proc, pid))
-        )
-    return result
-
-
-def _read(path: Path) -> str | None:
-    try:
-        return path.read_text(errors="replace").strip() or None
-    except OSError:
-        return None
-
-
-def _cmdline(proc: Path, pid: int) -> str | None:
-    try:
-        raw = (proc / str(pid) / "cmdline").read_bytes()
-    except OSError:
-        return None
-    text = " ".join(" ".join(part.decode(errors="replace").split()) for part in raw.split(b"\0") if part)
-    return text[:120] + ("..." if len(text) > 120 else "") if text else None
-
-
-def _socket_owners(inodes: set[int], proc: Path) -> dict[int, int]:
-    owners: dict[int, int] = {}
-    wanted = {f"socket:[{inode}]": inode for inode in inodes}
-    try:
-        pids = [entry.name for entry in os.scandir(proc) if entry.name.isdigit()]
-    except OSError:
-        return owners
-    for pid in pids:
-        try:
-            fds = os.scandir(proc / pid / "fd")
-        except OSError:  # another user's process, or gone
-            continue
-        with fds:
-            for fd in fds:
-                try:
-                    target = os.readlink(fd.path)
-                except OSError:
-                    continue
-                if target in wanted:
-                    owners.setdefault(wanted[target], int(pid))
-        if len(owners) == len(wanted):
-            break
-    return owners
-
-
-def lsof_listeners(port: int) -> list[Listener] | None:
-    """macOS and other systems without /proc: ``lsof`` when present, else None (unknown)."""
-    import shutil
-    import subprocess
-
-    lsof = shutil.which("lsof")
-    if lsof is None:
-        return None
-    try:
-        done = subprocess.run(
-            [lsof, "-nP", f"-iTCP:{port}", "-sTCP:LISTEN", "-Fpcn"], capture_output=True, text=True, timeout=5
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    result, pid, name = [], None, None
-    for line in done.stdout.splitlines():
-        tag, value = line[:1], line[1:]
-        if tag == "p":
-            pid = int(value)
-        elif tag == "c":
-            name = value
-        elif tag == "n":
-            host = value.rsplit(":", 1)[0].strip("[]")
-            result.append(Listener({"*": "::", "localhost": "127.0.0.1"}.get(host, host), port, 0, pid, name))
-    return result
-
-
-def listeners(port: int) -> list[Listener] | None:
-    if sys.platform.startswith("linux") and Path("/proc/net/tcp").exists():
-        return proc_listeners(port)
-    return lsof_listeners(port)
-
-
-def _covers(listener: Listener, address: str) -> bool:
-    if listener.address == address:
-        return True
-    if address == "127.0.0.1":
-        return listener.address in ("0.0.0.0", "::", "::ffff:0.0.0.0")
-    return listener.address == "::"
+def _when(iso: str | None) -> str:
+    return (iso or "").replace("T", " ").replace("Z", " UTC") or "at an unknown time"
 
 
 def _bind_free(family: int, address: str, port: int) -> bool | None:
@@ -244,11 +130,11 @@ def check_port(ctx: Context, port: int | None = None) -> Check:
     port = port or preferred_port(ctx)
     daemon_pid = ctx.status.get("pid") if ctx.status else None
     daemon_port = ctx.status.get("port") if ctx.status else None
-    found = listeners(port)
+    found = port_owners.listeners(port)
     problems, ours, free = [], [], []
     for family, address, shown in ((socket.AF_INET, "127.0.0.1", "127.0.0.1"), (socket.AF_INET6, "::1", "[::1]")):
         if found is not None:
-            holders = [entry for entry in found if _covers(entry, address)]
+            holders = [entry for entry in found if port_owners.covers(entry, address)]
             others = [entry for entry in holders if entry.pid is None or entry.pid != daemon_pid]
             if others:
                 problems.append(f"{shown}:{port} is held by {others[0].describe()}")
@@ -360,8 +246,8 @@ def check_callback(ctx: Context) -> Check:
         return Check(
             "callback",
             True,
-            f"callback_url {expected} reaches this daemon (it was started with port {port}; your shell would choose "
-            f"{preferred})",
+            f"callback_url {expected} reaches this daemon (it listens on the port its service manager gave it, "
+            f"{port}; its http_port setting is {preferred})",
         )
     return Check("callback", True, f"callback_url {expected} reaches this daemon on 127.0.0.1 and ::1")
 
@@ -372,7 +258,7 @@ def check_account(ctx: Context) -> Check:
         return Check("account", False, "not checked: the daemon is not running")
     secret = st.get("secret") or {}
     if not secret.get("stored"):
-        return Check("account", True, "no OpenRouter key is linked yet", "Run `convctl oauth start` to link one.")
+        return Check("account", True, "no OpenRouter key is linked yet", note="Run `convctl oauth start` to link one.")
     account = st.get("account")
     if account is None:
         return Check("account", True, f"a key is stored in {secret.get('backend')} (not checked with OpenRouter yet)")
@@ -380,7 +266,7 @@ def check_account(ctx: Context) -> Check:
         return Check(
             "account",
             False,
-            account.get("message") or "the linked key is no longer valid",
+            account.get("message") or "the stored key is not accepted by OpenRouter",
             "Run `convctl oauth start` to link your account again.",
         )
     if account.get("message"):
@@ -391,48 +277,102 @@ def check_account(ctx: Context) -> Check:
 
 
 def check_secret_backend(ctx: Context, keyring_probe: Callable[[], tuple[bool, str]] = probe_keyring) -> Check:
-    forced, why = None, ""
-    if ctx.env.get("CONVOCATIONS_SECRET_BACKEND"):
-        forced, why = ctx.env["CONVOCATIONS_SECRET_BACKEND"], "CONVOCATIONS_SECRET_BACKEND"
-    elif isinstance(ctx.config.get("secret_backend"), str):
-        forced, why = ctx.config["secret_backend"], f"secret_backend in {ctx.config_path}"
+    """Where new keys go. While a daemon runs, what it did with the last key it stored is the answer; before
+    its first store (or with no daemon), convctl looks for an OS keyring in its own session and says so."""
+    forced, source = setting(ctx, "secret_backend")
+    encrypted = f"local-encrypted (AES-256-GCM under secret.key in {ctx.config_path.parent})"
     stored = ((ctx.status or {}).get("secret") or {}).get("backend")
     if stored is None and ctx.status is None:
         table = ctx.config.get("openrouter_api_key")
         stored = table.get("backend") if isinstance(table, dict) else None
     where = f"; the current key is in {stored}" if stored else ""
+    last = (ctx.status or {}).get("last_store")
+    if isinstance(last, dict):
+        when = _when(last.get("at"))
+        if last.get("error"):
+            return Check(
+                "secret-backend",
+                False,
+                f"the daemon could not store the last key ({when}): {last['error'].rstrip('.')}{where}",
+                "Fix what the message names, then store the key again (`convctl oauth start`); with a locked keyring, "
+                "unlock it, or set CONVOCATIONS_SECRET_BACKEND=local-encrypted for the daemon.",
+            )
+        if last.get("keyring_error") and last.get("keyring_missing"):
+            return Check(
+                "secret-backend",
+                True,
+                f"new keys go to {encrypted}: the daemon found no OS keyring when it stored the last key ({when}){where}",
+                note=KEYRING_HOWTO,
+            )
+        if last.get("keyring_error"):
+            return Check(
+                "secret-backend",
+                False,
+                f"the OS keyring failed when the daemon stored the last key ({when}), so that key went to "
+                f"{encrypted}: {last['keyring_error'].rstrip('.')}",
+                "Unlock the OS keyring (log in to the desktop, or `gnome-keyring-daemon --unlock`), then store the key "
+                "again (`convctl oauth start`) so it moves there; or set CONVOCATIONS_SECRET_BACKEND=local-encrypted "
+                "for the daemon to keep keys encrypted on purpose.",
+            )
+        how = f"forced: {source}" if forced else "automatic choice"
+        return Check(
+            "secret-backend",
+            True,
+            f"new keys go to {last.get('backend')} ({how}), where the daemon stored the last key ({when})"
+            + (where if stored != last.get("backend") else ""),
+        )
     if forced not in (None, "keyring", "local-encrypted"):
         return Check(
-            "secret-backend", False, f"{why} names an unknown backend {forced!r}", "Use keyring or local-encrypted."
+            "secret-backend", False, f"{source} names an unknown backend {forced!r}", "Use keyring or local-encrypted."
         )
     if forced == "local-encrypted":
-        return Check("secret-backend", True, f"new keys go to local-encrypted (forced by {why}){where}")
+        return Check("secret-backend", True, f"new keys go to {encrypted} (forced: {source}){where}")
     usable, description = keyring_probe()
+    probed = "as convctl sees it" + ("" if ctx.status is None else "; the daemon has stored no key since it started")
     if forced == "keyring":
         if usable:
-            return Check("secret-backend", True, f"new keys go to {description} (forced by {why}){where}")
+            return Check("secret-backend", True, f"new keys go to {description} (forced: {source}; {probed}){where}")
         return Check(
             "secret-backend",
             False,
-            f"{why} forces the OS keyring, but {description}: saving a key will fail",
+            f"the OS keyring is forced ({source}), but {description} ({probed}): saving a key will fail",
             "Start and unlock a Secret Service (gnome-keyring, KeePassXC), or set CONVOCATIONS_SECRET_BACKEND=local-encrypted.",
         )
     if usable:
-        return Check("secret-backend", True, f"new keys go to {description} (automatic choice){where}")
+        return Check("secret-backend", True, f"new keys go to {description} (automatic choice, {probed}){where}")
     if stored == "keyring":
         return Check(
             "secret-backend",
             False,
-            f"the linked key is in the OS keyring, but {description}: it cannot be read",
+            f"the linked key is in the OS keyring, but {description} ({probed}): it cannot be read",
             "Unlock the keyring (or log in to a desktop session), or link again with `convctl oauth start` to store the key encrypted.",
         )
     return Check(
-        "secret-backend",
-        False,
-        f"{description}; new keys fall back to local-encrypted (AES-GCM under secret.key in {ctx.config_path.parent}){where}",
-        "Start and unlock a Secret Service (gnome-keyring, KeePassXC) to use the OS keyring, or set "
-        "CONVOCATIONS_SECRET_BACKEND=local-encrypted to choose the encrypted file on purpose.",
+        "secret-backend", True, f"new keys go to {encrypted}: {description} ({probed}){where}", note=KEYRING_HOWTO
     )
+
+
+def check_config(ctx: Context) -> Check:
+    """config.toml: it parses, every value is valid, and nothing in it is silently ignored."""
+    path = ctx.config_path
+    if ctx.config_error:
+        return Check(
+            "config", False, ctx.config_error, f"Fix the syntax of {path} (the line and column are named above)."
+        )
+    problems = [*config_problems(ctx.config, path), *config_mod.config_warnings(ctx.config, path)]
+    if ctx.mine_error and ctx.mine_error not in problems:
+        problems.append(f"convctl's settings: {ctx.mine_error}")
+    if problems:
+        return Check(
+            "config",
+            False,
+            "; ".join(problems),
+            f"Edit {path}: correct the values named, and rename, move or remove the keys named (the README lists "
+            "every setting); then reload the daemon (`systemctl --user reload convocationsd` or `kill -HUP`).",
+        )
+    if not path.exists():
+        return Check("config", True, f"no {path}: every setting has its default or comes from the environment")
+    return Check("config", True, f"{path}: every key is known and every value valid")
 
 
 def _mode_problem(path: Path, wanted: int) -> str | None:
@@ -486,9 +426,6 @@ def check_files(ctx: Context) -> Check:
         if problem:
             problems.append(problem)
             fixes.append(fix)
-    if ctx.config_error:
-        problems.append(ctx.config_error)
-        fixes.append(f"Fix the syntax of {ctx.config_path} (the line and column are named above).")
     if problems:
         return Check("files", False, "; ".join(problems), "; ".join(fixes))
     if not seen:
@@ -500,7 +437,7 @@ def check_openrouter(ctx: Context, timeout: float = 5.0) -> Check:
     import urllib.error
     import urllib.request
 
-    url, source = openrouter_url(ctx)
+    url, source = setting(ctx, "openrouter_url")
     request = urllib.request.Request(url + "/", method="HEAD", headers={"User-Agent": "convctl-doctor"})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
@@ -513,45 +450,53 @@ def check_openrouter(ctx: Context, timeout: float = 5.0) -> Check:
         return Check(
             "openrouter",
             False,
-            f"{url} (from {source}) cannot be reached: {text}",
+            f"{url} ({source}) cannot be reached: {text}",
             "Check your network, proxy and DNS; if the address is wrong, fix CONVOCATIONS_OPENROUTER_URL or "
-            "openrouter_url in config.toml (the default is https://openrouter.ai).",
+            "openrouter_url in config.toml (the default is https://openrouter.ai) and restart convocationsd.",
         )
     except (OSError, ValueError) as e:
         return Check(
             "openrouter",
             False,
-            f"{url} (from {source}) cannot be reached: {getattr(e, 'strerror', None) or e}",
+            f"{url} ({source}) cannot be reached: {getattr(e, 'strerror', None) or e}",
             "Check your network and the OpenRouter URL (default https://openrouter.ai).",
         )
-    where = "the default address" if source == "the default" else f"address from {source} (convctl's environment)"
-    return Check("openrouter", True, f"{url} answers (HTTP {status}); {where}")
+    return Check("openrouter", True, f"{url} answers (HTTP {status}); the address is {source}")
 
 
 # -- running ----------------------------------------------------------------------------------------------
 
 
 def gather(env: Mapping[str, str], socket_override: str | None = None) -> Context:
-    config_path = paths.config_path(env)
+    from convocationsd.client import Client
+
+    socket_path: Path | None = None
+    status, daemon_error, daemon_fix = None, None, None
+    try:
+        socket_path = Path(socket_override) if socket_override else paths.socket_path(env)
+        with Client(socket_path, timeout=5.0) as c:
+            status = c.call("status")
+    except UntrustedSocket as e:  # nowhere safe to look: the daemon check says so, the other checks still run
+        daemon_error, daemon_fix = e.message.rstrip("."), e.hint
+    except ConvError as e:
+        daemon_error = e.message.rstrip(".")
+    except OSError as e:
+        daemon_error = e.strerror or type(e).__name__
+    mine, mine_error = None, None
+    try:
+        mine = config_mod.load({}, env)
+    except ConvError as e:
+        mine_error = e.message
+    reported = ((status or {}).get("settings") or {}).get("config_path")
+    config_path = Path(reported) if isinstance(reported, str) else paths.config_path(env)
     config, config_error = {}, None
     try:
         config = configfile.load(config_path)
     except ConvError as e:
         config_error = e.message
-    ctx = Context(env, None, config_path, config, config_error)
-    from convocationsd.client import Client
-
-    try:
-        ctx.socket_path = Path(socket_override) if socket_override else paths.socket_path(env)
-        with Client(ctx.socket_path, timeout=5.0) as c:
-            ctx.status = c.call("status")
-    except UntrustedSocket as e:  # nowhere safe to look: the daemon check says so, the other checks still run
-        ctx.daemon_error, ctx.daemon_fix = e.message.rstrip("."), e.hint
-    except ConvError as e:
-        ctx.daemon_error = e.message.rstrip(".")
-    except OSError as e:
-        ctx.daemon_error = e.strerror or type(e).__name__
-    return ctx
+    return Context(
+        env, socket_path, config_path, config, config_error, mine, mine_error, status, daemon_error, daemon_fix
+    )
 
 
 def run_checks(ctx: Context) -> list[Check]:
@@ -561,6 +506,7 @@ def run_checks(ctx: Context) -> list[Check]:
         check_callback,
         check_account,
         check_secret_backend,
+        check_config,
         check_files,
         check_openrouter,
     ]
@@ -570,9 +516,7 @@ def run_checks(ctx: Context) -> list[Check]:
             results.append(fn(ctx))
         except Exception as e:  # a broken check must not hide the others
             name = fn.__name__.removeprefix("check_")
-            results.append(
-                Check(name, False, f"the check itself failed: {type(e).__name__}: {e}", "Report this as a bug.")
-            )
+            results.append(Check(name, False, f"the check itself failed: {type(e).__name__}", "Report this as a bug."))
     return results
 
 
@@ -587,6 +531,8 @@ def run(args: argparse.Namespace, out: Any, env: Mapping[str, str] | None = None
             out.print(f"{'ok  ' if r.ok else 'FAIL'}  {r.check:<{width}}  {r.verdict}")
             if r.fix and not r.ok:
                 out.print(f"      {'':<{width}}  fix: {r.fix}")
+            elif r.note and r.ok:
+                out.print(f"      {'':<{width}}  note: {r.note}")
         bad = sum(not r.ok for r in results)
         out.print("", "All checks passed." if not bad else f"{bad} of {len(results)} checks need attention.")
     return 0 if all(r.ok for r in results) else 1

@@ -12,11 +12,11 @@ import sys
 
 from convocationsd import __version__
 from convocationsd.cli.terminal import safe_json, safe_line
-from convocationsd.core.errors import ConvError
+from convocationsd.core.errors import ConvError, RemoteError, UsageError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs more to import than the rest of a `convctl status`
-    from typing import Any, TextIO
+    from typing import Any, NoReturn, TextIO
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
@@ -69,66 +69,135 @@ class _Parser(argparse.ArgumentParser):
     def _get_formatter(self) -> argparse.HelpFormatter:
         return argparse.HelpFormatter(prog=self.prog, width=_terminal_columns() - 2)
 
+    def error(self, message: str) -> NoReturn:
+        """A usage error is a UsageError like any other, so ``main`` reports it (as JSON with --json)."""
+        raise UsageError(f"{message[:1].upper()}{message[1:]}.", f"Run `{self.prog} --help` for the usage.")
+
+
+JSON_HELP = "print the result, or the error, as JSON on stdout"
+
+
+def _json_flag(p: argparse.ArgumentParser, help: str = JSON_HELP) -> None:
+    p.add_argument("--json", action="store_true", help=help)
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="convctl", description="Control the convocationsd daemon.")
-    p.add_argument("--socket", help="the daemon's socket (env CONVOCATIONS_SOCKET)")
+    p.add_argument("--socket", metavar="PATH", help="the daemon's socket (env CONVOCATIONS_SOCKET)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.add_argument("--version", action="version", version=f"convctl {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    s = sub.add_parser("status", help="daemon and account status")
-    s.add_argument("--json", action="store_true")
+    def command(parent: Any, name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
+        return parent.add_parser(name, help=help, description=description or help[:1].upper() + help[1:] + ".")
 
-    oauth = sub.add_parser("oauth", help="link your OpenRouter account").add_subparsers(dest="action", required=True)
-    start = oauth.add_parser("start", help="start (or join) a login and wait for it")
+    _json_flag(command(sub, "status", "daemon and account status"))
+
+    oauth = command(sub, "oauth", "link your OpenRouter account").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    start = command(oauth, "start", "start (or join) a login and wait for it")
     start.add_argument("--no-browser", action="store_true", help="print the URL without opening a browser")
     start.add_argument("--restart", action="store_true", help="cancel a pending login and start anew")
     start.add_argument("--timeout", type=float, metavar="S", help="give up after S seconds")
     start.add_argument("--paste", action="store_true", help="headless: paste the code OpenRouter shows")
-    start.add_argument("--json", action="store_true")
-    oauth.add_parser("cancel", help="cancel the pending login")
+    _json_flag(start, "print the login's events (started, complete), or the error, as JSON lines on stdout")
+    _json_flag(command(oauth, "cancel", "cancel the pending login"))
 
-    ev = sub.add_parser("events", help="print events until interrupted")
-    ev.add_argument("--json", action="store_true", help="one JSON object per line")
+    _json_flag(command(sub, "events", "print events until interrupted"), "one JSON object per line")
 
-    secret = sub.add_parser("secret", help="the stored OpenRouter key").add_subparsers(dest="action", required=True)
-    secret.add_parser("set-openrouter-key", help="store a key (hidden prompt, or one line from stdin)")
-    secret.add_parser("clear-openrouter-key", help="remove the stored key")
-    st = secret.add_parser("status", help="is a key stored, and where")
-    st.add_argument("--json", action="store_true")
+    secret = command(sub, "secret", "the stored OpenRouter key").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    set_key = command(
+        secret,
+        "set-openrouter-key",
+        "store a key: a hidden prompt on a terminal, else one line from stdin",
+        "Store an OpenRouter API key. On a terminal it asks with a hidden prompt; when stdin is not a terminal "
+        "it reads the key from the first line of stdin (`convctl secret set-openrouter-key < key.txt`). The key "
+        "is checked with OpenRouter first when OpenRouter can be reached.",
+    )
+    set_key.add_argument("--no-verify", action="store_true", help="store the key without asking OpenRouter about it")
+    _json_flag(set_key)
+    get_key = command(
+        secret,
+        "get-openrouter-key",
+        "print the stored key, for scripts (refuses a terminal unless --show)",
+        "Print the stored OpenRouter key on stdout, for scripts: `KEY=$(convctl secret get-openrouter-key)`. "
+        "It refuses when stdout is a terminal, where the key would stay on screen, unless --show.",
+    )
+    get_key.add_argument("--show", action="store_true", help="print the key even when stdout is a terminal")
+    _json_flag(get_key, 'print {"key": ...}, or the error, as JSON on stdout')
+    _json_flag(command(secret, "clear-openrouter-key", "remove the stored key"))
+    _json_flag(command(secret, "status", "is a key stored, and where"))
 
-    service = sub.add_parser("service", help="install as a systemd user service / launchd agent")
-    service.add_argument("action", choices=["install", "uninstall", "status"])
-    service.add_argument("--dry-run", action="store_true", help="print what would be done")
+    run = command(
+        sub,
+        "exec",
+        "run a command with OPENROUTER_API_KEY set from the store",
+        "Run COMMAND with OPENROUTER_API_KEY set to the stored key in its environment (never on its command "
+        "line), and exit with its exit status: `convctl exec -- python my_script.py`.",
+    )
+    _json_flag(run, "print an error before COMMAND starts as JSON on stdout")
+    run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARGS...]", help="what to run")
 
-    doctor = sub.add_parser("doctor", help="check the setup and say how to fix what is wrong")
-    doctor.add_argument("--json", action="store_true")
+    service = command(sub, "service", "install as a systemd user service / launchd agent").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    install = command(
+        service,
+        "install",
+        "install the service and start listening",
+        "Write the systemd user units (Linux) or the launchd agent (macOS) for this installation and enable "
+        "them, so convocationsd starts on the first connection.",
+    )
+    uninstall = command(service, "uninstall", "stop the service and remove its files")
+    for p_ in (install, uninstall):
+        p_.add_argument("--dry-run", action="store_true", help="print what would be done, change nothing")
+        _json_flag(p_, 'print {"steps": [...]}, or the error, as JSON on stdout')
+    _json_flag(command(service, "status", "are the service files installed and current, and running"))
+
+    doctor = command(sub, "doctor", "check the setup and say how to fix what is wrong")
+    _json_flag(doctor, "print the checks as a JSON list on stdout")
     return p
+
+
+def _wants_json(argv: list[str]) -> bool:
+    """--json among convctl's own arguments (not those after `--`, which belong to `exec`'s command)."""
+    return "--json" in (argv[: argv.index("--")] if "--" in argv else argv)
 
 
 def main(argv: list[str] | None = None, out: Out | None = None) -> int:
     out = out or Out()
+    argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
+    as_json, debug = _wants_json(argv), "--debug" in argv
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as e:
-        return EXIT_USAGE if e.code else EXIT_OK
-    try:
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as e:  # --help, --version
+            return EXIT_USAGE if e.code else EXIT_OK
+        as_json, debug = getattr(args, "json", False), args.debug
         return run(args, out)
     except ConvError as e:
-        if args.debug:
+        if debug:
             raise
-        out.err(f"convctl: {e.message}")
-        if e.hint:
-            out.err(e.hint)
-        return e.exit_code
+        return _fail(out, as_json, e.kind if isinstance(e, RemoteError) and e.kind else type(e).__name__, e)
     except KeyboardInterrupt:
-        out.err("interrupted")
-        return EXIT_FAILED
+        return _fail(out, as_json, "Interrupted", ConvError("Interrupted."))
     except BrokenPipeError:  # `convctl ... | head`: the reader left; not an error worth a traceback
         sys.stderr.close()
         return EXIT_OK
+
+
+def _fail(out: Out, as_json: bool, kind: str, e: ConvError) -> int:
+    if as_json:
+        out.json({"error": {"kind": kind, "message": e.message, "hint": e.hint}})
+    else:
+        out.err(f"convctl: {e.message}")
+        if e.hint:
+            out.err(e.hint)
+    return e.exit_code
 
 
 def run(args: argparse.Namespace, out: Out) -> int:
@@ -139,6 +208,7 @@ def run(args: argparse.Namespace, out: Out) -> int:
         "oauth": commands.oauth,
         "events": commands.events,
         "secret": commands.secret,
+        "exec": commands.exec_command,
         "service": commands.service,
         "doctor": commands.doctor,
     }[args.command]

@@ -6,7 +6,10 @@ from __future__ import annotations
 import os
 
 from convocationsd.client import Client
-from convocationsd.core.errors import DaemonUnreachable
+from convocationsd.core.errors import DaemonUnreachable, KeyNotAccepted
+
+KEY_CHECK_TIMEOUT = 10.0  # seconds for OpenRouter to answer GET /api/v1/key when no daemon runs
+KEY_INFO_PATH = "/api/v1/key"  # what daemon/openrouter.py asks too
 
 
 def _via_daemon(socket: str | None, method: str, params: dict | None = None) -> dict | None:
@@ -24,17 +27,16 @@ def _via_daemon(socket: str | None, method: str, params: dict | None = None) -> 
         client.close()
 
 
-def _direct_store():
-    from convocationsd.common import paths
-    from convocationsd.common.settings import resolve
-    from convocationsd.store import configfile
+def _settings():
+    from convocationsd.store import config
+
+    return config.load({}, os.environ).settings  # the daemon's own resolver: the same backend, timeout, URL
+
+
+def _direct_store(s=None):
     from convocationsd.store.select import open_store
 
-    # The daemon's own resolver, so the backend and the keyring timeout are chosen as the daemon would.
-    config_path = paths.config_path(os.environ)
-    s = resolve(
-        {}, os.environ, configfile.load(config_path), socket_path=paths.socket_path(os.environ), config_path=config_path
-    )
+    s = s or _settings()
     return open_store(s.config_path, forced_backend=s.secret_backend, keyring_timeout=s.keyring_timeout_seconds)
 
 
@@ -43,13 +45,67 @@ def status(socket: str | None) -> dict:
     return reply if reply is not None else _direct_store().status().to_dict()
 
 
-def set_key(socket: str | None, key: str) -> dict:
-    reply = _via_daemon(socket, "secret.set", {"key": key})
+def set_key(socket: str | None, key: str, *, verify: bool = True) -> dict:
+    """Stores ``key``; with ``verify``, only a key OpenRouter accepts, or one it could not be asked about
+    (then ``verified`` is False and ``not_verified_because`` says why). Raises KeyNotAccepted."""
+    reply = _via_daemon(socket, "secret.set", {"key": key, "verify": verify})
     if reply is not None:
         return reply
-    return {"stored": True, "backend": _direct_store().set(key)}
+    settings = _settings()
+    unchecked = check_with_openrouter(settings.openrouter_url, key) if verify else None
+    result = {"stored": True, "backend": _direct_store(settings).set(key)}
+    if verify:
+        result.update(verified=unchecked is None, not_verified_because=unchecked)
+    return result
+
+
+def get(socket: str | None) -> str | None:
+    reply = _via_daemon(socket, "secret.get")
+    return reply["key"] if reply is not None else _direct_store().get()
 
 
 def clear(socket: str | None) -> dict:
     reply = _via_daemon(socket, "secret.clear")
     return reply if reply is not None else {"cleared": _direct_store().clear()}
+
+
+def check_with_openrouter(base_url: str, key: str, timeout: float = KEY_CHECK_TIMEOUT) -> str | None:
+    """``GET /api/v1/key`` with urllib (convctl does not load aiohttp): None when OpenRouter accepts the key,
+    why it could not be asked otherwise; KeyNotAccepted for a 401. Redirects are not followed, so the key
+    goes nowhere but ``base_url``; no text of the answer is shown."""
+    import urllib.error
+    import urllib.request
+
+    class NoRedirects(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args: object, **kwargs: object) -> None:
+            return None  # urllib then raises HTTPError for the 3xx itself
+
+    request = urllib.request.Request(
+        base_url.rstrip("/") + KEY_INFO_PATH, headers={"Authorization": f"Bearer {key}", "User-Agent": "convctl"}
+    )
+    shown = _public(base_url)
+    try:
+        with urllib.request.build_opener(NoRedirects).open(request, timeout=timeout) as response:
+            response.read(64 * 1024)
+    except urllib.error.HTTPError as e:
+        e.close()
+        if e.code == 401:
+            raise KeyNotAccepted from None
+        return f"OpenRouter at {shown} answered HTTP {e.code}"
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        text = reason.strerror if isinstance(reason, OSError) and reason.strerror else type(reason).__name__
+        return f"Could not reach OpenRouter at {shown} ({text})"
+    return None
+
+
+def _public(url: str) -> str:
+    """The URL without credentials, query or fragment: safe to show."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname
+        return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "") + parts.path.rstrip("/")
+    except ValueError:
+        return "(an invalid URL)"

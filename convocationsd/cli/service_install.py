@@ -249,18 +249,39 @@ def install(
 
 def _install_systemd(s: _Session, env: Mapping[str, str], python: str, port: int, templates: Path) -> None:
     folder = unit_dir(env)
+    enable = _systemctl("enable", "--now", *SOCKETS)
+    later = "systemctl --user daemon-reload && " + " ".join(enable)
+    # Asked before anything is written, so the outcome is said plainly: a container or an SSH session
+    # without lingering has no user manager, and units written there are not running.
+    probe = s.run(_systemctl("show-environment"))  # read-only
+    missing = None
+    if probe.returncode == 127:
+        missing = "systemctl is not installed (this system does not run systemd)"
+    elif probe.returncode != 0:
+        missing = (
+            f"no systemd user manager is reachable ({_first_line(probe.output) or 'exit ' + str(probe.returncode)})"
+        )
     existed = any((folder / name).exists() for name in UNITS)
     changed = [
         name for name, text in render_units(python, port, templates).items() if s.write(folder / name, text.encode())
     ]
-    enable = _systemctl("enable", "--now", *SOCKETS)
+    if missing is not None:
+        written = "would be written" if s.dry_run else "are written"
+        s.say(f"NOT ENABLED: the unit files {written} to {folder}, but {missing}.")
+        if s.dry_run:
+            return
+        raise ServiceManagerError(
+            f"The unit files are written to {folder} but not enabled: {missing}.",
+            "Where a systemd user manager runs (a desktop session, or an SSH login after `loginctl enable-linger "
+            f"$USER`), run: {later}",
+        )
     for argv in ([_systemctl("daemon-reload")] if changed else []) + [enable]:
         result = s.command(argv)
         if result.returncode != 0:
             raise ServiceManagerError(
                 f"The unit files are in {folder}, but `{' '.join(argv)}` failed"
                 + (f": {_first_line(result.output)}" if result.output else "."),
-                "In a session with a systemd user manager, run: systemctl --user daemon-reload && " + " ".join(enable),
+                f"In a session with a systemd user manager, run: {later}",
             )
     if existed and changed:
         s.say(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,12 @@ SOURCES: dict[str, tuple[str | None, str | None]] = {
     "exchange_timeout_seconds": ("CONVOCATIONS_EXCHANGE_TIMEOUT_SECONDS", "exchange_timeout_seconds"),
     "keyring_timeout_seconds": ("CONVOCATIONS_KEYRING_TIMEOUT_SECONDS", "keyring_timeout_seconds"),
     "allow_stateless_callbacks": ("CONVOCATIONS_ALLOW_STATELESS_CALLBACKS", "allow_stateless_callbacks"),
+    "allow_port_fallback": ("CONVOCATIONS_ALLOW_PORT_FALLBACK", "allow_port_fallback"),
 }
+
+# The top-level keys config.toml may hold for settings (the key reference is store/select.py's).
+CONFIG_KEYS = frozenset(key for _, key in SOURCES.values() if key)
+DEFAULT = "the default"  # the source of a value nobody set
 
 
 # setting -> the daemon's flag, where its name differs from the setting's
@@ -46,21 +51,44 @@ class Settings:
     exchange_timeout_seconds: float = 30.0
     keyring_timeout_seconds: float = 120.0  # time for a person to answer an unlock prompt
     allow_stateless_callbacks: bool = False  # for an OpenRouter that does not send `state` back
+    allow_port_fallback: bool = False  # a busy port chosen by the person may be replaced by a free one
+
+
+def _shown(v: Any) -> str:
+    """A value as a person wrote it, for an error message (short: it may be anything)."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        text = "".join(c for c in v[:40] if c.isprintable())
+        return f'"{text}"' + ("..." if len(v) > 40 else "")
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, list):
+        return "a list"
+    return "a table" if isinstance(v, dict) else "a value of another kind"
 
 
 def _port(v: Any) -> int:
-    if isinstance(v, (bool, float)):
-        raise ValueError("must be a whole port number from 1 to 65535 (0 picks a free one)")
-    port = int(v)
+    wanted = "a whole port number from 1 to 65535 (0 picks a free one)"
+    if isinstance(v, int) and not isinstance(v, bool):
+        port = v
+    elif isinstance(v, str) and v.strip().isascii() and v.strip().isdigit():
+        port = int(v)
+    else:
+        raise ValueError(f"must be {wanted}, not {_shown(v)}")
     if not 0 <= port <= 65535:
-        raise ValueError("must be a port number from 1 to 65535 (0 picks a free one)")
+        raise ValueError(f"must be {wanted}, not {_shown(v)}")
     return port
 
 
 def _url(v: Any) -> str:
     from urllib.parse import urlsplit
 
-    if not isinstance(v, str) or not v.startswith(("http://", "https://")) or not urlsplit(v).hostname:
+    try:
+        ok = isinstance(v, str) and v.startswith(("http://", "https://")) and bool(urlsplit(v).hostname)
+    except ValueError:  # an unbalanced [ in the host
+        ok = False
+    if not ok:  # the value is not shown: a URL may carry credentials
         raise ValueError("must be an http:// or https:// URL with a host")
     return v.rstrip("/")
 
@@ -68,7 +96,7 @@ def _url(v: Any) -> str:
 def _choice(options: tuple[str, ...]):
     def check(v: Any) -> str:
         if v not in options:
-            raise ValueError("must be one of " + ", ".join(options))
+            raise ValueError(f"must be one of {', '.join(options)}, not {_shown(v)}")
         return v
 
     return check
@@ -79,19 +107,25 @@ def _bool(v: Any) -> bool:
         return v
     if isinstance(v, str) and v.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
         return v.lower() in ("1", "true", "yes", "on")
-    raise ValueError("must be true or false")
+    raise ValueError(f"must be true or false, not {_shown(v)}")
 
 
 def _seconds(v: Any) -> float:
-    s = float(v)
-    if not 0 < s < 10**7 or isinstance(v, bool):
-        raise ValueError("must be a positive number of seconds")
+    wanted = "a positive number of seconds (below 10000000)"
+    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+        raise ValueError(f"must be {wanted}, not {_shown(v)}")
+    try:
+        s = float(v)
+    except ValueError:
+        raise ValueError(f"must be {wanted}, not {_shown(v)}") from None
+    if not 0 < s < 10**7:
+        raise ValueError(f"must be {wanted}, not {_shown(v)}")
     return s
 
 
 def _path(v: Any) -> Path:
     if not isinstance(v, (str, Path)) or not str(v):
-        raise ValueError("must be a path")
+        raise ValueError(f"must be a path, not {_shown(v)}")
     return Path(v).expanduser()
 
 
@@ -108,6 +142,7 @@ CONVERT = {
     "exchange_timeout_seconds": _seconds,
     "keyring_timeout_seconds": _seconds,
     "allow_stateless_callbacks": _bool,
+    "allow_port_fallback": _bool,
 }
 
 
@@ -122,7 +157,20 @@ def resolve(
     """Builds Settings; ``socket_path``/``config_path`` are the defaults from ``paths``.
 
     Raises ConfigError naming the source of a bad value (flag, variable or config key)."""
+    return resolve_with_sources(flags, env, config, socket_path=socket_path, config_path=config_path)[0]
+
+
+def resolve_with_sources(
+    flags: Mapping[str, Any],
+    env: Mapping[str, str],
+    config: Mapping[str, Any],
+    *,
+    socket_path: Path,
+    config_path: Path,
+) -> tuple[Settings, dict[str, str]]:
+    """Like ``resolve``, and where each value came from: its flag, its variable, "<key> in <file>", or DEFAULT."""
     values: dict[str, Any] = {"socket_path": socket_path, "config_path": config_path}
+    sources: dict[str, str] = {}
     for f in fields(Settings):
         name = f.name
         env_name, config_key = SOURCES.get(name, (None, None))
@@ -131,12 +179,52 @@ def resolve(
             (env.get(env_name) if env_name else None, env_name),
             (config.get(config_key) if config_key else None, f"{config_key} in {config_path}"),
         ]
+        sources[name] = DEFAULT
         for value, source in candidates:
             if value is None or value == "":
                 continue
-            try:
-                values[name] = CONVERT[name](value)
-            except (ValueError, TypeError) as e:
-                raise ConfigError(f"Invalid {name} from {source}: {e}.", "Fix that value and start again.") from None
+            values[name] = convert(name, value, str(source))
+            sources[name] = str(source)
             break
-    return Settings(**values)
+    return Settings(**values), sources
+
+
+def convert(name: str, value: Any, source: str) -> Any:
+    """One setting's value from ``source``; ConfigError says which and what it must be. The hint does not say
+    what to do next (start the daemon again, rerun a command): the program that reports it adds that."""
+    try:
+        return CONVERT[name](value)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"Invalid {name} from {source}: {e}.", "Correct or remove that value.") from None
+
+
+def config_problems(config: Mapping[str, Any], config_path: Path) -> list[str]:
+    """Every invalid value in config.toml, whether or not a flag or variable overrides it (for doctor)."""
+    problems = []
+    for name, (_, key) in SOURCES.items():
+        if key is not None and config.get(key) not in (None, ""):
+            try:
+                convert(name, config[key], f"{key} in {config_path}")
+            except ConfigError as e:
+                problems.append(e.message)
+    return problems
+
+
+def shown_key(name: str) -> str:
+    """A key from config.toml as it may be shown (it is the person's text: printable, short)."""
+    text = "".join(c for c in name[:40] if c.isprintable())
+    return text + ("..." if len(name) > 40 else "") or '""'
+
+
+def closest(name: str, known: Iterable[str]) -> str | None:
+    """The known name ``name`` was probably meant to be (a typo, a dash for an underscore), or None."""
+    import difflib
+
+    found = difflib.get_close_matches(name.replace("-", "_").lower(), sorted(known), n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
+def unknown_key_warning(name: str, where: str, known: Iterable[str]) -> str:
+    """For example: unknown key htp_port in <where> is ignored (did you mean http_port?)."""
+    guess = closest(name, known)
+    return f"unknown key {shown_key(name)} in {where} is ignored" + (f" (did you mean {guess}?)" if guess else "")

@@ -59,6 +59,17 @@ class SecretStoreError(ConvError):
     """The secret could not be stored, read or removed."""
 
 
+class KeyNotAccepted(ConvError):
+    """OpenRouter answered a key check with 401: the key a person gave is not one it accepts."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "That key is not accepted by OpenRouter (HTTP 401), so it was not stored.",
+            "Copy the whole key again from https://openrouter.ai/keys (or link your account with `convctl oauth "
+            "start`); to store it anyway, use `convctl secret set-openrouter-key --no-verify`.",
+        )
+
+
 class BackendUnavailable(SecretStoreError):
     """A secret backend cannot be used right now (no keyring, locked, timed out)."""
 

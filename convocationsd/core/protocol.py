@@ -30,7 +30,7 @@ METHODS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "oauth.exchange": {"code": ((str,), True), "session_id": ((str,), False)},
     "subscribe": {"events": ((list,), False)},
     "secret.status": {},
-    "secret.set": {"key": ((str,), True)},
+    "secret.set": {"key": ((str,), True), "verify": ((bool,), False)},
     "secret.clear": {},
     "secret.get": {},
 }

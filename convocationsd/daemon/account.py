@@ -30,6 +30,8 @@ TTL_ENV = "CONVOCATIONS_ACCOUNT_CACHE_SECONDS"
 DEFAULT_TTL = 60.0
 KEY_CHANGED = "openrouter-key-changed"
 REVOKED_MESSAGE = "linked key is no longer valid — run `convctl oauth start`"
+# A key OpenRouter never accepted in this run (typed in with --no-verify, or revoked before we started).
+NOT_ACCEPTED_MESSAGE = "the stored key is not accepted by OpenRouter — run `convctl oauth start`"
 
 
 def ttl_from_env(env: Mapping[str, str] = os.environ) -> float:
@@ -67,14 +69,14 @@ def summary(data: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def revoked() -> dict[str, Any]:
+def revoked(accepted_before: bool = True) -> dict[str, Any]:
     return {
         "label": None,
         "usage": None,
         "limit": None,
         "limit_remaining": None,
         "valid": False,
-        "message": REVOKED_MESSAGE,
+        "message": REVOKED_MESSAGE if accepted_before else NOT_ACCEPTED_MESSAGE,
     }
 
 
@@ -128,12 +130,13 @@ class AccountStatus:
         self._key_read = False
         self._key: str | None = None
         self._key_problem: str | None = None
+        self._accepted = False  # OpenRouter accepted this key once: a 401 now means it was revoked
         controller.bus.add_listener(self._on_event)
 
     def _on_event(self, name: str, data: dict) -> None:
         if name == KEY_CHANGED:
             self.cache.invalidate()
-            self._key_read, self._key, self._key_problem = False, None, None
+            self._key_read, self._key, self._key_problem, self._accepted = False, None, None, False
             if data.get("stored"):
                 self._start_refresh()
 
@@ -184,12 +187,14 @@ class AccountStatus:
         try:
             data = await self.controller.openrouter.key_info(key)
         except KeyRejected:
-            value = revoked()
+            value = revoked(self._accepted)
             log.warning("OpenRouter does not accept the stored key (HTTP 401); it may have been revoked")
         except UpstreamError as e:
             value = unknown(f"could not check the key with OpenRouter: {e.message}")
         else:
             value = summary(data)
+            if generation == self.cache.generation:
+                self._accepted = True
         self.cache.put(value, generation)
         return value
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from convocationsd import __version__
 from convocationsd.core import events, pkce, protocol
-from convocationsd.core.errors import ConvError, UsageError
+from convocationsd.core.errors import ConvError, KeyNotAccepted, UsageError
 from convocationsd.core.flows import (
     EXCHANGING,
     OAUTH_ERRORS,
@@ -66,9 +66,11 @@ class Controller:
         bus: events.EventBus,
         flow_timeout: float,
         require_state: bool = True,
+        setup: dict | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.endpoint = endpoint
+        self.setup = setup  # the settings `status` reports: {config_path, http_port: {value, source}, ...}
         self.openrouter_url = openrouter_url
         self.openrouter = openrouter
         self.secrets = secrets
@@ -332,13 +334,33 @@ class Controller:
         # No lock: status reads only config.toml's reference, and must answer during a keyring prompt.
         return await self.refresh_secret_status()
 
-    async def secret_set(self, key: str) -> dict:
+    async def secret_set(self, key: str, *, verify: bool = False) -> dict:
+        """Stores a key a person gave. With ``verify``, asks OpenRouter first (``GET /api/v1/key``): a key it
+        rejects is not stored (KeyNotAccepted); when it cannot be asked, the key is stored and the reply says
+        why it was not checked."""
         from convocationsd.core.keycheck import check_key
 
         key = check_key(key)
+        unchecked = await self._check_with_openrouter(key) if verify else None
         backend = await self._store_key(key)
         self.bus.publish(events.KEY_CHANGED, {"stored": True, "backend": backend})
-        return {"stored": True, "backend": backend}
+        reply: dict[str, Any] = {"stored": True, "backend": backend}
+        if verify:
+            reply.update(verified=unchecked is None, not_verified_because=unchecked)
+        return reply
+
+    async def _check_with_openrouter(self, key: str) -> str | None:
+        """None when OpenRouter accepts ``key``; why it could not be asked otherwise. Raises KeyNotAccepted."""
+        from convocationsd.daemon.openrouter import KeyRejected, UpstreamError
+
+        try:
+            await self.openrouter.key_info(key)
+        except KeyRejected:
+            raise KeyNotAccepted from None
+        except UpstreamError as e:
+            log.info("stored a key without checking it: %s", e.message)
+            return e.message
+        return None
 
     async def secret_clear(self) -> dict:
         cleared = await self._secret_call(self.secrets.clear)
@@ -359,12 +381,14 @@ class Controller:
         most of a round trip. Callers get their own top-level copy; treat the nested dicts as read-only."""
         flow = self.flows.latest()
         account = self.account.snapshot()  # also starts a background refresh when the cached one is stale
+        last_store = self.secrets.last_store
         key = (
             flow,  # Flow compares by identity; the fields below are the ones that change after creation
             None if flow is None else (flow.status, flow.error, flow.backend),
             self.secret_state,
             len(self.bus),
             account,
+            last_store,
         )
         cached = self._status_cache
         if cached is None or cached[0] != key:
@@ -380,6 +404,8 @@ class Controller:
                 "secret": self.secret_state.to_dict(),
                 "subscribers": len(self.bus),
                 "account": account,
+                "settings": self.setup,
+                "last_store": last_store.to_dict() if last_store else None,
             }
             cached = self._status_cache = (key, answer, protocol.encode(answer))
         answer = protocol.Encoded(cached[1])

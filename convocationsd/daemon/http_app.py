@@ -24,6 +24,7 @@ from aiohttp.http import HttpVersion10, HttpVersion11
 
 from convocationsd.common import proc_net
 from convocationsd.core import pkce
+from convocationsd.core.errors import ConvError
 from convocationsd.daemon import pages
 from convocationsd.daemon.controller import Controller, Outcome
 
@@ -286,10 +287,11 @@ async def result(request: web.Request) -> web.StreamResponse:
 
 async def status_json(request: web.Request) -> web.StreamResponse:
     # Any local user can reach loopback HTTP, so this copy leaves out the pending flow's authorize URL
-    # (its state would help a login-CSRF) and the account's label and usage; the same-uid socket's
-    # `status` has both.
+    # (its state would help a login-CSRF), the account's label and usage, and the settings and the last
+    # store's outcome (paths, keyring errors); the same-uid socket's `status` has them all.
     status = dict(request.app[CONTROLLER].status())
-    status.pop("account", None)
+    for private in ("account", "settings", "last_store"):
+        status.pop(private, None)
     if status["flow"]:
         status["flow"] = {k: v for k, v in status["flow"].items() if k != "auth_url"}
     return _json(status)
@@ -366,15 +368,16 @@ def _listen(family: int, host: str, port: int) -> socket.socket:
         raise
 
 
-def bind_loopback(port: int, *, attempts: int = 20) -> tuple[list[socket.socket], int, bool]:
-    """Binds ``port`` on 127.0.0.1 and ::1. If either is busy, falls back to one free port on both.
+def bind_loopback(port: int, *, fallback: bool = True, attempts: int = 20) -> tuple[list[socket.socket], int, bool]:
+    """Binds ``port`` on 127.0.0.1 and ::1. If either is busy and ``fallback`` allows it, binds one free port
+    on both instead; otherwise the OSError (EADDRINUSE) propagates.
 
     Returns (sockets, port, fell_back). A machine without IPv6 loopback gets the IPv4 socket only."""
     try:
         socks = _bind_both(port)
         return socks, socks[0].getsockname()[1], False  # port 0 means "any": report the one we got
     except OSError as e:
-        if port == 0:
+        if port == 0 or not fallback:
             raise
         log.warning("port %d is busy (%s)", port, e.strerror)
     for _ in range(attempts):
@@ -384,6 +387,19 @@ def bind_loopback(port: int, *, attempts: int = 20) -> tuple[list[socket.socket]
             continue
         return socks, socks[0].getsockname()[1], True
     raise OSError("no free port on both 127.0.0.1 and ::1")
+
+
+def port_busy_error(port: int, chosen_by: str) -> ConvError:
+    """A busy port the person chose: which program holds it, where this system shows that, and what to do."""
+    from convocationsd.common import port_owners
+
+    found = port_owners.holders(port)
+    held = f" by {found[0].describe()}" if found else ""
+    return ConvError(
+        f"Port {port} (chosen by {chosen_by}) is already in use{held}.",
+        f"Stop that program, or choose another free port; or start with --allow-port-fallback to take any free "
+        f"port when {port} is busy (OpenRouter may then refuse logins with HTTP 409, see the README).",
+    )
 
 
 def _bind_both(port: int) -> list[socket.socket]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import signal
@@ -17,15 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from convocationsd import __version__
-from convocationsd.common import paths
-from convocationsd.common.settings import LOG_LEVELS, Settings, resolve
+from convocationsd.common.settings import DEFAULT, LOG_LEVELS, Settings
 from convocationsd.core import protocol
 from convocationsd.core.errors import ConvError, UntrustedSocket
 from convocationsd.core.events import ALL_EVENTS, EventBus
 from convocationsd.daemon import systemd
 from convocationsd.daemon.controller import Controller, Endpoint
 from convocationsd.daemon.logs import set_level, setup_logging
-from convocationsd.store import configfile
+from convocationsd.store import config
 
 log = logging.getLogger("convocationsd")
 
@@ -44,15 +44,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--log-level", choices=LOG_LEVELS, dest="log_level", help="env CONVOCATIONS_LOG_LEVEL, default info")
     p.add_argument("--config", dest="config_path", help="config file (env CONVOCATIONS_CONFIG)")
+    p.add_argument(
+        "--allow-port-fallback",
+        action="store_true",
+        default=None,  # unset, so the environment and config.toml can still set it
+        help="if the chosen port is busy, take a free one instead of exiting (env CONVOCATIONS_ALLOW_PORT_FALLBACK)",
+    )
     p.add_argument("--version", action="version", version=f"convocationsd {__version__}")
     return p
 
 
 def load_settings(flags: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
-    config_path = Path(flags.get("config_path") or paths.config_path(env)).expanduser()
-    return resolve(
-        flags, env, configfile.load(config_path), socket_path=paths.socket_path(env), config_path=config_path
-    )
+    return config.load(flags, env).settings
+
+
+def _warn_about_config(loaded: config.Loaded) -> None:
+    for warning in loaded.warnings:
+        log.warning("config: %s", warning)
 
 
 def _by_role(found: dict[str, list[Any]]) -> dict[str, list[Any]]:
@@ -79,9 +87,15 @@ def _by_role(found: dict[str, list[Any]]) -> dict[str, list[Any]]:
 
 class Daemon:
     def __init__(
-        self, settings: Settings, *, flags: Mapping[str, Any] | None = None, env: Mapping[str, str] = os.environ
+        self,
+        settings: Settings,
+        *,
+        flags: Mapping[str, Any] | None = None,
+        env: Mapping[str, str] = os.environ,
+        sources: Mapping[str, str] | None = None,
     ) -> None:
         self.settings = settings
+        self.sources = dict(sources or {})  # where each setting came from (settings.resolve_with_sources)
         self.flags = dict(flags or {})
         self.env = env
         self.secrets: Any = None
@@ -127,22 +141,27 @@ class Daemon:
         if http_socks:
             port = http_socks[0].getsockname()[1]
         else:
+            # Only the default port may be replaced by a free one: a port the person chose is a promise.
+            chosen_by = self.sources.get("http_port", DEFAULT)
+            fallback = s.allow_port_fallback or chosen_by == DEFAULT
             try:
-                http_socks, port, fell_back = http_app.bind_loopback(s.http_port)
-            except OSError:
+                http_socks, port, fell_back = http_app.bind_loopback(s.http_port, fallback=fallback)
+            except OSError as e:
                 if not ipc_socks:  # do not leave our socket file behind for the next start to call stale
                     ctl_sock.close()
                     os.unlink(socket_path)
+                if not fallback and e.errno == errno.EADDRINUSE:
+                    raise http_app.port_busy_error(s.http_port, chosen_by) from None
                 raise
         if fell_back:
             log.warning(
                 "PORT %d IS BUSY: listening on http://localhost:%d instead. OpenRouter may refuse logins from this "
-                "port (HTTP 409). Free port %d (see `convctl doctor`) and restart, or set RCONV_HTTP_PORT and register "
-                "http://localhost:%d/api/openrouter/oauth/callback with OpenRouter.",
+                "port (HTTP 409), and it changes on every start. Free port %d (see `convctl doctor`) and restart, or "
+                "choose a fixed free port (RCONV_HTTP_PORT, --port or http_port in config.toml) and register "
+                "http://localhost:<that port>/api/openrouter/oauth/callback with OpenRouter.",
                 s.http_port,
                 port,
                 s.http_port,
-                port,
             )
 
         from convocationsd.store.select import open_store
@@ -159,6 +178,7 @@ class Daemon:
             bus=self.bus,
             flow_timeout=s.flow_timeout_seconds,
             require_state=not s.allow_stateless_callbacks,
+            setup=self._setup(),
         )
         try:
             await ctl.refresh_secret_status()
@@ -189,6 +209,18 @@ class Daemon:
         if self.activated:
             self._tasks.append(asyncio.create_task(self._idle_watch()))
 
+    def _setup(self) -> dict:
+        """The settings `status` reports (doctor checks the daemon the person runs, not its own guess)."""
+        from convocationsd.daemon.openrouter import public_url
+
+        s, source = self.settings, lambda name: self.sources.get(name, DEFAULT)
+        return {
+            "config_path": str(s.config_path),
+            "http_port": {"value": s.http_port, "source": source("http_port")},
+            "openrouter_url": {"value": public_url(s.openrouter_url), "source": source("openrouter_url")},
+            "secret_backend": {"value": s.secret_backend, "source": source("secret_backend")},
+        }
+
     def _ipc_handlers(self) -> dict:
         ctl = self.controller
         assert ctl is not None
@@ -210,7 +242,7 @@ class Daemon:
             "oauth.exchange": lambda c, p: ctl.exchange_pasted(p["code"], p.get("session_id")),
             "subscribe": subscribe,
             "secret.status": lambda c, p: ctl.secret_status(),
-            "secret.set": lambda c, p: ctl.secret_set(p["key"]),
+            "secret.set": lambda c, p: ctl.secret_set(p["key"], verify=p.get("verify", False)),
             "secret.clear": lambda c, p: ctl.secret_clear(),
             "secret.get": lambda c, p: ctl.secret_get(),
         }
@@ -227,11 +259,12 @@ class Daemon:
         """SIGHUP: re-read the config; log level, timeouts and allow_stateless_callbacks change, subscribers
         and the flow stay."""
         try:
-            new = load_settings(self.flags, self.env)
+            loaded = config.load(self.flags, self.env)
         except ConvError as e:
             log.error("reload failed, keeping the current settings: %s", e)
             return
-        self.settings = new
+        _warn_about_config(loaded)
+        new = self.settings = loaded.settings
         set_level(new.log_level)
         if self.controller is not None:
             self.controller.flows.timeout = new.flow_timeout_seconds
@@ -272,13 +305,18 @@ class Daemon:
             await self._openrouter.close()
         if self._desktop is not None:
             await self._desktop.close()
-        log.info("stopped")
+        if ctl is not None:  # it started: a start that failed says why instead
+            log.info("stopped")
 
 
 async def serve(
-    settings: Settings, *, flags: Mapping[str, Any] | None = None, env: Mapping[str, str] = os.environ
+    settings: Settings,
+    *,
+    flags: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] = os.environ,
+    sources: Mapping[str, str] | None = None,
 ) -> None:
-    daemon = Daemon(settings, flags=flags, env=env)
+    daemon = Daemon(settings, flags=flags, env=env, sources=sources)
     try:
         await daemon.start()
         daemon.install_signal_handlers()
@@ -312,14 +350,16 @@ def main(argv: list[str] | None = None) -> int:
     flags = {k: v for k, v in vars(args).items() if v is not None}
     env = os.environ
     try:
-        settings = load_settings(flags, env)
+        loaded = config.load(flags, env)
     except ConvError as e:
         print(f"convocationsd: {e}", file=sys.stderr)
         return 1 if isinstance(e, UntrustedSocket) else 2  # an unsafe place is no usage error
+    settings = loaded.settings
     setup_logging(settings.log_level, env)
+    _warn_about_config(loaded)
     raise_open_file_limit()
     try:
-        asyncio.run(serve(settings, flags=flags, env=env))
+        asyncio.run(serve(settings, flags=flags, env=env, sources=loaded.sources))
     except ConvError as e:
         log.error("%s", e)
         return 1

@@ -40,8 +40,9 @@ def load(path: Path) -> dict[str, Any]:
     return _parse(path, data)
 
 
-def update(path: Path, mutate: Callable[[tomlkit.TOMLDocument], None]) -> None:
-    """Applies ``mutate`` to the document and writes it back atomically under the advisory lock.
+def update(path: Path, mutate: Callable[[tomlkit.TOMLDocument], tomlkit.TOMLDocument | None]) -> None:
+    """Applies ``mutate`` to the document (in place, or returning a new one) and writes it back atomically
+    under the advisory lock.
 
     Raises ConfigError (and writes nothing) when the existing file cannot be read or parsed."""
     import tomlkit
@@ -63,7 +64,9 @@ def update(path: Path, mutate: Callable[[tomlkit.TOMLDocument], None]) -> None:
             doc = tomlkit.parse(text)
         except tomlkit.exceptions.ParseError as e:
             raise _syntax_error(path, str(e).split(" at line ")[0], e.line, e.col + 1) from None
-        mutate(doc)
+        changed = mutate(doc)
+        if changed is not None:  # not `or`: an empty document is falsy
+            doc = changed
         new_text = tomlkit.dumps(doc)
         try:
             tomllib.loads(new_text)

@@ -24,6 +24,11 @@ UNLOCK_HINT = (
 )
 
 
+class KeyringMissing(BackendUnavailable):
+    """There is no OS keyring here at all (no Secret Service, keyring disabled), as opposed to one that is
+    locked or failing: falling back to the encrypted file is then the expected setup, not a problem."""
+
+
 class KeyringBackend:
     def __init__(
         self,
@@ -92,7 +97,7 @@ class KeyringBackend:
                 keyring.core.init_backend()
                 kr = keyring.get_keyring()
         except ImportError as e:
-            raise BackendUnavailable(f"The keyring package cannot be loaded ({e.name}).", UNLOCK_HINT) from None
+            raise KeyringMissing(f"The keyring package cannot be loaded ({e.name}).", UNLOCK_HINT) from None
         _check_usable(kr)
         self._backend = kr
         return kr
@@ -151,11 +156,11 @@ def _check_usable(kr: Any) -> None:
 
     name = f"{type(kr).__module__}.{type(kr).__name__}"
     if isinstance(kr, fail.Keyring):
-        raise BackendUnavailable("No OS keyring is available (no Secret Service on the session bus?).", UNLOCK_HINT)
+        raise KeyringMissing("No OS keyring is available (no Secret Service on the session bus?).", UNLOCK_HINT)
     if name == "keyring.backends.null.Keyring" or getattr(kr, "priority", 1) < 0:
-        raise BackendUnavailable("The OS keyring is disabled (keyring's null backend is configured).", UNLOCK_HINT)
+        raise KeyringMissing("The OS keyring is disabled (keyring's null backend is configured).", UNLOCK_HINT)
     if isinstance(kr, chainer.ChainerBackend) and not kr.backends:
-        raise BackendUnavailable("No OS keyring is available (keyring found no backend to chain).", UNLOCK_HINT)
+        raise KeyringMissing("No OS keyring is available (keyring found no backend to chain).", UNLOCK_HINT)
 
 
 def _translate(e: BaseException, op: str, secret: str | None) -> SecretStoreError:
@@ -172,7 +177,7 @@ def _translate(e: BaseException, op: str, secret: str | None) -> SecretStoreErro
     if isinstance(e, KeyringLocked):
         message = "The OS keyring is locked and could not be unlocked"
     elif isinstance(e, NoKeyringError):
-        message = "No OS keyring is available"
+        return KeyringMissing(f"No OS keyring is available ({text}).", UNLOCK_HINT)
     elif isinstance(e, InitError):
         message = "The OS keyring could not be opened"
     else:

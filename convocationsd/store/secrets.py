@@ -25,7 +25,31 @@ class SecretStatus:
         return {"stored": self.stored, "backend": self.backend}
 
 
+@dataclass(frozen=True)
+class StoreOutcome:
+    """How the last ``set`` went, for `status` and doctor: where the key went, or why it went nowhere."""
+
+    at: float  # time.time() when it ended
+    backend: str | None  # None: nothing was stored, ``error`` says why
+    keyring_error: str | None = None  # why the OS keyring was passed over for the encrypted file
+    keyring_missing: bool = False  # ... because there is none here (not locked, not failing)
+    error: str | None = None
+
+    def to_dict(self) -> dict:
+        from convocationsd.core.flows import iso
+
+        return {
+            "at": iso(self.at),
+            "backend": self.backend,
+            "keyring_error": self.keyring_error,
+            "keyring_missing": self.keyring_missing,
+            "error": self.error,
+        }
+
+
 class SecretStore(Protocol):
+    last_store: StoreOutcome | None  # None until this process stored a key
+
     def status(self) -> SecretStatus: ...
 
     def set(self, key: str) -> str:
@@ -43,14 +67,18 @@ class MemoryStore:
     def __init__(self) -> None:
         self._key: str | None = None
         self._lock = threading.Lock()
+        self.last_store: StoreOutcome | None = None
 
     def status(self) -> SecretStatus:
         with self._lock:
             return SecretStatus(self._key is not None, MEMORY if self._key is not None else None)
 
     def set(self, key: str) -> str:
+        import time
+
         with self._lock:
             self._key = key
+        self.last_store = StoreOutcome(time.time(), MEMORY)
         return MEMORY
 
     def get(self) -> str | None:

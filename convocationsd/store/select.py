@@ -2,28 +2,37 @@
 
 On ``set`` the backend is the forced one (CONVOCATIONS_SECRET_BACKEND / ``secret_backend``), else the OS
 keyring when it works right now, else the local-encrypted file; the fallback is logged in one line with
-the reason. The ``[openrouter_api_key]`` table then says which backend holds the key, so ``get``, ``clear``
-and ``status`` never guess, and ``status`` reads only that table (no keyring or cryptography import).
-Switching backends moves the key: the new copy is stored and referenced before the old one is removed.
+the reason, and kept in ``last_store`` for `status`. The reference in config.toml then says which backend
+holds the key, so ``get``, ``clear`` and ``status`` never guess, and ``status`` reads only the reference (no
+keyring or cryptography import). Switching backends moves the key: the new copy is stored and referenced
+before the old one is removed.
+
+The reference is a top-level inline table, ``openrouter_api_key = { backend = "keyring", ... }``, written
+before any table: a ``[openrouter_api_key]`` table at the end of the file (the older form, still read) would
+swallow every setting a person appends below it. The next write migrates that form, moving whatever else
+the person wrote inside the table (comments, settings) to the top level with it.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
+from convocationsd.common.settings import shown_key
 from convocationsd.core.errors import ConfigError, ConvError, SecretStoreError
 from convocationsd.store import configfile
 from convocationsd.store.encrypted import KEY_FILE, LocalEncrypted
-from convocationsd.store.keyring_backend import SERVICE, USERNAME, KeyringBackend
-from convocationsd.store.secrets import KEYRING, LOCAL_ENCRYPTED, SecretStatus, SecretStore
+from convocationsd.store.keyring_backend import SERVICE, USERNAME, KeyringBackend, KeyringMissing
+from convocationsd.store.secrets import KEYRING, LOCAL_ENCRYPTED, SecretStatus, SecretStore, StoreOutcome
 
 log = logging.getLogger("convocationsd.store.secrets")
 
 TABLE = "openrouter_api_key"
 BACKENDS = (KEYRING, LOCAL_ENCRYPTED)
+FIELDS = ("backend", "service", "username", "nonce", "ciphertext")  # what a reference may hold
 AGAIN = "Store the key again with `convctl secret set-openrouter-key`, or remove it with `convctl secret clear-openrouter-key`."
 
 
@@ -51,6 +60,7 @@ class ConfiguredStore:
         self.keyring.on_late = self._late_keyring_result
         self.local = LocalEncrypted(self.config_path.parent / KEY_FILE)
         self._lock = threading.Lock()
+        self.last_store: StoreOutcome | None = None
 
     # -- the SecretStore protocol --------------------------------------------------------------------
 
@@ -62,40 +72,56 @@ class ConfiguredStore:
         if not isinstance(key, str) or not key.strip():
             raise SecretStoreError("The OpenRouter key is empty.", "Pass the key itself (it starts with sk-or-).")
         with self._lock:
-            old = self._old_reference()  # also refuses early when config.toml does not parse
             keyring_error: SecretStoreError | None = None
-            backend = self.forced
-            if backend in (None, KEYRING):
-                try:
-                    self.keyring.store(key)
-                    backend = KEYRING
-                except SecretStoreError as e:
-                    if self.forced == KEYRING:
-                        raise
-                    keyring_error, backend = e, LOCAL_ENCRYPTED
-                    log.warning(
-                        "OS keyring unavailable: %s; storing the OpenRouter key encrypted in %s instead.",
-                        e.message.rstrip("."),
-                        self.config_path,
-                    )
-            if backend == LOCAL_ENCRYPTED:
-                nonce, ciphertext = self.local.encrypt(key)
-                new = {"backend": LOCAL_ENCRYPTED, "nonce": nonce, "ciphertext": ciphertext}
-            else:
-                new = {"backend": KEYRING, "service": SERVICE, "username": USERNAME}
             try:
-                self._write_reference(new)
-            except ConvError:
-                if backend == KEYRING and not _same_keyring_entry(old, new):
-                    self._remove_keyring_copy(SERVICE, USERNAME, why="config.toml could not be updated")
+                backend, keyring_error = self._set(key)
+            except ConvError as e:
+                self.last_store = StoreOutcome(time.time(), None, error=e.message)
                 raise
-            if old and old["backend"] == KEYRING and not _same_keyring_entry(old, new):
-                if keyring_error is not None:
-                    self._report_stale_copy(old, keyring_error.message)
-                else:
-                    self._remove_keyring_copy(old["service"], old["username"], why=f"the key moved to {backend}")
-            log.info("OpenRouter key stored (backend %s).", backend)
+            self.last_store = StoreOutcome(
+                time.time(),
+                backend,
+                keyring_error.message if keyring_error else None,
+                isinstance(keyring_error, KeyringMissing),
+            )
             return backend
+
+    def _set(self, key: str) -> tuple[str, SecretStoreError | None]:
+        """Stores the key; (the backend that holds it, why the OS keyring was passed over or None)."""
+        old = self._old_reference()  # also refuses early when config.toml does not parse
+        keyring_error: SecretStoreError | None = None
+        backend = self.forced
+        if backend in (None, KEYRING):
+            try:
+                self.keyring.store(key)
+                backend = KEYRING
+            except SecretStoreError as e:
+                if self.forced == KEYRING:
+                    raise
+                keyring_error, backend = e, LOCAL_ENCRYPTED
+                log.warning(
+                    "OS keyring unavailable: %s; storing the OpenRouter key encrypted in %s instead.",
+                    e.message.rstrip("."),
+                    self.config_path,
+                )
+        if backend == LOCAL_ENCRYPTED:
+            nonce, ciphertext = self.local.encrypt(key)
+            new = {"backend": LOCAL_ENCRYPTED, "nonce": nonce, "ciphertext": ciphertext}
+        else:
+            new = {"backend": KEYRING, "service": SERVICE, "username": USERNAME}
+        try:
+            self._write_reference(new)
+        except ConvError:
+            if backend == KEYRING and not _same_keyring_entry(old, new):
+                self._remove_keyring_copy(SERVICE, USERNAME, why="config.toml could not be updated")
+            raise
+        if old and old["backend"] == KEYRING and not _same_keyring_entry(old, new):
+            if keyring_error is not None:
+                self._report_stale_copy(old, keyring_error.message)
+            else:
+                self._remove_keyring_copy(old["service"], old["username"], why=f"the key moved to {backend}")
+        log.info("OpenRouter key stored (backend %s).", backend)
+        return backend, keyring_error
 
     def get(self) -> str | None:
         with self._lock:
@@ -165,19 +191,7 @@ class ConfiguredStore:
             return None
 
     def _write_reference(self, ref: dict[str, str] | None) -> None:
-        def mutate(doc: Any) -> None:
-            if ref is None:
-                if TABLE in doc:
-                    del doc[TABLE]
-                return
-            import tomlkit
-
-            table = tomlkit.table()
-            for name, value in ref.items():
-                table[name] = value
-            doc[TABLE] = table
-
-        configfile.update(self.config_path, mutate)
+        configfile.update(self.config_path, lambda doc: write_reference(doc, ref))
 
     # -- old keyring copies --------------------------------------------------------------------------
 
@@ -220,3 +234,84 @@ def _same_keyring_entry(old: dict[str, str] | None, new: dict[str, str]) -> bool
         and new["backend"] == KEYRING
         and (old["service"], old["username"]) == (new["service"], new["username"])
     )
+
+
+# -- the reference in config.toml ---------------------------------------------------------------------------
+
+
+def write_reference(doc: Any, ref: dict[str, str] | None) -> Any:
+    """The tomlkit document with ``ref`` as a top-level inline table before any table (None: without it).
+
+    A reference in the older ``[openrouter_api_key]`` table form is replaced; what the person wrote inside
+    that table besides the reference (comments, settings appended at the end of the file) moves out with it,
+    to the top level, in its order. Everything else stays byte for byte where it was."""
+    import tomlkit
+    from tomlkit.items import AoT, Comment, InlineTable, Table, Whitespace
+
+    body = list(doc.body)
+    found = [i for i, (name, _) in enumerate(body) if name is not None and name.key == TABLE]
+    moved: list[tuple[Any, Any]] = []
+    for i in found:
+        old = body[i][1]
+        for name, item in old.value.body if isinstance(old, (Table, InlineTable)) else ():
+            if isinstance(item, (Table, AoT)):  # [openrouter_api_key.x]: nowhere to move it without renaming it
+                raise ConfigError(
+                    f"The [{TABLE}] table has a table inside it ({TABLE}.{shown_key(str(name))}), which would "
+                    "be lost when the key reference is rewritten.",
+                    f"Move that table out of [{TABLE}] (under another name), then try again.",
+                )
+            if isinstance(old, InlineTable):  # only its keys move, each onto a line of its own
+                if name is not None and name.key not in FIELDS:
+                    item.trivia.indent = ""
+                    moved.append((name, item))
+            elif name is None or name.key not in FIELDS:
+                moved.append((name, item))
+    while moved and isinstance(moved[-1][1], Whitespace):  # the blank lines that ended the table
+        moved.pop()
+    # An inline reference keeps its place and its comment.
+    inline = body[found[0]][1] if len(found) == 1 and not isinstance(body[found[0]][1], Table) else None
+    at = found[0] if inline is not None else None
+    body = [entry for i, entry in enumerate(body) if i not in found]
+    if at is None:
+        # After the person's last top-level setting; in a file without one, before the comments that lead into
+        # the first table (they describe that table), or at the end.
+        tables = [i for i, (_, item) in enumerate(body) if isinstance(item, (Table, AoT))]
+        settings = [i for i, (name, _) in enumerate(body) if name is not None and (not tables or i < tables[0])]
+        if settings:
+            at = settings[-1] + 1
+        else:
+            at = tables[0] if tables else len(body)
+            while at > 0 and isinstance(body[at - 1][1], Comment):
+                at -= 1
+    entries = moved
+    if ref is not None:
+        table = tomlkit.inline_table()
+        table.update(ref)
+        if inline is not None:
+            table.trivia.comment_ws, table.trivia.comment = inline.trivia.comment_ws, inline.trivia.comment
+        entries = [(tomlkit.key(TABLE), table), *moved]
+    if entries and at < len(body) and isinstance(body[at][1], (Table, AoT)):
+        entries.append((None, Whitespace("\n")))  # a blank line before the table that follows
+    for _, item in [*body[at - 1 : at], *entries] if entries else []:
+        if not isinstance(item, Whitespace) and "\n" not in item.trivia.trail:
+            item.trivia.trail += "\n"  # it ends its line, or the next item would join it (or its comment)
+    new = tomlkit.document()
+    new.parsing(True)  # appends as they are: no blank lines or indents added
+    for name, item in [*body[:at], *entries, *body[at:]]:
+        new.append(name, item)
+    new.parsing(False)
+    import tomllib
+
+    if tomllib.loads(new.as_string()).get(TABLE) != ref:  # a bug here must not lose the key's whereabouts
+        raise ConfigError(
+            f"Refusing to write the key reference: it would not read back as written in {TABLE}.",
+            "Nothing was changed; please report this.",
+        )
+    settings_moved = [shown_key(name.key) for name, _ in moved if name is not None]
+    if settings_moved:
+        log.warning(
+            "Moved %s out of the [%s] table to the top level of config.toml, where settings take effect.",
+            ", ".join(settings_moved),
+            TABLE,
+        )
+    return new

@@ -349,6 +349,27 @@ MUTANTS = [
         ["tests/adversarial/test_local_users.py::test_loose_secret_key_refused_when_storing_from_a_login"],
     ),
     (
+        "Key checks never follow a redirect (convctl)",
+        "cli/secret_ops.py",
+        "urllib.request.build_opener(NoRedirects)",
+        "urllib.request.build_opener()",
+        ["tests/adversarial/test_no_leaks.py::test_a_key_being_checked_never_follows_a_redirect"],
+    ),
+    (
+        "Key checks never follow a redirect (daemon)",
+        "daemon/openrouter.py",
+        "allow_redirects=False",
+        "allow_redirects=True",
+        ["tests/adversarial/test_no_leaks.py::test_a_key_being_checked_never_follows_a_redirect"],
+    ),
+    (
+        "The key is not printed to a terminal",
+        "cli/commands.py",
+        "if out.stdout.isatty() and not args.show:",
+        "if False:",
+        ["tests/integration/test_key_commands.py::test_get_key_prints_it_for_scripts_but_not_on_a_terminal"],
+    ),
+    (
         "No key in logs (a leak planted on purpose)",
         "daemon/controller.py",
         "backend = await self._store_key(key)",

@@ -10,9 +10,12 @@ is meaningful there too).
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -48,8 +51,9 @@ class CanaryFake(FakeOpenRouter):
 
 
 def test_no_secret_in_any_output(spawn, request):
-    """Successful login, replayed code, upstream failure, storage failure, manual set, bad key, status on every
-    door, SIGHUP, kill -9 mid-exchange and restart, SIGTERM: no key, code or verifier in any output but secret.get."""
+    """Successful login, replayed code, upstream failure, storage failure, manual set, bad key, a key OpenRouter
+    refuses, `convctl exec`, status on every door, SIGHUP, kill -9 mid-exchange and restart, SIGTERM: no key, code or
+    verifier in any output but secret.get."""
     fake = FakeThread(CanaryFake())
     request.addfinalizer(fake.close)
     canary: CanaryFake = fake.fake  # type: ignore[assignment]
@@ -127,7 +131,7 @@ def test_no_secret_in_any_output(spawn, request):
     os.chmod(key_file, 0o600)
 
     # 5. keys typed by a person: a good one through convctl, bad ones over IPC
-    manual = "sk-or-v1-LEAKCANARYMANUAL" + "e" * 40
+    manual = canary.issue_key()  # convctl checks it with OpenRouter first
     done = d.convctl("secret", "set-openrouter-key", input=manual + "\n")
     keep("convctl secret set", done.stdout + done.stderr)
     assert done.returncode == 0, done.stderr
@@ -137,6 +141,13 @@ def test_no_secret_in_any_output(spawn, request):
         done = d.convctl("secret", "set-openrouter-key", input=bad + "\n")
         keep("convctl secret set (bad)", done.stdout + done.stderr)
     assert ipc(d, "secret.get")["key"] == manual
+    rejected = "sk-or-v1-LEAKCANARYREJECTED" + "e" * 40  # never issued: OpenRouter refuses it
+    done = d.convctl("secret", "set-openrouter-key", input=rejected + "\n")
+    keep("convctl secret set (rejected)", done.stdout + done.stderr)
+    assert done.returncode == 1
+    done = d.convctl("exec", "--", sys.executable, "-c", "import os; assert os.environ['OPENROUTER_API_KEY']")
+    keep("convctl exec", done.stdout + done.stderr)
+    assert done.returncode == 0, done.stderr
 
     # 6. SIGHUP, then kill -9 in the middle of an exchange, restart, SIGTERM
     d.proc.send_signal(signal.SIGHUP)
@@ -168,7 +179,7 @@ def test_no_secret_in_any_output(spawn, request):
                 keep(f"file {p}", p.read_bytes().decode("latin-1"))
 
     secrets = {("issued key", k) for k in canary.issued_keys} | {("manual key", manual)}
-    secrets |= {("bad key", k) for k in bad_keys}
+    secrets |= {("bad key", k) for k in [*bad_keys, rejected]}
     secrets |= {("code", c) for c in canary.seen_codes if c and c != "None"}
     secrets |= {("verifier", v) for v in canary.seen_verifiers if v and v != "None"}
     assert (
@@ -186,3 +197,66 @@ def _quiet(fn, *args):
         fn(*args)
     except OSError:
         pass
+
+
+class _Recorder(http.server.BaseHTTPRequestHandler):
+    """Answers every GET: a redirect to ``target`` when the server has one, else key info; records the headers."""
+
+    def do_GET(self) -> None:
+        self.server.seen.append(dict(self.headers))  # type: ignore[attr-defined]
+        target = self.server.target  # type: ignore[attr-defined]
+        if target:
+            self.send_response(302)
+            self.send_header("Location", target + self.path)
+            self.end_headers()
+        else:
+            body = b'{"data": {"label": "elsewhere"}}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def _http_server(target: str | None):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    server.seen, server.target = [], target  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def test_a_key_being_checked_never_follows_a_redirect(spawn, short_tmp):
+    """The OpenRouter address answers the key check with a redirect to another server: neither convctl (no daemon)
+    nor the daemon sends the key there; the key is stored unchecked, with a note.
+
+    Defence: the key check does not follow redirects (urllib in convctl, aiohttp in the daemon)."""
+    from tests.conftest import base_env
+
+    elsewhere, elsewhere_url = _http_server(None)
+    redirector, redirector_url = _http_server(elsewhere_url)
+    try:
+        key = "sk-or-v1-LEAKCANARYREDIRECT" + "a" * 40
+        env = base_env(short_tmp / "alone", CONVOCATIONS_OPENROUTER_URL=redirector_url)
+        done = subprocess.run(
+            [sys.executable, "-m", "convocationsd.cli.main", "secret", "set-openrouter-key"],
+            env=env,
+            input=key + "\n",
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0 and "answered HTTP 302" in done.stderr, done.stderr
+        d = spawn(CONVOCATIONS_OPENROUTER_URL=redirector_url)
+        via_daemon = d.convctl("secret", "set-openrouter-key", input=key + "\n")
+        assert via_daemon.returncode == 0 and "not checked" in via_daemon.stdout, via_daemon.stderr
+        # convctl's check, the daemon's, and the daemon's account refresh all asked the address they were given
+        asked = [h.get("Authorization") == f"Bearer {key}" for h in redirector.seen]
+        assert len(asked) >= 2 and all(asked)
+        assert not elsewhere.seen, "the key followed a redirect to another server"
+        assert key not in done.stdout + done.stderr + via_daemon.stdout + via_daemon.stderr + d.log()
+    finally:
+        redirector.shutdown()
+        elsewhere.shutdown()

@@ -219,7 +219,12 @@ async def test_409_on_a_fallback_port(browser, daemon_factory, fake):
     )
     try:
         port = int(holder.stdout.readline())  # chosen by the holder: nothing can take it in between
-        d = await asyncio.to_thread(daemon_factory, CONVOCATIONS_OPENROUTER_URL=fake.url, RCONV_HTTP_PORT=str(port))
+        d = await asyncio.to_thread(
+            daemon_factory,
+            CONVOCATIONS_OPENROUTER_URL=fake.url,
+            RCONV_HTTP_PORT=str(port),
+            CONVOCATIONS_ALLOW_PORT_FALLBACK="1",  # a chosen port that is busy is an error without it
+        )
         assert d.call("status")["port_fallback"] is True
         fake.config.authorize_409 = True
         proc = d.convctl_async("oauth", "start", "--no-browser", "--timeout", "60")

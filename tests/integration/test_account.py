@@ -292,7 +292,9 @@ async def test_status_unreachable_openrouter_is_not_an_invalid_key(daemon_factor
     assert "no longer valid" not in done.stdout
 
 
-@pytest.mark.parametrize("cmd", [("status",), ("secret", "status"), ("--help",)])
+@pytest.mark.parametrize(
+    "cmd", [("status",), ("secret", "status"), ("--help",), ("exec", "--", "true"), ("secret", "get-openrouter-key")]
+)
 def test_convctl_stays_light(cmd, short_tmp):
     import subprocess
     import sys

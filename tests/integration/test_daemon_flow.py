@@ -189,6 +189,7 @@ async def test_http_routes(daemon, fake):
         async with s.get(base + "/api/status") as r:
             st = await r.json()
             assert r.status == 200 and st["port"] == daemon.port and r.headers["Cache-Control"] == "no-store"
+            assert not {"account", "settings", "last_store"} & set(st)  # the socket's status only
 
 
 async def test_sigterm_cancels_flow_removes_socket_exits_zero(daemon):

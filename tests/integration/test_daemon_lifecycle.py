@@ -29,14 +29,59 @@ def _hold(family: int, host: str, port: int) -> socket.socket:
 
 
 @pytest.mark.parametrize("family, host", [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")])
-def test_busy_port_falls_back_loudly(daemon_factory, family, host):
+def test_busy_port_falls_back_loudly_when_allowed(daemon_factory, family, host):
     with _hold(family, host, 0) as held:
         port = held.getsockname()[1]
-        d = daemon_factory(RCONV_HTTP_PORT=str(port))
+        d = daemon_factory(RCONV_HTTP_PORT=str(port), args=("--allow-port-fallback",))
         st = d.call("status")
     assert st["port_fallback"] is True and st["port"] != port
     assert f"PORT {port} IS BUSY" in d.log()
     assert st["port"] > 1024
+    assert f"http://localhost:{st['port']}/api" not in d.log()  # never advice to register the fallback port
+
+
+@pytest.mark.parametrize("chosen", ["env", "flag", "config"])
+def test_a_busy_port_the_person_chose_is_an_error(short_tmp, daemon_factory, chosen):
+    """A chosen port is a promise: no silent fallback; exit 1 naming the port, where it was chosen and who holds it."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import socket,time\ns=socket.socket()\ns.bind(('127.0.0.1',0))\ns.listen()\n"
+         "print(s.getsockname()[1],flush=True)\ntime.sleep(60)"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        port = int(holder.stdout.readline())  # chosen by the holder: nothing can take it in between
+        how = {"env": ({"RCONV_HTTP_PORT": str(port)}, ()), "flag": ({}, ("--port", str(port)))}
+        if chosen == "config":
+            (short_tmp / "cfg" / "convocations").mkdir(parents=True)
+            (short_tmp / "cfg" / "convocations" / "config.toml").write_text(f"http_port = {port}\n")
+        env, args = how.get(chosen, ({}, ()))
+        d = daemon_factory(wait=False, args=args, **{"RCONV_HTTP_PORT": "", **env})  # killed at teardown if it runs
+        assert d.proc.wait(20) == 1
+        log = d.log()
+        source = {"env": "RCONV_HTTP_PORT", "flag": "--port", "config": "http_port in "}[chosen]
+        assert f"Port {port} (chosen by {source}" in log and "is already in use by python" in log
+        assert f"pid {holder.pid}" in log and "--allow-port-fallback" in log and "Traceback" not in log
+        assert not d.socket.exists()  # nothing left behind
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_only_the_default_port_falls_back(daemon_factory):
+    """With no port chosen, a busy 3000 (the usual dev server) still gives way to a free port."""
+    try:
+        held = _hold(socket.AF_INET6, "::1", 3000)
+    except OSError:  # someone else holds 3000 already: the case under test all the same
+        held = None
+    try:
+        d = daemon_factory(RCONV_HTTP_PORT="")
+        st = d.call("status")
+    finally:
+        if held is not None:
+            held.close()
+    assert st["port_fallback"] is True and st["port"] != 3000
+    assert st["settings"]["http_port"] == {"value": 3000, "source": "the default"}
 
 
 def test_second_daemon_is_refused_with_a_clear_message(daemon_factory, short_tmp):

@@ -139,8 +139,11 @@ def test_failing_keyring_falls_back_with_one_log_line(conf, caplog, error):
     assert "[redacted]" in lines[0]
     assert store.get() == key
     assert set(configfile.load(conf)["openrouter_api_key"]) == {"backend", "nonce", "ciphertext"}
+    outcome = store.last_store
+    assert outcome.backend == "local-encrypted" and error in outcome.keyring_error and outcome.error is None
+    assert outcome.keyring_missing is (error == "NoKeyringError")  # no keyring at all, not a failing one
     assert_key_in_no_file(key, conf.parent)
-    assert_key_hidden(key, caplog)
+    assert_key_hidden(key, caplog, texts=(json.dumps(outcome.to_dict()),))
 
 
 @pytest.mark.parametrize("kind", ["fail", "null"])
@@ -152,7 +155,21 @@ def test_stand_in_backends_count_as_unavailable(conf, caplog, kind):
     store = ConfiguredStore(conf, keyring=KeyringBackend(timeout=5, detect=lambda: backend))
     assert store.set(key) == "local-encrypted"
     assert len(fallback_lines(caplog)) == 1
+    assert store.last_store.keyring_missing is True
     assert_key_hidden(key, caplog)
+
+
+def test_last_store_says_where_the_key_went_or_why_it_went_nowhere(conf, caplog):
+    import keyring.errors
+
+    store = make(conf, FakeKeyring())
+    assert store.last_store is None
+    store.set(new_key())
+    assert (store.last_store.backend, store.last_store.keyring_error) == ("keyring", None)
+    forced = make(conf, FakeKeyring(fail=keyring.errors.KeyringLocked("locked")), forced="keyring")
+    with pytest.raises(SecretStoreError):
+        forced.set(new_key())
+    assert forced.last_store.backend is None and "locked" in forced.last_store.error
 
 
 def test_forced_keyring_does_not_fall_back(conf, caplog):
@@ -296,20 +313,100 @@ def test_plain_text_key_in_config_is_never_echoed(conf, caplog):
 
 
 def test_inline_table_reference_is_read(conf, caplog):
-    """The seed notes show the reference as an inline table; it reads the same and is rewritten cleanly."""
+    """The seed notes show the reference as an inline table; it reads the same and is rewritten in its place."""
     fake, key = FakeKeyring(), new_key()
     fake.entries[(SERVICE, USERNAME)] = key
     conf.parent.mkdir(mode=0o700)
-    conf.write_text('a = 1\nopenrouter_api_key = { backend = "keyring" }\nb = 2\n')
+    conf.write_text('a = 1\nopenrouter_api_key = { backend = "keyring" }  # mine\nb = 2\n')
     store = make(conf, fake)
     assert store.status().to_dict() == {"stored": True, "backend": "keyring"}
     assert store.get() == key
     store.set(key)
-    assert configfile.load(conf) == {
-        "a": 1,
-        "b": 2,
-        "openrouter_api_key": {"backend": "keyring", "service": SERVICE, "username": USERNAME},
-    }
+    assert conf.read_text() == f"a = 1\n{INLINE_KEYRING}  # mine\nb = 2\n"
+
+
+INLINE_KEYRING = 'openrouter_api_key = {backend = "keyring", service = "convocations", username = "openrouter_api_key"}'
+
+
+def test_reference_is_a_top_level_inline_table_before_any_table(conf, caplog):
+    """Settings a person appends to the file after a key is stored stay settings (the trap of a table at the end)."""
+    conf.parent.mkdir(mode=0o700)
+    conf.write_text("# mine\nhttp_port = 3001\n\n# the proxy\n[proxy]\nurl = 'x'\n")
+    store = make(conf, FakeKeyring())
+    store.set(new_key())
+    assert conf.read_text() == f"# mine\nhttp_port = 3001\n{INLINE_KEYRING}\n\n# the proxy\n[proxy]\nurl = 'x'\n"
+    empty = conf.parent / "empty.toml"
+    make(empty, FakeKeyring()).set(new_key())
+    with open(empty, "a") as f:
+        f.write("flow_timeout_seconds = 42\n")  # what a person does next
+    assert configfile.load(empty)["flow_timeout_seconds"] == 42
+
+
+def test_old_table_form_is_read_and_migrated_keeping_comments(conf, caplog):
+    """The [openrouter_api_key] table form is read; the next write makes it inline and moves what the person wrote
+    inside the table (here a comment and a setting appended below it) to the top level, where it takes effect."""
+    fake, key = FakeKeyring(), new_key()
+    fake.entries[(SERVICE, USERNAME)] = key
+    conf.parent.mkdir(mode=0o700)
+    conf.write_text(
+        "# my settings\nhttp_port = 3001\n\n"
+        '[openrouter_api_key]\nbackend = "keyring"\nservice = "convocations"\nusername = "openrouter_api_key"\n'
+        "# shorter logins\nflow_timeout_seconds = 42\n"
+    )
+    store = make(conf, fake)
+    assert store.status().to_dict() == {"stored": True, "backend": "keyring"} and store.get() == key
+    store.set(key)
+    assert conf.read_text() == (
+        f"# my settings\nhttp_port = 3001\n{INLINE_KEYRING}\n# shorter logins\nflow_timeout_seconds = 42\n\n"
+    )
+    moved = [r.getMessage() for r in caplog.records if "Moved flow_timeout_seconds out of" in r.getMessage()]
+    assert len(moved) == 1
+    assert store.get() == key
+
+
+def test_clearing_an_old_table_keeps_what_the_person_wrote_in_it(conf, caplog):
+    conf.parent.mkdir(mode=0o700)
+    conf.write_text('[other]\nx = 1\n[openrouter_api_key]\nbackend = "keyring"\n# note\nlog_level = "debug"\n')
+    store = make(conf, FakeKeyring())
+    assert store.clear() is True
+    assert conf.read_text() == '# note\nlog_level = "debug"\n\n[other]\nx = 1\n'
+
+
+def test_a_table_inside_the_reference_table_is_not_dropped(conf, caplog):
+    original = '[openrouter_api_key]\nbackend = "keyring"\n[openrouter_api_key.mine]\nx = 1\n'
+    conf.parent.mkdir(mode=0o700)
+    conf.write_text(original)
+    with pytest.raises(ConfigError) as info:
+        make(conf, FakeKeyring(), forced="local-encrypted").set(new_key())
+    assert "openrouter_api_key.mine" in info.value.message and "Move that table" in info.value.hint
+    assert conf.read_text() == original
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a = 1",
+        "a = 1 # no newline at the end",
+        "# only a comment",
+        "[t]\nq = 1",
+        'x = """\n[not a table]\n"""\n',
+        "a.b = 1\n[[aot]]\nq = 1\n[[aot]]\nq = 2\n",
+        "openrouter_api_key.backend = 'keyring'\nq = 1\n",
+        "[t]\nq = 1\n[openrouter_api_key]\nbackend = 'keyring'\n\n[u]\nr = 2\n",
+    ],
+)
+def test_reference_reads_back_in_any_file(conf, caplog, text):
+    conf.parent.mkdir(mode=0o700)
+    conf.write_text(text)
+    before = {k: v for k, v in configfile.load(conf).items() if k != "openrouter_api_key"}
+    store = make(conf, FakeKeyring(), forced="local-encrypted")
+    key = new_key()
+    store.set(key)
+    after = configfile.load(conf)
+    assert set(after["openrouter_api_key"]) == {"backend", "nonce", "ciphertext"} and store.get() == key
+    assert {k: v for k, v in after.items() if k != "openrouter_api_key"} == before
+    store.clear()
+    assert configfile.load(conf) == before
 
 
 def test_set_and_clear_keep_the_rest_of_config(conf, caplog):

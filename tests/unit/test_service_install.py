@@ -74,6 +74,7 @@ def test_install_writes_units_and_enables_sockets(env):
         assert (folder / name).stat().st_mode & 0o777 == 0o644
     assert 'ExecStart="/opt/conv venv/bin/python" -m convocationsd' in (folder / "convocationsd.service").read_text()
     assert run.calls == [
+        ["systemctl", "--user", "show-environment"],  # is a user manager there? asked before writing
         ["systemctl", "--user", "daemon-reload"],
         ["systemctl", "--user", "enable", "--now", "convocationsd.socket", "convocationsd-http.socket"],
     ]
@@ -89,7 +90,10 @@ def test_second_install_rewrites_nothing(env):
     lines = install(env, run)
     assert [line for line in lines if line.startswith("unchanged: ")] == [f"unchanged: {folder / n}" for n in si.UNITS]
     assert {p: p.stat().st_mtime_ns for p in folder.iterdir()} == stamps
-    assert run.calls == [["systemctl", "--user", "enable", "--now", *si.SOCKETS]]  # no reload: nothing changed
+    assert run.calls == [
+        ["systemctl", "--user", "show-environment"],
+        ["systemctl", "--user", "enable", "--now", *si.SOCKETS],
+    ]  # no reload
 
 
 def test_new_interpreter_updates_only_the_service_and_says_how_to_apply(env):
@@ -110,7 +114,7 @@ def test_default_unit_dir_without_xdg(tmp_path):
 def test_dry_run_touches_nothing(env):
     run = Recorder()
     lines = install(env, run, dry_run=True)
-    assert run.calls == []
+    assert run.calls == [["systemctl", "--user", "show-environment"]]  # read-only
     assert not Path(env["XDG_CONFIG_HOME"]).exists()
     assert sum(line.startswith("would write: ") for line in lines) == 3
     assert "would run: systemctl --user enable --now convocationsd.socket convocationsd-http.socket" in lines
@@ -123,16 +127,28 @@ def test_missing_systemctl_says_what_was_written_and_what_to_run(env):
         si.install(out=out, run=run, env=env, platform="linux", python=PYTHON)
     folder = Path(env["XDG_CONFIG_HOME"]) / "systemd" / "user"
     assert all((folder / n).is_file() for n in si.UNITS)  # the files stay written
-    assert str(folder) in e.value.message and "command not found" in e.value.message
+    assert f"written to {folder} but not enabled" in e.value.message and "systemctl is not installed" in e.value.message
     assert "systemctl --user enable --now convocationsd.socket convocationsd-http.socket" in e.value.hint
-    assert "failed (exit 127): systemctl --user daemon-reload: systemctl: command not found" in out.getvalue()
-    assert run.calls == [["systemctl", "--user", "daemon-reload"]]  # stops at the first failure
+    assert "NOT ENABLED" in out.getvalue()
+    assert run.calls == [["systemctl", "--user", "show-environment"]]  # nothing is run that cannot work
 
 
-def test_no_user_manager(env):
+def test_no_user_manager_writes_the_units_and_says_they_are_not_enabled(env):
     run = Recorder({("systemctl",): si.RunResult(1, "Failed to connect to bus: No medium found")})
-    with pytest.raises(si.ServiceManagerError, match="No medium found"):
+    with pytest.raises(si.ServiceManagerError) as e:
         install(env, run)
+    assert "not enabled: no systemd user manager is reachable (Failed to connect to bus: No medium found)" in str(
+        e.value
+    )
+    assert "loginctl enable-linger" in e.value.hint and "systemctl --user daemon-reload &&" in e.value.hint
+    assert len(run.calls) == 1
+
+
+def test_no_user_manager_dry_run_says_so_without_failing(env):
+    run = Recorder({("systemctl",): si.RunResult(1, "Failed to connect to bus: No medium found")})
+    lines = install(env, run, dry_run=True)
+    assert any(line.startswith("NOT ENABLED: the unit files would be written") for line in lines)
+    assert not Path(env["XDG_CONFIG_HOME"]).exists()
 
 
 def test_uninstall_disables_then_removes(env):

@@ -45,6 +45,7 @@ LAYERS = {
     "exchange_timeout_seconds": (1, "2", 3.5, 1.0, 2.0, 3.5, 30.0),
     "keyring_timeout_seconds": (5, "6", 7, 5.0, 6.0, 7.0, 120.0),
     "allow_stateless_callbacks": (True, "no", True, True, False, True, False),
+    "allow_port_fallback": (True, "no", True, True, False, True, False),
 }  # fmt: skip
 
 
@@ -116,9 +117,70 @@ def test_paths_expand_user(monkeypatch):
     assert build(env={"CONVOCATIONS_SOCKET": "~/s.sock"}).socket_path == Path("/home/tester/s.sock")
 
 
-def test_unrelated_config_keys_are_ignored():
+def test_unrelated_config_keys_do_not_change_settings():
     cfg = {"openrouter_api_key": {"backend": "keyring", "service": "convocations"}, "something_new": 1}
     assert build(config=cfg) == build()
+
+
+def test_sources_say_where_each_value_came_from():
+    s, sources = settings.resolve_with_sources(
+        {"log_level": "debug"},
+        {"RCONV_HTTP_PORT": "4000"},
+        {"openrouter_url": "http://127.0.0.1:9", "http_port": 5000},
+        socket_path=SOCK,
+        config_path=CONF,
+    )
+    assert (s.http_port, s.log_level, s.openrouter_url) == (4000, "debug", "http://127.0.0.1:9")
+    assert sources["http_port"] == "RCONV_HTTP_PORT" and sources["log_level"] == "--log-level"
+    assert sources["openrouter_url"] == f"openrouter_url in {CONF}"
+    assert sources["secret_backend"] == settings.DEFAULT
+
+
+@pytest.mark.parametrize(
+    ("name", "guess"),
+    [("htp_port", "http_port"), ("flow_timeout", "flow_timeout_seconds"), ("log-level", "log_level"),
+     ("Secret_Backend", "secret_backend"), ("completely_unrelated", None)],
+)  # fmt: skip
+def test_unknown_keys_get_the_closest_known_one(name, guess):
+    warning = settings.unknown_key_warning(name, "config.toml", settings.CONFIG_KEYS)
+    assert warning.startswith(f"unknown key {name} in config.toml is ignored")
+    assert (f"(did you mean {guess}?)" in warning) if guess else "did you mean" not in warning
+
+
+def test_unknown_key_names_are_shown_printable_and_short():
+    warning = settings.unknown_key_warning("a\x1b[2Jb" + "x" * 100, "f", settings.CONFIG_KEYS)
+    assert "\x1b" not in warning and len(warning) < 100
+
+
+# What a person sees for a value of the wrong kind: what it must be, in words, never Python's own message.
+HUMAN = [
+    ("http_port", "three thousand", 'must be a whole port number from 1 to 65535 (0 picks a free one), not "three thousand"'),
+    ("http_port", 3000.5, "not 3000.5"),
+    ("http_port", [], "not a list"),
+    ("flow_timeout_seconds", "forty", 'must be a positive number of seconds (below 10000000), not "forty"'),
+    ("flow_timeout_seconds", {}, "not a table"),
+    ("desktop_notifications", 1, "must be true or false, not 1"),
+    ("log_level", "loud", 'must be one of debug, info, warning, error, not "loud"'),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("key", "value", "words"), HUMAN)
+def test_invalid_values_get_human_messages(key, value, words):
+    e = bad(config={key: value})
+    assert words in e.message
+    for python in ("invalid literal", "could not convert", "float()", "int()", "Traceback"):
+        assert python not in str(e)
+
+
+def test_error_hints_do_not_assume_the_daemon():
+    e = bad(config={"http_port": "three thousand"})
+    assert "start again" not in str(e) and e.hint == "Correct or remove that value."
+
+
+def test_config_problems_lists_every_bad_value_even_when_overridden():
+    problems = settings.config_problems({"http_port": "x", "log_level": "loud", "socket": "/s", "other": 1}, CONF)
+    assert len(problems) == 2 and "http_port" in problems[0] and "log_level" in problems[1]
+    assert settings.config_problems({"http_port": 3001}, CONF) == []
 
 
 def test_settings_is_frozen():
@@ -261,6 +323,7 @@ INVALID = {
     "exchange_timeout_seconds": "never",
     "keyring_timeout_seconds": "nan",
     "allow_stateless_callbacks": "sometimes",
+    "allow_port_fallback": "sometimes",
 }
 
 
