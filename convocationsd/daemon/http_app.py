@@ -7,12 +7,10 @@ headers, so other origins cannot read anything.
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
 import secrets
-import socket
 import sys
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -250,56 +248,3 @@ def make_app(controller: Controller) -> web.Application:
     app.router.add_get(RESULT, result)
     app.router.add_get(STATUS, status_json)
     return app
-
-
-# -- binding -----------------------------------------------------------------------------------------
-
-
-def _listen(family: int, host: str, port: int) -> socket.socket:
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        # SO_REUSEADDR only skips TIME_WAIT on Linux; never SO_REUSEPORT (it would let others share the port).
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(128)
-        sock.setblocking(False)
-        return sock
-    except BaseException:
-        sock.close()
-        raise
-
-
-def bind_loopback(port: int, *, attempts: int = 20) -> tuple[list[socket.socket], int, bool]:
-    """Binds ``port`` on 127.0.0.1 and ::1. If either is busy, falls back to one free port on both.
-
-    Returns (sockets, port, fell_back). A machine without IPv6 loopback gets the IPv4 socket only."""
-    try:
-        socks = _bind_both(port)
-        return socks, socks[0].getsockname()[1], False  # port 0 means "any": report the one we got
-    except OSError as e:
-        if port == 0:
-            raise
-        log.warning("port %d is busy (%s)", port, e.strerror)
-    for _ in range(attempts):
-        try:
-            socks = _bind_both(0)
-        except OSError:
-            continue
-        return socks, socks[0].getsockname()[1], True
-    raise OSError("no free port on both 127.0.0.1 and ::1")
-
-
-def _bind_both(port: int) -> list[socket.socket]:
-    v4 = _listen(socket.AF_INET, "127.0.0.1", port)
-    chosen = v4.getsockname()[1]
-    try:
-        v6 = _listen(socket.AF_INET6, "::1", chosen)
-    except OSError as e:
-        if e.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):  # no IPv6 loopback on this machine
-            log.warning("no IPv6 loopback (%s); listening on 127.0.0.1 only", e.strerror)
-            return [v4]
-        v4.close()
-        raise
-    return [v4, v6]

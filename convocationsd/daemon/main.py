@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import os
 import signal
@@ -21,15 +20,13 @@ from convocationsd.common import paths
 from convocationsd.common.settings import LOG_LEVELS, Settings, resolve
 from convocationsd.core import protocol
 from convocationsd.core.errors import ConvError
-from convocationsd.core.events import ALL_EVENTS, EventBus
+from convocationsd.core.events import ALL_EVENTS, AUTH_STARTED, EventBus
 from convocationsd.daemon import systemd
 from convocationsd.daemon.controller import Controller, Endpoint
 from convocationsd.daemon.logs import set_level, setup_logging
 from convocationsd.store import configfile
 
 log = logging.getLogger("convocationsd")
-
-SHUTDOWN_GRACE = 3.0  # seconds for in-flight work after SIGTERM
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,7 +86,8 @@ class Daemon:
         self.stopping = asyncio.Event()
         self.activated = False
         self.controller: Controller | None = None
-        self._runner: Any = None
+        self.exit_code = 0
+        self._http: Any = None
         self._ipc: Any = None
         self._openrouter: Any = None
         self._tasks: list[asyncio.Task] = []
@@ -100,9 +98,10 @@ class Daemon:
     # -- start-up ------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        from aiohttp import web
-
-        from convocationsd.daemon import http_app, ipc_server
+        # Only what `status` needs is imported here: aiohttp waits for the first login or HTTP connection
+        # (http_sockets), and for the OpenRouter client's first request. Start-up time is what a
+        # socket-activated client waits for.
+        from convocationsd.daemon import http_sockets, ipc_server
         from convocationsd.daemon.openrouter import OpenRouterClient
 
         s = self.settings
@@ -128,7 +127,7 @@ class Daemon:
             port = http_socks[0].getsockname()[1]
         else:
             try:
-                http_socks, port, fell_back = http_app.bind_loopback(s.http_port)
+                http_socks, port, fell_back = http_sockets.bind_loopback(s.http_port)
             except OSError:
                 if not ipc_socks:  # do not leave our socket file behind for the next start to call stale
                     ctl_sock.close()
@@ -174,19 +173,26 @@ class Daemon:
         if not ipc_socks:
             self._ipc.own_socket(Path(socket_path))
 
-        self._runner = web.AppRunner(
-            http_app.make_app(ctl), handle_signals=False, access_log=None, keepalive_timeout=http_app.IDLE_TIMEOUT
-        )
-        await self._runner.setup()
-        for sock in http_socks:
-            await web.SockSite(self._runner, sock).start()
+        # HTTP is served from the first connection, or from the first login (its callback is coming).
+        self._http = http_sockets.LazyHttpServer(http_socks, ctl, on_failure=self._http_failed)
+        self._http.watch()
+        self.bus.add_listener(self._on_event)
 
         log.info("convocationsd %s listening on http://localhost:%d and %s", __version__, port, socket_path)
-        # Both servers accept from here on: only now may systemd consider the start finished.
+        # Both doors accept from here on: only now may systemd consider the start finished.
         self._status = f"Listening on http://localhost:{port}" + (" (fallback port)" if fell_back else "")
         systemd.notify(f"READY=1\nSTATUS={self._status}", self.env)
         if self.activated:
             self._tasks.append(asyncio.create_task(self._idle_watch()))
+
+    def _on_event(self, name: str, data: dict) -> None:
+        if name == AUTH_STARTED:  # a login: the browser comes back over HTTP, and the exchange needs aiohttp
+            self._http.start()
+
+    def _http_failed(self, error: BaseException) -> None:
+        log.error("cannot serve HTTP, stopping: %s", error, exc_info=error)
+        self._stop_reason, self.exit_code = "HTTP failed", 1
+        self.stopping.set()
 
     def _ipc_handlers(self) -> dict:
         ctl = self.controller
@@ -260,9 +266,8 @@ class Daemon:
             ctl.cancel(force=True)
         if self._ipc is not None:
             await self._ipc.close()
-        if self._runner is not None:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._runner.cleanup(), SHUTDOWN_GRACE)
+        if self._http is not None:
+            await self._http.close()
         if self._openrouter is not None:
             await self._openrouter.close()
         if self._desktop is not None:
@@ -272,7 +277,8 @@ class Daemon:
 
 async def serve(
     settings: Settings, *, flags: Mapping[str, Any] | None = None, env: Mapping[str, str] = os.environ
-) -> None:
+) -> int:
+    """Runs the daemon until a signal or idle exit; returns its exit code."""
     daemon = Daemon(settings, flags=flags, env=env)
     try:
         await daemon.start()
@@ -280,6 +286,7 @@ async def serve(
         await daemon.stopping.wait()
     finally:
         await daemon.stop()
+    return daemon.exit_code
 
 
 def raise_open_file_limit() -> None:
@@ -314,14 +321,13 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(settings.log_level, env)
     raise_open_file_limit()
     try:
-        asyncio.run(serve(settings, flags=flags, env=env))
+        return asyncio.run(serve(settings, flags=flags, env=env))
     except ConvError as e:
         log.error("%s", e)
         return 1
     except OSError as e:
         log.error("cannot start: %s", e)
         return 1
-    return 0
 
 
 if __name__ == "__main__":
