@@ -99,10 +99,11 @@ class Daemon:
 
     async def start(self) -> None:
         # Only what `status` needs is imported here: aiohttp waits for the first login or HTTP connection
-        # (http_sockets), and for the OpenRouter client's first request. Start-up time is what a
-        # socket-activated client waits for.
+        # (http_sockets), the OpenRouter client for its first request, and keyring, cryptography and tomlkit
+        # stay out of this process (store.helper). Start-up time is what a socket-activated client waits for.
         from convocationsd.daemon import http_sockets, ipc_server
         from convocationsd.daemon.openrouter import OpenRouterClient
+        from convocationsd.store.helper import HelperStore
 
         s = self.settings
         # Always called: it returns {} when not activated, and it clears LISTEN_* variables that were meant
@@ -144,10 +145,8 @@ class Daemon:
                 port,
             )
 
-        from convocationsd.store.select import open_store
-
-        self.secrets = open_store(
-            s.config_path, forced_backend=s.secret_backend, keyring_timeout=s.keyring_timeout_seconds
+        self.secrets = HelperStore(
+            s.config_path, forced_backend=s.secret_backend, keyring_timeout=s.keyring_timeout_seconds, env=self.env
         )
         self._openrouter = OpenRouterClient(s.openrouter_url, timeout=s.exchange_timeout_seconds)
         ctl = self.controller = Controller(
@@ -239,9 +238,8 @@ class Daemon:
             self.controller.flows.timeout = new.flow_timeout_seconds
         if self._openrouter is not None:
             self._openrouter.timeout = new.exchange_timeout_seconds
-        keyring = getattr(self.secrets, "keyring", None)  # the configured store's keyring backend
-        if keyring is not None:
-            keyring.timeout = new.keyring_timeout_seconds
+        if self.secrets is not None:
+            self.secrets.keyring_timeout = new.keyring_timeout_seconds
         log.info("configuration reloaded from %s", new.config_path)
         systemd.notify(f"STATUS={self._status}; configuration reloaded", self.env)
 
