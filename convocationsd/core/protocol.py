@@ -29,6 +29,7 @@ METHODS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "secret.set": {"key": ((str,), True)},
     "secret.clear": {},
     "secret.get": {},
+    "debug.modules": {},
 }
 
 _utf8 = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode

@@ -215,6 +215,7 @@ class Daemon:
             "secret.set": lambda c, p: ctl.secret_set(p["key"]),
             "secret.clear": lambda c, p: ctl.secret_clear(),
             "secret.get": lambda c, p: ctl.secret_get(),
+            "debug.modules": lambda c, p: {"modules": sorted({name.partition(".")[0] for name in sys.modules})},
         }
 
     # -- running -------------------------------------------------------------------------------------
