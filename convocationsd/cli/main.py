@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 from convocationsd import __version__
+from convocationsd.common.cmdline import ArgumentParser
 from convocationsd.core.errors import ConvError
 
 TYPE_CHECKING = False
@@ -41,29 +41,8 @@ class Out:
         return self.stderr.isatty()
 
 
-def _terminal_columns() -> int:
-    """``shutil.get_terminal_size().columns``, without importing shutil (and bz2 and lzma with it)."""
-    try:
-        columns = int(os.environ["COLUMNS"])
-    except (KeyError, ValueError):
-        columns = 0
-    if columns <= 0:
-        try:
-            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
-        except (AttributeError, ValueError, OSError):
-            columns = 0
-    return columns or 80
-
-
-class _Parser(argparse.ArgumentParser):
-    # argparse makes a formatter for every add_argument (to check the metavar) and each one imports shutil
-    # to ask the terminal its width; giving the width ourselves keeps shutil out of every convctl run.
-    def _get_formatter(self) -> argparse.HelpFormatter:
-        return argparse.HelpFormatter(prog=self.prog, width=_terminal_columns() - 2)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="convctl", description="Control the convocationsd daemon.")
+    p = ArgumentParser(prog="convctl", description="Control the convocationsd daemon.")
     p.add_argument("--socket", help="the daemon's socket (env CONVOCATIONS_SOCKET)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.add_argument("--version", action="version", version=f"convctl {__version__}")

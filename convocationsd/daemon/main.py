@@ -17,6 +17,7 @@ from typing import Any
 
 from convocationsd import __version__
 from convocationsd.common import paths
+from convocationsd.common.cmdline import ArgumentParser
 from convocationsd.common.settings import LOG_LEVELS, Settings, resolve
 from convocationsd.core import protocol
 from convocationsd.core.errors import ConvError
@@ -30,7 +31,7 @@ log = logging.getLogger("convocationsd")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="convocationsd",
         description="Links your OpenRouter account to Convocations (runs in the foreground).",
     )
@@ -157,8 +158,8 @@ class Daemon:
             bus=self.bus,
             flow_timeout=s.flow_timeout_seconds,
         )
-        try:
-            await ctl.refresh_secret_status()
+        try:  # read here, not in a thread: nothing waits on the loop yet, and no thread pool is started for it
+            ctl.secret_state = self.secrets.status()
         except ConvError as e:
             log.error("%s", e)
 
