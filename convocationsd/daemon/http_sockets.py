@@ -44,6 +44,7 @@ class LazyHttpServer:
 
     def start(self) -> asyncio.Task:
         """Imports aiohttp and serves the sockets (once; later calls return the same task)."""
+        self.controller.touch()  # a waiting connection is activity: no idle exit while aiohttp loads
         if self.started is None:
             self._unwatch()  # from here on aiohttp's server reads the sockets
             self.started = asyncio.get_running_loop().create_task(self._serve())
