@@ -13,12 +13,12 @@ import time
 import traceback
 from pathlib import Path
 
-from . import cli_latency, fanout, flood, footprint, ipc
+from . import cli_latency, coldstart, fanout, flood, footprint, ipc, secretstore
 from .common import machine, raise_nofile
 from .report import Section, render
 
 HERE = Path(__file__).resolve().parent
-SECTIONS = ("cli", "ipc", "fanout", "footprint", "flood")
+SECTIONS = ("cli", "ipc", "fanout", "footprint", "flood", "coldstart", "secretstore")
 
 
 def _failed(title: str, exc: BaseException) -> Section:
@@ -65,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     step("fanout", "3+4. fan-out and callback path", fanout.run)
     step("footprint", "5. footprint", footprint.run)
     step("flood", "6. under flood", flood.run)
+    step("coldstart", "7. cold start", coldstart.run)
+    step("secretstore", "8. secret store per login", secretstore.run)
     total = time.monotonic() - start
     preamble = [
         f"Command: `.venv/bin/python -m bench` (or `make bench`) from the repository root; open-file limit "
