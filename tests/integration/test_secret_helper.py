@@ -1,13 +1,13 @@
-"""The daemon's HelperStore: each set/get/clear in a real child process (``python -m convocationsd.store.helper``).
+"""The daemon's HelperStore: set/get/clear in a real child process (``python -m convocationsd.store.helper``).
 
 The contract (tests/secretstore_contract.py) runs through it too; these are what only the helper can get
 wrong: errors and log records that must survive the process boundary, the key that must travel only
-through the pipe, a child that dies, and the parent that must never load keyring, cryptography or tomlkit.
+through the pipe, a child that serves a burst and then goes, a child that dies, and the parent that must
+never load keyring, cryptography or tomlkit.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import subprocess
@@ -17,12 +17,18 @@ from pathlib import Path
 import pytest
 
 from convocationsd.core.errors import ConfigError, SecretStoreError
+from convocationsd.store import helper as helper_module
 from convocationsd.store.helper import HelperStore
 from convocationsd.store.secrets import LOCAL_ENCRYPTED
 from convocationsd.store.select import open_store
 from tests.secretstore_contract import new_key
 
 HEAVY = ("keyring", "cryptography", "tomlkit")
+
+
+@pytest.fixture(autouse=True)
+def short_linger(monkeypatch):
+    monkeypatch.setattr(helper_module, "LINGER", 0.5)  # children of these tests do not pile up
 
 
 def helper(tmp_path: Path, **kw) -> HelperStore:
@@ -59,33 +65,52 @@ def test_the_childs_log_records_are_logged_by_the_parent(tmp_path, caplog):
     assert all(key not in r.getMessage() for r in caplog.records)
 
 
-def test_the_key_travels_only_through_the_pipe(tmp_path, monkeypatch):
-    """A command line is readable by every user of the machine (/proc/<pid>/cmdline); stdin is not."""
-    seen = []
-    real_run = subprocess.run
+@pytest.fixture
+def started(monkeypatch) -> list[subprocess.Popen]:
+    """The children HelperStore starts (the real Popen, recorded)."""
+    children = []
+    real_popen = subprocess.Popen
 
-    def spy(args, **kw):  # the real call, recorded
-        seen.append((args, kw))
-        return real_run(args, **kw)
+    def spy(*args, **kw):
+        children.append(real_popen(*args, **kw))
+        return children[-1]
 
-    monkeypatch.setattr(subprocess, "run", spy)
+    monkeypatch.setattr(subprocess, "Popen", spy)
+    return children
+
+
+def test_the_key_travels_only_through_the_pipe(tmp_path, started):
+    """A command line is readable by every user of the machine (/proc/<pid>/cmdline); a pipe is not."""
     key = new_key()
     store = helper(tmp_path)
     store.set(key)
     assert store.get() == key
-    assert len(seen) == 2
-    for args, kw in seen:
-        assert key not in " ".join(args)
-        assert all(key not in value for value in kw["env"].values())
-    assert json.loads(seen[0][1]["input"])["key"] == key
+    [child] = started
+    assert key not in " ".join(child.args)
+    assert key not in (tmp_path / "conf" / "config.toml").read_text()
 
 
-def test_a_child_that_dies_is_a_clear_error_with_its_last_words_in_the_log(tmp_path, caplog):
+def test_one_child_serves_a_burst_then_goes(tmp_path, started):
+    store = helper(tmp_path)
+    key = new_key()
+    store.set(key)
+    assert store.get() == key
+    assert store.status().stored
+    assert len(started) == 1  # set and get in the same child
+    assert started[0].wait(timeout=10) == 0  # let go LINGER seconds after the last call
+    assert store.get() == key  # the next call starts a new one
+    assert len(started) == 2
+    store.close()
+    assert started[1].poll() == 0
+
+
+def test_a_child_that_dies_is_a_clear_error_and_its_last_words_are_in_the_log(tmp_path, caplog, capfd):
     store = helper(tmp_path, env=dict(os.environ, PYTHONHOME="/nonexistent"))  # an interpreter that cannot start
     with pytest.raises(SecretStoreError, match="The secret-store helper failed") as failed:
         store.set(new_key())
     assert failed.value.hint == "See the daemon's log, then try again."
-    assert "No module named 'encodings'" in caplog.text
+    assert "exited with 1 without answering" in caplog.text
+    assert "No module named 'encodings'" in capfd.readouterr().err  # the child's stderr is the daemon's log
 
 
 def test_the_parent_never_imports_keyring_cryptography_or_tomlkit(tmp_path):

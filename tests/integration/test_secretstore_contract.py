@@ -81,6 +81,14 @@ class TestKeyringStore(SecretStoreContract):
         assert secret_service.get_password(SERVICE, USERNAME) is None
 
 
+@pytest.fixture
+def short_linger(monkeypatch):
+    from convocationsd.store import helper
+
+    monkeypatch.setattr(helper, "LINGER", 0.5)  # the children of these many stores do not pile up
+
+
+@pytest.mark.usefixtures("short_linger")
 class TestLocalEncryptedThroughHelper(TestLocalEncryptedStore):
     def make_store(self, tmp_path):
         return HelperStore(tmp_path / "conf" / "config.toml", forced_backend=LOCAL_ENCRYPTED)
@@ -90,6 +98,7 @@ class TestLocalEncryptedThroughHelper(TestLocalEncryptedStore):
 
 
 @pytest.mark.keyring
+@pytest.mark.usefixtures("short_linger")
 class TestKeyringThroughHelper(TestKeyringStore):
     def make_store(self, tmp_path):
         return HelperStore(tmp_path / "conf" / "config.toml", forced_backend=KEYRING, keyring_timeout=30)
