@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -69,8 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     step("secretstore", "8. secret store per login", secretstore.run)
     total = time.monotonic() - start
     preamble = [
-        f"Command: `.venv/bin/python -m bench` (or `make bench`) from the repository root; open-file limit "
-        f"raised to {soft} for the 1,000-subscriber run.",
+        f"Command: `.venv/bin/python -m bench` from the repository root (`make bench` runs it under a private "
+        f"session bus with gnome-keyring, for section 8's keyring rows; this run "
+        f"{'had one' if os.environ.get('DBUS_SESSION_BUS_ADDRESS') else 'had none'}); open-file limit raised to "
+        f"{soft} for the 1,000-subscriber run.",
         "",
     ]
     text = render(info, sections, smoke=args.smoke, total=total, preamble=preamble)

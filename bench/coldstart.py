@@ -125,7 +125,7 @@ def run(smoke: bool) -> Section:
             f"<= {TARGET_RATIO:g}x" if installed else "reported",
             ratio <= TARGET_RATIO if installed else None,
         )
-    sec.body.append(__doc__.split("\n\n", 1)[1].replace("\n", " ").strip())
+    sec.body.append(" ".join(__doc__.split("\n\n", 1)[1].split()))
     sec.body.append("")
     sec.body.append(
         f"{cycles} cycles after {warmup} warm-up ones, each a fresh `systemd-socket-activate` (cwd and config in "

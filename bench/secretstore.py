@@ -121,12 +121,12 @@ def run(smoke: bool) -> Section:
                     )
     finally:
         cleanup_tmp(tmp)
-    sec.body.append(__doc__.split("\n\n", 1)[1].replace("\n", " ").strip())
+    sec.body.append(" ".join(__doc__.split("\n\n", 1)[1].split()))
     sec.body.append("")
     sec.body.append(
         f'{calls} set+get pairs each way, one after the other; median / p99 in ms. "MB kept": the in-process '
-        "interpreter's RSS after the calls minus before, which a long-lived daemon keeps for good (its first call "
-        "also imports the libraries: not in these figures)."
+        "interpreter's RSS after the calls minus before, which a long-lived daemon keeps for good; its first call, "
+        "which imports the libraries, is left out of the times."
     )
     sec.body.append("")
     sec.table(["backend", "where", "set p50 / p99 ms", "get p50 / p99 ms", "MB kept"], rows)
