@@ -74,3 +74,17 @@ async def test_the_keyring_backend_stays_out_of_the_daemon_too(daemon_factory, f
     assert d.call("secret.status") == {"stored": True, "backend": "keyring"}
     with d.client() as c:
         assert not loaded(c) & NEVER
+
+
+def test_an_aiohttp_that_cannot_be_loaded_stops_the_daemon_at_its_first_http_connection(daemon_factory, short_tmp):
+    """Loaded late, aiohttp can only fail late: then the daemon says why and exits 1 (a supervisor restarts it)
+    instead of leaving the port accepting connections that nobody serves."""
+    broken = short_tmp / "broken" / "aiohttp"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("raise ImportError('planted by the test')\n")
+    d = daemon_factory(PYTHONPATH=str(broken.parent))
+    assert d.call("status")["port"] == d.port  # the socket door does not need it
+    with pytest.raises(OSError):  # reset or closed: nothing will ever answer this request
+        http_status("127.0.0.1", d.port)
+    assert d.proc.wait(10) == 1
+    assert "cannot serve HTTP, stopping: planted by the test" in d.log()
