@@ -42,8 +42,9 @@ lint: $(VENV)/.test
 test: system-deps lint
 	tests/with-keyring.sh $(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# Under the same private session bus as the tests, so that section 8 also measures the OS keyring backend.
 bench: $(VENV)/.test
-	$(BIN)/python -m bench
+	$(WITH_KEYRING) $(BIN)/python -m bench
 
 fake-openrouter: $(VENV)/.run
 	$(BIN)/python -m convocationsd.testing.fake_openrouter $(FAKE_ARGS)

@@ -7,18 +7,19 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
 import traceback
 from pathlib import Path
 
-from . import cli_latency, fanout, flood, footprint, ipc, stuck
+from . import cli_latency, coldstart, fanout, flood, footprint, ipc, secretstore, stuck
 from .common import machine, raise_nofile
 from .report import Section, render
 
 HERE = Path(__file__).resolve().parent
-SECTIONS = ("cli", "ipc", "fanout", "footprint", "flood", "stuck")
+SECTIONS = ("cli", "ipc", "fanout", "footprint", "flood", "stuck", "coldstart", "secretstore")
 
 
 def _failed(title: str, exc: BaseException) -> Section:
@@ -66,10 +67,14 @@ def main(argv: list[str] | None = None) -> int:
     step("footprint", "5. footprint", footprint.run)
     step("flood", "6. under flood", flood.run)
     step("stuck", "7. stuck subscribers", stuck.run)
+    step("coldstart", "8. cold start", coldstart.run)
+    step("secretstore", "9. secret store per login", secretstore.run)
     total = time.monotonic() - start
     preamble = [
-        f"Command: `.venv/bin/python -m bench` (or `make bench`) from the repository root; open-file limit "
-        f"raised to {soft} for the 1,000-subscriber run (and the helper holding 4,000 stuck ones).",
+        f"Command: `.venv/bin/python -m bench` from the repository root (`make bench` runs it under a private "
+        f"session bus with gnome-keyring, for section 9's keyring rows; this run "
+        f"{'had one' if os.environ.get('DBUS_SESSION_BUS_ADDRESS') else 'had none'}); open-file limit raised to "
+        f"{soft} for the 1,000-subscriber run (and the helper holding 4,000 stuck ones).",
         "",
     ]
     text = render(info, sections, smoke=args.smoke, total=total, preamble=preamble)

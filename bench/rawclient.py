@@ -1,8 +1,10 @@
-"""One blocking raw-socket request/response harness, used unchanged for every server it measures.
+"""Blocking request/response harnesses, each used unchanged for every server it measures.
 
-A target is a request (bytes) and a ``reply_length(buffer) -> int`` that says how many bytes the first
-complete reply takes (0: not complete yet). The loop is the same for all targets: ``sendall`` the request,
-``recv`` until one reply is complete, record the time, repeat on the same connection.
+A target is a request (bytes), a ``reply_length(buffer) -> int`` that says how many bytes the first
+complete reply takes (0: not complete yet), and a ``read_reply(file)`` for the buffered client. Two loops,
+the same for all targets, each repeating on one connection: the raw one (``sendall`` the request, ``recv``
+until one reply is complete) and the plain one a script would write (``sendall``, then read the reply from
+``sock.makefile("rb")``: ``readline()`` for JSON lines).
 """
 
 from __future__ import annotations
@@ -11,8 +13,10 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import BinaryIO
 
 ReplyLength = Callable[[bytes], int]
+ReadReply = Callable[[BinaryIO], bytes]
 
 
 def line_reply(buf: bytes) -> int:
@@ -29,6 +33,17 @@ def ssh_agent_reply(buf: bytes) -> int:
     return need if len(buf) >= need else 0
 
 
+def read_line(f: BinaryIO) -> bytes:
+    """Newline-delimited JSON-RPC, as a plain client reads it."""
+    return f.readline()
+
+
+def read_ssh_agent(f: BinaryIO) -> bytes:
+    """ssh-agent's framing, as a plain client reads it."""
+    head = f.read(4)
+    return head + f.read(int.from_bytes(head, "big"))
+
+
 STATUS_REQUEST = b'{"jsonrpc":"2.0","id":1,"method":"status"}\n'
 SSH_AGENTC_REQUEST_IDENTITIES = (1).to_bytes(4, "big") + bytes([11])
 SSH_AGENT_IDENTITIES_ANSWER = 12
@@ -40,6 +55,7 @@ class Target:
     path: str
     request: bytes
     reply_length: ReplyLength
+    read_reply: ReadReply
 
 
 @dataclass
@@ -97,4 +113,26 @@ def run(
         append(now - t)
         t = now
         count += 1
+    return Run(count, t - start, latencies)
+
+
+def run_buffered(sock: socket.socket, request: bytes, read_reply: ReadReply, *, duration: float) -> Run:
+    """Like :func:`run`, reading each reply through ``sock.makefile("rb")``."""
+    clock = time.perf_counter
+    send = sock.sendall
+    latencies: list[float] = []
+    append = latencies.append
+    with sock.makefile("rb") as f:
+        start = clock()
+        end = start + duration
+        t = start
+        count = 0
+        while t < end:
+            send(request)
+            if not read_reply(f):
+                raise ConnectionError("the server closed the connection")
+            now = clock()
+            append(now - t)
+            t = now
+            count += 1
     return Run(count, t - start, latencies)

@@ -7,11 +7,11 @@ fall back to the files directly when no daemon runs (the same store code the dae
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from convocationsd import __version__
 from convocationsd.cli.terminal import safe_json, safe_line
+from convocationsd.common.cmdline import ArgumentParser
 from convocationsd.core.errors import ConvError, RemoteError, UsageError
 
 TYPE_CHECKING = False
@@ -49,26 +49,7 @@ def _write(stream: TextIO, lines: tuple[Any, ...]) -> None:
     stream.flush()
 
 
-def _terminal_columns() -> int:
-    """``shutil.get_terminal_size().columns``, without importing shutil (and bz2 and lzma with it)."""
-    try:
-        columns = int(os.environ["COLUMNS"])
-    except (KeyError, ValueError):
-        columns = 0
-    if columns <= 0:
-        try:
-            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
-        except (AttributeError, ValueError, OSError):
-            columns = 0
-    return columns or 80
-
-
-class _Parser(argparse.ArgumentParser):
-    # argparse makes a formatter for every add_argument (to check the metavar) and each one imports shutil
-    # to ask the terminal its width; giving the width ourselves keeps shutil out of every convctl run.
-    def _get_formatter(self) -> argparse.HelpFormatter:
-        return argparse.HelpFormatter(prog=self.prog, width=_terminal_columns() - 2)
-
+class _Parser(ArgumentParser):
     def error(self, message: str) -> NoReturn:
         """A usage error is a UsageError like any other, so ``main`` reports it (as JSON with --json)."""
         raise UsageError(f"{message[:1].upper()}{message[1:]}.", f"Run `{self.prog} --help` for the usage.")

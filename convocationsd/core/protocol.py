@@ -33,6 +33,7 @@ METHODS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "secret.set": {"key": ((str,), True), "verify": ((bool,), False)},
     "secret.clear": {},
     "secret.get": {},
+    "debug.modules": {},
 }
 
 # allow_nan=False: NaN and Infinity are not JSON, and a reply that holds one is refused rather than sent.

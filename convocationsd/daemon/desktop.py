@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import html
 import json
 import logging
 import re
@@ -264,6 +263,8 @@ class Desktop:
                 self._notify_pool.submit(self._send_notification, *text)
 
     def _send_notification(self, summary: str, body: str) -> None:
+        from html import escape  # here: html.entities is a few ms of a cold start that never notifies
+
         try:
             if self._notifier is None:
                 self._notifier = self._con.get(
@@ -271,7 +272,7 @@ class Desktop:
                 )
             # The body may be read as markup (the spec's body-markup capability): escape it.
             self._notifier.Notify(
-                APP_NAME, 0, "", summary, html.escape(body, quote=False), [], {}, -1, timeout=NOTIFY_TIMEOUT
+                APP_NAME, 0, "", summary, escape(body, quote=False), [], {}, -1, timeout=NOTIFY_TIMEOUT
             )
         except Exception as e:
             self._notifier = None  # the server may come back (or be a different one) next time

@@ -7,12 +7,10 @@ headers, so other origins cannot read anything.
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
 import secrets
-import socket
 import sys
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -24,7 +22,6 @@ from aiohttp.http import HttpVersion10, HttpVersion11
 
 from convocationsd.common import proc_net
 from convocationsd.core import pkce
-from convocationsd.core.errors import ConvError
 from convocationsd.daemon import pages
 from convocationsd.daemon.controller import Controller, Outcome
 
@@ -347,70 +344,3 @@ def make_app(controller: Controller) -> web.Application:
     app.router.add_post(END, end_login)
     app.router.add_get(STATUS, status_json)
     return app
-
-
-# -- binding -----------------------------------------------------------------------------------------
-
-
-def _listen(family: int, host: str, port: int) -> socket.socket:
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        # SO_REUSEADDR only skips TIME_WAIT on Linux; never SO_REUSEPORT (it would let others share the port).
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(128)
-        sock.setblocking(False)
-        return sock
-    except BaseException:
-        sock.close()
-        raise
-
-
-def bind_loopback(port: int, *, fallback: bool = True, attempts: int = 20) -> tuple[list[socket.socket], int, bool]:
-    """Binds ``port`` on 127.0.0.1 and ::1. If either is busy and ``fallback`` allows it, binds one free port
-    on both instead; otherwise the OSError (EADDRINUSE) propagates.
-
-    Returns (sockets, port, fell_back). A machine without IPv6 loopback gets the IPv4 socket only."""
-    try:
-        socks = _bind_both(port)
-        return socks, socks[0].getsockname()[1], False  # port 0 means "any": report the one we got
-    except OSError as e:
-        if port == 0 or not fallback:
-            raise
-        log.warning("port %d is busy (%s)", port, e.strerror)
-    for _ in range(attempts):
-        try:
-            socks = _bind_both(0)
-        except OSError:
-            continue
-        return socks, socks[0].getsockname()[1], True
-    raise OSError("no free port on both 127.0.0.1 and ::1")
-
-
-def port_busy_error(port: int, chosen_by: str) -> ConvError:
-    """A busy port the person chose: which program holds it, where this system shows that, and what to do."""
-    from convocationsd.common import port_owners
-
-    found = port_owners.holders(port)
-    held = f" by {found[0].describe()}" if found else ""
-    return ConvError(
-        f"Port {port} (chosen by {chosen_by}) is already in use{held}.",
-        f"Stop that program, or choose another free port; or start with --allow-port-fallback to take any free "
-        f"port when {port} is busy (OpenRouter may then refuse logins with HTTP 409, see the README).",
-    )
-
-
-def _bind_both(port: int) -> list[socket.socket]:
-    v4 = _listen(socket.AF_INET, "127.0.0.1", port)
-    chosen = v4.getsockname()[1]
-    try:
-        v6 = _listen(socket.AF_INET6, "::1", chosen)
-    except OSError as e:
-        if e.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):  # no IPv6 loopback on this machine
-            log.warning("no IPv6 loopback (%s); listening on 127.0.0.1 only", e.strerror)
-            return [v4]
-        v4.close()
-        raise
-    return [v4, v6]

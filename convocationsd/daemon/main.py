@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import errno
 import logging
 import os
@@ -18,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from convocationsd import __version__
+from convocationsd.common.cmdline import ArgumentParser
 from convocationsd.common.settings import DEFAULT, LOG_LEVELS, Settings
 from convocationsd.core import protocol
 from convocationsd.core.errors import ConvError, UntrustedSocket
-from convocationsd.core.events import ALL_EVENTS, EventBus
+from convocationsd.core.events import ALL_EVENTS, AUTH_STARTED, EventBus
 from convocationsd.daemon import systemd
 from convocationsd.daemon.controller import Controller, Endpoint
 from convocationsd.daemon.logs import set_level, setup_logging
@@ -29,11 +29,9 @@ from convocationsd.store import config
 
 log = logging.getLogger("convocationsd")
 
-SHUTDOWN_GRACE = 3.0  # seconds for in-flight work after SIGTERM
-
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="convocationsd",
         description="Links your OpenRouter account to Convocations (runs in the foreground).",
     )
@@ -103,7 +101,8 @@ class Daemon:
         self.stopping = asyncio.Event()
         self.activated = False
         self.controller: Controller | None = None
-        self._runner: Any = None
+        self.exit_code = 0
+        self._http: Any = None
         self._ipc: Any = None
         self._openrouter: Any = None
         self._tasks: list[asyncio.Task] = []
@@ -114,10 +113,12 @@ class Daemon:
     # -- start-up ------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        from aiohttp import web
-
-        from convocationsd.daemon import http_app, ipc_server
+        # Only what `status` needs is imported here: aiohttp waits for the first login or HTTP connection
+        # (http_sockets), the OpenRouter client for its first request, and keyring, cryptography and tomlkit
+        # stay out of this process (store.helper). Start-up time is what a socket-activated client waits for.
+        from convocationsd.daemon import http_sockets, ipc_server
         from convocationsd.daemon.openrouter import OpenRouterClient
+        from convocationsd.store.helper import HelperStore
 
         s = self.settings
         # Always called: it returns {} when not activated, and it clears LISTEN_* variables that were meant
@@ -145,13 +146,13 @@ class Daemon:
             chosen_by = self.sources.get("http_port", DEFAULT)
             fallback = s.allow_port_fallback or chosen_by == DEFAULT
             try:
-                http_socks, port, fell_back = http_app.bind_loopback(s.http_port, fallback=fallback)
+                http_socks, port, fell_back = http_sockets.bind_loopback(s.http_port, fallback=fallback)
             except OSError as e:
                 if not ipc_socks:  # do not leave our socket file behind for the next start to call stale
                     ctl_sock.close()
                     os.unlink(socket_path)
                 if not fallback and e.errno == errno.EADDRINUSE:
-                    raise http_app.port_busy_error(s.http_port, chosen_by) from None
+                    raise http_sockets.port_busy_error(s.http_port, chosen_by) from None
                 raise
         if fell_back:
             log.warning(
@@ -164,10 +165,8 @@ class Daemon:
                 s.http_port,
             )
 
-        from convocationsd.store.select import open_store
-
-        self.secrets = open_store(
-            s.config_path, forced_backend=s.secret_backend, keyring_timeout=s.keyring_timeout_seconds
+        self.secrets = HelperStore(
+            s.config_path, forced_backend=s.secret_backend, keyring_timeout=s.keyring_timeout_seconds, env=self.env
         )
         self._openrouter = OpenRouterClient(s.openrouter_url, timeout=s.exchange_timeout_seconds)
         ctl = self.controller = Controller(
@@ -180,8 +179,8 @@ class Daemon:
             require_state=not s.allow_stateless_callbacks,
             setup=self._setup(),
         )
-        try:
-            await ctl.refresh_secret_status()
+        try:  # read here, not in a thread: nothing waits on the loop yet, and no thread pool is started for it
+            ctl.secret_state = self.secrets.status()
         except ConvError as e:
             log.error("%s", e)
 
@@ -195,15 +194,13 @@ class Daemon:
         if not ipc_socks:
             self._ipc.own_socket(Path(socket_path))
 
-        self._runner = web.AppRunner(
-            http_app.make_app(ctl), handle_signals=False, access_log=None, keepalive_timeout=http_app.IDLE_TIMEOUT
-        )
-        await self._runner.setup()
-        for sock in http_socks:
-            await web.SockSite(self._runner, sock).start()
+        # HTTP is served from the first connection, or from the first login (its callback is coming).
+        self._http = http_sockets.LazyHttpServer(http_socks, ctl, on_failure=self._http_failed)
+        self._http.watch()
+        self.bus.add_listener(self._on_event)
 
         log.info("convocationsd %s listening on http://localhost:%d and %s", __version__, port, socket_path)
-        # Both servers accept from here on: only now may systemd consider the start finished.
+        # Both doors accept from here on: only now may systemd consider the start finished.
         self._status = f"Listening on http://localhost:{port}" + (" (fallback port)" if fell_back else "")
         systemd.notify(f"READY=1\nSTATUS={self._status}", self.env)
         if self.activated:
@@ -220,6 +217,15 @@ class Daemon:
             "openrouter_url": {"value": public_url(s.openrouter_url), "source": source("openrouter_url")},
             "secret_backend": {"value": s.secret_backend, "source": source("secret_backend")},
         }
+
+    def _on_event(self, name: str, data: dict) -> None:
+        if name == AUTH_STARTED:  # a login: the browser comes back over HTTP, and the exchange needs aiohttp
+            self._http.start()
+
+    def _http_failed(self, error: BaseException) -> None:
+        log.error("cannot serve HTTP, stopping: %s", error, exc_info=error)
+        self._stop_reason, self.exit_code = "HTTP failed", 1
+        self.stopping.set()
 
     def _ipc_handlers(self) -> dict:
         ctl = self.controller
@@ -245,6 +251,7 @@ class Daemon:
             "secret.set": lambda c, p: ctl.secret_set(p["key"], verify=p.get("verify", False)),
             "secret.clear": lambda c, p: ctl.secret_clear(),
             "secret.get": lambda c, p: ctl.secret_get(),
+            "debug.modules": lambda c, p: {"modules": sorted({name.partition(".")[0] for name in sys.modules})},
         }
 
     # -- running -------------------------------------------------------------------------------------
@@ -271,9 +278,8 @@ class Daemon:
             self.controller.flows.require_state = not new.allow_stateless_callbacks
         if self._openrouter is not None:
             self._openrouter.timeout = new.exchange_timeout_seconds
-        keyring = getattr(self.secrets, "keyring", None)  # the configured store's keyring backend
-        if keyring is not None:
-            keyring.timeout = new.keyring_timeout_seconds
+        if self.secrets is not None:
+            self.secrets.keyring_timeout = new.keyring_timeout_seconds
         log.info("configuration reloaded from %s", new.config_path)
         systemd.notify(f"STATUS={self._status}; configuration reloaded", self.env)
 
@@ -298,9 +304,8 @@ class Daemon:
             ctl.cancel(force=True)
         if self._ipc is not None:
             await self._ipc.close()
-        if self._runner is not None:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._runner.cleanup(), SHUTDOWN_GRACE)
+        if self._http is not None:
+            await self._http.close()
         if self._openrouter is not None:
             await self._openrouter.close()
         if self._desktop is not None:
@@ -315,7 +320,8 @@ async def serve(
     flags: Mapping[str, Any] | None = None,
     env: Mapping[str, str] = os.environ,
     sources: Mapping[str, str] | None = None,
-) -> None:
+) -> int:
+    """Runs the daemon until a signal or idle exit; returns its exit code."""
     daemon = Daemon(settings, flags=flags, env=env, sources=sources)
     try:
         await daemon.start()
@@ -323,6 +329,7 @@ async def serve(
         await daemon.stopping.wait()
     finally:
         await daemon.stop()
+    return daemon.exit_code
 
 
 def raise_open_file_limit() -> None:
@@ -359,14 +366,13 @@ def main(argv: list[str] | None = None) -> int:
     _warn_about_config(loaded)
     raise_open_file_limit()
     try:
-        asyncio.run(serve(settings, flags=flags, env=env, sources=loaded.sources))
+        return asyncio.run(serve(settings, flags=flags, env=env, sources=loaded.sources))
     except ConvError as e:
         log.error("%s", e)
         return 1
     except OSError as e:
         log.error("cannot start: %s", e)
         return 1
-    return 0
 
 
 if __name__ == "__main__":

@@ -12,20 +12,22 @@ Why it is careful:
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import logging
 import socket
+import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any
-
-import aiohttp
-from yarl import URL
+from typing import TYPE_CHECKING, Any
 
 from convocationsd.core import pkce
 from convocationsd.core.errors import ConvError
 from convocationsd.core.flows import FlowError
 from convocationsd.core.keycheck import MAX_KEY_LENGTH  # one limit for typed keys and keys OpenRouter issues
+
+if TYPE_CHECKING:  # imported by the first request (see _aiohttp): most of a cold start's import time
+    import aiohttp
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +105,8 @@ def app_conflict_error(hint: str = GENERIC_APP_CONFLICT_HINT, *, status: int | N
 
 def public_url(url: str) -> str:
     """The URL without credentials, query or fragment: safe to show in a message."""
+    from yarl import URL
+
     try:
         return str(URL(url).with_user(None).with_query(None).with_fragment(None))
     except (ValueError, TypeError):
@@ -130,6 +134,8 @@ def timeout_error(base_url: str, seconds: float) -> UpstreamError:
 
 def transport_error(base_url: str, exc: BaseException, timeout: float) -> UpstreamError:
     """Maps what aiohttp raises before a usable answer arrives; the texts are ours, not the exception's."""
+    import aiohttp
+
     if isinstance(exc, TimeoutError):
         return timeout_error(base_url, timeout)
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
@@ -261,6 +267,8 @@ class OpenRouterClient:
         self._session: aiohttp.ClientSession | None = None
 
     def _get_session(self) -> aiohttp.ClientSession:
+        import aiohttp
+
         if self._session is None or self._session.closed:
             # force_close: no pooled connection that OpenRouter may have idled out under a single-use exchange.
             connector = aiohttp.TCPConnector(force_close=True)
@@ -327,6 +335,7 @@ class OpenRouterClient:
 
     async def _request(self, method: str, path: str, **kwargs: Any) -> tuple[int, bytes]:
         """One request, bounded in time and size; transport failures become UpstreamError."""
+        aiohttp = await _aiohttp()
         url = self.base_url + path
         timeout = self.timeout  # one value for both bounds and the message, even if a reload changes it meanwhile
         try:
@@ -343,6 +352,15 @@ class OpenRouterClient:
             error = transport_error(self.base_url, exc, timeout)
             log.warning("%s %s failed: %s (%s)", method, public_url(url), error.message, type(exc).__name__)
             raise error from exc
+
+
+async def _aiohttp() -> Any:
+    """The aiohttp module, imported in a thread the first time so that the event loop keeps answering."""
+    if "aiohttp" not in sys.modules:
+        await asyncio.to_thread(importlib.import_module, "aiohttp")
+    import aiohttp
+
+    return aiohttp
 
 
 async def _read_limited(response: aiohttp.ClientResponse, limit: int) -> bytes:

@@ -376,6 +376,13 @@ MUTANTS = [
         'log.info("storing %s", key); backend = await self._store_key(key)',
         ["tests/adversarial/test_no_leaks.py::test_no_secret_in_any_output"],
     ),
+    (
+        "Key never on the secret-store helper's command line",
+        "store/helper.py",
+        '[sys.executable, "-m", __name__, str(self.config_path), self.forced_backend or ""],',
+        '[sys.executable, "-m", __name__, str(self.config_path), self.forced_backend or "", line.decode()],',
+        ["tests/integration/test_secret_helper.py::test_the_key_travels_only_through_the_pipe"],
+    ),
 ]
 
 

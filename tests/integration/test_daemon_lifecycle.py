@@ -237,7 +237,7 @@ def test_sigterm_with_a_subscriber_that_stopped_reading_exits_promptly(daemon_fa
 
 
 def test_port_zero_binds_one_free_port_on_both_loopbacks():
-    from convocationsd.daemon.http_app import bind_loopback
+    from convocationsd.daemon.http_sockets import bind_loopback
 
     socks, port, fell_back = bind_loopback(0)
     try:

@@ -1,5 +1,6 @@
 """The SecretStore contract run against the in-memory store, the local-encrypted file and a real
-Secret Service (gnome-keyring on the private session bus that `make test` provides)."""
+Secret Service (gnome-keyring on the private session bus that `make test` provides), each of the last two
+also through the daemon's HelperStore (every call in a child process)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from secretstore_contract import SecretStoreContract, clean_secret_service
 
 from convocationsd.store import configfile
+from convocationsd.store.helper import HelperStore
 from convocationsd.store.keyring_backend import SERVICE, USERNAME
 from convocationsd.store.secrets import KEYRING, LOCAL_ENCRYPTED, MEMORY, MemoryStore
 from convocationsd.store.select import open_store
@@ -77,3 +79,29 @@ class TestKeyringStore(SecretStoreContract):
         store.set(self.key())
         assert store.clear()
         assert secret_service.get_password(SERVICE, USERNAME) is None
+
+
+@pytest.fixture
+def short_linger(monkeypatch):
+    from convocationsd.store import helper
+
+    monkeypatch.setattr(helper, "LINGER", 0.5)  # the children of these many stores do not pile up
+
+
+@pytest.mark.usefixtures("short_linger")
+class TestLocalEncryptedThroughHelper(TestLocalEncryptedStore):
+    def make_store(self, tmp_path):
+        return HelperStore(tmp_path / "conf" / "config.toml", forced_backend=LOCAL_ENCRYPTED)
+
+    def reopen(self, store, tmp_path):
+        return HelperStore(tmp_path / "conf" / "config.toml")
+
+
+@pytest.mark.keyring
+@pytest.mark.usefixtures("short_linger")
+class TestKeyringThroughHelper(TestKeyringStore):
+    def make_store(self, tmp_path):
+        return HelperStore(tmp_path / "conf" / "config.toml", forced_backend=KEYRING, keyring_timeout=30)
+
+    def reopen(self, store, tmp_path):
+        return HelperStore(tmp_path / "conf" / "config.toml", keyring_timeout=30)

@@ -1,0 +1,234 @@
+"""The daemon's secret store: ``status`` in-process, ``set``/``get``/``clear`` in a short-lived child.
+
+The daemon lives for hours. keyring (with its backends), cryptography and tomlkit, once imported by the
+first login, would stay in its memory for good: 8 MB with the local-encrypted backend, over 20 MB with the
+OS keyring, more than all the rest of an idle daemon. So :class:`HelperStore` answers ``status`` itself
+(config.toml read with the stdlib's tomllib) and hands every other call to ``python -m
+convocationsd.store.helper``: the same ConfiguredStore convctl uses, in a child that serves the calls of
+one burst (a login's ``set``, then the account refresh's ``get``) until the daemon lets it go, ``LINGER``
+seconds after the last call, taking those libraries with it. The next call starts a new one (about 0.1 s,
+see bench/RESULTS.md).
+
+What crosses the pipes: one JSON line per call on stdin (the key, for ``set``: never in argv, which other
+users can read) and one JSON line back on stdout: the result, or the error's class, message and hint, plus
+the log records the call made, which the daemon logs as its own, and how the last ``set`` went (``last_store``). The child's stderr is the daemon's. A
+keyring call the child gave up on (a locked keyring that nobody unlocked in time) dies with the child at
+the latest, so it cannot land in the keyring long after the daemon reported the fallback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import select
+import sys
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from convocationsd.core import errors
+from convocationsd.core.errors import ConvError, SecretStoreError
+from convocationsd.store.keyring_backend import KeyringMissing
+from convocationsd.store.secrets import SecretStatus, StoreOutcome
+
+log = logging.getLogger(__name__)
+
+LINGER = 10.0  # seconds the child is kept for the next call of a burst
+RETIRE_WAIT = 5.0  # seconds a retired child gets to exit before it is killed
+START_MARGIN = 30.0  # seconds beyond the keyring timeout: starting an interpreter on a busy machine
+# The errors a store call raises, rebuilt by name in the daemon (anything else becomes SecretStoreError).
+ERRORS = {
+    cls.__name__: cls
+    for cls in (ConvError, errors.ConfigError, SecretStoreError, errors.BackendUnavailable, KeyringMissing)
+}
+FAILED = ("The secret-store helper failed.", "See the daemon's log, then try again.")
+
+
+class HelperStore:
+    """The SecretStore protocol, each write or read of the key in a child process (see the module doc)."""
+
+    def __init__(
+        self,
+        config_path: Path,
+        *,
+        forced_backend: str | None = None,
+        keyring_timeout: float = 120.0,
+        env: Mapping[str, str] = os.environ,
+    ) -> None:
+        from convocationsd.store.select import ConfiguredStore
+
+        self.config_path = Path(config_path)
+        self.forced_backend = forced_backend
+        self.keyring_timeout = keyring_timeout  # SIGHUP may change it: sent with each call
+        self.env = env
+        self._reader = ConfiguredStore(self.config_path, forced_backend=forced_backend)  # refuses unknown backends
+        self._lock = threading.Lock()  # one call at a time on the pipes
+        self._child: Any = None  # the running child (subprocess.Popen), if any
+        self._calls = 0  # so that a retire timer armed before the latest call does nothing
+        self._retire_timer: threading.Timer | None = None
+        self.last_store: StoreOutcome | None = None  # how the child's last ``set`` went, for `status`
+
+    def status(self) -> SecretStatus:
+        return self._reader.status()
+
+    def set(self, key: str) -> str:
+        return self._call("set", key)
+
+    def get(self) -> str | None:
+        return self._call("get")
+
+    def clear(self) -> bool:
+        return self._call("clear")
+
+    def close(self) -> None:
+        """Lets the child go now rather than after LINGER seconds."""
+        with self._lock:
+            self._retire()
+
+    def _call(self, op: str, key: str | None = None) -> Any:
+        request = {
+            "op": op,
+            "key": key,
+            "keyring_timeout": self.keyring_timeout,
+            "log_level": logging.getLogger().getEffectiveLevel(),
+        }
+        with self._lock:
+            if self._retire_timer is not None:
+                self._retire_timer.cancel()
+            answer = self._exchange(json.dumps(request).encode() + b"\n")
+            self._calls += 1
+            self._retire_timer = threading.Timer(LINGER, self._linger_over, args=(self._calls,))
+            self._retire_timer.daemon = True
+            self._retire_timer.start()
+        try:
+            reply = json.loads(answer)
+            for level, name, message in reply["logs"]:
+                logging.getLogger(name).log(level, "%s", message)
+            result, error = reply.get("result"), reply.get("error")
+            if reply.get("last_store"):
+                self.last_store = StoreOutcome(**reply["last_store"])
+        except (ValueError, KeyError, TypeError, AttributeError):
+            log.error("the secret-store helper sent an unreadable answer: %.100r", answer)
+            raise SecretStoreError(*FAILED) from None
+        if error is not None:
+            raise ERRORS.get(error["kind"], SecretStoreError)(error["message"], error["hint"])
+        return result
+
+    def _exchange(self, line: bytes) -> bytes:
+        """Sends one call to the child (started if none runs) and returns its answer line."""
+        import subprocess
+
+        if self._child is None:
+            try:
+                self._child = subprocess.Popen(
+                    [sys.executable, "-m", __name__, str(self.config_path), self.forced_backend or ""],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    env=dict(self.env),
+                )
+            except OSError as e:
+                raise SecretStoreError(
+                    f"Cannot start the secret-store helper ({e.strerror or e}).",
+                    "Check the convocationsd installation.",
+                ) from None
+        child = self._child
+        timeout = self.keyring_timeout + START_MARGIN
+        try:
+            child.stdin.write(line)
+            child.stdin.flush()
+            ready, _, _ = select.select([child.stdout], [], [], timeout)
+            answer = child.stdout.readline() if ready else None
+        except BrokenPipeError:
+            answer = b""
+        if answer:
+            return answer
+        child.kill()
+        self._child = None
+        if answer is None:
+            child.wait()
+            raise errors.BackendUnavailable(
+                f"The secret store did not answer within {timeout:g} s.", "Check that the OS keyring is unlocked."
+            )
+        log.error("the secret-store helper exited with %s without answering (its output is above)", child.wait())
+        raise SecretStoreError(*FAILED)
+
+    def _linger_over(self, calls: int) -> None:
+        with self._lock:
+            if calls == self._calls:  # no call since this timer was armed
+                self._retire()
+
+    def _retire(self) -> None:
+        """Ends the child (under the lock): it sees the end of its input and exits."""
+        if self._retire_timer is not None:
+            self._retire_timer.cancel()
+            self._retire_timer = None
+        child, self._child = self._child, None
+        if child is not None:
+            import subprocess
+
+            child.stdin.close()
+            try:
+                child.wait(RETIRE_WAIT)
+            except subprocess.TimeoutExpired:  # stuck in a keyring call nobody waits for any more
+                child.kill()
+                child.wait()
+
+
+# -- the child ---------------------------------------------------------------------------------------
+
+
+class _Keep(logging.Handler):
+    """Collects the child's log records, formatted (with any traceback), for the next answer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[tuple[int, str, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append((record.levelno, record.name, self.format(record)))
+
+
+def _serve(store: Any, request: dict[str, Any]) -> dict[str, Any]:
+    reply: dict[str, Any] = {}
+    try:
+        store.keyring.timeout = request["keyring_timeout"]
+        op = request["op"]
+        if op == "set":
+            reply["result"] = store.set(request["key"])
+        elif op == "get":
+            reply["result"] = store.get()
+        else:
+            reply["result"] = store.clear()
+    except ConvError as e:
+        reply["error"] = {"kind": type(e).__name__, "message": e.message, "hint": e.hint}
+    except Exception:
+        log.exception("the secret store failed")
+        reply["error"] = {"kind": "", "message": FAILED[0], "hint": FAILED[1]}
+    return reply
+
+
+def main(config_path: str, forced_backend: str) -> None:
+    """Serves the calls on stdin with one store, kept across them (the keyring backend's state spans calls),
+    until the daemon closes the pipe or exits."""
+    from convocationsd.store.select import open_store
+
+    keep = _Keep()
+    root = logging.getLogger()
+    root.addHandler(keep)
+    store = open_store(Path(config_path), forced_backend=forced_backend or None)
+    for line in sys.stdin.buffer:
+        request = json.loads(line)
+        root.setLevel(request["log_level"])
+        reply = _serve(store, request)
+        reply["logs"], keep.records = keep.records, []
+        reply["last_store"] = dataclasses.asdict(store.last_store) if store.last_store else None
+        sys.stdout.write(json.dumps(reply) + "\n")
+        sys.stdout.flush()
+    os._exit(0)  # no teardown: nothing is left to flush, and a keyring thread that timed out is simply dropped
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:3])
