@@ -104,11 +104,15 @@ def app_conflict_error(hint: str = GENERIC_APP_CONFLICT_HINT, *, status: int | N
 
 
 def public_url(url: str) -> str:
-    """The URL without credentials, query or fragment: safe to show in a message."""
-    from yarl import URL
+    """The URL without credentials, query or fragment: safe to show in a message. (The stdlib's parser, not
+    yarl's: `status` shows it, and a daemon that has only answered `status` has not loaded aiohttp.)"""
+    from urllib.parse import urlsplit, urlunsplit
 
     try:
-        return str(URL(url).with_user(None).with_query(None).with_fragment(None))
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        netloc = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port is not None else "")
+        return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
     except (ValueError, TypeError):
         return "(an invalid URL)"
 

@@ -233,8 +233,8 @@ MUTANTS = [
     ),
     (
         "HTTP idle timeout (slowloris)",
-        "daemon/main.py",
-        ", keepalive_timeout=http_app.IDLE_TIMEOUT",
+        "daemon/http_sockets.py",
+        "            keepalive_timeout=http_app.IDLE_TIMEOUT,\n",
         "",
         ["tests/adversarial/test_bad_input.py::test_slowloris_http_connections_are_closed"],
     ),

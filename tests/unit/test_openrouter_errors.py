@@ -144,6 +144,8 @@ def test_upstream_error_message_reads_openrouters_shape_only():
 def test_public_url_drops_credentials_and_query():
     assert public_url("https://u:secret@openrouter.ai/base?token=abc#frag") == "https://openrouter.ai/base"
     assert public_url("http://127.0.0.1:8787") == "http://127.0.0.1:8787"
+    assert public_url("http://user@[::1]:8787/x?y") == "http://[::1]:8787/x"
+    assert public_url("http://localhost:99999") == "(an invalid URL)"
 
 
 def _connector_error(os_error: OSError, cls=aiohttp.ClientConnectorError):
