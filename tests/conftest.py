@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -284,6 +285,31 @@ async def next_event(client: AsyncClient, name: str, timeout: float = 10.0) -> d
         raise AssertionError("the daemon closed the connection")
 
     return await asyncio.wait_for(wait(), timeout)
+
+
+def hold_port(address: str) -> tuple[subprocess.Popen, int]:
+    """Another program (think of a dev server, ``devserver.py``) listening on ``address``, on a port it chose
+    itself, so nothing can take the port in between: (process, port). The caller kills the process."""
+    code = textwrap.dedent(
+        f"""
+        import socket, sys, time
+        fam = socket.AF_INET6 if ":" in {address!r} else socket.AF_INET
+        s = socket.socket(fam)
+        if fam == socket.AF_INET6:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        s.bind(({address!r}, 0))
+        s.listen()
+        print(s.getsockname()[1], flush=True)
+        time.sleep(120)
+        """
+    )
+    script = Path(tempfile.mkdtemp(prefix="cvd", dir="/tmp")) / "devserver.py"
+    script.write_text(code)
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    port = int(proc.stdout.readline())
+    script.unlink()
+    script.parent.rmdir()
+    return proc, port
 
 
 def assert_no_secret(secret: str, *texts: str) -> None:

@@ -9,8 +9,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
-import textwrap
 import time
 from pathlib import Path
 
@@ -18,7 +16,7 @@ import pytest
 
 from convocationsd.cli import doctor
 from convocationsd.common import port_owners
-from tests.conftest import base_env, free_port, start_daemon
+from tests.conftest import base_env, free_port, hold_port, start_daemon
 from tests.helpers.dbus_session import PrivateBus
 
 
@@ -41,30 +39,6 @@ def by_name(results: list[dict]) -> dict[str, dict]:
         if not r["ok"] and r["check"] not in ("callback", "account"):
             assert r["fix"], r  # every failure says what to do
     return {r["check"]: r for r in results}
-
-
-def hold_port(address: str) -> tuple[subprocess.Popen, int]:
-    """Another program (think of a dev server) listening on address, on a port it chose: (process, port)."""
-    code = textwrap.dedent(
-        f"""
-        import socket, sys, time
-        fam = socket.AF_INET6 if ":" in {address!r} else socket.AF_INET
-        s = socket.socket(fam)
-        if fam == socket.AF_INET6:
-            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        s.bind(({address!r}, 0))
-        s.listen()
-        print(s.getsockname()[1], flush=True)
-        time.sleep(120)
-        """
-    )
-    script = Path(tempfile.mkdtemp(prefix="cvd", dir="/tmp")) / "devserver.py"
-    script.write_text(code)
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
-    port = int(proc.stdout.readline())
-    script.unlink()
-    script.parent.rmdir()
-    return proc, port
 
 
 async def test_healthy_setup_exits_zero(daemon, fake):
