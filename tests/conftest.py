@@ -85,14 +85,7 @@ class DaemonProcess:
         return c
 
     def convctl(self, *args: str, input: str | None = None, timeout: float = 30.0) -> subprocess.CompletedProcess:
-        done = subprocess.run(
-            [sys.executable, "-m", "convocationsd.cli.main", *args],
-            env=self.env,
-            input=input,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
+        done = convctl(self.env, *args, input=input, timeout=timeout)
         self.extra_outputs += [done.stdout, done.stderr]
         return done
 
@@ -124,6 +117,20 @@ class DaemonProcess:
             if path.is_file():
                 parts.append(path.read_bytes().decode("latin-1"))
         return "\n".join(parts)
+
+
+def convctl(
+    env: dict[str, str], *args: str, input: str | None = None, timeout: float = 60.0
+) -> subprocess.CompletedProcess:
+    """``convctl ARGS`` as a real process with ``env``; its output as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "convocationsd.cli.main", *args],
+        env=env,
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 class ManualClock:

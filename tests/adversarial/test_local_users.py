@@ -285,7 +285,7 @@ def test_clients_refuse_a_server_run_by_another_user(short_tmp):
     Defence: client._check_peer (the serving process's uid, SO_PEERCRED / LOCAL_PEERCRED)."""
     from convocationsd.client import AsyncClient
     from convocationsd.core.errors import UntrustedSocket
-    from tests.conftest import base_env
+    from tests.conftest import base_env, convctl
 
     os.chmod(short_tmp, 0o755)
     shared = short_tmp / "shared"
@@ -303,14 +303,7 @@ def test_clients_refuse_a_server_run_by_another_user(short_tmp):
     try:
         assert server.stdout.readline().strip() == "ready", server.stderr.read()
         env = base_env(short_tmp, CONVOCATIONS_SOCKET=str(sock))
-        done = subprocess.run(
-            [sys.executable, "-m", "convocationsd.cli.main", "secret", "set-openrouter-key"],
-            env=env,
-            input=key + "\n",
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        done = convctl(env, "secret", "set-openrouter-key", input=key + "\n", timeout=30)
         assert done.returncode == 3, done.stdout + done.stderr
         assert "stored" not in done.stdout
         assert f"The socket {sock} is served by nobody (uid {NOBODY}), not by you" in done.stderr, done.stderr

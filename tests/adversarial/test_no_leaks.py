@@ -14,7 +14,6 @@ import http.server
 import json
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -233,21 +232,14 @@ def test_a_key_being_checked_never_follows_a_redirect(spawn, short_tmp):
     nor the daemon sends the key there; the key is stored unchecked, with a note.
 
     Defence: the key check does not follow redirects (urllib in convctl, aiohttp in the daemon)."""
-    from tests.conftest import base_env
+    from tests.conftest import base_env, convctl
 
     elsewhere, elsewhere_url = _http_server(None)
     redirector, redirector_url = _http_server(elsewhere_url)
     try:
         key = "sk-or-v1-LEAKCANARYREDIRECT" + "a" * 40
         env = base_env(short_tmp / "alone", CONVOCATIONS_OPENROUTER_URL=redirector_url)
-        done = subprocess.run(
-            [sys.executable, "-m", "convocationsd.cli.main", "secret", "set-openrouter-key"],
-            env=env,
-            input=key + "\n",
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        done = convctl(env, "secret", "set-openrouter-key", input=key + "\n")
         assert done.returncode == 0 and "answered HTTP 302" in done.stderr, done.stderr
         d = spawn(CONVOCATIONS_OPENROUTER_URL=redirector_url)
         via_daemon = d.convctl("secret", "set-openrouter-key", input=key + "\n")

@@ -16,18 +16,12 @@ import pytest
 
 from convocationsd.cli import doctor
 from convocationsd.common import port_owners
-from tests.conftest import base_env, free_port, hold_port, start_daemon
+from tests.conftest import base_env, convctl, free_port, hold_port, start_daemon
 from tests.helpers.dbus_session import PrivateBus
 
 
 def run_doctor(env: dict[str, str], *extra: str) -> tuple[int, list[dict], str]:
-    done = subprocess.run(
-        [sys.executable, "-m", "convocationsd.cli.main", "doctor", "--json", *extra],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = convctl(env, "doctor", "--json", *extra)
     assert done.stdout, done.stderr
     return done.returncode, json.loads(done.stdout), done.stderr
 
