@@ -171,21 +171,41 @@ def wait_for_socket(path: Path, proc: subprocess.Popen, timeout: float = 20.0) -
 
 
 def start_daemon(
-    tmp: Path, *, wait: bool = True, args: tuple[str, ...] = (), module: str = "convocationsd", **env_overrides: str
+    tmp: Path,
+    *,
+    wait: bool = True,
+    args: tuple[str, ...] = (),
+    module: str = "convocationsd",
+    umask: int | None = None,
+    nofile: int | None = None,
+    **env_overrides: str,
 ) -> DaemonProcess:
-    """``python -m convocationsd`` (or a test's launcher ``module`` of it) with its own dirs under ``tmp``."""
+    """``python -m convocationsd`` (or a test's launcher ``module`` of it) with its own dirs under ``tmp``;
+    ``CONVOCATIONS_SOCKET=""`` for the default socket path. ``umask`` and ``nofile`` (the soft open-file limit)
+    are what a service manager might hand it."""
     env = base_env(tmp, **env_overrides)
     env.setdefault("RCONV_HTTP_PORT", "0")  # see port_chosen_by_daemon
     log_path = tmp / f"daemon-{time.monotonic_ns()}.log"
-    log_file = open(log_path, "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", module, "--log-level", "debug", *args],
-        env=env,
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-    )
-    log_file.close()
-    d = DaemonProcess(proc, env, Path(env["CONVOCATIONS_SOCKET"]), tmp / "cfg" / "convocations", log_path)
+
+    def prepare() -> None:
+        if umask is not None:
+            os.umask(umask)
+        if nofile is not None:
+            import resource
+
+            _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, hard))
+
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", module, "--log-level", "debug", *args],
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            preexec_fn=None if umask is None and nofile is None else prepare,
+        )
+    sock = env["CONVOCATIONS_SOCKET"] or str(Path(env["XDG_RUNTIME_DIR"]) / "convocations" / "convocationsd.sock")
+    d = DaemonProcess(proc, env, Path(sock), tmp / "cfg" / "convocations", log_path)
     if wait:
         wait_for_socket(d.socket, proc)
         port_chosen_by_daemon(d)

@@ -87,38 +87,6 @@ def kill(d: DaemonProcess) -> None:
     d.proc.wait(10)
 
 
-def spawn_daemon(tmp: Path, *, umask: int | None = None, nofile: int | None = None, **env: str) -> DaemonProcess:
-    """Like ``start_daemon`` but with a chosen umask or open-file limit (what systemd might hand us)."""
-    from tests.conftest import base_env, port_chosen_by_daemon, wait_for_socket
-
-    full = base_env(tmp, **env)
-    full.setdefault("RCONV_HTTP_PORT", "0")
-    log_path = tmp / f"daemon-{time.monotonic_ns()}.log"
-
-    def prepare() -> None:
-        if umask is not None:
-            os.umask(umask)
-        if nofile is not None:
-            import resource
-
-            _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, hard))
-
-    with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "convocationsd", "--log-level", "debug"],
-            env=full,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            preexec_fn=prepare,
-        )
-    sock = full["CONVOCATIONS_SOCKET"] or str(Path(full["XDG_RUNTIME_DIR"]) / "convocations" / "convocationsd.sock")
-    d = DaemonProcess(proc, full, Path(sock), tmp / "cfg" / "convocations", log_path)
-    wait_for_socket(d.socket, proc)
-    port_chosen_by_daemon(d)
-    return d
-
-
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):

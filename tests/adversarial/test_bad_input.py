@@ -364,14 +364,14 @@ def _raise_nofile(n: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(n, hard), hard))
 
 
-def test_two_thousand_idle_connections(spawn):
+def test_two_thousand_idle_connections(daemon_factory):
     """2000 idle socket clients + 300 idle HTTP clients: the daemon still answers status, RSS grows < 40 MiB,
     and every descriptor is released afterwards, with the daemon started under systemd's default soft limit
     of 1024 open files.
 
     Defence: daemon.raise_open_file_limit (and http_app.IDLE_TIMEOUT for the HTTP crowd)."""
     _raise_nofile(4096)
-    d = spawn(nofile=1024)
+    d = daemon_factory(nofile=1024)
     pid = d.proc.pid
     rss0, fds0 = rss_kib(pid), open_fds(pid)
     probe = d.client(timeout=10)  # opened first: the blocking client's select() needs a low descriptor

@@ -48,11 +48,11 @@ def _open_parents(d) -> None:
 
 
 @needs_root_setpriv
-def test_other_uid_cannot_traverse_default_runtime_dir(spawn):
+def test_other_uid_cannot_traverse_default_runtime_dir(daemon_factory):
     """With the default socket path, another uid cannot even reach the socket: the runtime dir is 0700.
 
     Defence: paths.ensure_socket_dir (created 0700, under umask 077)."""
-    d = spawn(CONVOCATIONS_SOCKET="")  # the default: $XDG_RUNTIME_DIR/convocations/convocationsd.sock
+    d = daemon_factory(CONVOCATIONS_SOCKET="")  # the default: $XDG_RUNTIME_DIR/convocations/convocationsd.sock
     assert d.call("status")["socket"] == str(d.socket)
     _open_parents(d)
     os.chmod(d.socket, 0o666)  # only the directory stands in the way
@@ -62,11 +62,11 @@ def test_other_uid_cannot_traverse_default_runtime_dir(spawn):
 
 
 @needs_root_setpriv
-def test_other_uid_cannot_connect_to_0600_socket(spawn):
+def test_other_uid_cannot_connect_to_0600_socket(daemon_factory):
     """With the runtime dir opened up, the 0600 socket still refuses another uid's connect().
 
     Defence: the socket is bound under umask 0177 and chmod 0600."""
-    d = spawn()
+    d = daemon_factory()
     _open_parents(d)
     os.chmod(d.socket.parent, 0o755)
     done = as_nobody(CONNECT, str(d.socket))
@@ -87,12 +87,12 @@ HTTP_START = (
 
 
 @needs_root_setpriv
-def test_other_uid_cannot_start_or_join_a_login_over_http(spawn):
+def test_other_uid_cannot_start_or_join_a_login_over_http(daemon_factory):
     """Another uid forging the browser's headers still gets 403 from the loopback HTTP server, so it
     cannot learn a pending login's state and link its own account into this user's daemon.
 
     Defence: http_app._same_user (the connection's owner from /proc/net/tcp)."""
-    d = spawn()
+    d = daemon_factory()
     pending = d.call("oauth.start")
     done = as_nobody(HTTP_START, str(d.port))
     assert done.stdout.strip() == "HTTP 403", done.stdout + done.stderr
@@ -101,9 +101,9 @@ def test_other_uid_cannot_start_or_join_a_login_over_http(spawn):
     assert "refused an HTTP request from uid" in d.log()
 
 
-def test_modes_hold_under_umask_000(spawn):
+def test_modes_hold_under_umask_000(daemon_factory):
     """Even started with umask 000: runtime dir 0700, socket 0600, config dir 0700, config.toml and secret.key 0600."""
-    d = spawn(umask=0)
+    d = daemon_factory(umask=0)
     d.call("secret.set", {"key": "sk-or-v1-" + "a" * 64})
     assert stat.S_IMODE(os.stat(d.socket.parent).st_mode) == 0o700
     assert stat.S_IMODE(os.stat(d.socket).st_mode) == 0o600
@@ -151,7 +151,7 @@ def test_socket_dir_others_can_write_is_refused_not_chmodded(short_tmp, mode, ab
     assert not (sock_dir / "d.sock").exists()
 
 
-def test_shared_sticky_dir_is_used_and_left_alone(spawn, short_tmp):
+def test_shared_sticky_dir_is_used_and_left_alone(daemon_factory, short_tmp):
     """CONVOCATIONS_SOCKET in a sticky, world-writable directory (like /tmp): the daemon serves there and
     never chmods it (a daemon that did so to /tmp would lock every other user out); clients accept it.
 
@@ -159,7 +159,7 @@ def test_shared_sticky_dir_is_used_and_left_alone(spawn, short_tmp):
     shared = short_tmp / "shared"
     shared.mkdir()
     os.chmod(shared, 0o1777)
-    d = spawn(CONVOCATIONS_SOCKET=str(shared / "d.sock"))
+    d = daemon_factory(CONVOCATIONS_SOCKET=str(shared / "d.sock"))
     assert stat.S_IMODE(os.stat(shared).st_mode) == 0o1777
     assert stat.S_IMODE(os.stat(d.socket).st_mode) == 0o600
     done = d.convctl("status")
@@ -327,7 +327,7 @@ def test_clients_refuse_a_server_run_by_another_user(short_tmp):
     assert not (short_tmp / "cfg" / "convocations" / "config.toml").exists()  # no fallback to the files either
 
 
-def test_socket_path_that_is_not_a_socket_is_not_deleted(spawn, short_tmp):
+def test_socket_path_that_is_not_a_socket_is_not_deleted(daemon_factory, short_tmp):
     """A regular file where the socket should be is left alone and the daemon says so (no blind unlink)."""
     from tests.conftest import start_daemon
 
@@ -342,7 +342,7 @@ def test_socket_path_that_is_not_a_socket_is_not_deleted(spawn, short_tmp):
 
 
 @pytest.mark.parametrize("mode", [0o644, 0o640, 0o604], ids=["0644", "0640", "0604"])
-def test_loose_secret_key_refused_when_storing_from_a_login(spawn, mode, request):
+def test_loose_secret_key_refused_when_storing_from_a_login(daemon_factory, mode, request):
     """A secret.key readable by group/other: the login ends with storage_failed and a chmod hint; nothing in plaintext.
 
     Defence: secretstore.encrypted refuses a master key with group/other bits."""
@@ -350,7 +350,7 @@ def test_loose_secret_key_refused_when_storing_from_a_login(spawn, mode, request
 
     fake = FakeThread()
     request.addfinalizer(fake.close)
-    d = spawn(CONVOCATIONS_OPENROUTER_URL=fake.url)
+    d = daemon_factory(CONVOCATIONS_OPENROUTER_URL=fake.url)
     d.call("secret.set", {"key": "sk-or-v1-" + "b" * 64})  # creates secret.key 0600
     d.call("secret.clear")
     key_file = d.config_dir / "secret.key"
@@ -375,11 +375,11 @@ def test_loose_secret_key_refused_when_storing_from_a_login(spawn, mode, request
     sub.close()
 
 
-def test_loose_secret_key_refused_on_secret_set(spawn):
+def test_loose_secret_key_refused_on_secret_set(daemon_factory):
     """secret.set over IPC with a loose secret.key: a clear error with the chmod hint; the old key stays readable once fixed."""
     from convocationsd.core.errors import RemoteError
 
-    d = spawn()
+    d = daemon_factory()
     d.call("secret.set", {"key": "sk-or-v1-" + "c" * 64})
     key_file = d.config_dir / "secret.key"
     os.chmod(key_file, 0o644)
@@ -391,11 +391,11 @@ def test_loose_secret_key_refused_on_secret_set(spawn):
 
 
 @needs_root_setpriv
-def test_secret_key_owned_by_another_user_is_refused(spawn):
+def test_secret_key_owned_by_another_user_is_refused(daemon_factory):
     """A secret.key owned by another uid (planted master key) is refused with a chown hint."""
     from convocationsd.core.errors import RemoteError
 
-    d = spawn()
+    d = daemon_factory()
     d.call("secret.set", {"key": "sk-or-v1-" + "e" * 64})
     key_file = d.config_dir / "secret.key"
     os.chown(key_file, NOBODY, NOBODY)
@@ -423,7 +423,7 @@ HIT_AND_RUN = (
 
 
 @needs_root_setpriv
-def test_other_uid_that_closes_at_once_cannot_restart_a_login(spawn):
+def test_other_uid_that_closes_at_once_cannot_restart_a_login(daemon_factory):
     """A root daemon (a container): another uid sends 200 forged start requests with restart and closes each
     connection at once. The kernel lists such a socket in TIME-WAIT with uid 0, which is root's: none may
     pass, and the pending login survives.
@@ -431,7 +431,7 @@ def test_other_uid_that_closes_at_once_cannot_restart_a_login(spawn):
     Defence: proc_net.connection_uid counts only established sockets that have an owner (inode)."""
     import time
 
-    d = spawn()
+    d = daemon_factory()
     pending = d.call("oauth.start")
     done = as_nobody(HIT_AND_RUN, str(d.port), "200", timeout=60)
     assert done.stdout.strip() == "sent 200", done.stdout + done.stderr
