@@ -752,14 +752,12 @@ def test_config_fuzz_reaches_settings_and_secret_status_safely(tmp_path, data):
         assert path.read_bytes() == data  # a file that does not parse is never overwritten
 
 
-def test_daemon_with_garbage_config_exits_2_with_a_clear_message(short_tmp):
+def test_daemon_with_garbage_config_exits_2_with_a_clear_message(short_tmp, daemon_factory):
     """A config.toml that is not TOML: the daemon exits 2 naming the file, line and column; no traceback."""
-    from tests.conftest import start_daemon
-
     cfg = short_tmp / "cfg" / "convocations"
     cfg.mkdir(parents=True)
     (cfg / "config.toml").write_bytes(b"http_port = 3000\n[openrouter_api_key\n\xff")
-    d = start_daemon(short_tmp, wait=False)
+    d = daemon_factory(wait=False)
     assert d.proc.wait(20) == 2
     log = d.log()
     assert "config.toml is not valid TOML" in log and "line 3, column 1" in log and "Traceback" not in log

@@ -134,18 +134,16 @@ def _refused(d, *expected: str) -> None:
     [(0o777, False), (0o770, False), (0o777, True)],
     ids=["0777", "group-writable", "a directory above"],
 )
-def test_socket_dir_others_can_write_is_refused_not_chmodded(short_tmp, mode, above):
+def test_socket_dir_others_can_write_is_refused_not_chmodded(short_tmp, daemon_factory, mode, above):
     """A socket directory (or one above it) that other users can write to: the daemon refuses it and
     leaves its mode alone; convctl refuses it before connecting.
 
     Defence: paths.check_socket_dir (no group/other write unless sticky)."""
-    from tests.conftest import start_daemon
-
     loose = short_tmp / "run" / "loose"
     sock_dir = loose / "sub" if above else loose
     sock_dir.mkdir(mode=0o700, parents=True)
     os.chmod(loose, mode)
-    d = start_daemon(short_tmp, wait=False, CONVOCATIONS_SOCKET=str(sock_dir / "d.sock"))
+    d = daemon_factory(wait=False, CONVOCATIONS_SOCKET=str(sock_dir / "d.sock"))
     _refused(d, f"{loose}", f"can be written by other users (mode {mode:04o})", f"chmod go-w {loose}")
     assert stat.S_IMODE(os.stat(loose).st_mode) == mode
     assert not (sock_dir / "d.sock").exists()
@@ -166,18 +164,16 @@ def test_shared_sticky_dir_is_used_and_left_alone(daemon_factory, short_tmp):
     assert done.returncode == 0 and f"socket:   {d.socket}" in done.stdout, done.stderr
 
 
-def test_symlinked_runtime_dir_is_refused(short_tmp):
+def test_symlinked_runtime_dir_is_refused(short_tmp, daemon_factory):
     """$XDG_RUNTIME_DIR/convocations is a symbolic link: not followed, its target's mode not changed.
 
     Defence: paths.check_socket_dir (the socket directory may not be a symbolic link)."""
-    from tests.conftest import start_daemon
-
     target = short_tmp / "elsewhere"
     target.mkdir(mode=0o755)
     (short_tmp / "run").mkdir(mode=0o700)
     link = short_tmp / "run" / "convocations"
     link.symlink_to(target)
-    d = start_daemon(short_tmp, wait=False, CONVOCATIONS_SOCKET="")  # the default path, through the link
+    d = daemon_factory(wait=False, CONVOCATIONS_SOCKET="")  # the default path, through the link
     _refused(d, f"{link} is a symbolic link (to {target})")
     assert stat.S_IMODE(os.stat(target).st_mode) == 0o755
     assert list(target.iterdir()) == []
@@ -185,14 +181,12 @@ def test_symlinked_runtime_dir_is_refused(short_tmp):
 
 @needs_root_setpriv
 @pytest.mark.parametrize("planted_as", ["directory", "link on the way"])
-def test_runtime_dir_owned_by_another_user_is_refused(short_tmp, planted_as):
+def test_runtime_dir_owned_by_another_user_is_refused(short_tmp, daemon_factory, planted_as):
     """A runtime dir owned by another uid (someone pre-created it to plant a socket), or a symbolic link of
     theirs on the way to it (they could point it elsewhere at any time): the daemon will not start there,
     and convctl will not connect there.
 
     Defence: paths.check_socket_dir (directories and links on the way are ours or root's)."""
-    from tests.conftest import start_daemon
-
     planted = short_tmp / "run" / "planted"
     if planted_as == "directory":
         planted.mkdir(parents=True)
@@ -203,19 +197,19 @@ def test_runtime_dir_owned_by_another_user_is_refused(short_tmp, planted_as):
         planted.symlink_to(short_tmp / "real")
         sock_dir = planted / "sub"
     os.chown(planted, NOBODY, NOBODY, follow_symlinks=False)
-    d = start_daemon(short_tmp, wait=False, CONVOCATIONS_SOCKET=str(sock_dir / "d.sock"))
+    d = daemon_factory(wait=False, CONVOCATIONS_SOCKET=str(sock_dir / "d.sock"))
     _refused(d, f"{planted}", f"belongs to nobody (uid {NOBODY})")
     assert not (sock_dir / "d.sock").exists()
 
 
 @needs_root_setpriv
-def test_default_runtime_dir_planted_by_another_user_without_xdg_runtime_dir(short_tmp):
+def test_default_runtime_dir_planted_by_another_user_without_xdg_runtime_dir(short_tmp, daemon_factory):
     """XDG_RUNTIME_DIR unset, and the directory platformdirs falls back to was made first by another
     user: both programs stop with a clear message (it used to be a PermissionError traceback).
 
     Defence: paths.runtime_dir turns platformdirs' refusal into a clear error, and check_socket_dir
     refuses the directory where a platformdirs release does not."""
-    from tests.conftest import base_env, start_daemon
+    from tests.conftest import base_env
 
     tmpdir = short_tmp / "t"
     tmpdir.mkdir()
@@ -232,19 +226,17 @@ def test_default_runtime_dir_planted_by_another_user_without_xdg_runtime_dir(sho
     planted = tmpdir / f"runtime-{os.getuid()}"
     planted.mkdir()
     os.chown(planted, NOBODY, NOBODY)
-    d = start_daemon(short_tmp, wait=False, **unset)
+    d = daemon_factory(wait=False, **unset)
     _refused(d, str(planted), str(NOBODY))
     assert list(planted.iterdir()) == []
 
 
 @needs_root_setpriv
-def test_stale_socket_of_another_user_is_not_removed(short_tmp):
+def test_stale_socket_of_another_user_is_not_removed(short_tmp, daemon_factory):
     """In a shared sticky directory, another user's socket where ours should go (nobody listening on it):
     a root daemon, which could unlink it, leaves it alone and stops.
 
     Defence: ipc_server._recover_stale removes only a socket of our own."""
-    from tests.conftest import start_daemon
-
     os.chmod(short_tmp, 0o755)
     shared = short_tmp / "shared"
     shared.mkdir()
@@ -252,7 +244,7 @@ def test_stale_socket_of_another_user_is_not_removed(short_tmp):
     theirs = shared / "d.sock"
     made = as_nobody("import socket,sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])", str(theirs))
     assert made.returncode == 0 and os.lstat(theirs).st_uid == NOBODY, made.stderr
-    d = start_daemon(short_tmp, wait=False, CONVOCATIONS_SOCKET=str(theirs))
+    d = daemon_factory(wait=False, CONVOCATIONS_SOCKET=str(theirs))
     assert d.proc.wait(20) == 1
     assert f"{theirs} is a socket that belongs to nobody (uid {NOBODY})" in d.log() and "Traceback" not in d.log()
     assert os.lstat(theirs).st_uid == NOBODY
@@ -329,13 +321,11 @@ def test_clients_refuse_a_server_run_by_another_user(short_tmp):
 
 def test_socket_path_that_is_not_a_socket_is_not_deleted(daemon_factory, short_tmp):
     """A regular file where the socket should be is left alone and the daemon says so (no blind unlink)."""
-    from tests.conftest import start_daemon
-
     run = short_tmp / "run"
     run.mkdir(mode=0o700, exist_ok=True)
     victim = run / "d.sock"
     victim.write_text("precious")
-    d = start_daemon(short_tmp, wait=False)
+    d = daemon_factory(wait=False)
     assert d.proc.wait(20) == 1
     assert "is not a socket" in d.log()
     assert victim.read_text() == "precious"

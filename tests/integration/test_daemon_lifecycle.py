@@ -13,7 +13,7 @@ import threading
 
 import pytest
 
-from tests.conftest import hold_port, start_daemon
+from tests.conftest import hold_port
 
 # The other user runs the system interpreter: a venv under a 0700 home may not be reachable for them.
 OTHER_USER_PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
@@ -80,7 +80,7 @@ def test_only_the_default_port_falls_back(daemon_factory):
 
 def test_second_daemon_is_refused_with_a_clear_message(daemon_factory, short_tmp):
     first = daemon_factory()
-    second = start_daemon(short_tmp, wait=False)
+    second = daemon_factory(wait=False)
     assert second.proc.wait(15) == 1
     assert "already running" in second.log()
     assert first.call("status")["pid"] == first.proc.pid  # the first one is untouched
