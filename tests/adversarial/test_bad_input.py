@@ -369,7 +369,7 @@ def test_two_thousand_idle_connections(daemon_factory):
     and every descriptor is released afterwards, with the daemon started under systemd's default soft limit
     of 1024 open files.
 
-    Defence: daemon.raise_open_file_limit (and http_app.IDLE_TIMEOUT for the HTTP crowd)."""
+    Defence: daemon.main.raise_open_file_limit (and http_app.IDLE_TIMEOUT for the HTTP crowd)."""
     _raise_nofile(4096)
     d = daemon_factory(nofile=1024)
     pid = d.proc.pid

@@ -335,7 +335,7 @@ def test_socket_path_that_is_not_a_socket_is_not_deleted(daemon_factory, short_t
 def test_loose_secret_key_refused_when_storing_from_a_login(daemon_factory, mode, request):
     """A secret.key readable by group/other: the login ends with storage_failed and a chmod hint; nothing in plaintext.
 
-    Defence: secretstore.encrypted refuses a master key with group/other bits."""
+    Defence: store.encrypted refuses a master key with group/other bits."""
     from tests.adversarial.harness import FakeThread
 
     fake = FakeThread()
