@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from convocationsd.common.paths import ensure_socket_dir
+from convocationsd.common.paths import ELSEWHERE, ensure_socket_dir
 from convocationsd.common.peercred import describe_uid, peer_uid
 from convocationsd.core import protocol
 from convocationsd.core.errors import ConvError
@@ -531,8 +531,7 @@ def _recover_stale(path: Path) -> None:
         raise ConvError(f"{path} exists and is not a socket.", "Move it away or set CONVOCATIONS_SOCKET elsewhere.")
     if st.st_uid != os.getuid():
         raise ConvError(
-            f"{path} is a socket that belongs to {describe_uid(st.st_uid)}, not to you.",
-            "Set CONVOCATIONS_SOCKET to a path in a directory only you can write to.",
+            f"{path} is a socket that belongs to {describe_uid(st.st_uid)}, not to you.", f"Set {ELSEWHERE}"
         )
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     probe.settimeout(1.0)
