@@ -27,7 +27,7 @@ from tests.adversarial.harness import (
     state_of,
     subscriber,
 )
-from tests.conftest import read_auth_url_sync, start_daemon
+from tests.conftest import read_auth_url_sync, start_daemon, wait_until
 
 START = "/api/openrouter/oauth/start"
 CB = "/api/openrouter/oauth/callback"
@@ -690,9 +690,7 @@ def test_right_state_goes_first_while_a_stateless_code_is_exchanged(relaxed, fak
     thread = threading.Thread(target=lambda: stray.append(callback(d.port, f"code={foreign}", NAVIGATION)[1]))
     started = d.log().count("without state, on the side")
     thread.start()
-    deadline = time.monotonic() + 10
-    while d.log().count("without state, on the side") == started and time.monotonic() < deadline:
-        time.sleep(0.01)  # until the daemon is exchanging the stray code
+    wait_until(lambda: d.log().count("without state, on the side") > started, "the daemon to exchange the stray code")
     assert d.call("status")["flow"]["status"] == "pending"
     _, page = callback(d.port, query_of(real), NAVIGATION)
     assert page is not None and "OpenRouter account linked" in page.text, page and page.text
