@@ -157,6 +157,11 @@ def raw_http(
             lines.append(f"Content-Length: {len(body)}")
         lines.append("Connection: close")
         raw = ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape") + body
+    return parse_reply(send_raw(port, raw, family=family, timeout=timeout))
+
+
+def send_raw(port: int, raw: bytes, *, family: int = socket.AF_INET, timeout: float = 10.0) -> bytes:
+    """Sends ``raw`` as is on a fresh connection and returns every byte of the answer, as it came."""
     addr = ("127.0.0.1" if family == socket.AF_INET else "::1", port)
     with socket.socket(family, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
@@ -174,7 +179,7 @@ def raw_http(
             if not chunk:
                 break
             chunks.append(chunk)
-    return parse_reply(b"".join(chunks))
+    return b"".join(chunks)
 
 
 def parse_reply(data: bytes) -> Reply:
