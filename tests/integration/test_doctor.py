@@ -5,10 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,7 +14,8 @@ import pytest
 from convocationsd.cli import doctor
 from convocationsd.common import port_owners
 from tests.conftest import base_env, convctl, free_port, hold_port, start_daemon
-from tests.helpers.dbus_session import PrivateBus
+from tests.helpers.gnome_keyring import locked_gnome_keyring
+from tests.helpers.gnome_keyring import missing_tools as gnome_keyring_missing
 
 
 def run_doctor(env: dict[str, str], *extra: str) -> tuple[int, list[dict], str]:
@@ -138,34 +136,14 @@ async def test_headless_encrypted_setup_is_ok_with_a_note(daemon_factory, fake):
 async def test_a_keyring_that_just_failed_is_reported(short_tmp, fake):
     """A gnome-keyring whose collection is locked: the daemon falls back and logs it; doctor says what the daemon
     did (not what a fresh probe in convctl's session would guess)."""
-    for tool in ("dbus-daemon", "gnome-keyring-daemon", "dbus-run-session"):
-        if not shutil.which(tool):
-            pytest.skip(f"{tool} is not installed")
+    if reason := gnome_keyring_missing():
+        pytest.skip(reason)
     home = short_tmp / "home"
     data = home / ".local" / "share"
-    create = (  # a password-protected login collection in this HOME
-        "printf test-password | gnome-keyring-daemon --unlock --components=secrets >/dev/null 2>&1; "
-        "exec \"$0\" -c \"import keyring; keyring.set_password('probe', 'probe', 'x')\""
-    )
     env = {**base_env(short_tmp), "HOME": str(home), "XDG_DATA_HOME": str(data)}
-    await asyncio.to_thread(
-        subprocess.run,
-        ["dbus-run-session", "--", "sh", "-c", create, sys.executable],
-        env=env,
-        capture_output=True,
-        timeout=60,
-    )
-    if not list((data / "keyrings").glob("*.keyring")):
-        pytest.skip("gnome-keyring did not create a collection here")
-    bus = PrivateBus()
-    keyring_daemon = subprocess.Popen(
-        ["gnome-keyring-daemon", "--foreground", "--components=secrets"],
-        env={**env, "DBUS_SESSION_BUS_ADDRESS": bus.address},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        bus.wait_for_name("org.freedesktop.secrets")
+    with locked_gnome_keyring(env) as locked:
+        if not list((data / "keyrings").glob("*.keyring")):
+            pytest.skip("gnome-keyring did not create a collection here")
         d = await asyncio.to_thread(
             start_daemon,
             short_tmp,
@@ -174,7 +152,7 @@ async def test_a_keyring_that_just_failed_is_reported(short_tmp, fake):
             CONVOCATIONS_KEYRING_TIMEOUT_SECONDS="20",
             HOME=str(home),
             XDG_DATA_HOME=str(data),
-            DBUS_SESSION_BUS_ADDRESS=bus.address,
+            DBUS_SESSION_BUS_ADDRESS=locked["DBUS_SESSION_BUS_ADDRESS"],
         )
         try:
             key = fake.issue_key()
@@ -188,10 +166,6 @@ async def test_a_keyring_that_just_failed_is_reported(short_tmp, fake):
             assert key not in json.dumps(results)
         finally:
             d.stop()
-    finally:
-        keyring_daemon.kill()
-        keyring_daemon.wait()
-        bus.close()
 
 
 async def test_unknown_config_keys_fail_the_config_check(daemon, fake):
