@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -312,6 +313,13 @@ async def next_event(client: AsyncClient, name: str, timeout: float = 10.0) -> d
         raise AssertionError("the daemon closed the connection")
 
     return await asyncio.wait_for(wait(), timeout)
+
+
+def dead_url() -> str:
+    """An http:// address on loopback where nothing listens (the port was free a moment ago): refused at once."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
 
 
 def hold_port(address: str) -> tuple[subprocess.Popen, int]:

@@ -13,7 +13,7 @@ import pytest
 
 from convocationsd.cli import doctor
 from convocationsd.common import port_owners
-from tests.conftest import base_env, convctl, free_port, hold_port, start_daemon
+from tests.conftest import base_env, convctl, dead_url, free_port, hold_port, start_daemon
 from tests.helpers.gnome_keyring import locked_gnome_keyring
 from tests.helpers.gnome_keyring import missing_tools as gnome_keyring_missing
 
@@ -193,9 +193,7 @@ async def test_daemon_down(short_tmp, fake):
 
 
 async def test_openrouter_unreachable(daemon_factory):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    dead = dead_url()
     d = await asyncio.to_thread(daemon_factory, CONVOCATIONS_OPENROUTER_URL=dead)
     rc, results, _ = await asyncio.to_thread(run_doctor, d.env)
     check = by_name(results)["openrouter"]
