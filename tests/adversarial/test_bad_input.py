@@ -481,13 +481,21 @@ class _LineReader(threading.Thread):
     def __init__(self, path: Path) -> None:
         super().__init__(daemon=True)
         self.sock = _connect_unix(path)
-        self.sock.settimeout(None)  # it waits as long as the test has no events for it
+        self.sock.settimeout(10)
         self.sock.sendall(b'{"jsonrpc":"2.0","id":1,"method":"subscribe"}\n')
+        # Subscribed before the test publishes anything: its requests come on another connection, which the
+        # daemon may well read first.
+        self._buf = b""
+        while b"\n" not in self._buf:
+            self._buf += self.sock.recv(1 << 16)
+        reply, _, self._buf = self._buf.partition(b"\n")
+        assert b'"result"' in reply, reply
+        self.sock.settimeout(None)  # it waits as long as the test has no events for it
         self.events: list[tuple[int, int]] = []  # (seq, bytes on the wire)
         self.seen = threading.Condition()
 
     def run(self) -> None:
-        buf = b""
+        buf = self._buf
         while chunk := self.sock.recv(1 << 16):
             *lines, buf = (buf + chunk).split(b"\n")
             with self.seen:
