@@ -13,9 +13,11 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -84,14 +86,7 @@ class DaemonProcess:
         return c
 
     def convctl(self, *args: str, input: str | None = None, timeout: float = 30.0) -> subprocess.CompletedProcess:
-        done = subprocess.run(
-            [sys.executable, "-m", "convocationsd.cli.main", *args],
-            env=self.env,
-            input=input,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
+        done = convctl(self.env, *args, input=input, timeout=timeout)
         self.extra_outputs += [done.stdout, done.stderr]
         return done
 
@@ -123,6 +118,20 @@ class DaemonProcess:
             if path.is_file():
                 parts.append(path.read_bytes().decode("latin-1"))
         return "\n".join(parts)
+
+
+def convctl(
+    env: dict[str, str], *args: str, input: str | None = None, timeout: float = 60.0
+) -> subprocess.CompletedProcess:
+    """``convctl ARGS`` as a real process with ``env``; its output as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "convocationsd.cli.main", *args],
+        env=env,
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 class ManualClock:
@@ -163,21 +172,41 @@ def wait_for_socket(path: Path, proc: subprocess.Popen, timeout: float = 20.0) -
 
 
 def start_daemon(
-    tmp: Path, *, wait: bool = True, args: tuple[str, ...] = (), module: str = "convocationsd", **env_overrides: str
+    tmp: Path,
+    *,
+    wait: bool = True,
+    args: tuple[str, ...] = (),
+    module: str = "convocationsd",
+    umask: int | None = None,
+    nofile: int | None = None,
+    **env_overrides: str,
 ) -> DaemonProcess:
-    """``python -m convocationsd`` (or a test's launcher ``module`` of it) with its own dirs under ``tmp``."""
+    """``python -m convocationsd`` (or a test's launcher ``module`` of it) with its own dirs under ``tmp``;
+    ``CONVOCATIONS_SOCKET=""`` for the default socket path. ``umask`` and ``nofile`` (the soft open-file limit)
+    are what a service manager might hand it."""
     env = base_env(tmp, **env_overrides)
     env.setdefault("RCONV_HTTP_PORT", "0")  # see port_chosen_by_daemon
     log_path = tmp / f"daemon-{time.monotonic_ns()}.log"
-    log_file = open(log_path, "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", module, "--log-level", "debug", *args],
-        env=env,
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-    )
-    log_file.close()
-    d = DaemonProcess(proc, env, Path(env["CONVOCATIONS_SOCKET"]), tmp / "cfg" / "convocations", log_path)
+
+    def prepare() -> None:
+        if umask is not None:
+            os.umask(umask)
+        if nofile is not None:
+            import resource
+
+            _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, hard))
+
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", module, "--log-level", "debug", *args],
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            preexec_fn=None if umask is None and nofile is None else prepare,
+        )
+    sock = env["CONVOCATIONS_SOCKET"] or str(Path(env["XDG_RUNTIME_DIR"]) / "convocations" / "convocationsd.sock")
+    d = DaemonProcess(proc, env, Path(sock), tmp / "cfg" / "convocations", log_path)
     if wait:
         wait_for_socket(d.socket, proc)
         port_chosen_by_daemon(d)
@@ -284,6 +313,38 @@ async def next_event(client: AsyncClient, name: str, timeout: float = 10.0) -> d
         raise AssertionError("the daemon closed the connection")
 
     return await asyncio.wait_for(wait(), timeout)
+
+
+def dead_url() -> str:
+    """An http:// address on loopback where nothing listens (the port was free a moment ago): refused at once."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+def hold_port(address: str) -> tuple[subprocess.Popen, int]:
+    """Another program (think of a dev server, ``devserver.py``) listening on ``address``, on a port it chose
+    itself, so nothing can take the port in between: (process, port). The caller kills the process."""
+    code = textwrap.dedent(
+        f"""
+        import socket, sys, time
+        fam = socket.AF_INET6 if ":" in {address!r} else socket.AF_INET
+        s = socket.socket(fam)
+        if fam == socket.AF_INET6:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        s.bind(({address!r}, 0))
+        s.listen()
+        print(s.getsockname()[1], flush=True)
+        time.sleep(120)
+        """
+    )
+    script = Path(tempfile.mkdtemp(prefix="cvd", dir="/tmp")) / "devserver.py"
+    script.write_text(code)
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    port = int(proc.stdout.readline())
+    script.unlink()
+    script.parent.rmdir()
+    return proc, port
 
 
 def assert_no_secret(secret: str, *texts: str) -> None:

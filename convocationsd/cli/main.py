@@ -72,11 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
     def command(parent: Any, name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
         return parent.add_parser(name, help=help, description=description or help[:1].upper() + help[1:] + ".")
 
+    def actions(name: str, help: str) -> Any:
+        """A command whose subcommands (ACTION) are the real commands: oauth, secret, service."""
+        return command(sub, name, help).add_subparsers(dest="action", required=True, metavar="ACTION")
+
     _json_flag(command(sub, "status", "daemon and account status"))
 
-    oauth = command(sub, "oauth", "link your OpenRouter account").add_subparsers(
-        dest="action", required=True, metavar="ACTION"
-    )
+    oauth = actions("oauth", "link your OpenRouter account")
     start = command(oauth, "start", "start (or join) a login and wait for it")
     start.add_argument("--no-browser", action="store_true", help="print the URL without opening a browser")
     start.add_argument("--restart", action="store_true", help="cancel a pending login and start anew")
@@ -87,9 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _json_flag(command(sub, "events", "print events until interrupted"), "one JSON object per line")
 
-    secret = command(sub, "secret", "the stored OpenRouter key").add_subparsers(
-        dest="action", required=True, metavar="ACTION"
-    )
+    secret = actions("secret", "the stored OpenRouter key")
     set_key = command(
         secret,
         "set-openrouter-key",
@@ -122,9 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     _json_flag(run, "print an error before COMMAND starts as JSON on stdout")
     run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARGS...]", help="what to run")
 
-    service = command(sub, "service", "install as a systemd user service / launchd agent").add_subparsers(
-        dest="action", required=True, metavar="ACTION"
-    )
+    service = actions("service", "install as a systemd user service / launchd agent")
     install = command(
         service,
         "install",

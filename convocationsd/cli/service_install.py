@@ -205,6 +205,11 @@ def _first_line(text: str) -> str:
     return text.strip().splitlines()[0] if text.strip() else ""
 
 
+def _why(result: RunResult) -> str:
+    """Why a command failed: the first line it printed, else its exit status."""
+    return _first_line(result.output) or f"exit {result.returncode}"
+
+
 def _systemctl(*args: str) -> list[str]:
     return ["systemctl", "--user", *args]
 
@@ -258,9 +263,7 @@ def _install_systemd(s: _Session, env: Mapping[str, str], python: str, port: int
     if probe.returncode == 127:
         missing = "systemctl is not installed (this system does not run systemd)"
     elif probe.returncode != 0:
-        missing = (
-            f"no systemd user manager is reachable ({_first_line(probe.output) or 'exit ' + str(probe.returncode)})"
-        )
+        missing = f"no systemd user manager is reachable ({_why(probe)})"
     existed = any((folder / name).exists() for name in UNITS)
     changed = [
         name for name, text in render_units(python, port, templates).items() if s.write(folder / name, text.encode())
@@ -377,9 +380,7 @@ def status(
         argv = _systemctl("show", "--property=Id,LoadState,UnitFileState,ActiveState,SubState", *UNITS)
         result = run(argv)
         if result.returncode != 0:
-            s.say(
-                f"systemd user manager: not reachable ({_first_line(result.output) or 'exit ' + str(result.returncode)})"
-            )
+            s.say(f"systemd user manager: not reachable ({_why(result)})")
         else:
             for block in result.output.split("\n\n"):
                 props = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)

@@ -119,7 +119,7 @@ def lsof_listeners(port: int) -> list[Listener] | None:
 
 
 def listeners(port: int) -> list[Listener] | None:
-    if sys.platform.startswith("linux") and Path("/proc/net/tcp").exists():
+    if sys.platform.startswith("linux") and proc_net.available():
         return proc_listeners(port)
     return lsof_listeners(port)
 

@@ -146,20 +146,6 @@ CONVERT = {
 }
 
 
-def resolve(
-    flags: Mapping[str, Any],
-    env: Mapping[str, str],
-    config: Mapping[str, Any],
-    *,
-    socket_path: Path,
-    config_path: Path,
-) -> Settings:
-    """Builds Settings; ``socket_path``/``config_path`` are the defaults from ``paths``.
-
-    Raises ConfigError naming the source of a bad value (flag, variable or config key)."""
-    return resolve_with_sources(flags, env, config, socket_path=socket_path, config_path=config_path)[0]
-
-
 def resolve_with_sources(
     flags: Mapping[str, Any],
     env: Mapping[str, str],
@@ -168,7 +154,10 @@ def resolve_with_sources(
     socket_path: Path,
     config_path: Path,
 ) -> tuple[Settings, dict[str, str]]:
-    """Like ``resolve``, and where each value came from: its flag, its variable, "<key> in <file>", or DEFAULT."""
+    """Builds Settings (``socket_path``/``config_path`` are the defaults from ``paths``), and where each value came
+    from: its flag, its variable, "<key> in <file>", or DEFAULT.
+
+    Raises ConfigError naming the source of a bad value (flag, variable or config key)."""
     values: dict[str, Any] = {"socket_path": socket_path, "config_path": config_path}
     sources: dict[str, str] = {}
     for f in fields(Settings):

@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from convocationsd.common.paths import ensure_socket_dir
+from convocationsd.common.paths import ELSEWHERE, ensure_socket_dir
 from convocationsd.common.peercred import describe_uid, peer_uid
 from convocationsd.core import protocol
 from convocationsd.core.errors import ConvError
@@ -75,6 +75,17 @@ class Reply:
             conn.close_if_done()
 
 
+class PermissionDenied(ConvError):
+    """A client that runs as another user: refused as it connects."""
+
+
+def _failure_line(id_: Any, exc: ConvError) -> bytes:
+    """The -32000 error of a failure a person can fix: ``data.kind`` names it, ``data.hint`` says what to do."""
+    return protocol.error_line(
+        id_, protocol.OPERATION_FAILED, exc.message, {"kind": type(exc).__name__, "hint": exc.hint}
+    )
+
+
 _CAUSE: contextvars.ContextVar[Reply | None] = contextvars.ContextVar("convocationsd_ipc_cause", default=None)
 
 
@@ -107,19 +118,13 @@ class Connection(asyncio.BufferedProtocol):
             log.warning(
                 "refused a socket client running as uid %s (this daemon runs as uid %s)", self.uid, self.server.uid
             )
-            transport.write(
-                protocol.error_line(
-                    None,
-                    protocol.OPERATION_FAILED,
-                    f"Permission denied: this daemon serves only its own user (uid {self.server.uid}), "
-                    f"and this client runs as uid {self.uid}.",
-                    {
-                        "kind": "PermissionDenied",
-                        "hint": "Run the client as the user who runs convocationsd, or start a convocationsd of "
-                        "your own (its socket is in your own runtime directory).",
-                    },
-                )
+            refusal = PermissionDenied(
+                f"Permission denied: this daemon serves only its own user (uid {self.server.uid}), "
+                f"and this client runs as uid {self.uid}.",
+                "Run the client as the user who runs convocationsd, or start a convocationsd of "
+                "your own (its socket is in your own runtime directory).",
             )
+            transport.write(_failure_line(None, refusal))
             self.close()
             return
         # High-water mark 0: pause_writing/resume_writing say exactly when bytes start and stop waiting.
@@ -273,8 +278,7 @@ class Connection(asyncio.BufferedProtocol):
         if isinstance(exc, protocol.ProtocolError):
             return protocol.error_line(id_, exc.code, exc.message)
         if isinstance(exc, ConvError):
-            data = {"kind": type(exc).__name__, "hint": exc.hint}
-            return protocol.error_line(id_, protocol.OPERATION_FAILED, exc.message, data)
+            return _failure_line(id_, exc)
         return protocol.error_line(id_, protocol.INTERNAL_ERROR, "Internal error; see the daemon's log.")
 
     def _too_long(self) -> None:
@@ -527,8 +531,7 @@ def _recover_stale(path: Path) -> None:
         raise ConvError(f"{path} exists and is not a socket.", "Move it away or set CONVOCATIONS_SOCKET elsewhere.")
     if st.st_uid != os.getuid():
         raise ConvError(
-            f"{path} is a socket that belongs to {describe_uid(st.st_uid)}, not to you.",
-            "Set CONVOCATIONS_SOCKET to a path in a directory only you can write to.",
+            f"{path} is a socket that belongs to {describe_uid(st.st_uid)}, not to you.", f"Set {ELSEWHERE}"
         )
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     probe.settimeout(1.0)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.adversarial.harness import FakeThread, kill, spawn_daemon
+from tests.adversarial.harness import FakeThread, kill
 from tests.conftest import DaemonProcess, start_daemon
 
 
@@ -54,17 +54,3 @@ def mdaemon(module_daemon: DaemonProcess) -> Iterator[DaemonProcess]:
     yield module_daemon
     if module_daemon.proc.poll() is None:
         module_daemon.call("oauth.cancel")
-
-
-@pytest.fixture
-def spawn(short_tmp: Path):
-    started: list[DaemonProcess] = []
-
-    def make(**kw) -> DaemonProcess:
-        d = spawn_daemon(short_tmp, **kw)
-        started.append(d)
-        return d
-
-    yield make
-    for d in started:
-        kill(d)

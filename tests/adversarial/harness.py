@@ -87,38 +87,6 @@ def kill(d: DaemonProcess) -> None:
     d.proc.wait(10)
 
 
-def spawn_daemon(tmp: Path, *, umask: int | None = None, nofile: int | None = None, **env: str) -> DaemonProcess:
-    """Like ``start_daemon`` but with a chosen umask or open-file limit (what systemd might hand us)."""
-    from tests.conftest import base_env, port_chosen_by_daemon, wait_for_socket
-
-    full = base_env(tmp, **env)
-    full.setdefault("RCONV_HTTP_PORT", "0")
-    log_path = tmp / f"daemon-{time.monotonic_ns()}.log"
-
-    def prepare() -> None:
-        if umask is not None:
-            os.umask(umask)
-        if nofile is not None:
-            import resource
-
-            _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, hard))
-
-    with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "convocationsd", "--log-level", "debug"],
-            env=full,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            preexec_fn=prepare,
-        )
-    sock = full["CONVOCATIONS_SOCKET"] or str(Path(full["XDG_RUNTIME_DIR"]) / "convocations" / "convocationsd.sock")
-    d = DaemonProcess(proc, full, Path(sock), tmp / "cfg" / "convocations", log_path)
-    wait_for_socket(d.socket, proc)
-    port_chosen_by_daemon(d)
-    return d
-
-
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -189,6 +157,11 @@ def raw_http(
             lines.append(f"Content-Length: {len(body)}")
         lines.append("Connection: close")
         raw = ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape") + body
+    return parse_reply(send_raw(port, raw, family=family, timeout=timeout))
+
+
+def send_raw(port: int, raw: bytes, *, family: int = socket.AF_INET, timeout: float = 10.0) -> bytes:
+    """Sends ``raw`` as is on a fresh connection and returns every byte of the answer, as it came."""
     addr = ("127.0.0.1" if family == socket.AF_INET else "::1", port)
     with socket.socket(family, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
@@ -206,7 +179,7 @@ def raw_http(
             if not chunk:
                 break
             chunks.append(chunk)
-    return parse_reply(b"".join(chunks))
+    return b"".join(chunks)
 
 
 def parse_reply(data: bytes) -> Reply:

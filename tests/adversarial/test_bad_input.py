@@ -364,14 +364,14 @@ def _raise_nofile(n: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(n, hard), hard))
 
 
-def test_two_thousand_idle_connections(spawn):
+def test_two_thousand_idle_connections(daemon_factory):
     """2000 idle socket clients + 300 idle HTTP clients: the daemon still answers status, RSS grows < 40 MiB,
     and every descriptor is released afterwards, with the daemon started under systemd's default soft limit
     of 1024 open files.
 
-    Defence: daemon.raise_open_file_limit (and http_app.IDLE_TIMEOUT for the HTTP crowd)."""
+    Defence: daemon.main.raise_open_file_limit (and http_app.IDLE_TIMEOUT for the HTTP crowd)."""
     _raise_nofile(4096)
-    d = spawn(nofile=1024)
+    d = daemon_factory(nofile=1024)
     pid = d.proc.pid
     rss0, fds0 = rss_kib(pid), open_fds(pid)
     probe = d.client(timeout=10)  # opened first: the blocking client's select() needs a low descriptor
@@ -481,13 +481,21 @@ class _LineReader(threading.Thread):
     def __init__(self, path: Path) -> None:
         super().__init__(daemon=True)
         self.sock = _connect_unix(path)
-        self.sock.settimeout(None)  # it waits as long as the test has no events for it
+        self.sock.settimeout(10)
         self.sock.sendall(b'{"jsonrpc":"2.0","id":1,"method":"subscribe"}\n')
+        # Subscribed before the test publishes anything: its requests come on another connection, which the
+        # daemon may well read first.
+        self._buf = b""
+        while b"\n" not in self._buf:
+            self._buf += self.sock.recv(1 << 16)
+        reply, _, self._buf = self._buf.partition(b"\n")
+        assert b'"result"' in reply, reply
+        self.sock.settimeout(None)  # it waits as long as the test has no events for it
         self.events: list[tuple[int, int]] = []  # (seq, bytes on the wire)
         self.seen = threading.Condition()
 
     def run(self) -> None:
-        buf = b""
+        buf = self._buf
         while chunk := self.sock.recv(1 << 16):
             *lines, buf = (buf + chunk).split(b"\n")
             with self.seen:
@@ -752,14 +760,12 @@ def test_config_fuzz_reaches_settings_and_secret_status_safely(tmp_path, data):
         assert path.read_bytes() == data  # a file that does not parse is never overwritten
 
 
-def test_daemon_with_garbage_config_exits_2_with_a_clear_message(short_tmp):
+def test_daemon_with_garbage_config_exits_2_with_a_clear_message(short_tmp, daemon_factory):
     """A config.toml that is not TOML: the daemon exits 2 naming the file, line and column; no traceback."""
-    from tests.conftest import start_daemon
-
     cfg = short_tmp / "cfg" / "convocations"
     cfg.mkdir(parents=True)
     (cfg / "config.toml").write_bytes(b"http_port = 3000\n[openrouter_api_key\n\xff")
-    d = start_daemon(short_tmp, wait=False)
+    d = daemon_factory(wait=False)
     assert d.proc.wait(20) == 2
     log = d.log()
     assert "config.toml is not valid TOML" in log and "line 3, column 1" in log and "Traceback" not in log

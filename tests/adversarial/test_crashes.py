@@ -44,10 +44,10 @@ def _config_ok(d) -> dict:
     return tomllib.loads(path.read_text()) if path.exists() else {}
 
 
-def test_kill_9_during_exchange(spawn, fake_crash):
+def test_kill_9_during_exchange(daemon_factory, fake_crash):
     """kill -9 while the code is being exchanged: the waiting convctl exits 3 saying the login was lost and how
     to start again; after a restart the stale socket is recovered, the old key is intact, and nothing is pending."""
-    d = spawn(CONVOCATIONS_OPENROUTER_URL=fake_crash.url)
+    d = daemon_factory(CONVOCATIONS_OPENROUTER_URL=fake_crash.url)
     d.call("secret.set", {"key": OLD_KEY})
     fake_crash.config.exchange_delay = 5.0
     proc = d.convctl_async("oauth", "start", "--no-browser", "--timeout", "30")
@@ -66,7 +66,7 @@ def test_kill_9_during_exchange(spawn, fake_crash):
     assert "Traceback" not in err
 
     assert d.socket.exists()  # left behind by the kill
-    again = spawn(CONVOCATIONS_OPENROUTER_URL=fake_crash.url)
+    again = daemon_factory(CONVOCATIONS_OPENROUTER_URL=fake_crash.url)
     assert "stale socket" in again.log()
     st = again.call("status")
     assert st["flow"] is None and st["pid"] == again.proc.pid
@@ -85,12 +85,12 @@ def _ignore(fn, *args):
         pass
 
 
-def test_kill_9_during_config_writes(spawn):
+def test_kill_9_during_config_writes(daemon_factory):
     """kill -9 at random moments while secret.set runs in a loop (3 rounds): config.toml always parses and the key
     read back is one that was written, whole; leftover temp files do not break the next write."""
     rng = random.Random(6)
     written = {OLD_KEY}
-    d = spawn()
+    d = daemon_factory()
     d.call("secret.set", {"key": OLD_KEY})
     for round_ in range(3):
         stop = threading.Event()
@@ -115,7 +115,7 @@ def test_kill_9_during_config_writes(spawn):
         t.join(10)
         cfg = _config_ok(d)
         assert cfg.get("openrouter_api_key", {}).get("backend") == "local-encrypted"
-        d = spawn()
+        d = daemon_factory()
         key = d.call("secret.get")["key"]
         assert key in written, "a key that was never written came back"
     d.call("secret.set", {"key": OLD_KEY})  # the next write cleans up after the killed writers
@@ -124,9 +124,9 @@ def test_kill_9_during_config_writes(spawn):
     assert "Traceback" not in d.log()
 
 
-def test_convctl_waiting_when_daemon_is_killed_while_pending(spawn):
+def test_convctl_waiting_when_daemon_is_killed_while_pending(daemon_factory):
     """kill -9 while a login waits for the browser: convctl exits 3 with one clear sentence and what to do."""
-    d = spawn()
+    d = daemon_factory()
     proc = d.convctl_async("oauth", "start", "--no-browser", "--timeout", "30")
     try:
         read_auth_url_sync(proc)

@@ -48,11 +48,11 @@ def _open_parents(d) -> None:
 
 
 @needs_root_setpriv
-def test_other_uid_cannot_traverse_default_runtime_dir(spawn):
+def test_other_uid_cannot_traverse_default_runtime_dir(daemon_factory):
     """With the default socket path, another uid cannot even reach the socket: the runtime dir is 0700.
 
     Defence: paths.ensure_socket_dir (created 0700, under umask 077)."""
-    d = spawn(CONVOCATIONS_SOCKET="")  # the default: $XDG_RUNTIME_DIR/convocations/convocationsd.sock
+    d = daemon_factory(CONVOCATIONS_SOCKET="")  # the default: $XDG_RUNTIME_DIR/convocations/convocationsd.sock
     assert d.call("status")["socket"] == str(d.socket)
     _open_parents(d)
     os.chmod(d.socket, 0o666)  # only the directory stands in the way
@@ -62,11 +62,11 @@ def test_other_uid_cannot_traverse_default_runtime_dir(spawn):
 
 
 @needs_root_setpriv
-def test_other_uid_cannot_connect_to_0600_socket(spawn):
+def test_other_uid_cannot_connect_to_0600_socket(daemon_factory):
     """With the runtime dir opened up, the 0600 socket still refuses another uid's connect().
 
     Defence: the socket is bound under umask 0177 and chmod 0600."""
-    d = spawn()
+    d = daemon_factory()
     _open_parents(d)
     os.chmod(d.socket.parent, 0o755)
     done = as_nobody(CONNECT, str(d.socket))
@@ -87,12 +87,12 @@ HTTP_START = (
 
 
 @needs_root_setpriv
-def test_other_uid_cannot_start_or_join_a_login_over_http(spawn):
+def test_other_uid_cannot_start_or_join_a_login_over_http(daemon_factory):
     """Another uid forging the browser's headers still gets 403 from the loopback HTTP server, so it
     cannot learn a pending login's state and link its own account into this user's daemon.
 
     Defence: http_app._same_user (the connection's owner from /proc/net/tcp)."""
-    d = spawn()
+    d = daemon_factory()
     pending = d.call("oauth.start")
     done = as_nobody(HTTP_START, str(d.port))
     assert done.stdout.strip() == "HTTP 403", done.stdout + done.stderr
@@ -101,9 +101,9 @@ def test_other_uid_cannot_start_or_join_a_login_over_http(spawn):
     assert "refused an HTTP request from uid" in d.log()
 
 
-def test_modes_hold_under_umask_000(spawn):
+def test_modes_hold_under_umask_000(daemon_factory):
     """Even started with umask 000: runtime dir 0700, socket 0600, config dir 0700, config.toml and secret.key 0600."""
-    d = spawn(umask=0)
+    d = daemon_factory(umask=0)
     d.call("secret.set", {"key": "sk-or-v1-" + "a" * 64})
     assert stat.S_IMODE(os.stat(d.socket.parent).st_mode) == 0o700
     assert stat.S_IMODE(os.stat(d.socket).st_mode) == 0o600
@@ -134,24 +134,22 @@ def _refused(d, *expected: str) -> None:
     [(0o777, False), (0o770, False), (0o777, True)],
     ids=["0777", "group-writable", "a directory above"],
 )
-def test_socket_dir_others_can_write_is_refused_not_chmodded(short_tmp, mode, above):
+def test_socket_dir_others_can_write_is_refused_not_chmodded(short_tmp, daemon_factory, mode, above):
     """A socket directory (or one above it) that other users can write to: the daemon refuses it and
     leaves its mode alone; convctl refuses it before connecting.
 
     Defence: paths.check_socket_dir (no group/other write unless sticky)."""
-    from tests.conftest import start_daemon
-
     loose = short_tmp / "run" / "loose"
     sock_dir = loose / "sub" if above else loose
     sock_dir.mkdir(mode=0o700, parents=True)
     os.chmod(loose, mode)
-    d = start_daemon(short_tmp, wait=False, CONVOCATIONS_SOCKET=str(sock_dir / "d.sock"))
+    d = daemon_factory(wait=False, CONVOCATIONS_SOCKET=str(sock_dir / "d.sock"))
     _refused(d, f"{loose}", f"can be written by other users (mode {mode:04o})", f"chmod go-w {loose}")
     assert stat.S_IMODE(os.stat(loose).st_mode) == mode
     assert not (sock_dir / "d.sock").exists()
 
 
-def test_shared_sticky_dir_is_used_and_left_alone(spawn, short_tmp):
+def test_shared_sticky_dir_is_used_and_left_alone(daemon_factory, short_tmp):
     """CONVOCATIONS_SOCKET in a sticky, world-writable directory (like /tmp): the daemon serves there and
     never chmods it (a daemon that did so to /tmp would lock every other user out); clients accept it.
 
@@ -159,25 +157,23 @@ def test_shared_sticky_dir_is_used_and_left_alone(spawn, short_tmp):
     shared = short_tmp / "shared"
     shared.mkdir()
     os.chmod(shared, 0o1777)
-    d = spawn(CONVOCATIONS_SOCKET=str(shared / "d.sock"))
+    d = daemon_factory(CONVOCATIONS_SOCKET=str(shared / "d.sock"))
     assert stat.S_IMODE(os.stat(shared).st_mode) == 0o1777
     assert stat.S_IMODE(os.stat(d.socket).st_mode) == 0o600
     done = d.convctl("status")
     assert done.returncode == 0 and f"socket:   {d.socket}" in done.stdout, done.stderr
 
 
-def test_symlinked_runtime_dir_is_refused(short_tmp):
+def test_symlinked_runtime_dir_is_refused(short_tmp, daemon_factory):
     """$XDG_RUNTIME_DIR/convocations is a symbolic link: not followed, its target's mode not changed.
 
     Defence: paths.check_socket_dir (the socket directory may not be a symbolic link)."""
-    from tests.conftest import start_daemon
-
     target = short_tmp / "elsewhere"
     target.mkdir(mode=0o755)
     (short_tmp / "run").mkdir(mode=0o700)
     link = short_tmp / "run" / "convocations"
     link.symlink_to(target)
-    d = start_daemon(short_tmp, wait=False, CONVOCATIONS_SOCKET="")  # the default path, through the link
+    d = daemon_factory(wait=False, CONVOCATIONS_SOCKET="")  # the default path, through the link
     _refused(d, f"{link} is a symbolic link (to {target})")
     assert stat.S_IMODE(os.stat(target).st_mode) == 0o755
     assert list(target.iterdir()) == []
@@ -185,14 +181,12 @@ def test_symlinked_runtime_dir_is_refused(short_tmp):
 
 @needs_root_setpriv
 @pytest.mark.parametrize("planted_as", ["directory", "link on the way"])
-def test_runtime_dir_owned_by_another_user_is_refused(short_tmp, planted_as):
+def test_runtime_dir_owned_by_another_user_is_refused(short_tmp, daemon_factory, planted_as):
     """A runtime dir owned by another uid (someone pre-created it to plant a socket), or a symbolic link of
     theirs on the way to it (they could point it elsewhere at any time): the daemon will not start there,
     and convctl will not connect there.
 
     Defence: paths.check_socket_dir (directories and links on the way are ours or root's)."""
-    from tests.conftest import start_daemon
-
     planted = short_tmp / "run" / "planted"
     if planted_as == "directory":
         planted.mkdir(parents=True)
@@ -203,19 +197,19 @@ def test_runtime_dir_owned_by_another_user_is_refused(short_tmp, planted_as):
         planted.symlink_to(short_tmp / "real")
         sock_dir = planted / "sub"
     os.chown(planted, NOBODY, NOBODY, follow_symlinks=False)
-    d = start_daemon(short_tmp, wait=False, CONVOCATIONS_SOCKET=str(sock_dir / "d.sock"))
+    d = daemon_factory(wait=False, CONVOCATIONS_SOCKET=str(sock_dir / "d.sock"))
     _refused(d, f"{planted}", f"belongs to nobody (uid {NOBODY})")
     assert not (sock_dir / "d.sock").exists()
 
 
 @needs_root_setpriv
-def test_default_runtime_dir_planted_by_another_user_without_xdg_runtime_dir(short_tmp):
+def test_default_runtime_dir_planted_by_another_user_without_xdg_runtime_dir(short_tmp, daemon_factory):
     """XDG_RUNTIME_DIR unset, and the directory platformdirs falls back to was made first by another
     user: both programs stop with a clear message (it used to be a PermissionError traceback).
 
     Defence: paths.runtime_dir turns platformdirs' refusal into a clear error, and check_socket_dir
     refuses the directory where a platformdirs release does not."""
-    from tests.conftest import base_env, start_daemon
+    from tests.conftest import base_env
 
     tmpdir = short_tmp / "t"
     tmpdir.mkdir()
@@ -232,19 +226,17 @@ def test_default_runtime_dir_planted_by_another_user_without_xdg_runtime_dir(sho
     planted = tmpdir / f"runtime-{os.getuid()}"
     planted.mkdir()
     os.chown(planted, NOBODY, NOBODY)
-    d = start_daemon(short_tmp, wait=False, **unset)
+    d = daemon_factory(wait=False, **unset)
     _refused(d, str(planted), str(NOBODY))
     assert list(planted.iterdir()) == []
 
 
 @needs_root_setpriv
-def test_stale_socket_of_another_user_is_not_removed(short_tmp):
+def test_stale_socket_of_another_user_is_not_removed(short_tmp, daemon_factory):
     """In a shared sticky directory, another user's socket where ours should go (nobody listening on it):
     a root daemon, which could unlink it, leaves it alone and stops.
 
     Defence: ipc_server._recover_stale removes only a socket of our own."""
-    from tests.conftest import start_daemon
-
     os.chmod(short_tmp, 0o755)
     shared = short_tmp / "shared"
     shared.mkdir()
@@ -252,7 +244,7 @@ def test_stale_socket_of_another_user_is_not_removed(short_tmp):
     theirs = shared / "d.sock"
     made = as_nobody("import socket,sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])", str(theirs))
     assert made.returncode == 0 and os.lstat(theirs).st_uid == NOBODY, made.stderr
-    d = start_daemon(short_tmp, wait=False, CONVOCATIONS_SOCKET=str(theirs))
+    d = daemon_factory(wait=False, CONVOCATIONS_SOCKET=str(theirs))
     assert d.proc.wait(20) == 1
     assert f"{theirs} is a socket that belongs to nobody (uid {NOBODY})" in d.log() and "Traceback" not in d.log()
     assert os.lstat(theirs).st_uid == NOBODY
@@ -285,7 +277,7 @@ def test_clients_refuse_a_server_run_by_another_user(short_tmp):
     Defence: client._check_peer (the serving process's uid, SO_PEERCRED / LOCAL_PEERCRED)."""
     from convocationsd.client import AsyncClient
     from convocationsd.core.errors import UntrustedSocket
-    from tests.conftest import base_env
+    from tests.conftest import base_env, convctl
 
     os.chmod(short_tmp, 0o755)
     shared = short_tmp / "shared"
@@ -303,14 +295,7 @@ def test_clients_refuse_a_server_run_by_another_user(short_tmp):
     try:
         assert server.stdout.readline().strip() == "ready", server.stderr.read()
         env = base_env(short_tmp, CONVOCATIONS_SOCKET=str(sock))
-        done = subprocess.run(
-            [sys.executable, "-m", "convocationsd.cli.main", "secret", "set-openrouter-key"],
-            env=env,
-            input=key + "\n",
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        done = convctl(env, "secret", "set-openrouter-key", input=key + "\n", timeout=30)
         assert done.returncode == 3, done.stdout + done.stderr
         assert "stored" not in done.stdout
         assert f"The socket {sock} is served by nobody (uid {NOBODY}), not by you" in done.stderr, done.stderr
@@ -334,30 +319,28 @@ def test_clients_refuse_a_server_run_by_another_user(short_tmp):
     assert not (short_tmp / "cfg" / "convocations" / "config.toml").exists()  # no fallback to the files either
 
 
-def test_socket_path_that_is_not_a_socket_is_not_deleted(spawn, short_tmp):
+def test_socket_path_that_is_not_a_socket_is_not_deleted(daemon_factory, short_tmp):
     """A regular file where the socket should be is left alone and the daemon says so (no blind unlink)."""
-    from tests.conftest import start_daemon
-
     run = short_tmp / "run"
     run.mkdir(mode=0o700, exist_ok=True)
     victim = run / "d.sock"
     victim.write_text("precious")
-    d = start_daemon(short_tmp, wait=False)
+    d = daemon_factory(wait=False)
     assert d.proc.wait(20) == 1
     assert "is not a socket" in d.log()
     assert victim.read_text() == "precious"
 
 
 @pytest.mark.parametrize("mode", [0o644, 0o640, 0o604], ids=["0644", "0640", "0604"])
-def test_loose_secret_key_refused_when_storing_from_a_login(spawn, mode, request):
+def test_loose_secret_key_refused_when_storing_from_a_login(daemon_factory, mode, request):
     """A secret.key readable by group/other: the login ends with storage_failed and a chmod hint; nothing in plaintext.
 
-    Defence: secretstore.encrypted refuses a master key with group/other bits."""
+    Defence: store.encrypted refuses a master key with group/other bits."""
     from tests.adversarial.harness import FakeThread
 
     fake = FakeThread()
     request.addfinalizer(fake.close)
-    d = spawn(CONVOCATIONS_OPENROUTER_URL=fake.url)
+    d = daemon_factory(CONVOCATIONS_OPENROUTER_URL=fake.url)
     d.call("secret.set", {"key": "sk-or-v1-" + "b" * 64})  # creates secret.key 0600
     d.call("secret.clear")
     key_file = d.config_dir / "secret.key"
@@ -382,11 +365,11 @@ def test_loose_secret_key_refused_when_storing_from_a_login(spawn, mode, request
     sub.close()
 
 
-def test_loose_secret_key_refused_on_secret_set(spawn):
+def test_loose_secret_key_refused_on_secret_set(daemon_factory):
     """secret.set over IPC with a loose secret.key: a clear error with the chmod hint; the old key stays readable once fixed."""
     from convocationsd.core.errors import RemoteError
 
-    d = spawn()
+    d = daemon_factory()
     d.call("secret.set", {"key": "sk-or-v1-" + "c" * 64})
     key_file = d.config_dir / "secret.key"
     os.chmod(key_file, 0o644)
@@ -398,11 +381,11 @@ def test_loose_secret_key_refused_on_secret_set(spawn):
 
 
 @needs_root_setpriv
-def test_secret_key_owned_by_another_user_is_refused(spawn):
+def test_secret_key_owned_by_another_user_is_refused(daemon_factory):
     """A secret.key owned by another uid (planted master key) is refused with a chown hint."""
     from convocationsd.core.errors import RemoteError
 
-    d = spawn()
+    d = daemon_factory()
     d.call("secret.set", {"key": "sk-or-v1-" + "e" * 64})
     key_file = d.config_dir / "secret.key"
     os.chown(key_file, NOBODY, NOBODY)
@@ -430,7 +413,7 @@ HIT_AND_RUN = (
 
 
 @needs_root_setpriv
-def test_other_uid_that_closes_at_once_cannot_restart_a_login(spawn):
+def test_other_uid_that_closes_at_once_cannot_restart_a_login(daemon_factory):
     """A root daemon (a container): another uid sends 200 forged start requests with restart and closes each
     connection at once. The kernel lists such a socket in TIME-WAIT with uid 0, which is root's: none may
     pass, and the pending login survives.
@@ -438,7 +421,7 @@ def test_other_uid_that_closes_at_once_cannot_restart_a_login(spawn):
     Defence: proc_net.connection_uid counts only established sockets that have an owner (inode)."""
     import time
 
-    d = spawn()
+    d = daemon_factory()
     pending = d.call("oauth.start")
     done = as_nobody(HIT_AND_RUN, str(d.port), "200", timeout=60)
     assert done.stdout.strip() == "sent 200", done.stdout + done.stderr

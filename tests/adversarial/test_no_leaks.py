@@ -14,7 +14,6 @@ import http.server
 import json
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -50,7 +49,7 @@ class CanaryFake(FakeOpenRouter):
         return await super()._exchange(request)
 
 
-def test_no_secret_in_any_output(spawn, request):
+def test_no_secret_in_any_output(daemon_factory, request):
     """Successful login, replayed code, upstream failure, storage failure, manual set, bad key, a key OpenRouter
     refuses, `convctl exec`, status on every door, SIGHUP, kill -9 mid-exchange and restart, SIGTERM: no key, code or
     verifier in any output but secret.get."""
@@ -84,7 +83,7 @@ def test_no_secret_in_any_output(spawn, request):
             keep("http result", page.dump())
         return page
 
-    d = spawn(CONVOCATIONS_OPENROUTER_URL=fake.url)
+    d = daemon_factory(CONVOCATIONS_OPENROUTER_URL=fake.url)
     sub = subscriber(d)
     daemons = [d]
 
@@ -163,7 +162,7 @@ def test_no_secret_in_any_output(spawn, request):
     sub.close()
     kill(d)
     fake.config.exchange_delay = 0.0
-    d2 = spawn(CONVOCATIONS_OPENROUTER_URL=fake.url)
+    d2 = daemon_factory(CONVOCATIONS_OPENROUTER_URL=fake.url)
     daemons.append(d2)
     assert ipc(d2, "secret.get")["key"] == manual
     ipc(d2, "status")
@@ -228,28 +227,21 @@ def _http_server(target: str | None):
     return server, f"http://127.0.0.1:{server.server_address[1]}"
 
 
-def test_a_key_being_checked_never_follows_a_redirect(spawn, short_tmp):
+def test_a_key_being_checked_never_follows_a_redirect(daemon_factory, short_tmp):
     """The OpenRouter address answers the key check with a redirect to another server: neither convctl (no daemon)
     nor the daemon sends the key there; the key is stored unchecked, with a note.
 
     Defence: the key check does not follow redirects (urllib in convctl, aiohttp in the daemon)."""
-    from tests.conftest import base_env
+    from tests.conftest import base_env, convctl
 
     elsewhere, elsewhere_url = _http_server(None)
     redirector, redirector_url = _http_server(elsewhere_url)
     try:
         key = "sk-or-v1-LEAKCANARYREDIRECT" + "a" * 40
         env = base_env(short_tmp / "alone", CONVOCATIONS_OPENROUTER_URL=redirector_url)
-        done = subprocess.run(
-            [sys.executable, "-m", "convocationsd.cli.main", "secret", "set-openrouter-key"],
-            env=env,
-            input=key + "\n",
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        done = convctl(env, "secret", "set-openrouter-key", input=key + "\n")
         assert done.returncode == 0 and "answered HTTP 302" in done.stderr, done.stderr
-        d = spawn(CONVOCATIONS_OPENROUTER_URL=redirector_url)
+        d = daemon_factory(CONVOCATIONS_OPENROUTER_URL=redirector_url)
         via_daemon = d.convctl("secret", "set-openrouter-key", input=key + "\n")
         assert via_daemon.returncode == 0 and "not checked" in via_daemon.stdout, via_daemon.stderr
         # convctl's check, the daemon's, and the daemon's account refresh all asked the address they were given

@@ -220,12 +220,9 @@ def test_hostile_upstream(raw_daemon, raw_upstream, mode, code, needles):
 def test_connection_refused(short_tmp):
     """Nothing listens at the OpenRouter URL: upstream_unreachable naming CONVOCATIONS_OPENROUTER_URL; page agrees."""
     from tests.adversarial.harness import kill
-    from tests.conftest import start_daemon
+    from tests.conftest import dead_url, start_daemon
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
-    d = start_daemon(short_tmp, CONVOCATIONS_OPENROUTER_URL=dead)
+    d = start_daemon(short_tmp, CONVOCATIONS_OPENROUTER_URL=dead_url())
     try:
         data, page = run_flow(d, None, "code=some-code-{n}&state={state}")
         check_failure(d, data, page, "upstream_unreachable", "refused", "CONVOCATIONS_OPENROUTER_URL")

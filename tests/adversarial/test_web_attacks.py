@@ -24,10 +24,11 @@ from tests.adversarial.harness import (
     next_event,
     query_of,
     raw_http,
+    send_raw,
     state_of,
     subscriber,
 )
-from tests.conftest import read_auth_url_sync, start_daemon
+from tests.conftest import read_auth_url_sync, start_daemon, wait_until
 
 START = "/api/openrouter/oauth/start"
 CB = "/api/openrouter/oauth/callback"
@@ -470,16 +471,6 @@ def test_flood_of_hostile_requests_leaves_daemon_serving(mdaemon):
 # -- HTTP/1.1 corner cases (RFC 9112), byte by byte ----------------------------------------------------
 
 
-def _exchange(port: int, request: bytes) -> bytes:
-    """Sends ``request`` as is on a fresh connection and returns every byte of the answer."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(request)
-        chunks = []
-        while chunk := s.recv(65536):
-            chunks.append(chunk)
-    return b"".join(chunks)
-
-
 ABSOLUTE_TARGETS = [
     pytest.param("http://evil.example{path}", id="other-host"),
     pytest.param("http://evil.example:{port}{path}", id="other-host-our-port"),
@@ -504,7 +495,7 @@ def test_absolute_form_target_must_name_us_too(mdaemon, target):
     ):
         t = target.format(port=d.port, other=d.port + 1 if d.port < 65535 else d.port - 1, path=path)
         head = f"{method} {t} HTTP/1.1\r\nHost: localhost:{d.port}\r\n{extra}Connection: close\r\n\r\n"
-        answer = _exchange(d.port, head.encode() + (b"{}" if method == "POST" else b""))
+        answer = send_raw(d.port, head.encode() + (b"{}" if method == "POST" else b""))
         status_line = answer.split(b"\r\n", 1)[0]
         assert status_line.startswith(b"HTTP/1.1 403 ") or (
             target.endswith("{port}") and status_line.startswith(b"HTTP/1.0 400 ")  # aiohttp's own refusal
@@ -518,7 +509,7 @@ def test_absolute_form_naming_us_is_served(mdaemon):
     d = mdaemon
     for host in (f"localhost:{d.port}", f"127.0.0.1:{d.port}", f"[::1]:{d.port}", f"LOCALHOST:{d.port}"):
         head = f"GET http://{host}/api/status HTTP/1.1\r\nHost: localhost:{d.port}\r\nConnection: close\r\n\r\n"
-        answer = _exchange(d.port, head.encode())
+        answer = send_raw(d.port, head.encode())
         assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and b'"pid"' in answer, answer
 
 
@@ -535,7 +526,7 @@ def test_request_line_with_another_version_gets_505_as_http11(mdaemon, version):
             f"{method} {path} {version}\r\nHost: localhost:{d.port}\r\nOrigin: http://localhost:{d.port}\r\n"
             f"Sec-Fetch-Site: same-origin\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
         )
-        answer = _exchange(d.port, head.encode() + body)
+        answer = send_raw(d.port, head.encode() + body)
         head_bytes, _, payload = answer.partition(b"\r\n\r\n")
         lines = head_bytes.decode("latin-1").split("\r\n")
         assert lines[0] == "HTTP/1.1 505 HTTP Version Not Supported", answer
@@ -552,7 +543,7 @@ def test_aiohttp_own_400_is_bare_and_echoes_only_the_sender(mdaemon):
     #6463): HTTP/1.0, plain text, none of our headers, and the body may quote the sender's own
     request line back to it. SECURITY.md says so; this test notices when aiohttp changes that."""
     d = mdaemon
-    answer = _exchange(d.port, f"GET /api/status?x=1 HTTP/1.2\r\nHost: localhost:{d.port}\r\n\r\n".encode())
+    answer = send_raw(d.port, f"GET /api/status?x=1 HTTP/1.2\r\nHost: localhost:{d.port}\r\n\r\n".encode())
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.0 400 Bad Request\r\n"), answer
     assert b"text/plain" in head
@@ -690,9 +681,7 @@ def test_right_state_goes_first_while_a_stateless_code_is_exchanged(relaxed, fak
     thread = threading.Thread(target=lambda: stray.append(callback(d.port, f"code={foreign}", NAVIGATION)[1]))
     started = d.log().count("without state, on the side")
     thread.start()
-    deadline = time.monotonic() + 10
-    while d.log().count("without state, on the side") == started and time.monotonic() < deadline:
-        time.sleep(0.01)  # until the daemon is exchanging the stray code
+    wait_until(lambda: d.log().count("without state, on the side") > started, "the daemon to exchange the stray code")
     assert d.call("status")["flow"]["status"] == "pending"
     _, page = callback(d.port, query_of(real), NAVIGATION)
     assert page is not None and "OpenRouter account linked" in page.text, page and page.text

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ARTIFACTS, assert_no_secret, next_event, read_auth_url
+from tests.conftest import ARTIFACTS, assert_no_secret, hold_port, next_event, read_auth_url
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = pytest.mark.browser
@@ -204,21 +204,8 @@ async def test_denial(browser, daemon, fake):
 async def test_409_on_a_fallback_port(browser, daemon_factory, fake):
     """Port taken on ::1 (a dev server), the daemon falls back, OpenRouter answers 409: the person sees the
     warning on the status page, OpenRouter's 409 on approve, and `convctl doctor` explains it."""
-    import subprocess
-    import sys
-
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import socket,time\ns=socket.socket(socket.AF_INET6)\ns.setsockopt(socket.IPPROTO_IPV6,socket.IPV6_V6ONLY,1)\n"
-            "s.bind(('::1',0))\ns.listen()\nprint(s.getsockname()[1],flush=True)\ntime.sleep(120)",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    holder, port = hold_port("::1")
     try:
-        port = int(holder.stdout.readline())  # chosen by the holder: nothing can take it in between
         d = await asyncio.to_thread(
             daemon_factory,
             CONVOCATIONS_OPENROUTER_URL=fake.url,

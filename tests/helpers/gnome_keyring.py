@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -55,3 +56,14 @@ def gnome_keyring(env: dict[str, str], password: str | None) -> Iterator[dict[st
             keyring.wait(10)
     finally:
         bus.close()
+
+
+@contextmanager
+def locked_gnome_keyring(env: dict[str, str]) -> Iterator[dict[str, str]]:
+    """gnome-keyring for ``env``'s HOME whose login collection exists, protected by a password, and stays
+    locked (the desktop whose keyring nobody unlocked). Yields ``env`` pointed at its bus."""
+    with gnome_keyring(env, "test-password") as unlocked:  # creates the collection with that password
+        probe = "import keyring; keyring.set_password('probe', 'probe', 'x')"
+        subprocess.run([sys.executable, "-c", probe], env=unlocked, capture_output=True, timeout=60, check=True)
+    with gnome_keyring(env, None) as locked:
+        yield locked

@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 
 import pytest
 
 from convocationsd.cli import main as cli
-from tests.conftest import base_env
+from tests.conftest import base_env, convctl
 
 # Every command, as a person would type it, run with no daemon: (argv, stdin, exit code).
 NO_DAEMON = [
@@ -27,17 +25,6 @@ NO_DAEMON = [
     (["service", "frobnicate"], None, 2),
     (["status", "--frobnicate"], None, 2),
 ]
-
-
-def convctl(env: dict[str, str], *args: str, input: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "convocationsd.cli.main", *args],
-        env=env,
-        input=input,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 @pytest.fixture

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
 
 import aiohttp
 import pytest
 
-from tests.conftest import assert_no_secret, follow_callback, next_event, read_auth_url
+from tests.conftest import assert_no_secret, dead_url, follow_callback, next_event, read_auth_url
 
 pytestmark = pytest.mark.asyncio
 
@@ -96,9 +95,7 @@ async def test_exchange_errors_end_flow(daemon, fake, status, message, needle):
 
 
 async def test_openrouter_down_is_upstream_unreachable(daemon_factory, fake):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    dead = dead_url()
     d = await asyncio.to_thread(daemon_factory, CONVOCATIONS_OPENROUTER_URL=dead)
     reply = d.call("oauth.start")
     location = await fake.approve(reply["auth_url"].replace(dead, fake.url))

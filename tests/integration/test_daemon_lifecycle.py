@@ -13,7 +13,7 @@ import threading
 
 import pytest
 
-from tests.conftest import start_daemon
+from tests.conftest import hold_port
 
 # The other user runs the system interpreter: a venv under a 0700 home may not be reachable for them.
 OTHER_USER_PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
@@ -43,14 +43,8 @@ def test_busy_port_falls_back_loudly_when_allowed(daemon_factory, family, host):
 @pytest.mark.parametrize("chosen", ["env", "flag", "config"])
 def test_a_busy_port_the_person_chose_is_an_error(short_tmp, daemon_factory, chosen):
     """A chosen port is a promise: no silent fallback; exit 1 naming the port, where it was chosen and who holds it."""
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import socket,time\ns=socket.socket()\ns.bind(('127.0.0.1',0))\ns.listen()\n"
-         "print(s.getsockname()[1],flush=True)\ntime.sleep(60)"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
+    holder, port = hold_port("127.0.0.1")
     try:
-        port = int(holder.stdout.readline())  # chosen by the holder: nothing can take it in between
         how = {"env": ({"RCONV_HTTP_PORT": str(port)}, ()), "flag": ({}, ("--port", str(port)))}
         if chosen == "config":
             (short_tmp / "cfg" / "convocations").mkdir(parents=True)
@@ -86,7 +80,7 @@ def test_only_the_default_port_falls_back(daemon_factory):
 
 def test_second_daemon_is_refused_with_a_clear_message(daemon_factory, short_tmp):
     first = daemon_factory()
-    second = start_daemon(short_tmp, wait=False)
+    second = daemon_factory(wait=False)
     assert second.proc.wait(15) == 1
     assert "already running" in second.log()
     assert first.call("status")["pid"] == first.proc.pid  # the first one is untouched

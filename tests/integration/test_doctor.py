@@ -5,12 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import socket
-import subprocess
-import sys
-import tempfile
-import textwrap
 import time
 from pathlib import Path
 
@@ -18,18 +13,13 @@ import pytest
 
 from convocationsd.cli import doctor
 from convocationsd.common import port_owners
-from tests.conftest import base_env, free_port, start_daemon
-from tests.helpers.dbus_session import PrivateBus
+from tests.conftest import base_env, convctl, dead_url, free_port, hold_port, start_daemon
+from tests.helpers.gnome_keyring import locked_gnome_keyring
+from tests.helpers.gnome_keyring import missing_tools as gnome_keyring_missing
 
 
 def run_doctor(env: dict[str, str], *extra: str) -> tuple[int, list[dict], str]:
-    done = subprocess.run(
-        [sys.executable, "-m", "convocationsd.cli.main", "doctor", "--json", *extra],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = convctl(env, "doctor", "--json", *extra)
     assert done.stdout, done.stderr
     return done.returncode, json.loads(done.stdout), done.stderr
 
@@ -41,30 +31,6 @@ def by_name(results: list[dict]) -> dict[str, dict]:
         if not r["ok"] and r["check"] not in ("callback", "account"):
             assert r["fix"], r  # every failure says what to do
     return {r["check"]: r for r in results}
-
-
-def hold_port(address: str) -> tuple[subprocess.Popen, int]:
-    """Another program (think of a dev server) listening on address, on a port it chose: (process, port)."""
-    code = textwrap.dedent(
-        f"""
-        import socket, sys, time
-        fam = socket.AF_INET6 if ":" in {address!r} else socket.AF_INET
-        s = socket.socket(fam)
-        if fam == socket.AF_INET6:
-            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        s.bind(({address!r}, 0))
-        s.listen()
-        print(s.getsockname()[1], flush=True)
-        time.sleep(120)
-        """
-    )
-    script = Path(tempfile.mkdtemp(prefix="cvd", dir="/tmp")) / "devserver.py"
-    script.write_text(code)
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
-    port = int(proc.stdout.readline())
-    script.unlink()
-    script.parent.rmdir()
-    return proc, port
 
 
 async def test_healthy_setup_exits_zero(daemon, fake):
@@ -170,34 +136,14 @@ async def test_headless_encrypted_setup_is_ok_with_a_note(daemon_factory, fake):
 async def test_a_keyring_that_just_failed_is_reported(short_tmp, fake):
     """A gnome-keyring whose collection is locked: the daemon falls back and logs it; doctor says what the daemon
     did (not what a fresh probe in convctl's session would guess)."""
-    for tool in ("dbus-daemon", "gnome-keyring-daemon", "dbus-run-session"):
-        if not shutil.which(tool):
-            pytest.skip(f"{tool} is not installed")
+    if reason := gnome_keyring_missing():
+        pytest.skip(reason)
     home = short_tmp / "home"
     data = home / ".local" / "share"
-    create = (  # a password-protected login collection in this HOME
-        "printf test-password | gnome-keyring-daemon --unlock --components=secrets >/dev/null 2>&1; "
-        "exec \"$0\" -c \"import keyring; keyring.set_password('probe', 'probe', 'x')\""
-    )
     env = {**base_env(short_tmp), "HOME": str(home), "XDG_DATA_HOME": str(data)}
-    await asyncio.to_thread(
-        subprocess.run,
-        ["dbus-run-session", "--", "sh", "-c", create, sys.executable],
-        env=env,
-        capture_output=True,
-        timeout=60,
-    )
-    if not list((data / "keyrings").glob("*.keyring")):
-        pytest.skip("gnome-keyring did not create a collection here")
-    bus = PrivateBus()
-    keyring_daemon = subprocess.Popen(
-        ["gnome-keyring-daemon", "--foreground", "--components=secrets"],
-        env={**env, "DBUS_SESSION_BUS_ADDRESS": bus.address},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        bus.wait_for_name("org.freedesktop.secrets")
+    with locked_gnome_keyring(env) as locked:
+        if not list((data / "keyrings").glob("*.keyring")):
+            pytest.skip("gnome-keyring did not create a collection here")
         d = await asyncio.to_thread(
             start_daemon,
             short_tmp,
@@ -206,7 +152,7 @@ async def test_a_keyring_that_just_failed_is_reported(short_tmp, fake):
             CONVOCATIONS_KEYRING_TIMEOUT_SECONDS="20",
             HOME=str(home),
             XDG_DATA_HOME=str(data),
-            DBUS_SESSION_BUS_ADDRESS=bus.address,
+            DBUS_SESSION_BUS_ADDRESS=locked["DBUS_SESSION_BUS_ADDRESS"],
         )
         try:
             key = fake.issue_key()
@@ -220,10 +166,6 @@ async def test_a_keyring_that_just_failed_is_reported(short_tmp, fake):
             assert key not in json.dumps(results)
         finally:
             d.stop()
-    finally:
-        keyring_daemon.kill()
-        keyring_daemon.wait()
-        bus.close()
 
 
 async def test_unknown_config_keys_fail_the_config_check(daemon, fake):
@@ -251,9 +193,7 @@ async def test_daemon_down(short_tmp, fake):
 
 
 async def test_openrouter_unreachable(daemon_factory):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    dead = dead_url()
     d = await asyncio.to_thread(daemon_factory, CONVOCATIONS_OPENROUTER_URL=dead)
     rc, results, _ = await asyncio.to_thread(run_doctor, d.env)
     check = by_name(results)["openrouter"]

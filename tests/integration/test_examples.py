@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.adversarial.harness import kill, spawn_daemon
 from tests.conftest import ROOT, follow_callback
 
 NODE = shutil.which("node")
@@ -29,11 +28,10 @@ URL = re.compile(r"^\s+(https?://\S+/auth\?\S+)$")
 
 
 @pytest.fixture
-async def default_socket_daemon(short_tmp, fake):
-    d = await asyncio.to_thread(spawn_daemon, short_tmp, CONVOCATIONS_SOCKET="", CONVOCATIONS_OPENROUTER_URL=fake.url)
+async def default_socket_daemon(short_tmp, daemon_factory, fake):
+    d = await asyncio.to_thread(daemon_factory, CONVOCATIONS_SOCKET="", CONVOCATIONS_OPENROUTER_URL=fake.url)
     assert d.socket == short_tmp / "run" / "convocations" / "convocationsd.sock"
-    yield d
-    kill(d)
+    return d
 
 
 def client_env(d) -> dict[str, str]:

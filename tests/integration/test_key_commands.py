@@ -8,31 +8,12 @@ import asyncio
 import json
 import os
 import pty
-import socket
 import subprocess
 import sys
 
-from tests.conftest import assert_no_secret, base_env, follow_callback
+from tests.conftest import assert_no_secret, base_env, convctl, dead_url, follow_callback
 
 BOGUS = "sk-or-v1-" + "0" * 64  # well-formed, but no OpenRouter ever issued it
-
-
-def dead_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{s.getsockname()[1]}"
-
-
-def convctl(env: dict[str, str], *args: str, input: str | None = None, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "convocationsd.cli.main", *args],
-        env=env,
-        input=input,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        **kw,
-    )
 
 
 def on_a_terminal(env: dict[str, str], *args: str) -> tuple[int, str]:

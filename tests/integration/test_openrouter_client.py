@@ -26,7 +26,7 @@ from convocationsd.daemon.openrouter import (
     UpstreamError,
 )
 from convocationsd.testing.fake_openrouter import FakeConfig, FakeOpenRouter
-from tests.conftest import ManualClock
+from tests.conftest import ManualClock, dead_url
 
 
 @pytest.fixture
@@ -179,10 +179,7 @@ async def test_a_longer_timeout_after_reload_is_not_capped_by_the_session(fake):
 
 
 async def test_connection_refused_names_the_url_and_the_setting(all_logs):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
+    url = dead_url()
     verifier = pkce.make_verifier()
     async with OpenRouterClient(url, timeout=5) as client:
         error = await failed_exchange(client, "a-code-that-goes-nowhere", verifier)

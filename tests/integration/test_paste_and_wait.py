@@ -18,7 +18,7 @@ import pytest
 from convocationsd.cli import commands
 from convocationsd.cli import main as cli
 from convocationsd.core.errors import DaemonUnreachable, NoReply, RemoteError
-from tests.conftest import AUTH_URL_RE, assert_no_secret, read_auth_url, read_line_with
+from tests.conftest import AUTH_URL_RE, assert_no_secret, convctl, read_auth_url, read_line_with
 
 
 def flow_error(daemon) -> str | None:
@@ -258,14 +258,7 @@ def headless_env(env: dict, **extra: str) -> dict:
 )
 async def test_no_browser_says_what_to_do(daemon, fake, extra, reason):
     env = headless_env(daemon.env, **extra)
-    done = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "convocationsd.cli.main", "oauth", "start", "--timeout", "1"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    done = await asyncio.to_thread(convctl, env, "oauth", "start", "--timeout", "1", timeout=30)
     assert done.returncode == 1
     err = done.stderr
     assert f"Could not open a browser: {reason}" in err

@@ -28,7 +28,7 @@ from convocationsd.core.errors import BackendUnavailable, ConfigError, SecretSto
 from convocationsd.store import configfile
 from convocationsd.store.keyring_backend import SERVICE, USERNAME, KeyringBackend
 from convocationsd.store.select import ConfiguredStore, open_store
-from tests.helpers.gnome_keyring import gnome_keyring
+from tests.helpers.gnome_keyring import locked_gnome_keyring
 from tests.helpers.gnome_keyring import missing_tools as gnome_keyring_missing
 
 HELPER = Path(__file__).resolve().parents[1] / "helpers" / "secret_store_cli.py"
@@ -487,14 +487,9 @@ def test_locked_keyring_falls_back_quickly(tmp_path, caplog):
         pytest.skip(reason)
     home = tmp_path / "home"
     env = child_env(tmp_path, HOME=str(home), XDG_DATA_HOME=str(home / ".local" / "share"))
-    # 1. create a password-protected login collection in this private HOME
-    with gnome_keyring(env, "test-password") as unlocked:
-        probe = "import keyring; keyring.set_password('probe', 'probe', 'x')"
-        subprocess.run([sys.executable, "-c", probe], env=unlocked, capture_output=True, timeout=60, check=True)
-    assert list((home / ".local" / "share" / "keyrings").glob("*.keyring"))
-    # 2. a new session where that collection stays locked; the timeout is far above the bound we check
     key = "sk-or-v1-locked-" + new_key()[9:]
-    with gnome_keyring(env, None) as locked:
+    with locked_gnome_keyring(env) as locked:  # the timeout below is far above the bound we check
+        assert list((home / ".local" / "share" / "keyrings").glob("*.keyring"))
         began = time.monotonic()
         proc = subprocess.run(
             [sys.executable, str(HELPER), "set", "60"],

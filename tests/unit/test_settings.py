@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from convocationsd.common import settings
-from convocationsd.common.settings import Settings, resolve
+from convocationsd.common.settings import Settings, resolve_with_sources
 from convocationsd.core.errors import ConfigError, ConvError
 
 SOCK = Path("/run/user/1000/convocations/convocationsd.sock")
@@ -15,7 +15,7 @@ CONF = Path("/home/u/.config/convocations/config.toml")
 
 
 def build(flags=None, env=None, config=None) -> Settings:
-    return resolve(flags or {}, env or {}, config or {}, socket_path=SOCK, config_path=CONF)
+    return resolve_with_sources(flags or {}, env or {}, config or {}, socket_path=SOCK, config_path=CONF)[0]
 
 
 def bad(flags=None, env=None, config=None) -> ConfigError:
