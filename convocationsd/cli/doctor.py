@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from convocationsd.common import paths, port_owners
-from convocationsd.common.settings import DEFAULT, Settings, config_problems
+from convocationsd.common.settings import DEFAULT, Settings, config_problems, public_url
 from convocationsd.core import pkce
 from convocationsd.core.errors import ConvError, UntrustedSocket
 from convocationsd.store import config as config_mod
@@ -438,6 +438,7 @@ def check_openrouter(ctx: Context, timeout: float = 5.0) -> Check:
     import urllib.request
 
     url, source = setting(ctx, "openrouter_url")
+    shown = public_url(url)  # convctl's own setting may carry credentials; the daemon's never does
     request = urllib.request.Request(url + "/", method="HEAD", headers={"User-Agent": "convctl-doctor"})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
@@ -450,7 +451,7 @@ def check_openrouter(ctx: Context, timeout: float = 5.0) -> Check:
         return Check(
             "openrouter",
             False,
-            f"{url} ({source}) cannot be reached: {text}",
+            f"{shown} ({source}) cannot be reached: {text}",
             "Check your network, proxy and DNS; if the address is wrong, fix CONVOCATIONS_OPENROUTER_URL or "
             "openrouter_url in config.toml (the default is https://openrouter.ai) and restart convocationsd.",
         )
@@ -458,10 +459,10 @@ def check_openrouter(ctx: Context, timeout: float = 5.0) -> Check:
         return Check(
             "openrouter",
             False,
-            f"{url} ({source}) cannot be reached: {getattr(e, 'strerror', None) or e}",
+            f"{shown} ({source}) cannot be reached: {getattr(e, 'strerror', None) or e}",
             "Check your network and the OpenRouter URL (default https://openrouter.ai).",
         )
-    return Check("openrouter", True, f"{url} answers (HTTP {status}); the address is {source}")
+    return Check("openrouter", True, f"{shown} answers (HTTP {status}); the address is {source}")
 
 
 # -- running ----------------------------------------------------------------------------------------------

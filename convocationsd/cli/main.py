@@ -18,7 +18,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs more to import than the rest of a `convctl status`
     from typing import Any, NoReturn, TextIO
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+EXIT_OK, EXIT_USAGE = 0, 2
 
 
 class Out:

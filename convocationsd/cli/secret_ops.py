@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 from convocationsd.client import Client
+from convocationsd.common.settings import public_url
 from convocationsd.core.errors import DaemonUnreachable, KeyNotAccepted
 
 KEY_CHECK_TIMEOUT = 10.0  # seconds for OpenRouter to answer GET /api/v1/key when no daemon runs
@@ -83,7 +84,7 @@ def check_with_openrouter(base_url: str, key: str, timeout: float = KEY_CHECK_TI
     request = urllib.request.Request(
         base_url.rstrip("/") + KEY_INFO_PATH, headers={"Authorization": f"Bearer {key}", "User-Agent": "convctl"}
     )
-    shown = _public(base_url)
+    shown = public_url(base_url)
     try:
         with urllib.request.build_opener(NoRedirects).open(request, timeout=timeout) as response:
             response.read(64 * 1024)
@@ -97,15 +98,3 @@ def check_with_openrouter(base_url: str, key: str, timeout: float = KEY_CHECK_TI
         text = reason.strerror if isinstance(reason, OSError) and reason.strerror else type(reason).__name__
         return f"Could not reach OpenRouter at {shown} ({text})"
     return None
-
-
-def _public(url: str) -> str:
-    """The URL without credentials, query or fragment: safe to show."""
-    from urllib.parse import urlsplit
-
-    try:
-        parts = urlsplit(url)
-        host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname
-        return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "") + parts.path.rstrip("/")
-    except ValueError:
-        return "(an invalid URL)"

@@ -217,3 +217,17 @@ def unknown_key_warning(name: str, where: str, known: Iterable[str]) -> str:
     """For example: unknown key htp_port in <where> is ignored (did you mean http_port?)."""
     guess = closest(name, known)
     return f"unknown key {shown_key(name)} in {where} is ignored" + (f" (did you mean {guess}?)" if guess else "")
+
+
+def public_url(url: str) -> str:
+    """The URL without credentials, query or fragment: safe to show in a message, a log or `status` (with
+    the stdlib's parser: a daemon that has only answered `status` has not loaded aiohttp's yarl)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        netloc = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port is not None else "")
+        return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    except (ValueError, TypeError):
+        return "(an invalid URL)"

@@ -320,7 +320,7 @@ class Controller:
             try:
                 return await asyncio.to_thread(fn, *args)
             finally:
-                if fn is not self.secrets.get:
+                if fn != self.secrets.get:  # a read changes nothing (bound methods compare equal, not identical)
                     await self.refresh_secret_status()
 
     async def _store_key(self, key: str) -> str:

@@ -208,7 +208,7 @@ class Daemon:
 
     def _setup(self) -> dict:
         """The settings `status` reports (doctor checks the daemon the person runs, not its own guess)."""
-        from convocationsd.daemon.openrouter import public_url
+        from convocationsd.common.settings import public_url
 
         s, source = self.settings, lambda name: self.sources.get(name, DEFAULT)
         return {

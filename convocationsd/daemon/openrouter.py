@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from convocationsd.common.settings import public_url
 from convocationsd.core import pkce
 from convocationsd.core.errors import ConvError
 from convocationsd.core.flows import FlowError
@@ -101,20 +102,6 @@ def app_conflict_error(hint: str = GENERIC_APP_CONFLICT_HINT, *, status: int | N
 
 
 # -- pure mapping of outcomes to errors ------------------------------------------------------------------
-
-
-def public_url(url: str) -> str:
-    """The URL without credentials, query or fragment: safe to show in a message. (The stdlib's parser, not
-    yarl's: `status` shows it, and a daemon that has only answered `status` has not loaded aiohttp.)"""
-    from urllib.parse import urlsplit, urlunsplit
-
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        netloc = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port is not None else "")
-        return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-    except (ValueError, TypeError):
-        return "(an invalid URL)"
 
 
 def _unreachable_hint(base_url: str) -> str:

@@ -22,6 +22,10 @@ USERNAME = "openrouter_api_key"
 UNLOCK_HINT = (
     "Unlock the OS keyring, or set CONVOCATIONS_SECRET_BACKEND=local-encrypted to keep the key in an encrypted file."
 )
+NO_KEYRING_HINT = (
+    "Install and start an OS keyring (GNOME Keyring or KWallet; the Keychain on macOS), or set "
+    "CONVOCATIONS_SECRET_BACKEND=local-encrypted to keep the key in an encrypted file."
+)
 
 
 class KeyringMissing(BackendUnavailable):
@@ -97,7 +101,7 @@ class KeyringBackend:
                 keyring.core.init_backend()
                 kr = keyring.get_keyring()
         except ImportError as e:
-            raise KeyringMissing(f"The keyring package cannot be loaded ({e.name}).", UNLOCK_HINT) from None
+            raise KeyringMissing(f"The keyring package cannot be loaded ({e.name}).", NO_KEYRING_HINT) from None
         _check_usable(kr)
         self._backend = kr
         return kr
@@ -156,11 +160,11 @@ def _check_usable(kr: Any) -> None:
 
     name = f"{type(kr).__module__}.{type(kr).__name__}"
     if isinstance(kr, fail.Keyring):
-        raise KeyringMissing("No OS keyring is available (no Secret Service on the session bus?).", UNLOCK_HINT)
+        raise KeyringMissing("No OS keyring is available (no Secret Service on the session bus?).", NO_KEYRING_HINT)
     if name == "keyring.backends.null.Keyring" or getattr(kr, "priority", 1) < 0:
-        raise KeyringMissing("The OS keyring is disabled (keyring's null backend is configured).", UNLOCK_HINT)
+        raise KeyringMissing("The OS keyring is disabled (keyring's null backend is configured).", NO_KEYRING_HINT)
     if isinstance(kr, chainer.ChainerBackend) and not kr.backends:
-        raise KeyringMissing("No OS keyring is available (keyring found no backend to chain).", UNLOCK_HINT)
+        raise KeyringMissing("No OS keyring is available (keyring found no backend to chain).", NO_KEYRING_HINT)
 
 
 def _translate(e: BaseException, op: str, secret: str | None) -> SecretStoreError:
@@ -177,7 +181,7 @@ def _translate(e: BaseException, op: str, secret: str | None) -> SecretStoreErro
     if isinstance(e, KeyringLocked):
         message = "The OS keyring is locked and could not be unlocked"
     elif isinstance(e, NoKeyringError):
-        return KeyringMissing(f"No OS keyring is available ({text}).", UNLOCK_HINT)
+        return KeyringMissing(f"No OS keyring is available ({text}).", NO_KEYRING_HINT)
     elif isinstance(e, InitError):
         message = "The OS keyring could not be opened"
     else:

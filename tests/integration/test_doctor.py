@@ -192,6 +192,15 @@ async def test_daemon_down(short_tmp, fake):
     assert checks["openrouter"]["ok"] and "convctl's own (no daemon runs to ask)" in checks["openrouter"]["verdict"]
 
 
+async def test_credentials_in_convctls_own_openrouter_url_are_not_shown(short_tmp, fake):
+    """The daemon's status strips credentials from the URL it reports; convctl's own setting must get the same."""
+    with_password = fake.url.replace("http://", "http://someone:hunter2-secret@")
+    env = base_env(short_tmp, CONVOCATIONS_OPENROUTER_URL=with_password, RCONV_HTTP_PORT=str(free_port()))
+    _, results, _ = await asyncio.to_thread(run_doctor, env)
+    assert fake.url in by_name(results)["openrouter"]["verdict"]
+    assert "hunter2-secret" not in json.dumps(results)
+
+
 async def test_openrouter_unreachable(daemon_factory):
     dead = dead_url()
     d = await asyncio.to_thread(daemon_factory, CONVOCATIONS_OPENROUTER_URL=dead)

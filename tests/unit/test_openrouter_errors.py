@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from convocationsd.common.settings import public_url
 from convocationsd.core.errors import ConvError
 from convocationsd.daemon.openrouter import (
     MAX_KEY_LENGTH,
@@ -20,7 +21,6 @@ from convocationsd.daemon.openrouter import (
     exchange_status_error,
     key_problem,
     parse_exchange_answer,
-    public_url,
     timeout_error,
     transport_error,
     upstream_error_message,
