@@ -282,13 +282,18 @@ async def result(request: web.Request) -> web.StreamResponse:
     return response
 
 
+# What loopback HTTP's /api/status shows of the socket's `status` (anything else stays on the socket).
+HTTP_STATUS_FIELDS = (
+    "version", "protocol", "pid", "http_url", "port", "port_fallback", "socket", "flow", "secret", "subscribers"
+)  # fmt: skip
+
+
 async def status_json(request: web.Request) -> web.StreamResponse:
     # Any local user can reach loopback HTTP, so this copy leaves out the pending flow's authorize URL
     # (its state would help a login-CSRF), the account's label and usage, and the settings and the last
     # store's outcome (paths, keyring errors); the same-uid socket's `status` has them all.
-    status = dict(request.app[CONTROLLER].status())
-    for private in ("account", "settings", "last_store"):
-        status.pop(private, None)
+    full = request.app[CONTROLLER].status()
+    status = {name: full[name] for name in HTTP_STATUS_FIELDS}  # listed: a field added later stays private
     if status["flow"]:
         status["flow"] = {k: v for k, v in status["flow"].items() if k != "auth_url"}
     return _json(status)

@@ -73,9 +73,19 @@ class FakeThread:
     def close(self) -> None:
         try:
             self.run(self.fake.close(), timeout=10)
+            self.run(_cancel_the_rest(), timeout=10)  # handlers a fault switch left hanging: ended, not abandoned
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(5)
+            if not self.thread.is_alive():
+                self.loop.close()
+
+
+async def _cancel_the_rest() -> None:
+    others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in others:
+        task.cancel()
+    await asyncio.gather(*others, return_exceptions=True)
 
 
 # -- daemons ----------------------------------------------------------------------------------------

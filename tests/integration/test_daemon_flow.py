@@ -186,7 +186,10 @@ async def test_http_routes(daemon, fake):
         async with s.get(base + "/api/status") as r:
             st = await r.json()
             assert r.status == 200 and st["port"] == daemon.port and r.headers["Cache-Control"] == "no-store"
-            assert not {"account", "settings", "last_store"} & set(st)  # the socket's status only
+            # An allow-list: what the socket's status has beyond these (account, settings, last_store) stays there.
+            public = {"version", "protocol", "pid", "http_url", "port", "port_fallback", "socket", "flow", "secret"}
+            assert set(st) == public | {"subscribers"}
+            assert {"account", "settings", "last_store"} <= set(daemon.call("status"))
 
 
 async def test_sigterm_cancels_flow_removes_socket_exits_zero(daemon):
