@@ -560,6 +560,8 @@ def test_subscribers_that_stop_reading_cannot_take_the_daemons_memory(daemon_fac
     reader.start()
     actor.call("oauth.start")  # a login is pending: from now on each restart publishes two events
     reader.wait_for(1)
+    # The login made the daemon load its HTTP server (aiohttp, a dozen MB): served, it is in the baseline.
+    assert raw_http(d.port, "GET", "/api/status").status == 200
     rss0 = rss_kib(pid)
     early = _stuck_subscribers(d.socket, 240)
     early_after = 1  # the last seq published before they subscribed
