@@ -44,7 +44,7 @@ test: system-deps lint
 
 # Under the same private session bus as the tests, so that section 8 also measures the OS keyring backend.
 bench: $(VENV)/.test
-	$(WITH_KEYRING) $(BIN)/python -m bench
+	tests/with-keyring.sh $(BIN)/python -m bench
 
 fake-openrouter: $(VENV)/.run
 	$(BIN)/python -m convocationsd.testing.fake_openrouter $(FAKE_ARGS)

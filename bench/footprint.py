@@ -299,7 +299,7 @@ def run(smoke: bool) -> Section:
         f"Start-up to READY=1 (spawn of `python -m convocationsd` to the sd_notify datagram on a "
         f"NOTIFY_SOCKET made by the bench), median of {len(starts)}: **{median(starts) * 1000:.0f} ms** "
         f"(all: {', '.join(f'{s * 1000:.0f}' for s in starts)}). Reference in the same run: "
-        f"`python -c pass` takes {bare * 1000:.0f} ms (section 7 has the first answer after socket activation)."
+        f"`python -c pass` takes {bare * 1000:.0f} ms (section 8 has the first answer after socket activation)."
     )
     sec.body.append("")
     sec.check(

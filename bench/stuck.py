@@ -4,8 +4,9 @@ Each row is a fresh daemon. A helper process (bench/subscribers.py --stuck) conn
 read after their `subscribe` reply; then one client publishes events by restarting the login
 (`oauth.start {"restart": true}`: a "cancelled" `openrouter-auth-complete` and an `openrouter-auth-started`
 each, about 450 bytes a line), enough to fill every stuck subscriber's queue to its limit. The helper then closes
-every connection, and the daemon's RSS is read once nobody is subscribed and again a second later. Loopback
-Unix sockets only; each row takes seconds.
+every connection, and the daemon's RSS is read once nobody is subscribed and again a second later. "Before" is
+read after one login has loaded the HTTP server, which any login does. Loopback Unix sockets only; each row
+takes seconds.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import time
 from convocationsd.client import Client
 
 from .common import cleanup_tmp, short_tmp, start_daemon
-from .flows import Subscribers
+from .flows import Subscribers, http_get
 from .report import Section
 
 COUNTS = (400, 4000)
@@ -40,6 +41,11 @@ def _publish(path: str, restarts: int, sample) -> tuple[int, int]:
     return max(peak, sample()), left
 
 
+def _call(path: str, method: str) -> None:
+    with Client(path, timeout=30) as c:
+        c.call(method)
+
+
 def _wait_unsubscribed(path: str, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     with Client(path, timeout=10) as c:
@@ -55,6 +61,11 @@ async def _row(n: int, restarts: int) -> list[str]:
     daemon = None
     try:
         daemon = await asyncio.to_thread(start_daemon, tmp)
+        # The restarts below are logins, and a login loads the HTTP server (aiohttp, ~15 MB): load it first,
+        # so that "before" already holds it and the growth is the subscribers' alone.
+        await asyncio.to_thread(_call, str(daemon.socket), "oauth.start")
+        assert (await http_get(daemon.port, "/api/status"))[0] == 200
+        await asyncio.to_thread(_call, str(daemon.socket), "oauth.cancel")
         await asyncio.sleep(SETTLE_S)
         before = daemon.rss_kb()
         subs = await Subscribers.start(str(daemon.socket), n, stuck=True)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 
 from convocationsd.client import Client
-from convocationsd.common.settings import public_url
 from convocationsd.core.errors import DaemonUnreachable, KeyNotAccepted
 
 KEY_CHECK_TIMEOUT = 10.0  # seconds for OpenRouter to answer GET /api/v1/key when no daemon runs
@@ -84,6 +83,8 @@ def check_with_openrouter(base_url: str, key: str, timeout: float = KEY_CHECK_TI
     request = urllib.request.Request(
         base_url.rstrip("/") + KEY_INFO_PATH, headers={"Authorization": f"Bearer {key}", "User-Agent": "convctl"}
     )
+    from convocationsd.common.settings import public_url  # here: settings costs `secret status` ~25 ms
+
     shown = public_url(base_url)
     try:
         with urllib.request.build_opener(NoRedirects).open(request, timeout=timeout) as response:

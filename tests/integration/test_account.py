@@ -310,3 +310,24 @@ def test_convctl_stays_light(cmd, short_tmp):
     )
     heavy = [line for line in done.stderr.splitlines() if re.search(r"\b(aiohttp|keyring|cryptography)\b", line)]
     assert heavy == []
+
+
+@pytest.mark.parametrize("cmd", [("status",), ("secret", "status")])
+async def test_convctl_asking_a_running_daemon_loads_only_what_it_needs(cmd, daemon):
+    """With a daemon to ask, these commands are a socket round trip: no event loop, no typing, no dataclasses
+    (settings costs `secret status` ~25 ms, a third of its time; bench section 1 has the figures)."""
+    import subprocess
+    import sys
+
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-X", "importtime", "-m", "convocationsd.cli.main", *cmd],
+        env=daemon.env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    loaded = {line.rsplit("|", 1)[1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+    assert "convocationsd.client" in loaded  # the parse sees modules at all
+    assert not loaded & {"asyncio", "typing", "dataclasses", "convocationsd.common.settings", "tomllib"}
