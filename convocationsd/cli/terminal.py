@@ -28,6 +28,6 @@ def safe_line(text: str) -> str:
 
 def safe_json(data: Any) -> str:
     """``data`` as one line of JSON whose text is inert on a terminal. json.dumps escapes the C0 controls
-    itself; the rest of UNSAFE can only occur inside strings, where ``\\uXXXX`` means the same character,
-    so a program reading the line gets exactly ``data`` back."""
+    itself; the rest of UNSAFE can only occur inside strings, where a ``\\u`` escape (``\\u001b``) means the
+    same character, so a program reading the line gets exactly ``data`` back."""
     return UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", json.dumps(data, ensure_ascii=False))
