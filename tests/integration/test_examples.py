@@ -21,6 +21,7 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -287,6 +288,81 @@ def test_rust_example_sends_nothing_to_a_socket_in_a_directory_others_control(sh
     assert done.returncode == 3, done.stdout + done.stderr
     assert why in done.stderr and "set CONVOCATIONS_SOCKET (or XDG_RUNTIME_DIR)" in done.stderr
     assert done.stdout == ""
+
+
+REFUSAL = {
+    "jsonrpc": "2.0",
+    "id": None,
+    "error": {
+        "code": -32000,
+        "message": "Permission denied: this daemon serves only its own user (uid 1000), and this client runs as uid 1001.",
+        "data": {"kind": "PermissionDenied", "hint": "Run the client as the user who runs convocationsd."},
+    },
+}
+
+
+def serve_once(path: Path, script) -> threading.Thread:
+    """A socket at ``path`` (ours, so the example trusts it) whose one connection ``script(reader, writer)``
+    serves, standing in for a daemon that misbehaves in ways the real one cannot be made to."""
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(path))
+    listener.listen()
+
+    def serve() -> None:
+        with listener, listener.accept()[0] as conn, conn.makefile("rb") as reader, conn.makefile("wb") as writer:
+            script(reader, writer)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return thread
+
+
+def send(writer, message) -> None:
+    writer.write((message if isinstance(message, bytes) else json.dumps(message).encode()) + b"\n")
+    writer.flush()
+
+
+def refuse_at_once(reader, writer) -> None:  # as the daemon does to a client of another user
+    send(writer, REFUSAL)
+
+
+def answer_with_garbage(reader, writer) -> None:
+    reader.readline()
+    send(writer, b"<html>not JSON-RPC</html>")
+
+
+def close_during_the_login(reader, writer) -> None:
+    for _ in range(2):  # subscribe, then oauth.start
+        request = json.loads(reader.readline())
+        result = {"events": ["openrouter-auth-complete"]}
+        if request["method"] == "oauth.start":
+            result = {"session_id": "s-1", "auth_url": "http://127.0.0.1:9/auth?x=1", "joined": False}
+        send(writer, {"jsonrpc": "2.0", "id": request["id"], "result": result})
+
+
+@pytest.mark.parametrize(
+    ("script", "code", "says"),
+    [
+        (
+            refuse_at_once,
+            1,
+            f"login: {REFUSAL['error']['message']}\nRun the client as the user who runs convocationsd.\n",
+        ),
+        (answer_with_garbage, 1, "sent a line that is not a JSON-RPC message.\nCheck that CONVOCATIONS_SOCKET names"),
+        (close_during_the_login, 3, "The daemon closed the connection before the login ended; run this again.\n"),
+    ],
+    ids=["refused", "garbage", "closed"],
+)
+def test_rust_example_explains_a_daemon_that_refuses_garbles_or_goes(short_tmp, rust, script, code, says):
+    """What the daemon says when it refuses is shown as it said it; a line that is not JSON-RPC, or a
+    connection that ends mid-login, gets a message of the example's own: never a panic."""
+    sock = short_tmp / "d.sock"
+    server = serve_once(sock, script)
+    env = {**os.environ, "CONVOCATIONS_SOCKET": str(sock)}
+    done = subprocess.run([str(rust.login)], env=env, capture_output=True, text=True, timeout=30)
+    server.join(10)
+    assert done.returncode == code, done.stdout + done.stderr
+    assert says in done.stderr and "panicked" not in done.stderr
 
 
 @needs_root_setpriv

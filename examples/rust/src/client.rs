@@ -136,15 +136,20 @@ impl Client {
         }
         let line = format!("{}\n", Value::object(request));
         let sent = self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).write_all(line.as_bytes());
-        if let Err(e) = sent {
-            lock(&self.shared).waiting.remove(&id);
-            return Err(Error::Closed { reason: e.to_string() });
-        }
-        match reply.recv_timeout(self.timeout) {
+        let wait = match sent {
+            Ok(()) => self.timeout,
+            // The daemon closed the connection, perhaps saying why first (its refusal of another user): the
+            // reader hands that to every waiting call once it reads the end, which is already on its way.
+            Err(_) => Duration::from_secs(2),
+        };
+        match reply.recv_timeout(wait) {
             Ok(outcome) => outcome,
             Err(RecvTimeoutError::Timeout) => {
                 lock(&self.shared).waiting.remove(&id);
-                Err(Error::NoReply { method: method.to_owned() })
+                match sent {
+                    Ok(()) => Err(Error::NoReply { method: method.to_owned() }),
+                    Err(e) => Err(Error::Closed { reason: e.to_string() }),
+                }
             }
             // The reader answers every waiting call before it lets go of it; this is for completeness.
             Err(RecvTimeoutError::Disconnected) => Err(Error::Closed { reason: "no reply".to_owned() }),
@@ -187,7 +192,7 @@ fn read_lines(stream: UnixStream, shared: &Mutex<Shared>, path: &Path) {
     let why = loop {
         line.clear();
         match lines.read_until(b'\n', &mut line) {
-            Ok(0) => break Error::Closed { reason: "the daemon closed the connection".to_owned() },
+            Ok(0) => break Error::Closed { reason: "end of file".to_owned() },
             Ok(_) => {}
             Err(e) => break Error::Closed { reason: e.to_string() },
         }

@@ -52,7 +52,9 @@ impl fmt::Display for Error {
                 write!(f, "Cannot reach the convocationsd daemon at {}: {}.", path.display(), reason)
             }
             Error::Untrusted { message, .. } | Error::Remote { message, .. } => f.write_str(message),
-            Error::Closed { reason } => write!(f, "The daemon closed the connection before it answered ({}).", reason),
+            Error::Closed { reason } => {
+                write!(f, "The connection to the daemon ended before it answered ({}).", reason)
+            }
             Error::NoReply { method } => write!(f, "The daemon did not answer `{}` in time.", method),
             Error::NotJsonRpc { path } => {
                 write!(f, "The daemon at {} sent a line that is not a JSON-RPC message.", path.display())
