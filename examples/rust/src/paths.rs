@@ -50,6 +50,7 @@ fn runtime_dir_fallback() -> PathBuf {
 }
 
 /// A directory, not a symlink, owned by `uid`, mode exactly 0700.
+#[cfg(not(target_os = "macos"))]
 fn is_private_dir(dir: &Path, uid: u32) -> bool {
     match fs::symlink_metadata(dir) {
         Ok(meta) => meta.is_dir() && meta.uid() == uid && meta.mode() & 0o777 == 0o700,
@@ -59,6 +60,7 @@ fn is_private_dir(dir: &Path, uid: u32) -> bool {
 
 /// The first of $TMPDIR, $TEMP, $TMP (absolute only), /tmp, /var/tmp, /usr/tmp that is a directory we can
 /// write to.
+#[cfg(not(target_os = "macos"))]
 fn temp_root() -> PathBuf {
     let from_env = ["TMPDIR", "TEMP", "TMP"].iter().filter_map(env::var_os).map(PathBuf::from);
     let fixed = ["/tmp", "/var/tmp", "/usr/tmp"].iter().map(PathBuf::from);

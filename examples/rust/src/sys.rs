@@ -1,19 +1,13 @@
 //! The few C library calls std does not offer: who we are, who serves a socket, whether we may write a
 //! directory. `UnixStream::peer_cred` would do the middle one, but it is unstable (nightly only).
 
-use std::ffi::CString;
-use std::os::raw::{c_char, c_int};
-use std::os::unix::ffi::OsStrExt;
+use std::os::raw::c_int;
 use std::os::unix::io::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::path::Path;
 
 extern "C" {
     fn geteuid() -> u32;
-    fn access(path: *const c_char, mode: c_int) -> c_int;
 }
-
-const W_OK: c_int = 2; // the same on every Unix
 
 /// The effective user id, the `<uid>` of docs/protocol.md ("as `id -u` prints it").
 pub fn euid() -> u32 {
@@ -21,7 +15,16 @@ pub fn euid() -> u32 {
 }
 
 /// Whether this process may create files in `dir`, as the kernel judges it (ACLs and read-only mounts too).
-pub fn writable(dir: &Path) -> bool {
+/// For the socket's last-resort place, which macOS does not use.
+#[cfg(not(target_os = "macos"))]
+pub fn writable(dir: &std::path::Path) -> bool {
+    use std::ffi::CString;
+    use std::os::raw::c_char;
+    use std::os::unix::ffi::OsStrExt;
+    extern "C" {
+        fn access(path: *const c_char, mode: c_int) -> c_int;
+    }
+    const W_OK: c_int = 2; // the same on every Unix
     match CString::new(dir.as_os_str().as_bytes()) {
         Ok(path) => unsafe { access(path.as_ptr(), W_OK) == 0 },
         Err(_) => false, // a NUL byte: no such directory
