@@ -444,6 +444,8 @@ def rust_sources() -> str:
 
 
 def test_rust_example_uses_only_what_protocol_md_documents():
+    """Every method the Rust client calls is in protocol.md's Methods table, every event it waits for in the
+    Events table, every member it reads somewhere in the document; and the check notices either side moving."""
     source, protocol = rust_sources(), PROTOCOL.read_text()
     methods, events, members = names_used(source)
     assert {"subscribe", "oauth.start"} <= methods and events == {"openrouter-auth-complete"}, (methods, events)

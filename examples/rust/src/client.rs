@@ -32,7 +32,6 @@ pub struct Event {
 }
 
 pub struct Client {
-    path: PathBuf,
     /// Whole lines go out under this lock, so calls from several threads never interleave.
     writer: Mutex<UnixStream>,
     shared: Arc<Mutex<Shared>>,
@@ -100,17 +99,12 @@ impl Client {
         }
         .map_err(|e| Error::Unreachable { path: path.clone(), reason: e.to_string() })?;
         Ok(Client {
-            path,
             writer: Mutex::new(stream),
             shared,
             next_id: AtomicU64::new(0),
             reader: Some(reader),
             timeout: Duration::from_secs(30),
         })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// How long `call` waits for its reply (30 seconds unless set).
