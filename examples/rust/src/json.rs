@@ -506,41 +506,14 @@ mod tests {
     }
 
     #[test]
+    #[rustfmt::skip] // one line per kind of mistake, not per case
     fn refuses_what_is_not_json() {
         for text in [
-            "",
-            " ",
-            "nul",
-            "True",
-            "'x'",
-            "[1,]",
-            "[1 2]",
-            "{,}",
-            "{\"a\"}",
-            "{\"a\":1,}",
-            "{a:1}",
-            "[",
-            "{\"a\":",
-            "\"open",
-            "01",
-            "-",
-            "+1",
-            ".5",
-            "1.",
-            "1e",
-            "1e+",
-            "0x10",
-            "NaN",
-            "Infinity",
-            "-Infinity",
-            "\"\\x\"",
-            "\"\\u12\"",
-            "\"\\u12g4\"",
-            "\"tab\there\"",
-            "\"new\nline\"",
-            "{} {}",
-            "1 2",
-            "[] x",
+            "", " ", "nul", "True", "'x'",                                       // no value
+            "[1,]", "[1 2]", "{,}", "{\"a\"}", "{\"a\":1,}", "{a:1}", "[", "{\"a\":", // structure
+            "\"open", "\"\\x\"", "\"\\u12\"", "\"\\u12g4\"", "\"tab\there\"", "\"new\nline\"", // strings
+            "01", "-", "+1", ".5", "1.", "1e", "1e+", "0x10", "NaN", "Infinity", "-Infinity", // numbers
+            "{} {}", "1 2", "[] x",                                              // more than one value
         ] {
             err(text);
         }
