@@ -3,12 +3,13 @@
 # make lint            - ruff check, ruff format --check, mypy
 # make bench           - run the benchmarks, write bench/RESULTS.md
 # make fake-openrouter - a fake OpenRouter on 127.0.0.1:8787 (FAKE_ARGS=--help for its switches)
+# make rust-example    - build examples/rust with cargo, for the tests (which take this build when they cannot run cargo)
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint system-deps bench fake-openrouter clean
+.PHONY: run test lint system-deps bench fake-openrouter rust-example clean
 
 # The desktop extra (pydbus, PyGObject: notifications, the D-Bus interface) needs C headers to build. Where it
 # does not build, install without it: the daemon says so in one log line, and the desktop tests skip.
@@ -48,6 +49,10 @@ bench: $(VENV)/.test
 
 fake-openrouter: $(VENV)/.run
 	$(BIN)/python -m convocationsd.testing.fake_openrouter $(FAKE_ARGS)
+
+# Standard library only, so it runs before the venv exists; CI runs it as root (.ci/run): see its docstring.
+rust-example:
+	$(PYTHON) -m tests.helpers.rust_example
 
 clean:
 	rm -rf $(VENV) test-artifacts .pytest_cache
