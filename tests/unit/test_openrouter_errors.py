@@ -134,6 +134,28 @@ def test_answer_with_key():
     assert "sk-or-v1-abc" not in repr(result)
 
 
+def test_the_spec_examples_exchange_answer_and_its_variants():
+    """OpenRouter's own example (tests/helpers/openrouter_examples.py), a null user_id as the spec allows, and
+    fields the daemon has never seen."""
+    from tests.helpers.openrouter_examples import EXCHANGE_SDK_SPEC
+
+    result = parse_exchange_answer(200, json.dumps(EXCHANGE_SDK_SPEC).encode())
+    assert (result.key, result.user_id) == (EXCHANGE_SDK_SPEC["key"], EXCHANGE_SDK_SPEC["user_id"])
+    assert parse_exchange_answer(200, json.dumps({**EXCHANGE_SDK_SPEC, "user_id": None}).encode()).user_id is None
+    newer = {**EXCHANGE_SDK_SPEC, "key_hash": "f01d5260", "expires_at": None, "scopes": ["inference"]}
+    assert parse_exchange_answer(200, json.dumps(newer).encode()) == result
+
+
+def test_the_spec_examples_error_bodies_are_classified():
+    """The error shape of the spec's examples, with the optional fields set and not."""
+    assert upstream_error_message(b'{"error": {"code": 400, "message": "Invalid request parameters"}}') == (
+        "Invalid request parameters"
+    )
+    body = {"error": {"code": 403, "message": "Authorization code expired", "metadata": None}, "user_id": None}
+    body["openrouter_metadata"] = {"request_id": "r1"}
+    assert exchange_status_error(403, upstream_error_message(json.dumps(body).encode())).hint.startswith("Codes live")
+
+
 def test_upstream_error_message_reads_openrouters_shape_only():
     assert upstream_error_message(b'{"error": {"code": 403, "message": "Invalid code"}}') == "Invalid code"
     assert upstream_error_message(b'{"error": "x"}') is None
