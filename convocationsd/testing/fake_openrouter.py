@@ -22,7 +22,8 @@ The ``/_fake`` routes have no authentication: this is a development tool, bound 
 Full keys are kept in memory only for :attr:`FakeOpenRouter.issued_keys`; nothing is logged and the HTTP
 state shows fingerprints, so the "secrets never leak" tests can treat the fake as a bystander.
 
-Standalone: ``python -m convocationsd.testing.fake_openrouter --port 8787`` (see ``--help``).
+Standalone: ``python -m convocationsd.testing.fake_openrouter --port 8787`` (see ``--help``). OpenRouter's SDKs
+reach it with their server URL set to ``<fake url>/api/v1`` (Python: ``OpenRouter(server_url=...)``).
 """
 
 from __future__ import annotations

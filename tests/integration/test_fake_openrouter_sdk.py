@@ -9,6 +9,13 @@ fails naming it.
 
 from __future__ import annotations
 
+import asyncio
+import re
+import signal
+import sys
+from urllib.parse import parse_qs, urlsplit
+
+import aiohttp
 import httpx
 import pytest
 from openrouter import errors, operations
@@ -296,3 +303,48 @@ def test_exchange_body_check_catches_what_the_sdk_would_let_through():
         problem = exchange_body_problem(body)
         assert problem and SDK_VERSION in problem, body
         assert code not in problem and verifier not in problem and "12345" not in problem
+
+
+# -- the standalone fake, as a frontend author runs it --------------------------------------------------------
+
+
+async def test_the_standalone_fake_through_the_sdk_end_to_end():
+    """`python -m convocationsd.testing.fake_openrouter`, approved over plain HTTP like a browser would, then
+    the SDK exchanges the code and reads the key's metadata."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "convocationsd.testing.fake_openrouter",
+        "--port",
+        "0",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        line = (await asyncio.wait_for(process.stdout.readline(), 15)).decode()
+        url = re.search(r"http://127\.0\.0\.1:\d+", line).group(0)
+        verifier = pkce.make_verifier()
+        form = {
+            "callback_url": "http://localhost:3000/api/openrouter/oauth/callback",
+            "code_challenge": pkce.s256_challenge(verifier),
+            "code_challenge_method": "S256",
+        }
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(url + "/auth/approve", data=form, allow_redirects=False) as response,
+        ):
+            code = parse_qs(urlsplit(response.headers["Location"]).query)["code"][0]
+        async with sdk_client(url) as sdk:
+            answer = await sdk.o_auth.exchange_auth_code_for_api_key_async(
+                code=code, code_verifier=verifier, code_challenge_method="S256"
+            )
+        async with sdk_client(url, answer.key) as sdk:
+            metadata = await sdk.api_keys.get_current_key_metadata_async()
+        assert metadata.data.label == "Convocations" and metadata.data.creator_user_id == answer.user_id
+        process.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(process.communicate(), 10)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 0 and b"Traceback" not in stderr
