@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from convocationsd.common.settings import public_url
+from convocationsd.core import pkce
 from convocationsd.core.errors import ConvError
 from convocationsd.daemon.openrouter import (
     MAX_KEY_LENGTH,
@@ -84,6 +85,7 @@ def test_app_conflict_hint_explains_a_fallback_port():
     hint = app_conflict_hint(45123, True)
     assert "http://localhost:45123/api/openrouter/oauth/callback" in hint
     assert "fallback" in hint and "3000" in hint and "register" in hint
+    assert hint.endswith(pkce.fallback_port_note())
 
 
 def test_generic_app_conflict_when_port_unknown():
