@@ -57,7 +57,7 @@ INVALID_CODE_MESSAGE = "Invalid code or code_verifier"
 EXPIRED_CODE_MESSAGE = "Authorization code expired"
 METHODS = ("S256", "plain")
 WORKSPACE_ID = "00000000-0000-4000-8000-00000000fa4e"  # the fake account's one workspace
-FREE_MODEL_DAILY_REQUESTS = 50  # the spec's example quota for an account that bought no credits
+FREE_MODEL_DAILY_REQUESTS = 50  # the value of the spec's example
 
 # Bodies for a forced exchange status; 403 and 409 use the texts OpenRouter is known to send.
 FORCED_MESSAGES = {
