@@ -227,10 +227,13 @@ def port_chosen_by_daemon(d: DaemonProcess) -> None:
 
 @pytest.fixture
 async def fake() -> AsyncIterator:
+    """The fake OpenRouter, checking every exchange the daemon sends against OpenRouter's SDK."""
     from convocationsd.testing.fake_openrouter import FakeOpenRouter
+    from tests.helpers.openrouter_sdk import exchange_body_problem
 
-    async with FakeOpenRouter() as f:
+    async with FakeOpenRouter(check_exchange=exchange_body_problem) as f:
         yield f
+    assert f.request_problems == [], "the daemon sent an exchange that OpenRouter's SDK would not"
 
 
 @pytest.fixture

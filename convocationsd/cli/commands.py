@@ -40,7 +40,7 @@ def status(args: argparse.Namespace, out: Any) -> int:
     secret = st.get("secret") or {}
     out.print(f"daemon:   running (pid {st['pid']}, version {st['version']})")
     port_note = (
-        "  (FALLBACK: the preferred port was busy; OpenRouter may answer 409 - see `convctl doctor`)"
+        "  (FALLBACK: the preferred port was busy; `convctl doctor` says what that means)"
         if st.get("port_fallback")
         else ""
     )

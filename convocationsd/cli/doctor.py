@@ -2,7 +2,7 @@
 
 Checks: the daemon (running? which port?), who holds the HTTP port on 127.0.0.1 and ::1 (named through
 /proc on Linux, ``lsof`` elsewhere when present), whether the callback URL OpenRouter is sent reaches
-this daemon (a fallback port is the usual cause of OpenRouter's HTTP 409), the linked key, where new keys
+this daemon (and whether it is a fallback port, which may change at every start), the linked key, where new keys
 go and where the last one went, what config.toml says that nothing reads, file modes, and whether
 OpenRouter's base URL answers.
 
@@ -203,8 +203,8 @@ def _http_status_pid(address: str, port: int, timeout: float = 3.0) -> tuple[int
 
 
 def check_callback(ctx: Context) -> Check:
-    """The callback URL in the authorize request must reach this daemon on both loopback addresses, and
-    stay the same between attempts (OpenRouter's 409 when it changes)."""
+    """The callback URL in the authorize request must reach this daemon on both loopback addresses. On a
+    fallback port it does, and the note says what is known about that port and OpenRouter's 409."""
     st = ctx.status
     if st is None:
         return Check("callback", False, "not checked: the daemon is not running")
@@ -235,12 +235,9 @@ def check_callback(ctx: Context) -> Check:
     if st.get("port_fallback"):
         return Check(
             "callback",
-            False,
-            f"OpenRouter is sent callback_url {expected} and referrer http://localhost:{port}, a fallback port chosen "
-            f'because {preferred} was busy. It changes on every start, and OpenRouter answers HTTP 409 "Failed to '
-            'create or update app" when these differ from what it has on record',
-            f"Free port {preferred} (see the port check) and restart convocationsd; or set RCONV_HTTP_PORT to a fixed "
-            f"free port, restart, and register that callback and referrer with OpenRouter.",
+            True,
+            f"callback_url {expected} reaches this daemon on a fallback port, chosen because {preferred} was busy",
+            note=pkce.fallback_port_note(preferred),
         )
     if port != preferred:
         return Check(

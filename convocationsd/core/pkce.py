@@ -37,6 +37,19 @@ def callback_url(port: int) -> str:
     return local_origin(port) + CALLBACK_PATH
 
 
+def fallback_port_note(preferred: int | None = None) -> str:
+    """After "the preferred port was busy": what is known about logging in from a fallback port, and how to find
+    out (shared/design/openrouter.md). OpenRouter's current docs accept localhost callbacks on any port, older
+    ones only 443 and 3000; the cause of its 409 "Failed to create or update app" is not documented."""
+    busy = f"port {preferred}" if preferred is not None else "the preferred port (RCONV_HTTP_PORT, default 3000)"
+    return (
+        "A fallback port may change at every start. OpenRouter's current documentation accepts localhost callbacks "
+        "on any port (older versions allowed only ports 443 and 3000). If OpenRouter answers a login with HTTP 409 "
+        f'"Failed to create or update app", free {busy} (`convctl doctor` names what holds it), restart '
+        "convocationsd and log in again."
+    )
+
+
 def authorize_url(openrouter_url: str, port: int, challenge: str, state: str, *, paste: bool = False) -> str:
     """OpenRouter's ``/auth`` URL, parameters in the contract's order. ``paste=True`` omits
     ``callback_url``: OpenRouter then shows the code for the person to paste (headless login)."""

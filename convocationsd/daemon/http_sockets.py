@@ -145,7 +145,7 @@ def port_busy_error(port: int, chosen_by: str) -> ConvError:
     return ConvError(
         f"Port {port} (chosen by {chosen_by}) is already in use{held}.",
         f"Stop that program, or choose another free port; or start with --allow-port-fallback to take any free "
-        f"port when {port} is busy (OpenRouter may then refuse logins with HTTP 409, see the README).",
+        f"port when {port} is busy (the callback URL OpenRouter is sent then changes with the port).",
     )
 
 

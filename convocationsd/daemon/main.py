@@ -19,7 +19,7 @@ from typing import Any
 from convocationsd import __version__
 from convocationsd.common.cmdline import ArgumentParser
 from convocationsd.common.settings import DEFAULT, LOG_LEVELS, Settings
-from convocationsd.core import protocol
+from convocationsd.core import pkce, protocol
 from convocationsd.core.errors import ConvError, UntrustedSocket
 from convocationsd.core.events import ALL_EVENTS, AUTH_STARTED, EventBus
 from convocationsd.daemon import systemd
@@ -156,13 +156,10 @@ class Daemon:
                 raise
         if fell_back:
             log.warning(
-                "PORT %d IS BUSY: listening on http://localhost:%d instead. OpenRouter may refuse logins from this "
-                "port (HTTP 409), and it changes on every start. Free port %d (see `convctl doctor`) and restart, or "
-                "choose a fixed free port (RCONV_HTTP_PORT, --port or http_port in config.toml) and register "
-                "http://localhost:<that port>/api/openrouter/oauth/callback with OpenRouter.",
+                "PORT %d IS BUSY: listening on http://localhost:%d instead. %s",
                 s.http_port,
                 port,
-                s.http_port,
+                pkce.fallback_port_note(s.http_port),
             )
 
         self.secrets = HelperStore(

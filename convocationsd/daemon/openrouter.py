@@ -77,11 +77,7 @@ def app_conflict_hint(port: int, port_fallback: bool) -> str:
         "and restart convocationsd, then run `convctl oauth start` again."
     )
     if port_fallback:
-        hint += (
-            f" Port {port} is a fallback because the preferred port (RCONV_HTTP_PORT, default 3000) was busy, "
-            "and a fallback port changes these URLs on every start: free the preferred port and restart "
-            "convocationsd, or register the new URLs."
-        )
+        hint += f" Port {port} is a fallback: the preferred port was busy. " + pkce.fallback_port_note()
     return hint
 
 

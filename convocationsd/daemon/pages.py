@@ -16,6 +16,8 @@ import hashlib
 import re
 from html import escape
 
+from convocationsd.core.pkce import fallback_port_note
+
 START_PATH = "/api/openrouter/oauth/start"
 END_PATH = "/api/openrouter/oauth/end"
 
@@ -137,9 +139,7 @@ def status_page(*, linked: bool, backend: str | None, port: int, port_fallback: 
     if port_fallback:
         parts.append(
             "<div class=warn>The preferred port (<code>RCONV_HTTP_PORT</code>, default 3000) was busy, so this "
-            f"daemon listens on port {int(port)} instead. OpenRouter may refuse logins from it with HTTP 409 "
-            "&ldquo;Failed to create or update app&rdquo;. Run <code>convctl doctor</code> to see what holds the "
-            "port, free it, and restart the daemon.</div>"
+            f"daemon listens on port {int(port)} instead. {_text(fallback_port_note())}</div>"
         )
     if pending:
         label, note = "Continue the login in progress", "Opens OpenRouter for the login that is waiting."

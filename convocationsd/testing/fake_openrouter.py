@@ -4,7 +4,9 @@ Why a server and not a mock: the daemon's client, its timeouts and its error pag
 (status codes, bodies that are not JSON, answers that never come), and frontend developers need something
 to log in against without an OpenRouter account. Everything known about the real service is in
 ``shared/design/openrouter.md``; what is uncertain there (``state`` echo, the 409 at authorize) is a switch
-in :class:`FakeConfig`, settable from Python or at runtime over ``POST /_fake/config``.
+in :class:`FakeConfig`, settable from Python or at runtime over ``POST /_fake/config``. The JSON bodies follow
+OpenRouter's OpenAPI spec as its official Python SDK (``openrouter`` on PyPI) carries it: field names, types,
+required fields and the error shape; tests/integration/test_fake_openrouter_sdk.py drives the fake with that SDK.
 
 Routes:
     GET  /auth                   the authorize page (Approve / Deny, plain HTML forms)
@@ -20,7 +22,8 @@ The ``/_fake`` routes have no authentication: this is a development tool, bound 
 Full keys are kept in memory only for :attr:`FakeOpenRouter.issued_keys`; nothing is logged and the HTTP
 state shows fingerprints, so the "secrets never leak" tests can treat the fake as a bystander.
 
-Standalone: ``python -m convocationsd.testing.fake_openrouter --port 8787`` (see ``--help``).
+Standalone: ``python -m convocationsd.testing.fake_openrouter --port 8787`` (see ``--help``). OpenRouter's SDKs
+reach it with their server URL set to ``<fake url>/api/v1`` (Python: ``OpenRouter(server_url=...)``).
 """
 
 from __future__ import annotations
@@ -53,6 +56,8 @@ APP_CONFLICT_MESSAGE = "Failed to create or update app while creating auth code.
 INVALID_CODE_MESSAGE = "Invalid code or code_verifier"
 EXPIRED_CODE_MESSAGE = "Authorization code expired"
 METHODS = ("S256", "plain")
+WORKSPACE_ID = "00000000-0000-4000-8000-00000000fa4e"  # the fake account's one workspace
+FREE_MODEL_DAILY_REQUESTS = 50  # the value of the spec's example
 
 # Bodies for a forced exchange status; 403 and 409 use the texts OpenRouter is known to send.
 FORCED_MESSAGES = {
@@ -94,6 +99,9 @@ class FakeConfig:
     """Answer exchanges with a well-formed-looking key of this many characters."""
     key_info_status: int | None = None
     """Answer ``GET /api/v1/key`` with this error status."""
+    key_info_data: dict[str, Any] | None = None
+    """Answer ``GET /api/v1/key`` for an accepted key with this ``data`` object instead of the fake's own (an
+    example from OpenRouter's spec, nulls where the spec allows them, fields OpenRouter added later)."""
     code_lifetime: float = CODE_LIFETIME
     """Seconds an authorization code stays valid (OpenRouter: 10 minutes)."""
 
@@ -119,7 +127,7 @@ class FakeConfig:
 
 
 def _check_type(name: str, hint: Any, value: Any) -> Any:
-    allowed = typing.get_args(hint) or (hint,)
+    allowed = tuple(typing.get_origin(t) or t for t in typing.get_args(hint) or (hint,))
     if value is None and type(None) in allowed:
         return None
     if isinstance(value, bool):
@@ -129,7 +137,7 @@ def _check_type(name: str, hint: Any, value: Any) -> Any:
         return value
     elif isinstance(value, (int, float)) and float in allowed:
         return float(value)
-    elif isinstance(value, str) and str in allowed:
+    elif isinstance(value, (str, dict)) and type(value) in allowed:
         return value
     raise ValueError(f"{name} must be {' or '.join(t.__name__ for t in allowed)}")
 
@@ -187,6 +195,56 @@ def _json_error(status: int, message: str) -> web.Response:
     return web.json_response(_error_body(status, message), status=status)
 
 
+def key_data(label: str, limit: float | None, user_id: str) -> dict[str, Any]:
+    """``GET /api/v1/key``'s ``data`` for an unused key of a personal account with no credits bought: every
+    field the spec requires. A limit appears as the key's own budget layer, as the spec describes ``budgets``."""
+    budget = None
+    if limit is not None:
+        budget = {
+            "scope": "key_limit",
+            "limit_usd": limit,
+            "spend_usd": 0,
+            "remaining_usd": limit,
+            "include_byok": False,
+            "reset_interval": None,
+            "resets_at": None,
+            "budget_id": None,
+            "guardrail_id": None,
+        }
+    return {
+        "label": label,
+        "limit": limit,
+        "limit_remaining": limit,
+        "limit_reset": None,
+        "include_byok_in_limit": False,
+        "usage": 0,
+        "usage_daily": 0,
+        "usage_weekly": 0,
+        "usage_monthly": 0,
+        "byok_usage": 0,
+        "byok_usage_daily": 0,
+        "byok_usage_weekly": 0,
+        "byok_usage_monthly": 0,
+        "is_free_tier": True,
+        "is_management_key": False,
+        "is_provisioning_key": False,
+        "expires_at": None,
+        "creator_user_id": user_id,
+        "organization_id": None,
+        "workspace_id": WORKSPACE_ID,
+        "allowed_data_regions": ["global"],
+        "budgets": [budget] if budget else [],
+        "effective_budget": budget,
+        "free_model_daily_requests": {
+            "limit": FREE_MODEL_DAILY_REQUESTS,
+            "remaining": FREE_MODEL_DAILY_REQUESTS,
+            "used": 0,
+        },
+        # Deprecated upstream ("Will always return -1"), still required.
+        "rate_limit": {"requests": -1, "interval": "10s", "note": "This field is deprecated and safe to ignore."},
+    }
+
+
 # -- pages ------------------------------------------------------------------------------------------
 
 _STYLE = (
@@ -237,7 +295,9 @@ class FakeOpenRouter:
     """The fake server. ``async with FakeOpenRouter() as fake:`` then point the daemon at ``fake.url``.
 
     ``clock`` decides code expiry (monotonic seconds); tests pass a settable one to expire codes without
-    sleeping.
+    sleeping. ``check_exchange`` sees every exchange's JSON body (None when it is not JSON) and returns what is
+    wrong with it, or None: the fake then answers 400 with that text and keeps it in :attr:`request_problems`
+    (tests check the daemon's requests against OpenRouter's SDK this way, which the fake itself cannot import).
     """
 
     def __init__(
@@ -248,15 +308,18 @@ class FakeOpenRouter:
         config: FakeConfig | None = None,
         clock: Callable[[], float] = time.monotonic,
         user_id: str = USER_ID,
+        check_exchange: Callable[[Any], str | None] | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.config = config or FakeConfig()
         self.clock = clock
         self.user_id = user_id
+        self.check_exchange = check_exchange
         self.url = ""
         self.authorize_requests: list[dict[str, str]] = []
         self.exchanges: list[ExchangeRecord] = []
+        self.request_problems: list[str] = []
         self._codes: dict[str, _IssuedCode] = {}
         self._keys: dict[str, _IssuedKey] = {}
         self._first_app_urls: tuple[str, str] | None = None
@@ -338,6 +401,7 @@ class FakeOpenRouter:
         self.config = FakeConfig()
         self.authorize_requests.clear()
         self.exchanges.clear()
+        self.request_problems.clear()
         self._codes.clear()
         self._keys.clear()
         self._first_app_urls = None
@@ -464,6 +528,10 @@ class FakeOpenRouter:
             payload = await request.json()
         except ValueError:
             payload = None
+        problem = self.check_exchange(payload) if self.check_exchange is not None else None
+        if problem:
+            self.request_problems.append(problem)
+            return self._record(None, None, 400, "bad_request", _json_error(400, problem))
         if not isinstance(payload, dict):
             return self._record(None, None, 400, "bad_body", _json_error(400, "Invalid JSON body"))
         code, verifier, method = payload.get("code"), payload.get("code_verifier"), payload.get("code_challenge_method")
@@ -516,25 +584,16 @@ class FakeOpenRouter:
     async def _key_info(self, request: web.Request) -> web.Response:
         if self.config.key_info_status is not None:
             status = self.config.key_info_status
-            message = FORCED_MESSAGES.get(status, "Error")
-            return web.json_response({"error": {"code": status, "message": message}}, status=status)
+            return _json_error(status, FORCED_MESSAGES.get(status, "Error"))
         scheme, _, key = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not key:
-            return web.json_response({"error": {"code": 401, "message": "No auth credentials found"}}, status=401)
+            return _json_error(401, "No auth credentials found")
         record = self._keys.get(key.strip())
         if record is None or record.revoked:
-            return web.json_response({"error": {"code": 401, "message": "User not found."}}, status=401)
-        data = {
-            "label": record.label,
-            "limit": record.limit,
-            "limit_remaining": record.limit,
-            "usage": 0,
-            "usage_daily": 0,
-            "usage_weekly": 0,
-            "usage_monthly": 0,
-            "is_free_tier": True,
-            "expires_at": None,
-        }
+            return _json_error(401, "User not found.")
+        data = self.config.key_info_data
+        if data is None:
+            data = key_data(record.label, record.limit, self.user_id)
         return web.json_response({"data": data})
 
     # -- /_fake control ------------------------------------------------------------------------------------
@@ -709,8 +768,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--exchange-missing-key", action="store_true", help="answer exchanges without a key")
     parser.add_argument("--exchange-key-length", type=int, help="answer exchanges with a key this long")
     parser.add_argument("--key-info-status", type=int, help="answer GET /api/v1/key with this error status")
+    parser.add_argument(
+        "--key-info-data", type=_json_object, help="answer GET /api/v1/key with this JSON object as its data"
+    )
     parser.add_argument("--code-lifetime", type=float, default=CODE_LIFETIME, help="seconds a code stays valid")
     return parser.parse_args(argv)
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError('must be a JSON object, e.g. \'{"label": "x"}\'')
+    return value
 
 
 def config_from_args(args: argparse.Namespace) -> FakeConfig:
@@ -727,6 +799,7 @@ def config_from_args(args: argparse.Namespace) -> FakeConfig:
             "exchange_missing_key": args.exchange_missing_key,
             "exchange_key_length": args.exchange_key_length,
             "key_info_status": args.key_info_status,
+            "key_info_data": args.key_info_data,
             "code_lifetime": args.code_lifetime,
         }
     )

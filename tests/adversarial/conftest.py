@@ -22,10 +22,11 @@ def mod_fake() -> Iterator[FakeThread]:
 
 @pytest.fixture
 def fake_t(mod_fake: FakeThread) -> Iterator[FakeThread]:
-    """The module's fake with default switches for this test."""
+    """The module's fake with default switches for this test; what the daemon sent must suit OpenRouter's SDK."""
     mod_fake.reset_config()
     yield mod_fake
     mod_fake.reset_config()
+    assert mod_fake.fake.request_problems == [], "the daemon sent an exchange that OpenRouter's SDK would not"
 
 
 @pytest.fixture(scope="module")

@@ -43,7 +43,11 @@ class FakeThread:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="fake-openrouter", daemon=True)
         self.thread.start()
-        self.fake = self.run(fake.start() if fake else FakeOpenRouter().start())
+        if fake is None:
+            from tests.helpers.openrouter_sdk import exchange_body_problem
+
+            fake = FakeOpenRouter(check_exchange=exchange_body_problem)
+        self.fake = self.run(fake.start())
 
     def run(self, coro, timeout: float = 30.0):
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)

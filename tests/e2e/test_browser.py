@@ -203,7 +203,7 @@ async def test_denial(browser, daemon, fake):
 
 async def test_409_on_a_fallback_port(browser, daemon_factory, fake):
     """Port taken on ::1 (a dev server), the daemon falls back, OpenRouter answers 409: the person sees the
-    warning on the status page, OpenRouter's 409 on approve, and `convctl doctor` explains it."""
+    warning on the status page, OpenRouter's 409 on approve, and `convctl doctor` says what is known and what to do."""
     holder, port = hold_port("::1")
     try:
         d = await asyncio.to_thread(
@@ -234,7 +234,7 @@ async def test_409_on_a_fallback_port(browser, daemon_factory, fake):
 
         doctor = await asyncio.to_thread(d.convctl, "doctor")
         assert doctor.returncode == 1
-        assert "409" in doctor.stdout and f"Free port {port}" in doctor.stdout
+        assert "409" in doctor.stdout and f"free port {port} (`convctl doctor` names what holds it)" in doctor.stdout
         assert re.search(rf"\[::1\]:{port} is held by python\S* \(pid {holder.pid}", doctor.stdout)
 
         proc.send_signal(__import__("signal").SIGINT)

@@ -331,3 +331,91 @@ async def test_convctl_asking_a_running_daemon_loads_only_what_it_needs(cmd, dae
     loaded = {line.rsplit("|", 1)[1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
     assert "convocationsd.client" in loaded  # the parse sees modules at all
     assert not loaded & {"asyncio", "typing", "dataclasses", "convocationsd.common.settings", "tomllib"}
+
+
+# -- OpenRouter's real answers ------------------------------------------------------------------------------
+
+
+def real_answers() -> list[tuple[str, dict, dict]]:
+    """(what, data, the summary the daemon shows): OpenRouter's own examples, the complete shape of the SDK in
+    the test extra (the fake's answer), that shape with every field the spec lets be null set to null, and an
+    example with fields the daemon has never seen."""
+    from openrouter.operations import GetCurrentKeyData
+
+    from convocationsd.testing.fake_openrouter import USER_ID, key_data
+    from tests.helpers.openrouter_examples import (
+        KEY_API_REFERENCE,
+        KEY_SDK_SPEC,
+        SUMMARY_OF_EXAMPLES,
+        with_new_fields,
+        with_nulls,
+    )
+    from tests.helpers.openrouter_sdk import nullable_fields
+
+    full = key_data("Convocations", 25.0, USER_ID)
+    nulls = with_nulls(full, nullable_fields(GetCurrentKeyData, full))
+    shown = {"label": "Convocations", "usage": 0, "valid": True, "message": None}
+    return [
+        ("the SDK spec's example", KEY_SDK_SPEC["data"], SUMMARY_OF_EXAMPLES),
+        ("the API reference's example", KEY_API_REFERENCE["data"], SUMMARY_OF_EXAMPLES),
+        ("the SDK's complete shape", full, {**shown, "limit": 25.0, "limit_remaining": 25.0}),
+        ("every nullable field null", nulls, {**shown, "limit": None, "limit_remaining": None}),
+        ("fields never seen", with_new_fields(KEY_API_REFERENCE["data"]), SUMMARY_OF_EXAMPLES),
+    ]
+
+
+def test_the_real_shapes_are_what_they_claim():
+    """The fixtures below are what OpenRouter's SDK says: the complete ones validate, nulls included."""
+    from openrouter.operations import GetCurrentKeyData
+
+    from tests.helpers.openrouter_sdk import shape_problems
+
+    answers = {what: data for what, data, _ in real_answers()}
+    assert shape_problems(GetCurrentKeyData, answers["the SDK's complete shape"]) == []
+    nulls = answers["every nullable field null"]
+    assert shape_problems(GetCurrentKeyData, nulls) == []
+    assert {name for name, value in nulls.items() if value is None} >= {"limit", "limit_remaining", "expires_at"}
+    assert shape_problems(GetCurrentKeyData, answers["fields never seen"])  # old example plus new fields
+
+
+@pytest.mark.parametrize(("what", "data", "shown"), real_answers(), ids=[a[0] for a in real_answers()])
+async def test_key_info_and_summary_take_the_real_shapes(what, data, shown, caplog):
+    """Through the daemon's real client and the fake: unused fields, nulls and unknown fields pass quietly."""
+    from convocationsd.daemon.openrouter import OpenRouterClient
+    from convocationsd.testing.fake_openrouter import FakeOpenRouter
+
+    caplog.set_level("DEBUG")
+    async with FakeOpenRouter() as fake, OpenRouterClient(fake.url, timeout=5) as client:
+        fake.config.update({"key_info_data": data})
+        got = await client.key_info(fake.issue_key())
+    assert got == data
+    assert account.summary(got) == shown
+    assert [r for r in caplog.records if r.levelno >= 30] == []
+
+
+async def test_status_shows_every_real_shape_without_a_warning(daemon_factory, fake):
+    """One daemon, the fake answering each real shape in turn: `convctl status` shows the account, doctor finds
+    it fine, and the daemon logs no warning."""
+    from convocationsd.cli.commands import _account_line
+    from tests.integration.test_doctor import by_name, run_doctor
+
+    d = await asyncio.to_thread(
+        daemon_factory, CONVOCATIONS_OPENROUTER_URL=fake.url, CONVOCATIONS_ACCOUNT_CACHE_SECONDS="0.1"
+    )
+    key = fake.issue_key()
+    d.call("secret.set", {"key": key})
+    for what, data, shown in real_answers():
+        fake.config.update({"key_info_data": data})
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if d.call("status")["account"] == shown:
+                break
+            await asyncio.sleep(0.1)
+        assert d.call("status")["account"] == shown, what
+        done = await asyncio.to_thread(d.convctl, "status")
+        assert f"key:      {_account_line(shown)}\n" in done.stdout, what
+    _, results, _ = await asyncio.to_thread(run_doctor, d.env)
+    assert by_name(results)["account"]["ok"]
+    log = d.log()
+    assert not [line for line in log.splitlines() if " WARNING " in line or " ERROR " in line], log[-3000:]
+    assert_no_secret(key, d.all_output())

@@ -361,6 +361,32 @@ async def test_runtime_config_state_revoke_and_reset_over_http(fake, http):
     assert fake.issued_keys == [] and fake.exchanges == []
 
 
+async def test_key_info_data_switch_answers_any_shape_for_accepted_keys_only(fake, http):
+    """What frontend authors and the daemon's tests use to try OpenRouter's other shapes (nulls, new fields)."""
+    shape = {"label": "from the spec", "limit": None, "a_field_from_next_year": {"x": [1, None]}}
+    async with http.post(fake.url + "/_fake/config", json={"key_info_data": shape}) as response:
+        assert response.status == 200 and (await response.json())["key_info_data"] == shape
+    key = fake.issue_key()
+    async with http.get(fake.url + "/api/v1/key", headers={"Authorization": f"Bearer {key}"}) as response:
+        assert await response.json() == {"data": shape}
+    async with http.get(fake.url + "/api/v1/key", headers={"Authorization": "Bearer sk-or-v1-nope"}) as response:
+        assert response.status == 401
+    for bad in ([shape], "label", 3):
+        async with http.post(fake.url + "/_fake/config", json={"key_info_data": bad}) as response:
+            assert response.status == 400 and "key_info_data must be dict" in (await response.json())["error"]
+    assert fake.config.key_info_data == shape
+
+
+def test_key_info_data_from_the_command_line(capsys):
+    from convocationsd.testing.fake_openrouter import config_from_args, parse_args
+
+    assert config_from_args(parse_args(["--key-info-data", '{"label": "x"}'])).key_info_data == {"label": "x"}
+    assert config_from_args(parse_args([])).key_info_data is None
+    with pytest.raises(SystemExit) as caught:
+        parse_args(["--key-info-data", '["not", "an", "object"]'])
+    assert caught.value.code == 2 and "--key-info-data: must be a JSON object" in capsys.readouterr().err
+
+
 # -- standalone ---------------------------------------------------------------------------------------------
 
 

@@ -20,6 +20,7 @@ from cryptography.x509.oid import NameOID
 from convocationsd.core import pkce
 from convocationsd.core.errors import ConvError
 from convocationsd.daemon.openrouter import (
+    EXCHANGE_PATH,
     ExchangeResult,
     KeyRejected,
     OpenRouterClient,
@@ -27,6 +28,7 @@ from convocationsd.daemon.openrouter import (
 )
 from convocationsd.testing.fake_openrouter import FakeConfig, FakeOpenRouter
 from tests.conftest import ManualClock, dead_url
+from tests.helpers.openrouter_sdk import exchange_body_problem
 
 
 @pytest.fixture
@@ -36,8 +38,9 @@ def clock() -> ManualClock:
 
 @pytest.fixture
 async def fake(clock):
-    async with FakeOpenRouter(clock=clock) as server:
+    async with FakeOpenRouter(clock=clock, check_exchange=exchange_body_problem) as server:
         yield server
+    assert server.request_problems == []
 
 
 @pytest.fixture
@@ -96,6 +99,18 @@ async def test_full_login_through_the_authorize_page(fake, client, all_logs):
     info = await client.key_info(result.key)
     assert info["label"] and info["expires_at"] is None
     assert_no_secrets(all_logs, code, verifier, result.key)
+
+
+async def test_the_fake_holds_the_exchange_body_to_the_sdks_request_model(fake, client):
+    """Every exchange in this module is checked inside the fake (the fixture's teardown asserts no problem);
+    a body the daemon must never send is answered 400 and named, without the code or the verifier."""
+    code, verifier = login(fake)
+    changed = {"code": code, "code_verifier": verifier, "code_challenge_method": "sha256"}
+    status, _ = await client._request("POST", EXCHANGE_PATH, json=changed)
+    assert status == 400 and len(fake.request_problems) == 1
+    problem = fake.request_problems.pop()  # this test's own problem, not the daemon's
+    assert "code_challenge_method" in problem and code not in problem and verifier not in problem
+    assert (await client.exchange(*login(fake))).key == fake.issued_keys[-1]
 
 
 @pytest.mark.parametrize(

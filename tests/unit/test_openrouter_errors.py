@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from convocationsd.common.settings import public_url
+from convocationsd.core import pkce
 from convocationsd.core.errors import ConvError
 from convocationsd.daemon.openrouter import (
     MAX_KEY_LENGTH,
@@ -84,6 +85,7 @@ def test_app_conflict_hint_explains_a_fallback_port():
     hint = app_conflict_hint(45123, True)
     assert "http://localhost:45123/api/openrouter/oauth/callback" in hint
     assert "fallback" in hint and "3000" in hint and "register" in hint
+    assert hint.endswith(pkce.fallback_port_note())
 
 
 def test_generic_app_conflict_when_port_unknown():
@@ -132,6 +134,28 @@ def test_answer_with_key():
     assert (result.key, result.user_id) == ("sk-or-v1-abc", "user_1")
     assert parse_exchange_answer(200, b'{"key": "sk-or-v1-abc", "user_id": 5}').user_id is None
     assert "sk-or-v1-abc" not in repr(result)
+
+
+def test_the_spec_examples_exchange_answer_and_its_variants():
+    """OpenRouter's own example (tests/helpers/openrouter_examples.py), a null user_id as the spec allows, and
+    fields the daemon has never seen."""
+    from tests.helpers.openrouter_examples import EXCHANGE_SDK_SPEC
+
+    result = parse_exchange_answer(200, json.dumps(EXCHANGE_SDK_SPEC).encode())
+    assert (result.key, result.user_id) == (EXCHANGE_SDK_SPEC["key"], EXCHANGE_SDK_SPEC["user_id"])
+    assert parse_exchange_answer(200, json.dumps({**EXCHANGE_SDK_SPEC, "user_id": None}).encode()).user_id is None
+    newer = {**EXCHANGE_SDK_SPEC, "key_hash": "f01d5260", "expires_at": None, "scopes": ["inference"]}
+    assert parse_exchange_answer(200, json.dumps(newer).encode()) == result
+
+
+def test_the_spec_examples_error_bodies_are_classified():
+    """The error shape of the spec's examples, with the optional fields set and not."""
+    assert upstream_error_message(b'{"error": {"code": 400, "message": "Invalid request parameters"}}') == (
+        "Invalid request parameters"
+    )
+    body = {"error": {"code": 403, "message": "Authorization code expired", "metadata": None}, "user_id": None}
+    body["openrouter_metadata"] = {"request_id": "r1"}
+    assert exchange_status_error(403, upstream_error_message(json.dumps(body).encode())).hint.startswith("Codes live")
 
 
 def test_upstream_error_message_reads_openrouters_shape_only():

@@ -180,3 +180,16 @@ def test_authorize_url_query_round_trips(port, challenge, state, paste):
         ("state", state),
     ]
     assert pairs == expected
+
+
+@pytest.mark.parametrize("preferred", [None, 8787])
+def test_the_fallback_port_note_says_what_is_known_and_how_to_find_out(preferred):
+    """OpenRouter's current docs accept localhost callbacks on any port (older ones: 443 and 3000), and the 409's
+    cause is undocumented: the note says so, and what to do if the 409 comes, without claiming it will."""
+    note = pkce.fallback_port_note(preferred)
+    assert "accepts localhost callbacks on any port" in note and "443 and 3000" in note
+    assert note.count("409") == 1 and "If OpenRouter answers a login with HTTP 409" in note
+    busy = f"port {preferred}" if preferred else "the preferred port (RCONV_HTTP_PORT, default 3000)"
+    assert f"free {busy} (`convctl doctor` names what holds it)" in note
+    assert "convctl doctor" in note and "may change at every start" in note
+    assert not any(claim in note for claim in ("will refuse", "may refuse", "refuses", "register"))
