@@ -65,6 +65,7 @@ def test_summary_keeps_only_what_is_shown():
         "limit_remaining": None,
         "valid": True,
         "message": None,
+        "readable": True,
     }
     assert account.summary({"label": "x\x1b[31m", "usage": float("nan"), "limit": True})["usage"] is None
 
@@ -137,6 +138,7 @@ async def test_snapshot_never_waits_and_refreshes_in_background():
         "limit_remaining": 9.75,
         "valid": True,
         "message": None,
+        "readable": True,
     }
     assert ctl.openrouter.calls == 1
     st.snapshot()
@@ -176,7 +178,7 @@ async def test_no_key_and_errors():
     ctl.secret_state = SecretStatus(True, "keyring")
     ctl.secrets.error = SecretStoreError("The keyring is locked.", "Unlock it.")
     value = await st.refresh()
-    assert value["valid"] is True and "could not be read" in value["message"]
+    assert value["valid"] is True and "could not be read" in value["message"] and value["readable"] is False
     ctl.secrets.error = None
     assert "could not be read" in (await st.refresh())["message"]  # not read again (another prompt)...
     assert ctl.secrets.gets == 1
@@ -185,7 +187,7 @@ async def test_no_key_and_errors():
     assert ctl.secrets.gets == 2
     ctl.openrouter.answer = UpstreamError(FlowError("upstream_unreachable", "Could not reach OpenRouter.", ""))
     value = await st.refresh()
-    assert value["valid"] is True and "Could not reach OpenRouter" in value["message"]
+    assert value["valid"] is True and "Could not reach OpenRouter" in value["message"] and value["readable"] is True
 
 
 async def test_refreshes_read_the_key_once_per_key():
@@ -253,6 +255,7 @@ async def test_account_after_login_in_status_and_revoked(daemon_factory, fake):
         "limit_remaining": None,
         "valid": True,
         "message": None,
+        "readable": True,
     }
 
     key = fake.issued_keys[-1]
@@ -313,12 +316,13 @@ def test_convctl_stays_light(cmd, short_tmp):
 
 
 @pytest.mark.parametrize("cmd", [("status",), ("secret", "status")])
-async def test_convctl_asking_a_running_daemon_loads_only_what_it_needs(cmd, daemon):
+async def test_convctl_asking_a_running_daemon_loads_only_what_it_needs(cmd, daemon, fake):
     """With a daemon to ask, these commands are a socket round trip: no event loop, no typing, no dataclasses
     (settings costs `secret status` ~25 ms, a third of its time; bench section 1 has the figures)."""
     import subprocess
     import sys
 
+    daemon.call("secret.set", {"key": fake.issue_key()})  # a key is stored: both exit 0
     done = await asyncio.to_thread(
         subprocess.run,
         [sys.executable, "-X", "importtime", "-m", "convocationsd.cli.main", *cmd],
