@@ -334,4 +334,4 @@ async def test_convctl_asking_a_running_daemon_loads_only_what_it_needs(cmd, dae
     assert done.returncode == 0, done.stderr[-2000:]
     loaded = {line.rsplit("|", 1)[1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
     assert "convocationsd.client" in loaded  # the parse sees modules at all
-    assert not loaded & {"asyncio", "typing", "dataclasses", "convocationsd.common.settings", "tomllib"}
+    assert not loaded & {"asyncio", "typing", "dataclasses", "convocationsd.common.settings", "tomllib", "difflib"}
