@@ -14,7 +14,7 @@ from convocationsd.core.flows import FlowError
 from convocationsd.daemon import account
 from convocationsd.daemon.openrouter import KeyRejected, UpstreamError
 from convocationsd.store.secrets import SecretStatus
-from tests.conftest import assert_no_secret, read_auth_url
+from tests.conftest import assert_no_secret, convctl, read_auth_url, start_daemon, wait_until
 
 # -- the pure cache ----------------------------------------------------------------------------------------
 
@@ -335,3 +335,27 @@ async def test_convctl_asking_a_running_daemon_loads_only_what_it_needs(cmd, dae
     loaded = {line.rsplit("|", 1)[1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
     assert "convocationsd.client" in loaded  # the parse sees modules at all
     assert not loaded & {"asyncio", "typing", "dataclasses", "convocationsd.common.settings", "tomllib", "difflib"}
+
+
+async def test_status_with_a_key_stored_starts_the_account_check_which_loads_aiohttp(short_tmp, fake):
+    """What protocol.md says of `debug.modules`: `status` with no key stored loads no aiohttp; with a key stored,
+    `status` starts the account check, whose HTTP client does."""
+    d = await asyncio.to_thread(start_daemon, short_tmp, CONVOCATIONS_OPENROUTER_URL=fake.url)
+    try:
+        for method in ("status", "subscribe", "secret.status", "status"):
+            d.call(method)
+        assert "aiohttp" not in d.call("debug.modules")["modules"]
+    finally:
+        d.stop()
+    stored = await asyncio.to_thread(
+        convctl, d.env, "secret", "set-openrouter-key", "--no-verify", input=fake.issue_key() + "\n"
+    )  # on the files: no daemon runs
+    assert stored.returncode == 0, stored.stderr
+    d = await asyncio.to_thread(start_daemon, short_tmp, CONVOCATIONS_OPENROUTER_URL=fake.url)
+    try:
+        assert d.call("secret.status")["stored"] is True
+        assert "aiohttp" not in d.call("debug.modules")["modules"]
+        d.call("status")
+        await asyncio.to_thread(wait_until, lambda: "aiohttp" in d.call("debug.modules")["modules"], "aiohttp")
+    finally:
+        d.stop()

@@ -414,7 +414,9 @@ def test_fixes_name_the_command_for_the_daemon_the_person_runs(tmp_path: Path):
         return doctor.Context({}, tmp_path / "s", tmp_path / "config.toml", {}, None, status=status)
 
     under_systemd = {"pid": 4242, "service": {"manager": "systemd", "unit": "convocationsd.service"}}
-    assert doctor.restart(ctx(under_systemd)) == "restart convocationsd (`systemctl --user restart convocationsd.service`)"
+    assert (
+        doctor.restart(ctx(under_systemd)) == "restart convocationsd (`systemctl --user restart convocationsd.service`)"
+    )
     assert doctor.reload(ctx(under_systemd)) == "reload convocationsd (`systemctl --user reload convocationsd.service`)"
     under_launchd = {"pid": 4242, "service": {"manager": "launchd", "unit": "io.convocations.convocationsd"}}
     uid = os.getuid()
