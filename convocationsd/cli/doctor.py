@@ -685,7 +685,7 @@ def failed(r: Check) -> bool:
 
 
 def summary(results: list[Check]) -> str:
-    """"All checks passed.", or how many failed, with the ones not checked counted apart."""
+    """ "All checks passed.", or how many failed, with the ones not checked counted apart."""
     bad = sum(failed(r) for r in results)
     skipped = sum(not r.checked for r in results)
     if not bad:

@@ -116,8 +116,8 @@ class Daemon:
         # Only what `status` needs is imported here: aiohttp waits for the first login or HTTP connection
         # (http_sockets), the OpenRouter client for its first request, and keyring, cryptography and tomlkit
         # stay out of this process (store.helper). Start-up time is what a socket-activated client waits for.
-        from convocationsd.daemon import http_sockets, ipc_server
         from convocationsd.common.settings import public_url
+        from convocationsd.daemon import http_sockets, ipc_server
         from convocationsd.daemon.openrouter import OpenRouterClient
         from convocationsd.store.helper import HelperStore
 
