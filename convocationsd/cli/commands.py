@@ -274,9 +274,8 @@ def where_stored(backend: str | None, st: dict | None) -> str:
     why = str(last.get("keyring_error") or "").rstrip(".")
     if not why:
         return str(backend)
-    if last.get("keyring_missing"):
-        return f"{backend} (an encrypted file), not an OS keyring: {why}"
-    return f"{backend} (an encrypted file), because the OS keyring failed: {why}; `convctl doctor` says what to do"
+    because = f"{backend} (an encrypted file), because {why[:1].lower()}{why[1:]}"
+    return because if last.get("keyring_missing") else f"{because}; `convctl doctor` says what to do"
 
 
 def _callback_port(reply: dict) -> int | None:

@@ -298,9 +298,9 @@ async def test_linked_says_why_the_key_is_not_in_an_os_keyring(daemon_factory, f
     assert proc.returncode == 0, err
     linked = next(line for line in out.splitlines() if line.startswith("Linked."))
     assert linked == (
-        "Linked. Your OpenRouter key is stored in local-encrypted (an encrypted file), not an OS keyring: No OS "
-        "keyring is available: there is no D-Bus session bus (DBUS_SESSION_BUS_ADDRESS is unset and "
-        "$XDG_RUNTIME_DIR/bus does not exist)."
+        "Linked. Your OpenRouter key is stored in local-encrypted (an encrypted file), because no OS keyring is "
+        "available: there is no D-Bus session bus (DBUS_SESSION_BUS_ADDRESS is unset and $XDG_RUNTIME_DIR/bus does "
+        "not exist)."
     )
 
 
@@ -308,3 +308,22 @@ def test_the_start_up_log_names_the_openrouter_in_use(daemon_factory):
     d = daemon_factory(CONVOCATIONS_OPENROUTER_URL="http://someone:hunter2@127.0.0.1:9/base?x=1")
     line = next(line for line in d.log().splitlines() if " listening on " in line)
     assert line.endswith("; OpenRouter at http://127.0.0.1:9/base") and "hunter2" not in d.log()
+
+
+def test_where_stored_names_the_reason_in_one_line():
+    from convocationsd.cli.commands import where_stored
+
+    forced = {"settings": {"secret_backend": {"value": "local-encrypted", "source": "CONVOCATIONS_SECRET_BACKEND"}}}
+    locked = {
+        "last_store": {
+            "keyring_error": "The OS keyring is locked and could not be unlocked (x).",
+            "keyring_missing": False,
+        }
+    }
+    assert where_stored("keyring", locked) == "keyring"
+    assert where_stored("local-encrypted", None) == "local-encrypted"  # no daemon to ask: no guess
+    assert where_stored("local-encrypted", forced) == "local-encrypted, as CONVOCATIONS_SECRET_BACKEND asks"
+    assert where_stored("local-encrypted", locked) == (
+        "local-encrypted (an encrypted file), because the OS keyring is locked and could not be unlocked (x); "
+        "`convctl doctor` says what to do"
+    )
