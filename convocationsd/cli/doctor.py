@@ -300,13 +300,14 @@ def check_callback(ctx: Context) -> Check:
             f"callback_url {expected} reaches this daemon (it listens on the port its service manager gave it, "
             f"{port}; its http_port setting is {preferred})"
         )
-    if port != DEFAULT_PORT:  # fine if it is the port registered with OpenRouter; the usual cause of a 409 if not
+    if port != DEFAULT_PORT:  # fine where OpenRouter takes this port; the first suspect of its 409 where not
         return Check(
             "callback",
             True,
             reached,
-            note=f'Port {port} is not {DEFAULT_PORT}: if OpenRouter answers HTTP 409 "Failed to create or update app", '
-            f"this is the likely cause. {_conflict_fix(ctx, port)}",
+            note=f'Port {port} is not {DEFAULT_PORT}. If OpenRouter answers a login with HTTP 409 "Failed to create or '
+            'update app", suspect the port first (older OpenRouter documentation allowed localhost callbacks only on '
+            f"ports 443 and 3000). {_conflict_fix(ctx, port)}",
         )
     return Check("callback", True, reached)
 
