@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -36,6 +37,8 @@ def bus_in_runtime_dir(short_tmp):
     """(env without DBUS_SESSION_BUS_ADDRESS, env with it) around a gnome-keyring at $XDG_RUNTIME_DIR/bus."""
     if reason := gnome_keyring_missing():
         pytest.skip(reason)
+    if shutil.which("secret-tool") is None:
+        pytest.skip("secret-tool is not installed (apt-get install libsecret-tools)")
     home = short_tmp / "home"
     env = base_env(
         short_tmp, HOME=str(home), XDG_DATA_HOME=str(home / ".local" / "share"), CONVOCATIONS_SECRET_BACKEND=""
