@@ -16,6 +16,8 @@ if TYPE_CHECKING:  # typing is not imported at run time: convctl starts faster w
 
 EXIT_OK, EXIT_FAILED = 0, 1
 AUTH_COMPLETE = "openrouter-auth-complete"
+KEYS_PAGE = "https://openrouter.ai/keys"
+STILL_VALID = f"it stays valid at OpenRouter until you delete it at {KEYS_PAGE}"
 PASTE_ATTEMPTS = 3  # codes a person may paste before the login is cancelled
 # The daemon answers `oauth.exchange` after OpenRouter answered (exchange_timeout_seconds, 30 s by default)
 # and the key is stored, which may wait for a person to answer a keyring unlock prompt.
@@ -34,9 +36,10 @@ def _client(args: argparse.Namespace) -> Client:
 def status(args: argparse.Namespace, out: Any) -> int:
     with _client(args) as c:
         st = _status_with_account(c)
+    code = EXIT_OK if usable_key(st) else EXIT_FAILED  # as `gh auth status`: scripts can test for a key
     if args.json:
         out.json(st)
-        return EXIT_OK
+        return code
     secret = st.get("secret") or {}
     out.print(f"daemon:   running (pid {st['pid']}, version {st['version']})")
     port_note = (
@@ -55,7 +58,27 @@ def status(args: argparse.Namespace, out: Any) -> int:
     flow = st.get("flow")
     if flow:
         out.print(f"login:    {_login_line(flow)}")
-    return EXIT_OK
+    for entry in st.get("restart_needed") or ():
+        out.print(f"restart:  {_restart_line(entry)}")
+    return code
+
+
+def usable_key(st: dict) -> bool:
+    """A key is stored, and nothing known says it cannot be used (OpenRouter refused it, the store cannot give it)."""
+    account = st.get("account") or {}
+    return (
+        bool((st.get("secret") or {}).get("stored"))
+        and account.get("valid") is not False
+        and account.get("readable") is not False
+    )
+
+
+def _restart_line(entry: dict) -> str:
+    from convocationsd.common.settings import restart_message
+
+    return restart_message(
+        str(entry.get("setting")), entry.get("value"), str(entry.get("source")), entry.get("running")
+    )
 
 
 def _login_line(flow: dict) -> str:
@@ -122,8 +145,15 @@ def oauth_start(args: argparse.Namespace, out: Any) -> int:
     if args.timeout is not None and args.timeout <= 0:
         raise UsageError("--timeout must be a positive number of seconds.")
     with _client(args) as c:
+        if not _link_again(c, args, out):
+            out.err("Not linked again: the stored key stays as it is.")
+            return EXIT_FAILED
         c.call("subscribe", {"events": [AUTH_COMPLETE]})
         reply = c.call("oauth.start", {"restart": args.restart, "paste": args.paste})
+        if reply["joined"] and args.paste and reply.get("callback_url"):
+            reply = _replace_browser_login(c, reply, args, out)
+        # A paste-mode login joined without --paste: its code can only be pasted, so read it here (on a terminal).
+        paste = args.paste or (reply["joined"] and reply.get("callback_url") is None and out.stdin.isatty())
         session = reply["session_id"]
         if args.json:
             out.json({"event": "started", **reply})
@@ -134,10 +164,15 @@ def oauth_start(args: argparse.Namespace, out: Any) -> int:
                 else "Open this address to link your OpenRouter account"
             )
             out.print(f"{verb}:", "", f"  {reply['auth_url']}", "")
-        if not args.no_browser and not args.paste:
+            if reply["joined"] and reply.get("callback_url") is None and not paste:
+                out.err(
+                    "That login is in paste mode: OpenRouter shows its code, which must be pasted where the login "
+                    "was started; waiting for it to finish. To paste it here, run `convctl oauth start --paste`."
+                )
+        if not args.no_browser and not paste:
             _open_browser(reply["auth_url"], out, port=_callback_port(reply))
         try:
-            if args.paste:
+            if paste:
                 data = _paste_code(c, session, out, args.timeout)
             else:
                 data = _wait(c, session, args.timeout, out, quiet=args.json)
@@ -169,19 +204,78 @@ def oauth_start(args: argparse.Namespace, out: Any) -> int:
             )
     code = _report(data, out, args.json)
     if code == EXIT_OK and not args.json:
-        _show_account(args, out)
+        _show_linked(args, out, data.get("backend"))
     return code
 
 
-def _show_account(args: argparse.Namespace, out: Any) -> None:
-    """After a login: the new key's label and limit, once the daemon has asked OpenRouter (best effort)."""
+def _ask(out: Any, question: str) -> bool:
+    """A yes/no question on the terminal, yes by default (Enter)."""
+    out.stderr.write(f"{question} [Y/n] ")
+    out.stderr.flush()
+    return out.stdin.readline().strip().lower() not in ("n", "no")
+
+
+def _link_again(c: Client, args: argparse.Namespace, out: Any) -> bool:
+    """With a key stored, a login creates a second key at OpenRouter and the first one stays valid there: say
+    so, and on a terminal ask first (yes by default); --yes, or no terminal, goes ahead."""
+    stored = c.call("status").get("secret") or {}
+    if not stored.get("stored"):
+        return True
+    out.err(
+        f"A key is already stored ({stored.get('backend')}). Linking again creates a new key at OpenRouter and "
+        f"stores it instead; the old key is removed here, but {STILL_VALID}."
+    )
+    if args.yes or args.json or not out.stdin.isatty():
+        return True
+    return _ask(out, "Link again?")
+
+
+def _replace_browser_login(c: Client, reply: dict, args: argparse.Namespace, out: Any) -> dict:
+    """--paste joined a login in browser mode, whose code goes to the browser's callback, never to the screen:
+    replace it with a paste-mode login (on a terminal after asking, or with --yes), or say what to do."""
+    waiting = (
+        "A login in browser mode is already waiting: OpenRouter sends its code to this machine's callback address, "
+        "so it cannot be pasted."
+    )
+    if not args.yes and (args.json or not out.stdin.isatty()):
+        raise ConvError(
+            waiting,
+            "Finish it in a browser on this machine (`convctl oauth start` joins it), or replace it with a paste-mode "
+            "login: `convctl oauth start --paste --restart`.",
+        )
+    out.err(waiting)
+    if not args.yes and not _ask(out, "Replace it with a paste-mode login?"):
+        raise ConvError("Nothing was changed: the browser login goes on.", "Finish it in the browser.")
+    return c.call("oauth.start", {"restart": True, "paste": True})
+
+
+def _show_linked(args: argparse.Namespace, out: Any, backend: str | None) -> None:
+    """After a login: where the key went (and why, when not in the OS keyring), and the new key's label and
+    limit once the daemon has asked OpenRouter (best effort)."""
     try:
         with _client(args) as c:
-            account = _status_with_account(c).get("account")
+            st: dict | None = _status_with_account(c)
     except ConvError:
-        return
+        st = None
+    out.print(f"Linked. Your OpenRouter key is stored in {where_stored(backend, st)}.")
+    account = (st or {}).get("account")
     if account:
         out.print(f"Account: {_account_line(account)}")
+
+
+def where_stored(backend: str | None, st: dict | None) -> str:
+    """The backend, and in the same line why it is not the OS keyring (from the daemon's `status`)."""
+    if backend != "local-encrypted" or not st:
+        return str(backend)
+    forced = (st.get("settings") or {}).get("secret_backend") or {}
+    if forced.get("value") == "local-encrypted":
+        return f"{backend}, as {forced.get('source')} asks"
+    last = st.get("last_store") or {}
+    why = str(last.get("keyring_error") or "").rstrip(".")
+    if not why:
+        return str(backend)
+    because = f"{backend} (an encrypted file), because {why[:1].lower()}{why[1:]}"
+    return because if last.get("keyring_missing") else f"{because}; `convctl doctor` says what to do"
 
 
 def _callback_port(reply: dict) -> int | None:
@@ -196,9 +290,7 @@ def _callback_port(reply: dict) -> int | None:
 def _report(data: dict, out: Any, as_json: bool) -> int:
     if as_json:
         out.json({"event": "complete", **data})
-    elif data.get("success"):
-        out.print(f"Linked. Your OpenRouter key is stored in {data.get('backend')}.")
-    else:
+    elif not data.get("success"):
         error = data.get("error") or {}
         out.err(f"convctl: {error.get('message', 'the login failed')}")
         if error.get("hint"):
@@ -348,6 +440,8 @@ def _open_browser(url: str, out: Any, port: int | None = None) -> None:
 def events(args: argparse.Namespace, out: Any) -> int:
     with _client(args) as c:
         c.call("subscribe")
+        if not args.json:
+            out.err("Waiting for events (Ctrl-C stops)...")
         try:
             for event in c.events():
                 if args.json:
@@ -360,9 +454,18 @@ def events(args: argparse.Namespace, out: Any) -> int:
 
 
 def _summary(data: dict) -> str:
-    return " ".join(f"{k}={v}" for k, v in data.items() if k != "auth_url" and not isinstance(v, dict)) + (
-        f" error={data['error']['code']}" if isinstance(data.get("error"), dict) else ""
-    )
+    """An event's data as words: ``session_id=… success=no error=timeout``; no Python reprs, no None."""
+    parts = []
+    for name, value in data.items():
+        if name == "auth_url" or value is None:
+            continue
+        if isinstance(value, dict):
+            value = value.get("code") if name == "error" else None
+        if isinstance(value, bool):
+            value = "yes" if value else "no"
+        if value is not None and not isinstance(value, (list, dict)):
+            parts.append(f"{name}={value}")
+    return " ".join(parts)
 
 
 # -- secret ------------------------------------------------------------------------------------------
@@ -380,13 +483,15 @@ def secret(args: argparse.Namespace, out: Any) -> int:
             out.json(st)
         else:
             out.print(f"stored in {st['backend']}" if st["stored"] else "no key stored")
-        return EXIT_OK
+        return EXIT_OK if st["stored"] else EXIT_FAILED
     if args.action == "clear-openrouter-key":
         result = secret_ops.clear(args.socket)
         if args.json:
             out.json(result)
+        elif result["cleared"]:
+            out.print(f"key removed from this machine; {STILL_VALID}")
         else:
-            out.print("key removed" if result["cleared"] else "no key was stored")
+            out.print("no key was stored")
         return EXIT_OK
     if args.action == "get-openrouter-key":
         return _print_key(args, out)
@@ -441,6 +546,11 @@ def _print_key(args: argparse.Namespace, out: Any) -> int:
 # -- exec --------------------------------------------------------------------------------------------
 
 
+def _env_name(name: str) -> bool:
+    """A portable environment variable name (POSIX: letters, digits, underscore; no leading digit)."""
+    return bool(name) and name.isascii() and (name[0].isalpha() or name[0] == "_") and name.replace("_", "a").isalnum()
+
+
 class CommandNotFound(ConvError):
     exit_code = 127  # what a shell and env(1) answer
 
@@ -456,11 +566,18 @@ def exec_command(args: argparse.Namespace, out: Any) -> int:
 
     argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
     if not argv:
-        raise UsageError("No command to run.", "Usage: convctl exec -- COMMAND [ARGS...]")
+        raise UsageError("No command to run.", "Usage: convctl exec [--env NAME]... -- COMMAND [ARGS...]")
+    names = ["OPENROUTER_API_KEY", *args.env_names]
+    for name in names:
+        if not _env_name(name):
+            raise UsageError(
+                f"--env {name!r} is not a variable name.",
+                "Use letters, digits and _, not starting with a digit: `--env OPENAI_API_KEY`.",
+            )
     key = secret_ops.get(args.socket)
     if key is None:
         raise ConvError("No OpenRouter key is stored, so there is nothing to give the command.", NO_KEY_HINT)
-    env = {**os.environ, "OPENROUTER_API_KEY": key}
+    env = {**os.environ, **dict.fromkeys(names, key)}
     out.stdout.flush()
     out.stderr.flush()
     try:

@@ -11,7 +11,9 @@ secret backend and the outcome of its last store come from its `status`; only wh
 use convctl's own settings, and it says so.
 
 It runs inside convctl, so it stays light: stdlib only (urllib, not aiohttp); ``keyring`` is imported
-inside its one check. Exit 0 only when every check passes.
+inside its one check. A check that needs the daemon says "not checked" while none runs; such checks count
+apart from failures. Exit 0 when no check fails, 1 when one does. Its fixes name the command that
+restarts or reloads the daemon the person runs: its pid, or its systemd unit or launchd job.
 """
 
 from __future__ import annotations
@@ -27,7 +29,16 @@ from pathlib import Path
 from typing import Any
 
 from convocationsd.common import paths, port_owners
-from convocationsd.common.settings import DEFAULT, Settings, config_problems, public_url
+from convocationsd.common.settings import (
+    DEFAULT,
+    RESTART_ONLY,
+    SOURCES,
+    Settings,
+    config_problems,
+    convert,
+    public_url,
+    reported,
+)
 from convocationsd.core import pkce
 from convocationsd.core.errors import ConvError, UntrustedSocket
 from convocationsd.store import config as config_mod
@@ -35,6 +46,7 @@ from convocationsd.store import configfile
 from convocationsd.store.keyring_backend import probe_keyring
 
 CALLBACK_PATH = pkce.CALLBACK_PATH
+DEFAULT_PORT = Settings.http_port  # what OpenRouter has on record for the app, unless the person registered another
 START_FIX = (
     "Start it with `convocationsd` (or `systemctl --user start convocationsd.socket`), then run `convctl doctor` again."
 )
@@ -51,6 +63,11 @@ class Check:
     verdict: str
     fix: str = ""  # what to do, when not ok
     note: str = ""  # worth knowing, when ok
+    checked: bool = True  # False: it needs the daemon, and none runs (neither passed nor failed)
+
+
+def not_checked(name: str, why: str = "the daemon is not running") -> Check:
+    return Check(name, False, f"not checked: {why}", checked=False)
 
 
 @dataclass
@@ -87,6 +104,32 @@ def preferred_port(ctx: Context) -> int:
     if port == 0 and ctx.status is not None:  # 0: "any free port", so the one it took
         port = ctx.status.get("port")
     return port if isinstance(port, int) and not isinstance(port, bool) and port > 0 else Settings.http_port
+
+
+def restart(ctx: Context) -> str:
+    """How to restart the daemon the person runs, as a phrase: "restart convocationsd (`...`)"."""
+    st = ctx.status
+    if st is None:
+        return "start convocationsd"
+    service = st.get("service") or {}
+    if service.get("manager") == "systemd":
+        return f"restart convocationsd (`systemctl --user restart {service.get('unit')}`)"
+    if service.get("manager") == "launchd":
+        return f"restart convocationsd (`launchctl kickstart -k gui/{os.getuid()}/{service.get('unit')}`)"
+    return f"restart convocationsd (`kill {st.get('pid')}`, then start `convocationsd` again)"
+
+
+def reload(ctx: Context) -> str:
+    """How to have the daemon re-read config.toml, as a phrase: "reload convocationsd (`kill -HUP 4242`)"."""
+    st = ctx.status
+    if st is None:
+        return "start convocationsd"
+    service = st.get("service") or {}
+    if service.get("manager") == "systemd":
+        return f"reload convocationsd (`systemctl --user reload {service.get('unit')}`)"
+    if service.get("manager") == "launchd":
+        return f"reload convocationsd (`launchctl kill SIGHUP gui/{os.getuid()}/{service.get('unit')}`)"
+    return f"reload convocationsd (`kill -HUP {st.get('pid')}`)"
 
 
 def _when(iso: str | None) -> str:
@@ -156,7 +199,7 @@ def check_port(ctx: Context, port: int | None = None) -> Check:
     if problems:
         fix = (
             f"Stop that program or move it to another port (dev servers such as Vite or Next often take {port} on ::1), "
-            f"then restart convocationsd; or set RCONV_HTTP_PORT to a free port, restart convocationsd and "
+            f"then {restart(ctx)}; or set RCONV_HTTP_PORT to a free port, {restart(ctx)} and "
             f"register http://localhost:<port>{CALLBACK_PATH} with OpenRouter."
         )
         return Check("port", False, "; ".join(problems), fix)
@@ -174,7 +217,7 @@ def check_port(ctx: Context, port: int | None = None) -> Check:
             "port",
             True,
             f"port {port} is free on {' and '.join(free)} now, but convocationsd listens on {daemon_port}",
-            f"Restart convocationsd so it takes port {port}.",
+            f"{restart(ctx)[:1].upper()}{restart(ctx)[1:]} so it takes port {port}.",
         )
     return Check("port", True, f"port {port}: " + ", ".join(ours + free))
 
@@ -207,7 +250,7 @@ def check_callback(ctx: Context) -> Check:
     fallback port it does, and the note says what is known about that port and OpenRouter's 409."""
     st = ctx.status
     if st is None:
-        return Check("callback", False, "not checked: the daemon is not running")
+        return not_checked("callback")
     port: int = st["port"]
     flow = st.get("flow") or {}
     sent = flow.get("callback_url") or f"http://localhost:{port}{CALLBACK_PATH}"
@@ -229,7 +272,7 @@ def check_callback(ctx: Context) -> Check:
             "callback",
             False,
             f"{expected} does not reach this daemon everywhere ({'; '.join(unreachable)}); the browser may land elsewhere",
-            "Free the port on both 127.0.0.1 and ::1 (see the port check) and restart convocationsd.",
+            f"Free the port on both 127.0.0.1 and ::1 (see the port check) and {restart(ctx)}.",
         )
     preferred = preferred_port(ctx)
     if st.get("port_fallback"):
@@ -239,26 +282,66 @@ def check_callback(ctx: Context) -> Check:
             f"callback_url {expected} reaches this daemon on a fallback port, chosen because {preferred} was busy",
             note=pkce.fallback_port_note(preferred),
         )
+    if (flow.get("error") or {}).get("code") == "app_conflict":
+        return Check(
+            "callback",
+            False,
+            f'OpenRouter refused the last login with HTTP 409 ("Failed to create or update app"): it was sent '
+            f"callback_url {expected} and referrer http://localhost:{port}, which differ from what it has on "
+            "record for the app" + (f" (port {port} is not the usual {DEFAULT_PORT})" if port != DEFAULT_PORT else ""),
+            _conflict_fix(ctx, port),
+        )
+    reached = f"callback_url {expected} reaches this daemon on 127.0.0.1 and ::1"
     if port != preferred:
+        reached = (
+            f"callback_url {expected} reaches this daemon (it listens on the port its service manager gave it, "
+            f"{port}; its http_port setting is {preferred})"
+        )
+    if port != DEFAULT_PORT:  # fine where OpenRouter takes this port; the first suspect of its 409 where not
         return Check(
             "callback",
             True,
-            f"callback_url {expected} reaches this daemon (it listens on the port its service manager gave it, "
-            f"{port}; its http_port setting is {preferred})",
+            reached,
+            note=f'Port {port} is not {DEFAULT_PORT}. If OpenRouter answers a login with HTTP 409 "Failed to create or '
+            'update app", suspect the port first (older OpenRouter documentation allowed localhost callbacks only on '
+            f"ports 443 and 3000). {_conflict_fix(ctx, port)}",
         )
-    return Check("callback", True, f"callback_url {expected} reaches this daemon on 127.0.0.1 and ::1")
+    return Check("callback", True, reached)
+
+
+def _conflict_fix(ctx: Context, port: int) -> str:
+    """What to do about OpenRouter's 409 with the daemon on ``port``."""
+    if port == DEFAULT_PORT:
+        return (
+            "Register http://localhost:3000 (referrer) and its callback with OpenRouter for the app, or set "
+            f"RCONV_HTTP_PORT (or http_port in config.toml) to the port registered there and {restart(ctx)}; "
+            "then run `convctl oauth start` again."
+        )
+    return (
+        f"Use port {DEFAULT_PORT}: free it, unset RCONV_HTTP_PORT and http_port in config.toml, and {restart(ctx)}; "
+        f"or register http://localhost:{port} and http://localhost:{port}{CALLBACK_PATH} with OpenRouter. Then run "
+        "`convctl oauth start` again."
+    )
 
 
 def check_account(ctx: Context) -> Check:
     st = ctx.status
     if st is None:
-        return Check("account", False, "not checked: the daemon is not running")
+        return not_checked("account")
     secret = st.get("secret") or {}
     if not secret.get("stored"):
         return Check("account", True, "no OpenRouter key is linked yet", note="Run `convctl oauth start` to link one.")
     account = st.get("account")
     if account is None:
         return Check("account", True, f"a key is stored in {secret.get('backend')} (not checked with OpenRouter yet)")
+    if account.get("readable") is False:  # the key is there, and nothing can use it: not a pass
+        return Check(
+            "account",
+            False,
+            f"a key is stored in {secret.get('backend')}, but {account.get('message') or 'the daemon cannot read it'}",
+            "Unlock the OS keyring (log in to your desktop session, or `gnome-keyring-daemon --unlock`), then "
+            f"{restart(ctx)} so it reads the key again; or run `convctl oauth start` to link again.",
+        )
     if account.get("valid") is False:
         return Check(
             "account",
@@ -365,11 +448,71 @@ def check_config(ctx: Context) -> Check:
             False,
             "; ".join(problems),
             f"Edit {path}: correct the values named, and rename, move or remove the keys named (the README lists "
-            "every setting); then reload the daemon (`systemctl --user reload convocationsd` or `kill -HUP`).",
+            f"every setting); then {reload(ctx)}.",
         )
+    drift = config_drift(ctx)
+    if drift:
+        return Check("config", False, "; ".join(line for line, _ in drift), _drift_fix(ctx, drift))
     if not path.exists():
         return Check("config", True, f"no {path}: every setting has its default or comes from the environment")
     return Check("config", True, f"{path}: every key is known and every value valid")
+
+
+def config_drift(ctx: Context) -> list[tuple[str, str]]:
+    """(what differs, the setting) for each setting whose value in config.toml is not the one the running
+    daemon uses, where config.toml decides it (not a flag or variable of the daemon's): changed since the
+    daemon started or reloaded, or read by a reload that cannot apply it (settings.RESTART_ONLY)."""
+    running = ((ctx.status or {}).get("settings")) or {}
+    found = []
+    for name, (_, key) in SOURCES.items():
+        entry = running.get(name)
+        if key is None or not isinstance(entry, dict):
+            continue
+        source = entry.get("source") or DEFAULT
+        from_file = f"{key} in {ctx.config_path}"
+        if source not in (DEFAULT, from_file):
+            continue  # a flag or an environment variable of the daemon's decides it, whatever the file says
+        raw = ctx.config.get(key)
+        if raw is None or raw == "":
+            if source == DEFAULT or name == "socket_path":  # (the default socket depends on the daemon's env)
+                continue
+            value, where = getattr(Settings, name), DEFAULT
+        else:
+            try:
+                value, where = convert(name, raw, from_file), from_file
+            except ConvError:
+                continue  # reported above as an invalid value
+        value = reported(name, value)
+        if value == entry.get("value") or (isinstance(value, str) and value == str(entry.get("value"))):
+            continue
+        when = "at restart" if name in RESTART_ONLY else "once the daemon reloads"
+        found.append(
+            (
+                f"{name} {_plain(value)} ({where}) takes effect {when}; the running daemon still uses "
+                f"{_plain(entry.get('value'))}",
+                name,
+            )
+        )
+    return found
+
+
+def _plain(value: Any) -> str:
+    if value is None:
+        return "unset (automatic)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _drift_fix(ctx: Context, drift: list[tuple[str, str]]) -> str:
+    names = [name for _, name in drift]
+    restart_only = [name for name in names if name in RESTART_ONLY]
+    if not restart_only:
+        return f"{reload(ctx)[:1].upper()}{reload(ctx)[1:]} to apply {', '.join(names)}."
+    fix = f"{restart(ctx)[:1].upper()}{restart(ctx)[1:]} to apply {', '.join(names)} (a reload cannot apply {', '.join(restart_only)})."
+    if "http_port" in restart_only and ((ctx.status or {}).get("service") or {}).get("manager"):
+        fix += " Its service manager holds the port: run `convctl service install` first, which writes the new port into the socket unit (or plist) and says how to apply it."
+    return fix
 
 
 def _mode_problem(path: Path, wanted: int) -> str | None:
@@ -414,8 +557,8 @@ def check_files(ctx: Context) -> Check:
         else:
             if _owned(runtime):  # a shared sticky directory such as /tmp is root's, and never ours to chmod
                 wanted.append((runtime, 0o700, f"chmod 700 {runtime}", "runtime dir 0700"))
-        restart = f"restart convocationsd (it recreates {ctx.socket_path} with mode 0600)"
-        wanted.append((ctx.socket_path, 0o600, restart, "socket 0600"))
+        again = f"{restart(ctx)}: it recreates {ctx.socket_path} with mode 0600"
+        wanted.append((ctx.socket_path, 0o600, again, "socket 0600"))
     for path, mode, fix, shown in wanted:
         if path.exists() or path.is_symlink():
             seen.append(shown)
@@ -450,7 +593,7 @@ def check_openrouter(ctx: Context, timeout: float = 5.0) -> Check:
             False,
             f"{shown} ({source}) cannot be reached: {text}",
             "Check your network, proxy and DNS; if the address is wrong, fix CONVOCATIONS_OPENROUTER_URL or "
-            "openrouter_url in config.toml (the default is https://openrouter.ai) and restart convocationsd.",
+            f"openrouter_url in config.toml (the default is https://openrouter.ai) and {restart(ctx)}.",
         )
     except (OSError, ValueError) as e:
         return Check(
@@ -526,11 +669,25 @@ def run(args: argparse.Namespace, out: Any, env: Mapping[str, str] | None = None
     else:
         width = max(len(r.check) for r in results)
         for r in results:
-            out.print(f"{'ok  ' if r.ok else 'FAIL'}  {r.check:<{width}}  {r.verdict}")
+            out.print(f"{'ok  ' if r.ok else 'FAIL' if r.checked else '--  '}  {r.check:<{width}}  {r.verdict}")
             if r.fix and not r.ok:
                 out.print(f"      {'':<{width}}  fix: {r.fix}")
             elif r.note and r.ok:
                 out.print(f"      {'':<{width}}  note: {r.note}")
-        bad = sum(not r.ok for r in results)
-        out.print("", "All checks passed." if not bad else f"{bad} of {len(results)} checks need attention.")
-    return 0 if all(r.ok for r in results) else 1
+        out.print("", summary(results))
+    return 1 if any(failed(r) for r in results) else 0
+
+
+def failed(r: Check) -> bool:
+    return r.checked and not r.ok
+
+
+def summary(results: list[Check]) -> str:
+    """ "All checks passed.", or how many failed, with the ones not checked counted apart."""
+    bad = sum(failed(r) for r in results)
+    skipped = sum(not r.checked for r in results)
+    if not bad:
+        line = "All checks passed" if not skipped else "All checks that ran passed"
+    else:
+        line = f"{bad} of {len(results) - skipped} checks {'needs' if bad == 1 else 'need'} attention"
+    return line + (f"; {skipped} not checked (they need the daemon)." if skipped else ".")

@@ -19,6 +19,22 @@ if TYPE_CHECKING:  # typing costs more to import than the rest of a `convctl sta
     from typing import Any, NoReturn, TextIO
 
 EXIT_OK, EXIT_USAGE = 0, 2
+EXIT_CODES = (
+    "Exit status: 0 done; 1 the operation failed (for status: no usable key is stored); 2 a usage error; 3 the "
+    "daemon cannot be reached, or its socket is not to be trusted. exec exits with COMMAND's own status (127: "
+    "not found, 126: cannot run)."
+)
+STATUS_EXIT_CODES = (
+    "Exit status: 0 a key is stored (and, as far as is known, usable); 1 no key is stored, OpenRouter does not "
+    "accept it, or it cannot be read; 3 the daemon cannot be reached."
+)
+SECRET_STATUS_EXIT_CODES = "Exit status: 0 a key is stored; 1 none is; 3 the daemon's socket is not to be trusted."
+# command -> the command and action it stands for (gh's habits: `gh auth login`, `logout`, `token`)
+ALIASES = {
+    "login": ("oauth", "start"),
+    "logout": ("secret", "clear-openrouter-key"),
+    "token": ("secret", "get-openrouter-key"),
+}
 
 
 class Out:
@@ -52,7 +68,24 @@ def _write(stream: TextIO, lines: tuple[Any, ...]) -> None:
 class _Parser(ArgumentParser):
     def error(self, message: str) -> NoReturn:
         """A usage error is a UsageError like any other, so ``main`` reports it (as JSON with --json)."""
-        raise UsageError(f"{message[:1].upper()}{message[1:]}.", f"Run `{self.prog} --help` for the usage.")
+        guess = _did_you_mean(self, message)
+        hint = f"Did you mean `{self.prog} {guess}`? " if guess else ""
+        raise UsageError(f"{message[:1].upper()}{message[1:]}.", f"{hint}Run `{self.prog} --help` for the usage.")
+
+
+def _did_you_mean(parser: argparse.ArgumentParser, message: str) -> str | None:
+    """For argparse's "invalid choice: 'stauts'": the closest command or action (only on this error path, so
+    difflib costs the commands that work nothing)."""
+    import difflib
+    import re
+
+    found = re.search(r"invalid choice: ('[^']*'|\"[^\"]*\")", message)
+    if not found:
+        return None
+    typed = found.group(1)[1:-1]
+    choices = [c for a in parser._actions if isinstance(a, argparse._SubParsersAction) for c in a.choices]
+    close = difflib.get_close_matches(typed.lower(), choices, n=1, cutoff=0.6)
+    return close[0] if close else None
 
 
 JSON_HELP = "print the result, or the error, as JSON on stdout"
@@ -63,28 +96,41 @@ def _json_flag(p: argparse.ArgumentParser, help: str = JSON_HELP) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="convctl", description="Control the convocationsd daemon.")
+    p = _Parser(prog="convctl", description="Control the convocationsd daemon.", epilog=EXIT_CODES)
     p.add_argument("--socket", metavar="PATH", help="the daemon's socket (env CONVOCATIONS_SOCKET)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("--json", action="store_true", dest="json_first", help="as --json after the command")
     p.add_argument("--version", action="version", version=f"convctl {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(parent: Any, name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
-        return parent.add_parser(name, help=help, description=description or help[:1].upper() + help[1:] + ".")
+    def command(
+        parent: Any, name: str, help: str, description: str | None = None, epilog: str | None = None
+    ) -> argparse.ArgumentParser:
+        description = description or help[:1].upper() + help[1:] + "."
+        return parent.add_parser(name, help=help, description=description, epilog=epilog)
 
     def actions(name: str, help: str) -> Any:
         """A command whose subcommands (ACTION) are the real commands: oauth, secret, service."""
         return command(sub, name, help).add_subparsers(dest="action", required=True, metavar="ACTION")
 
-    _json_flag(command(sub, "status", "daemon and account status"))
+    _json_flag(command(sub, "status", "daemon and account status", epilog=STATUS_EXIT_CODES))
+
+    def login_flags(start: argparse.ArgumentParser) -> None:
+        start.add_argument("--no-browser", action="store_true", help="print the URL without opening a browser")
+        start.add_argument("--restart", action="store_true", help="cancel a pending login and start anew")
+        start.add_argument("--timeout", type=float, metavar="S", help="give up after S seconds")
+        start.add_argument("--paste", action="store_true", help="headless: paste the code OpenRouter shows")
+        start.add_argument("--yes", action="store_true", help="link again without asking when a key is already stored")
+        _json_flag(start, "print the login's events (started, complete), or the error, as JSON lines on stdout")
 
     oauth = actions("oauth", "link your OpenRouter account")
-    start = command(oauth, "start", "start (or join) a login and wait for it")
-    start.add_argument("--no-browser", action="store_true", help="print the URL without opening a browser")
-    start.add_argument("--restart", action="store_true", help="cancel a pending login and start anew")
-    start.add_argument("--timeout", type=float, metavar="S", help="give up after S seconds")
-    start.add_argument("--paste", action="store_true", help="headless: paste the code OpenRouter shows")
-    _json_flag(start, "print the login's events (started, complete), or the error, as JSON lines on stdout")
+    login_help = "start (or join) a login and wait for it"
+    login_description = (
+        "Start (or join) a login and wait for it. When a key is already stored, linking again creates a second "
+        "key at OpenRouter (the old one stays valid until you delete it at https://openrouter.ai/keys): on a "
+        "terminal it asks first, --yes does not ask, and without a terminal it goes ahead and says so."
+    )
+    login_flags(command(oauth, "start", login_help, login_description))
     _json_flag(command(oauth, "cancel", "cancel the pending login"))
 
     _json_flag(command(sub, "events", "print events until interrupted"), "one JSON object per line")
@@ -100,26 +146,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     set_key.add_argument("--no-verify", action="store_true", help="store the key without asking OpenRouter about it")
     _json_flag(set_key)
-    get_key = command(
-        secret,
-        "get-openrouter-key",
-        "print the stored key, for scripts (refuses a terminal unless --show)",
+
+    def get_key_flags(get_key: argparse.ArgumentParser) -> None:
+        get_key.add_argument("--show", action="store_true", help="print the key even when stdout is a terminal")
+        _json_flag(get_key, 'print {"key": ...}, or the error, as JSON on stdout')
+
+    get_key_help = "print the stored key, for scripts (refuses a terminal unless --show)"
+    get_key_description = (
         "Print the stored OpenRouter key on stdout, for scripts: `KEY=$(convctl secret get-openrouter-key)`. "
-        "It refuses when stdout is a terminal, where the key would stay on screen, unless --show.",
+        "It refuses when stdout is a terminal, where the key would stay on screen, unless --show."
     )
-    get_key.add_argument("--show", action="store_true", help="print the key even when stdout is a terminal")
-    _json_flag(get_key, 'print {"key": ...}, or the error, as JSON on stdout')
-    _json_flag(command(secret, "clear-openrouter-key", "remove the stored key"))
-    _json_flag(command(secret, "status", "is a key stored, and where"))
+    get_key_flags(command(secret, "get-openrouter-key", get_key_help, get_key_description))
+    clear_help = "remove the stored key (it stays valid at OpenRouter until you delete it there)"
+    _json_flag(command(secret, "clear-openrouter-key", clear_help))
+    _json_flag(command(secret, "status", "is a key stored, and where", epilog=SECRET_STATUS_EXIT_CODES))
 
     run = command(
         sub,
         "exec",
         "run a command with OPENROUTER_API_KEY set from the store",
         "Run COMMAND with OPENROUTER_API_KEY set to the stored key in its environment (never on its command "
-        "line), and exit with its exit status: `convctl exec -- python my_script.py`.",
+        "line), and exit with its exit status: `convctl exec -- python my_script.py`. --env passes the key under "
+        "more names too, for OpenAI-compatible SDKs: `convctl exec --env OPENAI_API_KEY -- COMMAND`.",
     )
     _json_flag(run, "print an error before COMMAND starts as JSON on stdout")
+    run.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME",
+        dest="env_names",
+        help="also set the variable NAME to the key (repeatable); OPENROUTER_API_KEY is always set",
+    )
     run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARGS...]", help="what to run")
 
     service = actions("service", "install as a systemd user service / launchd agent")
@@ -136,8 +194,23 @@ def build_parser() -> argparse.ArgumentParser:
         _json_flag(p_, 'print {"steps": [...]}, or the error, as JSON on stdout')
     _json_flag(command(service, "status", "are the service files installed and current, and running"))
 
-    doctor = command(sub, "doctor", "check the setup and say how to fix what is wrong")
+    doctor = command(
+        sub,
+        "doctor",
+        "check the setup and say how to fix what is wrong",
+        epilog='Exit status: 0 no check failed; 1 a check failed. A check that needs the daemon says "not '
+        'checked" (--) while none runs; it is counted apart and fails nothing.',
+    )
     _json_flag(doctor, "print the checks as a JSON list on stdout")
+
+    # Aliases, as gh has them; each takes the flags of the command it stands for.
+    login_flags(command(sub, "login", "the same as `oauth start`", login_description))
+    _json_flag(
+        command(
+            sub, "logout", "the same as `secret clear-openrouter-key`", clear_help[:1].upper() + clear_help[1:] + "."
+        )
+    )
+    get_key_flags(command(sub, "token", "the same as `secret get-openrouter-key`", get_key_description))
     return p
 
 
@@ -156,7 +229,8 @@ def main(argv: list[str] | None = None, out: Out | None = None) -> int:
             args = parser.parse_args(argv)
         except SystemExit as e:  # --help, --version
             return EXIT_USAGE if e.code else EXIT_OK
-        as_json, debug = getattr(args, "json", False), args.debug
+        args.json = as_json = getattr(args, "json", False) or args.json_first
+        debug = args.debug
         return run(args, out)
     except ConvError as e:
         if debug:
@@ -182,6 +256,8 @@ def _fail(out: Out, as_json: bool, kind: str, e: ConvError) -> int:
 def run(args: argparse.Namespace, out: Out) -> int:
     from convocationsd.cli import commands
 
+    if args.command in ALIASES:
+        args.command, args.action = ALIASES[args.command]
     handler = {
         "status": commands.status,
         "oauth": commands.oauth,

@@ -33,6 +33,18 @@ CONFIG_KEYS = frozenset(key for _, key in SOURCES.values() if key)
 DEFAULT = "the default"  # the source of a value nobody set
 
 
+# What a reload (SIGHUP) cannot apply: the sockets are bound, the OpenRouter client, the secret helper and the
+# desktop connection are built, at start. The other settings change on reload.
+RESTART_ONLY = (
+    "http_port",
+    "socket_path",
+    "openrouter_url",
+    "secret_backend",
+    "desktop_notifications",
+    "allow_port_fallback",
+)
+
+
 # setting -> the daemon's flag, where its name differs from the setting's
 FLAGS = {"http_port": "--port", "socket_path": "--socket", "config_path": "--config"}
 
@@ -231,3 +243,24 @@ def public_url(url: str) -> str:
         return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
     except (ValueError, TypeError):
         return "(an invalid URL)"
+
+
+def reported(name: str, value: Any) -> Any:
+    """A setting's value as `status` reports it: JSON, and a URL without credentials."""
+    if name == "openrouter_url" and isinstance(value, str):
+        return public_url(value)
+    return str(value) if isinstance(value, Path) else value
+
+
+def restart_message(name: str, value: Any, source: str, running: Any) -> str:
+    """For example: http_port 3201 (http_port in /home/you/.config/convocations/config.toml) takes effect at
+    restart; still 3000."""
+    return f"{name} {_display(value)} ({source}) takes effect at restart; still {_display(running)}"
+
+
+def _display(value: Any) -> str:
+    if value is None:
+        return "unset (automatic)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return f"{value:g}" if isinstance(value, float) else str(value)

@@ -66,6 +66,7 @@ def summary(data: Mapping[str, Any]) -> dict[str, Any]:
         "limit_remaining": _number(data.get("limit_remaining")),
         "valid": True,
         "message": None,
+        "readable": True,
     }
 
 
@@ -77,12 +78,22 @@ def revoked(accepted_before: bool = True) -> dict[str, Any]:
         "limit_remaining": None,
         "valid": False,
         "message": REVOKED_MESSAGE if accepted_before else NOT_ACCEPTED_MESSAGE,
+        "readable": True,
     }
 
 
-def unknown(message: str) -> dict[str, Any]:
-    """OpenRouter could not be asked (network, keyring locked): the key may well be fine."""
-    return {"label": None, "usage": None, "limit": None, "limit_remaining": None, "valid": True, "message": message}
+def unknown(message: str, *, readable: bool = True) -> dict[str, Any]:
+    """OpenRouter could not be asked: the key may well be fine. ``readable`` False: the store could not give
+    the key (a locked keyring), so nothing can use it until that is fixed."""
+    return {
+        "label": None,
+        "usage": None,
+        "limit": None,
+        "limit_remaining": None,
+        "valid": True,
+        "message": message,
+        "readable": readable,
+    }
 
 
 class AccountCache:
@@ -175,7 +186,7 @@ class AccountStatus:
                 return None  # the key changed while it was read: the next refresh reads the new one
             self._key_read, self._key, self._key_problem = True, key, problem
         if self._key_problem is not None:  # not read again until the key changes: that read may prompt too
-            value = unknown(self._key_problem)
+            value = unknown(self._key_problem, readable=False)
             self.cache.put(value, generation)
             return value
         key = self._key

@@ -71,6 +71,8 @@ class Controller:
     ) -> None:
         self.endpoint = endpoint
         self.setup = setup  # the settings `status` reports: {config_path, http_port: {value, source}, ...}
+        self.service: dict | None = None  # the service manager running us, for `status`: {manager, unit}
+        self.restart_needed: list[dict] = []  # settings a reload read but only a restart applies, for `status`
         self.openrouter_url = openrouter_url
         self.openrouter = openrouter
         self.secrets = secrets
@@ -406,11 +408,18 @@ class Controller:
                 "account": account,
                 "settings": self.setup,
                 "last_store": last_store.to_dict() if last_store else None,
+                "service": self.service,
+                "restart_needed": self.restart_needed,
             }
             cached = self._status_cache = (key, answer, protocol.encode(answer))
         answer = protocol.Encoded(cached[1])
         answer.json = cached[2]
         return answer
+
+    def reconfigure(self, setup: dict, restart_needed: list[dict]) -> None:
+        """After a reload: the settings `status` reports, and those that wait for a restart."""
+        self.setup, self.restart_needed = setup, restart_needed
+        self._status_cache = None
 
     def touch(self) -> None:
         self.last_activity = time.monotonic()

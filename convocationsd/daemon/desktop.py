@@ -19,13 +19,11 @@ import asyncio
 import concurrent.futures
 import json
 import logging
-import re
-import stat
 import threading
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
+from convocationsd.common import session_bus
 from convocationsd.core import events
 
 log = logging.getLogger(__name__)
@@ -64,30 +62,6 @@ class Unavailable(Exception):
     """Why desktop integration is off; the text completes 'desktop integration is off: ...'."""
 
 
-def session_bus_address(env: Mapping[str, str]) -> str | None:
-    """The session bus from the environment, else ``$XDG_RUNTIME_DIR/bus`` (systemd's user bus), else None.
-
-    We resolve it ourselves rather than letting GLib guess, so that it comes from the daemon's ``env`` and can
-    never fall back to X11 autolaunch or to the system bus."""
-    address = env.get("DBUS_SESSION_BUS_ADDRESS", "").strip()
-    if address:
-        return address
-    runtime = env.get("XDG_RUNTIME_DIR")
-    if runtime:
-        path = Path(runtime) / "bus"
-        try:
-            if stat.S_ISSOCK(path.stat().st_mode):
-                return "unix:path=" + _escape_address(str(path))
-        except OSError:
-            pass
-    return None
-
-
-def _escape_address(value: str) -> str:
-    # D-Bus address values escape every byte outside [-0-9A-Za-z_/.\*] as %xx.
-    return "".join(chr(b) if re.fullmatch(rb"[-0-9A-Za-z_/.\\*]", bytes([b])) else f"%{b:02x}" for b in value.encode())
-
-
 def notification_text(data: Mapping[str, Any]) -> tuple[str, str] | None:
     """(summary, body) for an ``openrouter-auth-complete`` event, or None when nobody needs telling.
 
@@ -108,12 +82,12 @@ async def start(
     """Connects to the session bus, exports the object and listens to ``bus``; None when that cannot be."""
     # Asked for explicitly and impossible: a warning. Left at the default (on a server, say): just info.
     level = logging.WARNING if notifications else logging.INFO
-    address = session_bus_address(env)
+    address = session_bus.address(env)
     if address is None:
         log.log(
             level,
-            "desktop integration is off: no D-Bus session bus (DBUS_SESSION_BUS_ADDRESS is unset and "
-            "$XDG_RUNTIME_DIR/bus does not exist); the daemon runs on without notifications and D-Bus signals",
+            "desktop integration is off: %s; the daemon runs on without notifications and D-Bus signals",
+            session_bus.NO_BUS,
         )
         return None
     desktop = Desktop(controller, asyncio.get_running_loop(), notify=notifications is not False)

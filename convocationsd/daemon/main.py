@@ -116,6 +116,7 @@ class Daemon:
         # Only what `status` needs is imported here: aiohttp waits for the first login or HTTP connection
         # (http_sockets), the OpenRouter client for its first request, and keyring, cryptography and tomlkit
         # stay out of this process (store.helper). Start-up time is what a socket-activated client waits for.
+        from convocationsd.common.settings import public_url
         from convocationsd.daemon import http_sockets, ipc_server
         from convocationsd.daemon.openrouter import OpenRouterClient
         from convocationsd.store.helper import HelperStore
@@ -176,6 +177,7 @@ class Daemon:
             require_state=not s.allow_stateless_callbacks,
             setup=self._setup(),
         )
+        ctl.service = service_manager(self.env)
         try:  # read here, not in a thread: nothing waits on the loop yet, and no thread pool is started for it
             ctl.secret_state = self.secrets.status()
         except ConvError as e:
@@ -196,7 +198,13 @@ class Daemon:
         self._http.watch()
         self.bus.add_listener(self._on_event)
 
-        log.info("convocationsd %s listening on http://localhost:%d and %s", __version__, port, socket_path)
+        log.info(
+            "convocationsd %s listening on http://localhost:%d and %s; OpenRouter at %s",
+            __version__,
+            port,
+            socket_path,
+            public_url(s.openrouter_url),
+        )
         # Both doors accept from here on: only now may systemd consider the start finished.
         self._status = f"Listening on http://localhost:{port}" + (" (fallback port)" if fell_back else "")
         systemd.notify(f"READY=1\nSTATUS={self._status}", self.env)
@@ -204,16 +212,15 @@ class Daemon:
             self._tasks.append(asyncio.create_task(self._idle_watch()))
 
     def _setup(self) -> dict:
-        """The settings `status` reports (doctor checks the daemon the person runs, not its own guess)."""
-        from convocationsd.common.settings import public_url
+        """The settings `status` reports (doctor checks the daemon the person runs, not its own guess): each
+        with its value and where it came from."""
+        from convocationsd.common.settings import SOURCES, reported
 
         s, source = self.settings, lambda name: self.sources.get(name, DEFAULT)
-        return {
-            "config_path": str(s.config_path),
-            "http_port": {"value": s.http_port, "source": source("http_port")},
-            "openrouter_url": {"value": public_url(s.openrouter_url), "source": source("openrouter_url")},
-            "secret_backend": {"value": s.secret_backend, "source": source("secret_backend")},
-        }
+        setup: dict[str, Any] = {"config_path": str(s.config_path)}
+        for name in SOURCES:
+            setup[name] = {"value": reported(name, getattr(s, name)), "source": source(name)}
+        return setup
 
     def _on_event(self, name: str, data: dict) -> None:
         if name == AUTH_STARTED:  # a login: the browser comes back over HTTP, and the exchange needs aiohttp
@@ -260,25 +267,45 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self.reload)
 
     def reload(self) -> None:
-        """SIGHUP: re-read the config; log level, timeouts and allow_stateless_callbacks change, subscribers
-        and the flow stay."""
+        """SIGHUP: re-read the config; log level, timeouts, idle exit and allow_stateless_callbacks change,
+        subscribers and the flow stay. What only a restart applies (settings.RESTART_ONLY) keeps its running
+        value, and the log, `status` and doctor say which changed settings wait for a restart."""
+        from dataclasses import replace
+
+        from convocationsd.common.settings import RESTART_ONLY, reported, restart_message
+
         try:
             loaded = config.load(self.flags, self.env)
         except ConvError as e:
             log.error("reload failed, keeping the current settings: %s", e)
             return
         _warn_about_config(loaded)
-        new = self.settings = loaded.settings
+        running = self.settings
+        waiting = [name for name in RESTART_ONLY if getattr(loaded.settings, name) != getattr(running, name)]
+        new = self.settings = replace(loaded.settings, **{name: getattr(running, name) for name in RESTART_ONLY})
+        self.sources = {**loaded.sources, **{name: self.sources.get(name, DEFAULT) for name in RESTART_ONLY}}
+        restart_needed = []
+        for name in waiting:
+            entry = {
+                "setting": name,
+                "value": reported(name, getattr(loaded.settings, name)),
+                "source": loaded.sources.get(name, DEFAULT),
+                "running": reported(name, getattr(running, name)),
+            }
+            restart_needed.append(entry)
+            log.warning("%s", restart_message(entry["setting"], entry["value"], entry["source"], entry["running"]))
         set_level(new.log_level)
         if self.controller is not None:
             self.controller.flows.timeout = new.flow_timeout_seconds
             self.controller.flows.require_state = not new.allow_stateless_callbacks
+            self.controller.reconfigure(self._setup(), restart_needed)
         if self._openrouter is not None:
             self._openrouter.timeout = new.exchange_timeout_seconds
         if self.secrets is not None:
             self.secrets.keyring_timeout = new.keyring_timeout_seconds
-        log.info("configuration reloaded from %s", new.config_path)
-        systemd.notify(f"STATUS={self._status}; configuration reloaded", self.env)
+        later = f"; restart to apply {', '.join(waiting)}" if waiting else ""
+        log.info("configuration reloaded from %s%s", new.config_path, later)
+        systemd.notify(f"STATUS={self._status}; configuration reloaded{later}", self.env)
 
     async def _idle_watch(self) -> None:
         ctl = self.controller
@@ -309,6 +336,19 @@ class Daemon:
             await self._desktop.close()
         if ctl is not None:  # it started: a start that failed says why instead
             log.info("stopped")
+
+
+def service_manager(env: Mapping[str, str]) -> dict | None:
+    """Which service manager runs the daemon, so that doctor can name the command that reloads or restarts
+    it: ``{"manager": "systemd", "unit": "convocationsd.service"}``, ``{"manager": "launchd", "unit": label}``,
+    or None (a terminal; ``systemd-socket-activate``, which is no manager)."""
+    unit = systemd.service_unit(env)
+    if unit:
+        return {"manager": "systemd", "unit": unit}
+    label = env.get("XPC_SERVICE_NAME", "")  # launchd names its jobs' processes so; "0" outside a job
+    if sys.platform == "darwin" and label.startswith("io.convocations."):
+        return {"manager": "launchd", "unit": label}
+    return None
 
 
 async def serve(

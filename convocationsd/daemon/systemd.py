@@ -106,3 +106,24 @@ def under_journal(env: Mapping[str, str] = os.environ) -> bool:
     """True when a service manager runs us (stderr then goes to the journal, which adds its own
     timestamps and understands ``<N>`` priority prefixes)."""
     return bool(env.get("JOURNAL_STREAM") or env.get("INVOCATION_ID"))
+
+
+def service_unit(env: Mapping[str, str] = os.environ, cgroup: str = "/proc/self/cgroup") -> str | None:
+    """The name of the systemd service that runs us ("convocationsd.service"), or None when none does.
+
+    systemd sets INVOCATION_ID for the processes of a unit (``systemd-socket-activate`` does not), and the
+    unit is the leaf of our cgroup: ``0::/user.slice/.../app.slice/convocationsd.service``. A shell started
+    from another service (a terminal server's) inherits its INVOCATION_ID and cgroup too, so only a unit
+    named for us counts: naming another would send the person to restart the wrong thing."""
+    if not env.get("INVOCATION_ID"):
+        return None
+    try:
+        with open(cgroup, encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        leaf = line.rpartition(":")[2].rstrip("/").rpartition("/")[2]
+        if leaf.startswith("convocationsd") and leaf.endswith(".service"):
+            return leaf
+    return None

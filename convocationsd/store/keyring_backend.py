@@ -10,10 +10,12 @@ ever contains the key. ``keyring`` is imported only inside these calls.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from typing import Any
 
+from convocationsd.common import session_bus
 from convocationsd.core.errors import BackendUnavailable, SecretStoreError
 
 SERVICE = "convocations"
@@ -98,6 +100,7 @@ class KeyringBackend:
                 import keyring
                 import keyring.core
 
+                session_bus.export()  # keyring's Secret Service backend reads only DBUS_SESSION_BUS_ADDRESS
                 keyring.core.init_backend()
                 kr = keyring.get_keyring()
         except ImportError as e:
@@ -160,11 +163,21 @@ def _check_usable(kr: Any) -> None:
 
     name = f"{type(kr).__module__}.{type(kr).__name__}"
     if isinstance(kr, fail.Keyring):
-        raise KeyringMissing("No OS keyring is available (no Secret Service on the session bus?).", NO_KEYRING_HINT)
+        raise KeyringMissing(f"No OS keyring is available: {_why_none_found()}.", NO_KEYRING_HINT)
     if name == "keyring.backends.null.Keyring" or getattr(kr, "priority", 1) < 0:
         raise KeyringMissing("The OS keyring is disabled (keyring's null backend is configured).", NO_KEYRING_HINT)
     if isinstance(kr, chainer.ChainerBackend) and not kr.backends:
         raise KeyringMissing("No OS keyring is available (keyring found no backend to chain).", NO_KEYRING_HINT)
+
+
+def _why_none_found() -> str:
+    """Why keyring found nothing to use: on Linux, that no Secret Service answers on the session bus (named)."""
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return "keyring found no backend for this system"
+    bus = session_bus.address(os.environ)
+    return f"no Secret Service on the session bus {bus}" if bus else session_bus.NO_BUS
 
 
 def _translate(e: BaseException, op: str, secret: str | None) -> SecretStoreError:
@@ -199,6 +212,7 @@ def probe_keyring(timeout: float = 5.0) -> tuple[bool, str]:
         try:
             import keyring
 
+            session_bus.export()  # the daemon's helper and convctl look on the same bus
             try:
                 kr = keyring.core.init_backend() or keyring.get_keyring()
             except Exception:

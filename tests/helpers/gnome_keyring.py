@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from tests.helpers.dbus_session import PrivateBus
 
@@ -23,11 +24,11 @@ def missing_tools() -> str | None:
 
 
 @contextmanager
-def gnome_keyring(env: dict[str, str], password: str | None) -> Iterator[dict[str, str]]:
-    """Starts gnome-keyring for ``env``'s HOME on a bus of its own, its login keyring unlocked with ``password``
-    (created with it if new) or left locked (None). Yields ``env`` pointed at that bus; stops both afterwards,
-    so nothing it started outlives the test."""
-    bus = PrivateBus()
+def gnome_keyring(env: dict[str, str], password: str | None, listen: Path | None = None) -> Iterator[dict[str, str]]:
+    """Starts gnome-keyring for ``env``'s HOME on a bus of its own (at the socket path ``listen``, if given),
+    its login keyring unlocked with ``password`` (created with it if new) or left locked (None). Yields ``env``
+    pointed at that bus; stops both afterwards, so nothing it started outlives the test."""
+    bus = PrivateBus(listen)
     try:
         env = {**env, "DBUS_SESSION_BUS_ADDRESS": bus.address}
         unlock = ["--unlock"] if password is not None else []

@@ -62,6 +62,7 @@ SUMMARY_OF_EXAMPLES: dict[str, Any] = {
     "limit_remaining": 74.5,
     "valid": True,
     "message": None,
+    "readable": True,
 }
 
 

@@ -14,7 +14,7 @@ from convocationsd.core.flows import FlowError
 from convocationsd.daemon import account
 from convocationsd.daemon.openrouter import KeyRejected, UpstreamError
 from convocationsd.store.secrets import SecretStatus
-from tests.conftest import assert_no_secret, read_auth_url
+from tests.conftest import assert_no_secret, convctl, read_auth_url, start_daemon, wait_until
 
 # -- the pure cache ----------------------------------------------------------------------------------------
 
@@ -65,6 +65,7 @@ def test_summary_keeps_only_what_is_shown():
         "limit_remaining": None,
         "valid": True,
         "message": None,
+        "readable": True,
     }
     assert account.summary({"label": "x\x1b[31m", "usage": float("nan"), "limit": True})["usage"] is None
 
@@ -137,6 +138,7 @@ async def test_snapshot_never_waits_and_refreshes_in_background():
         "limit_remaining": 9.75,
         "valid": True,
         "message": None,
+        "readable": True,
     }
     assert ctl.openrouter.calls == 1
     st.snapshot()
@@ -176,7 +178,7 @@ async def test_no_key_and_errors():
     ctl.secret_state = SecretStatus(True, "keyring")
     ctl.secrets.error = SecretStoreError("The keyring is locked.", "Unlock it.")
     value = await st.refresh()
-    assert value["valid"] is True and "could not be read" in value["message"]
+    assert value["valid"] is True and "could not be read" in value["message"] and value["readable"] is False
     ctl.secrets.error = None
     assert "could not be read" in (await st.refresh())["message"]  # not read again (another prompt)...
     assert ctl.secrets.gets == 1
@@ -185,7 +187,7 @@ async def test_no_key_and_errors():
     assert ctl.secrets.gets == 2
     ctl.openrouter.answer = UpstreamError(FlowError("upstream_unreachable", "Could not reach OpenRouter.", ""))
     value = await st.refresh()
-    assert value["valid"] is True and "Could not reach OpenRouter" in value["message"]
+    assert value["valid"] is True and "Could not reach OpenRouter" in value["message"] and value["readable"] is True
 
 
 async def test_refreshes_read_the_key_once_per_key():
@@ -253,6 +255,7 @@ async def test_account_after_login_in_status_and_revoked(daemon_factory, fake):
         "limit_remaining": None,
         "valid": True,
         "message": None,
+        "readable": True,
     }
 
     key = fake.issued_keys[-1]
@@ -313,12 +316,13 @@ def test_convctl_stays_light(cmd, short_tmp):
 
 
 @pytest.mark.parametrize("cmd", [("status",), ("secret", "status")])
-async def test_convctl_asking_a_running_daemon_loads_only_what_it_needs(cmd, daemon):
+async def test_convctl_asking_a_running_daemon_loads_only_what_it_needs(cmd, daemon, fake):
     """With a daemon to ask, these commands are a socket round trip: no event loop, no typing, no dataclasses
     (settings costs `secret status` ~25 ms, a third of its time; bench section 1 has the figures)."""
     import subprocess
     import sys
 
+    daemon.call("secret.set", {"key": fake.issue_key()})  # a key is stored: both exit 0
     done = await asyncio.to_thread(
         subprocess.run,
         [sys.executable, "-X", "importtime", "-m", "convocationsd.cli.main", *cmd],
@@ -330,7 +334,7 @@ async def test_convctl_asking_a_running_daemon_loads_only_what_it_needs(cmd, dae
     assert done.returncode == 0, done.stderr[-2000:]
     loaded = {line.rsplit("|", 1)[1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
     assert "convocationsd.client" in loaded  # the parse sees modules at all
-    assert not loaded & {"asyncio", "typing", "dataclasses", "convocationsd.common.settings", "tomllib"}
+    assert not loaded & {"asyncio", "typing", "dataclasses", "convocationsd.common.settings", "tomllib", "difflib"}
 
 
 # -- OpenRouter's real answers ------------------------------------------------------------------------------
@@ -354,7 +358,7 @@ def real_answers() -> list[tuple[str, dict, dict]]:
 
     full = key_data("Convocations", 25.0, USER_ID)
     nulls = with_nulls(full, nullable_fields(GetCurrentKeyData, full))
-    shown = {"label": "Convocations", "usage": 0, "valid": True, "message": None}
+    shown = {"label": "Convocations", "usage": 0, "valid": True, "message": None, "readable": True}
     return [
         ("the SDK spec's example", KEY_SDK_SPEC["data"], SUMMARY_OF_EXAMPLES),
         ("the API reference's example", KEY_API_REFERENCE["data"], SUMMARY_OF_EXAMPLES),
@@ -419,3 +423,27 @@ async def test_status_shows_every_real_shape_without_a_warning(daemon_factory, f
     log = d.log()
     assert not [line for line in log.splitlines() if " WARNING " in line or " ERROR " in line], log[-3000:]
     assert_no_secret(key, d.all_output())
+
+
+async def test_status_with_a_key_stored_starts_the_account_check_which_loads_aiohttp(short_tmp, fake):
+    """What protocol.md says of `debug.modules`: `status` with no key stored loads no aiohttp; with a key stored,
+    `status` starts the account check, whose HTTP client does."""
+    d = await asyncio.to_thread(start_daemon, short_tmp, CONVOCATIONS_OPENROUTER_URL=fake.url)
+    try:
+        for method in ("status", "subscribe", "secret.status", "status"):
+            d.call(method)
+        assert "aiohttp" not in d.call("debug.modules")["modules"]
+    finally:
+        d.stop()
+    stored = await asyncio.to_thread(
+        convctl, d.env, "secret", "set-openrouter-key", "--no-verify", input=fake.issue_key() + "\n"
+    )  # on the files: no daemon runs
+    assert stored.returncode == 0, stored.stderr
+    d = await asyncio.to_thread(start_daemon, short_tmp, CONVOCATIONS_OPENROUTER_URL=fake.url)
+    try:
+        assert d.call("secret.status")["stored"] is True
+        assert "aiohttp" not in d.call("debug.modules")["modules"]
+        d.call("status")
+        await asyncio.to_thread(wait_until, lambda: "aiohttp" in d.call("debug.modules")["modules"], "aiohttp")
+    finally:
+        d.stop()

@@ -11,7 +11,7 @@ import time
 from datetime import datetime
 
 from convocationsd.store import configfile
-from tests.conftest import start_daemon
+from tests.conftest import free_port, start_daemon
 
 OLD_TABLE = (
     "# my settings\n"
@@ -97,3 +97,45 @@ def test_an_invalid_value_stops_the_daemon_with_words_not_python(short_tmp, daem
     assert f"Invalid http_port from http_port in {config}: must be a whole port number from 1 to 65535" in log
     assert 'not "three thousand"' in log
     assert "invalid literal" not in log and "Traceback" not in log
+
+
+async def test_a_reload_says_which_changed_settings_wait_for_a_restart(short_tmp, daemon_factory, fake):
+    """SIGHUP with a new http_port (and openrouter_url): the daemon keeps its port and its OpenRouter, and the log,
+    `status` and `convctl status` say so; the settings a reload can apply change at once. Undoing the change in
+    config.toml clears it."""
+    first, second = free_port(), free_port()
+    config = write_config(short_tmp, f"http_port = {first}\nopenrouter_url = '{fake.url}'\n")
+    d = await asyncio.to_thread(daemon_factory, RCONV_HTTP_PORT="", CONVOCATIONS_OPENROUTER_URL="")
+    assert d.call("status")["port"] == first and d.call("status")["restart_needed"] == []
+    config.write_text(f"http_port = {second}\nopenrouter_url = 'http://127.0.0.1:9'\nflow_timeout_seconds = 42\n")
+    d.proc.send_signal(signal.SIGHUP)
+    log = await asyncio.to_thread(wait_for_log, d, "configuration reloaded")
+    where = f"in {config}"
+    assert (
+        f"WARNING convocationsd: http_port {second} (http_port {where}) takes effect at restart; still {first}" in log
+    )
+    assert (
+        f"openrouter_url http://127.0.0.1:9 (openrouter_url {where}) takes effect at restart; still {fake.url}" in log
+    )
+    assert f"configuration reloaded from {config}; restart to apply http_port, openrouter_url" in log
+    st = d.call("status")
+    assert st["port"] == first and st["settings"]["http_port"]["value"] == first
+    assert st["settings"]["openrouter_url"]["value"] == fake.url
+    assert st["settings"]["flow_timeout_seconds"] == {"value": 42.0, "source": f"flow_timeout_seconds {where}"}
+    assert await asyncio.to_thread(flow_seconds, d) == 42  # applied
+    assert st["restart_needed"] == [
+        {"setting": "http_port", "value": second, "source": f"http_port {where}", "running": first},
+        {
+            "setting": "openrouter_url",
+            "value": "http://127.0.0.1:9",
+            "source": f"openrouter_url {where}",
+            "running": fake.url,
+        },
+    ]
+    shown = await asyncio.to_thread(d.convctl, "status")
+    assert f"restart:  http_port {second} (http_port {where}) takes effect at restart; still {first}\n" in shown.stdout
+
+    config.write_text(f"http_port = {first}\nopenrouter_url = '{fake.url}'\n")
+    d.proc.send_signal(signal.SIGHUP)
+    await asyncio.to_thread(wait_for_log, d, "configuration reloaded", 2)
+    assert d.call("status")["restart_needed"] == []

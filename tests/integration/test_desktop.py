@@ -311,22 +311,6 @@ async def test_name_already_owned_warns_and_keeps_the_rest(private_bus, caplog):
 # -- pure parts -----------------------------------------------------------------------------------------
 
 
-def test_session_bus_address(tmp_path):
-    import socket
-
-    assert desktop.session_bus_address({"DBUS_SESSION_BUS_ADDRESS": "unix:path=/x"}) == "unix:path=/x"
-    assert desktop.session_bus_address({"XDG_RUNTIME_DIR": str(tmp_path)}) is None
-    (tmp_path / "bus").write_text("")  # not a socket
-    assert desktop.session_bus_address({"XDG_RUNTIME_DIR": str(tmp_path)}) is None
-    odd = tmp_path / "a b,c"
-    odd.mkdir()
-    with socket.socket(socket.AF_UNIX) as s:
-        s.bind(str(odd / "bus"))
-        got = desktop.session_bus_address({"DBUS_SESSION_BUS_ADDRESS": "", "XDG_RUNTIME_DIR": str(odd)})
-    assert got == "unix:path=" + str(odd / "bus").replace(" ", "%20").replace(",", "%2c")
-    assert desktop.session_bus_address({}) is None
-
-
 def test_notification_text():
     assert desktop.notification_text({"success": True, "error": None}) == desktop.LINKED
     error = {"code": "timeout", "message": "The login took too long.", "hint": "Run it again."}

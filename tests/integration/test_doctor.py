@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import socket
 import time
 from pathlib import Path
@@ -13,8 +14,17 @@ import pytest
 
 from convocationsd.cli import doctor
 from convocationsd.common import port_owners
-from tests.conftest import base_env, convctl, dead_url, free_port, hold_port, start_daemon
-from tests.helpers.gnome_keyring import locked_gnome_keyring
+from tests.conftest import (
+    base_env,
+    convctl,
+    dead_url,
+    follow_callback,
+    free_port,
+    hold_port,
+    start_daemon,
+    wait_until,
+)
+from tests.helpers.gnome_keyring import gnome_keyring, locked_gnome_keyring
 from tests.helpers.gnome_keyring import missing_tools as gnome_keyring_missing
 
 
@@ -26,10 +36,12 @@ def run_doctor(env: dict[str, str], *extra: str) -> tuple[int, list[dict], str]:
 
 def by_name(results: list[dict]) -> dict[str, dict]:
     for r in results:
-        assert set(r) == {"check", "ok", "verdict", "fix", "note"}
-        assert isinstance(r["ok"], bool) and r["verdict"]
-        if not r["ok"] and r["check"] not in ("callback", "account"):
+        assert set(r) == {"check", "ok", "verdict", "fix", "note", "checked"}
+        assert isinstance(r["ok"], bool) and isinstance(r["checked"], bool) and r["verdict"]
+        if r["checked"] and not r["ok"]:
             assert r["fix"], r  # every failure says what to do
+        if not r["checked"]:
+            assert not r["ok"] and r["verdict"].startswith("not checked: ") and not r["fix"]
     return {r["check"]: r for r in results}
 
 
@@ -41,6 +53,9 @@ async def test_healthy_setup_exits_zero(daemon, fake):
     assert f"pid {daemon.proc.pid}" in checks["daemon"]["verdict"] and str(daemon.port) in checks["daemon"]["verdict"]
     assert "belongs to convocationsd" in checks["port"]["verdict"] and "[::1]" in checks["port"]["verdict"]
     assert "reaches this daemon on 127.0.0.1 and ::1" in checks["callback"]["verdict"]
+    # The test's port is not 3000: the likely cause of a 409, said before anyone meets one.
+    assert f"Port {daemon.port} is not 3000" in checks["callback"]["note"] and "409" in checks["callback"]["note"]
+    assert f"register http://localhost:{daemon.port}" in checks["callback"]["note"]
     assert "(forced: the daemon's, from CONVOCATIONS_SECRET_BACKEND)" in checks["secret-backend"]["verdict"]
     assert fake.url in checks["openrouter"]["verdict"]
     assert "the daemon's, from CONVOCATIONS_OPENROUTER_URL" in checks["openrouter"]["verdict"]
@@ -190,6 +205,11 @@ async def test_daemon_down(short_tmp, fake):
     assert rc == 1
     assert not checks["daemon"]["ok"] and "not running" in checks["daemon"]["verdict"]
     assert "convocationsd" in checks["daemon"]["fix"]
+    assert [name for name, c in checks.items() if not c["checked"]] == ["callback", "account"]
+    done = await asyncio.to_thread(convctl, env, "doctor")
+    assert done.returncode == 1
+    assert "--    callback" in done.stdout and "--    account" in done.stdout
+    assert done.stdout.rstrip().endswith("1 of 6 checks needs attention; 2 not checked (they need the daemon).")
     assert checks["port"]["ok"] and "free" in checks["port"]["verdict"]
     assert checks["openrouter"]["ok"] and "convctl's own (no daemon runs to ask)" in checks["openrouter"]["verdict"]
 
@@ -241,6 +261,98 @@ async def test_revoked_key_reported(daemon_factory, fake):
     check = by_name(results)["account"]
     assert rc == 1 and not check["ok"] and "no longer valid" in check["verdict"]
     assert key not in json.dumps(results)
+
+
+@pytest.mark.keyring
+async def test_a_stored_key_the_locked_keyring_will_not_give_is_a_failure(short_tmp, fake):
+    """The key went into the OS keyring; the keyring is locked now (the desktop session nobody unlocked): nothing
+    can use the key, so the account check fails with the fix, and `convctl status` exits 1."""
+    if reason := gnome_keyring_missing():
+        pytest.skip(reason)
+    home = short_tmp / "home"
+    data = home / ".local" / "share"
+    env = {**base_env(short_tmp), "HOME": str(home), "XDG_DATA_HOME": str(data), "CONVOCATIONS_SECRET_BACKEND": ""}
+    key = fake.issue_key()
+    with gnome_keyring(env, "test-password") as unlocked:
+        done = convctl(unlocked, "secret", "set-openrouter-key", "--no-verify", input=key + "\n")
+        assert "key stored in keyring" in done.stdout, done.stderr
+    with gnome_keyring(env, None) as locked:
+        d = await asyncio.to_thread(
+            start_daemon,
+            short_tmp,
+            CONVOCATIONS_OPENROUTER_URL=fake.url,
+            CONVOCATIONS_SECRET_BACKEND="",
+            CONVOCATIONS_KEYRING_TIMEOUT_SECONDS="20",
+            HOME=str(home),
+            XDG_DATA_HOME=str(data),
+            DBUS_SESSION_BUS_ADDRESS=locked["DBUS_SESSION_BUS_ADDRESS"],
+        )
+        try:
+            status = await asyncio.to_thread(d.convctl, "status")
+            assert status.returncode == 1 and "could not be read" in status.stdout, status.stdout
+            rc, results, _ = await asyncio.to_thread(run_doctor, d.env)
+            account = by_name(results)["account"]
+            assert rc == 1 and not account["ok"] and account["checked"], account
+            assert "a key is stored in keyring, but the stored key could not be read" in account["verdict"]
+            assert "locked" in account["verdict"]
+            assert "Unlock the OS keyring" in account["fix"] and f"`kill {d.proc.pid}`" in account["fix"]
+            human = await asyncio.to_thread(d.convctl, "doctor")
+            assert "FAIL  account" in human.stdout and "All checks passed" not in human.stdout
+            assert key not in json.dumps(results) + human.stdout + d.log()
+        finally:
+            d.stop()
+
+
+async def test_openrouters_409_on_the_last_login_fails_the_callback_check(daemon, fake):
+    fake.config.exchange_status = 409  # OpenRouter's "Failed to create or update app", at the exchange
+    started = daemon.call("oauth.start")
+    await follow_callback(await fake.approve(started["auth_url"]))
+    assert daemon.call("status")["flow"]["error"]["code"] == "app_conflict"
+    rc, results, _ = await asyncio.to_thread(run_doctor, daemon.env)
+    callback = by_name(results)["callback"]
+    assert rc == 1 and not callback["ok"], callback
+    assert "OpenRouter refused the last login with HTTP 409" in callback["verdict"]
+    assert f"port {daemon.port} is not the usual 3000" in callback["verdict"]
+    assert "Use port 3000" in callback["fix"] and f"`kill {daemon.proc.pid}`" in callback["fix"]
+
+
+def write_config(folder: Path, text: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "config.toml"
+    path.write_text(text)
+    os.chmod(path, 0o600)
+    return path
+
+
+async def test_config_that_the_running_daemon_does_not_use_yet(daemon_factory, fake, short_tmp):
+    """config.toml changed: a setting a reload applies says to reload (with the daemon's pid); http_port, which
+    a reload reads but cannot apply, says to restart."""
+    first, second = free_port(), free_port()
+    config = write_config(short_tmp / "cfg" / "convocations", f"http_port = {first}\n")
+    d = await asyncio.to_thread(daemon_factory, CONVOCATIONS_OPENROUTER_URL=fake.url, RCONV_HTTP_PORT="")
+    assert d.call("status")["settings"]["http_port"] == {"value": first, "source": f"http_port in {config}"}
+    config.write_text(f"http_port = {first}\nflow_timeout_seconds = 900\n")
+    rc, results, _ = await asyncio.to_thread(run_doctor, d.env)
+    check = by_name(results)["config"]
+    assert rc == 1 and not check["ok"], check
+    assert check["verdict"] == (
+        f"flow_timeout_seconds 900 (flow_timeout_seconds in {config}) takes effect once the daemon reloads; "
+        "the running daemon still uses 600"
+    )
+    assert check["fix"] == f"Reload convocationsd (`kill -HUP {d.proc.pid}`) to apply flow_timeout_seconds."
+
+    config.write_text(f"http_port = {second}\nflow_timeout_seconds = 900\n")
+    d.proc.send_signal(signal.SIGHUP)
+    await asyncio.to_thread(wait_until, lambda: d.call("status")["restart_needed"], "the reload")
+    rc, results, _ = await asyncio.to_thread(run_doctor, d.env)
+    check = by_name(results)["config"]
+    assert rc == 1 and check["verdict"] == (  # the reload applied flow_timeout_seconds
+        f"http_port {second} (http_port in {config}) takes effect at restart; the running daemon still uses {first}"
+    )
+    assert check["fix"] == (
+        f"Restart convocationsd (`kill {d.proc.pid}`, then start `convocationsd` again) to apply http_port "
+        "(a reload cannot apply http_port)."
+    )
 
 
 # -- pure parts ---------------------------------------------------------------------------------------------
@@ -297,3 +409,45 @@ def test_secret_backend_choices(tmp_path: Path):
     failed = {**went, "backend": None, "error": "Cannot write config.toml: No space left on device."}
     c = doctor.check_secret_backend(ctx(status=daemon(last_store=failed)), usable)
     assert not c.ok and "could not store the last key" in c.verdict
+
+
+def test_fixes_name_the_command_for_the_daemon_the_person_runs(tmp_path: Path):
+    def ctx(status):
+        return doctor.Context({}, tmp_path / "s", tmp_path / "config.toml", {}, None, status=status)
+
+    under_systemd = {"pid": 4242, "service": {"manager": "systemd", "unit": "convocationsd.service"}}
+    assert (
+        doctor.restart(ctx(under_systemd)) == "restart convocationsd (`systemctl --user restart convocationsd.service`)"
+    )
+    assert doctor.reload(ctx(under_systemd)) == "reload convocationsd (`systemctl --user reload convocationsd.service`)"
+    under_launchd = {"pid": 4242, "service": {"manager": "launchd", "unit": "io.convocations.convocationsd"}}
+    uid = os.getuid()
+    assert f"`launchctl kickstart -k gui/{uid}/io.convocations.convocationsd`" in doctor.restart(ctx(under_launchd))
+    assert f"`launchctl kill SIGHUP gui/{uid}/io.convocations.convocationsd`" in doctor.reload(ctx(under_launchd))
+    by_hand = {"pid": 4242, "service": None}
+    assert doctor.restart(ctx(by_hand)) == "restart convocationsd (`kill 4242`, then start `convocationsd` again)"
+    assert doctor.reload(ctx(by_hand)) == "reload convocationsd (`kill -HUP 4242`)"
+    assert doctor.restart(ctx(None)) == doctor.reload(ctx(None)) == "start convocationsd"
+
+
+def test_http_port_drift_under_a_service_manager_sends_to_service_install(tmp_path: Path):
+    config = tmp_path / "config.toml"
+    status = {
+        "pid": 4242,
+        "service": {"manager": "systemd", "unit": "convocationsd.service"},
+        "settings": {"http_port": {"value": 3000, "source": "the default"}},
+    }
+    c = doctor.check_config(doctor.Context({}, tmp_path / "s", config, {"http_port": 3201}, None, status=status))
+    assert not c.ok
+    assert c.verdict == (
+        f"http_port 3201 (http_port in {config}) takes effect at restart; the running daemon still uses 3000"
+    )
+    assert "`systemctl --user restart convocationsd.service`" in c.fix and "`convctl service install`" in c.fix
+
+
+def test_summary_counts_what_was_not_checked_apart():
+    ok, bad, skipped = doctor.Check("a", True, "fine"), doctor.Check("b", False, "bad", "fix"), doctor.not_checked("c")
+    assert doctor.summary([ok, ok]) == "All checks passed."
+    assert doctor.summary([ok, skipped]) == "All checks that ran passed; 1 not checked (they need the daemon)."
+    assert doctor.summary([ok, bad, skipped]) == "1 of 2 checks needs attention; 1 not checked (they need the daemon)."
+    assert doctor.summary([bad, bad]) == "2 of 2 checks need attention."

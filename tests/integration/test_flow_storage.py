@@ -80,7 +80,7 @@ async def test_secret_commands_through_daemon_and_directly(daemon_factory, fake)
 
 async def test_convctl_status_and_events_json(daemon):
     st = daemon.convctl("status")
-    assert st.returncode == 0 and f"localhost:{daemon.port}" in st.stdout and "not linked" in st.stdout
+    assert st.returncode == 1 and f"localhost:{daemon.port}" in st.stdout and "not linked" in st.stdout  # no key
     proc = daemon.convctl_async("events", "--json")
     await asyncio.to_thread(wait_until, lambda: daemon.call("status")["subscribers"] == 1, "convctl to subscribe")
     daemon.call("oauth.start")

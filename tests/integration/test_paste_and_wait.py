@@ -48,7 +48,7 @@ async def test_paste_mode_end_to_end(daemon, fake):
     out, err = await asyncio.to_thread(proc.communicate, code + "\n", 20)
     assert proc.returncode == 0, err
     assert "paste the code" in err
-    assert "Linked. Your OpenRouter key is stored in local-encrypted." in out
+    assert "Linked. Your OpenRouter key is stored in local-encrypted, as CONVOCATIONS_SECRET_BACKEND asks." in out
     key = fake.issued_keys[-1]
     assert daemon.call("secret.get") == {"key": key}
     flow = daemon.call("status")["flow"]
@@ -201,7 +201,7 @@ def test_status_names_no_fixed_port_for_a_fallback(monkeypatch):
 
     monkeypatch.setattr(commands, "_client", lambda args: StatusClient([]))
     stdout = StringIO()
-    assert cli.main(["status"], cli.Out(stdout, StringIO(), StringIO())) == 0
+    assert cli.main(["status"], cli.Out(stdout, StringIO(), StringIO())) == 1  # 1: no key is stored
     assert "FALLBACK: the preferred port was busy" in stdout.getvalue() and "3000" not in stdout.getvalue()
 
 

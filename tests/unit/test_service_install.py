@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 import plistlib
+import re
 from pathlib import Path
 
 import pytest
@@ -278,3 +279,15 @@ def test_launchd_uninstall(mac_env):
     assert [c[1] for c in run.calls] == ["print", "bootout"]
     assert any(line.startswith("removed: ") for line in lines)
     assert not si.plist_path(mac_env).exists()
+
+
+def test_the_plist_comment_names_every_placeholder_the_installer_fills():
+    """The template's comment lists its placeholders; the template uses those and no others; the installer fills
+    them all (a fifth one would be left as @NAME@ in the installed plist)."""
+    text = (si.TEMPLATES / "launchd" / si.PLIST).read_text()
+    comment, _, body = text.partition("-->")
+    named, used = set(re.findall(r"@[A-Z_]+@", comment)), set(re.findall(r"@[A-Z_]+@", body))
+    assert named == used == {"@PYTHON@", "@SOCKET_PATH@", "@HOME@", "@HTTP_PORT@"}
+    rendered = si.render_plist(python="/py", socket_path=Path("/s.sock"), home=Path("/h"), http_port=3201)
+    assert not re.search(rb"@[A-Z_]+@", rendered) and b"<string>3201</string>" in rendered
+    assert "four placeholders" in comment and "RunAtLoad" in comment

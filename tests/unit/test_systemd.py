@@ -161,3 +161,19 @@ def test_under_journal():
     assert systemd.under_journal({"INVOCATION_ID": "0123abcd"})
     assert not systemd.under_journal({})
     assert not systemd.under_journal({"JOURNAL_STREAM": ""})
+
+
+def test_service_unit(tmp_path):
+    cgroup = tmp_path / "cgroup"
+    cgroup.write_text("0::/user.slice/user-1000.slice/user@1000.service/app.slice/convocationsd.service\n")
+    assert systemd.service_unit({"INVOCATION_ID": "abc"}, str(cgroup)) == "convocationsd.service"
+    assert systemd.service_unit({}, str(cgroup)) is None  # systemd-socket-activate, a terminal: no manager
+    v1 = "12:cpuset:/\n1:name=systemd:/user.slice/user-1000.slice/user@1000.service/convocationsd.service\n"
+    cgroup.write_text(v1)
+    assert systemd.service_unit({"INVOCATION_ID": "abc"}, str(cgroup)) == "convocationsd.service"
+    # A shell in a terminal server's unit inherits its INVOCATION_ID: that unit is not ours to restart.
+    cgroup.write_text("0::/user.slice/user-1000.slice/user@1000.service/app.slice/gnome-terminal-server.service\n")
+    assert systemd.service_unit({"INVOCATION_ID": "abc"}, str(cgroup)) is None
+    cgroup.write_text("0::/user.slice/user-1000.slice/user@1000.service/app.slice/vte-spawn-1.scope\n")
+    assert systemd.service_unit({"INVOCATION_ID": "abc"}, str(cgroup)) is None
+    assert systemd.service_unit({"INVOCATION_ID": "abc"}, str(tmp_path / "missing")) is None
