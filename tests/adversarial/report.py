@@ -31,7 +31,9 @@ OUT_ENV = "CONVOCATIONS_ROBUSTNESS_JSON"
 DOORS = {
     "test_web_attacks": "Web pages attacking localhost",
     "test_local_users": "Other local users",
+    "test_planted_code": "Code planted where a program starts",
     "test_bad_input": "Bad input on every door",
+    "test_key_storage": "Storing the key when things go wrong",
     "test_upstream_faults": "Upstream faults",
     "test_crashes": "Crashes and restarts",
     "test_no_leaks": "Secrets never leak",
@@ -379,9 +381,54 @@ MUTANTS = [
     (
         "Key never on the secret-store helper's command line",
         "store/helper.py",
-        '[sys.executable, "-m", __name__, str(self.config_path), self.forced_backend or ""],',
-        '[sys.executable, "-m", __name__, str(self.config_path), self.forced_backend or "", line.decode()],',
+        '                        self.forced_backend or "",\n',
+        '                        self.forced_backend or "",\n                        line.decode(),\n',
         ["tests/integration/test_secret_helper.py::test_the_key_travels_only_through_the_pipe"],
+    ),
+]
+
+
+PLANTED = "tests/adversarial/test_planted_code.py::test_code_planted_in_the_working_directory_never_runs"
+MUTANTS += [
+    (
+        "The secret-store helper imports nothing from the working directory (-P)",
+        "common/interpreter.py",
+        'return [python, SAFE_PATH, "-m", module]',
+        'return [python, "-m", module] if module.endswith("helper") else [python, SAFE_PATH, "-m", module]',
+        [PLANTED + "[entry-point-script]"],
+    ),
+    (
+        "The systemd unit and launchd agent import nothing from the working directory (-P)",
+        "cli/service_install.py",
+        'return module_command(python, "convocationsd")',
+        'return [python, "-m", "convocationsd"]',
+        [PLANTED + "[systemd-unit]", PLANTED + "[launchd-agent]"],
+    ),
+    (
+        "-P, not -I, keeps a pip install --user installation",
+        "common/interpreter.py",
+        'SAFE_PATH = "-P"',
+        'SAFE_PATH = "-I"',
+        ["tests/adversarial/test_planted_code.py::test_the_command_line_keeps_a_user_installation"],
+    ),
+]
+
+
+KEY_STORAGE = "tests/adversarial/test_key_storage.py::"
+MUTANTS += [
+    (
+        "The secret-store helper refuses an operation it does not know",
+        "store/helper.py",
+        'elif op == "clear":',
+        "elif True:",
+        [KEY_STORAGE + "test_helper_refuses_an_operation_it_does_not_know"],
+    ),
+    (
+        "A helper that did not answer is ended before the next call",
+        "store/helper.py",
+        "            if not answer:  # also when something above raised\n",
+        "            if not answer and not sys.exc_info()[0]:\n",
+        [KEY_STORAGE + "test_a_helper_call_that_fails_is_not_answered_by_the_next_one"],
     ),
 ]
 
@@ -449,19 +496,25 @@ def run_mutant(defence: str, file: str, old: str, new: str, tests: list[str]) ->
         shutil.copytree(ROOT / "convocationsd", work / "convocationsd", ignore=shutil.ignore_patterns("__pycache__"))
         shutil.copy(ROOT / "pyproject.toml", work / "pyproject.toml")
         (work / "tests").symlink_to(ROOT / "tests")
+        for templates in ("systemd", "launchd"):  # found beside the package in a checkout
+            if (ROOT / templates).is_dir():
+                (work / templates).symlink_to(ROOT / templates)
         target = work / "convocationsd" / file
         text = target.read_text()
         if old not in text:
             return "not applied", f"`{old}` is no longer in {file}: update MUTANTS"
         target.write_text(text.replace(old, new))
-        # cwd=work: both this pytest and the daemons it starts (python -m convocationsd) import the mutant.
+        # cwd=work: this pytest and the daemons it starts (python -m convocationsd) import the mutant; so do the
+        # processes that import nothing from their working directory (python -P, entry-point scripts), through
+        # PYTHONPATH.
+        path = os.pathsep.join(p for p in (str(work), os.environ.get("PYTHONPATH", "")) if p)
         done = subprocess.run(
             [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests],
             cwd=work,
             capture_output=True,
             text=True,
             timeout=300,
-            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": path},
         )
         summary = (done.stdout.strip().splitlines() or ["(no output)"])[-1]
         failed = [
