@@ -110,6 +110,16 @@ def build_parser() -> argparse.ArgumentParser:
     get_key.add_argument("--show", action="store_true", help="print the key even when stdout is a terminal")
     _json_flag(get_key, 'print {"key": ...}, or the error, as JSON on stdout')
     _json_flag(command(secret, "clear-openrouter-key", "remove the stored key"))
+    _json_flag(
+        command(
+            secret,
+            "retry-store",
+            "store the key the daemon holds in memory after storing it failed",
+            "Store the key OpenRouter issued at a login whose storing failed (`convctl status` shows it); the "
+            "daemon holds such a key in memory until it is stored. Fix the cause first (the login's error says "
+            "what it was), then run this.",
+        )
+    )
     _json_flag(command(secret, "status", "is a key stored, and where"))
 
     run = command(

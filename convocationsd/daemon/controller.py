@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from convocationsd import __version__
@@ -25,6 +25,7 @@ from convocationsd.core.flows import (
     Flow,
     FlowError,
     FlowStore,
+    iso,
     reported_error,
 )
 from convocationsd.store.secrets import SecretStatus, SecretStore
@@ -49,6 +50,28 @@ class Endpoint:
     port: int
     port_fallback: bool
     socket_path: str
+
+
+@dataclass(frozen=True)
+class UnsavedKey:
+    """A key OpenRouter issued that the secret store did not take. It is kept in the daemon's memory only,
+    never written in plain text: a lost key would leave the person's account linked to nothing, and OpenRouter
+    cannot hand it out again. ``retry_store`` (and any later read of the key) stores it once the store works."""
+
+    key: str = field(repr=False)
+    session_id: str
+    since: float
+    reason: str
+
+    def public(self) -> dict[str, str]:
+        """What ``status`` shows: never the key."""
+        return {"session_id": self.session_id, "since": iso(self.since), "reason": self.reason}
+
+
+RETRY_HINT = (
+    "Until then the daemon holds the key in memory (it is lost if the daemon stops), and `convctl exec` can use "
+    "it. Fix the cause, then run `convctl secret retry-store`."
+)
 
 
 class CodeRejected(ConvError):
@@ -90,6 +113,7 @@ class Controller:
         self._secret_lock = asyncio.Lock()
         self.last_activity = time.monotonic()
         self.secret_state = SecretStatus(False, None)  # cached so that `status` never waits on a backend
+        self.unsaved: UnsavedKey | None = None  # a key OpenRouter issued that could not be stored yet
         from convocationsd.daemon.account import AccountStatus
 
         self.account = AccountStatus(self)  # the key's label/usage from OpenRouter, cached, refreshed in the background
@@ -218,7 +242,7 @@ class Controller:
                 "OpenRouter did not accept that code for this login.",
                 "Check that you copied the whole code from the page OpenRouter showed, and paste it again.",
             )
-        return flow.complete_data()
+        return self._complete_data(flow)
 
     async def _exchange_on_the_side(self, flow: Flow, code: str) -> Outcome:
         """The code of a callback without state (``allow_stateless_callbacks``). The flow stays pending all
@@ -277,16 +301,18 @@ class Controller:
         """Stores the key OpenRouter created for ``flow`` and ends the flow with how that went."""
         try:
             backend = await self._store_key(key)
-        except ConvError as e:
-            failure = FlowError("storage_failed", f"The key was created but could not be saved: {e.message}", e.hint)
-        except Exception:
-            log.exception("storing the key failed")
+        except Exception as e:
+            if not isinstance(e, ConvError):
+                log.exception("storing the key failed")
+            why = e.message if isinstance(e, ConvError) else "see the daemon's log"
+            self.unsaved = UnsavedKey(key, flow.session_id, self.clock(), why)
             failure = FlowError(
                 "storage_failed",
-                "The key was created but could not be saved.",
-                "See the daemon's log, then try again.",
+                f"The key was created but could not be saved: {why.rstrip('.')}.",
+                f"{e.hint} {RETRY_HINT}" if isinstance(e, ConvError) and e.hint else RETRY_HINT,
             )
         else:
+            self._replace_unsaved("a new login stored its key")
             if self._end(flow, None, backend):
                 log.info("login %s succeeded; key stored in %s", flow.session_id, backend)
             self.bus.publish(events.KEY_CHANGED, {"stored": True, "backend": backend})
@@ -308,7 +334,12 @@ class Controller:
         return ended
 
     def _publish_complete(self, flow: Flow) -> None:
-        self.bus.publish(events.AUTH_COMPLETE, flow.complete_data())
+        self.bus.publish(events.AUTH_COMPLETE, self._complete_data(flow))
+
+    def _complete_data(self, flow: Flow) -> dict:
+        """How a login ended, and whether its key waits in memory to be stored (``unsaved_key``)."""
+        unsaved = self.unsaved is not None and self.unsaved.session_id == flow.session_id
+        return {**flow.complete_data(), "unsaved_key": unsaved}
 
     # -- secrets -------------------------------------------------------------------------------------
 
@@ -334,6 +365,32 @@ class Controller:
         # No lock: status reads only config.toml's reference, and must answer during a keyring prompt.
         return await self.refresh_secret_status()
 
+    async def retry_store(self) -> dict:
+        """Stores the key held in memory (``unsaved``) now; the key stays held when the store fails again."""
+        if self.unsaved is None:
+            raise UsageError("No key is waiting to be stored.", "`convctl status` shows the stored key.")
+        return {"stored": True, "backend": await self._store_unsaved()}
+
+    async def _store_unsaved(self) -> str:
+        unsaved = self.unsaved
+        assert unsaved is not None
+        try:
+            backend = await self._store_key(unsaved.key)
+        except ConvError as e:
+            log.warning("the key of login %s is still held in memory: %s", unsaved.session_id, e.message)
+            raise
+        if self.unsaved is unsaved:  # not replaced meanwhile by a key stored after it
+            self.unsaved = None
+            log.info("stored the key of login %s that was held in memory (backend %s)", unsaved.session_id, backend)
+            self.bus.publish(events.KEY_CHANGED, {"stored": True, "backend": backend})
+        return backend
+
+    def _replace_unsaved(self, why: str) -> None:
+        """A key stored (or cleared) on purpose since makes the one held in memory old news."""
+        if self.unsaved is not None:
+            log.info("the key of login %s held in memory is no longer needed: %s", self.unsaved.session_id, why)
+            self.unsaved = None
+
     async def secret_set(self, key: str, *, verify: bool = False) -> dict:
         """Stores a key a person gave. With ``verify``, asks OpenRouter first (``GET /api/v1/key``): a key it
         rejects is not stored (KeyNotAccepted); when it cannot be asked, the key is stored and the reply says
@@ -343,6 +400,7 @@ class Controller:
         key = check_key(key)
         unchecked = await self._check_with_openrouter(key) if verify else None
         backend = await self._store_key(key)
+        self._replace_unsaved("a key was stored with secret.set")
         self.bus.publish(events.KEY_CHANGED, {"stored": True, "backend": backend})
         reply: dict[str, Any] = {"stored": True, "backend": backend}
         if verify:
@@ -364,11 +422,21 @@ class Controller:
 
     async def secret_clear(self) -> dict:
         cleared = await self._secret_call(self.secrets.clear)
+        self._replace_unsaved("the key was cleared")
         if cleared:
             self.bus.publish(events.KEY_CHANGED, {"stored": False, "backend": None})
         return {"cleared": cleared}
 
     async def secret_get(self) -> dict:
+        """The stored key; while a key OpenRouter issued waits in memory, that one (the newest), after one
+        more try at storing it."""
+        if self.unsaved is not None:
+            unsaved = self.unsaved
+            try:
+                await self._store_unsaved()
+            except ConvError:
+                pass  # still held, and still the key to use
+            return {"key": unsaved.key}
         return {"key": await self._secret_call(self.secrets.get)}
 
     # -- status --------------------------------------------------------------------------------------
@@ -389,6 +457,7 @@ class Controller:
             len(self.bus),
             account,
             last_store,
+            self.unsaved,
         )
         cached = self._status_cache
         if cached is None or cached[0] != key:
@@ -406,6 +475,7 @@ class Controller:
                 "account": account,
                 "settings": self.setup,
                 "last_store": last_store.to_dict() if last_store else None,
+                "unsaved_key": self.unsaved.public() if self.unsaved else None,
             }
             cached = self._status_cache = (key, answer, protocol.encode(answer))
         answer = protocol.Encoded(cached[1])
@@ -417,7 +487,12 @@ class Controller:
 
     def busy(self) -> bool:
         """Something is going on that an idle exit would lose."""
-        return self.flows.pending is not None or len(self.bus) > 0 or self._secret_lock.locked()
+        return (
+            self.flows.pending is not None
+            or len(self.bus) > 0
+            or self._secret_lock.locked()
+            or self.unsaved is not None  # an idle exit would lose it
+        )
 
 
 def _failed_outcome(failure: FlowError) -> Outcome:

@@ -251,6 +251,7 @@ class Daemon:
             "secret.set": lambda c, p: ctl.secret_set(p["key"], verify=p.get("verify", False)),
             "secret.clear": lambda c, p: ctl.secret_clear(),
             "secret.get": lambda c, p: ctl.secret_get(),
+            "secret.retry_store": lambda c, p: ctl.retry_store(),
             "debug.modules": lambda c, p: {"modules": sorted({name.partition(".")[0] for name in sys.modules})},
         }
 
@@ -302,6 +303,13 @@ class Daemon:
         ctl = self.controller
         if ctl is not None and ctl.flows.pending is not None:
             ctl.cancel(force=True)
+        if ctl is not None and ctl.unsaved is not None:
+            log.error(
+                "stopping with the key of login %s still unsaved (%s): it is lost; link the account again with "
+                "`convctl oauth start`",
+                ctl.unsaved.session_id,
+                ctl.unsaved.reason,
+            )
         if self._ipc is not None:
             await self._ipc.close()
         if self._http is not None:

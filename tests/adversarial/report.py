@@ -430,6 +430,42 @@ MUTANTS += [
         "            if not answer and not sys.exc_info()[0]:\n",
         [KEY_STORAGE + "test_a_helper_call_that_fails_is_not_answered_by_the_next_one"],
     ),
+    (
+        "The helper's answer is awaited without select() (descriptors past 1023)",
+        "store/helper.py",
+        "    with selectors.DefaultSelector() as waiting:\n        waiting.register(stream, selectors.EVENT_READ)\n"
+        "        if not waiting.select(timeout):\n",
+        '    if True:\n        if not __import__("select").select([stream], [], [], timeout)[0]:\n',
+        [KEY_STORAGE + "test_a_daemon_past_1024_descriptors_links_and_hands_out_the_key"],
+    ),
+    (
+        "The blocking client waits without select() (descriptors past 1023)",
+        "client.py",
+        "            self._sock.settimeout(remaining)\n",
+        '            __import__("select").select([self._sock], [], [], remaining)\n',
+        [KEY_STORAGE + "test_a_daemon_past_1024_descriptors_links_and_hands_out_the_key"],
+    ),
+    (
+        "convctl waits for a pasted code without select() (descriptors past 1023)",
+        "cli/commands.py",
+        "        return bool(waiting.select(timeout))",
+        '        return bool(__import__("select").select([fd], [], [], timeout)[0])',
+        [KEY_STORAGE + "test_convctl_waits_for_a_pasted_code_on_a_descriptor_past_1023"],
+    ),
+    (
+        "A key that could not be stored is held in memory",
+        "daemon/controller.py",
+        "            self.unsaved = UnsavedKey(key, flow.session_id, self.clock(), why)\n",
+        "",
+        [KEY_STORAGE + "test_a_key_that_could_not_be_stored_is_held_in_memory_until_it_is"],
+    ),
+    (
+        "The next read of the key stores the one held in memory",
+        "daemon/controller.py",
+        "                await self._store_unsaved()\n",
+        "                pass\n",
+        [KEY_STORAGE + "test_a_key_that_could_not_be_stored_is_held_in_memory_until_it_is"],
+    ),
 ]
 
 

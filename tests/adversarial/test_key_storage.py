@@ -8,18 +8,24 @@ next one; only the project's own keyring item is ever read, written or deleted.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from convocationsd.client import Client
 from convocationsd.common.interpreter import module_command
 from convocationsd.store import helper as helper_module
 from convocationsd.store.helper import HelperStore
 from convocationsd.store.secrets import LOCAL_ENCRYPTED
 from convocationsd.store.select import open_store
+from tests.adversarial.harness import assert_healthy, next_event, open_fds, subscriber
+from tests.adversarial.test_bad_input import _connect_unix, _raise_nofile
+from tests.conftest import assert_no_secret, wait_until
 from tests.secretstore_contract import new_key
 
 
@@ -81,3 +87,127 @@ def test_a_helper_call_that_fails_is_not_answered_by_the_next_one(short_tmp, mon
             pytest.fail("a call was answered with the answer to an earlier one")
     finally:
         store.close()
+
+
+# -- descriptors past 1023 ------------------------------------------------------------------------------
+
+DIGEST = "import hashlib, os; print(hashlib.sha256(os.environ['OPENROUTER_API_KEY'].encode()).hexdigest())"
+
+
+def _digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _paste_login(d, fake_t) -> tuple[dict, str]:
+    """A whole login in paste mode; (the daemon's answer, the key OpenRouter issued)."""
+    reply = d.call("oauth.start", {"paste": True, "restart": True})
+    code = fake_t.run(fake_t.fake.approve_headless(reply["auth_url"]))
+    done = d.call("oauth.exchange", {"code": code})
+    return done, fake_t.fake.issued_keys[-1]
+
+
+def test_a_daemon_past_1024_descriptors_links_and_hands_out_the_key(daemon_factory, fake_t):
+    """1,100 idle socket clients (another user's flood, or many of the person's own) push the daemon's
+    descriptors past 1023, under systemd's default soft limit: a login still stores its key, ``convctl
+    exec`` reads it back, and a client whose own socket is past 1023 still gets answers.
+
+    Defence: no ``select.select()`` anywhere: store/helper._line_within and client.Client._read wait with a
+    selector and the socket's own timeout."""
+    _raise_nofile(4096)
+    d = daemon_factory(nofile=1024, CONVOCATIONS_OPENROUTER_URL=fake_t.url)
+    held = []
+    try:
+        for _ in range(1100):
+            held.append(_connect_unix(d.socket))
+        wait_until(lambda: open_fds(d.proc.pid) > 1100, "the daemon to accept the 1,100 connections")
+        with Client(d.socket, timeout=10) as late:  # this process's descriptors are past 1023 too
+            assert late._sock is not None and late._sock.fileno() > 1023
+            assert late.call("status")["pid"] == d.proc.pid
+        done, key = _paste_login(d, fake_t)
+        assert done["success"] is True, done
+        ran = d.convctl("exec", "--", sys.executable, "-c", DIGEST)
+        assert (ran.returncode, ran.stdout.strip()) == (0, _digest(key)), ran.stderr
+    finally:
+        for s in held:
+            s.close()
+    assert_no_secret(key, d.log())
+    assert_healthy(d)
+
+
+# -- a store that fails after OpenRouter issued the key --------------------------------------------------
+
+
+def test_a_key_that_could_not_be_stored_is_held_in_memory_until_it_is(daemon_factory, fake_t):
+    """Storing the key of a login fails (secret.key is readable by others, so it is refused): the login ends
+    ``storage_failed`` and says the key is held in memory, as do its event, ``status`` and ``convctl
+    status``; ``convctl exec`` still gets that key; once the file is fixed, ``convctl secret retry-store``
+    stores it, and a second held key is stored by the next read (``convctl exec``). The key is never written
+    anywhere in plain text.
+
+    Defence: controller._keep_key keeps a key it could not store (``unsaved``); retry_store and secret_get
+    store it."""
+    d = daemon_factory(CONVOCATIONS_OPENROUTER_URL=fake_t.url)
+    master = d.config_dir / "secret.key"
+    master.parent.mkdir(parents=True, exist_ok=True)
+    master.write_bytes(os.urandom(32))
+    master.chmod(0o644)
+    sub = subscriber(d, ["openrouter-auth-complete"])
+    done, key = _paste_login(d, fake_t)
+    assert done["success"] is False and done["unsaved_key"] is True, done
+    assert done["error"]["code"] == "storage_failed" and "retry-store" in done["error"]["hint"], done
+    assert "in memory" in done["error"]["hint"] and "chmod 600" in done["error"]["hint"]
+    assert next_event(sub, "openrouter-auth-complete")["data"]["unsaved_key"] is True
+    sub.close()
+    unsaved = d.call("status")["unsaved_key"]
+    assert unsaved["session_id"] == done["session_id"] and "other users" in unsaved["reason"], unsaved
+    shown = d.convctl("status")
+    assert "UNSAVED" in shown.stdout and "convctl secret retry-store" in shown.stdout, shown.stdout
+    ran = d.convctl("exec", "--", sys.executable, "-c", DIGEST)  # the store still fails: the held key is used
+    assert (ran.returncode, ran.stdout.strip()) == (0, _digest(key)), ran.stderr
+    assert d.call("status")["unsaved_key"] is not None
+
+    master.chmod(0o600)
+    retried = d.convctl("secret", "retry-store")
+    assert (retried.returncode, retried.stdout) == (0, "key stored in local-encrypted\n"), retried.stderr
+    assert d.call("status")["unsaved_key"] is None and d.call("secret.status")["stored"] is True
+    if d.call("secret.get")["key"] != key:
+        pytest.fail("the stored key is not the one OpenRouter issued")
+    again = d.convctl("secret", "retry-store")
+    assert again.returncode != 0 and "No key is waiting" in again.stderr
+
+    master.chmod(0o640)  # broken again, for a second login
+    done, second = _paste_login(d, fake_t)
+    assert done["unsaved_key"] is True
+    master.chmod(0o600)
+    ran = d.convctl("exec", "--", sys.executable, "-c", DIGEST)
+    assert (ran.returncode, ran.stdout.strip()) == (0, _digest(second)), ran.stderr
+    assert d.call("status")["unsaved_key"] is None
+    if d.call("secret.get")["key"] != second:
+        pytest.fail("reading the key did not store the one held in memory")
+    for secret in (key, second):
+        assert_no_secret(secret, d.log(), *d.extra_outputs, *_files(d.config_dir))
+
+
+def _files(directory: Path) -> list[str]:
+    return [p.read_bytes().decode("latin-1") for p in directory.rglob("*") if p.is_file()]
+
+
+def test_convctl_waits_for_a_pasted_code_on_a_descriptor_past_1023():
+    """``convctl oauth start --paste --timeout`` waits for the pasted line on stdin; a stdin past descriptor
+    1023 (a program that starts convctl with many files open and a high pipe) still works.
+
+    Defence: commands._readable_within waits with a selector, not ``select.select()``."""
+    from convocationsd.cli.commands import _readable_within
+
+    _raise_nofile(4096)
+    read_end, write_end = os.pipe()
+    high = os.dup2(read_end, 1500)
+    os.close(read_end)
+    try:
+        with open(high, "rb", closefd=False) as stream:
+            assert _readable_within(stream, 0.05) is False
+            os.write(write_end, b"code\n")
+            assert _readable_within(stream, 5.0) is True
+    finally:
+        os.close(high)
+        os.close(write_end)
