@@ -37,12 +37,15 @@ log = logging.getLogger(__name__)
 class Outcome:
     """What a callback came to, in words a person can act on (rendered as the result page)."""
 
-    kind: str  # "success" | "failed" (the login ended) | "ignored" | "reported" (an error report without state)
+    # "success" | "failed" (the login ended) | "ignored" | "reported" (an error report without state) |
+    # "confirm" (a code without state, waiting for the person's confirmation)
+    kind: str
     title: str
     message: str
     hint: str = ""
     code: str | None = None  # the event's error code, or the rejection reason
     end_login: tuple[str, str] | None = None  # "reported": (session_id, known OAuth error or "") for its button
+    confirm: str | None = None  # "confirm": the token its "Finish linking" button posts back
 
 
 @dataclass(frozen=True)
@@ -173,15 +176,21 @@ class Controller:
             )
         try:
             if state is None:
-                flow = self.flows.claim_stateless_code(code)
-            else:
-                flow = self.flows.claim_code(code, state)
+                return _confirmation(self.flows.hold_stateless_code(code))
+            flow = self.flows.claim_code(code, state)
         except CallbackRejected as e:
             log.warning("ignored a callback: %s", e.reason)
             return Outcome("ignored", "This link was ignored", e.message, e.hint, e.reason)
-        if state is None:
-            return await self._exchange_on_the_side(flow, code)
         return await self._exchange(flow, code, verified=True)
+
+    async def confirm_stateless(self, token: str) -> Outcome:
+        """The person pressed "Finish linking" on the page of a callback without state: its code is tried."""
+        try:
+            flow, code = self.flows.take_held_code(token)
+        except CallbackRejected as e:
+            log.warning("ignored a confirmation: %s", e.reason)
+            return Outcome("ignored", "Nothing was linked", e.message, e.hint, e.reason)
+        return await self._exchange_on_the_side(flow, code)
 
     def callback_error(self, error: str, state: str | None) -> Outcome:
         """An ``?error=`` callback. With the login's state it ends the login, in our words for the error
@@ -245,10 +254,10 @@ class Controller:
         return self._complete_data(flow)
 
     async def _exchange_on_the_side(self, flow: Flow, code: str) -> Outcome:
-        """The code of a callback without state (``allow_stateless_callbacks``). The flow stays pending all
-        along, so the callback with the right state never waits for this one; a failure leaves it as it
-        was, and only OpenRouter accepting the code for this flow's verifier, proof that the code is this
-        flow's, ends it."""
+        """The confirmed code of a callback without state (``allow_stateless_callbacks``). The flow stays
+        pending while OpenRouter is asked, so the callback with the right state never waits for this one; a
+        failure leaves it as it was. A key is stored only if the flow is still pending when it comes: never
+        for a login that has ended, or that a callback with its state is finishing."""
         from convocationsd.daemon.openrouter import UpstreamError
 
         log.debug("login %s: trying the code of a callback without state, on the side", flow.session_id)
@@ -261,6 +270,17 @@ class Controller:
             else:
                 message = f"{e.flow_error.message} The login in progress is still waiting."
             return Outcome("ignored", "This link was ignored", message, e.flow_error.hint, e.flow_error.code)
+        if not self.flows.claim_side_result(flow):
+            log.warning(
+                "login %s had ended when the key of a code without state came; it was not stored", flow.session_id
+            )
+            return Outcome(
+                "ignored",
+                "Nothing was linked",
+                "The login this page was about had already ended, so the key OpenRouter issued for it was not stored.",
+                "Check `convctl status`: it shows how the login ended.",
+                "not_pending",
+            )
         return await self._keep_key(flow, result.key)
 
     async def _exchange(self, flow: Flow, code: str, *, verified: bool) -> Outcome:
@@ -493,6 +513,20 @@ class Controller:
             or self._secret_lock.locked()
             or self.unsaved is not None  # an idle exit would lose it
         )
+
+
+def _confirmation(token: str) -> Outcome:
+    return Outcome(
+        "confirm",
+        "Finish linking your OpenRouter account?",
+        "This page was opened with a login code but without the check value (`state`) of the login in "
+        "progress. That is how OpenRouter comes back when it does not send `state`, and also how another web "
+        "page could slip in a code of its own, to link its account in place of yours. The login is still "
+        "waiting.",
+        "Press the button only if you approved Convocations on OpenRouter in this browser just now. Otherwise "
+        "close this tab; `convctl oauth start --paste` links without this step.",
+        confirm=token,
+    )
 
 
 def _failed_outcome(failure: FlowError) -> Outcome:

@@ -115,8 +115,8 @@ MUTANTS = [
     (
         "Stateless codes never hold the login (exchanged on the side)",
         "core/flows.py",
-        "        _refuse_if_exchanging(flow)\n        self._remember(code)\n        return flow",
-        "        return self._claim(flow, code)",
+        "        _refuse_if_exchanging(held[0])\n        return held",
+        '        return self._claim(held[0], "confirmed-" + token), held[1]',
         ["tests/adversarial/test_web_attacks.py::test_right_state_goes_first_while_a_stateless_code_is_exchanged"],
     ),
     (
@@ -465,6 +465,33 @@ MUTANTS += [
         "                await self._store_unsaved()\n",
         "                pass\n",
         [KEY_STORAGE + "test_a_key_that_could_not_be_stored_is_held_in_memory_until_it_is"],
+    ),
+]
+
+
+WEB = "tests/adversarial/test_web_attacks.py::"
+MUTANTS += [
+    (
+        "A code without state waits for the person's confirmation",
+        "daemon/controller.py",
+        "                return _confirmation(self.flows.hold_stateless_code(code))",
+        "                flow, code = self.flows.take_held_code(self.flows.hold_stateless_code(code))\n"
+        "                return await self._exchange_on_the_side(flow, code)",
+        [WEB + "test_a_code_made_without_a_challenge_is_not_used_without_the_person"],
+    ),
+    (
+        "The Finish-linking button only from our own page",
+        "daemon/http_app.py",
+        "if not _same_site(request, ctl.endpoint.port):  # only its own page may finish the login",
+        "if False:",
+        [WEB + "test_a_code_made_without_a_challenge_is_not_used_without_the_person"],
+    ),
+    (
+        "Never store a key from a login that has ended",
+        "core/flows.py",
+        "if self.pending is not flow or flow.status != PENDING:",
+        "if False:",
+        [WEB + "test_a_key_from_a_login_that_has_ended_is_never_stored"],
     ),
 ]
 
