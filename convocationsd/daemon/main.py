@@ -20,7 +20,7 @@ from convocationsd import __version__
 from convocationsd.common.cmdline import ArgumentParser
 from convocationsd.common.settings import DEFAULT, LOG_LEVELS, Settings
 from convocationsd.core import protocol
-from convocationsd.core.errors import ConvError, UntrustedSocket
+from convocationsd.core.errors import ConvError, UntrustedConfig, UntrustedSocket
 from convocationsd.core.events import ALL_EVENTS, AUTH_STARTED, EventBus
 from convocationsd.daemon import systemd
 from convocationsd.daemon.controller import Controller, Endpoint
@@ -368,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         loaded = config.load(flags, env)
     except ConvError as e:
         print(f"convocationsd: {e}", file=sys.stderr)
-        return 1 if isinstance(e, UntrustedSocket) else 2  # an unsafe place is no usage error
+        return 1 if isinstance(e, (UntrustedSocket, UntrustedConfig)) else 2  # an unsafe place is no usage error
     settings = loaded.settings
     setup_logging(settings.log_level, env)
     _warn_about_config(loaded)

@@ -453,6 +453,13 @@ MUTANTS += [
         [KEY_STORAGE + "test_convctl_waits_for_a_pasted_code_on_a_descriptor_past_1023"],
     ),
     (
+        "Only the project's own keyring item is read, written or deleted",
+        "store/select.py",
+        'if backend == KEYRING and (ref["service"], ref["username"]) != (SERVICE, USERNAME):',
+        "if False:",
+        [KEY_STORAGE + "test_a_key_reference_cannot_name_another_keyring_item"],
+    ),
+    (
         "A key that could not be stored is held in memory",
         "daemon/controller.py",
         "            self.unsaved = UnsavedKey(key, flow.session_id, self.clock(), why)\n",
@@ -492,6 +499,32 @@ MUTANTS += [
         "if self.pending is not flow or flow.status != PENDING:",
         "if False:",
         [WEB + "test_a_key_from_a_login_that_has_ended_is_never_stored"],
+    ),
+]
+
+
+LOCAL = "tests/adversarial/test_local_users.py::"
+MUTANTS += [
+    (
+        "A config.toml (or directory) others can write stops the daemon",
+        "store/configfile.py",
+        "elif mode & 0o002 or (mode & 0o020 and not _private_group(st.st_gid, st.st_uid)):",
+        "elif False:",
+        [LOCAL + "test_config_that_others_can_write_stops_the_daemon"],
+    ),
+    (
+        "A config.toml of another user stops the daemon",
+        "store/configfile.py",
+        "        if not trusted_uid(st.st_uid):\n",
+        "        if False:\n",
+        [LOCAL + "test_config_another_user_appended_to_or_owns_stops_the_daemon"],
+    ),
+    (
+        "Group write on config.toml only for a group of one",
+        "store/configfile.py",
+        "return primary <= {owner} and set(group.gr_mem) <= {name} and bool(primary or group.gr_mem)",
+        "return True",
+        [LOCAL + "test_config_another_user_appended_to_or_owns_stops_the_daemon"],
     ),
 ]
 

@@ -9,23 +9,28 @@ next one; only the project's own keyring item is ever read, written or deleted.
 from __future__ import annotations
 
 import hashlib
+import http.server
 import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
 from convocationsd.client import Client
 from convocationsd.common.interpreter import module_command
+from convocationsd.core.errors import ConvError
 from convocationsd.store import helper as helper_module
 from convocationsd.store.helper import HelperStore
 from convocationsd.store.secrets import LOCAL_ENCRYPTED
 from convocationsd.store.select import open_store
 from tests.adversarial.harness import assert_healthy, next_event, open_fds, subscriber
 from tests.adversarial.test_bad_input import _connect_unix, _raise_nofile
-from tests.conftest import assert_no_secret, wait_until
+from tests.conftest import assert_no_secret, base_env, wait_until
+from tests.helpers.gnome_keyring import gnome_keyring
+from tests.helpers.gnome_keyring import missing_tools as gnome_keyring_missing
 from tests.secretstore_contract import new_key
 
 
@@ -211,3 +216,74 @@ def test_convctl_waits_for_a_pasted_code_on_a_descriptor_past_1023():
     finally:
         os.close(high)
         os.close(write_end)
+
+
+# -- a key reference that names someone else's keyring item ---------------------------------------------
+
+OTHER_TOKEN = "ghp_" + "7" * 36  # what another program keeps in the same keyring (a GitHub token, say)
+KEYRING_CALL = "import sys, keyring\nop = sys.argv[1]\n" + (
+    "if op == 'set':\n    keyring.set_password('github', 'token', sys.argv[2])\n"
+    "else:\n    print(keyring.get_password('github', 'token') == sys.argv[2])\n"
+)
+
+
+class _Recorder(http.server.BaseHTTPRequestHandler):
+    """An ``openrouter_url`` of the attacker's choosing: it keeps every Authorization header it is sent."""
+
+    seen: list[str] = []
+
+    def do_GET(self) -> None:
+        self.seen.append(self.headers.get("Authorization", ""))
+        self.send_response(401)
+        self.end_headers()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_a_key_reference_cannot_name_another_keyring_item(daemon_factory, short_tmp):
+    """config.toml's key reference is edited to name another item of the same OS keyring (a GitHub token)
+    and ``openrouter_url`` to point at the editor's server: the daemon and convctl refuse to read it (``secret
+    get``, ``exec``, the account check) with a message naming the project's own item, nothing reaches that
+    server, and ``secret clear`` removes the reference but not the other item.
+
+    Defence: store/select.ConfiguredStore._reference accepts only service ``convocations``, username
+    ``openrouter_api_key``."""
+    if reason := gnome_keyring_missing():
+        pytest.skip(reason)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    env = base_env(short_tmp, HOME=str(short_tmp / "home"), CONVOCATIONS_SECRET_BACKEND="keyring")
+    try:
+        with gnome_keyring(env, "the person's password") as kenv:
+            python = [sys.executable, "-c", KEYRING_CALL]
+            subprocess.run([*python, "set", OTHER_TOKEN], env=kenv, check=True, timeout=60)
+            config = short_tmp / "cfg" / "convocations" / "config.toml"
+            config.parent.mkdir(parents=True)
+            config.write_text(
+                'openrouter_api_key = { backend = "keyring", service = "github", username = "token" }\n'
+                f'openrouter_url = "http://127.0.0.1:{server.server_port}"\n'
+            )
+            d = daemon_factory(
+                HOME=kenv["HOME"],
+                CONVOCATIONS_SECRET_BACKEND="keyring",
+                DBUS_SESSION_BUS_ADDRESS=kenv["DBUS_SESSION_BUS_ADDRESS"],
+            )
+            # `convctl status` waits a moment for the account's details, which the daemon would ask the
+            # configured address about, with the key it read.
+            outputs = [d.convctl("status").stdout]
+            for args in (("secret", "get-openrouter-key"), ("exec", "--", "true")):
+                done = d.convctl(*args)
+                outputs += [done.stdout, done.stderr]
+                assert done.returncode != 0 and "project's own" in done.stderr, (args, done.stderr)
+            with pytest.raises(ConvError, match="project's own"):
+                d.call("secret.get")
+            cleared = d.convctl("secret", "clear-openrouter-key")
+            assert cleared.returncode == 0, cleared.stderr
+            still = subprocess.run([*python, "get", OTHER_TOKEN], env=kenv, capture_output=True, text=True, timeout=60)
+            assert still.stdout.strip() == "True", "the other program's keyring item was removed"
+            assert "openrouter_api_key" not in config.read_text()
+    finally:
+        server.shutdown()
+    assert not [h for h in _Recorder.seen if OTHER_TOKEN in h], "the other item's secret was sent out"
+    assert_no_secret(OTHER_TOKEN, d.log(), *outputs)
