@@ -196,7 +196,9 @@ async def start_get(request: web.Request) -> web.StreamResponse:
         return _forbidden(
             request, "A login can only be started from this computer's Convocations, not by another site."
         )
-    reply = ctl.start(restart=request.query.get("restart") == "1")
+    # Joins a pending login or starts one, never ends one: a link opened from mail or chat arrives with
+    # `Sec-Fetch-Site: none` like a typed address, so a GET could come from anyone. Ending one takes the POST.
+    reply = ctl.start()
     raise web.HTTPFound(reply["auth_url"])
 
 

@@ -494,6 +494,13 @@ MUTANTS += [
         [WEB + "test_a_code_made_without_a_challenge_is_not_used_without_the_person"],
     ),
     (
+        "A GET of the start route never ends a pending login",
+        "daemon/http_app.py",
+        "    reply = ctl.start()\n    raise web.HTTPFound",
+        '    reply = ctl.start(restart=request.query.get("restart") == "1")\n    raise web.HTTPFound',
+        [WEB + "test_a_link_opened_from_another_app_cannot_end_the_pending_login"],
+    ),
+    (
         "Never store a key from a login that has ended",
         "core/flows.py",
         "if self.pending is not flow or flow.status != PENDING:",

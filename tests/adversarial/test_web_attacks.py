@@ -869,3 +869,28 @@ def test_a_key_from_a_login_that_has_ended_is_never_stored(relaxed, fake_t):
     if d.call("secret.get")["key"] != mine_key:
         pytest.fail("a key issued after the login ended replaced the person's")
     d.call("secret.clear")
+
+
+# -- links from other apps -------------------------------------------------------------------------------
+
+
+def test_a_link_opened_from_another_app_cannot_end_the_pending_login(mdaemon, fake_t):
+    """A link in mail or chat to ``/api/openrouter/oauth/start?restart=1`` opened while the app's login is
+    pending (the browser sends ``Sec-Fetch-Site: none``, as for a typed address): it joins that login, never
+    cancels it, and the app's own approval still links.
+
+    Defence: http_app.start_get never restarts; only the POST (from our own origin) or the socket may."""
+    d = mdaemon
+    sub = subscriber(d, ["openrouter-auth-complete"])
+    reply = d.call("oauth.start", {"restart": True})
+    for query in ("restart=1", "restart=true", "restart=1&restart=1"):
+        r = raw_http(d.port, "GET", f"{START}?{query}", {"Sec-Fetch-Site": "none", "Sec-Fetch-Mode": "navigate"})
+        assert r.status == 302 and state_of(r.header("Location")) == state_of(reply["auth_url"]), (query, r.dump())
+    flow = d.call("status")["flow"]
+    assert (flow["session_id"], flow["status"]) == (reply["session_id"], "pending")
+    _, page = callback(d.port, query_of(fake_t.approve(reply["auth_url"])), NAVIGATION)
+    assert page is not None and "OpenRouter account linked" in page.text
+    first = next_event(sub, "openrouter-auth-complete")
+    assert first["data"]["session_id"] == reply["session_id"] and first["data"]["success"] is True, first
+    sub.close()
+    d.call("secret.clear")
