@@ -24,6 +24,7 @@ from convocationsd.common import proc_net
 from convocationsd.core import pkce
 from convocationsd.daemon import pages
 from convocationsd.daemon.controller import Controller, Outcome
+from convocationsd.daemon.logs import Repeats
 
 log = logging.getLogger(__name__)
 
@@ -354,12 +355,15 @@ class _MalformedRequests(logging.Filter):
 
 
 _MALFORMED = _MalformedRequests()
+REPEATS = Repeats()  # anyone on this machine can have requests refused, as often as they like
 
 
 def make_app(controller: Controller) -> web.Application:
     server_log = logging.getLogger("aiohttp.server")
     if _MALFORMED not in server_log.filters:
         server_log.addFilter(_MALFORMED)
+        server_log.addFilter(REPEATS)  # after _MALFORMED, which gives such records one message
+        log.addFilter(REPEATS)
     app = web.Application(middlewares=[security], client_max_size=MAX_BODY)
     app[CONTROLLER] = controller
     app[RESULTS] = Results()

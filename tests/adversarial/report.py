@@ -513,6 +513,13 @@ MUTANTS += [
 LOCAL = "tests/adversarial/test_local_users.py::"
 MUTANTS += [
     (
+        "Refused requests logged once per kind per interval, with a count",
+        "daemon/logs.py",
+        "        if held is not None:\n            held[1] += 1\n",
+        "        if False:\n            held[1] += 1\n",
+        ["tests/adversarial/test_bad_input.py::test_a_flood_of_refused_requests_is_logged_once_per_kind_with_a_count"],
+    ),
+    (
         "A config.toml (or directory) others can write stops the daemon",
         "store/configfile.py",
         "elif mode & 0o002 or (mode & 0o020 and not _private_group(st.st_gid, st.st_uid)):",
