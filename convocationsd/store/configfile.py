@@ -191,9 +191,19 @@ def _unreadable(path: Path, e: OSError) -> ConfigError:
 
 def _make_dir(directory: Path) -> None:
     try:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
+        make_private_dir(directory)
     except OSError as e:
         raise ConfigError(f"Cannot create {directory}: {e.strerror or e}.", "Check its parent's permissions.") from e
+
+
+def make_private_dir(directory: Path) -> None:
+    """Creates ``directory`` and any missing parents 0700, whatever umask we were given: makedirs' ``mode``
+    is only the last one's, and a parent made 0777 under umask 000 would let others swap what is inside."""
+    old_umask = os.umask(0o077)
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+    finally:
+        os.umask(old_umask)
 
 
 def _lock(lock_path: Path, path: Path) -> int:

@@ -527,6 +527,13 @@ MUTANTS += [
         [LOCAL + "test_config_that_others_can_write_stops_the_daemon"],
     ),
     (
+        "The config directory's missing parents are made 0700 under any umask",
+        "store/configfile.py",
+        "    old_umask = os.umask(0o077)\n    try:\n        os.makedirs(directory, mode=0o700, exist_ok=True)",
+        "    old_umask = os.umask(os.umask(0))\n    try:\n        os.makedirs(directory, mode=0o700, exist_ok=True)",
+        [LOCAL + "test_modes_hold_under_umask_000"],
+    ),
+    (
         "A config.toml of another user stops the daemon",
         "store/configfile.py",
         "        if not trusted_uid(st.st_uid):\n",

@@ -103,12 +103,16 @@ def test_other_uid_cannot_start_or_join_a_login_over_http(daemon_factory):
 
 
 def test_modes_hold_under_umask_000(daemon_factory):
-    """Even started with umask 000: runtime dir 0700, socket 0600, config dir 0700, config.toml and secret.key 0600."""
+    """Even started with umask 000: runtime dir 0700, socket 0600, config dir 0700 (and the folders it made
+    above it), config.toml and secret.key 0600.
+
+    Defence: paths.ensure_socket_dir and configfile.make_private_dir create under umask 077."""
     d = daemon_factory(umask=0)
     d.call("secret.set", {"key": "sk-or-v1-" + "a" * 64})
     assert stat.S_IMODE(os.stat(d.socket.parent).st_mode) == 0o700
     assert stat.S_IMODE(os.stat(d.socket).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(d.config_dir).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(d.config_dir.parent).st_mode) == 0o700  # XDG_CONFIG_HOME, made for it
     for name in ("config.toml", "secret.key"):
         assert stat.S_IMODE(os.stat(d.config_dir / name).st_mode) == 0o600, name
     for p in d.config_dir.iterdir():
