@@ -376,7 +376,7 @@ def test_two_thousand_idle_connections(daemon_factory):
     d = daemon_factory(nofile=1024)
     pid = d.proc.pid
     rss0, fds0 = rss_kib(pid), open_fds(pid)
-    probe = d.client(timeout=10)  # opened first: the blocking client's select() needs a low descriptor
+    probe = d.client(timeout=10)  # opened before the crowd
     probe.call("status")
     held: list[socket.socket] = []
     deadline = time.monotonic() + 30
