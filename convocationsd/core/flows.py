@@ -301,7 +301,8 @@ class FlowStore:
         if held is None or held[0] is not self.pending:
             raise CallbackRejected(
                 "not_pending",
-                "The login this page was about is no longer waiting: it has ended, or was restarted.",
+                "The login this page was about is no longer waiting (it has ended, or was restarted), or its "
+                "code was set aside for newer ones.",
                 "Check `convctl status`; run `convctl oauth start` to link again.",
             )
         _refuse_if_exchanging(held[0])
