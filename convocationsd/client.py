@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import socket
 import time
 from collections import deque
@@ -159,14 +158,17 @@ class Client:
     def _read(self, deadline: float | None) -> dict | None:
         assert self._sock is not None
         while b"\n" not in self._buf:
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            ready, _, _ = select.select([self._sock], [], [], remaining)
-            if not ready:
-                return None
+            # The socket's own timeout (poll() inside), not select(), which refuses descriptors from 1024 on.
+            remaining = None if deadline is None else max(0.001, deadline - time.monotonic())
+            self._sock.settimeout(remaining)
             try:
                 chunk = self._sock.recv(65536)
+            except TimeoutError:
+                return None
             except OSError as e:
                 raise _unreachable(self.path, e) from None
+            finally:
+                self._sock.settimeout(self.timeout)
             if not chunk:
                 raise DaemonUnreachable("The daemon closed the connection (it stopped or restarted).", START_HINT)
             self._buf += chunk

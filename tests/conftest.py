@@ -179,11 +179,13 @@ def start_daemon(
     module: str = "convocationsd",
     umask: int | None = None,
     nofile: int | None = None,
+    command: list[str] | None = None,
+    cwd: Path | None = None,
     **env_overrides: str,
 ) -> DaemonProcess:
-    """``python -m convocationsd`` (or a test's launcher ``module`` of it) with its own dirs under ``tmp``;
-    ``CONVOCATIONS_SOCKET=""`` for the default socket path. ``umask`` and ``nofile`` (the soft open-file limit)
-    are what a service manager might hand it."""
+    """``python -m convocationsd`` (or a test's launcher ``module`` of it, or another ``command`` line, run in
+    ``cwd``) with its own dirs under ``tmp``; ``CONVOCATIONS_SOCKET=""`` for the default socket path. ``umask``
+    and ``nofile`` (the soft open-file limit) are what a service manager might hand it."""
     env = base_env(tmp, **env_overrides)
     env.setdefault("RCONV_HTTP_PORT", "0")  # see port_chosen_by_daemon
     log_path = tmp / f"daemon-{time.monotonic_ns()}.log"
@@ -199,8 +201,9 @@ def start_daemon(
 
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen(
-            [sys.executable, "-m", module, "--log-level", "debug", *args],
+            [*(command or [sys.executable, "-m", module]), "--log-level", "debug", *args],
             env=env,
+            cwd=cwd,
             stdout=log_file,
             stderr=subprocess.STDOUT,
             preexec_fn=None if umask is None and nofile is None else prepare,

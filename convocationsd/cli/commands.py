@@ -58,6 +58,13 @@ def status(args: argparse.Namespace, out: Any) -> int:
     flow = st.get("flow")
     if flow:
         out.print(f"login:    {_login_line(flow)}")
+    unsaved = st.get("unsaved_key")
+    if unsaved:
+        out.print(
+            f"UNSAVED:  the key of login {unsaved.get('session_id')} could not be stored "
+            f"({str(unsaved.get('reason')).rstrip('.')}); the daemon holds it in memory only and loses it if it "
+            "stops. Fix the cause, then run `convctl secret retry-store`."
+        )
     for entry in st.get("restart_needed") or ():
         out.print(f"restart:  {_restart_line(entry)}")
     return code
@@ -371,13 +378,15 @@ def _paste_code(c: Client, session: str, out: Any, timeout: float | None = None)
 
 
 def _readable_within(stream: Any, timeout: float) -> bool:
-    import select
+    import selectors  # not select.select(), which refuses descriptors from 1024 on
 
     try:
         fd = stream.fileno()
     except (AttributeError, OSError, ValueError):
         return True  # not a real file (tests pass StringIO): read it
-    return bool(select.select([fd], [], [], timeout)[0])
+    with selectors.DefaultSelector() as waiting:
+        waiting.register(fd, selectors.EVENT_READ)
+        return bool(waiting.select(timeout))
 
 
 def _code_from_paste(line: str) -> str:
@@ -495,6 +504,14 @@ def secret(args: argparse.Namespace, out: Any) -> int:
         return EXIT_OK
     if args.action == "get-openrouter-key":
         return _print_key(args, out)
+    if args.action == "retry-store":
+        with _client(args) as c:  # the key is in the daemon's memory: there are no files to fall back to
+            result = c.call("secret.retry_store", timeout=secret_ops.KEYRING_WAIT)
+        if args.json:
+            out.json(result)
+        else:
+            out.print(f"key stored in {result['backend']}")
+        return EXIT_OK
     key = _read_key(out)
     result = secret_ops.set_key(args.socket, key, verify=not args.no_verify)
     if args.json:

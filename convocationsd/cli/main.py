@@ -159,6 +159,16 @@ def build_parser() -> argparse.ArgumentParser:
     get_key_flags(command(secret, "get-openrouter-key", get_key_help, get_key_description))
     clear_help = "remove the stored key (it stays valid at OpenRouter until you delete it there)"
     _json_flag(command(secret, "clear-openrouter-key", clear_help))
+    _json_flag(
+        command(
+            secret,
+            "retry-store",
+            "store the key the daemon holds in memory after storing it failed",
+            "Store the key OpenRouter issued at a login whose storing failed (`convctl status` shows it); the "
+            "daemon holds such a key in memory until it is stored. Fix the cause first (the login's error says "
+            "what it was), then run this.",
+        )
+    )
     _json_flag(command(secret, "status", "is a key stored, and where", epilog=SECRET_STATUS_EXIT_CODES))
 
     run = command(

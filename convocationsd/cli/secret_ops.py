@@ -8,6 +8,7 @@ import os
 from convocationsd.client import Client
 from convocationsd.core.errors import DaemonUnreachable, KeyNotAccepted
 
+KEYRING_WAIT = 150.0  # seconds for the daemon's answer to a secret call: a keyring unlock prompt may take a while
 KEY_CHECK_TIMEOUT = 10.0  # seconds for OpenRouter to answer GET /api/v1/key when no daemon runs
 KEY_INFO_PATH = "/api/v1/key"  # what daemon/openrouter.py asks too
 
@@ -16,7 +17,7 @@ def _via_daemon(socket: str | None, method: str, params: dict | None = None) -> 
     """The daemon's answer, or None when no daemon can be reached (then the caller uses the files).
     Only a failed connect means that: once connected, every error propagates (NoReply, RemoteError, a
     disconnect mid-call), since the daemon may still be writing the store and two writers must not race."""
-    client = Client(socket, timeout=150.0)  # a keyring unlock prompt may take a person a while
+    client = Client(socket, timeout=KEYRING_WAIT)
     try:
         client.connect()
     except DaemonUnreachable:

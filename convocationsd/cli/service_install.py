@@ -24,6 +24,7 @@ from typing import TextIO
 
 from convocationsd.cli.terminal import safe_line
 from convocationsd.common import paths
+from convocationsd.common.interpreter import module_command
 from convocationsd.core.errors import ConvError
 
 
@@ -79,11 +80,18 @@ def systemd_quote(arg: str) -> str:
     return arg
 
 
+def daemon_command(python: str) -> list[str]:
+    """What the unit and the plist run: the daemon of this installation, importing nothing from the
+    working directory (systemd's and launchd's default is the home directory, where a ``json.py`` of the
+    person's own, or one someone left in a shared directory, would otherwise be imported first)."""
+    return module_command(python, "convocationsd")
+
+
 def render_units(python: str, http_port: int = 3000, templates: Path = TEMPLATES) -> dict[str, str]:
     """Unit file name -> content for this installation."""
     source = _template_dir(templates, "systemd", UNITS)
     units = {name: (source / name).read_text() for name in UNITS}
-    exec_start = "ExecStart=" + " ".join(systemd_quote(a) for a in (python, "-m", "convocationsd"))
+    exec_start = "ExecStart=" + " ".join(systemd_quote(a) for a in daemon_command(python))
     units[SERVICE] = re.sub(r"^ExecStart=.*$", lambda _: exec_start, units[SERVICE], count=1, flags=re.M)
     units[SOCKETS[1]] = re.sub(
         r"^(ListenStream=(?:127\.0\.0\.1|\[::1\])):\d+$", rf"\g<1>:{int(http_port)}", units[SOCKETS[1]], flags=re.M
@@ -110,7 +118,9 @@ def render_plist(
             return [fill(v) for v in node]
         return node
 
-    return plistlib.dumps(fill(plistlib.loads((source / PLIST).read_bytes())), sort_keys=False)
+    agent = fill(plistlib.loads((source / PLIST).read_bytes()))
+    agent["ProgramArguments"] = daemon_command(python)  # the one command line, whatever the template says
+    return plistlib.dumps(agent, sort_keys=False)
 
 
 def _template_dir(templates: Path, sub: str, names: Sequence[str]) -> Path:

@@ -55,6 +55,11 @@ class ConfigError(ConvError):
     """config.toml cannot be read or parsed; the file is never overwritten in that state."""
 
 
+class UntrustedConfig(ConfigError):
+    """config.toml, or a directory on its way, can be changed by another user: it is not used, since it
+    says where the key is sent (``openrouter_url``) and where it is kept."""
+
+
 class SecretStoreError(ConvError):
     """The secret could not be stored, read or removed."""
 

@@ -9,10 +9,14 @@ Rules (the contract's "Flows" section):
   only from the socket), a wrong ``state``, a code seen before, or an exchange already running, it is
   rejected and the pending flow is left untouched.
 - A callback without ``state`` can never end, block or delay the flow: any web page can send one. Its code
-  is refused unless ``require_state`` is off (for an OpenRouter that does not echo ``state``); then it is
-  checked on the side (``claim_stateless_code``) while the flow stays pending, and only OpenRouter accepting
-  it for this flow's PKCE verifier, proof that it is this flow's code, can end the flow. A stateless
-  ``?error=`` ends nothing by itself (the person may end the flow from its page).
+  is refused unless ``require_state`` is off (for an OpenRouter that does not echo ``state``). Even then it
+  is not used until the person at the browser confirms it: it is held (``hold_stateless_code``) under an
+  unguessable token that only our own page shows, and the page's button hands it back
+  (``take_held_code``). OpenRouter accepting it proves nothing: a code made without a PKCE challenge is
+  accepted whatever the verifier. It is then exchanged on the side while the flow stays pending, and its
+  key is kept only if the flow is still pending when OpenRouter answers (``claim_side_result``): never for
+  a flow that ended, or that a callback with the right state is finishing. A stateless ``?error=`` ends
+  nothing by itself (the person may end the flow from its page).
 - Error codes from a callback are never shown as they came: known OAuth codes map to our own texts.
 
 Pure: the clock and the token source are arguments; nothing here sleeps, schedules or does I/O.
@@ -24,7 +28,7 @@ import hashlib
 import hmac
 import secrets
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -34,6 +38,7 @@ from convocationsd.core import pkce
 
 PENDING = "pending"
 EXCHANGING = "exchanging"
+MAX_HELD = 8  # stateless codes held for confirmation at once
 SUCCEEDED = "succeeded"
 FAILED = "failed"
 
@@ -192,6 +197,8 @@ class FlowStore:
         self.history: deque[Flow] = deque(maxlen=history)
         # Digests, not codes: the store never keeps a usable code after its one exchange.
         self._used_codes: deque[bytes] = deque(maxlen=used_codes)
+        # Stateless codes waiting for the person's confirmation: token -> (flow, code); the latest few only.
+        self._held: OrderedDict[str, tuple[Flow, str]] = OrderedDict()
 
     # -- starting and ending -------------------------------------------------------------------------
 
@@ -251,6 +258,8 @@ class FlowStore:
         flow.finished_at = self._clock()
         if self.pending is flow:
             self.pending = None
+        for token in [token for token, (held, _) in self._held.items() if held is flow]:
+            del self._held[token]  # its codes go with it
         self.history.append(flow)
         return flow
 
@@ -262,10 +271,10 @@ class FlowStore:
         flow = self._callback_flow(state)
         return self._claim(flow, code)
 
-    def claim_stateless_code(self, code: str) -> Flow:
-        """The flow whose verifier may turn the code of a callback without ``state`` into a key. The flow
-        stays pending: the callback with the right state must never wait for this one or be turned away.
-        Raises CallbackRejected unless ``require_state`` is off."""
+    def hold_stateless_code(self, code: str) -> str:
+        """Holds the code of a callback without ``state`` until the person confirms it, and returns the token
+        that confirms it (``take_held_code``). The flow stays pending: the callback with the right state must
+        never wait for this one or be turned away. Raises CallbackRejected unless ``require_state`` is off."""
         flow = self._callback_flow(None)
         if self.require_state:
             raise CallbackRejected(
@@ -275,11 +284,38 @@ class FlowStore:
                 "If OpenRouter sent you here right after you approved, it did not send `state` back. Then set "
                 "`allow_stateless_callbacks = true` in convocationsd's config.toml (or "
                 "`CONVOCATIONS_ALLOW_STATELESS_CALLBACKS=1`), restart or reload convocationsd, and run "
-                "`convctl oauth start` again.",
+                "`convctl oauth start` again; or use `convctl oauth start --paste`, which needs no callback.",
             )
         _refuse_if_exchanging(flow)
         self._remember(code)
-        return flow
+        token = self._token(24)
+        self._held[token] = (flow, code)
+        while len(self._held) > MAX_HELD:  # a page sending many: only the latest few wait
+            self._held.popitem(last=False)
+        return token
+
+    def take_held_code(self, token: str) -> tuple[Flow, str]:
+        """The flow and code held under ``token`` (once); raises CallbackRejected when that flow is no longer
+        pending or the token is unknown."""
+        held = self._held.pop(token, None) if isinstance(token, str) else None
+        if held is None or held[0] is not self.pending:
+            raise CallbackRejected(
+                "not_pending",
+                "The login this page was about is no longer waiting (it has ended, or was restarted), or its "
+                "code was set aside for newer ones.",
+                "Check `convctl status`; run `convctl oauth start` to link again.",
+            )
+        _refuse_if_exchanging(held[0])
+        return held
+
+    def claim_side_result(self, flow: Flow) -> bool:
+        """OpenRouter issued a key for a stateless code exchanged on the side: marks ``flow`` as finishing with
+        it, or returns False when the flow has ended meanwhile or a callback with its state is finishing it
+        (that key must then never be stored)."""
+        if self.pending is not flow or flow.status != PENDING:
+            return False
+        flow.status = EXCHANGING
+        return True
 
     def claim_pasted(self, code: str) -> Flow:
         """Marks the pending flow (of either mode) as exchanging a code pasted over the socket, the trusted

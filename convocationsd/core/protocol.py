@@ -33,6 +33,7 @@ METHODS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "secret.set": {"key": ((str,), True), "verify": ((bool,), False)},
     "secret.clear": {},
     "secret.get": {},
+    "secret.retry_store": {},
     "debug.modules": {},
 }
 

@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from convocationsd import __version__
@@ -25,6 +25,7 @@ from convocationsd.core.flows import (
     Flow,
     FlowError,
     FlowStore,
+    iso,
     reported_error,
 )
 from convocationsd.store.secrets import SecretStatus, SecretStore
@@ -36,12 +37,15 @@ log = logging.getLogger(__name__)
 class Outcome:
     """What a callback came to, in words a person can act on (rendered as the result page)."""
 
-    kind: str  # "success" | "failed" (the login ended) | "ignored" | "reported" (an error report without state)
+    # "success" | "failed" (the login ended) | "ignored" | "reported" (an error report without state) |
+    # "confirm" (a code without state, waiting for the person's confirmation)
+    kind: str
     title: str
     message: str
     hint: str = ""
     code: str | None = None  # the event's error code, or the rejection reason
     end_login: tuple[str, str] | None = None  # "reported": (session_id, known OAuth error or "") for its button
+    confirm: str | None = None  # "confirm": the token its "Finish linking" button posts back
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,28 @@ class Endpoint:
     port: int
     port_fallback: bool
     socket_path: str
+
+
+@dataclass(frozen=True)
+class UnsavedKey:
+    """A key OpenRouter issued that the secret store did not take. It is kept in the daemon's memory only,
+    never written in plain text: a lost key would leave the person's account linked to nothing, and OpenRouter
+    cannot hand it out again. ``retry_store`` (and any later read of the key) stores it once the store works."""
+
+    key: str = field(repr=False)
+    session_id: str
+    since: float
+    reason: str
+
+    def public(self) -> dict[str, str]:
+        """What ``status`` shows: never the key."""
+        return {"session_id": self.session_id, "since": iso(self.since), "reason": self.reason}
+
+
+RETRY_HINT = (
+    "Until then the daemon holds the key in memory (it is lost if the daemon stops), and `convctl exec` can use "
+    "it. Fix the cause, then run `convctl secret retry-store`."
+)
 
 
 class CodeRejected(ConvError):
@@ -92,6 +118,7 @@ class Controller:
         self._secret_lock = asyncio.Lock()
         self.last_activity = time.monotonic()
         self.secret_state = SecretStatus(False, None)  # cached so that `status` never waits on a backend
+        self.unsaved: UnsavedKey | None = None  # a key OpenRouter issued that could not be stored yet
         from convocationsd.daemon.account import AccountStatus
 
         self.account = AccountStatus(self)  # the key's label/usage from OpenRouter, cached, refreshed in the background
@@ -151,15 +178,21 @@ class Controller:
             )
         try:
             if state is None:
-                flow = self.flows.claim_stateless_code(code)
-            else:
-                flow = self.flows.claim_code(code, state)
+                return _confirmation(self.flows.hold_stateless_code(code))
+            flow = self.flows.claim_code(code, state)
         except CallbackRejected as e:
             log.warning("ignored a callback: %s", e.reason)
             return Outcome("ignored", "This link was ignored", e.message, e.hint, e.reason)
-        if state is None:
-            return await self._exchange_on_the_side(flow, code)
         return await self._exchange(flow, code, verified=True)
+
+    async def confirm_stateless(self, token: str) -> Outcome:
+        """The person pressed "Finish linking" on the page of a callback without state: its code is tried."""
+        try:
+            flow, code = self.flows.take_held_code(token)
+        except CallbackRejected as e:
+            log.warning("ignored a confirmation: %s", e.reason)
+            return Outcome("ignored", "Nothing was linked", e.message, e.hint, e.reason)
+        return await self._exchange_on_the_side(flow, code)
 
     def callback_error(self, error: str, state: str | None) -> Outcome:
         """An ``?error=`` callback. With the login's state it ends the login, in our words for the error
@@ -220,13 +253,13 @@ class Controller:
                 "OpenRouter did not accept that code for this login.",
                 "Check that you copied the whole code from the page OpenRouter showed, and paste it again.",
             )
-        return flow.complete_data()
+        return self._complete_data(flow)
 
     async def _exchange_on_the_side(self, flow: Flow, code: str) -> Outcome:
-        """The code of a callback without state (``allow_stateless_callbacks``). The flow stays pending all
-        along, so the callback with the right state never waits for this one; a failure leaves it as it
-        was, and only OpenRouter accepting the code for this flow's verifier, proof that the code is this
-        flow's, ends it."""
+        """The confirmed code of a callback without state (``allow_stateless_callbacks``). The flow stays
+        pending while OpenRouter is asked, so the callback with the right state never waits for this one; a
+        failure leaves it as it was. A key is stored only if the flow is still pending when it comes: never
+        for a login that has ended, or that a callback with its state is finishing."""
         from convocationsd.daemon.openrouter import UpstreamError
 
         log.debug("login %s: trying the code of a callback without state, on the side", flow.session_id)
@@ -239,6 +272,17 @@ class Controller:
             else:
                 message = f"{e.flow_error.message} The login in progress is still waiting."
             return Outcome("ignored", "This link was ignored", message, e.flow_error.hint, e.flow_error.code)
+        if not self.flows.claim_side_result(flow):
+            log.warning(
+                "login %s had ended when the key of a code without state came; it was not stored", flow.session_id
+            )
+            return Outcome(
+                "ignored",
+                "Nothing was linked",
+                "The login this page was about had already ended, so the key OpenRouter issued for it was not stored.",
+                "Check `convctl status`: it shows how the login ended.",
+                "not_pending",
+            )
         return await self._keep_key(flow, result.key)
 
     async def _exchange(self, flow: Flow, code: str, *, verified: bool) -> Outcome:
@@ -279,16 +323,18 @@ class Controller:
         """Stores the key OpenRouter created for ``flow`` and ends the flow with how that went."""
         try:
             backend = await self._store_key(key)
-        except ConvError as e:
-            failure = FlowError("storage_failed", f"The key was created but could not be saved: {e.message}", e.hint)
-        except Exception:
-            log.exception("storing the key failed")
+        except Exception as e:
+            if not isinstance(e, ConvError):
+                log.exception("storing the key failed")
+            why = e.message if isinstance(e, ConvError) else "see the daemon's log"
+            self.unsaved = UnsavedKey(key, flow.session_id, self.clock(), why)
             failure = FlowError(
                 "storage_failed",
-                "The key was created but could not be saved.",
-                "See the daemon's log, then try again.",
+                f"The key was created but could not be saved: {why.rstrip('.')}.",
+                f"{e.hint} {RETRY_HINT}" if isinstance(e, ConvError) and e.hint else RETRY_HINT,
             )
         else:
+            self._replace_unsaved("a new login stored its key")
             if self._end(flow, None, backend):
                 log.info("login %s succeeded; key stored in %s", flow.session_id, backend)
             self.bus.publish(events.KEY_CHANGED, {"stored": True, "backend": backend})
@@ -310,7 +356,12 @@ class Controller:
         return ended
 
     def _publish_complete(self, flow: Flow) -> None:
-        self.bus.publish(events.AUTH_COMPLETE, flow.complete_data())
+        self.bus.publish(events.AUTH_COMPLETE, self._complete_data(flow))
+
+    def _complete_data(self, flow: Flow) -> dict:
+        """How a login ended, and whether its key waits in memory to be stored (``unsaved_key``)."""
+        unsaved = self.unsaved is not None and self.unsaved.session_id == flow.session_id
+        return {**flow.complete_data(), "unsaved_key": unsaved}
 
     # -- secrets -------------------------------------------------------------------------------------
 
@@ -336,6 +387,32 @@ class Controller:
         # No lock: status reads only config.toml's reference, and must answer during a keyring prompt.
         return await self.refresh_secret_status()
 
+    async def retry_store(self) -> dict:
+        """Stores the key held in memory (``unsaved``) now; the key stays held when the store fails again."""
+        if self.unsaved is None:
+            raise UsageError("No key is waiting to be stored.", "`convctl status` shows the stored key.")
+        return {"stored": True, "backend": await self._store_unsaved()}
+
+    async def _store_unsaved(self) -> str:
+        unsaved = self.unsaved
+        assert unsaved is not None
+        try:
+            backend = await self._store_key(unsaved.key)
+        except ConvError as e:
+            log.warning("the key of login %s is still held in memory: %s", unsaved.session_id, e.message)
+            raise
+        if self.unsaved is unsaved:  # not replaced meanwhile by a key stored after it
+            self.unsaved = None
+            log.info("stored the key of login %s that was held in memory (backend %s)", unsaved.session_id, backend)
+            self.bus.publish(events.KEY_CHANGED, {"stored": True, "backend": backend})
+        return backend
+
+    def _replace_unsaved(self, why: str) -> None:
+        """A key stored (or cleared) on purpose since makes the one held in memory old news."""
+        if self.unsaved is not None:
+            log.info("the key of login %s held in memory is no longer needed: %s", self.unsaved.session_id, why)
+            self.unsaved = None
+
     async def secret_set(self, key: str, *, verify: bool = False) -> dict:
         """Stores a key a person gave. With ``verify``, asks OpenRouter first (``GET /api/v1/key``): a key it
         rejects is not stored (KeyNotAccepted); when it cannot be asked, the key is stored and the reply says
@@ -345,6 +422,7 @@ class Controller:
         key = check_key(key)
         unchecked = await self._check_with_openrouter(key) if verify else None
         backend = await self._store_key(key)
+        self._replace_unsaved("a key was stored with secret.set")
         self.bus.publish(events.KEY_CHANGED, {"stored": True, "backend": backend})
         reply: dict[str, Any] = {"stored": True, "backend": backend}
         if verify:
@@ -366,11 +444,21 @@ class Controller:
 
     async def secret_clear(self) -> dict:
         cleared = await self._secret_call(self.secrets.clear)
+        self._replace_unsaved("the key was cleared")
         if cleared:
             self.bus.publish(events.KEY_CHANGED, {"stored": False, "backend": None})
         return {"cleared": cleared}
 
     async def secret_get(self) -> dict:
+        """The stored key; while a key OpenRouter issued waits in memory, that one (the newest), after one
+        more try at storing it."""
+        if self.unsaved is not None:
+            unsaved = self.unsaved
+            try:
+                await self._store_unsaved()
+            except ConvError:
+                pass  # still held, and still the key to use
+            return {"key": unsaved.key}
         return {"key": await self._secret_call(self.secrets.get)}
 
     # -- status --------------------------------------------------------------------------------------
@@ -391,6 +479,7 @@ class Controller:
             len(self.bus),
             account,
             last_store,
+            self.unsaved,
         )
         cached = self._status_cache
         if cached is None or cached[0] != key:
@@ -410,6 +499,7 @@ class Controller:
                 "last_store": last_store.to_dict() if last_store else None,
                 "service": self.service,
                 "restart_needed": self.restart_needed,
+                "unsaved_key": self.unsaved.public() if self.unsaved else None,
             }
             cached = self._status_cache = (key, answer, protocol.encode(answer))
         answer = protocol.Encoded(cached[1])
@@ -426,7 +516,26 @@ class Controller:
 
     def busy(self) -> bool:
         """Something is going on that an idle exit would lose."""
-        return self.flows.pending is not None or len(self.bus) > 0 or self._secret_lock.locked()
+        return (
+            self.flows.pending is not None
+            or len(self.bus) > 0
+            or self._secret_lock.locked()
+            or self.unsaved is not None  # an idle exit would lose it
+        )
+
+
+def _confirmation(token: str) -> Outcome:
+    return Outcome(
+        "confirm",
+        "Finish linking your OpenRouter account?",
+        "This page was opened with a login code but without the check value (`state`) of the login in "
+        "progress. That is how OpenRouter comes back when it does not send `state`, and also how another web "
+        "page could slip in a code of its own, to link its account in place of yours. The login is still "
+        "waiting.",
+        "Press the button only if you approved Convocations on OpenRouter in this browser just now. Otherwise "
+        "close this tab; `convctl oauth start --paste` links without this step.",
+        confirm=token,
+    )
 
 
 def _failed_outcome(failure: FlowError) -> Outcome:

@@ -24,6 +24,7 @@ from convocationsd.common import proc_net
 from convocationsd.core import pkce
 from convocationsd.daemon import pages
 from convocationsd.daemon.controller import Controller, Outcome
+from convocationsd.daemon.logs import Repeats
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,7 @@ START = "/api/openrouter/oauth/start"
 CALLBACK = pkce.CALLBACK_PATH  # the path OpenRouter is sent, so route and callback_url cannot drift apart
 RESULT = "/api/openrouter/oauth/result/{id}"
 END = pages.END_PATH
+CONFIRM = pages.CONFIRM_PATH
 STATUS = "/api/status"
 
 MAX_RESULTS = 32
@@ -195,7 +197,9 @@ async def start_get(request: web.Request) -> web.StreamResponse:
         return _forbidden(
             request, "A login can only be started from this computer's Convocations, not by another site."
         )
-    reply = ctl.start(restart=request.query.get("restart") == "1")
+    # Joins a pending login or starts one, never ends one: a link opened from mail or chat arrives with
+    # `Sec-Fetch-Site: none` like a typed address, so a GET could come from anyone. Ending one takes the POST.
+    reply = ctl.start()
     raise web.HTTPFound(reply["auth_url"])
 
 
@@ -263,6 +267,25 @@ async def end_login(request: web.Request) -> web.StreamResponse:
     _show_result(request, ctl.end_reported(session_id, error))
 
 
+async def confirm_stateless(request: web.Request) -> web.StreamResponse:
+    """The "Finish linking" button on the page of a code without state: only the person at the browser can
+    press it. Another site cannot post it (the same-site check), frame it (the security headers) or read
+    the token it carries (no CORS, and DNS rebinding is refused)."""
+    ctl = request.app[CONTROLLER]
+    if not _same_site(request, ctl.endpoint.port):  # only its own page may finish the login
+        return _forbidden(
+            request, "A login can only be finished from its own page on this computer, not by another site."
+        )
+    try:
+        form = await request.post()
+    except ValueError:
+        form = None
+    token = form.get("token") if form else None
+    if not isinstance(token, str):
+        return _html(pages.error_page(400, "This form was not sent the way its page sends it."), 400)
+    _show_result(request, await ctl.confirm_stateless(token))
+
+
 async def result(request: web.Request) -> web.StreamResponse:
     outcome: Outcome | None = request.app[RESULTS].get(request.match_info["id"])
     if outcome is None:
@@ -272,12 +295,12 @@ async def result(request: web.Request) -> web.StreamResponse:
             ),
             404,
         )
-    status = 200 if outcome.kind == "success" else 400
+    status = 200 if outcome.kind in ("success", "confirm") else 400
     page = pages.result_page(
-        outcome.kind, outcome.title, outcome.message, outcome.hint, outcome.code, outcome.end_login
+        outcome.kind, outcome.title, outcome.message, outcome.hint, outcome.code, outcome.end_login, outcome.confirm
     )
     response = _html(page, status)
-    if outcome.end_login is not None:
+    if outcome.end_login is not None or outcome.confirm is not None:
         response.headers["Content-Security-Policy"] = pages.FORM_CSP  # its one form posts to this origin
     return response
 
@@ -332,12 +355,15 @@ class _MalformedRequests(logging.Filter):
 
 
 _MALFORMED = _MalformedRequests()
+REPEATS = Repeats()  # anyone on this machine can have requests refused, as often as they like
 
 
 def make_app(controller: Controller) -> web.Application:
     server_log = logging.getLogger("aiohttp.server")
     if _MALFORMED not in server_log.filters:
         server_log.addFilter(_MALFORMED)
+        server_log.addFilter(REPEATS)  # after _MALFORMED, which gives such records one message
+        log.addFilter(REPEATS)
     app = web.Application(middlewares=[security], client_max_size=MAX_BODY)
     app[CONTROLLER] = controller
     app[RESULTS] = Results()
@@ -347,5 +373,6 @@ def make_app(controller: Controller) -> web.Application:
     app.router.add_get(CALLBACK, callback)
     app.router.add_get(RESULT, result)
     app.router.add_post(END, end_login)
+    app.router.add_post(CONFIRM, confirm_stateless)
     app.router.add_get(STATUS, status_json)
     return app

@@ -9,6 +9,7 @@ second handler.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sys
@@ -83,3 +84,62 @@ def setup_logging(level: str, env: Mapping[str, str] = os.environ, *, stream: Te
 def set_level(level: str) -> None:
     """Changes the level only (SIGHUP reload of ``log_level``)."""
     logging.getLogger().setLevel(_level(level))
+
+
+REPEAT_INTERVAL = 60.0  # seconds: at most one line per kind of refusal in this long
+
+
+class Repeats(logging.Filter):
+    """One line per kind of message per ``interval``, for messages anyone can cause as often as they like
+    (refused requests: 3,000 in a third of a second would push everything else out of the journal).
+
+    The first of a kind (its logger and message template) passes; the next ones within ``interval`` are
+    only counted, and the count is logged with the first one's text when the interval ends (one line per
+    interval while they keep coming), or by ``flush`` at shutdown. Outside an event loop nothing is held
+    back, since nothing could report the count."""
+
+    def __init__(self, interval: float = REPEAT_INTERVAL) -> None:
+        super().__init__()
+        self.interval = interval
+        self._held: dict[tuple[str, str], list] = {}  # kind -> [first record, how many more, since when]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "repeats_summary", False):
+            return True
+        kind = (record.name, str(record.msg))
+        held = self._held.get(kind)
+        if held is not None:
+            held[1] += 1
+            return False
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return True
+        self._held[kind] = [record, 0, time.monotonic()]
+        loop.call_later(self.interval, self._report, kind)
+        return True
+
+    def _report(self, kind: tuple[str, str]) -> None:
+        """The interval of ``kind`` is over: its count, if any, and a new interval while they keep coming."""
+        first, count, since = self._held.pop(kind)
+        if count:
+            self._summary(first, count, since)
+            self._held[kind] = [first, 0, time.monotonic()]
+            asyncio.get_running_loop().call_later(self.interval, self._report, kind)
+
+    def flush(self) -> None:
+        """Logs what is counted and not yet reported (at shutdown)."""
+        held, self._held = self._held, {}
+        for first, count, since in held.values():
+            if count:
+                self._summary(first, count, since)
+
+    def _summary(self, first: logging.LogRecord, count: int, since: float) -> None:
+        logging.getLogger(first.name).log(
+            first.levelno,
+            "%d more like this in the last %.0f s: %s",
+            count,
+            time.monotonic() - since,
+            first.getMessage(),
+            extra={"repeats_summary": True},
+        )

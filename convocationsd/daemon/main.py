@@ -20,7 +20,7 @@ from convocationsd import __version__
 from convocationsd.common.cmdline import ArgumentParser
 from convocationsd.common.settings import DEFAULT, LOG_LEVELS, Settings
 from convocationsd.core import pkce, protocol
-from convocationsd.core.errors import ConvError, UntrustedSocket
+from convocationsd.core.errors import ConvError, UntrustedConfig, UntrustedSocket
 from convocationsd.core.events import ALL_EVENTS, AUTH_STARTED, EventBus
 from convocationsd.daemon import systemd
 from convocationsd.daemon.controller import Controller, Endpoint
@@ -255,6 +255,7 @@ class Daemon:
             "secret.set": lambda c, p: ctl.secret_set(p["key"], verify=p.get("verify", False)),
             "secret.clear": lambda c, p: ctl.secret_clear(),
             "secret.get": lambda c, p: ctl.secret_get(),
+            "secret.retry_store": lambda c, p: ctl.retry_store(),
             "debug.modules": lambda c, p: {"modules": sorted({name.partition(".")[0] for name in sys.modules})},
         }
 
@@ -326,6 +327,13 @@ class Daemon:
         ctl = self.controller
         if ctl is not None and ctl.flows.pending is not None:
             ctl.cancel(force=True)
+        if ctl is not None and ctl.unsaved is not None:
+            log.error(
+                "stopping with the key of login %s still unsaved (%s): it is lost; link the account again with "
+                "`convctl oauth start`",
+                ctl.unsaved.session_id,
+                ctl.unsaved.reason,
+            )
         if self._ipc is not None:
             await self._ipc.close()
         if self._http is not None:
@@ -397,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
         loaded = config.load(flags, env)
     except ConvError as e:
         print(f"convocationsd: {e}", file=sys.stderr)
-        return 1 if isinstance(e, UntrustedSocket) else 2  # an unsafe place is no usage error
+        return 1 if isinstance(e, (UntrustedSocket, UntrustedConfig)) else 2  # an unsafe place is no usage error
     settings = loaded.settings
     setup_logging(settings.log_level, env)
     _warn_about_config(loaded)

@@ -4,8 +4,9 @@ Everything dynamic goes through ``html.escape``; `backticked` commands in our ow
 after escaping. The one stylesheet is inline and allowed by its hash in the Content-Security-Policy, so
 the policy can forbid everything else. The "Link OpenRouter" control is a plain link to the GET start
 route, not a form: Chromium applies ``form-action`` to the redirect that follows a form submission, and
-that redirect goes to OpenRouter. The one form, "End the login" on the page of an error report without
-state, posts to our own origin, and its page alone is served with ``form-action 'self'``. Every page works
+that redirect goes to OpenRouter. The two forms, "End the login" on the page of an error report without
+state and "Finish linking" on the page of a code without state, post to our own origin, and their pages
+alone are served with ``form-action 'self'``. Every page works
 with JavaScript off and never shows a key.
 """
 
@@ -20,6 +21,7 @@ from convocationsd.core.pkce import fallback_port_note
 
 START_PATH = "/api/openrouter/oauth/start"
 END_PATH = "/api/openrouter/oauth/end"
+CONFIRM_PATH = "/api/openrouter/oauth/confirm"
 
 STYLE = (
     ":root{color-scheme:light dark;--bg:#f4f5f7;--card:#fff;--ink:#1d1f23;--muted:#5f6368;--line:#e3e5e8;"
@@ -98,8 +100,10 @@ def result_page(
     hint: str = "",
     code: str | None = None,
     end_login: tuple[str, str] | None = None,
+    confirm: str | None = None,
 ) -> str:
-    """``end_login`` = (session_id, error) adds an "End the login" button that posts them to END_PATH."""
+    """``end_login`` = (session_id, error) adds an "End the login" button that posts them to END_PATH;
+    ``confirm`` (a token) a "Finish linking" button that posts it to CONFIRM_PATH."""
     tone, mark = {"success": ("ok", "&#10003;"), "failed": ("bad", "!")}.get(kind, ("info", "i"))
     parts = [_head(mark, title), f"<p>{_text(message)}</p>"]
     closing = CLOSE_TAB
@@ -115,6 +119,11 @@ def result_page(
             f'<form method=post action="{END_PATH}"><input type=hidden name=session_id value="{escape(session_id)}">'
             f'<input type=hidden name=error value="{escape(error)}">'
             "<button class=button type=submit>End the login</button></form>"
+        )
+    if confirm is not None:
+        parts.append(
+            f'<form method=post action="{CONFIRM_PATH}"><input type=hidden name=token value="{escape(confirm)}">'
+            "<button class=button type=submit>Finish linking</button></form>"
         )
     if code and kind != "success":
         parts.append(f'<p class="small">Reason code: <code>{escape(code)}</code></p>')

@@ -14,13 +14,15 @@ import fcntl
 import os
 import re
 import secrets
+import stat
 import time
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from convocationsd.core.errors import ConfigError
+from convocationsd.common.peercred import describe_uid, trusted_uid
+from convocationsd.core.errors import ConfigError, UntrustedConfig
 
 if TYPE_CHECKING:  # tomlkit is imported only when writing
     import tomlkit
@@ -29,8 +31,10 @@ LOCK_TIMEOUT = 10.0  # seconds; writers hold the lock for milliseconds
 
 
 def load(path: Path) -> dict[str, Any]:
-    """Returns config.toml as plain Python values; ``{}`` when the file does not exist."""
+    """Returns config.toml as plain Python values; ``{}`` when the file does not exist. Raises
+    UntrustedConfig for a file that others could have changed (``check_trusted``)."""
     path = Path(path)
+    check_trusted(path)
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -47,6 +51,7 @@ def update(path: Path, mutate: Callable[[tomlkit.TOMLDocument], tomlkit.TOMLDocu
     Raises ConfigError (and writes nothing) when the existing file cannot be read or parsed."""
     import tomlkit
 
+    check_trusted(Path(path))
     path = Path(os.path.realpath(path))  # write through a symlinked config, do not replace the link
     directory = path.parent
     _make_dir(directory)
@@ -79,6 +84,58 @@ def update(path: Path, mutate: Callable[[tomlkit.TOMLDocument], tomlkit.TOMLDocu
         _atomic_write(path, new_text.encode("utf-8"))
     finally:
         os.close(lock_fd)  # also releases the flock
+
+
+# -- who may change it --------------------------------------------------------------------------------
+
+
+def check_trusted(path: Path) -> None:
+    """Refuses (UntrustedConfig) a config.toml that another user could have written: the file, a link on its
+    way, or a directory above it (as written, and where links lead) that belongs to someone other than us
+    or root, or that others may write to (a directory that is sticky, such as /tmp, excepted). Group write
+    is "others" too, unless the group is the owner's alone (a user-private group under umask 002), as
+    OpenSSH's StrictModes allows it on Debian. What does not exist yet is skipped: we create it private."""
+    path = Path(os.path.abspath(path))
+    real = Path(os.path.realpath(path))
+    for p in dict.fromkeys([path, real, *path.parents, *real.parents]):
+        try:
+            st = os.lstat(p)
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            raise _unreadable(p, e) from e
+        mode = stat.S_IMODE(st.st_mode)
+        if not trusted_uid(st.st_uid):
+            problem, fix = (
+                f"belongs to {describe_uid(st.st_uid)}",
+                f"Move it away, or have root give it to you: chown {os.getuid()} {p}",
+            )
+        elif stat.S_ISLNK(st.st_mode) or (stat.S_ISDIR(st.st_mode) and mode & stat.S_ISVTX):
+            continue  # a link's own mode means nothing; in a sticky directory others cannot swap what is ours
+        elif mode & 0o002 or (mode & 0o020 and not _private_group(st.st_gid, st.st_uid)):
+            problem, fix = f"can be written by other users (mode {mode:04o})", f"Run: chmod go-w {p}"
+        else:
+            continue
+        where = f"{path}" if p in (path, real) else f"{p}, a directory above {path},"
+        raise UntrustedConfig(
+            f"{where} {problem}, so it is not used: whoever can change it decides where the OpenRouter key is sent.",
+            f"{fix}, then check that the file says only what you wrote.",
+        )
+
+
+def _private_group(gid: int, owner: int) -> bool:
+    """Whether ``owner`` is the one and only member of group ``gid`` (as its primary group, and among its
+    listed members); looked up only for a group-writable file, which is rare."""
+    import grp
+    import pwd
+
+    try:
+        group = grp.getgrgid(gid)
+        name = pwd.getpwuid(owner).pw_name
+    except KeyError:
+        return False
+    primary = {user.pw_uid for user in pwd.getpwall() if user.pw_gid == gid}
+    return primary <= {owner} and set(group.gr_mem) <= {name} and bool(primary or group.gr_mem)
 
 
 # -- parsing ---------------------------------------------------------------------------------------
@@ -134,9 +191,19 @@ def _unreadable(path: Path, e: OSError) -> ConfigError:
 
 def _make_dir(directory: Path) -> None:
     try:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
+        make_private_dir(directory)
     except OSError as e:
         raise ConfigError(f"Cannot create {directory}: {e.strerror or e}.", "Check its parent's permissions.") from e
+
+
+def make_private_dir(directory: Path) -> None:
+    """Creates ``directory`` and any missing parents 0700, whatever umask we were given: makedirs' ``mode``
+    is only the last one's, and a parent made 0777 under umask 000 would let others swap what is inside."""
+    old_umask = os.umask(0o077)
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+    finally:
+        os.umask(old_umask)
 
 
 def _lock(lock_path: Path, path: Path) -> int:

@@ -18,7 +18,7 @@ import stat
 from pathlib import Path
 
 from convocationsd.core.errors import SecretStoreError
-from convocationsd.store.configfile import fsync_dir
+from convocationsd.store.configfile import fsync_dir, make_private_dir
 
 KEY_FILE = "secret.key"
 KEY_BYTES = 32
@@ -131,7 +131,7 @@ class LocalEncrypted:
         path = self.key_path
         directory = path.parent
         try:
-            os.makedirs(directory, mode=0o700, exist_ok=True)
+            make_private_dir(directory)
             tmp = directory / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             try:

@@ -3,7 +3,7 @@
 The daemon lives for hours. keyring (with its backends), cryptography and tomlkit, once imported by the
 first login, would stay in its memory for good: 8 MB with the local-encrypted backend, over 20 MB with the
 OS keyring, more than all the rest of an idle daemon. So :class:`HelperStore` answers ``status`` itself
-(config.toml read with the stdlib's tomllib) and hands every other call to ``python -m
+(config.toml read with the stdlib's tomllib) and hands every other call to ``python -P -m
 convocationsd.store.helper``: the same ConfiguredStore convctl uses, in a child that serves the calls of
 one burst (a login's ``set``, then the account refresh's ``get``) until the daemon lets it go, ``LINGER``
 seconds after the last call, taking those libraries with it. The next call starts a new one (about 0.1 s,
@@ -22,13 +22,14 @@ import dataclasses
 import json
 import logging
 import os
-import select
+import selectors
 import sys
 import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from convocationsd.common.interpreter import module_command
 from convocationsd.core import errors
 from convocationsd.core.errors import ConvError, SecretStoreError
 from convocationsd.store.keyring_backend import KeyringMissing
@@ -118,13 +119,19 @@ class HelperStore:
         return result
 
     def _exchange(self, line: bytes) -> bytes:
-        """Sends one call to the child (started if none runs) and returns its answer line."""
+        """Sends one call to the child (started if none runs) and returns its answer line. A child that did
+        not answer, for whatever reason (a timeout, its exit, an error here), is ended before this returns:
+        the next call starts a clean one, never reading a late answer meant for this call."""
         import subprocess
 
         if self._child is None:
             try:
                 self._child = subprocess.Popen(
-                    [sys.executable, "-m", __name__, str(self.config_path), self.forced_backend or ""],
+                    [
+                        *module_command(sys.executable, __name__),
+                        str(self.config_path),
+                        self.forced_backend or "",
+                    ],
                     stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE,
                     env=dict(self.env),
@@ -136,23 +143,25 @@ class HelperStore:
                 ) from None
         child = self._child
         timeout = self.keyring_timeout + START_MARGIN
+        answer: bytes | None = b""
         try:
             child.stdin.write(line)
             child.stdin.flush()
-            ready, _, _ = select.select([child.stdout], [], [], timeout)
-            answer = child.stdout.readline() if ready else None
+            answer = _line_within(child.stdout, timeout)
         except BrokenPipeError:
             answer = b""
+        finally:
+            if not answer:  # also when something above raised
+                self._child = None
+                child.kill()
+                status = child.wait()
         if answer:
             return answer
-        child.kill()
-        self._child = None
         if answer is None:
-            child.wait()
             raise errors.BackendUnavailable(
                 f"The secret store did not answer within {timeout:g} s.", "Check that the OS keyring is unlocked."
             )
-        log.error("the secret-store helper exited with %s without answering (its output is above)", child.wait())
+        log.error("the secret-store helper exited with %s without answering (its output is above)", status)
         raise SecretStoreError(*FAILED)
 
     def _linger_over(self, calls: int) -> None:
@@ -191,6 +200,17 @@ class _Keep(logging.Handler):
         self.records.append((record.levelno, record.name, self.format(record)))
 
 
+def _line_within(stream: Any, timeout: float) -> bytes | None:
+    """The next line of ``stream``, or None when none starts within ``timeout`` seconds. A selector, not
+    ``select.select()``, which refuses descriptors from 1024 on: a daemon holding many connections has them."""
+    with selectors.DefaultSelector() as waiting:
+        waiting.register(stream, selectors.EVENT_READ)
+        if not waiting.select(timeout):
+            return None
+    line: bytes = stream.readline()
+    return line
+
+
 def _serve(store: Any, request: dict[str, Any]) -> dict[str, Any]:
     reply: dict[str, Any] = {}
     try:
@@ -200,8 +220,10 @@ def _serve(store: Any, request: dict[str, Any]) -> dict[str, Any]:
             reply["result"] = store.set(request["key"])
         elif op == "get":
             reply["result"] = store.get()
-        else:
+        elif op == "clear":
             reply["result"] = store.clear()
+        else:  # never a default: a call the daemon did not mean must not remove the key
+            raise ConvError(f"The secret-store helper has no operation {str(op)[:32]!r}.", FAILED[1])
     except ConvError as e:
         reply["error"] = {"kind": type(e).__name__, "message": e.message, "hint": e.hint}
     except Exception:

@@ -180,6 +180,16 @@ class ConfiguredStore:
             if not isinstance(value, str) or not value:
                 raise ConfigError(f"{where} lacks a valid {name!r}.", AGAIN)
             ref[name] = value
+        if backend == KEYRING and (ref["service"], ref["username"]) != (SERVICE, USERNAME):
+            # Anyone who can edit the reference could otherwise have another item of the same keyring (a
+            # GitHub token, say) read, sent to OpenRouter's address as our key, or deleted.
+            raise ConfigError(
+                f"{where} names a keyring item other than the project's own (service {SERVICE!r}, username "
+                f"{USERNAME!r}); no other item is ever read, written or removed.",
+                "Remove its `service` and `username` fields if the key is in the project's own item; otherwise "
+                + AGAIN[:1].lower()
+                + AGAIN[1:],
+            )
         return ref
 
     def _old_reference(self) -> dict[str, str] | None:

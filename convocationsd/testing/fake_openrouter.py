@@ -104,6 +104,9 @@ class FakeConfig:
     example from OpenRouter's spec, nulls where the spec allows them, fields OpenRouter added later)."""
     code_lifetime: float = CODE_LIFETIME
     """Seconds an authorization code stays valid (OpenRouter: 10 minutes)."""
+    codes_without_challenge: bool = False
+    """OpenRouter's documented behaviour, where ``code_challenge`` is optional: ``/auth`` without one issues a
+    code that the exchange accepts with any ``code_verifier``, or none (PKCE binds nothing then)."""
 
     def update(self, changes: dict[str, Any]) -> None:
         """Applies JSON-typed changes, all or nothing; raises ValueError naming the bad field."""
@@ -155,7 +158,7 @@ class ExchangeRecord:
 
 @dataclass
 class _IssuedCode:
-    challenge: str
+    challenge: str | None  # None: made without a challenge (``codes_without_challenge``)
     method: str
     issued_at: float
     label: str
@@ -386,7 +389,7 @@ class FakeOpenRouter:
         record.revoked = True
         return True
 
-    def issue_code(self, challenge: str, method: str = "S256", *, label: str = "Convocations") -> str:
+    def issue_code(self, challenge: str | None, method: str = "S256", *, label: str = "Convocations") -> str:
         """A code as if the person had approved, without a browser."""
         code = secrets.token_urlsafe(24)
         self._codes[code] = _IssuedCode(challenge, method, self.clock(), label, None)
@@ -457,7 +460,7 @@ class FakeOpenRouter:
     async def _authorize_page(self, request: web.Request) -> web.Response:
         params = {name: request.query[name] for name in _CARRIED if name in request.query}
         self.authorize_requests.append(dict(request.query))
-        problem = _authorize_problem(params)
+        problem = _authorize_problem(params, self.config.codes_without_challenge)
         if problem:
             return _page("Bad request", f"<h1>Bad request</h1><p>{html.escape(problem)}</p>", status=400)
         where = params.get("callback_url") or "this page (you will copy a code)"
@@ -473,7 +476,7 @@ class FakeOpenRouter:
 
     async def _approve(self, request: web.Request) -> web.StreamResponse:
         params = await _form_params(request)
-        problem = _authorize_problem(params)
+        problem = _authorize_problem(params, self.config.codes_without_challenge)
         if problem:
             return _page("Bad request", f"<h1>Bad request</h1><p>{html.escape(problem)}</p>", status=400)
         if self.config.authorize_409 or self._app_urls_changed(params):
@@ -482,7 +485,7 @@ class FakeOpenRouter:
             return web.json_response(conflict, status=409, dumps=_compact_json)
         code = secrets.token_urlsafe(24)
         self._codes[code] = _IssuedCode(
-            params["code_challenge"],
+            params.get("code_challenge") or None,
             params.get("code_challenge_method") or "plain",
             self.clock(),
             params.get("key_label") or "Convocations",
@@ -548,11 +551,14 @@ class FakeOpenRouter:
         if method is not None and method not in METHODS:
             response = _json_error(400, "Invalid code_challenge_method")
             return self._record(code_fp, method_seen, 400, "bad_method", response)
-        if issued is None or not isinstance(verifier, str):
+        if issued is None or (issued.challenge is not None and not isinstance(verifier, str)):
             return self._record(code_fp, method_seen, 403, "invalid_code", _json_error(403, INVALID_CODE_MESSAGE))
         if self.clock() - issued.issued_at >= self.config.code_lifetime:
             return self._record(code_fp, method_seen, 403, "expired", _json_error(403, EXPIRED_CODE_MESSAGE))
-        if (method or "plain") != issued.method or not _verifier_matches(verifier, issued.challenge, issued.method):
+        if issued.challenge is not None and (
+            (method or "plain") != issued.method
+            or not _verifier_matches(str(verifier), issued.challenge, issued.method)
+        ):
             return self._record(code_fp, method_seen, 403, "wrong_verifier", _json_error(403, INVALID_CODE_MESSAGE))
         key = self.issue_key(issued.label, issued.limit)
         return self._record(code_fp, method_seen, 200, "ok", web.json_response({"key": key, "user_id": self.user_id}))
@@ -654,8 +660,8 @@ def _callback_problem(callback: str) -> str:
     return ""
 
 
-def _authorize_problem(params: dict[str, str]) -> str:
-    if not params.get("code_challenge"):
+def _authorize_problem(params: dict[str, str], challenge_optional: bool = False) -> str:
+    if not params.get("code_challenge") and not challenge_optional:
         return "code_challenge is required."
     method = params.get("code_challenge_method")
     if method is not None and method not in METHODS:
@@ -772,6 +778,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--key-info-data", type=_json_object, help="answer GET /api/v1/key with this JSON object as its data"
     )
     parser.add_argument("--code-lifetime", type=float, default=CODE_LIFETIME, help="seconds a code stays valid")
+    parser.add_argument(
+        "--codes-without-challenge",
+        action="store_true",
+        help="issue codes without code_challenge, accepted with any verifier (OpenRouter documents it as optional)",
+    )
     return parser.parse_args(argv)
 
 
@@ -801,6 +812,7 @@ def config_from_args(args: argparse.Namespace) -> FakeConfig:
             "key_info_status": args.key_info_status,
             "key_info_data": args.key_info_data,
             "code_lifetime": args.code_lifetime,
+            "codes_without_challenge": args.codes_without_challenge,
         }
     )
     return config

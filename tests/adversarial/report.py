@@ -31,7 +31,9 @@ OUT_ENV = "CONVOCATIONS_ROBUSTNESS_JSON"
 DOORS = {
     "test_web_attacks": "Web pages attacking localhost",
     "test_local_users": "Other local users",
+    "test_planted_code": "Code planted where a program starts",
     "test_bad_input": "Bad input on every door",
+    "test_key_storage": "Storing the key when things go wrong",
     "test_upstream_faults": "Upstream faults",
     "test_crashes": "Crashes and restarts",
     "test_no_leaks": "Secrets never leak",
@@ -113,8 +115,8 @@ MUTANTS = [
     (
         "Stateless codes never hold the login (exchanged on the side)",
         "core/flows.py",
-        "        _refuse_if_exchanging(flow)\n        self._remember(code)\n        return flow",
-        "        return self._claim(flow, code)",
+        "        _refuse_if_exchanging(held[0])\n        return held",
+        '        return self._claim(held[0], "confirmed-" + token), held[1]',
         ["tests/adversarial/test_web_attacks.py::test_right_state_goes_first_while_a_stateless_code_is_exchanged"],
     ),
     (
@@ -379,9 +381,171 @@ MUTANTS = [
     (
         "Key never on the secret-store helper's command line",
         "store/helper.py",
-        '[sys.executable, "-m", __name__, str(self.config_path), self.forced_backend or ""],',
-        '[sys.executable, "-m", __name__, str(self.config_path), self.forced_backend or "", line.decode()],',
+        '                        self.forced_backend or "",\n',
+        '                        self.forced_backend or "",\n                        line.decode(),\n',
         ["tests/integration/test_secret_helper.py::test_the_key_travels_only_through_the_pipe"],
+    ),
+]
+
+
+PLANTED = "tests/adversarial/test_planted_code.py::test_code_planted_in_the_working_directory_never_runs"
+MUTANTS += [
+    (
+        "The secret-store helper imports nothing from the working directory (-P)",
+        "common/interpreter.py",
+        'return [python, SAFE_PATH, "-m", module]',
+        'return [python, "-m", module] if module.endswith("helper") else [python, SAFE_PATH, "-m", module]',
+        [PLANTED + "[entry-point-script]"],
+    ),
+    (
+        "The systemd unit and launchd agent import nothing from the working directory (-P)",
+        "cli/service_install.py",
+        'return module_command(python, "convocationsd")',
+        'return [python, "-m", "convocationsd"]',
+        [PLANTED + "[systemd-unit]", PLANTED + "[launchd-agent]"],
+    ),
+    (
+        "-P, not -I, keeps a pip install --user installation",
+        "common/interpreter.py",
+        'SAFE_PATH = "-P"',
+        'SAFE_PATH = "-I"',
+        ["tests/adversarial/test_planted_code.py::test_the_command_line_keeps_a_user_installation"],
+    ),
+]
+
+
+KEY_STORAGE = "tests/adversarial/test_key_storage.py::"
+MUTANTS += [
+    (
+        "The secret-store helper refuses an operation it does not know",
+        "store/helper.py",
+        'elif op == "clear":',
+        "elif True:",
+        [KEY_STORAGE + "test_helper_refuses_an_operation_it_does_not_know"],
+    ),
+    (
+        "A helper that did not answer is ended before the next call",
+        "store/helper.py",
+        "            if not answer:  # also when something above raised\n",
+        "            if not answer and not sys.exc_info()[0]:\n",
+        [KEY_STORAGE + "test_a_helper_call_that_fails_is_not_answered_by_the_next_one"],
+    ),
+    (
+        "The helper's answer is awaited without select() (descriptors past 1023)",
+        "store/helper.py",
+        "    with selectors.DefaultSelector() as waiting:\n        waiting.register(stream, selectors.EVENT_READ)\n"
+        "        if not waiting.select(timeout):\n",
+        '    if True:\n        if not __import__("select").select([stream], [], [], timeout)[0]:\n',
+        [KEY_STORAGE + "test_a_daemon_past_1024_descriptors_links_and_hands_out_the_key"],
+    ),
+    (
+        "The blocking client waits without select() (descriptors past 1023)",
+        "client.py",
+        "            self._sock.settimeout(remaining)\n",
+        '            __import__("select").select([self._sock], [], [], remaining)\n',
+        [KEY_STORAGE + "test_a_daemon_past_1024_descriptors_links_and_hands_out_the_key"],
+    ),
+    (
+        "convctl waits for a pasted code without select() (descriptors past 1023)",
+        "cli/commands.py",
+        "        return bool(waiting.select(timeout))",
+        '        return bool(__import__("select").select([fd], [], [], timeout)[0])',
+        [KEY_STORAGE + "test_convctl_waits_for_a_pasted_code_on_a_descriptor_past_1023"],
+    ),
+    (
+        "Only the project's own keyring item is read, written or deleted",
+        "store/select.py",
+        'if backend == KEYRING and (ref["service"], ref["username"]) != (SERVICE, USERNAME):',
+        "if False:",
+        [KEY_STORAGE + "test_a_key_reference_cannot_name_another_keyring_item"],
+    ),
+    (
+        "A key that could not be stored is held in memory",
+        "daemon/controller.py",
+        "            self.unsaved = UnsavedKey(key, flow.session_id, self.clock(), why)\n",
+        "",
+        [KEY_STORAGE + "test_a_key_that_could_not_be_stored_is_held_in_memory_until_it_is"],
+    ),
+    (
+        "The next read of the key stores the one held in memory",
+        "daemon/controller.py",
+        "                await self._store_unsaved()\n",
+        "                pass\n",
+        [KEY_STORAGE + "test_a_key_that_could_not_be_stored_is_held_in_memory_until_it_is"],
+    ),
+]
+
+
+WEB = "tests/adversarial/test_web_attacks.py::"
+MUTANTS += [
+    (
+        "A code without state waits for the person's confirmation",
+        "daemon/controller.py",
+        "                return _confirmation(self.flows.hold_stateless_code(code))",
+        "                flow, code = self.flows.take_held_code(self.flows.hold_stateless_code(code))\n"
+        "                return await self._exchange_on_the_side(flow, code)",
+        [WEB + "test_a_code_made_without_a_challenge_is_not_used_without_the_person"],
+    ),
+    (
+        "The Finish-linking button only from our own page",
+        "daemon/http_app.py",
+        "if not _same_site(request, ctl.endpoint.port):  # only its own page may finish the login",
+        "if False:",
+        [WEB + "test_a_code_made_without_a_challenge_is_not_used_without_the_person"],
+    ),
+    (
+        "A GET of the start route never ends a pending login",
+        "daemon/http_app.py",
+        "    reply = ctl.start()\n    raise web.HTTPFound",
+        '    reply = ctl.start(restart=request.query.get("restart") == "1")\n    raise web.HTTPFound',
+        [WEB + "test_a_link_opened_from_another_app_cannot_end_the_pending_login"],
+    ),
+    (
+        "Never store a key from a login that has ended",
+        "core/flows.py",
+        "if self.pending is not flow or flow.status != PENDING:",
+        "if False:",
+        [WEB + "test_a_key_from_a_login_that_has_ended_is_never_stored"],
+    ),
+]
+
+
+LOCAL = "tests/adversarial/test_local_users.py::"
+MUTANTS += [
+    (
+        "Refused requests logged once per kind per interval, with a count",
+        "daemon/logs.py",
+        "        if held is not None:\n            held[1] += 1\n",
+        "        if False:\n            held[1] += 1\n",
+        ["tests/adversarial/test_bad_input.py::test_a_flood_of_refused_requests_is_logged_once_per_kind_with_a_count"],
+    ),
+    (
+        "A config.toml (or directory) others can write stops the daemon",
+        "store/configfile.py",
+        "elif mode & 0o002 or (mode & 0o020 and not _private_group(st.st_gid, st.st_uid)):",
+        "elif False:",
+        [LOCAL + "test_config_that_others_can_write_stops_the_daemon"],
+    ),
+    (
+        "The config directory's missing parents are made 0700 under any umask",
+        "store/configfile.py",
+        "    old_umask = os.umask(0o077)\n    try:\n        os.makedirs(directory, mode=0o700, exist_ok=True)",
+        "    old_umask = os.umask(os.umask(0))\n    try:\n        os.makedirs(directory, mode=0o700, exist_ok=True)",
+        [LOCAL + "test_modes_hold_under_umask_000"],
+    ),
+    (
+        "A config.toml of another user stops the daemon",
+        "store/configfile.py",
+        "        if not trusted_uid(st.st_uid):\n",
+        "        if False:\n",
+        [LOCAL + "test_config_another_user_appended_to_or_owns_stops_the_daemon"],
+    ),
+    (
+        "Group write on config.toml only for a group of one",
+        "store/configfile.py",
+        "return primary <= {owner} and set(group.gr_mem) <= {name} and bool(primary or group.gr_mem)",
+        "return True",
+        [LOCAL + "test_config_another_user_appended_to_or_owns_stops_the_daemon"],
     ),
 ]
 
@@ -449,19 +613,25 @@ def run_mutant(defence: str, file: str, old: str, new: str, tests: list[str]) ->
         shutil.copytree(ROOT / "convocationsd", work / "convocationsd", ignore=shutil.ignore_patterns("__pycache__"))
         shutil.copy(ROOT / "pyproject.toml", work / "pyproject.toml")
         (work / "tests").symlink_to(ROOT / "tests")
+        for templates in ("systemd", "launchd"):  # found beside the package in a checkout
+            if (ROOT / templates).is_dir():
+                (work / templates).symlink_to(ROOT / templates)
         target = work / "convocationsd" / file
         text = target.read_text()
         if old not in text:
             return "not applied", f"`{old}` is no longer in {file}: update MUTANTS"
         target.write_text(text.replace(old, new))
-        # cwd=work: both this pytest and the daemons it starts (python -m convocationsd) import the mutant.
+        # cwd=work: this pytest and the daemons it starts (python -m convocationsd) import the mutant; so do the
+        # processes that import nothing from their working directory (python -P, entry-point scripts), through
+        # PYTHONPATH.
+        path = os.pathsep.join(p for p in (str(work), os.environ.get("PYTHONPATH", "")) if p)
         done = subprocess.run(
             [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests],
             cwd=work,
             capture_output=True,
             text=True,
             timeout=300,
-            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": path},
         )
         summary = (done.stdout.strip().splitlines() or ["(no output)"])[-1]
         failed = [

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import threading
 import time
@@ -20,10 +21,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from convocationsd.core import protocol
-from tests.adversarial.harness import assert_healthy, open_fds, raw_http, rss_kib
+from tests.adversarial.harness import assert_healthy, open_fds, raw_http, rss_kib, send_raw
 from tests.conftest import wait_until
 
 START = "/api/openrouter/oauth/start"
+CB = "/api/openrouter/oauth/callback"
 
 
 def _line(d, line: bytes, timeout: float = 10.0) -> tuple[list[dict], bool]:
@@ -374,7 +376,7 @@ def test_two_thousand_idle_connections(daemon_factory):
     d = daemon_factory(nofile=1024)
     pid = d.proc.pid
     rss0, fds0 = rss_kib(pid), open_fds(pid)
-    probe = d.client(timeout=10)  # opened first: the blocking client's select() needs a low descriptor
+    probe = d.client(timeout=10)  # opened before the crowd
     probe.call("status")
     held: list[socket.socket] = []
     deadline = time.monotonic() + 30
@@ -813,3 +815,47 @@ def test_slowloris_http_connections_are_closed(daemon_factory):
     assert not open_ones, f"{len(open_ones)} stalled connections still open after {IDLE_TIMEOUT + 5} s"
     assert open_fds(d.proc.pid) <= fds0 + 4
     assert_healthy(d)
+
+
+# -- a flood of refused requests in the log --------------------------------------------------------------
+
+
+def _pipelined(port: int, request: bytes, n: int) -> bytes:
+    """``n`` copies of ``request`` on one connection, the last one closing it; every byte of the answers."""
+    close = request.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1)
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(request * (n - 1) + close)
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_a_flood_of_refused_requests_is_logged_once_per_kind_with_a_count(daemon_factory):
+    """3,000 refused HTTP requests in a few seconds (2,500 callbacks that are not page loads, as a page's
+    images would send, 300 malformed requests, 200 connections closed at once as a flooding client does):
+    the log gets one line per kind while it lasts, not one per request, and at shutdown how many more of
+    each there were. The daemon answers throughout.
+
+    Defence: daemon/logs.Repeats on the HTTP door's refusals (http_app and aiohttp.server)."""
+    d = daemon_factory()
+    image = (
+        f"GET {CB}?error=access_denied HTTP/1.1\r\nHost: localhost:{d.port}\r\n"
+        "Sec-Fetch-Dest: image\r\nSec-Fetch-Mode: no-cors\r\n\r\n"
+    ).encode()
+    before = d.log().count("WARNING")
+    answers = b"".join(_pipelined(d.port, image, 100) for _ in range(25))
+    assert answers.count(b"HTTP/1.1 403 ") == 2500
+    for i in range(300):
+        send_raw(d.port, f"GET / HTTP/1.1\r\nHost: localhost:{d.port}\r\nNo colon {i}\r\n\r\n".encode())
+    for _ in range(200):
+        with socket.create_connection(("127.0.0.1", d.port)) as s:
+            s.sendall(f"GET /api/status HTTP/1.1\r\nHost: localhost:{d.port}\r\n\r\n".encode())
+    assert d.call("status")["pid"] == d.proc.pid
+    flood = d.log().count("WARNING") - before
+    assert flood <= 3, d.log()[-3000:]
+    assert d.stop() == 0
+    log = d.log()
+    assert re.search(r" 2499 more like this in the last \d+ s: refused a callback that was not a page load", log)
+    assert re.search(r" 299 more like this in the last \d+ s: refused a malformed HTTP request", log)
+    assert "Traceback" not in log

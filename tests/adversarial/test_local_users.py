@@ -28,6 +28,7 @@ from tests.adversarial.harness import (
     query_of,
     subscriber,
 )
+from tests.conftest import wait_until
 
 CONNECT = (
     "import socket,sys\n"
@@ -102,12 +103,16 @@ def test_other_uid_cannot_start_or_join_a_login_over_http(daemon_factory):
 
 
 def test_modes_hold_under_umask_000(daemon_factory):
-    """Even started with umask 000: runtime dir 0700, socket 0600, config dir 0700, config.toml and secret.key 0600."""
+    """Even started with umask 000: runtime dir 0700, socket 0600, config dir 0700 (and the folders it made
+    above it), config.toml and secret.key 0600.
+
+    Defence: paths.ensure_socket_dir and configfile.make_private_dir create under umask 077."""
     d = daemon_factory(umask=0)
     d.call("secret.set", {"key": "sk-or-v1-" + "a" * 64})
     assert stat.S_IMODE(os.stat(d.socket.parent).st_mode) == 0o700
     assert stat.S_IMODE(os.stat(d.socket).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(d.config_dir).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(d.config_dir.parent).st_mode) == 0o700  # XDG_CONFIG_HOME, made for it
     for name in ("config.toml", "secret.key"):
         assert stat.S_IMODE(os.stat(d.config_dir / name).st_mode) == 0o600, name
     for p in d.config_dir.iterdir():
@@ -393,6 +398,83 @@ def test_secret_key_owned_by_another_user_is_refused(daemon_factory):
         d.call("secret.get")
     assert "another user" in info.value.message and "chown" in info.value.hint
     shutil.chown(key_file, 0, 0)
+
+
+# -- a config.toml that others can change ----------------------------------------------------------------
+
+ATTACKER_URL = "http://127.0.0.1:9"  # where an appended openrouter_url would send the key (discard port)
+
+
+def _shared_config(short_tmp) -> tuple:
+    """A config.toml with a stored key (so a started daemon would ask ``openrouter_url`` about it)."""
+    from convocationsd.store.select import open_store
+
+    config = short_tmp / "cfg" / "convocations" / "config.toml"
+    open_store(config, forced_backend="local-encrypted").set("sk-or-v1-" + "f" * 64)
+    return config, config.parent
+
+
+def _assert_refused(d, config, place, mode_text: str) -> None:
+    wait_until(lambda: d.proc.poll() is not None or d.socket.exists(), "the daemon to exit or listen", 20)
+    if d.proc.poll() is None:
+        pytest.fail(f"the daemon started with a config.toml others could change ({place})")
+    assert d.proc.returncode == 1, d.log()
+    log = d.log()
+    assert f"{place}" in log and mode_text in log and "Traceback" not in log, log
+    assert "where the OpenRouter key is sent" in log
+    done = d.convctl("secret", "get-openrouter-key")  # no daemon: convctl reads the files itself, and refuses
+    assert done.returncode != 0 and mode_text in done.stderr, done.stderr
+    assert "sk-or-v1-" not in done.stdout
+
+
+@pytest.mark.parametrize(
+    "target, mode, shown",
+    [("file", 0o666, "0666"), ("file", 0o602, "0602"), ("directory", 0o777, "0777")],
+    ids=["file-0666", "file-0602", "directory-0777"],
+)
+def test_config_that_others_can_write_stops_the_daemon(short_tmp, daemon_factory, target, mode, shown):
+    """config.toml (or its directory) can be written by other users, and someone appended an
+    ``openrouter_url`` of theirs: the daemon does not start (exit 1), and says which file, what is wrong and
+    the ``chmod`` that fixes it; convctl refuses the file too. Fixed, everything works again.
+
+    Defence: store/configfile.check_trusted, on every read and write of config.toml."""
+    config, folder = _shared_config(short_tmp)
+    with open(config, "a") as f:
+        f.write(f'openrouter_url = "{ATTACKER_URL}"\n')
+    place = config if target == "file" else folder
+    os.chmod(place, mode)
+    d = daemon_factory(wait=False)
+    _assert_refused(d, config, place, f"can be written by other users (mode {shown})")
+    assert f"chmod go-w {place}" in d.log()
+    os.chmod(place, 0o600 if target == "file" else 0o700)
+    done = d.convctl("secret", "get-openrouter-key")
+    assert (done.returncode, done.stdout) == (0, "sk-or-v1-" + "f" * 64 + "\n"), done.stderr
+
+
+@needs_root_setpriv
+def test_config_another_user_appended_to_or_owns_stops_the_daemon(short_tmp, daemon_factory):
+    """Another uid appends ``openrouter_url`` to a config.toml left at 0666 (as the review did); later it owns
+    the file, or the file's group is one others share: each time the daemon refuses to start.
+
+    Defence: store/configfile.check_trusted (mode, owner, and group write only for a group of one)."""
+    import pwd
+
+    config, _ = _shared_config(short_tmp)
+    os.chmod(config, 0o666)
+    for p in (short_tmp, short_tmp / "cfg", config.parent):
+        os.chmod(p, 0o755)  # the other user can reach the file, as in a home directory of mode 0755
+    appended = as_nobody(f"open({str(config)!r}, 'a').write('openrouter_url = \"{ATTACKER_URL}\"\\n')")
+    assert appended.returncode == 0, appended.stderr
+    d = daemon_factory(wait=False)
+    _assert_refused(d, config, config, "can be written by other users (mode 0666)")
+    os.chmod(config, 0o644)
+    os.chown(config, NOBODY, NOBODY)
+    d = daemon_factory(wait=False)
+    _assert_refused(d, config, config, "belongs to nobody")
+    os.chown(config, 0, pwd.getpwnam("nobody").pw_gid)  # a group whose member is someone else
+    os.chmod(config, 0o664)
+    d = daemon_factory(wait=False)
+    _assert_refused(d, config, config, "can be written by other users (mode 0664)")
 
 
 # -- loopback HTTP from other users: connections that are already gone ------------------------------------

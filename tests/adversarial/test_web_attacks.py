@@ -33,6 +33,7 @@ from tests.conftest import read_auth_url_sync, start_daemon, wait_until
 START = "/api/openrouter/oauth/start"
 CB = "/api/openrouter/oauth/callback"
 END = "/api/openrouter/oauth/end"
+CONFIRM = "/api/openrouter/oauth/confirm"
 # What OpenRouter's redirect looks like to us: a cross-site top-level navigation.
 NAVIGATION = {"Sec-Fetch-Dest": "document", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Site": "cross-site"}
 
@@ -294,8 +295,8 @@ def test_repeated_code_is_not_exchanged_again(mdaemon, fake_t):
 
 
 def test_code_for_another_verifier_leaves_flow_pending(relaxed, fake_t):
-    """With allow_stateless_callbacks, a stateless callback with a code issued for another PKCE challenge:
-    ignored, flow pending, no key.
+    """With allow_stateless_callbacks, a stateless callback with a code issued for another PKCE challenge,
+    confirmed: ignored, flow pending, no key.
 
     Defence: PKCE (OpenRouter rejects the verifier); the stateless code never held the flow."""
     d = relaxed
@@ -303,12 +304,13 @@ def test_code_for_another_verifier_leaves_flow_pending(relaxed, fake_t):
     reply = d.call("oauth.start", {"restart": True})
     foreign = fake_t.fake.issue_code("a-challenge-for-someone-elses-verifier-0123456789")
     _, page = callback(d.port, f"code={foreign}")
-    assert page is not None and "ignored" in page.text and page.status == 400
+    page = confirm(d, page)
+    assert "ignored" in page.text and page.status == 400
     assert d.call("status")["flow"]["status"] == "pending"
     assert d.call("secret.status")["stored"] is False
-    real = fake_t.approve(reply["auth_url"])  # no state echoed: the real one still works
+    real = fake_t.approve(reply["auth_url"])  # no state echoed: the real one still works, once confirmed
     _, page = callback(d.port, query_of(real))
-    assert page is not None and "OpenRouter account linked" in page.text
+    assert "OpenRouter account linked" in confirm(d, page).text
     d.call("secret.clear")
 
 
@@ -556,6 +558,20 @@ def test_aiohttp_own_400_is_bare_and_echoes_only_the_sender(mdaemon):
 MARK = "EVIL-7f3a"  # attacker text that must reach no person, event or log
 
 
+def confirm(d, page, headers: dict[str, str] | None = None):
+    """Presses "Finish linking" on the page of a code without state, as the person's browser posts it (our
+    page sends no referrer, so Chromium says ``Origin: null``); returns the result page it leads to."""
+    import re
+
+    assert page is not None and f'action="{CONFIRM}"' in page.text, page and page.text
+    token = re.search(r'<input type=hidden name=token value="([^"]*)">', page.text).group(1)
+    sent = {"Content-Type": "application/x-www-form-urlencoded", "Sec-Fetch-Site": "same-origin", "Origin": "null"}
+    r = raw_http(d.port, "POST", CONFIRM, {**sent, **(headers or {})}, f"token={quote(token)}".encode())
+    if r.status != 303:
+        return r
+    return raw_http(d.port, "GET", urlsplit(r.header("Location")).path, {"Accept": "text/html"})
+
+
 def _end_form(page_text: str) -> dict[str, str]:
     """The hidden fields of the page's "End the login" form."""
     import re
@@ -652,7 +668,7 @@ def test_stateless_code_is_refused_by_default(mdaemon, fake_t):
     """By default a code without state is not used at all (never sent to OpenRouter); the page explains the
     setting that accepts such callbacks, and the real callback still links.
 
-    Defence: flows.FlowStore.claim_stateless_code requires state unless allow_stateless_callbacks."""
+    Defence: flows.FlowStore.hold_stateless_code requires state unless allow_stateless_callbacks."""
     d = mdaemon
     reply = d.call("oauth.start", {"restart": True})
     exchanges = len(fake_t.fake.exchanges)
@@ -671,14 +687,15 @@ def test_right_state_goes_first_while_a_stateless_code_is_exchanged(relaxed, fak
     """With allow_stateless_callbacks, a stateless code being exchanged (slowly) never holds the login: it
     stays pending, and the person's callback arriving meanwhile links at once instead of being turned away.
 
-    Defence: the stateless code is exchanged on the side (claim_stateless_code leaves the flow pending)."""
+    Defence: the stateless code is exchanged on the side (take_held_code leaves the flow pending)."""
     d = relaxed
     fake_t.config.exchange_delay = 1.5  # every exchange takes a while: the stray's is still running below
     reply = d.call("oauth.start", {"restart": True})
     real = fake_t.approve(reply["auth_url"])
     foreign = fake_t.fake.issue_code("a-challenge-for-someone-elses-verifier-0123456789")
+    _, page = callback(d.port, f"code={foreign}", NAVIGATION)
     stray: list = []
-    thread = threading.Thread(target=lambda: stray.append(callback(d.port, f"code={foreign}", NAVIGATION)[1]))
+    thread = threading.Thread(target=lambda: stray.append(confirm(d, page)))
     started = d.log().count("without state, on the side")
     thread.start()
     wait_until(lambda: d.log().count("without state, on the side") > started, "the daemon to exchange the stray code")
@@ -700,7 +717,8 @@ def test_stateless_code_that_fails_upstream_never_ends_the_login(relaxed, fake_t
     reply = d.call("oauth.start", {"restart": True})
     fake_t.config.exchange_status = 500
     _, page = callback(d.port, "code=some-stray-code", NAVIGATION)
-    assert page is not None and "ignored" in page.text and "still waiting" in page.text
+    page = confirm(d, page)
+    assert "ignored" in page.text and "still waiting" in page.text
     assert d.call("status")["flow"]["status"] == "pending"
     fake_t.config.exchange_status = None
     _, page = callback(d.port, query_of(fake_t.approve(reply["auth_url"])), NAVIGATION)
@@ -751,4 +769,128 @@ def test_stray_flood_keeps_the_real_result_page(mdaemon, fake_t):
     again = raw_http(d.port, "GET", mine, {"Accept": "text/html"})
     assert again.status == 200 and "OpenRouter account linked" in again.text, again.dump()
     d.call("oauth.cancel")
+    d.call("secret.clear")
+
+
+# -- codes made without a PKCE challenge ---------------------------------------------------------------
+
+
+def _code_without_challenge(fake_t, port: int) -> str:
+    """What an attacker does first: asks OpenRouter (here the fake, switched to OpenRouter's documented
+    behaviour) for a code of its own account with no ``code_challenge``, sent back to our callback. Such a
+    code is accepted with any verifier, ours included."""
+    fake_t.config.codes_without_challenge = True
+    target = quote(f"http://localhost:{port}{CB}", safe="")
+    location = fake_t.approve(f"{fake_t.url}/auth?callback_url={target}")
+    assert "state=" not in location
+    return query_of(location)
+
+
+def test_a_code_made_without_a_challenge_is_not_used_without_the_person(relaxed, fake_t):
+    """With allow_stateless_callbacks, a page navigates the browser to our callback with a code of its own
+    made without a PKCE challenge (which OpenRouter would accept with our verifier): nothing is exchanged
+    or stored, the login stays pending, and the page asks the person to confirm; another site cannot press
+    that button (a cross-site or header-less post, or a guessed token, is refused); the person's own login
+    then links their key, and the held code dies with the login.
+
+    Defence: a code without state waits for the person's same-origin confirmation (controller.callback,
+    http_app.confirm_stateless)."""
+    d = relaxed
+    sub = subscriber(d, ["openrouter-key-changed"])
+    reply = d.call("oauth.start", {"restart": True})
+    exchanges = len(fake_t.fake.exchanges)
+    _, page = callback(d.port, _code_without_challenge(fake_t, d.port), NAVIGATION)
+    assert page is not None and page.status == 200 and "Finish linking" in page.text, page and page.text
+    assert "another web page" in page.text and "--paste" in page.text
+    assert page.header("Content-Security-Policy") is not None and "frame-ancestors 'none'" in page.header(
+        "Content-Security-Policy"
+    )
+    assert page.header("X-Frame-Options") == "DENY"
+    assert len(fake_t.fake.exchanges) == exchanges  # not even tried
+    for hostile in (
+        {"Sec-Fetch-Site": "cross-site", "Origin": "https://evil.example"},
+        {"Sec-Fetch-Site": "same-site", "Origin": "http://localhost:1"},
+        {"Sec-Fetch-Site": "none", "Origin": None},
+        {"Sec-Fetch-Site": None, "Origin": "https://evil.example"},
+    ):
+        headers = {k: v for k, v in hostile.items() if v is not None}
+        r = raw_http(
+            d.port, "POST", CONFIRM, {"Content-Type": "application/x-www-form-urlencoded", **headers}, b"token=x"
+        )
+        assert r.status == 403, (hostile, r.dump())
+    guessed = raw_http(
+        d.port,
+        "POST",
+        CONFIRM,
+        {"Content-Type": "application/x-www-form-urlencoded", "Sec-Fetch-Site": "same-origin", "Origin": "null"},
+        b"token=" + b"A" * 32,
+    )
+    assert guessed.status == 303
+    assert len(fake_t.fake.exchanges) == exchanges
+    assert d.call("status")["flow"]["status"] == "pending" and d.call("secret.status")["stored"] is False
+    with pytest.raises(AssertionError):
+        next_event(sub, "openrouter-key-changed", timeout=0.3)
+    _, mine = callback(d.port, query_of(fake_t.approve(reply["auth_url"])), NAVIGATION)
+    assert mine is not None and "OpenRouter account linked" in mine.text
+    if d.call("secret.get")["key"] != fake_t.fake.issued_keys[-1]:
+        pytest.fail("the stored key is not the one of the person's own login")
+    late = confirm(d, page)  # the person presses the stray's button after all: that login is over
+    assert "no longer waiting" in late.text
+    assert len(fake_t.fake.exchanges) == exchanges + 1  # the person's code only
+    sub.close()
+    d.call("secret.clear")
+
+
+def test_a_key_from_a_login_that_has_ended_is_never_stored(relaxed, fake_t):
+    """With allow_stateless_callbacks, the person presses "Finish linking" on a page that carried someone
+    else's challenge-less code, whose exchange is slow; meanwhile their own callback (with state) links.
+    When OpenRouter then issues the other key, the login has ended: that key is not stored, and the
+    person's stays.
+
+    Defence: flows.FlowStore.claim_side_result keeps a stateless code's key only for a login still pending."""
+    d = relaxed
+    reply = d.call("oauth.start", {"restart": True})
+    _, page = callback(d.port, _code_without_challenge(fake_t, d.port), NAVIGATION)
+    fake_t.config.exchange_delay = 2.0
+    stray: list = []
+    thread = threading.Thread(target=lambda: stray.append(confirm(d, page)))
+    waiting = fake_t.fake.state()["pending_codes"]
+    thread.start()
+    # The fake takes a code off its list when its exchange arrives, then waits.
+    wait_until(lambda: fake_t.fake.state()["pending_codes"] < waiting, "the stray code's exchange to reach OpenRouter")
+    fake_t.config.exchange_delay = 0.0  # the person's exchange is quick; the stray one is still waiting
+    _, mine = callback(d.port, query_of(fake_t.approve(reply["auth_url"])), NAVIGATION)
+    assert mine is not None and "OpenRouter account linked" in mine.text
+    mine_key = fake_t.fake.issued_keys[-1]
+    thread.join(20)
+    assert len(fake_t.fake.issued_keys) >= 2 and fake_t.fake.issued_keys[-1] != mine_key  # the other one came
+    assert stray and "Nothing was linked" in stray[0].text and "already ended" in stray[0].text, stray
+    assert d.call("status")["flow"]["status"] == "succeeded"
+    if d.call("secret.get")["key"] != mine_key:
+        pytest.fail("a key issued after the login ended replaced the person's")
+    d.call("secret.clear")
+
+
+# -- links from other apps -------------------------------------------------------------------------------
+
+
+def test_a_link_opened_from_another_app_cannot_end_the_pending_login(mdaemon, fake_t):
+    """A link in mail or chat to ``/api/openrouter/oauth/start?restart=1`` opened while the app's login is
+    pending (the browser sends ``Sec-Fetch-Site: none``, as for a typed address): it joins that login, never
+    cancels it, and the app's own approval still links.
+
+    Defence: http_app.start_get never restarts; only the POST (from our own origin) or the socket may."""
+    d = mdaemon
+    sub = subscriber(d, ["openrouter-auth-complete"])
+    reply = d.call("oauth.start", {"restart": True})
+    for query in ("restart=1", "restart=true", "restart=1&restart=1"):
+        r = raw_http(d.port, "GET", f"{START}?{query}", {"Sec-Fetch-Site": "none", "Sec-Fetch-Mode": "navigate"})
+        assert r.status == 302 and state_of(r.header("Location")) == state_of(reply["auth_url"]), (query, r.dump())
+    flow = d.call("status")["flow"]
+    assert (flow["session_id"], flow["status"]) == (reply["session_id"], "pending")
+    _, page = callback(d.port, query_of(fake_t.approve(reply["auth_url"])), NAVIGATION)
+    assert page is not None and "OpenRouter account linked" in page.text
+    first = next_event(sub, "openrouter-auth-complete")
+    assert first["data"]["session_id"] == reply["session_id"] and first["data"]["success"] is True, first
+    sub.close()
     d.call("secret.clear")

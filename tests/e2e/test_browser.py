@@ -308,3 +308,37 @@ async def test_stateless_error_page_ends_the_login_from_its_button(browser, daem
     assert person.external == []
     await person.close()
     await sub.close()
+
+
+async def test_a_code_without_state_is_linked_by_the_persons_button(browser, daemon_factory, fake):
+    """With allow_stateless_callbacks and an OpenRouter that sends no state back, the person approves and
+    lands on a page asking to finish linking; its button (a same-origin form post) links the account."""
+    daemon = await asyncio.to_thread(
+        daemon_factory, CONVOCATIONS_OPENROUTER_URL=fake.url, CONVOCATIONS_ALLOW_STATELESS_CALLBACKS="1"
+    )
+    fake.config.echo_state = False
+    reply = daemon.call("oauth.start")
+    person = await Person.open(browser, javascript=False, allowed_hosts=hosts(daemon, fake))
+    page = person.page
+    posted: list[dict] = []
+
+    async def record(request) -> None:
+        if request.method == "POST" and "/api/openrouter/oauth/confirm" in request.url:
+            posted.append(await request.all_headers())
+
+    person.context.on("request", record)
+    await page.goto(reply["auth_url"])
+    await page.click("#approve")
+    await page.wait_for_url(re.compile(r"/api/openrouter/oauth/result/"))
+    text = await person.text()
+    assert "Finish linking your OpenRouter account?" in text and "another web page" in text, text
+    assert daemon.call("status")["flow"]["status"] == "pending"
+    await person.shot("13-result-finish-linking")
+    async with page.expect_navigation():
+        await page.click("button[type=submit]")
+    assert "OpenRouter account linked" in await person.text()
+    assert daemon.call("secret.get") == {"key": fake.issued_keys[-1]}
+    assert posted and posted[-1]["sec-fetch-site"] == "same-origin" and posted[-1]["origin"] in ("null", daemon.base)
+    assert person.external == []
+    assert_no_secret(fake.issued_keys[-1], *person.bodies)
+    await person.close()

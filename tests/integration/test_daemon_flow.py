@@ -37,6 +37,7 @@ async def test_full_flow_with_convctl_and_subscriber(daemon, fake):
         "success": True,
         "backend": "local-encrypted",
         "error": None,
+        "unsaved_key": False,
     }
     changed = await next_event(sub, "openrouter-key-changed")
     assert changed["data"] == {"stored": True, "backend": "local-encrypted"}

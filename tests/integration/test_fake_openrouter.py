@@ -9,7 +9,7 @@ import os
 import re
 import signal
 import sys
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
 import aiohttp
 import pytest
@@ -420,3 +420,16 @@ async def test_standalone_serves_and_stops_on_sigterm():
     assert process.returncode == 0, errors.decode()
     assert b"stopped" in rest
     assert b"Traceback" not in errors
+
+
+async def test_codes_without_challenge_switch_accepts_any_verifier(fake, http):
+    """OpenRouter documents ``code_challenge`` as optional: with the switch, /auth without one issues a code
+    that the exchange accepts whatever verifier comes with it (the attack the daemon's confirmation page is
+    for); without it, such a request is a 400."""
+    callback = quote("http://localhost:3000/cb", safe="")
+    async with http.get(f"{fake.url}/auth?callback_url={callback}") as response:
+        assert response.status == 400
+    fake.config.codes_without_challenge = True
+    code = query(await fake.approve(f"{fake.url}/auth?callback_url={callback}"))["code"]
+    assert (await exchange(http, fake, code, pkce.make_verifier()))[0] == 200
+    assert fake.exchanges[-1].outcome == "ok"

@@ -100,7 +100,7 @@ def test_service_unit():
     unit = parse_unit((UNITS / "convocationsd.service").read_text())
     service, deps = unit["Service"], unit["Unit"]
     assert service["Type"] == ["notify"]
-    assert service["ExecStart"] == ["/usr/bin/python3 -m convocationsd"]
+    assert service["ExecStart"] == ["/usr/bin/python3 -P -m convocationsd"]
     assert service["Restart"] == ["on-failure"] and service["UMask"] == ["0077"]
     assert deps["Requires"] == ["convocationsd.socket"]
     # Port 3000 may be taken: the HTTP socket failing must not keep the daemon from starting.
@@ -132,7 +132,7 @@ def test_service_unit_allows_every_address_family_the_daemon_opens():
 def test_plist_template():
     plist = plistlib.loads(PLIST.read_bytes())
     assert plist["Label"] == "io.convocations.convocationsd"
-    assert plist["ProgramArguments"] == ["@PYTHON@", "-m", "convocationsd"]
+    assert plist["ProgramArguments"] == ["@PYTHON@", "-P", "-m", "convocationsd"]
     assert plist["RunAtLoad"] is True
     assert plist["KeepAlive"] == {"SuccessfulExit": False}
     assert plist["ProcessType"] == "Background"

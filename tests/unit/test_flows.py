@@ -304,34 +304,66 @@ def test_claim_code_right_state(store):
 def test_stateless_code_is_refused_by_default(store):
     f = store.start().flow
     with pytest.raises(CallbackRejected) as ei:
-        store.claim_stateless_code("c")
+        store.hold_stateless_code("c")
     assert ei.value.reason == "missing_state"
     assert "allow_stateless_callbacks" in ei.value.hint and "CONVOCATIONS_ALLOW_STATELESS_CALLBACKS" in ei.value.hint
+    assert "--paste" in ei.value.hint
     assert f.status == flows.PENDING and store.pending is f
     assert store.claim_code("c", f.state) is f  # the code was not consumed
 
 
-def test_stateless_code_when_allowed_leaves_the_flow_pending(clock, tokens):
+def test_stateless_code_when_allowed_is_held_and_leaves_the_flow_pending(clock, tokens):
     s = make_store(clock, tokens, require_state=False)
     f = s.start().flow
-    assert s.claim_stateless_code("stray") is f
-    assert f.status == flows.PENDING  # checked on the side: nothing waits for it
+    token = s.hold_stateless_code("stray")
+    assert f.status == flows.PENDING  # held for the person: nothing waits for it
+    assert s.take_held_code(token) == (f, "stray") and f.status == flows.PENDING  # checked on the side
+    with pytest.raises(CallbackRejected) as ei:
+        s.take_held_code(token)  # once
+    assert ei.value.reason == "not_pending"
     assert s.claim_code("real", f.state) is f  # the callback with the right state goes first
     assert f.status == flows.EXCHANGING
     with pytest.raises(CallbackRejected) as ei:
-        s.claim_stateless_code("another")  # a stateless one never disturbs a running exchange
+        s.hold_stateless_code("another")  # a stateless one never disturbs a running exchange
     assert ei.value.reason == "busy" and f.status == flows.EXCHANGING
 
 
 def test_stateless_code_is_remembered(clock, tokens):
     s = make_store(clock, tokens, require_state=False)
     f = s.start().flow
-    s.claim_stateless_code("c")
+    s.hold_stateless_code("c")
     with pytest.raises(CallbackRejected) as ei:
-        s.claim_stateless_code("c")
+        s.hold_stateless_code("c")
     assert ei.value.reason == "code_reused"
     with pytest.raises(CallbackRejected):
         s.claim_code("c", f.state)
+
+
+def test_held_codes_die_with_their_flow_and_only_the_latest_wait(clock, tokens):
+    s = make_store(clock, tokens, require_state=False)
+    s.start()
+    token = s.hold_stateless_code("c")
+    s.start(restart=True)
+    with pytest.raises(CallbackRejected):
+        s.take_held_code(token)  # its flow was cancelled
+    held = [s.hold_stateless_code(f"c{i}") for i in range(flows.MAX_HELD + 3)]
+    for token in held[:3]:
+        with pytest.raises(CallbackRejected):
+            s.take_held_code(token)
+    assert s.take_held_code(held[-1])[1] == f"c{flows.MAX_HELD + 2}"
+    with pytest.raises(CallbackRejected):
+        s.take_held_code(None)  # type: ignore[arg-type]  # a form field that was not text
+
+
+def test_a_side_result_counts_only_for_a_flow_still_pending(clock, tokens):
+    s = make_store(clock, tokens, require_state=False)
+    f = s.start().flow
+    s.claim_code("real", f.state)
+    assert s.claim_side_result(f) is False  # a callback with its state is finishing it
+    s.finish(f, None, "keyring")
+    assert s.claim_side_result(f) is False  # ended
+    g = s.start().flow
+    assert s.claim_side_result(g) is True and g.status == flows.EXCHANGING
 
 
 @pytest.mark.parametrize("require_state", [True, False])
@@ -340,7 +372,7 @@ def test_paste_flow_ignores_every_callback(clock, tokens, require_state):
     f = s.start(paste=True).flow
     for claim in (
         lambda: s.claim_code("c", f.state),
-        lambda: s.claim_stateless_code("c"),
+        lambda: s.hold_stateless_code("c"),
         lambda: s.claim_error(f.state),
         lambda: s.claim_error(None),
     ):

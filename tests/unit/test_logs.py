@@ -95,3 +95,32 @@ def test_unknown_level_is_refused():
 
 def test_critical_maps_to_crit():
     assert logs.syslog_priority(logging.CRITICAL) == 2
+
+
+async def test_repeats_pass_the_first_of_a_kind_then_one_count_per_interval(caplog):
+    """A flood of one kind: its first line at once, then one line per interval with how many more came; an
+    interval without any ends it, and the next one passes at once again. Other kinds are not held back."""
+    import asyncio
+
+    from convocationsd.daemon.logs import Repeats
+
+    logger = logging.getLogger("cv.test.repeats")
+    repeats = Repeats(interval=0.2)
+    logger.addFilter(repeats)
+    try:
+        caplog.set_level(logging.WARNING, logger="cv.test.repeats")
+        for i in range(50):
+            logger.warning("refused a request from %s", i)
+        logger.warning("another kind")
+        await asyncio.sleep(0.3)  # the first interval ends: its count
+        for _ in range(5):
+            logger.warning("refused a request from %s", "x")
+        await asyncio.sleep(0.3)  # the second: its count
+        await asyncio.sleep(0.3)  # the third passes without any: the kind is forgotten
+        logger.warning("refused a request from %s", "late")
+        lines = [r.getMessage() for r in caplog.records]
+        assert lines[:2] == ["refused a request from 0", "another kind"]
+        assert lines[2].startswith("49 more like this in the last ") and lines[2].endswith(": refused a request from 0")
+        assert lines[3].startswith("5 more like this") and lines[4:] == ["refused a request from late"]
+    finally:
+        logger.removeFilter(repeats)

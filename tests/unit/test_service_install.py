@@ -61,7 +61,7 @@ def test_render_units_fills_interpreter_and_port():
     units = si.render_units(PYTHON, http_port=3123)
     assert set(units) == {"convocationsd.service", "convocationsd.socket", "convocationsd-http.socket"}
     exec_lines = [line for line in units["convocationsd.service"].splitlines() if line.startswith("ExecStart=")]
-    assert exec_lines == ['ExecStart="/opt/conv venv/bin/python" -m convocationsd']
+    assert exec_lines == ['ExecStart="/opt/conv venv/bin/python" -P -m convocationsd']
     listen = [line for line in units["convocationsd-http.socket"].splitlines() if line.startswith("ListenStream=")]
     assert listen == ["ListenStream=127.0.0.1:3123", "ListenStream=[::1]:3123"]
 
@@ -73,7 +73,7 @@ def test_install_writes_units_and_enables_sockets(env):
     for name in si.UNITS:
         assert f"wrote: {folder / name}" in lines
         assert (folder / name).stat().st_mode & 0o777 == 0o644
-    assert 'ExecStart="/opt/conv venv/bin/python" -m convocationsd' in (folder / "convocationsd.service").read_text()
+    assert 'ExecStart="/opt/conv venv/bin/python" -P -m convocationsd' in (folder / "convocationsd.service").read_text()
     assert run.calls == [
         ["systemctl", "--user", "show-environment"],  # is a user manager there? asked before writing
         ["systemctl", "--user", "daemon-reload"],
@@ -233,7 +233,7 @@ def test_launchd_install_writes_plist_and_bootstraps(mac_env):
     lines = mac_install(mac_env, run)
     target = Path(mac_env["HOME"]) / "Library" / "LaunchAgents" / "io.convocations.convocationsd.plist"
     plist = plistlib.loads(target.read_bytes())
-    assert plist["ProgramArguments"] == ["/opt/py/bin/python3", "-m", "convocationsd"]
+    assert plist["ProgramArguments"] == ["/opt/py/bin/python3", "-P", "-m", "convocationsd"]
     assert plist["Sockets"]["ctl"] == {"SockPathName": mac_env["CONVOCATIONS_SOCKET"], "SockPathMode": 0o600}
     assert plist["Sockets"]["http"]["SockServiceName"] == "3000"
     assert plist["StandardErrorPath"] == f"{mac_env['HOME']}/Library/Logs/convocationsd.log"
