@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import secrets
 import string
 from urllib.parse import parse_qsl, urlsplit
 
@@ -85,8 +86,19 @@ def test_verifier_accepts_all_unreserved_characters():
 # -- challenge -------------------------------------------------------------------------------------
 
 
-def test_rfc_vector_is_self_consistent():
-    assert base64.urlsafe_b64encode(RFC_OCTETS).rstrip(b"=").decode() == RFC_VERIFIER
+def test_rfc_octets_from_the_default_random_source_give_the_rfc_verifier_and_challenge(monkeypatch):
+    """Appendix B end to end, through what production uses: make_verifier's default source
+    (secrets.token_urlsafe) turns the RFC's random octets into its verifier, and that into its challenge."""
+    asked: list[int] = []
+
+    def rfc_octets(n: int) -> bytes:
+        asked.append(n)
+        return RFC_OCTETS
+
+    monkeypatch.setattr(secrets, "token_bytes", rfc_octets)
+    verifier = pkce.make_verifier()
+    assert (verifier, pkce.s256_challenge(verifier)) == (RFC_VERIFIER, RFC_CHALLENGE)
+    assert asked == [64]  # 64 random octets, twice what RFC 7636 section 7.1 asks for
 
 
 def test_s256_matches_rfc7636_appendix_b():
