@@ -163,6 +163,10 @@ def test_authorize_url_trailing_slash_on_base(base):
     assert "//auth" not in url
 
 
+def test_only_slashes_are_trimmed_from_the_base():
+    assert pkce.authorize_url("http://127.0.0.1:8123/fX/", 1, "c", "s").startswith("http://127.0.0.1:8123/fX/auth?")
+
+
 def test_authorize_url_keeps_base_path_and_port():
     url = pkce.authorize_url("http://127.0.0.1:8123/fake/", 4567, "c", "s")
     parts = urlsplit(url)
