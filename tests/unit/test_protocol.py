@@ -679,6 +679,10 @@ def encoded(data: dict) -> protocol.Encoded:
     return answer
 
 
+def test_encode_is_compact_utf8_json():
+    assert protocol.encode({"a": [1, "é"], "b": None}) == '{"a":[1,"é"],"b":null}'.encode()
+
+
 def test_an_encoded_result_is_sent_as_its_text_byte_for_byte():
     data = {"b": [1, "é", None], "a": {"nested": True}, "n": 1.5}
     for id_ in (1, 0, -7, 2**70, "x", "é\u2028", "", None, 1.5):
