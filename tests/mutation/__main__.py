@@ -94,6 +94,7 @@ class _Tracer:
         self.lines: dict[str, set[tuple[str, int]]] = {}
         self.seconds: dict[str, float] = {}
         self.failed: list[str] = []
+        self.started = 0.0
 
     def trace(self, frame, event, arg):
         if frame.f_code.co_filename in self.files:
@@ -109,7 +110,7 @@ class _Tracer:
         return self.local
 
     def pytest_runtest_protocol(self, item, nextitem):
-        sys.settrace(self.trace)  # again: a test that used a tracer of its own ends with none
+        sys.settrace(self.trace)  # again: a tracer that raised, or a test's own, leaves none behind
         self.current = item.nodeid
         self.lines.setdefault(item.nodeid, set())
         self.started = time.perf_counter()
@@ -133,7 +134,7 @@ def trace_tests(out: Path) -> int:
     threading.settrace(tracer.trace)
     code = pytest.main(["-q", "-p", "no:cacheprovider", *TESTS], plugins=[tracer])
     sys.settrace(None)
-    threading.settrace(None)  # type: ignore[arg-type]
+    threading.settrace(None)
     by_test = {
         nodeid: {
             "seconds": tracer.seconds.get(nodeid, 0.0),
