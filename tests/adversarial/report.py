@@ -27,6 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "robustness.md"
 OUT_ENV = "CONVOCATIONS_ROBUSTNESS_JSON"
+# The last section of DOC, from this heading on, is tests/mutation's (make mutation): kept as it is.
+MUTATION_RUN = "## Mutation run"
 
 DOORS = {
     "test_web_attacks": "Web pages attacking localhost",
@@ -733,7 +735,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"mutant {name}: {verdict} ({detail})")
         return 0 if outcomes and all(o[0] == "detected" for _, o in outcomes) else 1
     results, elapsed = run_suite()
-    old = DOC.read_text() if DOC.exists() else ""
+    old, heading, mutation_run = (DOC.read_text() if DOC.exists() else "").partition(MUTATION_RUN)
     old_section = (
         old.split("## Does the suite notice a missing defence?", 1)[1] if "## Does the suite notice" in old else ""
     )
@@ -745,7 +747,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"mutant {m[0]}: {outcome[0]} ({outcome[1]})", flush=True)
             mutants.append((m, outcome))
     DOC.parent.mkdir(exist_ok=True)
-    DOC.write_text(render(results, elapsed, mutants, old_section))
+    DOC.write_text(render(results, elapsed, mutants, old_section) + ("\n" + heading + mutation_run if heading else ""))
     print(f"wrote {DOC.relative_to(ROOT)}")
     failed = [n for n, r in results.items() if r["outcome"] in ("failed", "error")]
     missed = [m[0][0] for m in (mutants or []) if m[1][0] != "detected"]

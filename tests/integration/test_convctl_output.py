@@ -10,7 +10,7 @@ import json
 import pytest
 
 from convocationsd.cli import main as cli
-from tests.conftest import base_env, convctl
+from tests.conftest import base_env, convctl, dead_url
 
 # Every command, as a person would type it, run with no daemon: (argv, stdin, exit code).
 NO_DAEMON = [
@@ -52,10 +52,30 @@ def test_json_error_kinds(env):
     assert kind("secret", "get-openrouter-key", "--json") == "ConvError"
 
 
+def _answer(env, *argv: str, input: str | None = None, code: int = 0):
+    done = convctl(env, *argv, input=input)
+    assert done.returncode == code and done.stderr == "", done
+    return json.loads(done.stdout)
+
+
 def test_successes_with_json_are_json(env):
-    for argv in (["secret", "status", "--json"], ["secret", "clear-openrouter-key", "--json"], ["doctor", "--json"]):
-        done = convctl(env, *argv)
-        json.loads(done.stdout)
+    """A command that worked prints its answer as JSON, not the error object every failure prints too."""
+    key = "sk-or-v1-" + "0123456789abcdef" * 4
+    assert _answer(env, "secret", "status", "--json") == {"stored": False, "backend": None}
+    assert _answer(env, "secret", "set-openrouter-key", "--no-verify", "--json", input=key + "\n") == {
+        "stored": True,
+        "backend": "local-encrypted",
+    }
+    assert _answer(env, "secret", "status", "--json") == {"stored": True, "backend": "local-encrypted"}
+    assert _answer(env, "secret", "clear-openrouter-key", "--json") == {"cleared": True}
+    assert _answer(env, "secret", "clear-openrouter-key", "--json") == {"cleared": False}
+    # doctor exits 1 here (no daemon runs), and its answer is still the report of every check.
+    report = _answer({**env, "CONVOCATIONS_OPENROUTER_URL": dead_url()}, "doctor", "--json", code=1)
+    assert [r["check"] for r in report] == [
+        "daemon", "port", "callback", "account", "secret-backend", "config", "files", "openrouter"
+    ]  # fmt: skip
+    assert all(set(r) == {"check", "ok", "verdict", "fix", "note"} for r in report)
+    assert report[0]["ok"] is False and "not running" in report[0]["verdict"]
 
 
 def _parsers(parser: argparse.ArgumentParser, path: str = "convctl"):

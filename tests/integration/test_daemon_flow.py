@@ -78,7 +78,11 @@ async def test_409_at_authorize_leaves_flow_pending_and_convctl_times_out(daemon
 
 @pytest.mark.parametrize(
     "status, message, needle",
-    [(403, "Authorization code expired", "10 minutes"), (403, "Invalid code or code_verifier", ""), (500, "boom", "")],
+    [
+        (403, "Authorization code expired", "Codes live 10 minutes"),
+        (403, "Invalid code or code_verifier", "rejected the authorization code or its PKCE verifier"),
+        (500, "boom", "had a problem while creating the key (HTTP 500)"),
+    ],
 )
 async def test_exchange_errors_end_flow(daemon, fake, status, message, needle):
     fake.config.exchange_status = status
@@ -90,7 +94,8 @@ async def test_exchange_errors_end_flow(daemon, fake, status, message, needle):
     code, _, html = await follow_callback(location)
     ev = await next_event(sub, "openrouter-auth-complete")
     assert ev["data"]["success"] is False and ev["data"]["error"]["code"] == "exchange_failed"
-    assert needle in ev["data"]["error"]["message"] + ev["data"]["error"]["hint"]
+    said = ev["data"]["error"]["message"] + " " + ev["data"]["error"]["hint"]
+    assert needle in said and message not in said  # our words for this status, never OpenRouter's
     assert code == 400 and "Linking failed" in html
     await sub.close()
 

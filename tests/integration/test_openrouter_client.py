@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import gc
 import ipaddress
 import logging
 import socket
@@ -259,15 +260,30 @@ async def test_key_info_server_error_is_not_key_rejected(fake, client, all_logs)
     assert_no_secrets(all_logs, key, error=caught.value)
 
 
+def sessions_besides(known: list) -> list:
+    """aiohttp client sessions alive in this process, other than ``known``; held, so that one dropped unclosed
+    (aiohttp then warns "Unclosed client session") stays here to be seen open."""
+    import aiohttp
+
+    return [o for o in gc.get_objects() if isinstance(o, aiohttp.ClientSession) and not any(o is k for k in known)]
+
+
 async def test_session_is_lazy_and_closed(fake):
+    """No HTTP session until the first request; close() closes it, closing twice is harmless, and a closed
+    client opens a new session when it is used again."""
+    others = sessions_besides([])
     client = OpenRouterClient(fake.url + "/")
-    assert client._session is None
-    code, verifier = login(fake)
-    await client.exchange(code, verifier)
-    assert client._session is not None
+    assert sessions_besides(others) == []
+    await client.exchange(*login(fake))
+    [first] = sessions_besides(others)
+    assert not first.closed
     await client.close()
-    assert client._session is None
+    assert first.closed
     await client.close()
+    assert (await client.exchange(*login(fake))).key in fake.issued_keys
+    [second] = sessions_besides([*others, first])
+    await client.close()
+    assert second.closed
 
 
 async def test_tls_to_a_plain_http_server_is_upstream_unreachable(fake, all_logs):

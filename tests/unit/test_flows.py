@@ -656,3 +656,116 @@ def test_public_fields(store):
     assert pub["expires_at"] == "2023-11-14T22:23:20Z"
     assert pub["error"] is None and pub["backend"] is None and pub["paste"] is False
     json.dumps(pub)  # serialisable
+
+
+# -- what the rest of the daemon relies on ------------------------------------------------------------------
+
+
+def test_status_values_are_the_contracts(store):
+    """docs/protocol.md: "status": "pending|exchanging|succeeded|failed"."""
+    seen = []
+    f = store.start().flow
+    seen.append(f.public()["status"])
+    store.claim_code("c1", f.state)
+    seen.append(f.public()["status"])
+    store.finish(f, backend="keyring")
+    seen.append(f.public()["status"])
+    g = store.start().flow
+    store.cancel()
+    seen.append(g.public()["status"])
+    assert seen == ["pending", "exchanging", "succeeded", "failed"]
+
+
+def test_complete_data_is_the_events_data(store):
+    ok = store.start().flow
+    store.claim_code("c1", ok.state)
+    store.finish(ok, backend="keyring")
+    assert ok.complete_data() == {"session_id": ok.session_id, "success": True, "backend": "keyring", "error": None}
+    failed = store.start().flow
+    store.cancel()
+    assert failed.complete_data() == {
+        "session_id": failed.session_id,
+        "success": False,
+        "backend": None,
+        "error": flows.CANCELLED.to_dict(),
+    }
+
+
+def test_a_flow_built_by_hand_has_the_documented_defaults():
+    f = flows.Flow("sid", "state", "verifier", "https://x/auth", None, T0, T0 + 1)
+    assert (f.paste, f.status, f.error, f.backend, f.finished_at, f.done) == (False, "pending", None, None, None, False)
+
+
+def test_flows_compare_by_identity():
+    """Two logins are never the same one, whatever their fields; a flow can key a dict or a set."""
+    a = flows.Flow("sid", "state", "verifier", "https://x/auth", None, T0, T0 + 1)
+    b = flows.Flow("sid", "state", "verifier", "https://x/auth", None, T0, T0 + 1)
+    assert a != b and len({a, b}) == 2
+
+
+def test_errors_and_start_results_cannot_be_changed(store):
+    """CANCELLED, DENIED and the rest are shared by every flow: changing one would change them all."""
+    with pytest.raises(AttributeError):
+        flows.CANCELLED.message = "changed"  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        store.start().joined = True  # type: ignore[misc]
+
+
+def test_a_callback_rejection_without_hint_has_an_empty_one():
+    e = CallbackRejected("no_flow", "No login.")
+    assert (e.reason, e.message, e.hint, str(e)) == ("no_flow", "No login.", "", "No login.")
+
+
+@pytest.mark.parametrize("error", sorted(flows.OAUTH_ERRORS))
+def test_each_rfc_6749_error_code_has_its_own_words(error):
+    assert set(flows.OAUTH_ERRORS) == {
+        "access_denied", "invalid_request", "unauthorized_client", "unsupported_response_type", "invalid_scope",
+        "server_error", "temporarily_unavailable",
+    }  # fmt: skip
+    failure = flows.reported_error(error)
+    assert failure is not flows.REPORTED
+    assert (failure is flows.DENIED) == (error == "access_denied")
+    if error in ("server_error", "temporarily_unavailable"):
+        assert "in a few minutes" in failure.hint  # a problem at OpenRouter: waiting helps
+
+
+def test_start_draws_verifier_state_and_session_id_in_that_order(store, tokens):
+    f = store.start().flow
+    assert tokens.calls == [64, 24, 12]  # random bytes: verifier, state (192 bits), session id (96 bits)
+    assert [f.verifier, f.state, f.session_id] == tokens.issued
+
+
+def test_defaults_ten_minutes_sixteen_past_logins_256_used_codes(clock, tokens):
+    s = FlowStore(auth_url=lambda c, st, p: "https://x/auth", callback_url=None, clock=clock, token=tokens)
+    first = s.start().flow
+    assert first.expires_at == T0 + 600.0
+    for i in range(256):
+        s.claim_code(f"code-{i}", first.state)
+        s.release(first)
+    with pytest.raises(CallbackRejected):
+        s.claim_code("code-0", first.state)  # the oldest of 256 is still remembered
+    s.claim_code("code-256", first.state)  # the 257th pushes it out
+    s.release(first)
+    assert s.claim_code("code-0", first.state) is first
+    s.finish(first)
+    for _ in range(20):
+        s.start()
+        s.cancel()
+    assert len(s.history) == 16
+
+
+def test_a_pasted_code_needs_a_login_waiting(store):
+    with pytest.raises(CallbackRejected) as caught:
+        store.claim_pasted("code")
+    assert caught.value.reason == "no_flow" and "oauth start --paste" in caught.value.hint
+
+
+def test_a_code_with_a_lone_surrogate_is_remembered_like_any_other(store):
+    """A code pasted over the socket may be JSON's "\\ud800", which decodes to a lone surrogate: it must be
+    refused when used again, not crash the digest."""
+    f = store.start(paste=True).flow
+    store.claim_pasted("\ud800")
+    store.release(f)
+    with pytest.raises(CallbackRejected) as caught:
+        store.claim_pasted("\ud800")
+    assert caught.value.reason == "code_reused"

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import os
 import stat
+import warnings
+from pathlib import Path
 
 import pytest
 
 from convocationsd.common import paths
-from convocationsd.core.errors import UntrustedSocket
+from convocationsd.core.errors import ConvError, UntrustedSocket
 
 
 def test_missing_directories_are_made_0700_whatever_the_umask(short_tmp):
@@ -26,3 +28,193 @@ def test_a_file_is_not_a_socket_directory(short_tmp):
     (short_tmp / "f").write_text("")
     with pytest.raises(UntrustedSocket, match="is not a directory"):
         paths.check_socket_dir(short_tmp / "f")
+
+
+# -- where things live -----------------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_config_dir_and_path_follow_the_environment(monkeypatch, short_tmp):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(short_tmp / "platform"))  # what platformdirs reads
+    assert paths.config_dir({"XDG_CONFIG_HOME": "/x/cfg"}) == Path("/x/cfg/convocations")
+    # Unset or relative (the XDG spec says to ignore those): the platform's default.
+    assert paths.config_dir({}) == short_tmp / "platform" / "convocations"
+    assert paths.config_dir({"XDG_CONFIG_HOME": "cfg"}) == short_tmp / "platform" / "convocations"
+    assert paths.config_path({"XDG_CONFIG_HOME": "/x/cfg"}) == Path("/x/cfg/convocations/config.toml")
+    assert paths.config_path({"CONVOCATIONS_CONFIG": "/y/my.toml", "XDG_CONFIG_HOME": "/x"}) == Path("/y/my.toml")
+
+
+def test_socket_path_is_the_one_the_systemd_unit_listens_on():
+    assert paths.socket_path({"XDG_RUNTIME_DIR": "/r/1000"}) == Path("/r/1000/convocations/convocationsd.sock")
+    assert "ListenStream=%t/convocations/convocationsd.sock\n" in (ROOT / "systemd/convocationsd.socket").read_text()
+    assert paths.socket_path({"CONVOCATIONS_SOCKET": "/s/d.sock", "XDG_RUNTIME_DIR": "/r"}) == Path("/s/d.sock")
+
+
+def test_runtime_dir_falls_back_quietly_when_xdg_runtime_dir_will_not_do(monkeypatch, short_tmp):
+    """Relative in our environment: platformdirs decides; given a directory it refuses (here 0755, not 0700),
+    it warns and falls back. The daemon says where it listens, so that warning must not reach the person."""
+    loose = short_tmp / "loose"
+    loose.mkdir(mode=0o755)
+    loose.chmod(0o755)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(loose))  # what platformdirs reads; a new path: it warns once per cause
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        try:
+            found = paths.runtime_dir({"XDG_RUNTIME_DIR": "relative/run"})
+        except UntrustedSocket:  # no safe fallback on this machine: refused, which is also fine
+            return
+    assert isinstance(found, Path) and found.name == "convocations" and found.parent != loose
+
+
+def test_runtime_dir_is_xdg_runtime_dir_when_absolute():
+    assert paths.runtime_dir({"XDG_RUNTIME_DIR": "/r/1000"}) == Path("/r/1000/convocations")
+
+
+def test_a_runtime_dir_platformdirs_refuses_is_a_clear_error(monkeypatch):
+    """Newer platformdirs refuse a fallback in /tmp that another user made first (the real case, as another
+    user, is tests/adversarial/test_local_users.py): the refusal reaches the person with what to do."""
+    import platformdirs
+
+    def refuses(*args, **kwargs):
+        raise PermissionError("runtime directory /tmp/runtime-1000 is owned by uid 4242; set XDG_RUNTIME_DIR instead")
+
+    monkeypatch.setattr(platformdirs, "user_runtime_dir", refuses)
+    with pytest.raises(UntrustedSocket) as caught:
+        paths.runtime_dir({})
+    assert "owned by uid 4242" in caught.value.message and "XDG_RUNTIME_DIR" in caught.value.hint
+
+
+# -- the socket directory's checks -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def make_foreign(monkeypatch):
+    """Makes a path another user's: as root, by giving it to uid 4242; as anyone else, by pretending to be
+    another uid (os.getuid patched), so that what is ours looks someone else's."""
+
+    def make(path: Path) -> None:
+        if os.geteuid() == 0:
+            os.chown(path, 4242, -1, follow_symlinks=False)
+        else:
+            real = os.getuid()
+            monkeypatch.setattr(os, "getuid", lambda: real + 1)
+
+    return make
+
+
+def refusal(directory: Path) -> str:
+    with pytest.raises(UntrustedSocket) as caught:
+        paths.check_socket_dir(directory)
+    assert "CONVOCATIONS_SOCKET" in caught.value.hint
+    return caught.value.message
+
+
+def test_a_safe_directory_and_its_missing_children_pass(short_tmp):
+    (short_tmp / "ok").mkdir(mode=0o700)
+    paths.check_socket_dir(short_tmp / "ok")
+    paths.check_socket_dir(short_tmp / "ok" / "not" / "yet")
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o770, 0o702])
+def test_a_directory_others_can_write_is_refused(short_tmp, mode):
+    d = short_tmp / "open"
+    d.mkdir()
+    d.chmod(mode)
+    assert refusal(d) == (
+        f"The socket directory {d} can be written by other users (mode {mode:04o}), so another user could "
+        "replace the socket."
+    )
+
+
+def test_a_sticky_directory_others_can_write_is_allowed(short_tmp):
+    """Like /tmp: others cannot remove or rename what is ours there."""
+    d = short_tmp / "sticky"
+    d.mkdir()
+    d.chmod(0o1777)
+    paths.check_socket_dir(d)
+    paths.check_socket_dir(d / "mine")
+
+
+def test_every_directory_on_the_way_is_checked_existing_or_not(short_tmp):
+    shared = short_tmp / "shared"
+    (shared / "mine").mkdir(parents=True, mode=0o700)
+    shared.chmod(0o777)
+    for directory in (shared / "mine", shared / "mine" / "sub", shared / "missing" / "sub"):
+        message = refusal(directory)
+        assert message.startswith(f"{shared}, on the way to the socket directory {directory}, can be written by")
+
+
+def test_a_directory_of_another_user_is_refused(short_tmp, make_foreign):
+    d = short_tmp / "theirs"
+    d.mkdir(mode=0o700)
+    make_foreign(d)
+    message = refusal(d)
+    assert message.startswith(f"The socket directory {d} belongs to ") and "uid " in message
+
+
+def test_a_symbolic_link_is_refused_even_to_a_good_directory(short_tmp):
+    (short_tmp / "real").mkdir(mode=0o700)
+    (short_tmp / "link").symlink_to(short_tmp / "real")
+    assert (
+        refusal(short_tmp / "link")
+        == f"The socket directory {short_tmp / 'link'} is a symbolic link (to {short_tmp / 'real'})."
+    )
+
+
+def test_a_relative_directory_is_named_in_full(short_tmp, monkeypatch):
+    (short_tmp / "open").mkdir()
+    (short_tmp / "open").chmod(0o777)
+    monkeypatch.chdir(short_tmp)
+    assert refusal(Path("open")).startswith(f"The socket directory {short_tmp / 'open'} can be written")
+
+
+def test_a_path_that_cannot_be_checked_is_refused(short_tmp):
+    (short_tmp / "file").write_text("")
+    assert refusal(short_tmp / "file" / "sub").startswith(f"Cannot check {short_tmp / 'file' / 'sub'}, on the way")
+
+
+# -- making it ------------------------------------------------------------------------------------------
+
+
+def test_nothing_is_made_inside_a_directory_others_control(short_tmp):
+    shared = short_tmp / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(UntrustedSocket):
+        paths.ensure_socket_dir(shared / "run")
+    assert not (shared / "run").exists()
+
+
+def test_the_umask_is_given_back(short_tmp):
+    before = os.umask(0o022)
+    try:
+        paths.ensure_socket_dir(short_tmp / "a")
+        assert os.umask(0o022) == 0o022
+    finally:
+        os.umask(before)
+
+
+def test_a_link_planted_while_the_directory_is_made_is_refused(short_tmp, monkeypatch):
+    """In a shared sticky directory, someone can put a link where the directory is about to be made, after
+    the first check: mkdir then finds a directory there and says nothing, so the check runs again."""
+    shared = short_tmp / "tmp"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    (short_tmp / "elsewhere").mkdir(mode=0o700)
+    real_umask = os.umask
+
+    def umask_and_plant(mask: int) -> int:
+        if not (shared / "run").is_symlink():
+            (shared / "run").symlink_to(short_tmp / "elsewhere")
+        return real_umask(mask)
+
+    monkeypatch.setattr(os, "umask", umask_and_plant)
+    with pytest.raises(UntrustedSocket, match="is a symbolic link"):
+        paths.ensure_socket_dir(shared / "run")
+
+
+def test_a_directory_that_cannot_be_made_is_a_clear_error():
+    with pytest.raises(ConvError) as caught:
+        paths.ensure_socket_dir(Path("/proc/convocations-test/run"))  # nobody may make directories in /proc
+    assert caught.value.message.startswith("Cannot create the socket directory /proc/convocations-test/run:")

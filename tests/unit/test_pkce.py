@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import secrets
 import string
 from urllib.parse import parse_qsl, urlsplit
 
@@ -85,8 +86,19 @@ def test_verifier_accepts_all_unreserved_characters():
 # -- challenge -------------------------------------------------------------------------------------
 
 
-def test_rfc_vector_is_self_consistent():
-    assert base64.urlsafe_b64encode(RFC_OCTETS).rstrip(b"=").decode() == RFC_VERIFIER
+def test_rfc_octets_from_the_default_random_source_give_the_rfc_verifier_and_challenge(monkeypatch):
+    """Appendix B end to end, through what production uses: make_verifier's default source
+    (secrets.token_urlsafe) turns the RFC's random octets into its verifier, and that into its challenge."""
+    asked: list[int] = []
+
+    def rfc_octets(n: int) -> bytes:
+        asked.append(n)
+        return RFC_OCTETS
+
+    monkeypatch.setattr(secrets, "token_bytes", rfc_octets)
+    verifier = pkce.make_verifier()
+    assert (verifier, pkce.s256_challenge(verifier)) == (RFC_VERIFIER, RFC_CHALLENGE)
+    assert asked == [64]  # 64 random octets, twice what RFC 7636 section 7.1 asks for
 
 
 def test_s256_matches_rfc7636_appendix_b():
@@ -149,6 +161,10 @@ def test_authorize_url_trailing_slash_on_base(base):
     url = pkce.authorize_url(base, 3000, "c", "s")
     assert url.startswith("https://openrouter.ai/auth?")
     assert "//auth" not in url
+
+
+def test_only_slashes_are_trimmed_from_the_base():
+    assert pkce.authorize_url("http://127.0.0.1:8123/fX/", 1, "c", "s").startswith("http://127.0.0.1:8123/fX/auth?")
 
 
 def test_authorize_url_keeps_base_path_and_port():

@@ -220,7 +220,7 @@ def test_unknown_method(method):
 def test_unknown_method_message_is_truncated():
     e = err(req("x" * 10_000))
     assert e.code == METHOD_NOT_FOUND
-    assert len(e.message) < 200
+    assert e.message == f"Method not found: {'x' * 64!r}"  # what a client sent comes back cut to 64 characters
 
 
 # -- batches ---------------------------------------------------------------------------------------
@@ -258,6 +258,7 @@ def test_a_batch_of_one_is_still_a_batch():
 
 
 def test_batch_size_is_bounded():
+    assert protocol.MAX_BATCH == 100  # docs/protocol.md's limits: "one batch | 100 requests"
     one = {"jsonrpc": "2.0", "id": 1, "method": "status"}
     assert len(parse_line(line([one] * protocol.MAX_BATCH))) == protocol.MAX_BATCH
     e = err(line([one] * (protocol.MAX_BATCH + 1)))
@@ -320,7 +321,7 @@ def test_unknown_param(method):
 
 def test_unknown_param_name_is_truncated_in_message():
     e = err(req("status", {"y" * 10_000: 1}))
-    assert e.code == INVALID_PARAMS and len(e.message) < 200
+    assert e.code == INVALID_PARAMS and e.message == f"Invalid params: status takes no {'y' * 64!r}"
 
 
 @pytest.mark.parametrize(("method", "name", "value"), WRONG_TYPE_CASES)
@@ -666,3 +667,74 @@ def test_a_reply_line_is_strict_json_or_refused(id_, result):
     except ValueError:  # NaN or Infinity somewhere in it: refused, never sent
         return
     json.loads(out, parse_constant=lambda name: pytest.fail(f"{name} in a reply line"))
+
+
+# -- Encoded: a result that carries its own JSON text ------------------------------------------------------
+
+
+def encoded(data: dict) -> protocol.Encoded:
+    """As Controller.status builds its answer: the dict, then the text of exactly that dict."""
+    answer = protocol.Encoded(data)
+    answer.json = protocol.encode(data)
+    return answer
+
+
+def test_encode_is_compact_utf8_json():
+    assert protocol.encode({"a": [1, "é"], "b": None}) == '{"a":[1,"é"],"b":null}'.encode()
+
+
+def test_an_encoded_result_is_sent_as_its_text_byte_for_byte():
+    data = {"b": [1, "é", None], "a": {"nested": True}, "n": 1.5}
+    for id_ in (1, 0, -7, 2**70, "x", "é\u2028", "", None, 1.5):
+        assert protocol.result_line(id_, encoded(data)) == protocol.result_line(id_, data)
+
+
+def test_the_text_is_what_gets_sent_not_a_new_encoding():
+    """The point of Encoded: result_line does not encode the dict again."""
+    answer = protocol.Encoded({"a": 1})
+    answer.json = b'{"a":1,"from":"the cache"}'
+    assert protocol.result_line(3, answer) == b'{"jsonrpc":"2.0","id":3,"result":{"a":1,"from":"the cache"}}\n'
+
+
+def test_without_text_an_encoded_result_is_encoded_as_a_dict():
+    assert protocol.Encoded({"a": 1}).json is None
+    assert protocol.result_line(1, protocol.Encoded({"a": 1})) == b'{"jsonrpc":"2.0","id":1,"result":{"a":1}}\n'
+
+
+def _setitem(d):
+    d["c"] = 3
+
+
+def _delitem(d):
+    del d["a"]
+
+
+def _ior(d):
+    d |= {"a": 10, "d": 4}
+
+
+# Every way of changing a dict in place, with what it returns.
+CHANGES = {
+    "setitem": _setitem,
+    "delitem": _delitem,
+    "ior": _ior,
+    "update": lambda d: d.update({"a": 5}, e=6),
+    "pop": lambda d: d.pop("a"),
+    "pop-default": lambda d: d.pop("zz", "dflt"),
+    "popitem": lambda d: d.popitem(),
+    "setdefault-new": lambda d: d.setdefault("f", 7),
+    "setdefault-old": lambda d: d.setdefault("a", 8),
+    "clear": lambda d: d.clear(),
+}
+
+
+@pytest.mark.parametrize("change", CHANGES.values(), ids=CHANGES.keys())
+def test_every_change_to_an_encoded_result_is_kept_and_drops_its_text(change):
+    """A change must land in the dict (not be ignored) and make result_line send the new content (never the
+    stale text); the method answers as dict's does."""
+    plain, answer = {"a": 1, "b": 2}, encoded({"a": 1, "b": 2})
+    assert change(answer) == change(plain)
+    assert answer == plain and type(answer) is protocol.Encoded
+    assert json.loads(protocol.result_line(1, answer))["result"] == plain
+    if answer.json is not None:  # only a change that changed nothing may keep the text, and it is still right
+        assert answer.json == protocol.encode(plain)
