@@ -61,7 +61,8 @@ def _answer(env, *argv: str, input: str | None = None, code: int = 0):
 def test_successes_with_json_are_json(env):
     """A command that worked prints its answer as JSON, not the error object every failure prints too."""
     key = "sk-or-v1-" + "0123456789abcdef" * 4
-    assert _answer(env, "secret", "status", "--json") == {"stored": False, "backend": None}
+    # No key stored: the answer still, with exit 1 (as `gh auth status`, issue 20).
+    assert _answer(env, "secret", "status", "--json", code=1) == {"stored": False, "backend": None}
     assert _answer(env, "secret", "set-openrouter-key", "--no-verify", "--json", input=key + "\n") == {
         "stored": True,
         "backend": "local-encrypted",
