@@ -75,7 +75,7 @@ def test_successes_with_json_are_json(env):
     assert [r["check"] for r in report] == [
         "daemon", "port", "callback", "account", "secret-backend", "config", "files", "openrouter"
     ]  # fmt: skip
-    assert all(set(r) == {"check", "ok", "verdict", "fix", "note"} for r in report)
+    assert all(set(r) == {"check", "ok", "checked", "verdict", "fix", "note"} for r in report)
     assert report[0]["ok"] is False and "not running" in report[0]["verdict"]
 
 
