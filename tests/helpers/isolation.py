@@ -37,6 +37,9 @@ SESSION_VARS = ("DBUS_SESSION_BUS_ADDRESS", "DISPLAY", "WAYLAND_DISPLAY", "GNOME
 # session changes the rest of it all the time.
 RUNTIME_ENTRIES = ("convocations", "keyring", "bus", "dbus-1")
 LAUNCH_AGENT = "Library/LaunchAgents/io.convocations.convocationsd.plist"
+# The longest temporary directory the tests can use: their deepest socket path, a short_tmp's
+# "cv12345678/run/convocations/convocationsd.sock", is 47 bytes below it, and sun_path holds 104 on macOS.
+MAX_TEMPDIR = 50
 
 
 @dataclass(frozen=True)
@@ -152,10 +155,23 @@ _session = pytest.StashKey[tuple[RealDirs, dict[Path, tuple], Path]]()
 _found = pytest.StashKey[list[str]]()
 
 
+def check_tempdir(tempdir: str) -> None:
+    """The tests make their Unix sockets up to ~50 bytes below the temporary directory (TMPDIR, else /tmp),
+    and a socket path holds 104 bytes on macOS, 108 on Linux: refuse one too long for that, saying why."""
+    length = len(os.fsencode(tempdir))
+    if length > MAX_TEMPDIR:
+        raise pytest.UsageError(
+            f"The temporary directory {tempdir} is {length} bytes long; the tests need one of at most {MAX_TEMPDIR}, "
+            "as the Unix socket paths they make under it must fit in 104 bytes. "
+            "Set TMPDIR to a shorter directory of yours (for example: mkdir -p ~/t && export TMPDIR=~/t)."
+        )
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    check_tempdir(tempfile.gettempdir())
     real = RealDirs.of(os.environ)
     before = snapshot(real.guarded())
-    root = Path(tempfile.mkdtemp(prefix="cvs", dir="/tmp"))  # short: Unix socket paths fit under it
+    root = Path(tempfile.mkdtemp(prefix="cvs"))  # in TMPDIR (else /tmp), short: Unix socket paths fit under it
     real.export(os.environ)
     isolate(os.environ, root)
     config.stash[_session] = (real, before, root)

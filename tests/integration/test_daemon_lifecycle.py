@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import shutil
 import socket
 import subprocess
 import sys
@@ -102,9 +101,7 @@ def test_socket_modes(daemon_factory):
     assert os.stat(d.socket.parent).st_mode & 0o777 == 0o700
 
 
-@pytest.mark.skipif(
-    os.getuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv to act as another user"
-)
+@pytest.mark.needs_root
 def test_other_uid_client_is_refused(daemon_factory):
     d = daemon_factory()
     # Open the doors a misconfiguration might open, so only the peer-uid check stands in the way.

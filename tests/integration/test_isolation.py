@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -36,7 +37,9 @@ def persons_env(home: Path, runtime: Path) -> dict[str, str]:
 def test_this_run_is_under_a_temporary_home():
     real = RealDirs.of(os.environ)
     home = Path(os.environ["HOME"])
-    assert home != real.home and real.home not in home.parents
+    assert home != real.home and Path(tempfile.gettempdir()) in home.parents
+    # TMPDIR may be in the real HOME (~/tmp, where /tmp is not writable), but not in what the guard watches.
+    assert not any(top == home or top in home.parents for top, _ in real.guarded())
     for var in ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME", "XDG_STATE_HOME", "XDG_RUNTIME_DIR"):
         assert home.parent in Path(os.environ[var]).parents, var  # all in this session's temporary dir
     assert not {"DISPLAY", "WAYLAND_DISPLAY"} & set(os.environ)
