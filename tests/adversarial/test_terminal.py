@@ -17,7 +17,7 @@ import threading
 
 import pytest
 
-from tests.conftest import ROOT, base_env
+from tests.conftest import base_env
 
 FORGED = "Linked. Your OpenRouter key is stored in keyring."
 # ESC-based CSI (clear screen), OSC (window title; a hyperlink ended by ST), CR+LF and a forged line,
@@ -238,7 +238,6 @@ def test_service_status_shows_systemctl_output_inert():
         run=lambda argv: service_install.RunResult(1, f"\x1b]0;owned\x07Failed\r\n{FORGED}"),
         env={"HOME": "/nonexistent", "XDG_CONFIG_HOME": "/nonexistent/.config"},
         platform="linux",
-        templates=ROOT,  # the checkout's own unit files, also when the package is a mutated copy
     )
     text = out.getvalue()
     assert "\x1b" not in text and "\r" not in text and "\\x1b]0;owned\\x07Failed" in text, text

@@ -16,8 +16,8 @@ import pytest
 from convocationsd.cli import service_install as si
 
 ROOT = Path(__file__).resolve().parents[2]
-UNITS = ROOT / "systemd"
-PLIST = ROOT / "launchd" / "io.convocations.convocationsd.plist"
+UNITS = si.TEMPLATES / "systemd"
+PLIST = si.TEMPLATES / "launchd" / "io.convocations.convocationsd.plist"
 ANALYZE = shutil.which("systemd-analyze")
 
 
