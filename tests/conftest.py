@@ -351,7 +351,8 @@ def hold_port(address: str) -> tuple[subprocess.Popen, int]:
     )
     script = Path(tempfile.mkdtemp(prefix="cvd")) / "devserver.py"
     script.write_text(code)
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    # Named relative to its folder: doctor shows 120 characters of a command line, and the name must be in them.
+    proc = subprocess.Popen([sys.executable, script.name], cwd=script.parent, stdout=subprocess.PIPE, text=True)
     port = int(proc.stdout.readline())
     script.unlink()
     script.parent.rmdir()

@@ -193,10 +193,12 @@ def test_doctor_shows_a_hostile_process_name_inert(short_tmp):
     a bidi override are shown escaped, and exactly in --json.
 
     Defence: cli.main.Out, which doctor prints through."""
-    script = short_tmp / "h.py"  # a file, not -c: doctor shows the first 120 characters of the command line
-    script.write_text(HOLDER)
+    # A file, not -c, named relative to its folder: doctor shows the first 120 characters of the command line,
+    # and a long TMPDIR would push the title out of them.
+    (short_tmp / "h.py").write_text(HOLDER)
     holder = subprocess.Popen(
-        [sys.executable, str(script), COMM, "--title=\x1b]2;x\x07\u202eevil"],
+        [sys.executable, "h.py", COMM, "--title=\x1b]2;x\x07\u202eevil"],
+        cwd=short_tmp,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,

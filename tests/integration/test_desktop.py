@@ -311,14 +311,14 @@ async def test_name_already_owned_warns_and_keeps_the_rest(private_bus, caplog):
 # -- pure parts -----------------------------------------------------------------------------------------
 
 
-def test_session_bus_address(tmp_path):
+def test_session_bus_address(short_tmp):
     import socket
 
     assert desktop.session_bus_address({"DBUS_SESSION_BUS_ADDRESS": "unix:path=/x"}) == "unix:path=/x"
-    assert desktop.session_bus_address({"XDG_RUNTIME_DIR": str(tmp_path)}) is None
-    (tmp_path / "bus").write_text("")  # not a socket
-    assert desktop.session_bus_address({"XDG_RUNTIME_DIR": str(tmp_path)}) is None
-    odd = tmp_path / "a b,c"
+    assert desktop.session_bus_address({"XDG_RUNTIME_DIR": str(short_tmp)}) is None
+    (short_tmp / "bus").write_text("")  # not a socket
+    assert desktop.session_bus_address({"XDG_RUNTIME_DIR": str(short_tmp)}) is None
+    odd = short_tmp / "a b,c"
     odd.mkdir()
     with socket.socket(socket.AF_UNIX) as s:
         s.bind(str(odd / "bus"))
