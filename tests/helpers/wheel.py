@@ -4,8 +4,9 @@ an sdist built from a copy of this checkout, the wheel built from that sdist (as
 
 Nothing is written into the checkout: setuptools leaves ``build/`` and ``*.egg-info`` where it builds, so it
 builds in a copy. Building runs without build isolation, so it needs no network: ``build`` and setuptools
-come from the test extra. Installing the wheel fetches its dependencies from the package index, as
-``pipx install`` does.
+come from the test extra. The wheel's dependencies come from the package index, as with ``pipx install``,
+into a wheelhouse; the venv is then made from the wheelhouse alone (``--no-index``), as it would be where no
+index can be reached (a container).
 """
 
 from __future__ import annotations
@@ -73,10 +74,16 @@ def pip_env() -> dict[str, str]:
     return env
 
 
-def install_wheel(wheel: Path, venv: Path) -> Path:
-    """A new venv at ``venv`` (on this interpreter's base Python) holding ``wheel`` and its dependencies only;
-    returns its ``bin`` folder."""
+def wheelhouse(wheel: Path, house: Path) -> Path:
+    """``wheel`` and a wheel of each of its dependencies, in ``house`` (from the package index)."""
+    run([sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(house), str(wheel)], env=pip_env())
+    return house
+
+
+def install_wheel(wheel: Path, venv: Path, house: Path) -> Path:
+    """A new venv at ``venv`` (on this interpreter's base Python) holding ``wheel`` and its dependencies only,
+    all from the wheelhouse ``house``; returns its ``bin`` folder."""
     run([sys.executable, "-m", "venv", str(venv)])
-    python = venv / "bin" / "python"
-    run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", str(wheel)], env=pip_env())
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    run([*pip, "--no-index", "--find-links", str(house), str(wheel)])
     return venv / "bin"

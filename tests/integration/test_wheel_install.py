@@ -3,8 +3,8 @@ starts the daemon, completes a login against the fake OpenRouter, passes doctor,
 with ExecStart at that venv's interpreter. It runs from an empty folder with no PYTHONPATH, so nothing of this
 checkout is on its path (a test below proves it).
 
-Building needs no network (tests/helpers/wheel.py); installing fetches the wheel's dependencies from the
-package index, as pipx would (~15 s), once for the module.
+Building needs no network (tests/helpers/wheel.py); the wheel's dependencies come from the package index,
+as with pipx (~15 s), once for the module.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from tests.conftest import (
     read_auth_url,
     wait_for_socket,
 )
-from tests.helpers.wheel import ROOT, Dists, build_dists, install_wheel
+from tests.helpers.wheel import ROOT, Dists, build_dists, install_wheel, wheelhouse
 from tests.integration.test_units import CANNOT_VERIFY, parse_unit, verify
 
 
@@ -40,7 +40,8 @@ def dists(tmp_path_factory: pytest.TempPathFactory) -> Dists:
 
 @pytest.fixture(scope="module")
 def venv_bin(dists: Dists, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return install_wheel(dists.wheel, tmp_path_factory.mktemp("pipx") / "venv")
+    house = wheelhouse(dists.wheel, tmp_path_factory.mktemp("wheels"))
+    return install_wheel(dists.wheel, tmp_path_factory.mktemp("pipx") / "venv", house)
 
 
 @pytest.fixture
