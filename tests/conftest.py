@@ -48,7 +48,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """``@pytest.mark.needs_root`` tests (another uid, a daemon as root, a container) skip unless run as root."""
     if os.geteuid() == 0:
         return
-    skip = pytest.mark.skip(reason="needs root (CI runs these as root: pytest -m needs_root)")
+    skip = pytest.mark.skip(reason="needs root: `sudo make test-root` runs these, as CI does")
     for item in items:
         if item.get_closest_marker("needs_root"):
             item.add_marker(skip)
