@@ -1,5 +1,6 @@
 # make run             - create .venv, install convocationsd, run the daemon in the foreground
 # make test            - install what the tests need (system packages on Debian/Ubuntu), lint, type-check, run the tests
+# make test-root       - as root (sudo make test-root): the tests that need root, which make test skips unless root
 # make lint            - ruff check, ruff format --check, mypy
 # make bench           - run the benchmarks, write bench/RESULTS.md
 # make mutation        - mutants of the core and the guards against the unit tests (minutes; not in make test)
@@ -10,7 +11,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint system-deps bench mutation fake-openrouter rust-example clean
+.PHONY: run test test-root lint system-deps bench mutation fake-openrouter rust-example clean
 
 # The desktop extra (pydbus, PyGObject: notifications, the D-Bus interface) needs C headers to build. Where it
 # does not build, install without it: the daemon says so in one log line, and the desktop tests skip.
@@ -43,6 +44,11 @@ lint: $(VENV)/.test
 # Under a temporary HOME, with a private session bus and a gnome-keyring of their own: nothing of yours is touched.
 test: system-deps lint
 	tests/with-keyring.sh $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# pytest -m needs_root: another uid, a daemon as root, a container. In the venv `make test` made (order-only: root
+# installs nothing into it), writing no root-owned .pyc or cache into the checkout.
+test-root: | $(VENV)/.test
+	PYTHONDONTWRITEBYTECODE=1 tests/with-keyring.sh $(BIN)/python -m pytest -p no:cacheprovider -m needs_root $(PYTEST_ARGS)
 
 # Under the same private session bus as the tests, so that section 8 also measures the OS keyring backend.
 bench: $(VENV)/.test

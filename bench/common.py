@@ -1,6 +1,6 @@
 """Shared pieces of the benchmarks: the machine, statistics, a daemon process with READY timing, the fake.
 
-Everything here talks to 127.0.0.1, ::1 or Unix sockets under a private /tmp directory, and every process
+Everything here talks to 127.0.0.1, ::1 or Unix sockets under a private directory in $TMPDIR, and every process
 it starts is stopped by the section that started it (or by ``Daemon.stop`` / the atexit hook).
 """
 
@@ -122,8 +122,8 @@ def settle(seconds: float, smoke: bool) -> float:
 
 
 def short_tmp() -> Path:
-    """A short private directory (AF_UNIX paths must stay under 108 bytes)."""
-    return Path(tempfile.mkdtemp(prefix="cvb", dir="/tmp"))
+    """A short private directory in $TMPDIR (AF_UNIX paths must stay under 108 bytes)."""
+    return Path(tempfile.mkdtemp(prefix="cvb"))
 
 
 # -- the daemon --------------------------------------------------------------------------------------

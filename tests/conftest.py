@@ -44,10 +44,21 @@ settings.register_profile("repeatable", derandomize=True, deadline=None)
 settings.load_profile("repeatable")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """``@pytest.mark.needs_root`` tests (another uid, a daemon as root, a container) skip unless run as root."""
+    if os.geteuid() == 0:
+        return
+    skip = pytest.mark.skip(reason="needs root: `sudo make test-root` runs these, as CI does")
+    for item in items:
+        if item.get_closest_marker("needs_root"):
+            item.add_marker(skip)
+
+
 @pytest.fixture
 def short_tmp() -> Iterator[Path]:
-    """A short directory under /tmp: Unix socket paths must fit in 104-108 bytes."""
-    path = Path(tempfile.mkdtemp(prefix="cv", dir="/tmp"))
+    """A short directory in $TMPDIR (tests/helpers/isolation.py checks that it is short): Unix socket paths
+    must fit in 104-108 bytes."""
+    path = Path(tempfile.mkdtemp(prefix="cv"))
     try:
         yield path
     finally:
@@ -344,9 +355,10 @@ def hold_port(address: str) -> tuple[subprocess.Popen, int]:
         time.sleep(120)
         """
     )
-    script = Path(tempfile.mkdtemp(prefix="cvd", dir="/tmp")) / "devserver.py"
+    script = Path(tempfile.mkdtemp(prefix="cvd")) / "devserver.py"
     script.write_text(code)
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    # Named relative to its folder: doctor shows 120 characters of a command line, and the name must be in them.
+    proc = subprocess.Popen([sys.executable, script.name], cwd=script.parent, stdout=subprocess.PIPE, text=True)
     port = int(proc.stdout.readline())
     script.unlink()
     script.parent.rmdir()

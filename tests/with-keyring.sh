@@ -34,7 +34,11 @@ if [ -z "${PYTHONUSERBASE-}" ] && command -v python3 >/dev/null 2>&1; then
   PYTHONUSERBASE="$(python3 -m site --user-base)" && export PYTHONUSERBASE
 fi
 
-tmp="$(mktemp -d /tmp/cvt.XXXXXX)" # short: Unix socket paths under it must fit in 104 bytes
+# In TMPDIR (else /tmp), short: Unix socket paths under it must fit in 104 bytes.
+tmp="$(mktemp -d "${TMPDIR:-/tmp}/cvt.XXXXXX")" || {
+  echo "with-keyring.sh: cannot create a directory in ${TMPDIR:-/tmp}: set TMPDIR to a short directory of yours" >&2
+  exit 1
+}
 trap 'rm -rf "$tmp"' EXIT
 export HOME="$tmp/home" XDG_RUNTIME_DIR="$tmp/run"
 export XDG_CONFIG_HOME="$HOME/.config" XDG_DATA_HOME="$HOME/.local/share"
@@ -46,7 +50,13 @@ unset DBUS_SESSION_BUS_ADDRESS DISPLAY WAYLAND_DISPLAY GNOME_KEYRING_CONTROL CON
 
 status=0
 if command -v dbus-run-session >/dev/null 2>&1; then
-  dbus-run-session -- "$BASH" "$0" --on-private-bus "$@" || status=$?
+  # The distribution's session bus, listening in $tmp: its own config listens in /tmp, which may not be writable.
+  bus=()
+  if [ -r /usr/share/dbus-1/session.conf ]; then
+    sed "s|<listen>.*</listen>|<listen>unix:dir=$tmp</listen>|" /usr/share/dbus-1/session.conf >"$tmp/bus.conf"
+    bus=(--config-file="$tmp/bus.conf")
+  fi
+  dbus-run-session ${bus[@]+"${bus[@]}"} -- "$BASH" "$0" --on-private-bus "$@" || status=$?
 else
   "$@" || status=$?
 fi

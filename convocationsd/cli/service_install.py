@@ -1,8 +1,8 @@
 """``convctl service install|uninstall|status``: put the daemon under the person's service manager.
 
-Linux: the systemd user units from ``systemd/`` go to ``$XDG_CONFIG_HOME/systemd/user`` with ExecStart
-pointing at the interpreter this package runs in (a venv's ``bin/python`` stays unresolved, so the venv
-is used). macOS: the LaunchAgent from ``launchd/`` goes to ``~/Library/LaunchAgents``.
+Linux: the systemd user units from ``templates/systemd/`` go to ``$XDG_CONFIG_HOME/systemd/user`` with
+ExecStart pointing at the interpreter this package runs in (a venv's ``bin/python`` stays unresolved, so the
+venv is used). macOS: the LaunchAgent from ``templates/launchd/`` goes to ``~/Library/LaunchAgents``.
 
 Every step is printed as it happens, and a file whose content would not change is left alone, so running
 install twice is safe and says so. Commands go through an injectable ``run`` so the logic can be tested
@@ -27,17 +27,8 @@ from convocationsd.common import paths
 from convocationsd.common.interpreter import module_command
 from convocationsd.core.errors import ConvError
 
-
-def _find_templates() -> Path:
-    """systemd/ and launchd/ live beside the package in a checkout (and an editable install); a wheel
-    installs them under <prefix>/share/convocationsd (pyproject's data-files)."""
-    checkout = Path(__file__).resolve().parents[2]
-    if (checkout / "systemd").is_dir():
-        return checkout
-    return Path(sys.prefix) / "share" / "convocationsd"
-
-
-TEMPLATES = _find_templates()
+# Package data: a wheel carries them beside this module, wherever pip or pipx installs it.
+TEMPLATES = Path(__file__).with_name("templates")
 SERVICE = "convocationsd.service"
 SOCKETS = ("convocationsd.socket", "convocationsd-http.socket")
 UNITS = (SERVICE, *SOCKETS)
@@ -129,7 +120,8 @@ def _template_dir(templates: Path, sub: str, names: Sequence[str]) -> Path:
     if missing:
         raise ConvError(
             f"The service templates ({', '.join(missing)}) are not part of this installation (looked in {folder}).",
-            "Reinstall convocationsd (pip puts them in <prefix>/share/convocationsd), or copy them from its source.",
+            "This installation is incomplete: reinstall convocationsd (`pipx reinstall convocationsd`, or "
+            "`pip install --force-reinstall convocationsd` in its environment).",
         )
     return folder
 

@@ -31,7 +31,7 @@ def fake_t(mod_fake: FakeThread) -> Iterator[FakeThread]:
 
 @pytest.fixture(scope="module")
 def module_tmp() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="cva", dir="/tmp"))
+    path = Path(tempfile.mkdtemp(prefix="cva"))
     yield path
     shutil.rmtree(path, ignore_errors=True)
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -23,8 +22,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
-
-import pytest
 
 from convocationsd.client import Client
 from convocationsd.testing.fake_openrouter import FakeOpenRouter
@@ -269,10 +266,6 @@ def as_nobody(script: str, *args: str, timeout: float = 20.0) -> subprocess.Comp
         timeout=timeout,
     )
 
-
-needs_root_setpriv = pytest.mark.skipif(
-    os.getuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv to act as another user"
-)
 
 HINT_RE = re.compile(r"convctl|RCONV_HTTP_PORT|CONVOCATIONS_OPENROUTER_URL|chmod|try again|again", re.I)
 SIGKILL = signal.SIGKILL

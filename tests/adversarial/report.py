@@ -2,7 +2,8 @@
 
     tests/with-keyring.sh .venv/bin/python -m tests.adversarial.report
 
-(plain ``.venv/bin/python -m tests.adversarial.report`` works too: the suite needs no keyring). It runs
+(plain ``.venv/bin/python -m tests.adversarial.report`` works too: the suite needs no keyring). Run it as root:
+the tests marked ``needs_root`` (another uid at the socket) guard some defences, and skip otherwise. It runs
 ``tests/adversarial`` with this module as a pytest plugin, which records every test's outcome and
 docstring, then checks that the suite notices when a defence is removed: for each entry of ``MUTANTS``
 it copies the package to a temporary directory, disables one defence by a textual edit, runs the tests

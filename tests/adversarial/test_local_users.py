@@ -23,7 +23,6 @@ from tests.adversarial.harness import (
     OTHER_USER_PYTHON,
     as_nobody,
     callback,
-    needs_root_setpriv,
     next_event,
     query_of,
     subscriber,
@@ -48,7 +47,7 @@ def _open_parents(d) -> None:
         os.chmod(p, 0o755)
 
 
-@needs_root_setpriv
+@pytest.mark.needs_root
 def test_other_uid_cannot_traverse_default_runtime_dir(daemon_factory):
     """With the default socket path, another uid cannot even reach the socket: the runtime dir is 0700.
 
@@ -62,7 +61,7 @@ def test_other_uid_cannot_traverse_default_runtime_dir(daemon_factory):
     assert stat.S_IMODE(os.stat(d.socket.parent).st_mode) == 0o700
 
 
-@needs_root_setpriv
+@pytest.mark.needs_root
 def test_other_uid_cannot_connect_to_0600_socket(daemon_factory):
     """With the runtime dir opened up, the 0600 socket still refuses another uid's connect().
 
@@ -87,7 +86,7 @@ HTTP_START = (
 )
 
 
-@needs_root_setpriv
+@pytest.mark.needs_root
 def test_other_uid_cannot_start_or_join_a_login_over_http(daemon_factory):
     """Another uid forging the browser's headers still gets 403 from the loopback HTTP server, so it
     cannot learn a pending login's state and link its own account into this user's daemon.
@@ -184,7 +183,7 @@ def test_symlinked_runtime_dir_is_refused(short_tmp, daemon_factory):
     assert list(target.iterdir()) == []
 
 
-@needs_root_setpriv
+@pytest.mark.needs_root
 @pytest.mark.parametrize("planted_as", ["directory", "link on the way"])
 def test_runtime_dir_owned_by_another_user_is_refused(short_tmp, daemon_factory, planted_as):
     """A runtime dir owned by another uid (someone pre-created it to plant a socket), or a symbolic link of
@@ -207,7 +206,7 @@ def test_runtime_dir_owned_by_another_user_is_refused(short_tmp, daemon_factory,
     assert not (sock_dir / "d.sock").exists()
 
 
-@needs_root_setpriv
+@pytest.mark.needs_root
 def test_default_runtime_dir_planted_by_another_user_without_xdg_runtime_dir(short_tmp, daemon_factory):
     """XDG_RUNTIME_DIR unset, and the directory platformdirs falls back to was made first by another
     user: both programs stop with a clear message (it used to be a PermissionError traceback).
@@ -236,7 +235,7 @@ def test_default_runtime_dir_planted_by_another_user_without_xdg_runtime_dir(sho
     assert list(planted.iterdir()) == []
 
 
-@needs_root_setpriv
+@pytest.mark.needs_root
 def test_stale_socket_of_another_user_is_not_removed(short_tmp, daemon_factory):
     """In a shared sticky directory, another user's socket where ours should go (nobody listening on it):
     a root daemon, which could unlink it, leaves it alone and stops.
@@ -274,7 +273,7 @@ IMPOSTOR = (
 )
 
 
-@needs_root_setpriv
+@pytest.mark.needs_root
 def test_clients_refuse_a_server_run_by_another_user(short_tmp):
     """CONVOCATIONS_SOCKET in a world-writable directory where another user serves: `convctl secret
     set-openrouter-key` and the AsyncClient both refuse before sending a byte; the key never leaves.
@@ -385,7 +384,7 @@ def test_loose_secret_key_refused_on_secret_set(daemon_factory):
     assert d.call("secret.get") == {"key": "sk-or-v1-" + "c" * 64}
 
 
-@needs_root_setpriv
+@pytest.mark.needs_root
 def test_secret_key_owned_by_another_user_is_refused(daemon_factory):
     """A secret.key owned by another uid (planted master key) is refused with a chown hint."""
     from convocationsd.core.errors import RemoteError
@@ -451,7 +450,7 @@ def test_config_that_others_can_write_stops_the_daemon(short_tmp, daemon_factory
     assert (done.returncode, done.stdout) == (0, "sk-or-v1-" + "f" * 64 + "\n"), done.stderr
 
 
-@needs_root_setpriv
+@pytest.mark.needs_root
 def test_config_another_user_appended_to_or_owns_stops_the_daemon(short_tmp, daemon_factory):
     """Another uid appends ``openrouter_url`` to a config.toml left at 0666 (as the review did); later it owns
     the file, or the file's group is one others share: each time the daemon refuses to start.
@@ -494,7 +493,7 @@ HIT_AND_RUN = (
 )
 
 
-@needs_root_setpriv
+@pytest.mark.needs_root
 def test_other_uid_that_closes_at_once_cannot_restart_a_login(daemon_factory):
     """A root daemon (a container): another uid sends 200 forged start requests with restart and closes each
     connection at once. The kernel lists such a socket in TIME-WAIT with uid 0, which is root's: none may

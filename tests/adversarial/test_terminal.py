@@ -17,7 +17,7 @@ import threading
 
 import pytest
 
-from tests.conftest import ROOT, base_env
+from tests.conftest import base_env
 
 FORGED = "Linked. Your OpenRouter key is stored in keyring."
 # ESC-based CSI (clear screen), OSC (window title; a hyperlink ended by ST), CR+LF and a forged line,
@@ -193,10 +193,12 @@ def test_doctor_shows_a_hostile_process_name_inert(short_tmp):
     a bidi override are shown escaped, and exactly in --json.
 
     Defence: cli.main.Out, which doctor prints through."""
-    script = short_tmp / "h.py"  # a file, not -c: doctor shows the first 120 characters of the command line
-    script.write_text(HOLDER)
+    # A file, not -c, named relative to its folder: doctor shows the first 120 characters of the command line,
+    # and a long TMPDIR would push the title out of them.
+    (short_tmp / "h.py").write_text(HOLDER)
     holder = subprocess.Popen(
-        [sys.executable, str(script), COMM, "--title=\x1b]2;x\x07\u202eevil"],
+        [sys.executable, "h.py", COMM, "--title=\x1b]2;x\x07\u202eevil"],
+        cwd=short_tmp,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -238,7 +240,6 @@ def test_service_status_shows_systemctl_output_inert():
         run=lambda argv: service_install.RunResult(1, f"\x1b]0;owned\x07Failed\r\n{FORGED}"),
         env={"HOME": "/nonexistent", "XDG_CONFIG_HOME": "/nonexistent/.config"},
         platform="linux",
-        templates=ROOT,  # the checkout's own unit files, also when the package is a mutated copy
     )
     text = out.getvalue()
     assert "\x1b" not in text and "\r" not in text and "\\x1b]0;owned\\x07Failed" in text, text

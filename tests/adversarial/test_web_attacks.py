@@ -41,7 +41,7 @@ NAVIGATION = {"Sec-Fetch-Dest": "document", "Sec-Fetch-Mode": "navigate", "Sec-F
 @pytest.fixture(scope="module")
 def relaxed_daemon(mod_fake):
     """A second daemon of the module with allow_stateless_callbacks (for an OpenRouter that drops state)."""
-    tmp = Path(tempfile.mkdtemp(prefix="cvr", dir="/tmp"))
+    tmp = Path(tempfile.mkdtemp(prefix="cvr"))
     d = start_daemon(tmp, CONVOCATIONS_OPENROUTER_URL=mod_fake.url, CONVOCATIONS_ALLOW_STATELESS_CALLBACKS="1")
     yield d
     kill(d)

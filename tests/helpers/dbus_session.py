@@ -15,6 +15,7 @@ import json
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -39,12 +40,12 @@ def missing_tools() -> str | None:
 
 
 class PrivateBus:
-    """A session ``dbus-daemon`` of our own; ``listen`` is a path for a fixed socket (e.g. $XDG_RUNTIME_DIR/bus)."""
+    """A session ``dbus-daemon`` of our own; ``listen`` is a path for a fixed socket (e.g. $XDG_RUNTIME_DIR/bus),
+    else its socket goes in $TMPDIR (session.conf's /tmp may not be writable)."""
 
     def __init__(self, listen: Path | None = None) -> None:
-        args = ["dbus-daemon", "--session", "--nofork", "--nopidfile", "--print-address=1"]
-        if listen is not None:
-            args.append(f"--address=unix:path={listen}")
+        address = f"unix:path={listen}" if listen is not None else f"unix:tmpdir={tempfile.gettempdir()}"
+        args = ["dbus-daemon", "--session", "--nofork", "--nopidfile", "--print-address=1", f"--address={address}"]
         # stderr is dropped: dbus-daemon complains there that it may not raise its fd limit.
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         self.address = self.proc.stdout.readline().strip()

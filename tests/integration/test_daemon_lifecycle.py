@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import shutil
 import socket
 import subprocess
 import sys
@@ -102,9 +101,7 @@ def test_socket_modes(daemon_factory):
     assert os.stat(d.socket.parent).st_mode & 0o777 == 0o700
 
 
-@pytest.mark.skipif(
-    os.getuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv to act as another user"
-)
+@pytest.mark.needs_root
 def test_other_uid_client_is_refused(daemon_factory):
     d = daemon_factory()
     # Open the doors a misconfiguration might open, so only the peer-uid check stands in the way.
@@ -240,3 +237,21 @@ def test_port_zero_binds_one_free_port_on_both_loopbacks():
     finally:
         for s in socks:
             s.close()
+
+
+@pytest.mark.parametrize("blocked_by", ["a file on the way", "a folder it may not write"])
+def test_a_runtime_dir_that_cannot_be_made_says_what_to_set(daemon_factory, short_tmp, blocked_by):
+    """XDG_RUNTIME_DIR names a folder that is missing and cannot be made, as after `su` or in a session without
+    systemd-logind (/run/user/<uid> is root's to make): the daemon stops and says what to set instead."""
+    parent = short_tmp / "parent"
+    if blocked_by == "a file on the way":
+        parent.write_text("")
+    else:
+        if os.geteuid() == 0:
+            pytest.skip("root may write any folder")
+        parent.mkdir(mode=0o555)
+    d = daemon_factory(wait=False, CONVOCATIONS_SOCKET="", XDG_RUNTIME_DIR=str(parent / "1234"))
+    assert d.proc.wait(20) == 1
+    log = d.log()
+    assert f"{parent / '1234' / 'convocations'}" in log and "CONVOCATIONS_SOCKET (or XDG_RUNTIME_DIR)" in log, log
+    assert "Traceback" not in log

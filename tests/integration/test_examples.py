@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.adversarial.harness import NOBODY, OTHER_USER_PYTHON, needs_root_setpriv
+from tests.adversarial.harness import NOBODY, OTHER_USER_PYTHON
 from tests.adversarial.test_local_users import IMPOSTOR
 from tests.conftest import ROOT, follow_callback
 from tests.helpers import rust_example as rust_build
@@ -365,7 +365,7 @@ def test_rust_example_explains_a_daemon_that_refuses_garbles_or_goes(short_tmp, 
     assert says in done.stderr and "panicked" not in done.stderr
 
 
-@needs_root_setpriv
+@pytest.mark.needs_root
 def test_rust_example_refuses_a_server_run_by_another_user(short_tmp, rust):
     """CONVOCATIONS_SOCKET in a shared sticky directory (allowed: others cannot swap a socket there) where
     another user serves: the example asks the kernel who serves it (SO_PEERCRED) and sends not a byte.

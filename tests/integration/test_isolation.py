@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import start_daemon
 from tests.helpers.gnome_keyring import gnome_keyring, missing_tools
-from tests.helpers.isolation import PRIVATE_BUS, SESSION_VARS, RealDirs, snapshot
+from tests.helpers.isolation import MAX_TEMPDIR, PRIVATE_BUS, SESSION_VARS, RealDirs, snapshot
 
 ROOT = Path(__file__).resolve().parents[2]
 WRAPPER = ROOT / "tests" / "with-keyring.sh"
@@ -36,7 +39,9 @@ def persons_env(home: Path, runtime: Path) -> dict[str, str]:
 def test_this_run_is_under_a_temporary_home():
     real = RealDirs.of(os.environ)
     home = Path(os.environ["HOME"])
-    assert home != real.home and real.home not in home.parents
+    assert home != real.home and Path(tempfile.gettempdir()) in home.parents
+    # TMPDIR may be in the real HOME (~/tmp, where /tmp is not writable), but not in what the guard watches.
+    assert not any(top == home or top in home.parents for top, _ in real.guarded())
     for var in ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME", "XDG_STATE_HOME", "XDG_RUNTIME_DIR"):
         assert home.parent in Path(os.environ[var]).parents, var  # all in this session's temporary dir
     assert not {"DISPLAY", "WAYLAND_DISPLAY"} & set(os.environ)
@@ -104,6 +109,65 @@ def test_guard_fails_a_run_that_touched_the_real_home(tmp_path):
     ):
         assert line in dirty.stdout, dirty.stdout
     assert "run the tests again" in dirty.stdout
+
+
+def test_a_tmpdir_too_long_for_the_tests_sockets_stops_the_run_saying_so(short_tmp):
+    deep = short_tmp / ("x" * MAX_TEMPDIR)
+    deep.mkdir()
+    (short_tmp / "test_touches_nothing.py").write_text(TOUCHES_NOTHING)
+    env = {**persons_env(short_tmp / "person", short_tmp / "prun"), "TMPDIR": str(deep)}
+    done = run_pytest_on(short_tmp / "test_touches_nothing.py", env)
+    assert done.returncode == pytest.ExitCode.USAGE_ERROR, done.stdout + done.stderr
+    assert f"The temporary directory {deep} is" in done.stderr and "Set TMPDIR to a shorter directory" in done.stderr
+
+
+WRITES_LIKE_A_DAEMON = textwrap.dedent(
+    """
+    import os
+    from pathlib import Path
+
+    def test_writes_where_the_persons_daemon_does():
+        home = Path(os.environ["CONVOCATIONS_TEST_REAL_HOME"])
+        (home / ".config/convocations").mkdir(parents=True)
+        (home / ".config/convocations/config.toml").write_text("http_port = 3001\\n")  # as their daemon may
+        if os.environ.get("ALSO_UNITS"):  # which their daemon never writes
+            (home / ".config/systemd/user").mkdir(parents=True)
+            (home / ".config/systemd/user/x.service").write_text("")
+    """
+)
+OWN_SECTION = "files of yours that your own convocationsd changed, most likely"
+TESTS_SECTION = "files of the person running the tests were touched"
+
+
+def test_a_running_daemon_of_the_persons_is_not_blamed_on_the_tests(short_tmp):
+    """The person's convocationsd, running with their HOME (here on a socket of its own, so only its process
+    shows it), is named for the changes it makes itself; a change it never makes still fails the run."""
+    home, runtime = short_tmp / "person", short_tmp / "prun"
+    d = start_daemon(short_tmp, HOME=str(home))
+    try:
+        (short_tmp / "test_like_daemon.py").write_text(WRITES_LIKE_A_DAEMON)
+        done = run_pytest_on(short_tmp / "test_like_daemon.py", {**persons_env(home, runtime), "ALSO_UNITS": "1"})
+    finally:
+        d.stop()
+    assert done.returncode == 1, done.stdout + done.stderr
+    own, _, tests = done.stdout.partition(TESTS_SECTION)
+    assert OWN_SECTION in own and f"created {home}/.config/convocations/config.toml" in own, done.stdout
+    assert f"your convocationsd (pid {d.proc.pid}) was running" in own and "stop it" in own, done.stdout
+    assert f"created {home}/.config/systemd/user/x.service" in tests and "config.toml" not in tests, done.stdout
+
+
+def test_the_socket_of_a_persons_daemon_is_enough_to_name_it(short_tmp):
+    """systemd holds the socket and starts the daemon on the next connection, which may come mid-run."""
+    home, runtime = short_tmp / "person", short_tmp / "prun"
+    env = persons_env(home, runtime)
+    (runtime / "convocations").mkdir(mode=0o700)
+    with socket.socket(socket.AF_UNIX) as held:
+        held.bind(str(runtime / "convocations" / "convocationsd.sock"))
+        (short_tmp / "test_like_daemon.py").write_text(WRITES_LIKE_A_DAEMON)
+        done = run_pytest_on(short_tmp / "test_like_daemon.py", env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert OWN_SECTION in done.stdout and TESTS_SECTION not in done.stdout, done.stdout
+    assert f"the socket of your convocationsd, {runtime}/convocations/convocationsd.sock, was there" in done.stdout
 
 
 @pytest.mark.keyring

@@ -102,7 +102,7 @@ EXAMPLES = [
 
 @pytest.fixture(scope="module")
 def conformance_daemon() -> Iterator[DaemonProcess]:
-    tmp = Path(tempfile.mkdtemp(prefix="cvc", dir="/tmp"))
+    tmp = Path(tempfile.mkdtemp(prefix="cvc"))
     d = start_daemon(tmp)
     yield d
     d.stop()

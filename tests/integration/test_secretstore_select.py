@@ -481,12 +481,12 @@ def test_no_session_bus_falls_back_to_local_encrypted(tmp_path, caplog):
 
 
 @pytest.mark.keyring
-def test_locked_keyring_falls_back_quickly(tmp_path, caplog):
+def test_locked_keyring_falls_back_quickly(short_tmp, caplog):
     """A private bus with a gnome-keyring whose login collection exists but is locked (no --unlock)."""
     if reason := gnome_keyring_missing():
         pytest.skip(reason)
-    home = tmp_path / "home"
-    env = child_env(tmp_path, HOME=str(home), XDG_DATA_HOME=str(home / ".local" / "share"))
+    home = short_tmp / "home"
+    env = child_env(short_tmp, HOME=str(home), XDG_DATA_HOME=str(home / ".local" / "share"))
     key = "sk-or-v1-locked-" + new_key()[9:]
     with locked_gnome_keyring(env) as locked:  # the timeout below is far above the bound we check
         assert list((home / ".local" / "share" / "keyrings").glob("*.keyring"))
@@ -506,7 +506,7 @@ def test_locked_keyring_falls_back_quickly(tmp_path, caplog):
     assert result["elapsed"] < 30 and wall < 60  # fell back instead of waiting out the 60 s timeout
     lines = [line for line in proc.stderr.splitlines() if "OS keyring unavailable" in line]
     assert len(lines) == 1 and ("locked" in lines[0] or "could not be opened" in lines[0])
-    assert_key_in_no_file(key, tmp_path)
+    assert_key_in_no_file(key, short_tmp)
     assert_key_hidden(key, caplog, texts=(proc.stdout, proc.stderr))
 
 

@@ -33,7 +33,7 @@ CHILD = textwrap.dedent(
 
 
 def test_child_sees_named_sockets_from_systemd_socket_activate():
-    folder = tempfile.mkdtemp(dir="/tmp", prefix="cv")  # AF_UNIX paths must stay under 108 bytes
+    folder = tempfile.mkdtemp(prefix="cv")  # short: AF_UNIX paths must stay under 108 bytes
     path = os.path.join(folder, "ctl.sock")
     port = free_port()
     tool = subprocess.Popen(

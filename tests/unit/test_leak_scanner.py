@@ -21,13 +21,13 @@ def test_a_key_in_a_nested_file_is_found(tmp_path):
         assert_key_in_no_file(key, tmp_path)
 
 
-def test_sockets_and_links_are_not_read(tmp_path):
+def test_sockets_and_links_are_not_read(short_tmp):
     """gnome-keyring keeps a control socket in the scanned runtime dir: opening it fails with ENXIO. A link
     may lead out of the directory, to a file that is not the store's."""
     key = new_key()
-    scanned = tmp_path / "scanned"
+    scanned = short_tmp / "scanned"
     scanned.mkdir()
-    elsewhere = tmp_path / "elsewhere.txt"
+    elsewhere = short_tmp / "elsewhere.txt"
     elsewhere.write_text(key)
     (scanned / "link").symlink_to(elsewhere)
     (scanned / "plain").write_text("no key here")

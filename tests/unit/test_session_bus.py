@@ -22,13 +22,13 @@ def test_address(tmp_path):
     assert session_bus.address({}) is None
 
 
-def test_export_fills_the_variable_only_from_a_bus_that_exists(tmp_path):
-    environ = {"XDG_RUNTIME_DIR": str(tmp_path)}
+def test_export_fills_the_variable_only_from_a_bus_that_exists(short_tmp):
+    environ = {"XDG_RUNTIME_DIR": str(short_tmp)}
     assert session_bus.export(environ) is None
     assert "DBUS_SESSION_BUS_ADDRESS" not in environ
     with socket.socket(socket.AF_UNIX) as s:
-        s.bind(str(tmp_path / "bus"))
-        assert session_bus.export(environ) == f"unix:path={tmp_path}/bus"
-    assert environ["DBUS_SESSION_BUS_ADDRESS"] == f"unix:path={tmp_path}/bus"
-    given = {"DBUS_SESSION_BUS_ADDRESS": "unix:path=/elsewhere", "XDG_RUNTIME_DIR": str(tmp_path)}
+        s.bind(str(short_tmp / "bus"))
+        assert session_bus.export(environ) == f"unix:path={short_tmp}/bus"
+    assert environ["DBUS_SESSION_BUS_ADDRESS"] == f"unix:path={short_tmp}/bus"
+    given = {"DBUS_SESSION_BUS_ADDRESS": "unix:path=/elsewhere", "XDG_RUNTIME_DIR": str(short_tmp)}
     assert session_bus.export(given) == "unix:path=/elsewhere"  # the variable wins

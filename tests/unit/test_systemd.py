@@ -45,7 +45,7 @@ CHILD = textwrap.dedent(
 
 @pytest.fixture
 def short_dir():
-    path = tempfile.mkdtemp(dir="/tmp", prefix="cv")  # AF_UNIX paths must stay under 108 bytes
+    path = tempfile.mkdtemp(prefix="cv")  # short: AF_UNIX paths must stay under 108 bytes
     yield path
     shutil.rmtree(path, ignore_errors=True)
 
