@@ -14,9 +14,10 @@ import re
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import count
 from pathlib import Path
@@ -44,15 +45,17 @@ def pytest_terminal_summary(terminalreporter) -> None:
 
 
 @pytest.fixture(scope="session")
-def container(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Container]:
+def container() -> Iterator[Container]:
     reason = unavailable()
     if reason:
         pytest.skip(reason)
-    share = tmp_path_factory.mktemp("cvshare")
-    share.chmod(0o755)  # read by the person inside (browser.py)
+    # Not under pytest's basetemp: other pytest runs of the same user prune old basetemps while this one runs.
+    share = Path(tempfile.mkdtemp(prefix="cvshare"))
+    share.chmod(0o755)  # read by the person inside (the scripts)
     started = time.monotonic()
     build_wheelhouse(share / "wheels")
-    shutil.copy(HERE / "browser.py", share / "browser.py")
+    for script in ("browser.py", "sandbox_probe.py"):
+        shutil.copy(HERE / script, share / script)
     TIMINGS["wheelhouse"] = time.monotonic() - started
     root, built = ensure_root()
     if built is not None:
@@ -60,7 +63,7 @@ def container(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Container]:
     box = Container(root, share)
     started = time.monotonic()
     try:
-        box.boot(share.parent / "nspawn.log")
+        box.boot(share / "nspawn.log")
         TIMINGS["boot"] = time.monotonic() - started
         started = time.monotonic()
         box.run(["python3", "-m", "venv", VENV])
@@ -78,34 +81,53 @@ def container(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Container]:
         yield box
     finally:
         started = time.monotonic()
-        box.shutdown()
-        TIMINGS["shutdown"] = time.monotonic() - started
+        try:
+            box.shutdown()
+        finally:
+            TIMINGS["shutdown"] = time.monotonic() - started
+            shutil.rmtree(share, ignore_errors=True)
 
 
 _uids = count(2001)
 
 
 @pytest.fixture
-def person(container: Container) -> Iterator[Desk]:
-    """A new user with linger, their user manager running; the service not yet installed."""
-    uid = next(_uids)
-    who = Person(f"cv{uid}", uid)
-    container.run(["useradd", "--create-home", "--uid", str(uid), "--gid", "users", who.name])
-    container.run(["loginctl", "enable-linger", who.name])
-    desk = Desk(container, who)
-    deadline = time.monotonic() + 30
-    while desk.run("systemctl", "--user", "is-system-running", "--wait", check=False).stdout.strip() != "running":
-        assert time.monotonic() < deadline, f"the user manager of {who.name} did not start"
-        time.sleep(0.1)
-    try:
-        yield desk
-    finally:
+def new_person(container: Container) -> Iterator[Callable[..., Desk]]:
+    """Makes a new user with linger, their user manager running, the service not yet installed.
+    ``user_namespaces=False`` gives them a user manager that cannot make user namespaces, as on systems that
+    refuse them to unprivileged users (a seccomp filter on user@UID.service, the container's system unit)."""
+    made: list[Desk] = []
+
+    def make(user_namespaces: bool = True) -> Desk:
+        uid = next(_uids)
+        who = Person(f"cv{uid}", uid)
+        if not user_namespaces:
+            container.write(f"/run/systemd/system/user@{uid}.service.d/no-userns.conf", NO_USERNS, mkdir=True)
+            container.run(["systemctl", "daemon-reload"])
+        container.run(["useradd", "--create-home", "--uid", str(uid), "--gid", "users", who.name])
+        container.run(["loginctl", "enable-linger", who.name])
+        desk = Desk(container, who)
+        made.append(desk)
+        deadline = time.monotonic() + 30
+        while desk.run("systemctl", "--user", "is-system-running", "--wait", check=False).stdout.strip() != "running":
+            assert time.monotonic() < deadline, f"the user manager of {who.name} did not start"
+            time.sleep(0.1)
+        return desk
+
+    yield make
+    for desk in made:
         for proc in desk.started:
-            if proc.poll() is None:
-                proc.kill()
-            proc.communicate()
-        container.run(["loginctl", "disable-linger", who.name], check=False)
-        container.run(["systemctl", "stop", f"user@{uid}.service"], check=False)
+            container.stop(proc)
+        container.run(["loginctl", "disable-linger", desk.who.name], check=False)
+        container.run(["systemctl", "stop", f"user@{desk.who.uid}.service"], check=False)
+
+
+NO_USERNS = "[Service]\nRestrictNamespaces=~user\n"
+
+
+@pytest.fixture
+def person(new_person: Callable[..., Desk]) -> Desk:
+    return new_person()
 
 
 @dataclass

@@ -66,9 +66,8 @@ def debian_mirror(sources: Path = Path("/etc/apt")) -> str:
         for stanza in re.split(r"\n\s*\n", text):
             uris = re.search(r"^URIs:\s*(\S+)", stanza, re.M)
             suites = re.search(r"^Suites:\s*(.*)$", stanza, re.M)
-            if uris and suites and SUITE in suites.group(1).split() and "/debian" in uris.group(1):
-                if "security" not in uris.group(1):
-                    return uris.group(1)
+            if uris and suites and SUITE in suites.group(1).split() and uris.group(1).endswith("/debian"):
+                return uris.group(1)
         for line in text.splitlines():
             words = line.split()
             if len(words) >= 3 and words[0] == "deb" and words[2] == SUITE and "security" not in words[1]:
@@ -121,9 +120,16 @@ def _locked(cache: Path, exclusive: bool) -> Iterator[None]:
 def ensure_root(cache: Path = CACHE) -> tuple[Path, float | None]:
     """The cached root, built when missing or stale: (its path, seconds the build took or None if cached)."""
     root, stamp_path = cache / "root", cache / "stamp.json"
-    with _locked(cache, exclusive=True):
+
+    def fresh() -> bool:
         stamp = Stamp.read(stamp_path)
-        if stamp is not None and root.is_dir() and stamp.matches(Stamp.wanted()):
+        return stamp is not None and root.is_dir() and stamp.matches(Stamp.wanted())
+
+    with _locked(cache, exclusive=False):  # shared: other runs may be using the root right now
+        if fresh():
+            return root, None
+    with _locked(cache, exclusive=True):  # waits for containers booted from the old root to end
+        if fresh():  # another run rebuilt it meanwhile
             return root, None
         started = time.monotonic()
         building = cache / f"root.building-{os.getpid()}"
@@ -218,7 +224,10 @@ class Container:
         raise TimeoutError(f"systemd did not start in the container: {self._log_tail()}")
 
     def _log_tail(self) -> str:
-        return self.log_path.read_text(errors="replace")[-2000:] if self.log_path else ""
+        try:
+            return self.log_path.read_text(errors="replace")[-2000:] if self.log_path else ""
+        except OSError as e:
+            return f"(no log: {e})"
 
     def enter(self, argv: Sequence[str], user: Person | None = None) -> list[str]:
         """The host command line that runs ``argv`` inside: as root, or as ``user`` in their home with a login
@@ -253,11 +262,22 @@ class Container:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            start_new_session=True,  # its own process group: see stop()
         )
 
-    def write(self, path: str, text: str, mode: int = 0o644, owner: Person | None = None) -> None:
+    @staticmethod
+    def stop(proc: subprocess.Popen) -> None:
+        """Ends a ``popen`` process and what nsenter started for it: killing nsenter alone would leave the
+        command running inside, holding the pipes open."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+
+    def write(self, path: str, text: str, mode: int = 0o644, owner: Person | None = None, mkdir: bool = False) -> None:
         """Writes a file inside (through the container's root as PID 1 sees it)."""
         target = Path(f"/proc/{self.pid1}/root") / path.lstrip("/")
+        if mkdir:
+            target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(text)
         os.chmod(target, mode)
         if owner is not None:
@@ -276,7 +296,9 @@ class Container:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(self.pid1, signal.SIGKILL)  # the kernel then ends every process of its PID namespace
                 self.nspawn.wait(10)
-                raise AssertionError(f"the container did not power off within {timeout:g} s: {self._log_tail()}")
+                raise AssertionError(
+                    f"the container did not power off within {timeout:g} s: {self._log_tail()}"
+                ) from None
         finally:
             self._lock.close()
             left = self.leftovers()
