@@ -8,6 +8,7 @@ dir and journal) and installs the service as that person, so tests share nothing
 
 from __future__ import annotations
 
+import base64
 import json
 import random
 import re
@@ -173,6 +174,19 @@ class Desk:
         lines = [f"http_port = {port}", *(f"{k} = {json.dumps(v)}" for k, v in settings.items())]
         self.write_config("\n".join(lines) + "\n")
         return self.convctl("service", "install").stdout
+
+    def unlock_keyring(self, password: str = "test-password") -> None:
+        """A gnome-keyring of the person's, unlocked, owning org.freedesktop.secrets on their user bus: a
+        unit of their user manager, so it ends with it."""
+        data = base64.b64encode(password.encode()).decode()
+        self.run(
+            *("systemd-run", "--user", "--unit=test-keyring", f"--property=StandardInputData={data}"),
+            *("gnome-keyring-daemon", "--foreground", "--unlock", "--components=secrets"),
+        )
+        deadline = time.monotonic() + 20
+        while self.run("busctl", "--user", "status", "org.freedesktop.secrets", check=False).returncode != 0:
+            assert time.monotonic() < deadline, "gnome-keyring did not take org.freedesktop.secrets"
+            time.sleep(0.1)
 
     def main_pid(self) -> int:
         return int(self.show("convocationsd.service", "MainPID")["MainPID"])

@@ -30,8 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 SUITE = "bookworm"  # Debian 12: systemd 252, the oldest manager the units are written for
-PACKAGES = ("systemd", "systemd-sysv", "dbus", "dbus-user-session", "python3", "python3-venv", "procps")
-RECIPE = 1  # bump when the root's recipe (packages, files written below) changes: cached roots are rebuilt
+PACKAGES = (
+    *("systemd", "systemd-sysv", "dbus", "dbus-user-session", "python3", "python3-venv", "procps"),
+    "gnome-keyring",  # the Secret Service a desktop session has, for the keyring backend under the sandbox
+)
+RECIPE = 2  # bump when the root's recipe (packages, files written below) changes: cached roots are rebuilt
 MAX_AGE_DAYS = 30  # older roots are rebuilt, so a long-lived cache follows Debian's point releases
 CACHE = Path(os.environ.get("CONVOCATIONS_TEST_ROOT_CACHE", "/var/cache/convocations-tests"))
 DEFAULT_MIRROR = "http://deb.debian.org/debian"

@@ -10,7 +10,8 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.service.conftest import VENV, Desk, spare_port
+from convocationsd.testing.fake_openrouter import fingerprint
+from tests.service.conftest import VENV, Desk, FakeOpenRouter, spare_port
 
 pytestmark = pytest.mark.needs_root
 
@@ -85,6 +86,19 @@ def test_the_sandbox_is_installed_enforced_and_scored(person: Desk):
     assert not set(mine) & set(its)  # its own user and mount namespaces
 
 
+def test_the_keyring_backend_works_in_the_sandbox(person: Desk, fake: FakeOpenRouter):
+    """A desktop person's key goes to their Secret Service over the session bus, from inside the sandbox."""
+    person.unlock_keyring()
+    assert "sandbox: on" in person.install_service(spare_port(), openrouter_url=fake.url)
+    person.login()
+    answer = json.loads(person.convctl("status", "--json").stdout)
+    assert answer["secret"] == {"stored": True, "backend": "keyring"}
+    key = person.convctl("exec", "--", "sh", "-c", 'printf %s "$OPENROUTER_API_KEY"').stdout
+    assert fingerprint(key) == fake.state()["issued_keys"][0]["fingerprint"]
+    config = person.run("cat", f"{person.who.home}/.config/convocations/config.toml").stdout
+    assert 'backend = "keyring"' in config and key not in config
+
+
 def test_where_user_namespaces_are_refused_the_service_runs_without_the_sandbox(new_person: Callable[..., Desk]):
     person = new_person(user_namespaces=False)
     out = person.install_service(spare_port())
@@ -100,6 +114,5 @@ def test_where_user_namespaces_are_refused_the_service_runs_without_the_sandbox(
     person.run("mkdir", "-p", drop_in.rsplit("/", 1)[0])
     person.run("cp", f"{VENV}/share/convocationsd/systemd/{SANDBOX}", drop_in)
     person.systemctl("daemon-reload")
-    person.convctl("status", check=False, timeout=30)
-    unit = person.show(SERVICE, "ExecMainStatus", "Result")
-    assert unit["ExecMainStatus"] == "217"  # 217/USER: "Failed to set up user namespacing"
+    assert person.systemctl("start", SERVICE, check=False).returncode != 0
+    assert person.show(SERVICE, "ExecMainStatus")["ExecMainStatus"] == "217"  # "Failed to set up user namespacing"
