@@ -52,41 +52,33 @@ def container() -> Iterator[Container]:
         pytest.skip(reason)
     # Not under pytest's basetemp: other pytest runs of the same user prune old basetemps while this one runs.
     share = Path(tempfile.mkdtemp(prefix="cvshare"))
-    share.chmod(0o755)  # read by the person inside (the scripts)
-    started = time.monotonic()
-    build_wheelhouse(share / "wheels")
-    for script in ("browser.py", "sandbox_probe.py"):
-        shutil.copy(HERE / script, share / script)
-    TIMINGS["wheelhouse"] = time.monotonic() - started
-    root, built = ensure_root()
-    if built is not None:
-        TIMINGS["root build"] = built
-    box = Container(root, share)
-    started = time.monotonic()
     try:
-        box.boot(share / "nspawn.log")
-        TIMINGS["boot"] = time.monotonic() - started
+        share.chmod(0o755)  # read by the person inside (the scripts)
         started = time.monotonic()
-        box.run(["python3", "-m", "venv", VENV])
-        box.run(
-            [
-                f"{VENV}/bin/pip",
-                "install",
-                "--quiet",
-                "--no-index",
-                f"--find-links={box.SHARED}/wheels",
-                "convocationsd",
-            ]
-        )
-        TIMINGS["install"] = time.monotonic() - started
-        yield box
-    finally:
+        build_wheelhouse(share / "wheels")
+        for script in ("browser.py", "sandbox_probe.py"):
+            shutil.copy(HERE / script, share / script)
+        TIMINGS["wheelhouse"] = time.monotonic() - started
+        root, built = ensure_root()
+        if built is not None:
+            TIMINGS["root build"] = built
+        box = Container(root, share)
         started = time.monotonic()
         try:
-            box.shutdown()
+            box.boot(share / "nspawn.log")
+            TIMINGS["boot"] = time.monotonic() - started
+            started = time.monotonic()
+            box.run(["python3", "-m", "venv", VENV])
+            pip = [f"{VENV}/bin/pip", "install", "--quiet", "--no-index", f"--find-links={box.SHARED}/wheels"]
+            box.run([*pip, "convocationsd"])
+            TIMINGS["install"] = time.monotonic() - started
+            yield box
         finally:
+            started = time.monotonic()
+            box.shutdown()
             TIMINGS["shutdown"] = time.monotonic() - started
-            shutil.rmtree(share, ignore_errors=True)
+    finally:
+        shutil.rmtree(share, ignore_errors=True)
 
 
 _uids = count(2001)

@@ -200,7 +200,9 @@ class Container:
             "--console=read-only",
         ]
         with open(log_path, "wb") as log:
-            self.nspawn = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+            self.nspawn = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_end_with_parent
+            )
         deadline = time.monotonic() + timeout
         self.pid1 = self._wait_for_pid1(deadline)
         self.pidns = os.readlink(f"/proc/{self.pid1}/ns/pid")
@@ -346,6 +348,15 @@ class Person:
             f"XDG_RUNTIME_DIR={self.runtime_dir}",
             f"DBUS_SESSION_BUS_ADDRESS=unix:path={self.runtime_dir}/bus",
         ]
+
+
+def _end_with_parent() -> None:
+    """In nspawn before exec: a test run killed outright still powers the container off (nspawn turns SIGTERM
+    into a shutdown request to the container's init)."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def _children(pid: int) -> list[int]:
