@@ -2,7 +2,8 @@
 
 Linux: the systemd user units from ``templates/systemd/`` go to ``$XDG_CONFIG_HOME/systemd/user`` with
 ExecStart pointing at the interpreter this package runs in (a venv's ``bin/python`` stays unresolved, so the
-venv is used). macOS: the LaunchAgent from ``templates/launchd/`` goes to ``~/Library/LaunchAgents``.
+venv is used), and the sandbox drop-in with them where the user manager can apply it. macOS: the LaunchAgent
+from ``templates/launchd/`` goes to ``~/Library/LaunchAgents``.
 
 Every step is printed as it happens, and a file whose content would not change is left alone, so running
 install twice is safe and says so. Commands go through an injectable ``run`` so the logic can be tested
@@ -12,6 +13,7 @@ a clear message with the command to run later rather than a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import plistlib
 import re
@@ -32,6 +34,17 @@ TEMPLATES = Path(__file__).with_name("templates")
 SERVICE = "convocationsd.service"
 SOCKETS = ("convocationsd.socket", "convocationsd-http.socket")
 UNITS = (SERVICE, *SOCKETS)
+# The service's file-system sandbox, a drop-in installed only where the user manager can apply it (see
+# _install_sandbox). The trial unit holds the settings of it that fail when it cannot: a user namespace
+# (217/USER), capabilities dropped inside it (218/CAPABILITIES), mounts inside it (226/NAMESPACE).
+SANDBOX = f"{SERVICE}.d/sandbox.conf"
+SANDBOX_TRIAL = (
+    "PrivateUsers=yes",
+    "CapabilityBoundingSet=",
+    "ProtectSystem=strict",
+    "PrivateTmp=yes",
+    "PrivateDevices=yes",
+)
 LABEL = "io.convocations.convocationsd"
 PLIST = f"{LABEL}.plist"
 
@@ -88,6 +101,10 @@ def render_units(python: str, http_port: int = 3000, templates: Path = TEMPLATES
         r"^(ListenStream=(?:127\.0\.0\.1|\[::1\])):\d+$", rf"\g<1>:{int(http_port)}", units[SOCKETS[1]], flags=re.M
     )
     return units
+
+
+def render_sandbox(templates: Path = TEMPLATES) -> str:
+    return (_template_dir(templates, "systemd", (SANDBOX,)) / SANDBOX).read_text()
 
 
 def render_plist(
@@ -270,6 +287,8 @@ def _install_systemd(s: _Session, env: Mapping[str, str], python: str, port: int
     changed = [
         name for name, text in render_units(python, port, templates).items() if s.write(folder / name, text.encode())
     ]
+    if missing is None and _install_sandbox(s, folder, python, templates):
+        changed.append(SANDBOX)
     if missing is not None:
         written = "would be written" if s.dry_run else "are written"
         s.say(f"NOT ENABLED: the unit files {written} to {folder}, but {missing}.")
@@ -295,6 +314,29 @@ def _install_systemd(s: _Session, env: Mapping[str, str], python: str, port: int
         )
     if not s.dry_run:
         s.say("convocationsd starts on the first connection; logs: journalctl --user -u convocationsd")
+
+
+def _install_sandbox(s: _Session, folder: Path, python: str, templates: Path) -> bool:
+    """Adds the sandbox drop-in where a trial unit with its kind of settings runs, and takes it away where one
+    does not: with it, a user manager that cannot make a user namespace would never start the service.
+    Returns whether the drop-in changed."""
+    target = folder / SANDBOX
+    trial = ["systemd-run", "--user", "--wait", "--collect", *(f"--property={p}" for p in SANDBOX_TRIAL)]
+    trial += ["--", python, "-c", "pass"]
+    if s.dry_run:
+        s.say(f"would try the sandbox in a trial unit ({' '.join(trial)}), then write or remove {target}")
+        return False
+    result = s.run(trial)
+    if result.returncode == 0:
+        s.say("sandbox: on (a trial unit ran in its own user namespace)")
+        return s.write(target, render_sandbox(templates).encode())
+    why = next((line.strip() for line in result.output.splitlines() if "status=" in line), _why(result))
+    s.say(f"sandbox: off, this user manager cannot apply it ({why}); the service runs with seccomp hardening only")
+    if target.exists():
+        target.unlink()
+        s.say(f"removed: {target}")
+        return True
+    return False
 
 
 def _install_launchd(s: _Session, env: Mapping[str, str], python: str, port: int, templates: Path) -> None:
@@ -344,6 +386,11 @@ def uninstall(
             stopped = s.command(_systemctl("disable", "--now", *SOCKETS, SERVICE)).returncode == 0
             for name in UNITS:
                 s.remove(folder / name)
+            if (folder / SANDBOX).exists():
+                s.remove(folder / SANDBOX)
+                if not dry_run:
+                    with contextlib.suppress(OSError):
+                        (folder / SANDBOX).parent.rmdir()  # only if empty: a person's own drop-ins stay
             if stopped:
                 s.command(_systemctl("daemon-reload"))
             else:
@@ -379,6 +426,10 @@ def status(
         folder = unit_dir(env)
         for name, text in render_units(python, http_port, templates).items():
             s.say(f"{name}: {_file_state(folder / name, text.encode())}")
+        if (folder / SANDBOX).exists():
+            s.say(f"{SANDBOX}: {_file_state(folder / SANDBOX, render_sandbox(templates).encode())}")
+        else:
+            s.say(f"{SANDBOX}: not installed (install adds it where the user manager can apply it)")
         argv = _systemctl("show", "--property=Id,LoadState,UnitFileState,ActiveState,SubState", *UNITS)
         result = run(argv)
         if result.returncode != 0:

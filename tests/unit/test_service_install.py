@@ -19,6 +19,8 @@ from convocationsd.cli import service_install as si
 from convocationsd.core.errors import ConvError
 
 PYTHON = "/opt/conv venv/bin/python"  # a blank in the path must survive ExecStart quoting
+TRIAL = ["systemd-run", "--user", "--wait", "--collect", *(f"--property={p}" for p in si.SANDBOX_TRIAL)]
+TRIAL += ["--", PYTHON, "-c", "pass"]
 
 
 class Recorder:
@@ -76,23 +78,28 @@ def test_install_writes_units_and_enables_sockets(env):
     assert 'ExecStart="/opt/conv venv/bin/python" -P -m convocationsd' in (folder / "convocationsd.service").read_text()
     assert run.calls == [
         ["systemctl", "--user", "show-environment"],  # is a user manager there? asked before writing
+        TRIAL,
         ["systemctl", "--user", "daemon-reload"],
         ["systemctl", "--user", "enable", "--now", "convocationsd.socket", "convocationsd-http.socket"],
     ]
     assert "running: systemctl --user daemon-reload" in lines
+    assert "sandbox: on (a trial unit ran in its own user namespace)" in lines
+    assert (folder / si.SANDBOX).read_text() == si.render_sandbox()
     assert not list(folder.glob(".*.tmp"))
 
 
 def test_second_install_rewrites_nothing(env):
     install(env, Recorder())
     folder = Path(env["XDG_CONFIG_HOME"]) / "systemd" / "user"
-    stamps = {p: p.stat().st_mtime_ns for p in folder.iterdir()}
+    stamps = {p: p.stat().st_mtime_ns for p in folder.rglob("*")}
     run = Recorder()
     lines = install(env, run)
-    assert [line for line in lines if line.startswith("unchanged: ")] == [f"unchanged: {folder / n}" for n in si.UNITS]
-    assert {p: p.stat().st_mtime_ns for p in folder.iterdir()} == stamps
+    unchanged = [f"unchanged: {folder / n}" for n in (*si.UNITS, si.SANDBOX)]
+    assert [line for line in lines if line.startswith("unchanged: ")] == unchanged
+    assert {p: p.stat().st_mtime_ns for p in folder.rglob("*")} == stamps
     assert run.calls == [
         ["systemctl", "--user", "show-environment"],
+        TRIAL,
         ["systemctl", "--user", "enable", "--now", *si.SOCKETS],
     ]  # no reload
 
@@ -101,8 +108,39 @@ def test_new_interpreter_updates_only_the_service_and_says_how_to_apply(env):
     install(env, Recorder())
     lines = install(env, Recorder(), python="/usr/local/bin/python3.12")
     assert any(line.startswith("updated: ") and line.endswith("convocationsd.service") for line in lines)
-    assert sum(line.startswith("unchanged: ") for line in lines) == 2
+    assert sum(line.startswith("unchanged: ") for line in lines) == 3  # the sockets and the sandbox
     assert any("To apply them now" in line for line in lines)
+
+
+def test_sandbox_stays_out_where_the_trial_unit_fails(env):
+    """A user manager that cannot make a user namespace would never start a service with the drop-in."""
+    refused = si.RunResult(
+        1,
+        "Running as unit: run-u7.service\nFinished with result: exit-code\n"
+        "Main processes terminated with: code=exited/status=217\nService runtime: 3ms",
+    )
+    lines = install(env, Recorder({("systemd-run",): refused}))
+    folder = Path(env["XDG_CONFIG_HOME"]) / "systemd" / "user"
+    assert not (folder / si.SANDBOX).exists() and all((folder / n).is_file() for n in si.UNITS)
+    assert (
+        "sandbox: off, this user manager cannot apply it (Main processes terminated with: code=exited/status=217); "
+        "the service runs with seccomp hardening only"
+    ) in lines
+
+
+def test_sandbox_is_taken_away_when_the_trial_fails_later(env):
+    """After an upgrade that restricts user namespaces, installing again must not leave a service that cannot start."""
+    install(env, Recorder())
+    folder = Path(env["XDG_CONFIG_HOME"]) / "systemd" / "user"
+    assert (folder / si.SANDBOX).is_file()
+    run = Recorder({("systemd-run",): si.RunResult(1, "Failed to start transient service unit: Access denied")})
+    lines = install(env, run)
+    assert not (folder / si.SANDBOX).exists() and f"removed: {folder / si.SANDBOX}" in lines
+    assert ["systemctl", "--user", "daemon-reload"] in run.calls  # the manager must forget the drop-in
+    assert (
+        "sandbox: off, this user manager cannot apply it (Failed to start transient service unit: Access denied)"
+        in (" ".join(lines))
+    )
 
 
 def test_default_unit_dir_without_xdg(tmp_path):
@@ -119,6 +157,7 @@ def test_dry_run_touches_nothing(env):
     assert not Path(env["XDG_CONFIG_HOME"]).exists()
     assert sum(line.startswith("would write: ") for line in lines) == 3
     assert "would run: systemctl --user enable --now convocationsd.socket convocationsd-http.socket" in lines
+    assert any(line.startswith("would try the sandbox in a trial unit (systemd-run --user") for line in lines)
 
 
 def test_missing_systemctl_says_what_was_written_and_what_to_run(env):
@@ -163,7 +202,8 @@ def test_uninstall_disables_then_removes(env):
         ["systemctl", "--user", "disable", "--now", *si.SOCKETS, "convocationsd.service"],
         ["systemctl", "--user", "daemon-reload"],
     ]
-    assert sum(line.startswith("removed: ") for line in lines) == 3
+    assert sum(line.startswith("removed: ") for line in lines) == 4  # the units and the sandbox
+    assert not (folder / si.SANDBOX).parent.exists()
     again = Recorder()
     lines = si.uninstall(out=io.StringIO(), run=again, env=env, platform="linux")
     assert again.calls == [] and all(line.startswith("not installed: ") for line in lines)
@@ -173,7 +213,7 @@ def test_uninstall_without_manager_still_removes_files(env):
     install(env, Recorder())
     run = Recorder({("systemctl",): si.RunResult(1, "Failed to connect to bus")})
     lines = si.uninstall(out=io.StringIO(), run=run, env=env, platform="linux")
-    assert sum(line.startswith("removed: ") for line in lines) == 3
+    assert sum(line.startswith("removed: ") for line in lines) == 4
     assert any("systemctl --user stop" in line for line in lines)
     assert len(run.calls) == 1  # no daemon-reload against a manager that is not there
 
@@ -190,7 +230,7 @@ def test_status_reports_files_and_manager(env):
     )
     run = Recorder({("systemctl", "--user", "show"): si.RunResult(0, show)})
     lines = si.status(out=io.StringIO(), run=run, env=env, platform="linux", python=PYTHON)
-    assert sum("installed, current" in line for line in lines) == 3
+    assert sum("installed, current" in line for line in lines) == 4  # the units and the sandbox
     assert "convocationsd.socket: enabled, active (listening)" in lines
     assert "convocationsd-http.socket: enabled, failed (failed)" in lines
 
@@ -203,6 +243,10 @@ def test_status_reports_files_and_manager(env):
     )
     assert any("differs from this installation" in line for line in other)
     assert "systemd user manager: not reachable (Failed to connect to bus)" in other
+
+    install(env, Recorder({("systemd-run",): si.RunResult(1, "status=217")}))
+    without = si.status(out=io.StringIO(), run=Recorder(), env=env, platform="linux", python=PYTHON)
+    assert f"{si.SANDBOX}: not installed (install adds it where the user manager can apply it)" in without
 
 
 def test_unsupported_platform(env):
