@@ -105,7 +105,7 @@ def check_trusted(path: Path) -> None:
         except OSError as e:
             raise _unreadable(p, e) from e
         mode = stat.S_IMODE(st.st_mode)
-        if not trusted_uid(st.st_uid):
+        if not (trusted_uid(st.st_uid) or _unmapped_outside(st.st_uid)):
             problem, fix = (
                 f"belongs to {describe_uid(st.st_uid)}",
                 f"Move it away, or have root give it to you: chown {os.getuid()} {p}",
@@ -121,6 +121,22 @@ def check_trusted(path: Path) -> None:
             f"{where} {problem}, so it is not used: whoever can change it decides where the OpenRouter key is sent.",
             f"{fix}, then check that the file says only what you wrote.",
         )
+
+
+def _unmapped_outside(uid: int) -> bool:
+    """Whether ``uid`` is the kernel's overflow uid, seen from inside a user namespace: there (systemd's
+    PrivateUsers=yes, the service's sandbox) only our own uid is mapped, and root's /, /home read as owned
+    by it. Such an owner is root or another user outside the namespace, which this process cannot tell
+    apart; it is taken as root's, and the mode checks still apply. `convctl doctor`, outside, sees the real
+    owner."""
+    try:
+        with open("/proc/sys/kernel/overflowuid") as f:
+            overflow = int(f.read())
+        with open("/proc/self/uid_map") as f:
+            identity = f.read().split() == ["0", "0", "4294967295"]  # the initial namespace maps every uid
+    except (OSError, ValueError):
+        return False
+    return uid == overflow and not identity
 
 
 def _private_group(gid: int, owner: int) -> bool:

@@ -10,6 +10,8 @@ import signal
 import time
 from datetime import datetime
 
+import pytest
+
 from convocationsd.store import configfile
 from tests.conftest import free_port, start_daemon
 
@@ -139,3 +141,48 @@ async def test_a_reload_says_which_changed_settings_wait_for_a_restart(short_tmp
     d.proc.send_signal(signal.SIGHUP)
     await asyncio.to_thread(wait_for_log, d, "configuration reloaded", 2)
     assert d.call("status")["restart_needed"] == []
+
+
+IN_NAMESPACE = """
+import os, sys
+from pathlib import Path
+from convocationsd.core.errors import UntrustedConfig
+from convocationsd.store import configfile
+print(os.stat("/").st_uid)
+for path in sys.argv[1:]:
+    try:
+        configfile.check_trusted(Path(path))
+        print("trusted")
+    except UntrustedConfig as e:
+        print("refused:", e.message)
+"""
+
+
+def test_inside_a_user_namespace_roots_folders_are_taken_as_roots(short_tmp):
+    """The service's sandbox (PrivateUsers=yes) maps only our own uid, so /, /home and the like read as owned
+    by the overflow uid: seen under a real systemd (tests/service), the daemon refused every config.toml and
+    never started. Inside such a namespace that owner is taken as root's; the mode checks still hold."""
+    import shutil
+    import subprocess
+    import sys
+
+    if os.getuid() == 0:
+        pytest.skip("as root, root maps to itself in a user namespace: this runs as an ordinary user (make test)")
+    if not shutil.which("unshare"):
+        pytest.skip("needs unshare (util-linux)")
+    ours = short_tmp / "cfg" / "config.toml"
+    ours.parent.mkdir()
+    ours.write_text('log_level = "debug"\n')
+    loose = short_tmp / "loose" / "config.toml"
+    loose.parent.mkdir()
+    loose.parent.chmod(0o777)
+    loose.write_text('log_level = "debug"\n')
+    argv = ["unshare", "--user", "--map-current-user", sys.executable, "-c", IN_NAMESPACE, str(ours), str(loose)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    if done.returncode != 0 and "unshare" in done.stderr:
+        pytest.skip(f"this machine refuses an unprivileged user namespace: {done.stderr.strip()}")
+    overflow = int(open("/proc/sys/kernel/overflowuid").read())
+    lines = done.stdout.splitlines()
+    assert lines[0] == str(overflow), done  # root's / as seen from inside
+    assert lines[1] == "trusted", done
+    assert lines[2].startswith("refused:") and "can be written by other users" in lines[2], done

@@ -99,20 +99,24 @@ def test_the_keyring_backend_works_in_the_sandbox(person: Desk, fake: FakeOpenRo
     assert 'backend = "keyring"' in config and key not in config
 
 
+TEMPLATES = "from convocationsd.cli.service_install import TEMPLATES; print(TEMPLATES)"
+
+
 def test_where_user_namespaces_are_refused_the_service_runs_without_the_sandbox(new_person: Callable[..., Desk]):
     person = new_person(user_namespaces=False)
     out = person.install_service(spare_port())
     assert "sandbox: off, this user manager cannot apply it (" in out and "status=217" in out, out
     drop_in = f"{person.who.home}/.config/systemd/user/{SANDBOX}"
     assert person.run("test", "-e", drop_in, check=False).returncode == 1
-    answer = json.loads(person.convctl("status", "--json").stdout)
+    answer = json.loads(person.convctl("status", "--json", check=False).stdout)  # exit 1: no key stored yet
     assert answer["pid"] == int(person.show(SERVICE, "MainPID")["MainPID"])
     assert 6.0 <= exposure(person) <= 6.5  # the seccomp hardening alone
 
     # The trial is what keeps the service starting here: with the drop-in, it would not.
     person.systemctl("stop", SERVICE)
     person.run("mkdir", "-p", drop_in.rsplit("/", 1)[0])
-    person.run("cp", f"{VENV}/share/convocationsd/systemd/{SANDBOX}", drop_in)
+    templates = person.run(f"{VENV}/bin/python", "-c", TEMPLATES).stdout.strip()  # package data, in the wheel
+    person.run("cp", f"{templates}/systemd/{SANDBOX}", drop_in)
     person.systemctl("daemon-reload")
     assert person.systemctl("start", SERVICE, check=False).returncode != 0
     assert person.show(SERVICE, "ExecMainStatus")["ExecMainStatus"] == "217"  # "Failed to set up user namespacing"

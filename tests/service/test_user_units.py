@@ -33,7 +33,11 @@ def wait_for(predicate, what: str, timeout: float = 20.0, every: float = 0.2):
 
 
 def status(person: Desk) -> dict:
-    return json.loads(person.convctl("status", "--json", check=False).stdout)
+    done = person.convctl("status", "--json", check=False)
+    answer = json.loads(done.stdout)
+    if "error" in answer:  # what the service said of itself, with the error
+        answer["journal"] = [e["MESSAGE"] for e in person.journal("--unit", SERVICE)][-10:]
+    return answer
 
 
 def daemon_lines(person: Desk) -> list[dict]:
