@@ -156,7 +156,8 @@ async def test_join_and_restart(daemon, fake):
     restarted = daemon.call("oauth.start", {"restart": True})
     assert restarted["joined"] is False and restarted["session_id"] != first["session_id"]
     ev = await next_event(sub, "openrouter-auth-complete")
-    assert ev["data"]["session_id"] == first["session_id"] and ev["data"]["error"]["code"] == "cancelled"
+    assert ev["data"]["session_id"] == first["session_id"] and ev["data"]["error"]["code"] == "replaced"
+    assert ev["data"]["error"]["message"].startswith("The login was replaced by a new login started elsewhere")
     # the old flow's approval no longer completes anything; the new one does
     location = await fake.approve(first["auth_url"])
     _, _, html = await follow_callback(location)

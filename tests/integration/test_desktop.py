@@ -19,7 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from convocationsd.core import events
-from convocationsd.core.flows import DENIED
+from convocationsd.core.flows import DENIED, REPLACED
 from convocationsd.daemon import desktop
 from tests.conftest import assert_no_secret, follow_callback
 from tests.helpers.dbus_session import (
@@ -320,3 +320,5 @@ def test_notification_text():
     )
     cancelled = {"success": False, "error": {"code": "cancelled", "message": "Cancelled.", "hint": ""}}
     assert desktop.notification_text(cancelled) is None
+    replaced = {"success": False, "error": REPLACED[True].to_dict()}  # its successor is still to come
+    assert desktop.notification_text(replaced) is None
