@@ -273,7 +273,7 @@ class Daemon:
         value, and the log, `status` and doctor say which changed settings wait for a restart."""
         from dataclasses import replace
 
-        from convocationsd.common.settings import RESTART_ONLY, reported, restart_message
+        from convocationsd.common.settings import RESTART_ONLY, key_name, reported, restart_message
 
         try:
             loaded = config.load(self.flags, self.env)
@@ -304,7 +304,7 @@ class Daemon:
             self._openrouter.timeout = new.exchange_timeout_seconds
         if self.secrets is not None:
             self.secrets.keyring_timeout = new.keyring_timeout_seconds
-        later = f"; restart to apply {', '.join(waiting)}" if waiting else ""
+        later = f"; restart to apply {', '.join(map(key_name, waiting))}" if waiting else ""
         log.info("configuration reloaded from %s%s", new.config_path, later)
         systemd.notify(f"STATUS={self._status}; configuration reloaded{later}", self.env)
 
