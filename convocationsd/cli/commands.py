@@ -649,9 +649,11 @@ def service(args: argparse.Namespace, out: Any) -> int:
     if args.action == "uninstall":
         lines = service_install.uninstall(dry_run=args.dry_run, out=sink)
     elif args.action == "install":
-        lines = service_install.install(dry_run=args.dry_run, out=sink, http_port=service_http_port())
+        lines = service_install.install(
+            dry_run=args.dry_run, out=sink, http_port=service_http_port(), socket_path=service_socket_path()
+        )
     else:
-        lines = service_install.status(out=sink, http_port=service_http_port())
+        lines = service_install.status(out=sink, http_port=service_http_port(), socket_path=service_socket_path())
     if args.json:
         out.json({"steps": lines})
     return EXIT_OK  # they report what they did and raise ConvError on a failure
@@ -670,6 +672,15 @@ def service_http_port(env: Any = os.environ) -> int:
             "Set RCONV_HTTP_PORT or http_port in config.toml to a port such as 3000.",
         )
     return settings.http_port
+
+
+def service_socket_path(env: Any = os.environ) -> Any:
+    """Where the IPC socket unit listens: ``socket`` in config.toml (which the daemon and its clients read),
+    else None, the unit's own ``%t/convocations/convocationsd.sock``. A shell's CONVOCATIONS_SOCKET does not
+    count: the service manager does not pass it to the daemon."""
+    from convocationsd.common import paths
+
+    return paths.configured_socket(paths.config_path(env))
 
 
 def doctor(args: argparse.Namespace, out: Any) -> int:

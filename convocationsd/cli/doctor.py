@@ -11,8 +11,9 @@ secret backend and the outcome of its last store come from its `status`; only wh
 use convctl's own settings, and it says so.
 
 It runs inside convctl, so it stays light: stdlib only (urllib, not aiohttp); ``keyring`` is imported
-inside its one check. A check that needs the daemon says "not checked" while none runs; such checks count
-apart from failures. Exit 0 when no check fails, 1 when one does. Its fixes name the command that
+inside its one check. A check that needs the daemon says "not checked" while none runs, and so does the account
+check while OpenRouter has not answered about the stored key (doctor first waits for it, as `status` does);
+such checks count apart from failures, and "All checks passed" is said only when none is left. Exit 0 when no check fails, 1 when one does. Its fixes name the command that
 restarts or reloads the daemon the person runs: its pid, or its systemd unit or launchd job.
 """
 
@@ -187,8 +188,8 @@ def _elsewhere_fix(ctx: Context) -> str:
     return (
         f"Point convctl at it: CONVOCATIONS_SOCKET={other.get('socket')} (or --socket). To keep them together, set "
         "`socket` in config.toml, which the daemon and convctl both read, and restart convocationsd "
-        f"(`kill {other.get('pid')}`, then start it again); it was probably started with another "
-        "CONVOCATIONS_SOCKET or XDG_RUNTIME_DIR than this shell has."
+        f"(`kill {other.get('pid')}`, then start it again; under systemd or launchd run `convctl service install` "
+        "first); it was probably started with another CONVOCATIONS_SOCKET or XDG_RUNTIME_DIR than this shell has."
     )
 
 

@@ -217,8 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub,
         "doctor",
         "check the setup and say how to fix what is wrong",
-        epilog='Exit status: 0 no check failed; 1 a check failed. A check that needs the daemon says "not '
-        'checked" (--) while none runs; it is counted apart and fails nothing.',
+        epilog='Exit status: 0 no check failed; 1 a check failed. A check that cannot be made yet says "not '
+        'checked" (--): one that needs the daemon while none runs, and the account while OpenRouter has not '
+        "answered about the stored key; it is counted apart and fails nothing.",
     )
     _json_flag(doctor, "print the checks as a JSON list on stdout")
 

@@ -135,6 +135,16 @@ class Daemon:
         ipc_socks = inherited.get("ctl", [])
         if ipc_socks:
             ctl_sock, socket_path = ipc_socks[0], ipc_socks[0].getsockname()
+            chosen_by = self.sources.get("socket_path", DEFAULT)
+            if chosen_by.startswith("socket in ") and str(s.socket_path) != socket_path:  # where clients look
+                log.warning(
+                    "socket %s (%s) is not used: the service manager passed %s, so convctl and frontends that "
+                    "read config.toml look for this daemon in vain; run `convctl service install`, which moves "
+                    "the socket unit (or plist) there, then restart the service",
+                    s.socket_path,
+                    chosen_by,
+                    socket_path,
+                )
         else:
             ctl_sock, socket_path = ipc_server.bind_unix_socket(s.socket_path), str(s.socket_path)
 

@@ -115,3 +115,50 @@ async def test_status_reads_config_toml_without_a_toml_parser_when_it_names_no_s
     assert done.returncode == 0, done.stderr[-2000:]
     loaded = {line.rsplit("|", 1)[1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
     assert "convocationsd.client" in loaded and "tomllib" not in loaded
+
+
+# -- under a service manager ----------------------------------------------------------------------------------
+
+
+def test_service_install_puts_the_ipc_socket_unit_where_config_toml_says(short_tmp):
+    """The unit's socket is the daemon's under systemd (it wins over config.toml), so `service install` writes
+    config.toml's `socket` into it: the clients, which read config.toml, then find the daemon there. No systemd
+    user manager runs for these fresh directories, so the files are written and not enabled."""
+    from tests.conftest import base_env
+
+    sock = short_tmp / "elsewhere" / "100%" / "d.sock"
+    write_config(short_tmp, f'socket = "{sock}"\n')
+    (short_tmp / "run").mkdir(mode=0o700)
+    env = {**base_env(short_tmp), "HOME": str(short_tmp / "home"), "DBUS_SESSION_BUS_ADDRESS": ""}
+    done = convctl(env, "service", "install")
+    unit = (short_tmp / "cfg" / "systemd" / "user" / "convocationsd.socket").read_text()
+    assert f"\nListenStream={short_tmp}/elsewhere/100%%/d.sock\n" in unit, done.stdout + done.stderr
+    assert "%t/convocations" not in unit
+    write_config(short_tmp, "http_port = 3001\n")  # no socket: the unit's own place again
+    convctl(env, "service", "install")
+    unit = (short_tmp / "cfg" / "systemd" / "user" / "convocationsd.socket").read_text()
+    assert "\nListenStream=%t/convocations/convocationsd.sock\n" in unit
+
+
+def test_an_activated_daemon_says_when_config_toml_names_another_socket(short_tmp):
+    import pytest
+
+    from tests.conftest import free_port
+    from tests.integration.test_socket_activation import TOOL, Activation
+
+    if TOOL is None:
+        pytest.skip("systemd-socket-activate is not installed (Debian: systemd)")
+    elsewhere = short_tmp / "elsewhere" / "d.sock"
+    config = write_config(short_tmp, f'socket = "{elsewhere}"\n')
+    # The harness points CONVOCATIONS_SOCKET elsewhere; here config.toml alone is to name the socket.
+    daemon = ["env", "-u", "CONVOCATIONS_SOCKET", sys.executable, "-m", "convocationsd", "--log-level", "debug"]
+    a = Activation(short_tmp, short_tmp / "c.sock", free_port(), command=daemon)
+    try:
+        assert a.call("status")["socket"] == str(short_tmp / "c.sock")  # the inherited one serves
+        assert (
+            f"WARNING convocationsd: socket {elsewhere} (socket in {config}) is not used: the service manager passed "
+            f"{short_tmp / 'c.sock'}, so convctl and frontends that read config.toml look for this daemon in vain; "
+            "run `convctl service install`"
+        ) in a.log()
+    finally:
+        a.kill()
