@@ -215,7 +215,7 @@ def documented_http_status() -> tuple[set[str], set[str]]:
     return names(shown), names(kept)
 
 
-def test_the_http_status_allow_list_is_the_documented_one():
+async def test_the_http_status_allow_list_is_the_documented_one():
     from convocationsd.daemon.http_app import HTTP_STATUS_FIELDS
 
     shown, kept = documented_http_status()
