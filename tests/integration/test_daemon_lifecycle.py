@@ -230,18 +230,6 @@ def test_sigterm_with_a_subscriber_that_stopped_reading_exits_promptly(daemon_fa
     reader.close()
 
 
-def test_port_zero_binds_one_free_port_on_both_loopbacks():
-    from convocationsd.daemon.http_sockets import bind_loopback
-
-    socks, port, fell_back = bind_loopback(0)
-    try:
-        assert port != 0 and not fell_back
-        assert {s.getsockname()[1] for s in socks} == {port}
-    finally:
-        for s in socks:
-            s.close()
-
-
 def test_port_zero_tries_again_when_its_port_is_taken_on_ipv6(monkeypatch):
     """The port the system picks for 127.0.0.1 may be another program's on ::1 (tests on a busy machine met it:
     the daemon exited 1 at start). Which port the system picks cannot be steered, so the first ::1 bind is made
@@ -266,3 +254,16 @@ def test_port_zero_tries_again_when_its_port_is_taken_on_ipv6(monkeypatch):
     finally:
         for s in socks:
             s.close()
+
+
+def test_port_zero_binds_one_free_port_on_both_loopbacks():
+    from convocationsd.daemon.http_sockets import bind_loopback
+
+    socks, port, fell_back = bind_loopback(0)
+    try:
+        assert port != 0 and not fell_back
+        assert {s.getsockname()[1] for s in socks} == {port}
+    finally:
+        for s in socks:
+            s.close()
+
