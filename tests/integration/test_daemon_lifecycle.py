@@ -266,4 +266,3 @@ def test_port_zero_binds_one_free_port_on_both_loopbacks():
     finally:
         for s in socks:
             s.close()
-
