@@ -35,7 +35,7 @@ def _client(args: argparse.Namespace) -> Client:
 
 def status(args: argparse.Namespace, out: Any) -> int:
     with _client(args) as c:
-        st = _status_with_account(c)
+        st = status_with_account(c)
     code = EXIT_OK if usable_key(st) else EXIT_FAILED  # as `gh auth status`: scripts can test for a key
     if args.json:
         out.json(st)
@@ -99,7 +99,7 @@ def _login_line(flow: dict) -> str:
     return line
 
 
-def _status_with_account(c: Client, wait: float = 3.0) -> dict:
+def status_with_account(c: Client, wait: float = 3.0) -> dict:
     """``status``; when a key is stored but the daemon has not asked OpenRouter about it yet (it does that
     in the background), asks again for up to ``wait`` seconds so the account line can be shown."""
     deadline = time.monotonic() + wait
@@ -261,7 +261,7 @@ def _show_linked(args: argparse.Namespace, out: Any, backend: str | None) -> Non
     limit once the daemon has asked OpenRouter (best effort)."""
     try:
         with _client(args) as c:
-            st: dict | None = _status_with_account(c)
+            st: dict | None = status_with_account(c)
     except ConvError:
         st = None
     out.print(f"Linked. Your OpenRouter key is stored in {where_stored(backend, st)}.")
@@ -568,6 +568,26 @@ def _env_name(name: str) -> bool:
     return bool(name) and name.isascii() and (name[0].isalpha() or name[0] == "_") and name.replace("_", "a").isalnum()
 
 
+# What COMMAND's environment needs to work (finding programs, the home and user, the shell, the dynamic
+# loader, Python, the locale, the session): --env never replaces these with the key. main.py's `exec --help`
+# lists them.
+KEPT_NAMES = ("PATH", "HOME", "SHELL", "USER", "LOGNAME", "PWD", "TMPDIR", "TERM", "LANG", "IFS", "ENV", "BASH_ENV")
+KEPT_PREFIXES = ("LD_", "DYLD_", "PYTHON", "LC_", "XDG_", "DBUS_")
+KEY_SUFFIXES = ("KEY", "TOKEN")  # names made for a key: --env may replace them when they are already set
+
+
+def refused_env_name(name: str, environ: Any = os.environ) -> str | None:
+    """Why ``--env NAME`` would break COMMAND's environment, or None: NAME is one that programs rely on, or
+    it already holds something else (a key's own names, ending in KEY or TOKEN, may be replaced: that is
+    what --env is for)."""
+    upper = name.upper()
+    if upper in KEPT_NAMES or upper.startswith(KEPT_PREFIXES):
+        return f"--env {name} would replace {name} with the key, and COMMAND needs {name} as it is."
+    if name in environ and not upper.endswith(KEY_SUFFIXES):
+        return f"--env {name} would replace {name}, which is already set in your environment, with the key."
+    return None
+
+
 class CommandNotFound(ConvError):
     exit_code = 127  # what a shell and env(1) answer
 
@@ -590,6 +610,14 @@ def exec_command(args: argparse.Namespace, out: Any) -> int:
             raise UsageError(
                 f"--env {name!r} is not a variable name.",
                 "Use letters, digits and _, not starting with a digit: `--env OPENAI_API_KEY`.",
+            )
+        refused = refused_env_name(name)
+        if refused:
+            raise UsageError(
+                refused,
+                "Pass the name your program reads its API key from, such as `--env OPENAI_API_KEY` (`convctl exec "
+                f"--help` says which names are refused). To replace {name} anyway, unset it first: "
+                f"`env -u {name} convctl exec --env {name} -- COMMAND`.",
             )
     key = secret_ops.get(args.socket)
     if key is None:
@@ -621,9 +649,11 @@ def service(args: argparse.Namespace, out: Any) -> int:
     if args.action == "uninstall":
         lines = service_install.uninstall(dry_run=args.dry_run, out=sink)
     elif args.action == "install":
-        lines = service_install.install(dry_run=args.dry_run, out=sink, http_port=service_http_port())
+        lines = service_install.install(
+            dry_run=args.dry_run, out=sink, http_port=service_http_port(), socket_path=service_socket_path()
+        )
     else:
-        lines = service_install.status(out=sink, http_port=service_http_port())
+        lines = service_install.status(out=sink, http_port=service_http_port(), socket_path=service_socket_path())
     if args.json:
         out.json({"steps": lines})
     return EXIT_OK  # they report what they did and raise ConvError on a failure
@@ -642,6 +672,15 @@ def service_http_port(env: Any = os.environ) -> int:
             "Set RCONV_HTTP_PORT or http_port in config.toml to a port such as 3000.",
         )
     return settings.http_port
+
+
+def service_socket_path(env: Any = os.environ) -> Any:
+    """Where the IPC socket unit listens: ``socket`` in config.toml (which the daemon and its clients read),
+    else None, the unit's own ``%t/convocations/convocationsd.sock``. A shell's CONVOCATIONS_SOCKET does not
+    count: the service manager does not pass it to the daemon."""
+    from convocationsd.common import paths
+
+    return paths.configured_socket(paths.config_path(env))
 
 
 def doctor(args: argparse.Namespace, out: Any) -> int:

@@ -11,8 +11,9 @@ secret backend and the outcome of its last store come from its `status`; only wh
 use convctl's own settings, and it says so.
 
 It runs inside convctl, so it stays light: stdlib only (urllib, not aiohttp); ``keyring`` is imported
-inside its one check. A check that needs the daemon says "not checked" while none runs; such checks count
-apart from failures. Exit 0 when no check fails, 1 when one does. Its fixes name the command that
+inside its one check. A check that needs the daemon says "not checked" while none runs, and so does the account
+check while OpenRouter has not answered about the stored key (doctor first waits for it, as `status` does);
+such checks count apart from failures, and "All checks passed" is said only when none is left. Exit 0 when no check fails, 1 when one does. Its fixes name the command that
 restarts or reloads the daemon the person runs: its pid, or its systemd unit or launchd job.
 """
 
@@ -36,11 +37,12 @@ from convocationsd.common.settings import (
     Settings,
     config_problems,
     convert,
+    key_name,
     public_url,
     reported,
 )
 from convocationsd.core import pkce
-from convocationsd.core.errors import ConvError, UntrustedSocket
+from convocationsd.core.errors import ConfigError, ConvError, UntrustedSocket
 from convocationsd.store import config as config_mod
 from convocationsd.store import configfile
 from convocationsd.store.keyring_backend import probe_keyring
@@ -82,6 +84,9 @@ class Context:
     status: dict[str, Any] | None = None  # the daemon's IPC status, when it runs
     daemon_error: str | None = None
     daemon_fix: str | None = None  # when it is not "start the daemon"
+    elsewhere: dict[str, Any] | None = (
+        None  # a convocationsd on the port whose socket is not convctl's (its /api/status)
+    )
 
 
 # -- small helpers ----------------------------------------------------------------------------------------
@@ -157,6 +162,15 @@ def _bind_free(family: int, address: str, port: int) -> bool | None:
 
 def check_daemon(ctx: Context) -> Check:
     st = ctx.status
+    if st is None and ctx.elsewhere is not None:
+        other = ctx.elsewhere
+        return Check(
+            "daemon",
+            False,
+            f"a convocationsd runs (pid {other.get('pid')}, on {other.get('http_url')}) but not on the socket convctl "
+            f"uses: it listens on {other.get('socket')}, convctl looks for {ctx.socket_path}",
+            _elsewhere_fix(ctx),
+        )
     if st is None:
         return Check("daemon", False, ctx.daemon_error or "convocationsd is not running", ctx.daemon_fix or START_FIX)
     note = f" (fallback: port {preferred_port(ctx)} was busy)" if st.get("port_fallback") else ""
@@ -168,18 +182,49 @@ def check_daemon(ctx: Context) -> Check:
     )
 
 
+def _elsewhere_fix(ctx: Context) -> str:
+    """What to do when the daemon that runs is not on the socket convctl uses: join them, not stop it."""
+    other = ctx.elsewhere or {}
+    return (
+        f"Point convctl at it: CONVOCATIONS_SOCKET={other.get('socket')} (or --socket). To keep them together, set "
+        "`socket` in config.toml, which the daemon and convctl both read, and restart convocationsd "
+        f"(`kill {other.get('pid')}`, then start it again; under systemd or launchd run `convctl service install` "
+        "first); it was probably started with another CONVOCATIONS_SOCKET or XDG_RUNTIME_DIR than this shell has."
+    )
+
+
+def daemon_elsewhere(port: int) -> dict[str, Any] | None:
+    """The /api/status of a convocationsd that holds ``port`` although convctl's socket answers nothing, when
+    the pid it reports holds the port (a process this user can see, not something answering in its name)."""
+    if port <= 0:
+        return None
+    pids = {entry.pid for entry in port_owners.holders(port) or () if entry.pid is not None}
+    if not pids:
+        return None
+    for address in ("127.0.0.1", "::1"):
+        body, _ = _http_status(address, port)
+        if body is not None and body.get("pid") in pids:
+            return body
+    return None
+
+
 def check_port(ctx: Context, port: int | None = None) -> Check:
     """Who holds the preferred port on 127.0.0.1 and on ::1: this daemon, nobody, or someone else (named)."""
     port = port or preferred_port(ctx)
     daemon_pid = ctx.status.get("pid") if ctx.status else None
     daemon_port = ctx.status.get("port") if ctx.status else None
     found = port_owners.listeners(port)
-    problems, ours, free = [], [], []
+    elsewhere_pid = (ctx.elsewhere or {}).get("pid") if ctx.status is None else None
+    problems, ours, free, strays = [], [], [], []
     for family, address, shown in ((socket.AF_INET, "127.0.0.1", "127.0.0.1"), (socket.AF_INET6, "::1", "[::1]")):
         if found is not None:
             holders = [entry for entry in found if port_owners.covers(entry, address)]
             others = [entry for entry in holders if entry.pid is None or entry.pid != daemon_pid]
-            if others:
+            if others and elsewhere_pid is not None and others[0].pid == elsewhere_pid:
+                strays.append(
+                    f"{shown}:{port} is held by a convocationsd (pid {elsewhere_pid}) that convctl's socket does not reach"
+                )
+            elif others:
                 problems.append(f"{shown}:{port} is held by {others[0].describe()}")
             elif holders:
                 ours.append(shown)
@@ -196,6 +241,9 @@ def check_port(ctx: Context, port: int | None = None) -> Check:
             ours.append(shown)
         else:
             problems.append(f"{shown}:{port} is held by another process (this system cannot name it)")
+    if strays and not problems:  # our own daemon, elsewhere: not something to stop
+        return Check("port", False, "; ".join(strays), _elsewhere_fix(ctx))
+    problems += strays
     if problems:
         fix = (
             f"Stop that program or move it to another port (dev servers such as Vite or Next often take {port} on ::1), "
@@ -224,6 +272,13 @@ def check_port(ctx: Context, port: int | None = None) -> Check:
 
 def _http_status_pid(address: str, port: int, timeout: float = 3.0) -> tuple[int | None, str | None]:
     """GET /api/status on ``address`` with ``Host: localhost:port``; (pid, None) or (None, why not)."""
+    body, why = _http_status(address, port, timeout)
+    return (body["pid"], None) if body is not None else (None, why)
+
+
+def _http_status(address: str, port: int, timeout: float = 3.0) -> tuple[dict[str, Any] | None, str | None]:
+    """GET /api/status on ``address`` with ``Host: localhost:port``: (its JSON, None) when a convocationsd
+    answered (an object with an integer pid), else (None, why not)."""
     import http.client
 
     try:
@@ -239,10 +294,12 @@ def _http_status_pid(address: str, port: int, timeout: float = 3.0) -> tuple[int
     if response.status != 200:
         return None, f"something else answered (HTTP {response.status})"
     try:
-        pid = json.loads(body).get("pid")
-    except (ValueError, AttributeError):
+        data = json.loads(body)
+    except ValueError:
         return None, "something else answered (not our JSON)"
-    return (pid, None) if isinstance(pid, int) else (None, "something else answered")
+    if not isinstance(data, dict) or not isinstance(data.get("pid"), int) or isinstance(data["pid"], bool):
+        return None, "something else answered"
+    return data, None
 
 
 def check_callback(ctx: Context) -> Check:
@@ -332,8 +389,10 @@ def check_account(ctx: Context) -> Check:
     if not secret.get("stored"):
         return Check("account", True, "no OpenRouter key is linked yet", note="Run `convctl oauth start` to link one.")
     account = st.get("account")
-    if account is None:
-        return Check("account", True, f"a key is stored in {secret.get('backend')} (not checked with OpenRouter yet)")
+    if account is None:  # asked for a few seconds already (gather): neither passed nor failed
+        return not_checked(
+            "account", f"a key is stored in {secret.get('backend')}, and OpenRouter has not answered about it yet"
+        )
     if account.get("readable") is False:  # the key is there, and nothing can use it: not a pass
         return Check(
             "account",
@@ -442,15 +501,15 @@ def check_config(ctx: Context) -> Check:
     problems = [*config_problems(ctx.config, path), *config_mod.config_warnings(ctx.config, path)]
     if ctx.mine_error and ctx.mine_error not in problems:
         problems.append(f"convctl's settings: {ctx.mine_error}")
+    drift = config_drift(ctx)  # said beside the problems: a typo elsewhere must not hide a change not yet applied
     if problems:
-        return Check(
-            "config",
-            False,
-            "; ".join(problems),
+        fix = (
             f"Edit {path}: correct the values named, and rename, move or remove the keys named (the README lists "
-            f"every setting); then {reload(ctx)}.",
+            f"every setting); then {reload(ctx)}."
         )
-    drift = config_drift(ctx)
+        if drift:
+            fix += f" {_drift_fix(ctx, drift)}"
+        return Check("config", False, "; ".join([*problems, *(line for line, _ in drift)]), fix)
     if drift:
         return Check("config", False, "; ".join(line for line, _ in drift), _drift_fix(ctx, drift))
     if not path.exists():
@@ -488,7 +547,7 @@ def config_drift(ctx: Context) -> list[tuple[str, str]]:
         when = "at restart" if name in RESTART_ONLY else "once the daemon reloads"
         found.append(
             (
-                f"{name} {_plain(value)} ({where}) takes effect {when}; the running daemon still uses "
+                f"{key} {_plain(value)} ({where}) takes effect {when}; the running daemon still uses "
                 f"{_plain(entry.get('value'))}",
                 name,
             )
@@ -505,8 +564,8 @@ def _plain(value: Any) -> str:
 
 
 def _drift_fix(ctx: Context, drift: list[tuple[str, str]]) -> str:
-    names = [name for _, name in drift]
-    restart_only = [name for name in names if name in RESTART_ONLY]
+    names = [key_name(name) for _, name in drift]
+    restart_only = [key_name(name) for _, name in drift if name in RESTART_ONLY]
     if not restart_only:
         return f"{reload(ctx)[:1].upper()}{reload(ctx)[1:]} to apply {', '.join(names)}."
     fix = f"{restart(ctx)[:1].upper()}{restart(ctx)[1:]} to apply {', '.join(names)} (a reload cannot apply {', '.join(restart_only)})."
@@ -538,6 +597,23 @@ def _owned(path: Path) -> bool:
         return False
 
 
+# Shared directories below the top level (those are all shared): their modes are not ours to change.
+SHARED_DIRS = frozenset(Path(d) for d in ("/var/tmp", "/var/run", "/dev/shm", "/private/tmp", "/private/var/tmp"))
+
+
+def made_for_socket(directory: Path, env: Mapping[str, str]) -> bool:
+    """Whether doctor may propose ``chmod 700`` for the socket's directory: not a shared one (sticky like /tmp,
+    top-level like / or /run, /var/tmp), nor the home directory or one above it. Run as root, doctor owns
+    all of those, and closing them would lock every other user (or program) out."""
+    try:
+        sticky = bool(os.stat(directory).st_mode & stat.S_ISVTX)
+    except OSError:
+        return False
+    real = Path(os.path.realpath(directory))
+    home = Path(os.path.realpath(env.get("HOME") or Path.home()))
+    return not sticky and len(real.parts) > 2 and real not in SHARED_DIRS and real != home and real not in home.parents
+
+
 def check_files(ctx: Context) -> Check:
     config_dir = ctx.config_path.parent
     wanted = [
@@ -545,7 +621,7 @@ def check_files(ctx: Context) -> Check:
         (config_dir / "secret.key", 0o600, f"chmod 600 {config_dir / 'secret.key'}", "secret.key 0600"),
     ]
     problems, fixes, seen = [], [], []
-    where = f"config in {config_dir}"
+    where, note = f"config in {config_dir}", ""
     if ctx.socket_path is not None:  # else there is no safe runtime dir to name, and the daemon check says why
         runtime = ctx.socket_path.parent
         where += f", runtime dir {runtime}"
@@ -555,7 +631,9 @@ def check_files(ctx: Context) -> Check:
             problems.append(e.message)
             fixes.append(e.hint)
         else:
-            if _owned(runtime):  # a shared sticky directory such as /tmp is root's, and never ours to chmod
+            if not made_for_socket(runtime, ctx.env):
+                note = _private_folder_note(runtime, ctx)
+            elif _owned(runtime):
                 wanted.append((runtime, 0o700, f"chmod 700 {runtime}", "runtime dir 0700"))
         again = f"{restart(ctx)}: it recreates {ctx.socket_path} with mode 0600"
         wanted.append((ctx.socket_path, 0o600, again, "socket 0600"))
@@ -569,8 +647,26 @@ def check_files(ctx: Context) -> Check:
     if problems:
         return Check("files", False, "; ".join(problems), "; ".join(fixes))
     if not seen:
-        return Check("files", True, f"nothing created yet ({where})")
-    return Check("files", True, f"private: {', '.join(seen)} ({where})")
+        return Check("files", True, f"nothing created yet ({where})", note=note)
+    return Check("files", True, f"private: {', '.join(seen)} ({where})", note=note)
+
+
+def _private_folder_note(shared: Path, ctx: Context) -> str:
+    """For a socket in a shared directory: safe (the socket is 0600, its server's uid is checked), and a
+    private subfolder would keep it out of sight; the shared directory itself is never to be chmod-ed."""
+    try:
+        mode = stat.S_IMODE(os.stat(shared).st_mode)
+    except OSError:
+        return ""
+    if not mode & 0o077:
+        return ""
+    folder = shared / f"convocations-{os.getuid()}"
+    return (
+        f"The socket is in {shared} (mode {mode:04o}), a directory shared with others: the socket's own mode and "
+        "the daemon's uid check keep them out, but a private subfolder hides it too. Do not chmod "
+        f"{shared}; instead run `mkdir -m 700 {folder}`, set CONVOCATIONS_SOCKET (or socket in config.toml) to "
+        f"{folder / paths.SOCKET_NAME}, and {restart(ctx)}."
+    )
 
 
 def check_openrouter(ctx: Context, timeout: float = 5.0) -> Check:
@@ -609,6 +705,7 @@ def check_openrouter(ctx: Context, timeout: float = 5.0) -> Check:
 
 
 def gather(env: Mapping[str, str], socket_override: str | None = None) -> Context:
+    from convocationsd.cli.commands import status_with_account
     from convocationsd.client import Client
 
     socket_path: Path | None = None
@@ -616,8 +713,8 @@ def gather(env: Mapping[str, str], socket_override: str | None = None) -> Contex
     try:
         socket_path = Path(socket_override) if socket_override else paths.socket_path(env)
         with Client(socket_path, timeout=5.0) as c:
-            status = c.call("status")
-    except UntrustedSocket as e:  # nowhere safe to look: the daemon check says so, the other checks still run
+            status = status_with_account(c)  # a stored key is judged once OpenRouter answered, as `status` does
+    except (UntrustedSocket, ConfigError) as e:  # nowhere to look: the daemon check says why, the others still run
         daemon_error, daemon_fix = e.message.rstrip("."), e.hint
     except ConvError as e:
         daemon_error = e.message.rstrip(".")
@@ -635,9 +732,12 @@ def gather(env: Mapping[str, str], socket_override: str | None = None) -> Contex
         config = configfile.load(config_path)
     except ConvError as e:
         config_error = e.message
-    return Context(
+    ctx = Context(
         env, socket_path, config_path, config, config_error, mine, mine_error, status, daemon_error, daemon_fix
     )
+    if status is None:
+        ctx.elsewhere = daemon_elsewhere(preferred_port(ctx))
+    return ctx
 
 
 def run_checks(ctx: Context) -> list[Check]:
@@ -685,9 +785,12 @@ def failed(r: Check) -> bool:
 def summary(results: list[Check]) -> str:
     """ "All checks passed.", or how many failed, with the ones not checked counted apart."""
     bad = sum(failed(r) for r in results)
-    skipped = sum(not r.checked for r in results)
+    skipped = [r for r in results if not r.checked]
     if not bad:
         line = "All checks passed" if not skipped else "All checks that ran passed"
     else:
-        line = f"{bad} of {len(results) - skipped} checks {'needs' if bad == 1 else 'need'} attention"
-    return line + (f"; {skipped} not checked (they need the daemon)." if skipped else ".")
+        line = f"{bad} of {len(results) - len(skipped)} checks {'needs' if bad == 1 else 'need'} attention"
+    if not skipped:
+        return line + "."
+    no_daemon = all(r.verdict == not_checked(r.check).verdict for r in skipped)
+    return line + f"; {len(skipped)} not checked ({'they need the daemon' if no_daemon else 'each line says why'})."

@@ -84,6 +84,9 @@ def _did_you_mean(parser: argparse.ArgumentParser, message: str) -> str | None:
         return None
     typed = found.group(1)[1:-1]
     choices = [c for a in parser._actions if isinstance(a, argparse._SubParsersAction) for c in a.choices]
+    started = [c for c in choices if typed and c.startswith(typed.lower())]
+    if len(started) == 1:  # the start of one name: `secret clear` for clear-openrouter-key
+        return started[0]
     close = difflib.get_close_matches(typed.lower(), choices, n=1, cutoff=0.6)
     return close[0] if close else None
 
@@ -111,7 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     def actions(name: str, help: str) -> Any:
         """A command whose subcommands (ACTION) are the real commands: oauth, secret, service."""
-        return command(sub, name, help).add_subparsers(dest="action", required=True, metavar="ACTION")
+        group = command(sub, name, help)
+        # Its own dest: a subcommand's defaults overwrite what its parent parsed under the same name.
+        group.add_argument("--json", action="store_true", dest="json_between", help="as --json after ACTION")
+        return group.add_subparsers(dest="action", required=True, metavar="ACTION")
 
     _json_flag(command(sub, "status", "daemon and account status", epilog=STATUS_EXIT_CODES))
 
@@ -186,7 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="NAME",
         dest="env_names",
-        help="also set the variable NAME to the key (repeatable); OPENROUTER_API_KEY is always set",
+        help="also set the variable NAME to the key (repeatable); OPENROUTER_API_KEY is always set. Refused, "
+        "since COMMAND would break: PATH, HOME, SHELL, USER, LOGNAME, PWD, TMPDIR, TERM, LANG, IFS, ENV, BASH_ENV, "
+        "names starting with LD_, DYLD_, PYTHON, LC_, XDG_ or DBUS_, and a name already set in your environment "
+        "unless it ends in KEY or TOKEN (as OPENAI_API_KEY does)",
     )
     run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARGS...]", help="what to run")
 
@@ -208,8 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub,
         "doctor",
         "check the setup and say how to fix what is wrong",
-        epilog='Exit status: 0 no check failed; 1 a check failed. A check that needs the daemon says "not '
-        'checked" (--) while none runs; it is counted apart and fails nothing.',
+        epilog='Exit status: 0 no check failed; 1 a check failed. A check that cannot be made yet says "not '
+        'checked" (--): one that needs the daemon while none runs, and the account while OpenRouter has not '
+        "answered about the stored key; it is counted apart and fails nothing.",
     )
     _json_flag(doctor, "print the checks as a JSON list on stdout")
 
@@ -239,7 +249,7 @@ def main(argv: list[str] | None = None, out: Out | None = None) -> int:
             args = parser.parse_args(argv)
         except SystemExit as e:  # --help, --version
             return EXIT_USAGE if e.code else EXIT_OK
-        args.json = as_json = getattr(args, "json", False) or args.json_first
+        args.json = as_json = getattr(args, "json", False) or args.json_first or getattr(args, "json_between", False)
         debug = args.debug
         return run(args, out)
     except ConvError as e:

@@ -91,12 +91,19 @@ def daemon_command(python: str) -> list[str]:
     return module_command(python, "convocationsd")
 
 
-def render_units(python: str, http_port: int = 3000, templates: Path = TEMPLATES) -> dict[str, str]:
-    """Unit file name -> content for this installation."""
+def render_units(
+    python: str, http_port: int = 3000, templates: Path = TEMPLATES, socket_path: Path | None = None
+) -> dict[str, str]:
+    """Unit file name -> content for this installation. ``socket_path``: where the IPC socket unit listens
+    when the daemon's socket setting names a place (config.toml's ``socket``), which the clients look at too;
+    None keeps the template's ``%t/convocations/convocationsd.sock``."""
     source = _template_dir(templates, "systemd", UNITS)
     units = {name: (source / name).read_text() for name in UNITS}
     exec_start = "ExecStart=" + " ".join(systemd_quote(a) for a in daemon_command(python))
     units[SERVICE] = re.sub(r"^ExecStart=.*$", lambda _: exec_start, units[SERVICE], count=1, flags=re.M)
+    if socket_path is not None:  # the rest of the line is the path; only % would expand (systemd.unit(5))
+        listen = "ListenStream=" + str(socket_path).replace("%", "%%")
+        units[SOCKETS[0]] = re.sub(r"^ListenStream=.*$", lambda _: listen, units[SOCKETS[0]], count=1, flags=re.M)
     units[SOCKETS[1]] = re.sub(
         r"^(ListenStream=(?:127\.0\.0\.1|\[::1\])):\d+$", rf"\g<1>:{int(http_port)}", units[SOCKETS[1]], flags=re.M
     )
@@ -255,6 +262,7 @@ def install(
     python: str = sys.executable,
     http_port: int = 3000,
     templates: Path = TEMPLATES,
+    socket_path: Path | None = None,
 ) -> list[str]:
     """Installs and starts the service; returns the lines it printed.
 
@@ -263,7 +271,7 @@ def install(
     session = _Session(out, dry_run, run)
     python = os.path.abspath(python)
     if platform.startswith("linux"):
-        _install_systemd(session, env, python, http_port, templates)
+        _install_systemd(session, env, python, http_port, templates, socket_path)
     elif platform == "darwin":
         _install_launchd(session, env, python, http_port, templates)
     else:
@@ -271,7 +279,9 @@ def install(
     return session.lines
 
 
-def _install_systemd(s: _Session, env: Mapping[str, str], python: str, port: int, templates: Path) -> None:
+def _install_systemd(
+    s: _Session, env: Mapping[str, str], python: str, port: int, templates: Path, socket_path: Path | None = None
+) -> None:
     folder = unit_dir(env)
     enable = _systemctl("enable", "--now", *SOCKETS)
     later = "systemctl --user daemon-reload && " + " ".join(enable)
@@ -285,7 +295,9 @@ def _install_systemd(s: _Session, env: Mapping[str, str], python: str, port: int
         missing = f"no systemd user manager is reachable ({_why(probe)})"
     existed = any((folder / name).exists() for name in UNITS)
     changed = [
-        name for name, text in render_units(python, port, templates).items() if s.write(folder / name, text.encode())
+        name
+        for name, text in render_units(python, port, templates, socket_path).items()
+        if s.write(folder / name, text.encode())
     ]
     if missing is None and _install_sandbox(s, folder, python, templates):
         changed.append(SANDBOX)
@@ -418,13 +430,14 @@ def status(
     python: str = sys.executable,
     http_port: int = 3000,
     templates: Path = TEMPLATES,
+    socket_path: Path | None = None,
 ) -> list[str]:
     """Says whether the files are installed and current for this interpreter, and what the manager reports."""
     s = _Session(out, False, run)
     python = os.path.abspath(python)
     if platform.startswith("linux"):
         folder = unit_dir(env)
-        for name, text in render_units(python, http_port, templates).items():
+        for name, text in render_units(python, http_port, templates, socket_path).items():
             s.say(f"{name}: {_file_state(folder / name, text.encode())}")
         if (folder / SANDBOX).exists():
             s.say(f"{SANDBOX}: {_file_state(folder / SANDBOX, render_sandbox(templates).encode())}")

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from convocationsd.common.peercred import describe_uid, trusted_uid
-from convocationsd.core.errors import ConvError, UntrustedSocket
+from convocationsd.core.errors import ConfigError, ConvError, UntrustedSocket
 
 APP = "convocations"
 SOCKET_NAME = "convocationsd.sock"
@@ -50,9 +50,53 @@ def runtime_dir(env: Mapping[str, str] = os.environ) -> Path:
             ) from None
 
 
+def default_socket_path(env: Mapping[str, str] = os.environ) -> Path:
+    """Where the daemon listens when no flag, variable or config.toml says otherwise."""
+    return runtime_dir(env) / SOCKET_NAME
+
+
 def socket_path(env: Mapping[str, str] = os.environ) -> Path:
+    """The socket clients look for (convctl, the client library, doctor): the daemon's own order without its
+    flags, that is CONVOCATIONS_SOCKET, else ``socket`` in config.toml, else the default."""
     explicit = env.get("CONVOCATIONS_SOCKET")
-    return Path(explicit) if explicit else runtime_dir(env) / SOCKET_NAME
+    if explicit:
+        return Path(explicit)
+    return configured_socket(config_path(env)) or default_socket_path(env)
+
+
+def configured_socket(config: Path) -> Path | None:
+    """The top-level ``socket`` of config.toml, as the daemon reads it; None when the file or the key is absent.
+
+    Cheap on the common path: a file that cannot spell the key (no ``socket``, no ``\\u`` escape) is not parsed,
+    so `convctl status` does not import tomllib. The file's owner is not checked here (the daemon refuses an
+    untrusted config.toml): whatever path it names, a client checks the socket's directory and the uid of
+    the process that serves it before it sends a byte, as with CONVOCATIONS_SOCKET.
+
+    Raises ConfigError for a file that is not TOML, or a ``socket`` that is not a path: the daemon would not
+    start with it either."""
+    try:
+        data = config.read_bytes()
+    except OSError:  # absent, or unreadable: the daemon reports the latter, and doctor names it
+        return None
+    if b"socket" not in data and b"\\u" not in data.lower():
+        return None
+    import tomllib
+
+    try:
+        value = tomllib.loads(data.decode("utf-8")).get("socket")
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError, ValueError, RecursionError) as e:
+        why = str(e) if isinstance(e, tomllib.TOMLDecodeError) else type(e).__name__  # (it quotes no text)
+        raise ConfigError(
+            f"{config} is not valid TOML ({why}), so convctl cannot read from it where the daemon's socket is.",
+            "Run `convctl doctor`, which names the line, and fix it; or set CONVOCATIONS_SOCKET.",
+        ) from None
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        from convocationsd.common.settings import convert
+
+        convert("socket_path", value, f"socket in {config}")  # raises, in the daemon's words
+    return Path(value).expanduser()
 
 
 # -- the socket's directory ---------------------------------------------------------------------------------

@@ -252,10 +252,15 @@ def reported(name: str, value: Any) -> Any:
     return str(value) if isinstance(value, Path) else value
 
 
+def key_name(name: str) -> str:
+    """A setting as config.toml spells it, for a person: ``socket``, not ``socket_path``."""
+    return SOURCES.get(name, (None, None))[1] or name
+
+
 def restart_message(name: str, value: Any, source: str, running: Any) -> str:
     """For example: http_port 3201 (http_port in /home/you/.config/convocations/config.toml) takes effect at
     restart; still 3000."""
-    return f"{name} {_display(value)} ({source}) takes effect at restart; still {_display(running)}"
+    return f"{key_name(name)} {_display(value)} ({source}) takes effect at restart; still {_display(running)}"
 
 
 def _display(value: Any) -> str:

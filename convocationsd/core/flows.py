@@ -130,6 +130,22 @@ AuthUrlBuilder = Callable[[str, str, bool], str]
 """(challenge, state, paste) -> authorize URL."""
 
 CANCELLED = FlowError("cancelled", "The login was cancelled.", "Run `convctl oauth start` to try again.")
+# A login ended by another one started with `restart` (another terminal, another frontend): its waiter is
+# told where the login went, not only that it ended.
+REPLACED = {
+    True: FlowError(
+        "replaced",
+        "The login was replaced by a new login started elsewhere (paste mode); finish that one.",
+        "Paste the code OpenRouter shows where that login was started, or run `convctl oauth start --restart` "
+        "to start over here.",
+    ),
+    False: FlowError(
+        "replaced",
+        "The login was replaced by a new login started elsewhere (browser mode); finish that one.",
+        "Approve it in the browser (`convctl oauth start` joins it and shows its address), or run "
+        "`convctl oauth start --restart` to start over here.",
+    ),
+}
 DENIED = FlowError(
     "access_denied",
     "You declined the request on OpenRouter, so no key was created.",
@@ -207,7 +223,7 @@ class FlowStore:
         if self.pending is not None:
             if not restart or self.pending.status == EXCHANGING:
                 return StartResult(self.pending, joined=True)
-            cancelled = self._end(self.pending, CANCELLED)
+            cancelled = self._end(self.pending, REPLACED[paste])
         verifier = pkce.make_verifier(self._token)
         state = self._token(24)
         now = self._clock()

@@ -65,12 +65,12 @@ class Unavailable(Exception):
 def notification_text(data: Mapping[str, Any]) -> tuple[str, str] | None:
     """(summary, body) for an ``openrouter-auth-complete`` event, or None when nobody needs telling.
 
-    A cancelled login was ended on purpose (a restart, `convctl oauth cancel`, shutdown), so it stays
-    quiet. The event never holds the key or the code, so neither can reach the notification."""
+    A cancelled or replaced login was ended on purpose (`convctl oauth cancel`, shutdown, a restart), so it
+    stays quiet. The event never holds the key or the code, so neither can reach the notification."""
     if data.get("success"):
         return LINKED
     error = data.get("error") or {}
-    if error.get("code") == "cancelled":
+    if error.get("code") in ("cancelled", "replaced"):
         return None
     body = "\n".join(str(error[k]) for k in ("message", "hint") if error.get(k))
     return NOT_LINKED, body

@@ -120,20 +120,24 @@ def bind_loopback(port: int, *, fallback: bool = True, attempts: int = 20) -> tu
     """Binds ``port`` on 127.0.0.1 and ::1. If either is busy and ``fallback`` allows it, binds one free port
     on both instead; otherwise the OSError (EADDRINUSE) propagates.
 
+    Port 0 means any free port: the one the system picks for 127.0.0.1 may be another program's on ::1, so
+    it is tried again like a fallback (and is no fallback).
+
     Returns (sockets, port, fell_back). A machine without IPv6 loopback gets the IPv4 socket only."""
     try:
         socks = _bind_both(port)
         return socks, socks[0].getsockname()[1], False  # port 0 means "any": report the one we got
     except OSError as e:
-        if port == 0 or not fallback:
+        if port != 0 and not fallback:
             raise
-        log.warning("port %d is busy (%s)", port, e.strerror)
+        if port != 0:
+            log.warning("port %d is busy (%s)", port, e.strerror)
     for _ in range(attempts):
         try:
             socks = _bind_both(0)
         except OSError:
             continue
-        return socks, socks[0].getsockname()[1], True
+        return socks, socks[0].getsockname()[1], port != 0
     raise OSError("no free port on both 127.0.0.1 and ::1")
 
 

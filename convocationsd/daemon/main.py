@@ -135,6 +135,16 @@ class Daemon:
         ipc_socks = inherited.get("ctl", [])
         if ipc_socks:
             ctl_sock, socket_path = ipc_socks[0], ipc_socks[0].getsockname()
+            chosen_by = self.sources.get("socket_path", DEFAULT)
+            if chosen_by.startswith("socket in ") and str(s.socket_path) != socket_path:  # where clients look
+                log.warning(
+                    "socket %s (%s) is not used: the service manager passed %s, so convctl and frontends that "
+                    "read config.toml look for this daemon in vain; run `convctl service install`, which moves "
+                    "the socket unit (or plist) there, then restart the service",
+                    s.socket_path,
+                    chosen_by,
+                    socket_path,
+                )
         else:
             ctl_sock, socket_path = ipc_server.bind_unix_socket(s.socket_path), str(s.socket_path)
 
@@ -273,7 +283,7 @@ class Daemon:
         value, and the log, `status` and doctor say which changed settings wait for a restart."""
         from dataclasses import replace
 
-        from convocationsd.common.settings import RESTART_ONLY, reported, restart_message
+        from convocationsd.common.settings import RESTART_ONLY, key_name, reported, restart_message
 
         try:
             loaded = config.load(self.flags, self.env)
@@ -304,7 +314,7 @@ class Daemon:
             self._openrouter.timeout = new.exchange_timeout_seconds
         if self.secrets is not None:
             self.secrets.keyring_timeout = new.keyring_timeout_seconds
-        later = f"; restart to apply {', '.join(waiting)}" if waiting else ""
+        later = f"; restart to apply {', '.join(map(key_name, waiting))}" if waiting else ""
         log.info("configuration reloaded from %s%s", new.config_path, later)
         systemd.notify(f"STATUS={self._status}; configuration reloaded{later}", self.env)
 

@@ -36,7 +36,7 @@ def load(flags: Mapping[str, Any], env: Mapping[str, str]) -> Loaded:
     config_path = Path(flags.get("config_path") or paths.config_path(env)).expanduser()
     config = configfile.load(config_path)
     settings, sources = resolve_with_sources(
-        flags, env, config, socket_path=paths.socket_path(env), config_path=config_path
+        flags, env, config, socket_path=paths.default_socket_path(env), config_path=config_path
     )
     return Loaded(settings, sources, config_warnings(config, config_path))
 

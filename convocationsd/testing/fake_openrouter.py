@@ -99,6 +99,8 @@ class FakeConfig:
     """Answer exchanges with a well-formed-looking key of this many characters."""
     key_info_status: int | None = None
     """Answer ``GET /api/v1/key`` with this error status."""
+    key_info_delay: float = 0.0
+    """Seconds to wait before answering ``GET /api/v1/key`` (a large value: an answer that never comes)."""
     key_info_data: dict[str, Any] | None = None
     """Answer ``GET /api/v1/key`` for an accepted key with this ``data`` object instead of the fake's own (an
     example from OpenRouter's spec, nulls where the spec allows them, fields OpenRouter added later)."""
@@ -588,6 +590,8 @@ class FakeOpenRouter:
     # -- key information -----------------------------------------------------------------------------------
 
     async def _key_info(self, request: web.Request) -> web.Response:
+        if self.config.key_info_delay > 0:
+            await asyncio.sleep(self.config.key_info_delay)
         if self.config.key_info_status is not None:
             status = self.config.key_info_status
             return _json_error(status, FORCED_MESSAGES.get(status, "Error"))

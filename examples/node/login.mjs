@@ -19,6 +19,8 @@ const SOCKET_NAME = "convocationsd.sock";
 // docs/protocol.md, "Finding the socket", step by step.
 function socketPath(env = process.env) {
   if (env.CONVOCATIONS_SOCKET) return env.CONVOCATIONS_SOCKET;
+  const configured = configuredSocket(readText(configPath(env)));
+  if (configured) return configured;
   const xdg = env.XDG_RUNTIME_DIR;
   if (xdg && path.isAbsolute(xdg)) return path.join(xdg, APP, SOCKET_NAME);
   if (process.platform === "darwin") {
@@ -29,6 +31,45 @@ function socketPath(env = process.env) {
   const base = path.join(runUser ?? "/run/user", String(uid));
   if (isPrivateDir(base, uid)) return path.join(base, APP, SOCKET_NAME);
   return path.join(tempRoot(env), `runtime-${uid}`, APP, SOCKET_NAME);
+}
+
+function configPath(env) {
+  if (env.CONVOCATIONS_CONFIG) return env.CONVOCATIONS_CONFIG;
+  const xdg = env.XDG_CONFIG_HOME;
+  let base = path.join(os.homedir(), ".config");
+  if (xdg && path.isAbsolute(xdg)) base = xdg;
+  else if (process.platform === "darwin") base = path.join(os.homedir(), "Library", "Application Support");
+  return path.join(base, APP, "config.toml");
+}
+
+function readText(file) {
+  try {
+    return fs.readFileSync(file, "utf8");
+  } catch {
+    return ""; // no config.toml (or none we may read): the step does not apply
+  }
+}
+
+// config.toml's top-level `socket` in the simple form protocol.md asks of a client without a TOML parser: a
+// line `socket = "..."` (JSON's escapes) or `socket = '...'` above the first [table]; a leading ~/ is the home
+// directory. Anything else is not found here: a real app would use a TOML package.
+function configuredSocket(text) {
+  for (const raw of text.split("\n")) {
+    const line = raw.trim();
+    if (line.startsWith("[")) return null; // settings end where the first table begins
+    const m = /^socket\s*=\s*("(?:[^"\\]|\\.)*"|'[^']*')/.exec(line);
+    if (!m) continue;
+    let value;
+    try {
+      value = m[1].startsWith("'") ? m[1].slice(1, -1) : JSON.parse(m[1]);
+    } catch {
+      return null; // an escape JSON does not know (\U, \e): not the simple form
+    }
+    if (!value) return null; // as the daemon: an empty value is no value
+    if (value === "~" || value.startsWith("~/")) return path.join(os.homedir(), value.slice(1));
+    return value;
+  }
+  return null;
 }
 
 function isPrivateDir(dir, uid) {

@@ -156,6 +156,19 @@ def test_json_may_come_before_the_command(short_tmp, argv):
 
 
 @pytest.mark.parametrize(
+    "argv", [["secret", "status"], ["oauth", "cancel"], ["service", "status"]], ids=lambda a: " ".join(a)
+)
+def test_json_may_come_between_the_command_and_its_action(short_tmp, argv):
+    """`convctl secret --json status`: the README says "before or after the command's name"."""
+    env = base_env(short_tmp)
+    between, after = convctl(env, argv[0], "--json", argv[1]), convctl(env, *argv, "--json")
+    assert between.returncode == after.returncode and between.stderr == after.stderr == "", between.stderr
+    assert json.loads(between.stdout) == json.loads(after.stdout)
+    first = convctl(env, "--json", argv[0], "--json", argv[1])  # twice is still JSON
+    assert json.loads(first.stdout) == json.loads(after.stdout)
+
+
+@pytest.mark.parametrize(
     ("argv", "meant"),
     [
         (["stauts"], "convctl status"),
@@ -163,6 +176,9 @@ def test_json_may_come_before_the_command(short_tmp, argv):
         (["oauth", "strat"], "convctl oauth start"),
         (["loign"], "convctl login"),
         (["service", "instal"], "convctl service install"),
+        (["secret", "clear"], "convctl secret clear-openrouter-key"),  # the start of one name
+        (["secret", "get"], "convctl secret get-openrouter-key"),
+        (["oauth", "can"], "convctl oauth cancel"),
     ],
 )
 def test_an_unknown_command_gets_did_you_mean(short_tmp, argv, meant):
@@ -198,6 +214,33 @@ async def test_exec_env_passes_the_key_under_more_names(daemon, fake):
         refused = await asyncio.to_thread(daemon.convctl, "exec", "--env", bad, "--", "true")
         assert refused.returncode == 2 and "is not a variable name" in refused.stderr, bad
     assert_no_secret(key, done.stderr, plain.stderr, daemon.log())
+
+
+@pytest.mark.parametrize("name", ["PATH", "HOME", "SHELL", "USER", "LD_PRELOAD", "PYTHONPATH", "path", "SOME_SETTING"])
+async def test_exec_env_refuses_a_name_the_command_needs(daemon, fake, name):
+    """`--env PATH` would leave the command unfindable ("not found", which hides the cause): refused before
+    anything runs, as are names already set for something else; a set name made for a key may be replaced."""
+    key = fake.issue_key()
+    daemon.call("secret.set", {"key": key})
+    env = {**daemon.env, "SOME_SETTING": "on", "OPENAI_API_KEY": "sk-old"}
+    done = await asyncio.to_thread(convctl, env, "exec", "--env", name, "--", sys.executable, "-c", "print('ran')")
+    assert done.returncode == 2 and done.stdout == "", done.stdout
+    assert f"convctl: --env {name} would replace {name}" in done.stderr
+    assert "`--env OPENAI_API_KEY`" in done.stderr and f"env -u {name}" in done.stderr
+    replaced = await asyncio.to_thread(
+        convctl, env, "exec", "--env", "OPENAI_API_KEY", "--", sys.executable, "-c",
+        "import os; print(os.environ['OPENAI_API_KEY'] == os.environ['OPENROUTER_API_KEY'])",
+    )  # fmt: skip
+    assert replaced.returncode == 0 and replaced.stdout == "True\n", replaced.stderr
+    assert_no_secret(key, done.stdout, done.stderr, replaced.stdout, replaced.stderr)
+
+
+def test_exec_help_names_what_env_refuses(short_tmp):
+    from convocationsd.cli.commands import KEPT_NAMES, KEPT_PREFIXES
+
+    shown = " ".join(convctl(base_env(short_tmp), "exec", "--help").stdout.split())
+    assert all(name in shown for name in (*KEPT_NAMES, *KEPT_PREFIXES)), shown
+    assert "already set in your environment unless it ends in KEY or TOKEN" in shown
 
 
 # -- events ----------------------------------------------------------------------------------------------------
@@ -271,6 +314,27 @@ async def test_paste_does_not_join_a_browser_login_it_cannot_finish(daemon, fake
     term.type(code)
     assert await asyncio.to_thread(term.finish) == 0, term.shown
     assert "Linked. Your OpenRouter key is stored in local-encrypted" in term.shown
+
+
+async def test_a_login_replaced_elsewhere_tells_its_waiter_where_it_went(daemon, fake):
+    """A browser-mode login waits in one terminal; another frontend replaces it with a paste-mode login: the first
+    convctl says the login was replaced, and by what, not only that it was cancelled."""
+    proc = daemon.convctl_async("oauth", "start", "--no-browser")
+    try:
+        await asyncio.to_thread(wait_until, lambda: daemon.call("status")["flow"] is not None, "the first login")
+        first = daemon.call("status")["flow"]["session_id"]
+        daemon.call("oauth.start", {"restart": True, "paste": True})
+        _, err = await asyncio.to_thread(proc.communicate, None, 20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 1
+    assert "convctl: The login was replaced by a new login started elsewhere (paste mode); finish that one.\n" in err
+    assert "Paste the code OpenRouter shows where that login was started" in err
+    assert "The login was cancelled." not in err
+    ended = [f for f in [daemon.call("status")["flow"]] if f["session_id"] == first]
+    assert not ended  # the paste-mode login is the one pending now
 
 
 async def test_a_paste_login_joined_on_a_terminal_reads_the_code_here(daemon, fake):

@@ -156,7 +156,8 @@ async def test_join_and_restart(daemon, fake):
     restarted = daemon.call("oauth.start", {"restart": True})
     assert restarted["joined"] is False and restarted["session_id"] != first["session_id"]
     ev = await next_event(sub, "openrouter-auth-complete")
-    assert ev["data"]["session_id"] == first["session_id"] and ev["data"]["error"]["code"] == "cancelled"
+    assert ev["data"]["session_id"] == first["session_id"] and ev["data"]["error"]["code"] == "replaced"
+    assert ev["data"]["error"]["message"].startswith("The login was replaced by a new login started elsewhere")
     # the old flow's approval no longer completes anything; the new one does
     location = await fake.approve(first["auth_url"])
     _, _, html = await follow_callback(location)
@@ -192,10 +193,34 @@ async def test_http_routes(daemon, fake):
         async with s.get(base + "/api/status") as r:
             st = await r.json()
             assert r.status == 200 and st["port"] == daemon.port and r.headers["Cache-Control"] == "no-store"
-            # An allow-list: what the socket's status has beyond these (account, settings, last_store) stays there.
-            public = {"version", "protocol", "pid", "http_url", "port", "port_fallback", "socket", "flow", "secret"}
-            assert set(st) == public | {"subscribers"}
-            assert {"account", "settings", "last_store"} <= set(daemon.call("status"))
+            # An allow-list, as protocol.md lists it: what the socket's status has beyond it stays there.
+            shown, kept = documented_http_status()
+            assert set(st) == shown
+            assert "auth_url" not in (st["flow"] or {})
+            assert set(daemon.call("status")) - shown == kept
+
+
+def documented_http_status() -> tuple[set[str], set[str]]:
+    """protocol.md's row for GET /api/status: (the fields of IPC status it shows, the ones that stay on the
+    socket)."""
+    import re
+
+    from tests.conftest import ROOT
+
+    row = next(
+        line for line in (ROOT / "docs" / "protocol.md").read_text().splitlines() if "| `GET /api/status` |" in line
+    )
+    shown, _, kept = row.split("|")[3].partition(" only: ")[2].partition("; the rest")
+    names = lambda text: set(re.findall(r"`(\w+)`", text)) - {"auth_url"}  # noqa: E731
+    return names(shown), names(kept)
+
+
+async def test_the_http_status_allow_list_is_the_documented_one():
+    from convocationsd.daemon.http_app import HTTP_STATUS_FIELDS
+
+    shown, kept = documented_http_status()
+    assert set(HTTP_STATUS_FIELDS) == shown and not shown & kept
+    assert {"account", "settings", "last_store", "service", "restart_needed", "unsaved_key"} <= kept
 
 
 async def test_sigterm_cancels_flow_removes_socket_exits_zero(daemon):

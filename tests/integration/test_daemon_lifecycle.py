@@ -227,6 +227,32 @@ def test_sigterm_with_a_subscriber_that_stopped_reading_exits_promptly(daemon_fa
     reader.close()
 
 
+def test_port_zero_tries_again_when_its_port_is_taken_on_ipv6(monkeypatch):
+    """The port the system picks for 127.0.0.1 may be another program's on ::1 (tests on a busy machine met it:
+    the daemon exited 1 at start). Which port the system picks cannot be steered, so the first ::1 bind is made
+    to fail as a busy port would."""
+    import errno
+
+    from convocationsd.daemon import http_sockets
+
+    real, failed = http_sockets._listen, []
+
+    def busy_once(family, address, port):
+        if family == socket.AF_INET6 and not failed:
+            failed.append(port)
+            raise OSError(errno.EADDRINUSE, "Address already in use")
+        return real(family, address, port)
+
+    monkeypatch.setattr(http_sockets, "_listen", busy_once)
+    socks, port, fell_back = http_sockets.bind_loopback(0, fallback=False)
+    try:
+        assert failed and port != 0 and not fell_back
+        assert {s.getsockname()[1] for s in socks} == {port}
+    finally:
+        for s in socks:
+            s.close()
+
+
 def test_port_zero_binds_one_free_port_on_both_loopbacks():
     from convocationsd.daemon.http_sockets import bind_loopback
 

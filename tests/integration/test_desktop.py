@@ -19,7 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from convocationsd.core import events
-from convocationsd.core.flows import DENIED
+from convocationsd.core.flows import DENIED, REPLACED
 from convocationsd.daemon import desktop
 from tests.conftest import assert_no_secret, follow_callback
 from tests.helpers.dbus_session import (
@@ -144,6 +144,18 @@ async def test_notifications_off_still_exports_signals(daemon_factory, fake, pri
 # -- signals and methods --------------------------------------------------------------------------------
 
 
+def documented_signal_data() -> dict[str, set[str]]:
+    """The fields of each event in docs/dbus.md's example of the signal's arguments."""
+    from tests.conftest import ROOT
+
+    found = {}
+    for line in (ROOT / "docs" / "dbus.md").read_text().splitlines():
+        name, _, data = line.partition(" ")
+        if name in (events.AUTH_STARTED, events.AUTH_COMPLETE, events.KEY_CHANGED) and data.strip().startswith("{"):
+            found[name] = set(json.loads(data))
+    return found
+
+
 @needs_dbus
 async def test_subscriber_on_the_bus_gets_the_same_events_as_the_socket(daemon_factory, fake, private_bus, recorder):
     d = await _daemon(daemon_factory, fake, private_bus)
@@ -163,6 +175,7 @@ async def test_subscriber_on_the_bus_gets_the_same_events_as_the_socket(daemon_f
     # same names, same order, same data as the socket's params.data
     assert recorder.events == socket_events
     assert [n for n, _ in socket_events] == [events.AUTH_STARTED, events.AUTH_COMPLETE, events.KEY_CHANGED]
+    assert {name: set(data) for name, data in socket_events} == documented_signal_data()  # docs/dbus.md's example
     assert_no_secret(fake.issued_keys[-1], json.dumps(recorder.events))
     await _stop(d)
 
@@ -320,3 +333,5 @@ def test_notification_text():
     )
     cancelled = {"success": False, "error": {"code": "cancelled", "message": "Cancelled.", "hint": ""}}
     assert desktop.notification_text(cancelled) is None
+    replaced = {"success": False, "error": REPLACED[True].to_dict()}  # its successor is still to come
+    assert desktop.notification_text(replaced) is None

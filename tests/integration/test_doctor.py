@@ -451,3 +451,98 @@ def test_summary_counts_what_was_not_checked_apart():
     assert doctor.summary([ok, skipped]) == "All checks that ran passed; 1 not checked (they need the daemon)."
     assert doctor.summary([ok, bad, skipped]) == "1 of 2 checks needs attention; 1 not checked (they need the daemon)."
     assert doctor.summary([bad, bad]) == "2 of 2 checks need attention."
+
+
+def test_an_unknown_key_does_not_hide_a_change_the_daemon_has_not_applied(tmp_path: Path):
+    config = tmp_path / "config.toml"
+    status = {"pid": 4242, "service": None, "settings": {"http_port": {"value": 3000, "source": "the default"}}}
+    ctx = doctor.Context({}, tmp_path / "s", config, {"http_port": 3201, "htp_port": 1}, None, status=status)
+    c = doctor.check_config(ctx)
+    assert not c.ok
+    assert c.verdict == (
+        f"unknown key htp_port in {config} is ignored (did you mean http_port?); "
+        f"http_port 3201 (http_port in {config}) takes effect at restart; the running daemon still uses 3000"
+    )
+    assert c.fix.startswith(f"Edit {config}") and "to apply http_port (a reload cannot apply http_port)" in c.fix
+
+
+def test_a_setting_is_named_as_config_toml_spells_it(tmp_path: Path):
+    config = tmp_path / "config.toml"
+    status = {"pid": 4242, "service": None, "settings": {"socket_path": {"value": "/a.sock", "source": "the default"}}}
+    c = doctor.check_config(doctor.Context({}, tmp_path / "s", config, {"socket": "/b.sock"}, None, status=status))
+    assert c.verdict == (
+        f"socket /b.sock (socket in {config}) takes effect at restart; the running daemon still uses /a.sock"
+    )
+    assert "to apply socket (a reload cannot apply socket)" in c.fix and "socket_path" not in c.verdict + c.fix
+
+
+# -- a key not checked yet ------------------------------------------------------------------------------------
+
+
+def daemon_with_a_stored_key(short_tmp: Path, fake, key: str):
+    """A daemon started after the key was stored (by convctl, on the files): it has not asked OpenRouter yet."""
+    env = base_env(short_tmp, CONVOCATIONS_OPENROUTER_URL=fake.url)
+    stored = convctl(env, "secret", "set-openrouter-key", "--no-verify", input=key + "\n")
+    assert stored.returncode == 0, stored.stderr
+    return start_daemon(short_tmp, CONVOCATIONS_OPENROUTER_URL=fake.url)
+
+
+async def test_a_key_revoked_before_the_daemon_started_fails_at_once(short_tmp, fake):
+    """Right after the start nothing has asked OpenRouter about the key: doctor waits for the answer, as `convctl
+    status` does (OpenRouter takes 2 s here), so a revoked key is a failure, never "All checks passed"."""
+    key = fake.issue_key()
+    fake.revoke(key)
+    fake.config.key_info_delay = 2.0
+    d = await asyncio.to_thread(daemon_with_a_stored_key, short_tmp, fake, key)
+    try:
+        done = await asyncio.to_thread(d.convctl, "doctor")
+        assert done.returncode == 1, done.stdout
+        assert "FAIL  account" in done.stdout and "not accepted by OpenRouter" in done.stdout
+        assert "All checks" not in done.stdout
+        assert key not in done.stdout + d.log()
+    finally:
+        d.stop()
+
+
+async def test_a_key_openrouter_has_not_answered_about_is_not_checked(short_tmp, fake):
+    fake.config.key_info_delay = 60.0  # longer than doctor waits
+    d = await asyncio.to_thread(daemon_with_a_stored_key, short_tmp, fake, fake.issue_key())
+    try:
+        rc, results, _ = await asyncio.to_thread(run_doctor, d.env)
+        account = by_name(results)["account"]
+        assert rc == 0 and not account["checked"] and not account["ok"], account  # pending fails nothing either
+        assert account["verdict"] == (
+            "not checked: a key is stored in local-encrypted, and OpenRouter has not answered about it yet"
+        )
+        human = await asyncio.to_thread(d.convctl, "doctor")
+        assert human.stdout.rstrip().endswith("All checks that ran passed; 1 not checked (each line says why).")
+        assert "All checks passed" not in human.stdout
+    finally:
+        d.stop()
+
+
+# -- the socket's directory ----------------------------------------------------------------------------------
+
+
+def test_no_chmod_for_a_shared_directory_the_socket_is_in(short_tmp: Path):
+    """A socket put straight into a sticky directory (/tmp, say, which is root's own when root runs doctor): safe,
+    and that directory is never to be closed; a private subfolder is what to suggest."""
+    shared = short_tmp / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    env = {"HOME": str(short_tmp / "home")}
+    c = doctor.check_files(doctor.Context(env, shared / "d.sock", short_tmp / "cfg" / "config.toml", {}, None))
+    assert c.ok and "chmod 700" not in c.fix + c.note, c
+    folder = shared / f"convocations-{os.getuid()}"
+    assert f"Do not chmod {shared}; instead run `mkdir -m 700 {folder}`" in c.note
+    assert f"to {folder}/convocationsd.sock" in c.note
+
+
+def test_only_a_directory_made_for_the_socket_may_be_closed(short_tmp: Path):
+    home = short_tmp / "home"
+    (home / "sockets").mkdir(parents=True)
+    env = {"HOME": str(home)}
+    for shared in (Path("/"), Path("/tmp"), Path("/var/tmp"), Path("/run"), home, short_tmp):
+        assert not doctor.made_for_socket(shared, env), shared
+    assert doctor.made_for_socket(home / "sockets", env)
+    assert not doctor.made_for_socket(home / "missing", env)

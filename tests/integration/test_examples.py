@@ -172,6 +172,7 @@ def test_rust_json_reader_unit_tests(rust):
     assert done.returncode == 0, done.stdout + done.stderr
     ran = re.findall(r"^test json::tests::(\w+) \.\.\. ok$", done.stdout, re.M)
     assert {"reads_an_event_line_as_the_daemon_writes_it", "refuses_what_is_not_json"} <= set(ran), done.stdout
+    assert "test paths::tests::reads_the_simple_forms_of_the_socket_key ... ok" in done.stdout
     assert re.search(r"^test result: ok\. \d+ passed; 0 failed", done.stdout, re.M), done.stdout
 
 
@@ -242,6 +243,7 @@ def test_rust_example_finds_the_socket_where_the_daemon_puts_it(short_tmp, rust,
     """docs/protocol.md's steps in Rust give the daemon's own path (common.paths.socket_path), each computed
     in a fresh process with the same environment; the example names it when nothing listens there."""
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "PYTHONPATH")}
+    env["XDG_CONFIG_HOME"] = str(short_tmp / "cfg")  # no config.toml of the person's is read
     env.update({k: v.format(tmp=short_tmp) for k, v in values.items()})
     if not os.path.isabs(env.get("XDG_RUNTIME_DIR", "")) and own_runtime_dir():
         pytest.skip("/run/user/<uid> is yours: the example would find the daemon you run")
@@ -262,6 +264,49 @@ def test_rust_example_finds_the_socket_where_the_daemon_puts_it(short_tmp, rust,
     )
     assert found.group(1) == daemons.stdout.strip()
     assert str(short_tmp) in found.group(1)  # nothing outside the test was looked at
+
+
+def pythons_socket_path(env: dict[str, str]) -> str:
+    code = "import os; from convocationsd.common import paths; print(paths.socket_path(os.environ))"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return done.stdout.strip()
+
+
+@pytest.mark.parametrize(
+    "config, wanted",
+    [
+        ('http_port = 3001\nsocket = "{tmp}/from \\"config\\".sock"  # mine\n', '{tmp}/from "config".sock'),
+        ("socket = '{tmp}/literal.sock'\n[openrouter_api_key]\nsocket = 'not/this'\n", "{tmp}/literal.sock"),
+        ('socket = "~/in-home.sock"\n', "{tmp}/in-home.sock"),
+        ('[openrouter_api_key]\nsocket = "{tmp}/in-a-table.sock"\n', "{tmp}/xdg/convocations/convocationsd.sock"),
+        ('socket = ""\n', "{tmp}/xdg/convocations/convocationsd.sock"),
+    ],
+    ids=["escapes", "literal", "home", "in-a-table", "empty"],
+)
+@pytest.mark.parametrize("client", ["node", "rust"])
+def test_examples_find_a_socket_named_in_config_toml(short_tmp, request, client, config, wanted):
+    """protocol.md's step 2 in the simple form the examples read: the path the daemon and convctl take from
+    the same config.toml (common.paths.socket_path), named when nothing listens there."""
+    if client == "node" and NODE is None:
+        pytest.skip("node is not installed (.ci/system-deps installs Debian's nodejs)")
+    argv = (
+        [NODE, str(EXAMPLES / "node" / "login.mjs")]
+        if client == "node"
+        else [str(request.getfixturevalue("rust").login)]
+    )
+    folder = short_tmp / "cfg" / "convocations"
+    folder.mkdir(parents=True)
+    (folder / "config.toml").write_text(config.format(tmp=short_tmp))
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "PYTHONPATH")}
+    env.update(HOME=str(short_tmp), XDG_CONFIG_HOME=str(short_tmp / "cfg"), XDG_RUNTIME_DIR=str(short_tmp / "xdg"))
+    done = subprocess.run([str(a) for a in argv], env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 3, done.stderr
+    found = re.search(r"nothing listens on (.+?)(?:: ENOENT)?\)\.$", done.stderr, re.M)
+    assert found, done.stderr
+    assert found.group(1) == wanted.format(tmp=short_tmp) == pythons_socket_path(env)
+    variable = {**env, "XDG_CONFIG_HOME": str(short_tmp / "none"), "CONVOCATIONS_CONFIG": str(folder / "config.toml")}
+    again = subprocess.run([str(a) for a in argv], env=variable, capture_output=True, text=True, timeout=30)
+    assert found.group(0) in again.stderr  # CONVOCATIONS_CONFIG names the same file
 
 
 @pytest.mark.parametrize("unsafe", ["writable by others", "a symbolic link"])

@@ -70,7 +70,7 @@ def test_rendered_units_verify(tmp_path):
     """What `convctl service install` writes, with this interpreter (verify checks ExecStart exists)."""
     folder = tmp_path / "units"
     folder.mkdir()
-    for name, text in si.render_units(sys.executable, http_port=3999).items():
+    for name, text in si.render_units(sys.executable, http_port=3999, socket_path=tmp_path / "a 100%.sock").items():
         (folder / name).write_text(text)
     (folder / si.SANDBOX).parent.mkdir()
     (folder / si.SANDBOX).write_text(si.render_sandbox())  # verify reads the drop-in with the service

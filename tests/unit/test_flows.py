@@ -155,7 +155,8 @@ def test_restart_cancels_the_old_flow(store, clock):
     assert r.joined is False
     assert r.cancelled is old
     assert old.status == flows.FAILED and old.done
-    assert old.error is not None and old.error.code == "cancelled"
+    assert old.error is flows.REPLACED[False]  # not a plain "cancelled": its waiter is told where the login went
+    assert old.error.code == "replaced" and "(browser mode); finish that one" in old.error.message
     assert old.finished_at == T0 + 3
     new = r.flow
     assert new is not old and store.pending is new
@@ -182,7 +183,8 @@ def test_the_other_mode_joins_the_pending_flow(store):
     r = store.start(paste=True)
     assert r.joined is True and r.flow is cb and r.cancelled is None and cb.status == flows.PENDING
     r2 = store.start(paste=True, restart=True)
-    assert r2.cancelled is cb and cb.error.code == "cancelled"
+    assert r2.cancelled is cb and cb.error is flows.REPLACED[True]
+    assert cb.error.message == "The login was replaced by a new login started elsewhere (paste mode); finish that one."
     assert r2.flow.paste is True and r2.flow.callback_url is None and store.pending is r2.flow
 
 

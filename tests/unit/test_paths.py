@@ -45,10 +45,66 @@ def test_config_dir_and_path_follow_the_environment(monkeypatch, short_tmp):
     assert paths.config_path({"CONVOCATIONS_CONFIG": "/y/my.toml", "XDG_CONFIG_HOME": "/x"}) == Path("/y/my.toml")
 
 
-def test_socket_path_is_the_one_the_systemd_unit_listens_on():
-    assert paths.socket_path({"XDG_RUNTIME_DIR": "/r/1000"}) == Path("/r/1000/convocations/convocationsd.sock")
+def test_socket_path_is_the_one_the_systemd_unit_listens_on(short_tmp):
+    no_config = {"CONVOCATIONS_CONFIG": str(short_tmp / "none.toml")}
+    assert paths.default_socket_path({"XDG_RUNTIME_DIR": "/r/1000"}) == Path("/r/1000/convocations/convocationsd.sock")
+    assert paths.socket_path({"XDG_RUNTIME_DIR": "/r/1000", **no_config}) == paths.default_socket_path(
+        {"XDG_RUNTIME_DIR": "/r/1000"}
+    )
     assert "ListenStream=%t/convocations/convocationsd.sock\n" in (ROOT / "systemd/convocationsd.socket").read_text()
     assert paths.socket_path({"CONVOCATIONS_SOCKET": "/s/d.sock", "XDG_RUNTIME_DIR": "/r"}) == Path("/s/d.sock")
+
+
+def config_env(short_tmp: Path, text: str | bytes, **more: str) -> dict[str, str]:
+    config = short_tmp / "cfg" / "convocations" / "config.toml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_bytes(text.encode() if isinstance(text, str) else text)
+    return {"XDG_CONFIG_HOME": str(short_tmp / "cfg"), "XDG_RUNTIME_DIR": "/r/1000", **more}
+
+
+def test_clients_look_where_config_toml_puts_the_socket(short_tmp, monkeypatch):
+    """The daemon's order without its flags: CONVOCATIONS_SOCKET, else `socket` in config.toml, else the default."""
+    env = config_env(short_tmp, 'socket = "/elsewhere/d.sock"\nhttp_port = 3001\n')
+    assert paths.socket_path(env) == Path("/elsewhere/d.sock")
+    assert paths.socket_path({**env, "CONVOCATIONS_SOCKET": "/s/d.sock"}) == Path("/s/d.sock")
+    assert paths.socket_path({**env, "CONVOCATIONS_SOCKET": ""}) == Path("/elsewhere/d.sock")  # empty: unset
+    other = short_tmp / "other.toml"
+    other.write_text("socket = '/from/other.sock'\n")
+    assert paths.socket_path({**env, "CONVOCATIONS_CONFIG": str(other)}) == Path("/from/other.sock")
+    monkeypatch.setenv("HOME", str(short_tmp))
+    assert paths.socket_path(config_env(short_tmp, 'socket = "~/d.sock"')) == short_tmp / "d.sock"  # as the daemon
+    assert paths.socket_path(config_env(short_tmp, '"\\u0073ocket" = "/escaped.sock"')) == Path("/escaped.sock")
+    default = Path("/r/1000/convocations/convocationsd.sock")
+    assert paths.socket_path(config_env(short_tmp, 'socket = ""')) == default  # as the daemon: unset
+    assert paths.socket_path(config_env(short_tmp, '[openrouter_api_key]\nsocket = "/in/a/table"')) == default
+    assert paths.socket_path({"XDG_CONFIG_HOME": str(short_tmp / "nowhere"), "XDG_RUNTIME_DIR": "/r/1000"}) == default
+
+
+def test_a_config_toml_that_cannot_name_the_socket_is_not_parsed(short_tmp):
+    """`convctl status` reads config.toml but imports no TOML parser when the file cannot hold the key: this
+    one is not TOML at all, and nothing complains."""
+    env = config_env(short_tmp, "http_port = = 3001\n[[[\n")
+    assert paths.socket_path(env) == Path("/r/1000/convocations/convocationsd.sock")
+
+
+@pytest.mark.parametrize(
+    "text, says",
+    [
+        ("socket = \n", "is not valid TOML (Invalid value (at line 1, column 10))"),
+        (b'socket = "\xff"', "is not valid TOML (UnicodeDecodeError)"),
+        ("socket = 5\n", "Invalid socket_path from socket in {config}: must be a path, not 5."),
+        ('socket = ["/a"]\n', "must be a path, not a list"),
+    ],
+)
+def test_a_socket_setting_the_daemon_would_refuse_is_a_clear_error(short_tmp, text, says):
+    from convocationsd.core.errors import ConfigError
+
+    env = config_env(short_tmp, text)
+    config = short_tmp / "cfg" / "convocations" / "config.toml"
+    with pytest.raises(ConfigError) as caught:
+        paths.socket_path(env)
+    assert says.format(config=config) in caught.value.message
+    assert str(config) in caught.value.message and caught.value.hint
 
 
 def test_runtime_dir_falls_back_quietly_when_xdg_runtime_dir_will_not_do(monkeypatch, short_tmp):

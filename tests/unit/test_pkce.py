@@ -209,3 +209,16 @@ def test_the_fallback_port_note_says_what_is_known_and_how_to_find_out(preferred
     assert f"free {busy} (`convctl doctor` names what holds it)" in note
     assert "convctl doctor" in note and "may change at every start" in note
     assert not any(claim in note for claim in ("will refuse", "may refuse", "refuses", "register"))
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/service.md", "docs/protocol.md"])
+def test_the_docs_say_of_other_ports_what_the_note_says(doc):
+    """The troubleshooting of every document agrees with the note the daemon and doctor print (service.md once
+    said that OpenRouter expects the callback on the registered port)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    text = " ".join((root / doc).read_text().split())
+    said = "OpenRouter's current documentation accepts localhost callbacks on any port"
+    assert said in " ".join(pkce.fallback_port_note().split()) and said in text
+    assert "registered port" not in text

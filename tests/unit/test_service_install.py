@@ -68,6 +68,16 @@ def test_render_units_fills_interpreter_and_port():
     assert listen == ["ListenStream=127.0.0.1:3123", "ListenStream=[::1]:3123"]
 
 
+def test_render_units_puts_the_ipc_socket_where_it_is_told():
+    default = si.render_units(PYTHON)["convocationsd.socket"]
+    assert "\nListenStream=%t/convocations/convocationsd.sock\n" in default
+    moved = si.render_units(PYTHON, socket_path=Path("/home/me/100%/d.sock"))["convocationsd.socket"]
+    assert [line for line in moved.splitlines() if line.startswith("ListenStream=")] == [
+        "ListenStream=/home/me/100%%/d.sock"  # % would expand as a specifier
+    ]
+    assert moved.replace("/home/me/100%%/d.sock", "%t/convocations/convocationsd.sock") == default
+
+
 def test_install_writes_units_and_enables_sockets(env):
     run = Recorder()
     lines = install(env, run)

@@ -8,6 +8,7 @@ import os
 import stat
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,15 @@ def documented(env: dict[str, str]) -> Path:
     tail = Path("convocations") / "convocationsd.sock"
     if env.get("CONVOCATIONS_SOCKET"):
         return Path(env["CONVOCATIONS_SOCKET"])
+    config = Path(env["CONVOCATIONS_CONFIG"]) if env.get("CONVOCATIONS_CONFIG") else None
+    if config is None:
+        xdg_config = env.get("XDG_CONFIG_HOME", "")
+        home_config = Path(env["HOME"]) / ("Library/Application Support" if sys.platform == "darwin" else ".config")
+        config = (Path(xdg_config) if os.path.isabs(xdg_config) else home_config) / "convocations" / "config.toml"
+    if config.exists():
+        socket = tomllib.loads(config.read_text()).get("socket")
+        if socket:
+            return Path(socket).expanduser()
     xdg = env.get("XDG_RUNTIME_DIR", "")
     if os.path.isabs(xdg):
         return Path(xdg) / tail
@@ -60,6 +70,7 @@ def environment(tmp_path: Path, **values: str) -> dict[str, str]:
     keep = ("PATH", "HOME", "PYTHONPATH", "LANG")
     env = {k: v for k, v in os.environ.items() if k in keep}
     env["TMPDIR"] = str(tmp_path)  # the fallback's first choice, so nothing outside the test is named
+    env["XDG_CONFIG_HOME"] = str(tmp_path / "cfg")  # no config.toml of the person's is read
     env.update(values)
     return {k: v for k, v in env.items() if v is not None}
 
@@ -78,6 +89,24 @@ def environment(tmp_path: Path, **values: str) -> dict[str, str]:
 def test_the_documented_steps_give_the_daemons_path(tmp_path, values):
     env = environment(tmp_path, **values)
     assert computed(env) == documented(env)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"XDG_RUNTIME_DIR": "/run/user/4242"},
+        {"XDG_RUNTIME_DIR": "/run/user/4242", "CONVOCATIONS_SOCKET": "/somewhere/else.sock"},
+        {"XDG_RUNTIME_DIR": "/run/user/4242", "CONVOCATIONS_CONFIG": "{tmp}/mine.toml"},
+    ],
+    ids=["config", "explicit-over-config", "config-variable"],
+)
+def test_a_socket_named_in_config_toml_is_found_by_the_documented_steps(tmp_path, values):
+    for config in (tmp_path / "cfg" / "convocations" / "config.toml", tmp_path / "mine.toml"):
+        config.parent.mkdir(parents=True, exist_ok=True)
+        config.write_text(f'http_port = 3001\nsocket = "{tmp_path}/{config.stem}.sock"\n')
+    env = environment(tmp_path, **{k: v.format(tmp=tmp_path) for k, v in values.items()})
+    assert computed(env) == documented(env)
+    assert computed(env) != Path("/run/user/4242/convocations/convocationsd.sock")
 
 
 def test_the_fallback_uses_tmpdir_when_there_is_no_private_run_user(tmp_path):

@@ -1,5 +1,5 @@
-//! Where the daemon's socket is (docs/protocol.md, "Finding the socket") and whether its directory can be
-//! trusted (docs/protocol.md, "Connecting").
+//! Where the daemon's socket is (docs/protocol.md, "Finding the socket", config.toml's `socket` included) and
+//! whether its directory can be trusted (docs/protocol.md, "Connecting").
 
 use std::env;
 use std::ffi::OsString;
@@ -15,9 +15,11 @@ const SOCKET_NAME: &str = "convocationsd.sock";
 
 /// The socket by the documented steps, from this process's environment.
 pub fn socket_path() -> PathBuf {
-    let var = |name: &str| env::var_os(name).filter(|v| !v.is_empty());
     if let Some(explicit) = var("CONVOCATIONS_SOCKET") {
         return PathBuf::from(explicit);
+    }
+    if let Some(configured) = fs::read_to_string(config_path()).ok().and_then(|text| configured_socket(&text)) {
+        return configured;
     }
     if let Some(xdg) = var("XDG_RUNTIME_DIR").map(PathBuf::from).filter(|p| p.is_absolute()) {
         return xdg.join(APP).join(SOCKET_NAME);
@@ -25,11 +27,80 @@ pub fn socket_path() -> PathBuf {
     runtime_dir_fallback().join(APP).join(SOCKET_NAME)
 }
 
+fn var(name: &str) -> Option<OsString> {
+    env::var_os(name).filter(|v| !v.is_empty())
+}
+
+fn home() -> PathBuf {
+    #[allow(deprecated)] // right on Unix (HOME, then the password database); deprecated for Windows' sake
+    env::home_dir().unwrap_or_default()
+}
+
+/// config.toml: CONVOCATIONS_CONFIG, else under XDG_CONFIG_HOME (absolute only), else the platform's place.
+fn config_path() -> PathBuf {
+    if let Some(explicit) = var("CONVOCATIONS_CONFIG") {
+        return PathBuf::from(explicit);
+    }
+    let base = match var("XDG_CONFIG_HOME").map(PathBuf::from).filter(|p| p.is_absolute()) {
+        Some(xdg) => xdg,
+        None if cfg!(target_os = "macos") => home().join("Library").join("Application Support"),
+        None => home().join(".config"),
+    };
+    base.join(APP).join("config.toml")
+}
+
+/// The top-level `socket` of config.toml in the simple form protocol.md asks of a client without a TOML
+/// parser: a line `socket = "..."` (JSON's escapes) or `socket = '...'` above the first `[table]`; a leading
+/// `~/` is the home directory. Anything else (a quoted or dotted key, a multi-line string) is not found here:
+/// a real app would use the `toml` crate.
+pub fn configured_socket(text: &str) -> Option<PathBuf> {
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('[') {
+            return None; // settings end where the first table begins
+        }
+        let value = match line.strip_prefix("socket").map(str::trim_start) {
+            Some(rest) if rest.starts_with('=') => rest[1..].trim_start(),
+            _ => continue,
+        };
+        let path = if value.starts_with("'''") || value.starts_with("\"\"\"") {
+            return None;
+        } else if let Some(literal) = value.strip_prefix('\'') {
+            literal[..literal.find('\'')?].to_owned()
+        } else if value.starts_with('"') {
+            let end = closing_quote(value)?;
+            crate::json::parse(&value[..=end]).ok()?.as_str()?.to_owned()
+        } else {
+            return None;
+        };
+        if path.is_empty() {
+            return None; // as the daemon: an empty value is no value
+        }
+        return Some(match path.strip_prefix("~/") {
+            Some(rest) => home().join(rest),
+            None if path == "~" => home(),
+            None => PathBuf::from(path),
+        });
+    }
+    None
+}
+
+/// Where the basic string `text` starts with ends: the first quote not after a backslash.
+fn closing_quote(text: &str) -> Option<usize> {
+    let mut escaped = false;
+    for (i, b) in text.bytes().enumerate().skip(1) {
+        match b {
+            _ if escaped => escaped = false,
+            b'\\' => escaped = true,
+            b'"' => return Some(i),
+            _ => {}
+        }
+    }
+    None
+}
+
 #[cfg(target_os = "macos")]
 fn runtime_dir_fallback() -> PathBuf {
-    #[allow(deprecated)] // right on Unix (HOME, then the password database); deprecated for Windows' sake
-    let home = env::home_dir().unwrap_or_default();
-    home.join("Library").join("Caches").join("TemporaryItems")
+    home().join("Library").join("Caches").join("TemporaryItems")
 }
 
 #[cfg(not(target_os = "macos"))]
@@ -171,5 +242,24 @@ fn lstat(path: &Path) -> Result<Option<fs::Metadata>, Error> {
             message: format!("Cannot check {}, on the way to the daemon's socket: {}.", path.display(), e),
             hint: format!("Set {}", ELSEWHERE),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_simple_forms_of_the_socket_key() {
+        let found = |text: &str| configured_socket(text).map(|p| p.display().to_string());
+        assert_eq!(found("socket = \"/run/d.sock\"\n"), Some("/run/d.sock".to_owned()));
+        assert_eq!(found("http_port = 3001\nsocket='/a b/d.sock' # mine\n"), Some("/a b/d.sock".to_owned()));
+        assert_eq!(found("socket = \"/q\\\"x\\u00e9.sock\" # c\n"), Some("/q\"x\u{e9}.sock".to_owned()));
+        assert_eq!(found("socket_path = \"/no\"\nsockets = \"/no\"\n"), None);
+        assert_eq!(found("[openrouter_api_key]\nsocket = \"/in/a/table\"\n"), None);
+        assert_eq!(found("socket = \"\"\n"), None);
+        assert_eq!(found("socket = \"/unterminated\n"), None);
+        assert_eq!(found("socket = 5\n"), None);
+        assert_eq!(configured_socket("socket = \"~/d.sock\""), Some(home().join("d.sock")));
     }
 }
