@@ -29,8 +29,9 @@ DOCS = sorted(
 )
 LAYERS = ("core", "common", "store", "daemon", "cli", "testing", "client")
 TOP = ("convocationsd", "tests", "bench", "docs", "systemd", "launchd", "examples")
-# Names that end like these are files or systemd units (convocationsd.socket), not Python names.
-NOT_PYTHON = {"py", "md", "sock", "service", "socket", "log", "plist", "mjs", "sh", "toml", "json"}
+# Names that end like these are files, systemd units (convocationsd.socket) or their drop-in folders
+# (convocationsd.service.d), not Python names.
+NOT_PYTHON = {"d", "py", "md", "sock", "service", "socket", "log", "plist", "mjs", "sh", "toml", "json"}
 
 DOTTED = re.compile(rf"(?<![\w./%@$-])(?:convocationsd|{'|'.join(LAYERS)})(?:\.[A-Za-z_]\w*)+")
 PATH = re.compile(rf"(?<![\w./~%$@-])(?:{'|'.join(TOP + LAYERS)})/[\w./-]*")
