@@ -524,8 +524,8 @@ MUTANTS += [
     (
         "A config.toml (or directory) others can write stops the daemon",
         "store/configfile.py",
-        "elif mode & 0o002 or (mode & 0o020 and not _private_group(st.st_gid, st.st_uid)):",
-        "elif False:",
+        "    if mode & 0o002:\n",
+        "    if False:\n",
         [LOCAL + "test_config_that_others_can_write_stops_the_daemon"],
     ),
     (
@@ -538,8 +538,8 @@ MUTANTS += [
     (
         "A config.toml of another user stops the daemon",
         "store/configfile.py",
-        "        if not trusted_uid(st.st_uid):\n",
-        "        if False:\n",
+        "    if not trusted_uid(st.st_uid):\n",
+        "    if False:\n",
         [LOCAL + "test_config_another_user_appended_to_or_owns_stops_the_daemon"],
     ),
     (
@@ -548,6 +548,20 @@ MUTANTS += [
         "return primary <= {owner} and set(group.gr_mem) <= {name} and bool(primary or group.gr_mem)",
         "return True",
         [LOCAL + "test_config_another_user_appended_to_or_owns_stops_the_daemon"],
+    ),
+    (
+        "The way to config.toml followed one link at a time (the folder of a middle link checked)",
+        "store/configfile.py",
+        "target = os.readlink(entry)",
+        "target = os.path.realpath(entry)",
+        [LOCAL + "test_config_reached_through_a_link_in_a_folder_others_can_write_stops_the_daemon"],
+    ),
+    (
+        "No group-of-one exception for a config.toml with a POSIX ACL",
+        "store/configfile.py",
+        "        if _has_acl(entry):\n",
+        "        if False:\n",
+        [LOCAL + "test_config_with_a_posix_acl_is_not_let_through_as_a_group_of_one"],
     ),
 ]
 
