@@ -28,9 +28,14 @@ from convocationsd.core.flows import (
     iso,
     reported_error,
 )
+from convocationsd.daemon.logs import REFUSALS
 from convocationsd.store.secrets import SecretStatus, SecretStore
 
 log = logging.getLogger(__name__)
+# What any web page can cause as often as it likes (callbacks that are ignored, error reports without state):
+# one line per kind per interval, with counts, as for the HTTP door's refusals.
+strays = logging.getLogger(f"{__name__}.strays")
+strays.addFilter(REFUSALS)
 
 
 @dataclass(frozen=True)
@@ -181,7 +186,7 @@ class Controller:
                 return _confirmation(self.flows.hold_stateless_code(code))
             flow = self.flows.claim_code(code, state)
         except CallbackRejected as e:
-            log.warning("ignored a callback: %s", e.reason)
+            strays.warning("ignored a callback: %s", e.reason)
             return Outcome("ignored", "This link was ignored", e.message, e.hint, e.reason)
         return await self._exchange(flow, code, verified=True)
 
@@ -190,7 +195,7 @@ class Controller:
         try:
             flow, code = self.flows.take_held_code(token)
         except CallbackRejected as e:
-            log.warning("ignored a confirmation: %s", e.reason)
+            strays.warning("ignored a confirmation: %s", e.reason)
             return Outcome("ignored", "Nothing was linked", e.message, e.hint, e.reason)
         return await self._exchange_on_the_side(flow, code)
 
@@ -201,10 +206,10 @@ class Controller:
         try:
             flow = self.flows.claim_error(state)
         except CallbackRejected as e:
-            log.warning("ignored an error callback: %s", e.reason)
+            strays.warning("ignored an error callback: %s", e.reason)
             return Outcome("ignored", "This link was ignored", e.message, e.hint, e.reason)
         if state is None:
-            log.warning("an error report without state reached the callback; login %s goes on", flow.session_id)
+            strays.warning("an error report without state reached the callback; login %s goes on", flow.session_id)
             return Outcome(
                 "reported",
                 "OpenRouter reported an error",
@@ -266,7 +271,7 @@ class Controller:
         try:
             result = await self.openrouter.exchange(code, flow.verifier)
         except UpstreamError as e:
-            log.warning("ignored a callback without state: its code was not exchanged (%s)", e.flow_error.code)
+            strays.warning("ignored a callback without state: its code was not exchanged (%s)", e.flow_error.code)
             if e.code_rejected:
                 message = "OpenRouter did not accept this code for the login in progress, which is still waiting."
             else:

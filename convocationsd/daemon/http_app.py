@@ -24,7 +24,7 @@ from convocationsd.common import proc_net
 from convocationsd.core import pkce
 from convocationsd.daemon import pages
 from convocationsd.daemon.controller import Controller, Outcome
-from convocationsd.daemon.logs import Repeats
+from convocationsd.daemon.logs import REFUSALS
 
 log = logging.getLogger(__name__)
 
@@ -355,7 +355,7 @@ class _MalformedRequests(logging.Filter):
 
 
 _MALFORMED = _MalformedRequests()
-REPEATS = Repeats()  # anyone on this machine can have requests refused, as often as they like
+REPEATS = REFUSALS  # anyone on this machine can have requests refused, as often as they like
 
 
 def make_app(controller: Controller) -> web.Application:

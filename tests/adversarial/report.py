@@ -89,8 +89,8 @@ MUTANTS = [
     (
         "A stateless ?error= ends nothing by itself",
         "daemon/controller.py",
-        'if state is None:\n            log.warning("an error report without state',
-        'if False:\n            log.warning("an error report without state',
+        'if state is None:\n            strays.warning("an error report without state',
+        'if False:\n            strays.warning("an error report without state',
         ["tests/adversarial/test_web_attacks.py::test_stateless_error_does_not_end_the_login"],
     ),
     (
@@ -520,6 +520,23 @@ MUTANTS += [
         "        if held is not None:\n            held[1] += 1\n",
         "        if False:\n            held[1] += 1\n",
         ["tests/adversarial/test_bad_input.py::test_a_flood_of_refused_requests_is_logged_once_per_kind_with_a_count"],
+    ),
+    (
+        "Stray callbacks a web page sends logged once per kind per interval, with a count",
+        "daemon/controller.py",
+        "strays.addFilter(REFUSALS)",
+        "pass",
+        [WEB + "test_a_flood_of_stray_callbacks_is_logged_once_per_kind_with_a_count"],
+    ),
+    (
+        "Repeated refusals counted per source (uid), each named",
+        "daemon/logs.py",
+        "        variant = record.getMessage()\n",
+        "        variant = self.first.getMessage()\n",
+        [
+            "tests/unit/test_logs.py::test_repeats_name_every_source_not_only_the_first",
+            LOCAL + "test_refusals_from_two_uids_name_both",
+        ],
     ),
     (
         "A config.toml (or directory) others can write stops the daemon",

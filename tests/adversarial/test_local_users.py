@@ -102,6 +102,42 @@ def test_other_uid_cannot_start_or_join_a_login_over_http(daemon_factory):
     assert "refused an HTTP request from uid" in d.log()
 
 
+REFUSED_REQUESTS = (
+    "import socket,sys\n"
+    "port,n=int(sys.argv[1]),int(sys.argv[2])\n"
+    "for _ in range(n):\n"
+    "    s=socket.create_connection(('127.0.0.1',port))\n"
+    "    s.sendall(b'GET /api/status HTTP/1.1\\r\\nHost: localhost:%d\\r\\n\\r\\n'%port)\n"
+    "    s.recv(100)\n"
+    "    s.close()\n"
+)
+ANOTHER = 23452  # a uid with no account, as a second user
+
+
+@needs_root_setpriv
+def test_refusals_from_two_uids_name_both(daemon_factory):
+    """Another user sends 5 requests, then a third sends 300: the log has one line for the first and, at
+    shutdown, one line that names both uids with their counts, not the first one's name for all 304.
+
+    Defence: daemon/logs.Repeats counts each variant of a kind apart and names them."""
+    d = daemon_factory()
+    for uid, n in ((NOBODY, 5), (ANOTHER, 300)):
+        done = subprocess.run(
+            ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", OTHER_USER_PYTHON, "-c",
+             REFUSED_REQUESTS, str(d.port), str(n)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+    assert d.stop() == 0
+    lines = [line for line in d.log().splitlines() if "refused an HTTP request" in line]
+    me = os.getuid()
+    assert len(lines) == 2 and lines[0].endswith(f"refused an HTTP request from uid {NOBODY} (this daemon runs as uid {me})")
+    assert lines[1].endswith(
+        f" s, 2 different: refused an HTTP request from uid {ANOTHER} (this daemon runs as uid {me}) (300 times); "
+        f"refused an HTTP request from uid {NOBODY} (this daemon runs as uid {me}) (4 times)"
+    ), lines
+
+
 def test_modes_hold_under_umask_000(daemon_factory):
     """Even started with umask 000: runtime dir 0700, socket 0600, config dir 0700 (and the folders it made
     above it), config.toml and secret.key 0600.

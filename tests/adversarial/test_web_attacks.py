@@ -8,6 +8,7 @@ one, store a key, or read anything.
 
 from __future__ import annotations
 
+import re
 import shutil
 import socket
 import tempfile
@@ -770,6 +771,34 @@ def test_stray_flood_keeps_the_real_result_page(mdaemon, fake_t):
     assert again.status == 200 and "OpenRouter account linked" in again.text, again.dump()
     d.call("oauth.cancel")
     d.call("secret.clear")
+
+
+def test_a_flood_of_stray_callbacks_is_logged_once_per_kind_with_a_count(daemon_factory):
+    """Any web page can navigate a window to the callback again and again: 800 page loads with a wrong state,
+    without state, with an error and no state, with an error and a wrong state. Each is a WARNING the
+    controller writes, but the log gets one line per kind while they last, not one per load, and at shutdown
+    how many more came, naming each reason. The login still waits.
+
+    Defence: controller's strays logger shares daemon/logs.Repeats with the HTTP door's refusals."""
+    d = daemon_factory()
+    pending = d.call("oauth.start")
+    before = d.log().count(" WARNING ")
+    for i in range(200):
+        for query in (f"code=s{i}&state=wrong", f"code=n{i}", "error=access_denied", "error=x&state=y"):
+            assert raw_http(d.port, "GET", f"{CB}?{query}", NAVIGATION).status == 303
+    flow = d.call("status")["flow"]
+    assert (flow["session_id"], flow["status"]) == (pending["session_id"], "pending")
+    flood = d.log().count(" WARNING ") - before
+    assert flood <= 4, d.log()[-3000:]
+    assert d.stop() == 0
+    log = d.log()
+    assert re.search(
+        r" 399 more like this in the last \d+ s, 2 different: ignored a callback: missing_state \(200 times\); "
+        r"ignored a callback: state_mismatch \(199 times\)",
+        log,
+    ), log[-3000:]
+    assert re.search(r" 199 more like this in the last \d+ s: an error report without state reached the callback", log)
+    assert re.search(r" 199 more like this in the last \d+ s: ignored an error callback: state_mismatch", log)
 
 
 # -- codes made without a PKCE challenge ---------------------------------------------------------------
