@@ -580,6 +580,20 @@ MUTANTS += [
         "        if False:\n",
         [LOCAL + "test_config_with_a_posix_acl_is_not_let_through_as_a_group_of_one"],
     ),
+    (
+        "doctor gives the fix of an untrusted config.toml (chmod/chown), not the syntax hint",
+        "cli/doctor.py",
+        'fix = ctx.config_untrusted or f"Fix the syntax',
+        'fix = f"Fix the syntax',
+        [LOCAL + "test_doctor_says_how_to_fix_a_config_others_can_write"],
+    ),
+    (
+        "doctor's files check fails for a config.toml others can change",
+        "cli/doctor.py",
+        "if ctx.config_untrusted and ctx.config_error:",
+        "if False:",
+        [LOCAL + "test_doctor_says_how_to_fix_a_config_others_can_write"],
+    ),
 ]
 
 

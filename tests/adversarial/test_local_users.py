@@ -513,6 +513,27 @@ def test_config_another_user_appended_to_or_owns_stops_the_daemon(short_tmp, dae
     _assert_refused(d, config, config, "can be written by other users (mode 0664)")
 
 
+def test_doctor_says_how_to_fix_a_config_others_can_write(short_tmp, daemon_factory):
+    """The config folder is 0777: `convctl doctor` fails the config check with the `chmod go-w` that fixes it
+    (not the hint for a syntax error), and the files check does not call the files private.
+
+    Defence: doctor passes UntrustedConfig's own hint through, to the config and the files checks."""
+    import json
+
+    config, folder = _shared_config(short_tmp)
+    os.chmod(folder, 0o777)
+    d = daemon_factory(wait=False)
+    wait_until(lambda: d.proc.poll() is not None, "the daemon to refuse its config", 20)
+    done = d.convctl("doctor", "--json")
+    checks = {c["check"]: c for c in json.loads(done.stdout)}
+    assert done.returncode == 1, done.stdout + done.stderr
+    for name in ("config", "files"):
+        assert not checks[name]["ok"] and "can be written by other users (mode 0777)" in checks[name]["verdict"]
+        assert f"chmod go-w {folder}" in checks[name]["fix"] and "syntax" not in checks[name]["fix"], checks[name]
+    text = d.convctl("doctor").stdout
+    assert f"fix: Run: chmod go-w {folder}" in text and "private:" not in text, text
+
+
 def test_config_reached_through_a_link_in_a_folder_others_can_write_stops_the_daemon(short_tmp, daemon_factory):
     """The config folder is a link to a link, and the middle one lies in a folder anyone can write (0777, not
     sticky): another user could swap that link for one to a config.toml of theirs between two reads. The

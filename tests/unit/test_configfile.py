@@ -275,5 +275,5 @@ def test_trust_check_follows_links_one_at_a_time(tmp_path):
     os.chmod(shared, 0o755)
     assert configfile.load(tmp_path / "cfg" / "config.toml") == {"log_level": "info"}
     (tmp_path / "loop").symlink_to("loop")
-    with pytest.raises(ConfigError, match="Cannot read .*symbolic links"):
+    with pytest.raises(ConfigError, match=r"Cannot read .*symbolic links"):
         configfile.load(tmp_path / "loop" / "config.toml")
