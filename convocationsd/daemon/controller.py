@@ -64,18 +64,32 @@ class Endpoint:
 class UnsavedKey:
     """A key OpenRouter issued that the secret store did not take. It is kept in the daemon's memory only,
     never written in plain text: a lost key would leave the person's account linked to nothing, and OpenRouter
-    cannot hand it out again. ``retry_store`` (and any later read of the key) stores it once the store works."""
+    cannot hand it out again. ``retry_store`` (and any later read of the key) stores it once the store works.
+
+    One is held at a time: a later login whose key cannot be stored either replaces it (the newest login is
+    the one the person wants linked), and ``replaced`` names the logins whose keys were dropped that way: they
+    were never stored, and stay valid at OpenRouter until the person deletes them there."""
 
     key: str = field(repr=False)
     session_id: str
     since: float
     reason: str
+    replaced: tuple[str, ...] = ()  # the latest MAX_REPLACED only
 
-    def public(self) -> dict[str, str]:
+    def public(self) -> dict[str, Any]:
         """What ``status`` shows: never the key."""
-        return {"session_id": self.session_id, "since": iso(self.since), "reason": self.reason}
+        return {
+            "session_id": self.session_id,
+            "since": iso(self.since),
+            "reason": self.reason,
+            "replaced": list(self.replaced),
+        }
 
 
+MAX_REPLACED = 8
+
+
+KEYS_PAGE = "https://openrouter.ai/keys"
 RETRY_HINT = (
     "Until then the daemon holds the key in memory (it is lost if the daemon stops), and `convctl exec` can use "
     "it. Fix the cause, then run `convctl secret retry-store`."
@@ -332,11 +346,23 @@ class Controller:
             if not isinstance(e, ConvError):
                 log.exception("storing the key failed")
             why = e.message if isinstance(e, ConvError) else "see the daemon's log"
-            self.unsaved = UnsavedKey(key, flow.session_id, self.clock(), why)
+            hint = f"{e.hint} {RETRY_HINT}" if isinstance(e, ConvError) and e.hint else RETRY_HINT
+            previous, replaced = self.unsaved, ()
+            if previous is not None:  # never silently: that key was never stored, and still works at OpenRouter
+                replaced = (*previous.replaced, previous.session_id)[-MAX_REPLACED:]
+                log.warning(
+                    "login %s: its key could not be stored either, and replaces the one of login %s held in memory, "
+                    "which was never stored and stays valid at OpenRouter until deleted there",
+                    flow.session_id,
+                    previous.session_id,
+                )
+                hint += (
+                    f" This key replaces the one of login {previous.session_id}, which was held in memory and never "
+                    f"stored; it still works at OpenRouter: delete it at {KEYS_PAGE} if you do not use it."
+                )
+            self.unsaved = UnsavedKey(key, flow.session_id, self.clock(), why, replaced)
             failure = FlowError(
-                "storage_failed",
-                f"The key was created but could not be saved: {why.rstrip('.')}.",
-                f"{e.hint} {RETRY_HINT}" if isinstance(e, ConvError) and e.hint else RETRY_HINT,
+                "storage_failed", f"The key was created but could not be saved: {why.rstrip('.')}.", hint
             )
         else:
             self._replace_unsaved("a new login stored its key")

@@ -475,6 +475,13 @@ MUTANTS += [
         "                pass\n",
         [KEY_STORAGE + "test_a_key_that_could_not_be_stored_is_held_in_memory_until_it_is"],
     ),
+    (
+        "A held key replaced by a newer one that could not be stored either is named, never dropped silently",
+        "daemon/controller.py",
+        "if previous is not None:  # never silently",
+        "if False:",
+        [KEY_STORAGE + "test_a_second_key_that_cannot_be_stored_replaces_the_first_and_says_so"],
+    ),
 ]
 
 
