@@ -50,7 +50,7 @@ class Outcome:
     hint: str = ""
     code: str | None = None  # the event's error code, or the rejection reason
     end_login: tuple[str, str] | None = None  # "reported": (session_id, known OAuth error or "") for its button
-    confirm: str | None = None  # "confirm": the token its "Finish linking" button posts back
+    confirm: tuple[str, str] | None = None  # "confirm": (code, token) its "Finish linking" button posts back
 
 
 @dataclass(frozen=True)
@@ -197,17 +197,17 @@ class Controller:
             )
         try:
             if state is None:
-                return _confirmation(self.flows.hold_stateless_code(code))
+                return _confirmation(code, self.flows.confirmation_token(code))
             flow = self.flows.claim_code(code, state)
         except CallbackRejected as e:
             strays.warning("ignored a callback: %s", e.reason)
             return Outcome("ignored", "This link was ignored", e.message, e.hint, e.reason)
         return await self._exchange(flow, code, verified=True)
 
-    async def confirm_stateless(self, token: str) -> Outcome:
+    async def confirm_stateless(self, code: str, token: str) -> Outcome:
         """The person pressed "Finish linking" on the page of a callback without state: its code is tried."""
         try:
-            flow, code = self.flows.take_held_code(token)
+            flow = self.flows.take_confirmed_code(code, token)
         except CallbackRejected as e:
             strays.warning("ignored a confirmation: %s", e.reason)
             return Outcome("ignored", "Nothing was linked", e.message, e.hint, e.reason)
@@ -347,7 +347,8 @@ class Controller:
                 log.exception("storing the key failed")
             why = e.message if isinstance(e, ConvError) else "see the daemon's log"
             hint = f"{e.hint} {RETRY_HINT}" if isinstance(e, ConvError) and e.hint else RETRY_HINT
-            previous, replaced = self.unsaved, ()
+            previous = self.unsaved
+            replaced: tuple[str, ...] = ()
             if previous is not None:  # never silently: that key was never stored, and still works at OpenRouter
                 replaced = (*previous.replaced, previous.session_id)[-MAX_REPLACED:]
                 log.warning(
@@ -555,7 +556,7 @@ class Controller:
         )
 
 
-def _confirmation(token: str) -> Outcome:
+def _confirmation(code: str, token: str) -> Outcome:
     return Outcome(
         "confirm",
         "Finish linking your OpenRouter account?",
@@ -565,7 +566,7 @@ def _confirmation(token: str) -> Outcome:
         "waiting.",
         "Press the button only if you approved Convocations on OpenRouter in this browser just now. Otherwise "
         "close this tab; `convctl oauth start --paste` links without this step.",
-        confirm=token,
+        confirm=(code, token),
     )
 
 

@@ -117,8 +117,8 @@ MUTANTS = [
     (
         "Stateless codes never hold the login (exchanged on the side)",
         "core/flows.py",
-        "        _refuse_if_exchanging(held[0])\n        return held",
-        '        return self._claim(held[0], "confirmed-" + token), held[1]',
+        "        _refuse_if_exchanging(flow)\n        flow.confirmed.add(digest)",
+        '        flow.confirmed.add(digest)\n        return self._claim(flow, "confirmed-" + token)',
         ["tests/adversarial/test_web_attacks.py::test_right_state_goes_first_while_a_stateless_code_is_exchanged"],
     ),
     (
@@ -490,8 +490,8 @@ MUTANTS += [
     (
         "A code without state waits for the person's confirmation",
         "daemon/controller.py",
-        "                return _confirmation(self.flows.hold_stateless_code(code))",
-        "                flow, code = self.flows.take_held_code(self.flows.hold_stateless_code(code))\n"
+        "                return _confirmation(code, self.flows.confirmation_token(code))",
+        "                flow = self.flows.take_confirmed_code(code, self.flows.confirmation_token(code))\n"
         "                return await self._exchange_on_the_side(flow, code)",
         [WEB + "test_a_code_made_without_a_challenge_is_not_used_without_the_person"],
     ),
@@ -501,6 +501,23 @@ MUTANTS += [
         "if not _same_site(request, ctl.endpoint.port):  # only its own page may finish the login",
         "if False:",
         [WEB + "test_a_code_made_without_a_challenge_is_not_used_without_the_person"],
+    ),
+    (
+        "Finish linking posts its code with a MAC of it under the login's key, checked",
+        "core/flows.py",
+        'or not hmac.compare_digest(token.encode("utf-8", "surrogatepass"), _confirmation_mac(flow, code).encode())',
+        "or False",
+        [
+            "tests/unit/test_flows.py::test_a_confirmation_token_fits_its_code_and_its_flow_only_and_no_flood_pushes_it_out",
+            WEB + "test_a_code_made_without_a_challenge_is_not_used_without_the_person",
+        ],
+    ),
+    (
+        "Nothing is held for a Finish linking page (as if only the latest code waited)",
+        "core/flows.py",
+        "        self._remember(code)\n        return _confirmation_mac(flow, code)",
+        "        self._remember(code)\n        flow.confirm_key = self._token(32)\n        return _confirmation_mac(flow, code)",
+        [WEB + "test_no_flood_of_codes_pushes_the_persons_finish_linking_out"],
     ),
     (
         "A GET of the start route never ends a pending login",

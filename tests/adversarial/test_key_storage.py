@@ -223,7 +223,9 @@ def test_a_second_key_that_cannot_be_stored_replaces_the_first_and_says_so(daemo
     ran = d.convctl("exec", "--", sys.executable, "-c", DIGEST)
     assert (ran.returncode, ran.stdout.strip()) == (0, _digest(k2)), ran.stderr
     for secret in (k1, k2):
-        assert_no_secret(secret, d.log(), shown.stdout, json.dumps([first, second, event, unsaved]), *_files(d.config_dir))
+        assert_no_secret(
+            secret, d.log(), shown.stdout, json.dumps([first, second, event, unsaved]), *_files(d.config_dir)
+        )
 
 
 def _files(directory: Path) -> list[str]:

@@ -131,7 +131,9 @@ def test_refusals_from_two_uids_name_both(daemon_factory):
     assert d.stop() == 0
     lines = [line for line in d.log().splitlines() if "refused an HTTP request" in line]
     me = os.getuid()
-    assert len(lines) == 2 and lines[0].endswith(f"refused an HTTP request from uid {NOBODY} (this daemon runs as uid {me})")
+    assert len(lines) == 2 and lines[0].endswith(
+        f"refused an HTTP request from uid {NOBODY} (this daemon runs as uid {me})"
+    )
     assert lines[1].endswith(
         f" s, 2 different: refused an HTTP request from uid {ANOTHER} (this daemon runs as uid {me}) (300 times); "
         f"refused an HTTP request from uid {NOBODY} (this daemon runs as uid {me}) (4 times)"
@@ -520,7 +522,7 @@ def test_doctor_says_how_to_fix_a_config_others_can_write(short_tmp, daemon_fact
     Defence: doctor passes UntrustedConfig's own hint through, to the config and the files checks."""
     import json
 
-    config, folder = _shared_config(short_tmp)
+    _, folder = _shared_config(short_tmp)
     os.chmod(folder, 0o777)
     d = daemon_factory(wait=False)
     wait_until(lambda: d.proc.poll() is not None, "the daemon to refuse its config", 20)

@@ -120,7 +120,10 @@ async def test_repeats_pass_the_first_of_a_kind_then_one_count_per_interval(capl
         logger.warning("refused a request from %s", "late")
         lines = [r.getMessage() for r in caplog.records]
         assert lines[:2] == ["refused a request from 0", "another kind"]
-        assert lines[2].startswith("49 more like this in the last ") and ", 49 different: refused a request from " in lines[2]
+        assert (
+            lines[2].startswith("49 more like this in the last ")
+            and ", 49 different: refused a request from " in lines[2]
+        )
         assert lines[3].startswith("5 more like this") and lines[3].endswith(" s: refused a request from x")
         assert lines[4:] == ["refused a request from late"]
     finally:
@@ -155,7 +158,9 @@ async def test_repeats_name_every_source_not_only_the_first(caplog):
         )
         assert lines[2].startswith(f"{logs.DISTINCT + 36} more like this in the last ")
         assert f", more than {logs.DISTINCT} different: " in lines[2]
-        assert lines[2].count("(1 time)") == logs.NAMED and lines[2].endswith(f"; and {logs.DISTINCT + 36 - logs.NAMED} of the others")
+        assert lines[2].count("(1 time)") == logs.NAMED and lines[2].endswith(
+            f"; and {logs.DISTINCT + 36 - logs.NAMED} of the others"
+        )
         assert len(lines) == 3
     finally:
         logger.removeFilter(repeats)
