@@ -328,8 +328,9 @@ class FlowStore:
         return True
 
     def claim_pasted(self, code: str) -> Flow:
-        """Marks the pending flow (of either mode) as exchanging a code pasted over the socket, the trusted
-        door: PKCE binds the code to the flow's verifier."""
+        """Marks the pending flow (of either mode) as exchanging a code pasted over the socket. It needs no
+        ``state``: the person pasted it, over the door only their own uid can use. PKCE does not make it
+        theirs: a code made without a challenge is accepted whatever the verifier."""
         flow = self.pending
         if flow is None:
             raise CallbackRejected(

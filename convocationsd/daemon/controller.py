@@ -256,8 +256,10 @@ class Controller:
         return _failed_outcome(flow.error)
 
     async def exchange_pasted(self, code: str, session_id: str | None) -> dict:
-        """Paste mode: the person copies the code OpenRouter shows. Any pending login accepts one (PKCE
-        binds the code to its verifier); a code OpenRouter rejects leaves the login waiting for another."""
+        """Paste mode: the person copies the code OpenRouter shows. Any pending login accepts one, because the
+        person pasted it over the socket only their uid can use (PKCE would not vouch for it: OpenRouter accepts
+        a code made without a challenge whatever the verifier); a code OpenRouter rejects leaves the login
+        waiting for another."""
         pending = self.flows.pending
         if pending is None or (session_id and session_id != pending.session_id):
             raise UsageError("No login is waiting for a code.", "Run `convctl oauth start --paste` first.")
