@@ -86,9 +86,7 @@ class UnsavedKey:
         }
 
 
-MAX_REPLACED = 8
-
-
+MAX_REPLACED = 8  # logins whose dropped keys an UnsavedKey names
 KEYS_PAGE = "https://openrouter.ai/keys"
 RETRY_HINT = (
     "Until then the daemon holds the key in memory (it is lost if the daemon stops), and `convctl exec` can use "
