@@ -464,7 +464,7 @@ MUTANTS += [
     (
         "A key that could not be stored is held in memory",
         "daemon/controller.py",
-        "            self.unsaved = UnsavedKey(key, flow.session_id, self.clock(), why)\n",
+        "            self.unsaved = UnsavedKey(key, flow.session_id, self.clock(), why, replaced)\n",
         "",
         [KEY_STORAGE + "test_a_key_that_could_not_be_stored_is_held_in_memory_until_it_is"],
     ),
@@ -541,8 +541,8 @@ MUTANTS += [
     (
         "Refused requests logged once per kind per interval, with a count",
         "daemon/logs.py",
-        "        if held is not None:\n            held[1] += 1\n",
-        "        if False:\n            held[1] += 1\n",
+        "        if held is not None:\n            held.add(record)\n",
+        "        if False:\n            held.add(record)\n",
         ["tests/adversarial/test_bad_input.py::test_a_flood_of_refused_requests_is_logged_once_per_kind_with_a_count"],
     ),
     (
