@@ -822,7 +822,7 @@ def test_a_code_made_without_a_challenge_is_not_used_without_the_person(relaxed,
     made without a PKCE challenge (which OpenRouter would accept with our verifier): nothing is exchanged
     or stored, the login stays pending, and the page asks the person to confirm; another site cannot press
     that button (a cross-site or header-less post, or a guessed token, is refused); the person's own login
-    then links their key, and the held code dies with the login.
+    then links their key, and the token of that page dies with the login.
 
     Defence: a code without state waits for the person's same-origin confirmation (controller.callback,
     http_app.confirm_stateless)."""
