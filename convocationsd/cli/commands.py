@@ -65,6 +65,13 @@ def status(args: argparse.Namespace, out: Any) -> int:
             f"({str(unsaved.get('reason')).rstrip('.')}); the daemon holds it in memory only and loses it if it "
             "stops. Fix the cause, then run `convctl secret retry-store`."
         )
+        replaced = [str(s) for s in unsaved.get("replaced") or ()]
+        if replaced:
+            which = f"login {replaced[0]}" if len(replaced) == 1 else f"logins {', '.join(replaced)}"
+            out.print(
+                f"          It replaced the key of {which}, held in memory and never stored, which still works at "
+                f"OpenRouter: delete it at {KEYS_PAGE} if you do not use it."
+            )
     for entry in st.get("restart_needed") or ():
         out.print(f"restart:  {_restart_line(entry)}")
     return code

@@ -42,7 +42,7 @@ from convocationsd.common.settings import (
     reported,
 )
 from convocationsd.core import pkce
-from convocationsd.core.errors import ConfigError, ConvError, UntrustedSocket
+from convocationsd.core.errors import ConfigError, ConvError, UntrustedConfig, UntrustedSocket
 from convocationsd.store import config as config_mod
 from convocationsd.store import configfile
 from convocationsd.store.keyring_backend import probe_keyring
@@ -87,6 +87,7 @@ class Context:
     elsewhere: dict[str, Any] | None = (
         None  # a convocationsd on the port whose socket is not convctl's (its /api/status)
     )
+    config_untrusted: str | None = None  # the fix when config.toml is not used because others could change it
 
 
 # -- small helpers ----------------------------------------------------------------------------------------
@@ -495,9 +496,8 @@ def check_config(ctx: Context) -> Check:
     """config.toml: it parses, every value is valid, and nothing in it is silently ignored."""
     path = ctx.config_path
     if ctx.config_error:
-        return Check(
-            "config", False, ctx.config_error, f"Fix the syntax of {path} (the line and column are named above)."
-        )
+        fix = ctx.config_untrusted or f"Fix the syntax of {path} (the line and column are named above)."
+        return Check("config", False, ctx.config_error, fix)
     problems = [*config_problems(ctx.config, path), *config_mod.config_warnings(ctx.config, path)]
     if ctx.mine_error and ctx.mine_error not in problems:
         problems.append(f"convctl's settings: {ctx.mine_error}")
@@ -644,6 +644,9 @@ def check_files(ctx: Context) -> Check:
         if problem:
             problems.append(problem)
             fixes.append(fix)
+    if ctx.config_untrusted and ctx.config_error:  # a file others can change is not private, whatever its mode
+        problems.append(ctx.config_error)
+        fixes.append(ctx.config_untrusted)
     if problems:
         return Check("files", False, "; ".join(problems), "; ".join(fixes))
     if not seen:
@@ -727,14 +730,17 @@ def gather(env: Mapping[str, str], socket_override: str | None = None) -> Contex
         mine_error = e.message
     reported = ((status or {}).get("settings") or {}).get("config_path")
     config_path = Path(reported) if isinstance(reported, str) else paths.config_path(env)
-    config, config_error = {}, None
+    config, config_error, config_untrusted = {}, None, None
     try:
         config = configfile.load(config_path)
+    except UntrustedConfig as e:
+        config_error, config_untrusted = e.message, e.hint
     except ConvError as e:
         config_error = e.message
     ctx = Context(
-        env, socket_path, config_path, config, config_error, mine, mine_error, status, daemon_error, daemon_fix
-    )
+        env, socket_path, config_path, config, config_error, mine, mine_error, status, daemon_error, daemon_fix,
+        config_untrusted=config_untrusted,
+    )  # fmt: skip
     if status is None:
         ctx.elsewhere = daemon_elsewhere(preferred_port(ctx))
     return ctx

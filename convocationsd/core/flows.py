@@ -10,10 +10,11 @@ Rules (the contract's "Flows" section):
   rejected and the pending flow is left untouched.
 - A callback without ``state`` can never end, block or delay the flow: any web page can send one. Its code
   is refused unless ``require_state`` is off (for an OpenRouter that does not echo ``state``). Even then it
-  is not used until the person at the browser confirms it: it is held (``hold_stateless_code``) under an
-  unguessable token that only our own page shows, and the page's button hands it back
-  (``take_held_code``). OpenRouter accepting it proves nothing: a code made without a PKCE challenge is
-  accepted whatever the verifier. It is then exchanged on the side while the flow stays pending, and its
+  is not used until the person at the browser confirms it: its page carries it with a token that binds it
+  to the flow (``confirmation_token``, a MAC under a key that never leaves the daemon), and the page's
+  button posts both back (``take_confirmed_code``). Nothing is held meanwhile, so no number of other codes
+  can push the person's out. OpenRouter accepting a code proves nothing: one made without a PKCE challenge
+  is accepted whatever the verifier. It is then exchanged on the side while the flow stays pending, and its
   key is kept only if the flow is still pending when OpenRouter answers (``claim_side_result``): never for
   a flow that ended, or that a callback with the right state is finishing. A stateless ``?error=`` ends
   nothing by itself (the person may end the flow from its page).
@@ -28,7 +29,7 @@ import hashlib
 import hmac
 import secrets
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -38,7 +39,6 @@ from convocationsd.core import pkce
 
 PENDING = "pending"
 EXCHANGING = "exchanging"
-MAX_HELD = 8  # stateless codes held for confirmation at once
 SUCCEEDED = "succeeded"
 FAILED = "failed"
 
@@ -81,6 +81,9 @@ class Flow:
     error: FlowError | None = None
     backend: str | None = None
     finished_at: float | None = None
+    # Signs the codes of callbacks without state that its pages ask the person to confirm; never shown.
+    confirm_key: str = field(default="", repr=False)
+    confirmed: set[bytes] = field(default_factory=set, repr=False)  # digests of codes confirmed (once each)
 
     @property
     def done(self) -> bool:
@@ -213,8 +216,6 @@ class FlowStore:
         self.history: deque[Flow] = deque(maxlen=history)
         # Digests, not codes: the store never keeps a usable code after its one exchange.
         self._used_codes: deque[bytes] = deque(maxlen=used_codes)
-        # Stateless codes waiting for the person's confirmation: token -> (flow, code); the latest few only.
-        self._held: OrderedDict[str, tuple[Flow, str]] = OrderedDict()
 
     # -- starting and ending -------------------------------------------------------------------------
 
@@ -236,6 +237,7 @@ class FlowStore:
             created_at=now,
             expires_at=now + self.timeout,
             paste=paste,
+            confirm_key=self._token(32),
         )
         self.pending = flow
         return StartResult(flow, joined=False, cancelled=cancelled)
@@ -273,9 +275,7 @@ class FlowStore:
         flow.error = error
         flow.finished_at = self._clock()
         if self.pending is flow:
-            self.pending = None
-        for token in [token for token, (held, _) in self._held.items() if held is flow]:
-            del self._held[token]  # its codes go with it
+            self.pending = None  # the tokens of its pages die with it: none matches another flow
         self.history.append(flow)
         return flow
 
@@ -287,10 +287,12 @@ class FlowStore:
         flow = self._callback_flow(state)
         return self._claim(flow, code)
 
-    def hold_stateless_code(self, code: str) -> str:
-        """Holds the code of a callback without ``state`` until the person confirms it, and returns the token
-        that confirms it (``take_held_code``). The flow stays pending: the callback with the right state must
-        never wait for this one or be turned away. Raises CallbackRejected unless ``require_state`` is off."""
+    def confirmation_token(self, code: str) -> str:
+        """The token that lets the person confirm the code of a callback without ``state``: its page carries
+        both, and the page's button posts both back (``take_confirmed_code``). The flow stays pending: the
+        callback with the right state must never wait for this one or be turned away. Nothing is kept: the
+        token is a MAC of the code under the flow's own key, so however many codes other pages send, none can
+        push the person's out. Raises CallbackRejected unless ``require_state`` is off."""
         flow = self._callback_flow(None)
         if self.require_state:
             raise CallbackRejected(
@@ -304,25 +306,33 @@ class FlowStore:
             )
         _refuse_if_exchanging(flow)
         self._remember(code)
-        token = self._token(24)
-        self._held[token] = (flow, code)
-        while len(self._held) > MAX_HELD:  # a page sending many: only the latest few wait
-            self._held.popitem(last=False)
-        return token
+        return _confirmation_mac(flow, code)
 
-    def take_held_code(self, token: str) -> tuple[Flow, str]:
-        """The flow and code held under ``token`` (once); raises CallbackRejected when that flow is no longer
-        pending or the token is unknown."""
-        held = self._held.pop(token, None) if isinstance(token, str) else None
-        if held is None or held[0] is not self.pending:
+    def take_confirmed_code(self, code: str, token: str) -> Flow:
+        """The pending flow, for a code and the token its page showed (each code once); raises
+        CallbackRejected when that flow is no longer pending, or the token is not that page's."""
+        flow = self.pending
+        if (
+            flow is None
+            or not isinstance(code, str)
+            or not isinstance(token, str)
+            or not hmac.compare_digest(token.encode("utf-8", "surrogatepass"), _confirmation_mac(flow, code).encode())
+        ):
             raise CallbackRejected(
                 "not_pending",
-                "The login this page was about is no longer waiting (it has ended, or was restarted), or its "
-                "code was set aside for newer ones.",
+                "The login this page was about is no longer waiting (it has ended, or was restarted).",
                 "Check `convctl status`; run `convctl oauth start` to link again.",
             )
-        _refuse_if_exchanging(held[0])
-        return held
+        digest = _digest(code)
+        if digest in flow.confirmed:
+            raise CallbackRejected(
+                "code_reused",
+                "This page's code was already tried.",
+                "Check `convctl status`; run `convctl oauth start` to link again.",
+            )
+        _refuse_if_exchanging(flow)
+        flow.confirmed.add(digest)  # grows only by presses of our own pages' buttons
+        return flow
 
     def claim_side_result(self, flow: Flow) -> bool:
         """OpenRouter issued a key for a stateless code exchanged on the side: marks ``flow`` as finishing with
@@ -334,8 +344,9 @@ class FlowStore:
         return True
 
     def claim_pasted(self, code: str) -> Flow:
-        """Marks the pending flow (of either mode) as exchanging a code pasted over the socket, the trusted
-        door: PKCE binds the code to the flow's verifier."""
+        """Marks the pending flow (of either mode) as exchanging a code pasted over the socket. It needs no
+        ``state``: the person pasted it, over the door only their own uid can use. PKCE does not make it
+        theirs: a code made without a challenge is accepted whatever the verifier."""
         flow = self.pending
         if flow is None:
             raise CallbackRejected(
@@ -363,7 +374,7 @@ class FlowStore:
 
     def _remember(self, code: str) -> None:
         """Refuses a code seen before, then remembers this one (as a digest)."""
-        digest = hashlib.sha256(code.encode("utf-8", "surrogatepass")).digest()
+        digest = _digest(code)
         if digest in self._used_codes:
             raise CallbackRejected(
                 "code_reused",
@@ -400,6 +411,14 @@ class FlowStore:
         if self.pending is not None:
             return self.pending
         return self.history[-1] if self.history else None
+
+
+def _digest(code: str) -> bytes:
+    return hashlib.sha256(code.encode("utf-8", "surrogatepass")).digest()
+
+
+def _confirmation_mac(flow: Flow, code: str) -> str:
+    return hmac.new(flow.confirm_key.encode(), code.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
 
 
 def _refuse_if_exchanging(flow: Flow) -> None:

@@ -28,9 +28,14 @@ from convocationsd.core.flows import (
     iso,
     reported_error,
 )
+from convocationsd.daemon.logs import REFUSALS
 from convocationsd.store.secrets import SecretStatus, SecretStore
 
 log = logging.getLogger(__name__)
+# What any web page can cause as often as it likes (callbacks that are ignored, error reports without state):
+# one line per kind per interval, with counts, as for the HTTP door's refusals.
+strays = logging.getLogger(f"{__name__}.strays")
+strays.addFilter(REFUSALS)
 
 
 @dataclass(frozen=True)
@@ -45,7 +50,7 @@ class Outcome:
     hint: str = ""
     code: str | None = None  # the event's error code, or the rejection reason
     end_login: tuple[str, str] | None = None  # "reported": (session_id, known OAuth error or "") for its button
-    confirm: str | None = None  # "confirm": the token its "Finish linking" button posts back
+    confirm: tuple[str, str] | None = None  # "confirm": (code, token) its "Finish linking" button posts back
 
 
 @dataclass(frozen=True)
@@ -59,18 +64,30 @@ class Endpoint:
 class UnsavedKey:
     """A key OpenRouter issued that the secret store did not take. It is kept in the daemon's memory only,
     never written in plain text: a lost key would leave the person's account linked to nothing, and OpenRouter
-    cannot hand it out again. ``retry_store`` (and any later read of the key) stores it once the store works."""
+    cannot hand it out again. ``retry_store`` (and any later read of the key) stores it once the store works.
+
+    One is held at a time: a later login whose key cannot be stored either replaces it (the newest login is
+    the one the person wants linked), and ``replaced`` names the logins whose keys were dropped that way: they
+    were never stored, and stay valid at OpenRouter until the person deletes them there."""
 
     key: str = field(repr=False)
     session_id: str
     since: float
     reason: str
+    replaced: tuple[str, ...] = ()  # the latest MAX_REPLACED only
 
-    def public(self) -> dict[str, str]:
+    def public(self) -> dict[str, Any]:
         """What ``status`` shows: never the key."""
-        return {"session_id": self.session_id, "since": iso(self.since), "reason": self.reason}
+        return {
+            "session_id": self.session_id,
+            "since": iso(self.since),
+            "reason": self.reason,
+            "replaced": list(self.replaced),
+        }
 
 
+MAX_REPLACED = 8  # logins whose dropped keys an UnsavedKey names
+KEYS_PAGE = "https://openrouter.ai/keys"
 RETRY_HINT = (
     "Until then the daemon holds the key in memory (it is lost if the daemon stops), and `convctl exec` can use "
     "it. Fix the cause, then run `convctl secret retry-store`."
@@ -178,19 +195,19 @@ class Controller:
             )
         try:
             if state is None:
-                return _confirmation(self.flows.hold_stateless_code(code))
+                return _confirmation(code, self.flows.confirmation_token(code))
             flow = self.flows.claim_code(code, state)
         except CallbackRejected as e:
-            log.warning("ignored a callback: %s", e.reason)
+            strays.warning("ignored a callback: %s", e.reason)
             return Outcome("ignored", "This link was ignored", e.message, e.hint, e.reason)
         return await self._exchange(flow, code, verified=True)
 
-    async def confirm_stateless(self, token: str) -> Outcome:
+    async def confirm_stateless(self, code: str, token: str) -> Outcome:
         """The person pressed "Finish linking" on the page of a callback without state: its code is tried."""
         try:
-            flow, code = self.flows.take_held_code(token)
+            flow = self.flows.take_confirmed_code(code, token)
         except CallbackRejected as e:
-            log.warning("ignored a confirmation: %s", e.reason)
+            strays.warning("ignored a confirmation: %s", e.reason)
             return Outcome("ignored", "Nothing was linked", e.message, e.hint, e.reason)
         return await self._exchange_on_the_side(flow, code)
 
@@ -201,10 +218,10 @@ class Controller:
         try:
             flow = self.flows.claim_error(state)
         except CallbackRejected as e:
-            log.warning("ignored an error callback: %s", e.reason)
+            strays.warning("ignored an error callback: %s", e.reason)
             return Outcome("ignored", "This link was ignored", e.message, e.hint, e.reason)
         if state is None:
-            log.warning("an error report without state reached the callback; login %s goes on", flow.session_id)
+            strays.warning("an error report without state reached the callback; login %s goes on", flow.session_id)
             return Outcome(
                 "reported",
                 "OpenRouter reported an error",
@@ -237,8 +254,10 @@ class Controller:
         return _failed_outcome(flow.error)
 
     async def exchange_pasted(self, code: str, session_id: str | None) -> dict:
-        """Paste mode: the person copies the code OpenRouter shows. Any pending login accepts one (PKCE
-        binds the code to its verifier); a code OpenRouter rejects leaves the login waiting for another."""
+        """Paste mode: the person copies the code OpenRouter shows. Any pending login accepts one, because the
+        person pasted it over the socket only their uid can use (PKCE would not vouch for it: OpenRouter accepts
+        a code made without a challenge whatever the verifier); a code OpenRouter rejects leaves the login
+        waiting for another."""
         pending = self.flows.pending
         if pending is None or (session_id and session_id != pending.session_id):
             raise UsageError("No login is waiting for a code.", "Run `convctl oauth start --paste` first.")
@@ -266,7 +285,7 @@ class Controller:
         try:
             result = await self.openrouter.exchange(code, flow.verifier)
         except UpstreamError as e:
-            log.warning("ignored a callback without state: its code was not exchanged (%s)", e.flow_error.code)
+            strays.warning("ignored a callback without state: its code was not exchanged (%s)", e.flow_error.code)
             if e.code_rejected:
                 message = "OpenRouter did not accept this code for the login in progress, which is still waiting."
             else:
@@ -327,11 +346,24 @@ class Controller:
             if not isinstance(e, ConvError):
                 log.exception("storing the key failed")
             why = e.message if isinstance(e, ConvError) else "see the daemon's log"
-            self.unsaved = UnsavedKey(key, flow.session_id, self.clock(), why)
+            hint = f"{e.hint} {RETRY_HINT}" if isinstance(e, ConvError) and e.hint else RETRY_HINT
+            previous = self.unsaved
+            replaced: tuple[str, ...] = ()
+            if previous is not None:  # never silently: that key was never stored, and still works at OpenRouter
+                replaced = (*previous.replaced, previous.session_id)[-MAX_REPLACED:]
+                log.warning(
+                    "login %s: its key could not be stored either, and replaces the one of login %s held in memory, "
+                    "which was never stored and stays valid at OpenRouter until deleted there",
+                    flow.session_id,
+                    previous.session_id,
+                )
+                hint += (
+                    f" This key replaces the one of login {previous.session_id}, which was held in memory and never "
+                    f"stored; it still works at OpenRouter: delete it at {KEYS_PAGE} if you do not use it."
+                )
+            self.unsaved = UnsavedKey(key, flow.session_id, self.clock(), why, replaced)
             failure = FlowError(
-                "storage_failed",
-                f"The key was created but could not be saved: {why.rstrip('.')}.",
-                f"{e.hint} {RETRY_HINT}" if isinstance(e, ConvError) and e.hint else RETRY_HINT,
+                "storage_failed", f"The key was created but could not be saved: {why.rstrip('.')}.", hint
             )
         else:
             self._replace_unsaved("a new login stored its key")
@@ -524,7 +556,7 @@ class Controller:
         )
 
 
-def _confirmation(token: str) -> Outcome:
+def _confirmation(code: str, token: str) -> Outcome:
     return Outcome(
         "confirm",
         "Finish linking your OpenRouter account?",
@@ -534,7 +566,7 @@ def _confirmation(token: str) -> Outcome:
         "waiting.",
         "Press the button only if you approved Convocations on OpenRouter in this browser just now. Otherwise "
         "close this tab; `convctl oauth start --paste` links without this step.",
-        confirm=token,
+        confirm=(code, token),
     )
 
 

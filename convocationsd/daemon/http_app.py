@@ -24,7 +24,7 @@ from convocationsd.common import proc_net
 from convocationsd.core import pkce
 from convocationsd.daemon import pages
 from convocationsd.daemon.controller import Controller, Outcome
-from convocationsd.daemon.logs import Repeats
+from convocationsd.daemon.logs import REFUSALS
 
 log = logging.getLogger(__name__)
 
@@ -280,10 +280,11 @@ async def confirm_stateless(request: web.Request) -> web.StreamResponse:
         form = await request.post()
     except ValueError:
         form = None
+    code = form.get("code") if form else None
     token = form.get("token") if form else None
-    if not isinstance(token, str):
+    if not isinstance(code, str) or not isinstance(token, str):
         return _html(pages.error_page(400, "This form was not sent the way its page sends it."), 400)
-    _show_result(request, await ctl.confirm_stateless(token))
+    _show_result(request, await ctl.confirm_stateless(code, token))
 
 
 async def result(request: web.Request) -> web.StreamResponse:
@@ -355,7 +356,7 @@ class _MalformedRequests(logging.Filter):
 
 
 _MALFORMED = _MalformedRequests()
-REPEATS = Repeats()  # anyone on this machine can have requests refused, as often as they like
+REPEATS = REFUSALS  # anyone on this machine can have requests refused, as often as they like
 
 
 def make_app(controller: Controller) -> web.Application:

@@ -87,6 +87,30 @@ def set_level(level: str) -> None:
 
 
 REPEAT_INTERVAL = 60.0  # seconds: at most one line per kind of refusal in this long
+DISTINCT = 64  # variants of one kind counted apart per interval; the rest are counted together
+NAMED = 4  # variants a summary names, the most frequent first
+
+
+class _Held:
+    """One kind's interval: its first record, and how many more came, by variant (the rendered message:
+    which uid, which reason)."""
+
+    def __init__(self, first: logging.LogRecord) -> None:
+        self.first = first
+        self.since = time.monotonic()
+        self.counts: dict[str, int] = {}  # at most DISTINCT variants
+        self.unlisted = 0  # records of variants past DISTINCT
+
+    def add(self, record: logging.LogRecord) -> None:
+        variant = record.getMessage()
+        if variant in self.counts or len(self.counts) < DISTINCT:
+            self.counts[variant] = self.counts.get(variant, 0) + 1
+        else:
+            self.unlisted += 1
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values()) + self.unlisted
 
 
 class Repeats(logging.Filter):
@@ -94,14 +118,16 @@ class Repeats(logging.Filter):
     (refused requests: 3,000 in a third of a second would push everything else out of the journal).
 
     The first of a kind (its logger and message template) passes; the next ones within ``interval`` are
-    only counted, and the count is logged with the first one's text when the interval ends (one line per
-    interval while they keep coming), or by ``flush`` at shutdown. Outside an event loop nothing is held
-    back, since nothing could report the count."""
+    only counted, per variant (the message with its values: another uid, another reason), and when the
+    interval ends one line says how many more came and names the most frequent variants, with how many
+    there were in all (one line per interval while they keep coming; ``flush`` at shutdown). So a flood
+    from one uid cannot hide another uid's requests behind the first one's name. Outside an event loop
+    nothing is held back, since nothing could report the count."""
 
     def __init__(self, interval: float = REPEAT_INTERVAL) -> None:
         super().__init__()
         self.interval = interval
-        self._held: dict[tuple[str, str], list] = {}  # kind -> [first record, how many more, since when]
+        self._held: dict[tuple[str, str], _Held] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
         if getattr(record, "repeats_summary", False):
@@ -109,37 +135,56 @@ class Repeats(logging.Filter):
         kind = (record.name, str(record.msg))
         held = self._held.get(kind)
         if held is not None:
-            held[1] += 1
+            held.add(record)
             return False
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return True
-        self._held[kind] = [record, 0, time.monotonic()]
+        self._held[kind] = _Held(record)
         loop.call_later(self.interval, self._report, kind)
         return True
 
     def _report(self, kind: tuple[str, str]) -> None:
         """The interval of ``kind`` is over: its count, if any, and a new interval while they keep coming."""
-        first, count, since = self._held.pop(kind)
-        if count:
-            self._summary(first, count, since)
-            self._held[kind] = [first, 0, time.monotonic()]
+        held = self._held.pop(kind)
+        if held.total:
+            self._summary(held)
+            self._held[kind] = _Held(held.first)
             asyncio.get_running_loop().call_later(self.interval, self._report, kind)
 
     def flush(self) -> None:
         """Logs what is counted and not yet reported (at shutdown)."""
         held, self._held = self._held, {}
-        for first, count, since in held.values():
-            if count:
-                self._summary(first, count, since)
+        for one in held.values():
+            if one.total:
+                self._summary(one)
 
-    def _summary(self, first: logging.LogRecord, count: int, since: float) -> None:
+    def _summary(self, held: _Held) -> None:
+        first = held.first
         logging.getLogger(first.name).log(
             first.levelno,
-            "%d more like this in the last %.0f s: %s",
-            count,
-            time.monotonic() - since,
-            first.getMessage(),
+            "%d more like this in the last %.0f s%s",
+            held.total,
+            time.monotonic() - held.since,
+            summarize(held.counts, held.unlisted),
             extra={"repeats_summary": True},
         )
+
+
+def summarize(counts: dict[str, int], unlisted: int = 0) -> str:
+    """What came, after "N more like this in the last T s": ``: message`` when all were alike; else how many
+    variants, and the most frequent with their counts (``unlisted``: records past the ``DISTINCT`` variants
+    counted apart)."""
+    if len(counts) == 1 and not unlisted:
+        return f": {next(iter(counts))}"
+    ranked = sorted(counts.items(), key=lambda item: -item[1])
+    named = "; ".join(f"{message} ({n} {'time' if n == 1 else 'times'})" for message, n in ranked[:NAMED])
+    rest = sum(n for _, n in ranked[NAMED:]) + unlisted
+    variants = f"more than {DISTINCT}" if unlisted else str(len(counts))
+    return f", {variants} different: {named}" + (f"; and {rest} of the others" if rest else "")
+
+
+# What anyone can cause as often as they like (refused HTTP requests, stray callbacks a web page sends): the
+# loggers of those messages share this one.
+REFUSALS = Repeats()

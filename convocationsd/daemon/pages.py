@@ -100,10 +100,10 @@ def result_page(
     hint: str = "",
     code: str | None = None,
     end_login: tuple[str, str] | None = None,
-    confirm: str | None = None,
+    confirm: tuple[str, str] | None = None,
 ) -> str:
     """``end_login`` = (session_id, error) adds an "End the login" button that posts them to END_PATH;
-    ``confirm`` (a token) a "Finish linking" button that posts it to CONFIRM_PATH."""
+    ``confirm`` = (code, token) a "Finish linking" button that posts them to CONFIRM_PATH."""
     tone, mark = {"success": ("ok", "&#10003;"), "failed": ("bad", "!")}.get(kind, ("info", "i"))
     parts = [_head(mark, title), f"<p>{_text(message)}</p>"]
     closing = CLOSE_TAB
@@ -121,8 +121,10 @@ def result_page(
             "<button class=button type=submit>End the login</button></form>"
         )
     if confirm is not None:
+        code, token = confirm
         parts.append(
-            f'<form method=post action="{CONFIRM_PATH}"><input type=hidden name=token value="{escape(confirm)}">'
+            f'<form method=post action="{CONFIRM_PATH}"><input type=hidden name=code value="{escape(code)}">'
+            f'<input type=hidden name=token value="{escape(token)}">'
             "<button class=button type=submit>Finish linking</button></form>"
         )
     if code and kind != "success":

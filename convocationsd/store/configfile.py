@@ -90,37 +90,112 @@ def update(path: Path, mutate: Callable[[tomlkit.TOMLDocument], tomlkit.TOMLDocu
 
 
 def check_trusted(path: Path) -> None:
-    """Refuses (UntrustedConfig) a config.toml that another user could have written: the file, a link on its
-    way, or a directory above it (as written, and where links lead) that belongs to someone other than us
-    or root, or that others may write to (a directory that is sticky, such as /tmp, excepted). Group write
-    is "others" too, unless the group is the owner's alone (a user-private group under umask 002), as
-    OpenSSH's StrictModes allows it on Debian. What does not exist yet is skipped: we create it private."""
-    path = Path(os.path.abspath(path))
-    real = Path(os.path.realpath(path))
-    for p in dict.fromkeys([path, real, *path.parents, *real.parents]):
-        try:
-            st = os.lstat(p)
-        except FileNotFoundError:
-            continue
-        except OSError as e:
-            raise _unreadable(p, e) from e
-        mode = stat.S_IMODE(st.st_mode)
-        if not (trusted_uid(st.st_uid) or _unmapped_outside(st.st_uid)):
-            problem, fix = (
-                f"belongs to {describe_uid(st.st_uid)}",
-                f"Move it away, or have root give it to you: chown {os.getuid()} {p}",
+    """Refuses (UntrustedConfig) a config.toml that another user could have written or swapped: the file, or
+    any entry on the way to it, that belongs to someone other than us or root, or a directory on the way that
+    others may write to (a directory that is sticky, such as /tmp, excepted: others cannot swap what is ours
+    there). The way is followed as the kernel follows it, one link at a time, so the directory holding a link
+    in the middle of a chain is checked too, not only the file's lexical and real parents. Group write is
+    "others" too, unless the group is the owner's alone (a user-private group under umask 002, as OpenSSH's
+    StrictModes allows it on Debian) and no POSIX ACL is set (with one, the group bits are the ACL's mask,
+    which may let named users write). What does not exist yet is skipped: we create it private."""
+    path = Path(os.getcwd(), path)  # not abspath: it drops `..` as text, the kernel after following a link
+    for entry, st in _on_the_way(path):
+        problem, fix = _untrusted(entry, st)
+        if problem:
+            if entry in (path, Path(os.path.realpath(path))):
+                where = f"{path}"
+            elif stat.S_ISLNK(st.st_mode):
+                where = f"{entry}, a link on the way to {path},"
+            else:
+                where = f"{entry}, a directory on the way to {path},"
+            raise UntrustedConfig(
+                f"{where} {problem}, so it is not used: whoever can change it decides where the OpenRouter key is "
+                "sent.",
+                f"{fix}, then check that the file says only what you wrote.",
             )
-        elif stat.S_ISLNK(st.st_mode) or (stat.S_ISDIR(st.st_mode) and mode & stat.S_ISVTX):
-            continue  # a link's own mode means nothing; in a sticky directory others cannot swap what is ours
-        elif mode & 0o002 or (mode & 0o020 and not _private_group(st.st_gid, st.st_uid)):
-            problem, fix = f"can be written by other users (mode {mode:04o})", f"Run: chmod go-w {p}"
-        else:
+
+
+def _on_the_way(path: Path) -> list[tuple[Path, os.stat_result]]:
+    """Every entry the kernel looks up to open ``path`` (absolute), with its ``lstat``, links resolved one at a
+    time: each directory from the root, each link, and what each link leads to; it stops at the first entry
+    that does not exist (nothing past it does)."""
+    todo = list(reversed(path.parts[1:]))
+    current = Path(path.anchor)
+    found = {current: _lstat(current)}
+    links = 0
+    while todo:
+        name = todo.pop()
+        if name in ("", "."):
             continue
-        where = f"{path}" if p in (path, real) else f"{p}, a directory above {path},"
-        raise UntrustedConfig(
-            f"{where} {problem}, so it is not used: whoever can change it decides where the OpenRouter key is sent.",
-            f"{fix}, then check that the file says only what you wrote.",
+        if name == "..":
+            current = current.parent  # current is resolved, so its parent is the kernel's ".."
+            continue
+        entry = current / name
+        try:
+            st = found[entry] = _lstat(entry)
+        except FileNotFoundError:
+            break
+        if not stat.S_ISLNK(st.st_mode):
+            current = entry
+            continue
+        links += 1
+        if links > 40:  # the kernel's own limit
+            raise _unreadable(path, OSError(errno.ELOOP, os.strerror(errno.ELOOP)))
+        try:
+            target = os.readlink(entry)
+        except OSError as e:
+            raise _unreadable(entry, e) from e
+        if target.startswith("/"):
+            current = Path(path.anchor)
+        todo.extend(reversed(target.split("/")))
+    return list(found.items())
+
+
+def _lstat(entry: Path) -> os.stat_result:
+    try:
+        return os.lstat(entry)
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise _unreadable(entry, e) from e
+
+
+def _untrusted(entry: Path, st: os.stat_result) -> tuple[str, str]:
+    """(what is wrong with ``entry``, how to fix it), or ("", "") when only we or root can change it."""
+    mode = stat.S_IMODE(st.st_mode)
+    if not (trusted_uid(st.st_uid) or _unmapped_outside(st.st_uid)):
+        return (
+            f"belongs to {describe_uid(st.st_uid)}",
+            f"Move it away, or have root give it to you: chown {os.getuid()} {entry}",
         )
+    if stat.S_ISLNK(st.st_mode) or (stat.S_ISDIR(st.st_mode) and mode & stat.S_ISVTX):
+        return "", ""  # a link's own mode means nothing; in a sticky directory others cannot swap what is ours
+    if mode & 0o002:
+        return f"can be written by other users (mode {mode:04o})", f"Run: chmod go-w {entry}"
+    if mode & 0o020:
+        if _has_acl(entry):
+            return (
+                f"can be written by other users (mode {mode:04o}, and a POSIX ACL whose mask, the group bits, "
+                "allows writing: the ACL may name other users, so the group being yours alone does not help)",
+                f"Run: chmod go-w {entry} (or remove the ACL: setfacl -b {entry})",
+            )
+        if not _private_group(st.st_gid, st.st_uid):
+            return f"can be written by other users (mode {mode:04o})", f"Run: chmod go-w {entry}"
+    return "", ""
+
+
+def _has_acl(entry: Path) -> bool:
+    """Whether ``entry`` carries a POSIX access ACL (Linux; elsewhere there is no such attribute to read)."""
+    getxattr = getattr(os, "getxattr", None)
+    if getxattr is None:
+        return False
+    try:
+        getxattr(entry, "system.posix_acl_access", follow_symlinks=False)
+    except OSError as e:
+        if e.errno in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
+            return False
+        raise _unreadable(entry, e) from e
+    return True
 
 
 def _unmapped_outside(uid: int) -> bool:

@@ -90,8 +90,8 @@ MUTANTS = [
     (
         "A stateless ?error= ends nothing by itself",
         "daemon/controller.py",
-        'if state is None:\n            log.warning("an error report without state',
-        'if False:\n            log.warning("an error report without state',
+        'if state is None:\n            strays.warning("an error report without state',
+        'if False:\n            strays.warning("an error report without state',
         ["tests/adversarial/test_web_attacks.py::test_stateless_error_does_not_end_the_login"],
     ),
     (
@@ -118,8 +118,8 @@ MUTANTS = [
     (
         "Stateless codes never hold the login (exchanged on the side)",
         "core/flows.py",
-        "        _refuse_if_exchanging(held[0])\n        return held",
-        '        return self._claim(held[0], "confirmed-" + token), held[1]',
+        "        _refuse_if_exchanging(flow)\n        flow.confirmed.add(digest)",
+        '        flow.confirmed.add(digest)\n        return self._claim(flow, "confirmed-" + token)',
         ["tests/adversarial/test_web_attacks.py::test_right_state_goes_first_while_a_stateless_code_is_exchanged"],
     ),
     (
@@ -465,7 +465,7 @@ MUTANTS += [
     (
         "A key that could not be stored is held in memory",
         "daemon/controller.py",
-        "            self.unsaved = UnsavedKey(key, flow.session_id, self.clock(), why)\n",
+        "            self.unsaved = UnsavedKey(key, flow.session_id, self.clock(), why, replaced)\n",
         "",
         [KEY_STORAGE + "test_a_key_that_could_not_be_stored_is_held_in_memory_until_it_is"],
     ),
@@ -476,6 +476,13 @@ MUTANTS += [
         "                pass\n",
         [KEY_STORAGE + "test_a_key_that_could_not_be_stored_is_held_in_memory_until_it_is"],
     ),
+    (
+        "A held key replaced by a newer one that could not be stored either is named, never dropped silently",
+        "daemon/controller.py",
+        "if previous is not None:  # never silently",
+        "if False:",
+        [KEY_STORAGE + "test_a_second_key_that_cannot_be_stored_replaces_the_first_and_says_so"],
+    ),
 ]
 
 
@@ -484,8 +491,8 @@ MUTANTS += [
     (
         "A code without state waits for the person's confirmation",
         "daemon/controller.py",
-        "                return _confirmation(self.flows.hold_stateless_code(code))",
-        "                flow, code = self.flows.take_held_code(self.flows.hold_stateless_code(code))\n"
+        "                return _confirmation(code, self.flows.confirmation_token(code))",
+        "                flow = self.flows.take_confirmed_code(code, self.flows.confirmation_token(code))\n"
         "                return await self._exchange_on_the_side(flow, code)",
         [WEB + "test_a_code_made_without_a_challenge_is_not_used_without_the_person"],
     ),
@@ -495,6 +502,23 @@ MUTANTS += [
         "if not _same_site(request, ctl.endpoint.port):  # only its own page may finish the login",
         "if False:",
         [WEB + "test_a_code_made_without_a_challenge_is_not_used_without_the_person"],
+    ),
+    (
+        "Finish linking posts its code with a MAC of it under the login's key, checked",
+        "core/flows.py",
+        'or not hmac.compare_digest(token.encode("utf-8", "surrogatepass"), _confirmation_mac(flow, code).encode())',
+        "or False",
+        [
+            "tests/unit/test_flows.py::test_a_confirmation_token_fits_its_code_and_its_flow_only_and_no_flood_pushes_it_out",
+            WEB + "test_a_code_made_without_a_challenge_is_not_used_without_the_person",
+        ],
+    ),
+    (
+        "Nothing is held for a Finish linking page (as if only the latest code waited)",
+        "core/flows.py",
+        "        self._remember(code)\n        return _confirmation_mac(flow, code)",
+        "        self._remember(code)\n        flow.confirm_key = self._token(32)\n        return _confirmation_mac(flow, code)",
+        [WEB + "test_no_flood_of_codes_pushes_the_persons_finish_linking_out"],
     ),
     (
         "A GET of the start route never ends a pending login",
@@ -518,15 +542,32 @@ MUTANTS += [
     (
         "Refused requests logged once per kind per interval, with a count",
         "daemon/logs.py",
-        "        if held is not None:\n            held[1] += 1\n",
-        "        if False:\n            held[1] += 1\n",
+        "        if held is not None:\n            held.add(record)\n",
+        "        if False:\n            held.add(record)\n",
         ["tests/adversarial/test_bad_input.py::test_a_flood_of_refused_requests_is_logged_once_per_kind_with_a_count"],
+    ),
+    (
+        "Stray callbacks a web page sends logged once per kind per interval, with a count",
+        "daemon/controller.py",
+        "strays.addFilter(REFUSALS)",
+        "pass",
+        [WEB + "test_a_flood_of_stray_callbacks_is_logged_once_per_kind_with_a_count"],
+    ),
+    (
+        "Repeated refusals counted per source (uid), each named",
+        "daemon/logs.py",
+        "        variant = record.getMessage()\n",
+        "        variant = self.first.getMessage()\n",
+        [
+            "tests/unit/test_logs.py::test_repeats_name_every_source_not_only_the_first",
+            LOCAL + "test_refusals_from_two_uids_name_both",
+        ],
     ),
     (
         "A config.toml (or directory) others can write stops the daemon",
         "store/configfile.py",
-        "elif mode & 0o002 or (mode & 0o020 and not _private_group(st.st_gid, st.st_uid)):",
-        "elif False:",
+        "    if mode & 0o002:\n",
+        "    if False:\n",
         [LOCAL + "test_config_that_others_can_write_stops_the_daemon"],
     ),
     (
@@ -539,8 +580,8 @@ MUTANTS += [
     (
         "A config.toml of another user stops the daemon",
         "store/configfile.py",
-        "        if not trusted_uid(st.st_uid):\n",
-        "        if False:\n",
+        "    if not trusted_uid(st.st_uid):\n",
+        "    if False:\n",
         [LOCAL + "test_config_another_user_appended_to_or_owns_stops_the_daemon"],
     ),
     (
@@ -549,6 +590,34 @@ MUTANTS += [
         "return primary <= {owner} and set(group.gr_mem) <= {name} and bool(primary or group.gr_mem)",
         "return True",
         [LOCAL + "test_config_another_user_appended_to_or_owns_stops_the_daemon"],
+    ),
+    (
+        "The way to config.toml followed one link at a time (the folder of a middle link checked)",
+        "store/configfile.py",
+        "target = os.readlink(entry)",
+        "target = os.path.realpath(entry)",
+        [LOCAL + "test_config_reached_through_a_link_in_a_folder_others_can_write_stops_the_daemon"],
+    ),
+    (
+        "No group-of-one exception for a config.toml with a POSIX ACL",
+        "store/configfile.py",
+        "        if _has_acl(entry):\n",
+        "        if False:\n",
+        [LOCAL + "test_config_with_a_posix_acl_is_not_let_through_as_a_group_of_one"],
+    ),
+    (
+        "doctor gives the fix of an untrusted config.toml (chmod/chown), not the syntax hint",
+        "cli/doctor.py",
+        'fix = ctx.config_untrusted or f"Fix the syntax',
+        'fix = f"Fix the syntax',
+        [LOCAL + "test_doctor_says_how_to_fix_a_config_others_can_write"],
+    ),
+    (
+        "doctor's files check fails for a config.toml others can change",
+        "cli/doctor.py",
+        "if ctx.config_untrusted and ctx.config_error:",
+        "if False:",
+        [LOCAL + "test_doctor_says_how_to_fix_a_config_others_can_write"],
     ),
 ]
 

@@ -196,6 +196,38 @@ def test_a_key_that_could_not_be_stored_is_held_in_memory_until_it_is(daemon_fac
         assert_no_secret(secret, d.log(), *d.extra_outputs, *_files(d.config_dir))
 
 
+def test_a_second_key_that_cannot_be_stored_replaces_the_first_and_says_so(daemon_factory, fake_t):
+    """Two logins in a row whose keys cannot be stored: the daemon holds the newest key (the login the person
+    wants), and says that it dropped the first one, which was never stored and still works at OpenRouter:
+    in the log (without the key), in the second login's hint and event, in ``status`` and in ``convctl status``.
+
+    Defence: controller._keep_key names the held key it replaces (``unsaved_key.replaced``)."""
+    d = daemon_factory(CONVOCATIONS_OPENROUTER_URL=fake_t.url)
+    master = d.config_dir / "secret.key"
+    master.parent.mkdir(parents=True, exist_ok=True)
+    master.write_bytes(os.urandom(32))
+    master.chmod(0o644)
+    first, k1 = _paste_login(d, fake_t)
+    assert first["unsaved_key"] is True and "replaces" not in first["error"]["hint"], first
+    sub = subscriber(d, ["openrouter-auth-complete"])
+    second, k2 = _paste_login(d, fake_t)
+    event = next_event(sub, "openrouter-auth-complete")["data"]
+    sub.close()
+    for said in (second["error"]["hint"], event["error"]["hint"]):
+        assert f"replaces the one of login {first['session_id']}" in said and "https://openrouter.ai/keys" in said
+    unsaved = d.call("status")["unsaved_key"]
+    assert (unsaved["session_id"], unsaved["replaced"]) == (second["session_id"], [first["session_id"]]), unsaved
+    assert f"replaces the one of login {first['session_id']} held in memory, which was never stored" in d.log()
+    shown = d.convctl("status")
+    assert f"It replaced the key of login {first['session_id']}, held in memory and never stored" in shown.stdout
+    ran = d.convctl("exec", "--", sys.executable, "-c", DIGEST)
+    assert (ran.returncode, ran.stdout.strip()) == (0, _digest(k2)), ran.stderr
+    for secret in (k1, k2):
+        assert_no_secret(
+            secret, d.log(), shown.stdout, json.dumps([first, second, event, unsaved]), *_files(d.config_dir)
+        )
+
+
 def _files(directory: Path) -> list[str]:
     return [p.read_bytes().decode("latin-1") for p in directory.rglob("*") if p.is_file()]
 

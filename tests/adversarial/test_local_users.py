@@ -101,6 +101,44 @@ def test_other_uid_cannot_start_or_join_a_login_over_http(daemon_factory):
     assert "refused an HTTP request from uid" in d.log()
 
 
+REFUSED_REQUESTS = (
+    "import socket,sys\n"
+    "port,n=int(sys.argv[1]),int(sys.argv[2])\n"
+    "for _ in range(n):\n"
+    "    s=socket.create_connection(('127.0.0.1',port))\n"
+    "    s.sendall(b'GET /api/status HTTP/1.1\\r\\nHost: localhost:%d\\r\\n\\r\\n'%port)\n"
+    "    s.recv(100)\n"
+    "    s.close()\n"
+)
+ANOTHER = 23452  # a uid with no account, as a second user
+
+
+@needs_root_setpriv
+def test_refusals_from_two_uids_name_both(daemon_factory):
+    """Another user sends 5 requests, then a third sends 300: the log has one line for the first and, at
+    shutdown, one line that names both uids with their counts, not the first one's name for all 304.
+
+    Defence: daemon/logs.Repeats counts each variant of a kind apart and names them."""
+    d = daemon_factory()
+    for uid, n in ((NOBODY, 5), (ANOTHER, 300)):
+        done = subprocess.run(
+            ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", OTHER_USER_PYTHON, "-c",
+             REFUSED_REQUESTS, str(d.port), str(n)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+    assert d.stop() == 0
+    lines = [line for line in d.log().splitlines() if "refused an HTTP request" in line]
+    me = os.getuid()
+    assert len(lines) == 2 and lines[0].endswith(
+        f"refused an HTTP request from uid {NOBODY} (this daemon runs as uid {me})"
+    )
+    assert lines[1].endswith(
+        f" s, 2 different: refused an HTTP request from uid {ANOTHER} (this daemon runs as uid {me}) (300 times); "
+        f"refused an HTTP request from uid {NOBODY} (this daemon runs as uid {me}) (4 times)"
+    ), lines
+
+
 def test_modes_hold_under_umask_000(daemon_factory):
     """Even started with umask 000: runtime dir 0700, socket 0600, config dir 0700 (and the folders it made
     above it), config.toml and secret.key 0600.
@@ -474,6 +512,86 @@ def test_config_another_user_appended_to_or_owns_stops_the_daemon(short_tmp, dae
     os.chmod(config, 0o664)
     d = daemon_factory(wait=False)
     _assert_refused(d, config, config, "can be written by other users (mode 0664)")
+
+
+def test_doctor_says_how_to_fix_a_config_others_can_write(short_tmp, daemon_factory):
+    """The config folder is 0777: `convctl doctor` fails the config check with the `chmod go-w` that fixes it
+    (not the hint for a syntax error), and the files check does not call the files private.
+
+    Defence: doctor passes UntrustedConfig's own hint through, to the config and the files checks."""
+    import json
+
+    _, folder = _shared_config(short_tmp)
+    os.chmod(folder, 0o777)
+    d = daemon_factory(wait=False)
+    wait_until(lambda: d.proc.poll() is not None, "the daemon to refuse its config", 20)
+    done = d.convctl("doctor", "--json")
+    checks = {c["check"]: c for c in json.loads(done.stdout)}
+    assert done.returncode == 1, done.stdout + done.stderr
+    for name in ("config", "files"):
+        assert not checks[name]["ok"] and "can be written by other users (mode 0777)" in checks[name]["verdict"]
+        assert f"chmod go-w {folder}" in checks[name]["fix"] and "syntax" not in checks[name]["fix"], checks[name]
+    text = d.convctl("doctor").stdout
+    assert f"fix: Run: chmod go-w {folder}" in text and "private:" not in text, text
+
+
+def test_config_reached_through_a_link_in_a_folder_others_can_write_stops_the_daemon(short_tmp, daemon_factory):
+    """The config folder is a link to a link, and the middle one lies in a folder anyone can write (0777, not
+    sticky): another user could swap that link for one to a config.toml of theirs between two reads. The
+    folder holding the file and the file itself are private, so checking the path as written and where it
+    finally leads sees nothing wrong; the daemon still refuses to start and names the middle folder, and
+    convctl refuses too. With that folder sticky (as /tmp is) nobody else can swap our link: it works.
+
+    Defence: store/configfile.check_trusted follows the path one link at a time and checks every directory
+    holding an entry on the way."""
+    config, folder = _shared_config(short_tmp)
+    real = short_tmp / "real"
+    folder.rename(real)
+    shared = short_tmp / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)  # ours, so the test needs no other uid: the mode is what matters
+    (shared / "hop").symlink_to(real)
+    folder.symlink_to(shared / "hop")  # cfg/convocations -> shared/hop -> real
+    assert os.path.realpath(config) == str(real / "config.toml")
+    d = daemon_factory(wait=False)
+    _assert_refused(d, config, shared, "can be written by other users (mode 0777)")
+    assert f"{shared}, a directory on the way to {config}," in d.log() and f"chmod go-w {shared}" in d.log()
+    os.chmod(shared, 0o1777)
+    done = d.convctl("secret", "get-openrouter-key")
+    assert (done.returncode, done.stdout) == (0, "sk-or-v1-" + "f" * 64 + "\n"), done.stderr
+
+
+def _posix_acl_group_of_one(path) -> None:
+    """Skips unless setfacl can set an ACL on ``path`` and the file's group is its owner's alone (the case
+    the group-of-one exception lets through)."""
+    from convocationsd.store import configfile
+
+    if not shutil.which("setfacl"):
+        pytest.skip("needs setfacl (Debian package acl, installed by .ci/system-deps)")
+    st = os.stat(path)
+    if not configfile._private_group(st.st_gid, st.st_uid):
+        pytest.skip(f"the test's files get group {st.st_gid}, which is not its owner's alone on this host")
+
+
+def test_config_with_a_posix_acl_is_not_let_through_as_a_group_of_one(short_tmp, daemon_factory):
+    """A config.toml whose group is the owner's alone may be group-writable (umask 002 with user-private
+    groups). But with a POSIX ACL the group bits are the ACL's mask: `setfacl -m u:nobody:rw` shows as mode
+    0660, and another user can write the file. The daemon refuses to start, says an ACL is why, and how to fix
+    it; a group-writable file without an ACL still works.
+
+    Defence: store/configfile.check_trusted applies the group-of-one exception only without a POSIX ACL."""
+    config, _ = _shared_config(short_tmp)
+    _posix_acl_group_of_one(config)
+    os.chmod(config, 0o660)  # the group of one: accepted
+    d = daemon_factory()
+    assert d.call("status")["pid"] == d.proc.pid
+    assert d.stop() == 0
+    os.chmod(config, 0o600)
+    subprocess.run(["setfacl", "-m", f"u:{NOBODY}:rw", str(config)], check=True)
+    assert stat.S_IMODE(os.stat(config).st_mode) == 0o660  # the mask, shown as the group bits
+    d = daemon_factory(wait=False)
+    _assert_refused(d, config, config, "can be written by other users (mode 0660, and a POSIX ACL")
+    assert f"setfacl -b {config}" in d.log() and f"chmod go-w {config}" in d.log()
 
 
 # -- loopback HTTP from other users: connections that are already gone ------------------------------------

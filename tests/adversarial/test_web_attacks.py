@@ -8,6 +8,7 @@ one, store a key, or read anything.
 
 from __future__ import annotations
 
+import re
 import shutil
 import socket
 import tempfile
@@ -561,12 +562,14 @@ MARK = "EVIL-7f3a"  # attacker text that must reach no person, event or log
 def confirm(d, page, headers: dict[str, str] | None = None):
     """Presses "Finish linking" on the page of a code without state, as the person's browser posts it (our
     page sends no referrer, so Chromium says ``Origin: null``); returns the result page it leads to."""
+    import html
     import re
 
     assert page is not None and f'action="{CONFIRM}"' in page.text, page and page.text
-    token = re.search(r'<input type=hidden name=token value="([^"]*)">', page.text).group(1)
+    fields = dict(re.findall(r'<input type=hidden name=(\w+) value="([^"]*)">', page.text))
+    body = "&".join(f"{name}={quote(html.unescape(value))}" for name, value in fields.items())  # as a browser does
     sent = {"Content-Type": "application/x-www-form-urlencoded", "Sec-Fetch-Site": "same-origin", "Origin": "null"}
-    r = raw_http(d.port, "POST", CONFIRM, {**sent, **(headers or {})}, f"token={quote(token)}".encode())
+    r = raw_http(d.port, "POST", CONFIRM, {**sent, **(headers or {})}, body.encode())
     if r.status != 303:
         return r
     return raw_http(d.port, "GET", urlsplit(r.header("Location")).path, {"Accept": "text/html"})
@@ -668,7 +671,7 @@ def test_stateless_code_is_refused_by_default(mdaemon, fake_t):
     """By default a code without state is not used at all (never sent to OpenRouter); the page explains the
     setting that accepts such callbacks, and the real callback still links.
 
-    Defence: flows.FlowStore.hold_stateless_code requires state unless allow_stateless_callbacks."""
+    Defence: flows.FlowStore.confirmation_token requires state unless allow_stateless_callbacks."""
     d = mdaemon
     reply = d.call("oauth.start", {"restart": True})
     exchanges = len(fake_t.fake.exchanges)
@@ -687,7 +690,7 @@ def test_right_state_goes_first_while_a_stateless_code_is_exchanged(relaxed, fak
     """With allow_stateless_callbacks, a stateless code being exchanged (slowly) never holds the login: it
     stays pending, and the person's callback arriving meanwhile links at once instead of being turned away.
 
-    Defence: the stateless code is exchanged on the side (take_held_code leaves the flow pending)."""
+    Defence: the stateless code is exchanged on the side (take_confirmed_code leaves the flow pending)."""
     d = relaxed
     fake_t.config.exchange_delay = 1.5  # every exchange takes a while: the stray's is still running below
     reply = d.call("oauth.start", {"restart": True})
@@ -772,6 +775,34 @@ def test_stray_flood_keeps_the_real_result_page(mdaemon, fake_t):
     d.call("secret.clear")
 
 
+def test_a_flood_of_stray_callbacks_is_logged_once_per_kind_with_a_count(daemon_factory):
+    """Any web page can navigate a window to the callback again and again: 800 page loads with a wrong state,
+    without state, with an error and no state, with an error and a wrong state. Each is a WARNING the
+    controller writes, but the log gets one line per kind while they last, not one per load, and at shutdown
+    how many more came, naming each reason. The login still waits.
+
+    Defence: controller's strays logger shares daemon/logs.Repeats with the HTTP door's refusals."""
+    d = daemon_factory()
+    pending = d.call("oauth.start")
+    before = d.log().count(" WARNING ")
+    for i in range(200):
+        for query in (f"code=s{i}&state=wrong", f"code=n{i}", "error=access_denied", "error=x&state=y"):
+            assert raw_http(d.port, "GET", f"{CB}?{query}", NAVIGATION).status == 303
+    flow = d.call("status")["flow"]
+    assert (flow["session_id"], flow["status"]) == (pending["session_id"], "pending")
+    flood = d.log().count(" WARNING ") - before
+    assert flood <= 4, d.log()[-3000:]
+    assert d.stop() == 0
+    log = d.log()
+    assert re.search(
+        r" 399 more like this in the last \d+ s, 2 different: ignored a callback: missing_state \(200 times\); "
+        r"ignored a callback: state_mismatch \(199 times\)",
+        log,
+    ), log[-3000:]
+    assert re.search(r" 199 more like this in the last \d+ s: an error report without state reached the callback", log)
+    assert re.search(r" 199 more like this in the last \d+ s: ignored an error callback: state_mismatch", log)
+
+
 # -- codes made without a PKCE challenge ---------------------------------------------------------------
 
 
@@ -791,7 +822,7 @@ def test_a_code_made_without_a_challenge_is_not_used_without_the_person(relaxed,
     made without a PKCE challenge (which OpenRouter would accept with our verifier): nothing is exchanged
     or stored, the login stays pending, and the page asks the person to confirm; another site cannot press
     that button (a cross-site or header-less post, or a guessed token, is refused); the person's own login
-    then links their key, and the held code dies with the login.
+    then links their key, and the token of that page dies with the login.
 
     Defence: a code without state waits for the person's same-origin confirmation (controller.callback,
     http_app.confirm_stateless)."""
@@ -815,7 +846,7 @@ def test_a_code_made_without_a_challenge_is_not_used_without_the_person(relaxed,
     ):
         headers = {k: v for k, v in hostile.items() if v is not None}
         r = raw_http(
-            d.port, "POST", CONFIRM, {"Content-Type": "application/x-www-form-urlencoded", **headers}, b"token=x"
+            d.port, "POST", CONFIRM, {"Content-Type": "application/x-www-form-urlencoded", **headers}, b"code=x&token=x"
         )
         assert r.status == 403, (hostile, r.dump())
     guessed = raw_http(
@@ -823,7 +854,7 @@ def test_a_code_made_without_a_challenge_is_not_used_without_the_person(relaxed,
         "POST",
         CONFIRM,
         {"Content-Type": "application/x-www-form-urlencoded", "Sec-Fetch-Site": "same-origin", "Origin": "null"},
-        b"token=" + b"A" * 32,
+        b"code=x&token=" + b"A" * 64,
     )
     assert guessed.status == 303
     assert len(fake_t.fake.exchanges) == exchanges
@@ -838,6 +869,31 @@ def test_a_code_made_without_a_challenge_is_not_used_without_the_person(relaxed,
     assert "no longer waiting" in late.text
     assert len(fake_t.fake.exchanges) == exchanges + 1  # the person's code only
     sub.close()
+    d.call("secret.clear")
+
+
+def test_no_flood_of_codes_pushes_the_persons_finish_linking_out(relaxed, fake_t):
+    """With allow_stateless_callbacks and an OpenRouter that does not send ``state`` back, the person's own
+    callback shows "Finish linking". Before they press it, a page sends 40 codes of its own to the callback
+    (more than the daemon keeps result pages): the person's button still links the person's key.
+
+    Defence: nothing is held for a confirmation: the page carries its code and a MAC of it under the login's
+    key (flows.confirmation_token), so other codes cannot push it out."""
+    d = relaxed
+    fake_t.config.echo_state = False
+    reply = d.call("oauth.start", {"restart": True})
+    _, mine = callback(d.port, query_of(fake_t.approve(reply["auth_url"])), NAVIGATION)
+    assert mine is not None and "Finish linking" in mine.text
+    person = fake_t.fake.state()["pending_codes"]
+    for _ in range(40):
+        _, stray = callback(d.port, _code_without_challenge(fake_t, d.port), NAVIGATION)
+        assert stray is not None and "Finish linking" in stray.text
+    assert d.call("status")["flow"]["status"] == "pending"
+    done = confirm(d, mine)
+    assert done.status == 200 and "OpenRouter account linked" in done.text, done.text[-700:]
+    assert fake_t.fake.state()["pending_codes"] == person + 40 - 1  # only the person's code was exchanged
+    if d.call("secret.get")["key"] != fake_t.fake.issued_keys[-1]:
+        pytest.fail("the stored key is not the one of the person's own login")
     d.call("secret.clear")
 
 

@@ -251,3 +251,29 @@ def test_kill_9_mid_write_leaves_old_or_new_file(tmp_path):
     configfile.update(path, lambda doc: doc.__setitem__("after", True))  # the lock is free again
     assert configfile.load(path)["after"] is True
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_trust_check_follows_links_one_at_a_time(tmp_path):
+    """The trust check looks where the kernel looks: relative and absolute links, a link in the middle of a
+    chain (its folder, here anyone's to write, is refused), `..` after a link (the real parent, not the
+    lexical one), and a link loop is a clear error, not a hang."""
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    (real / "config.toml").write_text('log_level = "info"\n')
+    os.chmod(real / "config.toml", 0o600)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)
+    (shared / "hop").symlink_to("../real")  # relative, resolved from the link's folder
+    (tmp_path / "cfg").symlink_to(shared / "hop")
+    walked = [entry for entry, _ in configfile._on_the_way(tmp_path / "cfg" / "config.toml")]
+    assert walked[-5:] == [tmp_path / "cfg", shared, shared / "hop", real, real / "config.toml"]
+    with pytest.raises(configfile.UntrustedConfig, match=f"{shared}, a directory on the way to"):
+        configfile.load(tmp_path / "cfg" / "config.toml")
+    with pytest.raises(configfile.UntrustedConfig):  # `..` from the link's target leads back past shared
+        configfile.load(tmp_path / "cfg" / ".." / "real" / "config.toml")
+    os.chmod(shared, 0o755)
+    assert configfile.load(tmp_path / "cfg" / "config.toml") == {"log_level": "info"}
+    (tmp_path / "loop").symlink_to("loop")
+    with pytest.raises(ConfigError, match=r"Cannot read .*symbolic links"):
+        configfile.load(tmp_path / "loop" / "config.toml")

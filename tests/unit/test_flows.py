@@ -306,7 +306,7 @@ def test_claim_code_right_state(store):
 def test_stateless_code_is_refused_by_default(store):
     f = store.start().flow
     with pytest.raises(CallbackRejected) as ei:
-        store.hold_stateless_code("c")
+        store.confirmation_token("c")
     assert ei.value.reason == "missing_state"
     assert "allow_stateless_callbacks" in ei.value.hint and "CONVOCATIONS_ALLOW_STATELESS_CALLBACKS" in ei.value.hint
     assert "--paste" in ei.value.hint
@@ -314,47 +314,54 @@ def test_stateless_code_is_refused_by_default(store):
     assert store.claim_code("c", f.state) is f  # the code was not consumed
 
 
-def test_stateless_code_when_allowed_is_held_and_leaves_the_flow_pending(clock, tokens):
+def test_stateless_code_when_allowed_waits_for_its_page_and_leaves_the_flow_pending(clock, tokens):
     s = make_store(clock, tokens, require_state=False)
     f = s.start().flow
-    token = s.hold_stateless_code("stray")
-    assert f.status == flows.PENDING  # held for the person: nothing waits for it
-    assert s.take_held_code(token) == (f, "stray") and f.status == flows.PENDING  # checked on the side
+    token = s.confirmation_token("stray")
+    assert f.status == flows.PENDING  # its page waits for the person: nothing waits for it
+    assert s.take_confirmed_code("stray", token) is f and f.status == flows.PENDING  # checked on the side
     with pytest.raises(CallbackRejected) as ei:
-        s.take_held_code(token)  # once
-    assert ei.value.reason == "not_pending"
+        s.take_confirmed_code("stray", token)  # once
+    assert ei.value.reason == "code_reused"
     assert s.claim_code("real", f.state) is f  # the callback with the right state goes first
     assert f.status == flows.EXCHANGING
     with pytest.raises(CallbackRejected) as ei:
-        s.hold_stateless_code("another")  # a stateless one never disturbs a running exchange
+        s.confirmation_token("another")  # a stateless one never disturbs a running exchange
     assert ei.value.reason == "busy" and f.status == flows.EXCHANGING
 
 
 def test_stateless_code_is_remembered(clock, tokens):
     s = make_store(clock, tokens, require_state=False)
     f = s.start().flow
-    s.hold_stateless_code("c")
+    s.confirmation_token("c")
     with pytest.raises(CallbackRejected) as ei:
-        s.hold_stateless_code("c")
+        s.confirmation_token("c")
     assert ei.value.reason == "code_reused"
     with pytest.raises(CallbackRejected):
         s.claim_code("c", f.state)
 
 
-def test_held_codes_die_with_their_flow_and_only_the_latest_wait(clock, tokens):
+def test_a_confirmation_token_fits_its_code_and_its_flow_only_and_no_flood_pushes_it_out(clock, tokens):
+    """The token is a MAC of the code under the flow's key: it confirms that code of that flow only, dies with
+    the flow, and nothing is held, so a thousand other codes later the person's page still works."""
     s = make_store(clock, tokens, require_state=False)
     s.start()
-    token = s.hold_stateless_code("c")
+    token = s.confirmation_token("c")
     s.start(restart=True)
-    with pytest.raises(CallbackRejected):
-        s.take_held_code(token)  # its flow was cancelled
-    held = [s.hold_stateless_code(f"c{i}") for i in range(flows.MAX_HELD + 3)]
-    for token in held[:3]:
+    with pytest.raises(CallbackRejected) as ei:
+        s.take_confirmed_code("c", token)  # its flow was cancelled
+    assert ei.value.reason == "not_pending"
+    f = s.pending
+    mine = s.confirmation_token("mine")
+    others = [s.confirmation_token(f"other{i}") for i in range(1000)]
+    for code, token in (("other0", mine), ("mine", others[0]), ("mine", mine.upper()), ("mine", "")):
+        with pytest.raises(CallbackRejected) as ei:
+            s.take_confirmed_code(code, token)  # a token confirms its own code only
+        assert ei.value.reason == "not_pending"
+    for code, token in ((None, mine), ("mine", None)):
         with pytest.raises(CallbackRejected):
-            s.take_held_code(token)
-    assert s.take_held_code(held[-1])[1] == f"c{flows.MAX_HELD + 2}"
-    with pytest.raises(CallbackRejected):
-        s.take_held_code(None)  # type: ignore[arg-type]  # a form field that was not text
+            s.take_confirmed_code(code, token)  # type: ignore[arg-type]  # form fields that were not text
+    assert s.take_confirmed_code("mine", mine) is f
 
 
 def test_a_side_result_counts_only_for_a_flow_still_pending(clock, tokens):
@@ -374,7 +381,7 @@ def test_paste_flow_ignores_every_callback(clock, tokens, require_state):
     f = s.start(paste=True).flow
     for claim in (
         lambda: s.claim_code("c", f.state),
-        lambda: s.hold_stateless_code("c"),
+        lambda: s.confirmation_token("c"),
         lambda: s.claim_error(f.state),
         lambda: s.claim_error(None),
     ):
@@ -731,10 +738,11 @@ def test_each_rfc_6749_error_code_has_its_own_words(error):
         assert "in a few minutes" in failure.hint  # a problem at OpenRouter: waiting helps
 
 
-def test_start_draws_verifier_state_and_session_id_in_that_order(store, tokens):
+def test_start_draws_verifier_state_session_id_and_confirmation_key_in_that_order(store, tokens):
     f = store.start().flow
-    assert tokens.calls == [64, 24, 12]  # random bytes: verifier, state (192 bits), session id (96 bits)
-    assert [f.verifier, f.state, f.session_id] == tokens.issued
+    # random bytes: verifier, state (192 bits), session id (96 bits), the key of its confirmation tokens (256 bits)
+    assert tokens.calls == [64, 24, 12, 32]
+    assert [f.verifier, f.state, f.session_id, f.confirm_key] == tokens.issued
 
 
 def test_defaults_ten_minutes_sixteen_past_logins_256_used_codes(clock, tokens):

@@ -120,7 +120,47 @@ async def test_repeats_pass_the_first_of_a_kind_then_one_count_per_interval(capl
         logger.warning("refused a request from %s", "late")
         lines = [r.getMessage() for r in caplog.records]
         assert lines[:2] == ["refused a request from 0", "another kind"]
-        assert lines[2].startswith("49 more like this in the last ") and lines[2].endswith(": refused a request from 0")
-        assert lines[3].startswith("5 more like this") and lines[4:] == ["refused a request from late"]
+        assert (
+            lines[2].startswith("49 more like this in the last ")
+            and ", 49 different: refused a request from " in lines[2]
+        )
+        assert lines[3].startswith("5 more like this") and lines[3].endswith(" s: refused a request from x")
+        assert lines[4:] == ["refused a request from late"]
+    finally:
+        logger.removeFilter(repeats)
+
+
+async def test_repeats_name_every_source_not_only_the_first(caplog):
+    """Refusals from two uids: the summary names both with their counts (the most frequent first), so a flood
+    from one uid cannot pass as another's. Past the ones it names, and past the variants it counts apart, it
+    says how many more came."""
+    import asyncio
+
+    from convocationsd.daemon import logs
+
+    logger = logging.getLogger("cv.test.repeats.sources")
+    repeats = logs.Repeats(interval=0.2)
+    logger.addFilter(repeats)
+    try:
+        caplog.set_level(logging.WARNING, logger="cv.test.repeats.sources")
+        for uid in [65534] * 5 + [23452] * 300:
+            logger.warning("refused an HTTP request from uid %s (this daemon runs as uid %s)", uid, 1000)
+        await asyncio.sleep(0.3)
+        for i in range(logs.DISTINCT + 36):
+            logger.warning("refused an HTTP request from uid %s (this daemon runs as uid %s)", i, 1000)
+        repeats.flush()
+        lines = [r.getMessage() for r in caplog.records]
+        assert lines[0] == "refused an HTTP request from uid 65534 (this daemon runs as uid 1000)"
+        assert lines[1].startswith("304 more like this in the last ")
+        assert lines[1].endswith(
+            " s, 2 different: refused an HTTP request from uid 23452 (this daemon runs as uid 1000) (300 times); "
+            "refused an HTTP request from uid 65534 (this daemon runs as uid 1000) (4 times)"
+        )
+        assert lines[2].startswith(f"{logs.DISTINCT + 36} more like this in the last ")
+        assert f", more than {logs.DISTINCT} different: " in lines[2]
+        assert lines[2].count("(1 time)") == logs.NAMED and lines[2].endswith(
+            f"; and {logs.DISTINCT + 36 - logs.NAMED} of the others"
+        )
+        assert len(lines) == 3
     finally:
         logger.removeFilter(repeats)
