@@ -150,6 +150,8 @@ if TYPE_CHECKING:
 else:  # the same tuple class, built without importing typing
     Request = namedtuple("Request", ("id", "method", "params"))
 
+_tuple_new = tuple.__new__
+
 
 class ProtocolError(Exception):
     """A request that cannot be run. ``id`` is where the error reply goes: NO_ID (a notification) gets none."""
@@ -200,32 +202,54 @@ def parse_line(line: bytes) -> Request | list[Request | ProtocolError]:
 
 
 def check_request(msg: Any) -> Request:
-    """A decoded JSON value as a checked Request, or raises ProtocolError naming the problem. An invalid
-    request object is answered even without an id (it is not a notification: that needs a valid request);
-    an unknown method or bad params of a notification are not."""
+    """A decoded JSON value as a checked Request, or raises ProtocolError naming the problem.
+
+    A value that is not a valid request object (``jsonrpc``, ``method``, ``params`` or ``id`` of the wrong
+    shape) is answered -32600 even without an id, since it is not a notification either (that needs a valid
+    request); the error echoes the id when the id itself is usable, else carries null. An unknown method or
+    bad params of a notification are not answered. Written for the common case, a valid request without
+    params: every check below is one comparison when it passes."""
     if not isinstance(msg, dict):
         raise ProtocolError(INVALID_REQUEST, "Invalid request: expected a JSON object")
     id_ = msg.get("id", NO_ID)
-    if not _valid_id(id_):
+    if type(id_) is not int and not _valid_id(id_):
         raise ProtocolError(INVALID_REQUEST, "Invalid request: id must be a string, a number or null")
-    reply_to = None if id_ is NO_ID else id_
     if msg.get("jsonrpc") != "2.0":
-        raise ProtocolError(INVALID_REQUEST, 'Invalid request: "jsonrpc" must be "2.0"', reply_to)
+        raise ProtocolError(INVALID_REQUEST, 'Invalid request: "jsonrpc" must be "2.0"', _reply_to(id_))
     method = msg.get("method")
     if not isinstance(method, str):
-        raise ProtocolError(INVALID_REQUEST, 'Invalid request: "method" must be a string', reply_to)
+        raise ProtocolError(INVALID_REQUEST, 'Invalid request: "method" must be a string', _reply_to(id_))
+    params = msg.get("params")
+    if params is not None and type(params) is not dict and type(params) is not list:
+        raise ProtocolError(
+            INVALID_REQUEST, "Invalid request: params must be an object (or an array, or left out)", _reply_to(id_)
+        )
     spec = METHODS.get(method)
     if spec is None:
         raise ProtocolError(METHOD_NOT_FOUND, f"Method not found: {method[:64]!r}", id_)
-    params = msg.get("params")
-    if params is None or params == []:  # absent, null, or no positional params at all: none given
+    if not params:  # absent, null, {} or [] (no positional params at all): none given
         params = {}
     elif type(params) is list:
         raise ProtocolError(INVALID_PARAMS, _positional_message(method, spec), id_)
-    elif not isinstance(params, dict):
-        raise ProtocolError(INVALID_PARAMS, "Invalid params: params must be an object", id_)
-    elif None in params.values():  # an optional param given as null is one left out
-        params = {name: value for name, value in params.items() if value is not None}
+    else:
+        if None in params.values():  # an optional param given as null is one left out
+            params = {name: value for name, value in params.items() if value is not None}
+        _check_params(method, spec, params, id_)
+    if spec:
+        for name, (_, required) in spec.items():
+            if required and name not in params:
+                raise ProtocolError(INVALID_PARAMS, f"Invalid params: {method} needs {name!r}", id_)
+    # tuple.__new__ rather than Request(...): the namedtuple's own __new__ is a Python function, which
+    # doubled the cost of building it (bench/ANALYSIS.md).
+    return _tuple_new(Request, (id_, method, params))
+
+
+def _reply_to(id_: Any) -> Any:
+    """Where the error of an invalid request goes: its id when it has a usable one, else null."""
+    return None if id_ is NO_ID else id_
+
+
+def _check_params(method: str, spec: dict[str, tuple[tuple[type, ...], bool]], params: dict[str, Any], id_: Any) -> None:
     for name, value in params.items():
         if name not in spec:
             raise ProtocolError(INVALID_PARAMS, f"Invalid params: {method} takes no {name[:64]!r}", id_)
@@ -235,10 +259,6 @@ def check_request(msg: Any) -> Request:
             raise ProtocolError(INVALID_PARAMS, f"Invalid params: {name!r} must be a {kind}", id_)
         if isinstance(value, list) and not all(isinstance(item, str) for item in value):
             raise ProtocolError(INVALID_PARAMS, f"Invalid params: {name!r} must be a list of strings", id_)
-    for name, (_, required) in spec.items():
-        if required and name not in params:
-            raise ProtocolError(INVALID_PARAMS, f"Invalid params: {method} needs {name!r}", id_)
-    return Request(id_, method, params)
 
 
 def _positional_message(method: str, spec: dict[str, tuple[tuple[type, ...], bool]]) -> str:
@@ -256,8 +276,7 @@ def result_line(id_: Any, result: Any) -> bytes:
     if text is None:
         return _encode({"jsonrpc": "2.0", "id": id_, "result": result}) + b"\n"
     # Byte for byte what the line above would give: the same separators, the same key order.
-    id_text = str(id_).encode() if type(id_) is int else _encode(id_)
-    return b'{"jsonrpc":"2.0","id":' + id_text + b',"result":' + text + b"}\n"
+    return b"".join((b'{"jsonrpc":"2.0","id":', b"%d" % id_ if type(id_) is int else _encode(id_), b',"result":', text, b"}\n"))
 
 
 def error_line(id_: Any, code: int, message: str, data: Any = None) -> bytes:

@@ -373,43 +373,40 @@ class Controller:
 
     # -- status --------------------------------------------------------------------------------------
 
-    _status_cache: tuple[tuple, dict, bytes] | None = None  # (what it depends on, the answer, its JSON)
+    _status_cache: tuple[tuple, protocol.Encoded] | None = None  # (what it depends on, the answer)
 
     def status(self) -> dict:
         """The answer to ``status``. Built and JSON-encoded only when something in it changed: the socket
-        asks for it far more often than it changes, and building it (two timestamps) and encoding it were
-        most of a round trip. Callers get their own top-level copy; treat the nested dicts as read-only."""
+        asks for it far more often than it changes, and building and encoding it cost six times what the
+        rest of a request does (bench/ANALYSIS.md). The answer is shared by every caller until then: treat
+        it as read-only (a change to it drops its JSON, and the next call builds a new one)."""
         flow = self.flows.latest()
         account = self.account.snapshot()  # also starts a background refresh when the cached one is stale
-        last_store = self.secrets.last_store
-        key = (
-            flow,  # Flow compares by identity; the fields below are the ones that change after creation
-            None if flow is None else (flow.status, flow.error, flow.backend),
-            self.secret_state,
-            len(self.bus),
-            account,
-            last_store,
-        )
+        # Compared with == against the last key: the same objects compare by identity, at no cost.
+        key = (flow, self.secret_state, len(self.bus), account, self.secrets.last_store)
+        if flow is not None:  # Flow compares by identity; these are the fields that change after creation
+            key += (flow.status, flow.error, flow.backend)
         cached = self._status_cache
-        if cached is None or cached[0] != key:
-            answer = {
-                "version": __version__,
-                "protocol": protocol.VERSION,
-                "pid": os.getpid(),
-                "http_url": pkce.local_origin(self.endpoint.port),
-                "port": self.endpoint.port,
-                "port_fallback": self.endpoint.port_fallback,
-                "socket": self.endpoint.socket_path,
-                "flow": flow.public() if flow else None,
-                "secret": self.secret_state.to_dict(),
-                "subscribers": len(self.bus),
-                "account": account,
-                "settings": self.setup,
-                "last_store": last_store.to_dict() if last_store else None,
-            }
-            cached = self._status_cache = (key, answer, protocol.encode(answer))
-        answer = protocol.Encoded(cached[1])
-        answer.json = cached[2]
+        if cached is not None and cached[0] == key and cached[1].json is not None:
+            return cached[1]
+        last_store = self.secrets.last_store
+        answer = protocol.Encoded(
+            version=__version__,
+            protocol=protocol.VERSION,
+            pid=os.getpid(),
+            http_url=pkce.local_origin(self.endpoint.port),
+            port=self.endpoint.port,
+            port_fallback=self.endpoint.port_fallback,
+            socket=self.endpoint.socket_path,
+            flow=flow.public() if flow else None,
+            secret=self.secret_state.to_dict(),
+            subscribers=len(self.bus),
+            account=account,
+            settings=self.setup,
+            last_store=last_store.to_dict() if last_store else None,
+        )
+        answer.json = protocol.encode(answer)
+        self._status_cache = (key, answer)
         return answer
 
     def touch(self) -> None:
