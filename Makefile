@@ -2,13 +2,14 @@
 # make test            - install what the tests need (system packages on Debian/Ubuntu), lint, type-check, run the tests
 # make lint            - ruff check, ruff format --check, mypy
 # make bench           - run the benchmarks, write bench/RESULTS.md
+# make bench-check     - the target rows only (a few minutes); exits non-zero when a target is missed
 # make fake-openrouter - a fake OpenRouter on 127.0.0.1:8787 (FAKE_ARGS=--help for its switches)
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint system-deps bench fake-openrouter clean
+.PHONY: run test lint system-deps bench bench-check fake-openrouter clean
 
 # The desktop extra (pydbus, PyGObject: notifications, the D-Bus interface) needs C headers to build. Where it
 # does not build, install without it: the daemon says so in one log line, and the desktop tests skip.
@@ -45,6 +46,9 @@ test: system-deps lint
 # Under the same private session bus as the tests, so that section 8 also measures the OS keyring backend.
 bench: $(VENV)/.test
 	tests/with-keyring.sh $(BIN)/python -m bench
+
+bench-check: $(VENV)/.test
+	$(BIN)/python -m bench --check
 
 fake-openrouter: $(VENV)/.run
 	$(BIN)/python -m convocationsd.testing.fake_openrouter $(FAKE_ARGS)
