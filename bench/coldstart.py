@@ -41,7 +41,7 @@ def _first_status(tool: str, tmp: Path, env: dict[str, str], log) -> float:
     Path(ctl).unlink(missing_ok=True)
     cmd = [tool, "-l", ctl, "-l", f"127.0.0.1:{port}", "-l", f"[::1]:{port}", "--fdname=ctl:http:http"]
     cmd += [f"-E{k}" for k in env]  # the tool passes its child only what -E names
-    cmd += [PY, "-m", "convocationsd", "--log-level", "info"]
+    cmd += [PY, "-m", "convocationsd"]  # as the service units start it
     proc = track(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=str(tmp)))
     try:
         deadline = time.monotonic() + 10

@@ -229,7 +229,7 @@ def check_request(msg: Any) -> Request:
         raise ProtocolError(METHOD_NOT_FOUND, f"Method not found: {method[:64]!r}", id_)
     if not params:  # absent, null, {} or [] (no positional params at all): none given
         params = {}
-    elif type(params) is list:
+    elif isinstance(params, list):
         raise ProtocolError(INVALID_PARAMS, _positional_message(method, spec), id_)
     else:
         if None in params.values():  # an optional param given as null is one left out
@@ -249,7 +249,9 @@ def _reply_to(id_: Any) -> Any:
     return None if id_ is NO_ID else id_
 
 
-def _check_params(method: str, spec: dict[str, tuple[tuple[type, ...], bool]], params: dict[str, Any], id_: Any) -> None:
+def _check_params(
+    method: str, spec: dict[str, tuple[tuple[type, ...], bool]], params: dict[str, Any], id_: Any
+) -> None:
     for name, value in params.items():
         if name not in spec:
             raise ProtocolError(INVALID_PARAMS, f"Invalid params: {method} takes no {name[:64]!r}", id_)
@@ -276,7 +278,9 @@ def result_line(id_: Any, result: Any) -> bytes:
     if text is None:
         return _encode({"jsonrpc": "2.0", "id": id_, "result": result}) + b"\n"
     # Byte for byte what the line above would give: the same separators, the same key order.
-    return b"".join((b'{"jsonrpc":"2.0","id":', b"%d" % id_ if type(id_) is int else _encode(id_), b',"result":', text, b"}\n"))
+    return b"".join(
+        (b'{"jsonrpc":"2.0","id":', b"%d" % id_ if type(id_) is int else _encode(id_), b',"result":', text, b"}\n")
+    )
 
 
 def error_line(id_: Any, code: int, message: str, data: Any = None) -> bytes:

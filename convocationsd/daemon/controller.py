@@ -12,8 +12,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from convocationsd import __version__
 from convocationsd.core import events, pkce, protocol
@@ -32,8 +31,8 @@ from convocationsd.store.secrets import SecretStatus, SecretStore
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Outcome:
+# NamedTuples, not dataclasses: a dataclass costs ~1.5 ms to create, on every start (bench/ANALYSIS.md).
+class Outcome(NamedTuple):
     """What a callback came to, in words a person can act on (rendered as the result page)."""
 
     kind: str  # "success" | "failed" (the login ended) | "ignored" | "reported" (an error report without state)
@@ -44,8 +43,7 @@ class Outcome:
     end_login: tuple[str, str] | None = None  # "reported": (session_id, known OAuth error or "") for its button
 
 
-@dataclass(frozen=True)
-class Endpoint:
+class Endpoint(NamedTuple):
     port: int
     port_fallback: bool
     socket_path: str
@@ -383,7 +381,7 @@ class Controller:
         flow = self.flows.latest()
         account = self.account.snapshot()  # also starts a background refresh when the cached one is stale
         # Compared with == against the last key: the same objects compare by identity, at no cost.
-        key = (flow, self.secret_state, len(self.bus), account, self.secrets.last_store)
+        key: tuple[Any, ...] = (flow, self.secret_state, len(self.bus), account, self.secrets.last_store)
         if flow is not None:  # Flow compares by identity; these are the fields that change after creation
             key += (flow.status, flow.error, flow.backend)
         cached = self._status_cache
