@@ -86,7 +86,11 @@ def preferred_port(ctx: Context) -> int:
     port = setting(ctx, "http_port")[0]
     if port == 0 and ctx.status is not None:  # 0: "any free port", so the one it took
         port = ctx.status.get("port")
-    return port if isinstance(port, int) and not isinstance(port, bool) and port > 0 else Settings._field_defaults["http_port"]
+    return (
+        port
+        if isinstance(port, int) and not isinstance(port, bool) and port > 0
+        else Settings._field_defaults["http_port"]
+    )
 
 
 def _when(iso: str | None) -> str:
