@@ -251,7 +251,7 @@ def test_no_steering_character_is_printable():
     from convocationsd.cli.terminal import safe_json, safe_line
 
     everything = "".join(map(chr, range(0x110000)))
-    steering = STEERING.findall(everything) + ["\n"]
+    steering = [*STEERING.findall(everything), "\n"]
     assert len(steering) == 0x0A + 0x15 + 0x21 + 1 + 2 + 7 + 4 + 0x800 + 1  # every range of STEERING
     assert not any(ch.isprintable() for ch in steering)
     for ch in steering:
