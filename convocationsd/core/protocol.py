@@ -14,6 +14,7 @@ if TYPE_CHECKING:  # typing is not imported at run time: convctl imports this mo
 VERSION = 1  # reported by `status`; raised only for a change an existing client could trip over
 MAX_LINE = 1024 * 1024  # bytes; a longer line closes the connection
 MAX_BATCH = 100  # requests in one batch: one line in may not become an unbounded line out
+BOM = b"\xef\xbb\xbf"  # not JSON (RFC 8259 8.1: JSON sent over a network has none), so a parse error
 
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
@@ -183,6 +184,10 @@ def parse_line(line: bytes) -> Request | list[Request | ProtocolError]:
             PARSE_ERROR, "Parse error: NaN, Infinity and numbers beyond the range of a double are not JSON"
         ) from None
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        if line.startswith(BOM):
+            raise ProtocolError(
+                PARSE_ERROR, "Parse error: the line starts with a byte order mark (U+FEFF); send UTF-8 without one"
+            ) from None
         raise ProtocolError(
             PARSE_ERROR, "Parse error: each line must be one UTF-8 JSON request object or batch array"
         ) from None

@@ -181,8 +181,12 @@ class Connection(asyncio.BufferedProtocol):
 
     def eof_received(self) -> bool:
         """The client has sent all it will (``echo '{…}' | socat - UNIX-CONNECT:…``): it still gets the
-        answers to what it asked, then the connection closes. (A subscriber too: a shut-down sending side
-        cannot be told from a client that is gone, which would keep the daemon from ever idling out.)"""
+        answers to what it asked, a last line without its newline included, then the connection closes. (A
+        subscriber too: a shut-down sending side cannot be told from a client that is gone, which would keep
+        the daemon from ever idling out.)"""
+        last, self.buffer = bytes(self.buffer), bytearray()
+        if last.strip() and not self.closed:  # `printf '{…}' | socat …`: the end of input ends the line too
+            self.handle_line(last)
         self.eof = True
         self.close_if_done()
         return True  # keep the transport open: close_if_done decides
