@@ -89,8 +89,7 @@ class Encoded(dict):  # type: ignore[type-arg]  # a base class is evaluated at r
     """A result dict that also carries its own JSON text, so ``result_line`` need not encode it again
     (``Controller.status`` caches its answer this way). Changing the dict drops the text.
 
-    ``Encoded(data)`` has no text; set ``.json`` after building it (no Python ``__init__``: it is on the
-    hot path of every ``status``)."""
+    ``Encoded(data)`` has no text; set ``.json`` after building it."""
 
     json: bytes | None = None
 

@@ -375,8 +375,8 @@ class Controller:
 
     def status(self) -> dict:
         """The answer to ``status``. Built and JSON-encoded only when something in it changed: the socket
-        asks for it far more often than it changes, and building and encoding it cost six times what the
-        rest of a request does (bench/ANALYSIS.md). The answer is shared by every caller until then: treat
+        asks for it far more often than it changes, and building and encoding it would more than double
+        the cost of a request (bench/ANALYSIS.md). The answer is shared by every caller until then: treat
         it as read-only (a change to it drops its JSON, and the next call builds a new one)."""
         flow = self.flows.latest()
         account = self.account.snapshot()  # also starts a background refresh when the cached one is stale
