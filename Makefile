@@ -4,6 +4,7 @@
 # make lint            - ruff check, ruff format --check, mypy
 # make bench           - run the benchmarks, write bench/RESULTS.md
 # make mutation        - mutants of the core and the guards against the unit tests (minutes; not in make test)
+# make bench-check     - the target rows only (a few minutes); exits non-zero when a target is missed
 # make fake-openrouter - a fake OpenRouter on 127.0.0.1:8787 (FAKE_ARGS=--help for its switches)
 # make rust-example    - build examples/rust with cargo, for the tests (which take this build when they cannot run cargo)
 
@@ -11,7 +12,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test test-root lint system-deps bench mutation fake-openrouter rust-example clean
+.PHONY: run test test-root lint system-deps bench bench-check mutation fake-openrouter rust-example clean
 
 # The desktop extra (pydbus, PyGObject: notifications, the D-Bus interface) needs C headers to build. Where it
 # does not build, install without it: the daemon says so in one log line, and the desktop tests skip.
@@ -53,6 +54,9 @@ test-root: | $(VENV)/.test
 # Under the same private session bus as the tests, so that section 8 also measures the OS keyring backend.
 bench: $(VENV)/.test
 	tests/with-keyring.sh $(BIN)/python -m bench
+
+bench-check: $(VENV)/.test
+	$(BIN)/python -m bench --check
 
 # Every small change to core/, the uid and path checks and the HTTP guards must fail a unit test, or be listed in
 # tests/mutation/equivalent.py with why none can fail; writes its section of docs/robustness.md. About 9 minutes

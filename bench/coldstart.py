@@ -21,20 +21,11 @@ import time
 from pathlib import Path
 
 from . import rawclient
-from .common import PY, ROOT, cleanup_tmp, daemon_env, free_port, median, short_tmp, track
+from .common import PY, ROOT, bytecode_env, cleanup_tmp, daemon_env, free_port, median, short_tmp, track
 from .report import Section
 
 TARGET_RATIO = 3.0
-BYTECODE_ENV = ("PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX")
-
-
-def _mode_env(tmp: Path, installed: bool) -> dict[str, str]:
-    env = {k: v for k, v in daemon_env(tmp).items() if k not in BYTECODE_ENV}
-    if installed:
-        env["PYTHONPYCACHEPREFIX"] = str(tmp / "pyc")
-    else:
-        env["PYTHONDONTWRITEBYTECODE"] = "1"
-    return env
+CYCLES = {"smoke": (1, 2), "check": (3, 9), "full": (3, 15)}  # warm-up, counted
 
 
 def _bare_start(env: dict[str, str]) -> float:
@@ -50,7 +41,7 @@ def _first_status(tool: str, tmp: Path, env: dict[str, str], log) -> float:
     Path(ctl).unlink(missing_ok=True)
     cmd = [tool, "-l", ctl, "-l", f"127.0.0.1:{port}", "-l", f"[::1]:{port}", "--fdname=ctl:http:http"]
     cmd += [f"-E{k}" for k in env]  # the tool passes its child only what -E names
-    cmd += [PY, "-m", "convocationsd", "--log-level", "info"]
+    cmd += [PY, "-m", "convocationsd"]  # as the service units start it
     proc = track(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=str(tmp)))
     try:
         deadline = time.monotonic() + 10
@@ -82,19 +73,19 @@ def _first_status(tool: str, tmp: Path, env: dict[str, str], log) -> float:
                 proc.wait()
 
 
-def run(smoke: bool) -> Section:
+def run(mode: str) -> Section:
     sec = Section("Cold start: first `status` after socket activation, against `python -c pass`")
     tool = shutil.which("systemd-socket-activate")
     if tool is None:
         sec.body.append("systemd-socket-activate is not installed (Debian: systemd); not measured.")
         sec.check("first `status` after activation", "not measured", f"<= {TARGET_RATIO:g}x", None)
         return sec
-    warmup, cycles = (1, 2) if smoke else (3, 15)
+    warmup, cycles = CYCLES[mode]
     rows = []
     for installed in (True, False):
         tmp = short_tmp()
         (tmp / "run").mkdir(mode=0o700, parents=True)
-        env = _mode_env(tmp, installed)
+        env = bytecode_env(daemon_env(tmp), tmp, installed=installed)
         firsts: list[float] = []
         bares: list[float] = []
         try:

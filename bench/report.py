@@ -33,16 +33,18 @@ class Section:
 
 
 def verdict(passed: bool | None) -> str:
-    return {True: "PASS", False: "**FAIL**", None: "n/a"}[passed]
+    return {True: "met", False: "MISSED", None: "reported"}[passed]
 
 
-def render(machine: dict[str, str], sections: list[Section], *, smoke: bool, total: float, preamble: list[str]) -> str:
+def render(machine: dict[str, str], sections: list[Section], *, mode: str, total: float, preamble: list[str]) -> str:
     out = ["# convocationsd benchmarks", ""]
-    if smoke:
+    if mode == "smoke":
         out += [
             "> **Smoke run** (tiny counts): the figures below are not meaningful; run `make bench` for real numbers.",
             "",
         ]
+    elif mode == "check":
+        out += ["> **Check run**: the target rows only, with fewer repetitions than `make bench`.", ""]
     out += [
         f"- date: {machine['date']}",
         f"- machine: {machine['cpu']}, {machine['cores']} cores, {machine['os']}, kernel {machine['kernel']}",
@@ -59,7 +61,10 @@ def render(machine: dict[str, str], sections: list[Section], *, smoke: bool, tot
     ]
     for i, section in enumerate(sections, 1):
         for c in section.checks:
-            out.append(f"| {i} | {c.name} | {c.measured} | {c.target} | {verdict(c.passed)} |")
+            result = verdict(c.passed)
+        out.append(
+            f"| {i} | {c.name} | {c.measured} | {c.target} | {'**' + result + '**' if c.passed is False else result} |"
+        )
     out.append("")
     for i, section in enumerate(sections, 1):
         out += [f"## {i}. {section.title}", "", f"_section time: {section.seconds:.1f} s_", ""]

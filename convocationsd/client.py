@@ -4,9 +4,11 @@ and an asyncio one for Python frontends. Both speak docs/protocol.md: JSON-RPC 2
 
 from __future__ import annotations
 
+# The C module under the usual name: socket.py adds nothing this client uses, and building its enums on
+# import was a tenth of a `convctl status` (bench/ANALYSIS.md).
+import _socket as socket
 import json
 import os
-import socket
 import time
 from collections import deque
 from pathlib import Path

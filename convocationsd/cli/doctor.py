@@ -100,7 +100,7 @@ def setting(ctx: Context, name: str) -> tuple[Any, str]:
         return reported["value"], f"the daemon's, from {reported.get('source') or DEFAULT}"
     whose = "convctl's own (no daemon runs to ask)" if ctx.status is None else "convctl's own (the daemon does not say)"
     if ctx.mine is None:
-        return getattr(Settings, name), f"{whose}, {DEFAULT}"
+        return Settings._field_defaults[name], f"{whose}, {DEFAULT}"
     return getattr(ctx.mine.settings, name), f"{whose}, from {ctx.mine.sources.get(name, DEFAULT)}"
 
 
@@ -109,7 +109,11 @@ def preferred_port(ctx: Context) -> int:
     port = setting(ctx, "http_port")[0]
     if port == 0 and ctx.status is not None:  # 0: "any free port", so the one it took
         port = ctx.status.get("port")
-    return port if isinstance(port, int) and not isinstance(port, bool) and port > 0 else Settings.http_port
+    return (
+        port
+        if isinstance(port, int) and not isinstance(port, bool) and port > 0
+        else Settings._field_defaults["http_port"]
+    )
 
 
 def restart(ctx: Context) -> str:

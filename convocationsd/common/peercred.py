@@ -4,8 +4,8 @@ clients (who is serving?). Cheap to import: convctl asks it on every connect.
 
 from __future__ import annotations
 
+import _socket as socket  # the C module: socket.py's enums cost convctl more than the rest of a connect
 import os
-import socket
 import struct
 import sys
 

@@ -25,15 +25,10 @@ Pure: the clock and the token source are arguments; nothing here sleeps, schedul
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import secrets
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from convocationsd.core import pkce
 
@@ -43,8 +38,9 @@ SUCCEEDED = "succeeded"
 FAILED = "failed"
 
 
-@dataclass(frozen=True)
-class FlowError:
+# NamedTuples and a plain class, not dataclasses: a dataclass costs ~1.5 ms to create, on every start
+# of the daemon (bench/ANALYSIS.md).
+class FlowError(NamedTuple):
     code: str
     message: str
     hint: str = ""
@@ -64,26 +60,61 @@ class CallbackRejected(Exception):
 
 
 def iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """``ts`` (Unix time) as UTC ISO 8601, to the second. With time, not datetime: importing datetime was
+    ~3 ms of every start."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
-@dataclass(eq=False)
 class Flow:
-    session_id: str
-    state: str = field(repr=False)
-    verifier: str = field(repr=False)
-    auth_url: str
-    callback_url: str | None
-    created_at: float
-    expires_at: float
-    paste: bool = False
-    status: str = PENDING
-    error: FlowError | None = None
-    backend: str | None = None
-    finished_at: float | None = None
-    # Signs the codes of callbacks without state that its pages ask the person to confirm; never shown.
-    confirm_key: str = field(default="", repr=False)
-    confirmed: set[bytes] = field(default_factory=set, repr=False)  # digests of codes confirmed (once each)
+    """One login, from start to its end. Compares by identity: two flows are never the same login."""
+
+    __slots__ = (
+        "auth_url",
+        "backend",
+        "callback_url",
+        "confirm_key",
+        "confirmed",
+        "created_at",
+        "error",
+        "expires_at",
+        "finished_at",
+        "paste",
+        "session_id",
+        "state",
+        "status",
+        "verifier",
+    )
+
+    def __init__(
+        self,
+        session_id: str,
+        state: str,
+        verifier: str,
+        auth_url: str,
+        callback_url: str | None,
+        created_at: float,
+        expires_at: float,
+        paste: bool = False,
+        confirm_key: str = "",
+    ) -> None:
+        self.session_id = session_id
+        self.state = state
+        self.verifier = verifier
+        self.auth_url = auth_url
+        self.callback_url = callback_url
+        self.created_at = created_at
+        self.expires_at = expires_at
+        self.paste = paste
+        self.status: str = PENDING
+        self.error: FlowError | None = None
+        self.backend: str | None = None
+        self.finished_at: float | None = None
+        # Signs the codes of callbacks without state that its pages ask the person to confirm; never shown.
+        self.confirm_key = confirm_key
+        self.confirmed: set[bytes] = set()  # digests of codes confirmed (once each)
+
+    def __repr__(self) -> str:
+        return "Flow(" + ", ".join(f"{name}={getattr(self, name)!r}" for name in _SHOWN) + ")"
 
     @property
     def done(self) -> bool:
@@ -122,8 +153,11 @@ class Flow:
         }
 
 
-@dataclass(frozen=True)
-class StartResult:
+# In a repr: not the secrets.
+_SHOWN = tuple(name for name in Flow.__slots__ if name not in ("state", "verifier", "confirm_key", "confirmed"))
+
+
+class StartResult(NamedTuple):
     flow: Flow
     joined: bool
     cancelled: Flow | None = None
@@ -204,7 +238,7 @@ class FlowStore:
         used_codes: int = 256,
         require_state: bool = True,
         clock: Callable[[], float] = time.time,
-        token: pkce.TokenSource = secrets.token_urlsafe,
+        token: pkce.TokenSource = pkce.token_urlsafe,
     ) -> None:
         self._auth_url = auth_url
         self._callback_url = callback_url
@@ -311,6 +345,8 @@ class FlowStore:
     def take_confirmed_code(self, code: str, token: str) -> Flow:
         """The pending flow, for a code and the token its page showed (each code once); raises
         CallbackRejected when that flow is no longer pending, or the token is not that page's."""
+        import hmac  # here, not with the daemon: see core/pkce.py
+
         flow = self.pending
         if (
             flow is None
@@ -397,6 +433,8 @@ class FlowStore:
                 "The login in progress waits for a code pasted into `convctl`, so this page was ignored.",
                 "Copy the code OpenRouter shows into the terminal where `convctl oauth start --paste` waits.",
             )
+        import hmac  # here, not with the daemon: see core/pkce.py
+
         if state is not None and not hmac.compare_digest(state.encode("utf-8", "surrogatepass"), flow.state.encode()):
             raise CallbackRejected(
                 "state_mismatch",
@@ -414,10 +452,15 @@ class FlowStore:
 
 
 def _digest(code: str) -> bytes:
+    import hashlib  # here, not with the daemon: see core/pkce.py
+
     return hashlib.sha256(code.encode("utf-8", "surrogatepass")).digest()
 
 
 def _confirmation_mac(flow: Flow, code: str) -> str:
+    import hashlib
+    import hmac
+
     return hmac.new(flow.confirm_key.encode(), code.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
 
 

@@ -14,6 +14,7 @@ if TYPE_CHECKING:  # typing is not imported at run time: convctl imports this mo
 VERSION = 1  # reported by `status`; raised only for a change an existing client could trip over
 MAX_LINE = 1024 * 1024  # bytes; a longer line closes the connection
 MAX_BATCH = 100  # requests in one batch: one line in may not become an unbounded line out
+BOM = b"\xef\xbb\xbf"  # not JSON (RFC 8259 8.1: JSON sent over a network has none), so a parse error
 
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
@@ -89,8 +90,7 @@ class Encoded(dict):  # type: ignore[type-arg]  # a base class is evaluated at r
     """A result dict that also carries its own JSON text, so ``result_line`` need not encode it again
     (``Controller.status`` caches its answer this way). Changing the dict drops the text.
 
-    ``Encoded(data)`` has no text; set ``.json`` after building it (no Python ``__init__``: it is on the
-    hot path of every ``status``)."""
+    ``Encoded(data)`` has no text; set ``.json`` after building it."""
 
     json: bytes | None = None
 
@@ -151,6 +151,8 @@ if TYPE_CHECKING:
 else:  # the same tuple class, built without importing typing
     Request = namedtuple("Request", ("id", "method", "params"))
 
+_tuple_new = tuple.__new__
+
 
 class ProtocolError(Exception):
     """A request that cannot be run. ``id`` is where the error reply goes: NO_ID (a notification) gets none."""
@@ -182,6 +184,10 @@ def parse_line(line: bytes) -> Request | list[Request | ProtocolError]:
             PARSE_ERROR, "Parse error: NaN, Infinity and numbers beyond the range of a double are not JSON"
         ) from None
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        if line.startswith(BOM):
+            raise ProtocolError(
+                PARSE_ERROR, "Parse error: the line starts with a byte order mark (U+FEFF); send UTF-8 without one"
+            ) from None
         raise ProtocolError(
             PARSE_ERROR, "Parse error: each line must be one UTF-8 JSON request object or batch array"
         ) from None
@@ -201,32 +207,56 @@ def parse_line(line: bytes) -> Request | list[Request | ProtocolError]:
 
 
 def check_request(msg: Any) -> Request:
-    """A decoded JSON value as a checked Request, or raises ProtocolError naming the problem. An invalid
-    request object is answered even without an id (it is not a notification: that needs a valid request);
-    an unknown method or bad params of a notification are not."""
+    """A decoded JSON value as a checked Request, or raises ProtocolError naming the problem.
+
+    A value that is not a valid request object (``jsonrpc``, ``method``, ``params`` or ``id`` of the wrong
+    shape) is answered -32600 even without an id, since it is not a notification either (that needs a valid
+    request); the error echoes the id when the id itself is usable, else carries null. An unknown method or
+    bad params of a notification are not answered. Written for the common case, a valid request without
+    params: every check below is one comparison when it passes."""
     if not isinstance(msg, dict):
         raise ProtocolError(INVALID_REQUEST, "Invalid request: expected a JSON object")
     id_ = msg.get("id", NO_ID)
-    if not _valid_id(id_):
+    if type(id_) is not int and not _valid_id(id_):
         raise ProtocolError(INVALID_REQUEST, "Invalid request: id must be a string, a number or null")
-    reply_to = None if id_ is NO_ID else id_
     if msg.get("jsonrpc") != "2.0":
-        raise ProtocolError(INVALID_REQUEST, 'Invalid request: "jsonrpc" must be "2.0"', reply_to)
+        raise ProtocolError(INVALID_REQUEST, 'Invalid request: "jsonrpc" must be "2.0"', _reply_to(id_))
     method = msg.get("method")
     if not isinstance(method, str):
-        raise ProtocolError(INVALID_REQUEST, 'Invalid request: "method" must be a string', reply_to)
+        raise ProtocolError(INVALID_REQUEST, 'Invalid request: "method" must be a string', _reply_to(id_))
+    params = msg.get("params")
+    if params is not None and type(params) is not dict and type(params) is not list:
+        raise ProtocolError(
+            INVALID_REQUEST, "Invalid request: params must be an object (or an array, or left out)", _reply_to(id_)
+        )
     spec = METHODS.get(method)
     if spec is None:
         raise ProtocolError(METHOD_NOT_FOUND, f"Method not found: {method[:64]!r}", id_)
-    params = msg.get("params")
-    if params is None or params == []:  # absent, null, or no positional params at all: none given
+    if not params:  # absent, null, {} or [] (no positional params at all): none given
         params = {}
-    elif type(params) is list:
+    elif isinstance(params, list):
         raise ProtocolError(INVALID_PARAMS, _positional_message(method, spec), id_)
-    elif not isinstance(params, dict):
-        raise ProtocolError(INVALID_PARAMS, "Invalid params: params must be an object", id_)
-    elif None in params.values():  # an optional param given as null is one left out
-        params = {name: value for name, value in params.items() if value is not None}
+    else:
+        if None in params.values():  # an optional param given as null is one left out
+            params = {name: value for name, value in params.items() if value is not None}
+        _check_params(method, spec, params, id_)
+    if spec:
+        for name, (_, required) in spec.items():
+            if required and name not in params:
+                raise ProtocolError(INVALID_PARAMS, f"Invalid params: {method} needs {name!r}", id_)
+    # tuple.__new__ rather than Request(...): the namedtuple's own __new__ is a Python function, which
+    # doubled the cost of building it (bench/ANALYSIS.md).
+    return _tuple_new(Request, (id_, method, params))
+
+
+def _reply_to(id_: Any) -> Any:
+    """Where the error of an invalid request goes: its id when it has a usable one, else null."""
+    return None if id_ is NO_ID else id_
+
+
+def _check_params(
+    method: str, spec: dict[str, tuple[tuple[type, ...], bool]], params: dict[str, Any], id_: Any
+) -> None:
     for name, value in params.items():
         if name not in spec:
             raise ProtocolError(INVALID_PARAMS, f"Invalid params: {method} takes no {name[:64]!r}", id_)
@@ -236,10 +266,6 @@ def check_request(msg: Any) -> Request:
             raise ProtocolError(INVALID_PARAMS, f"Invalid params: {name!r} must be a {kind}", id_)
         if isinstance(value, list) and not all(isinstance(item, str) for item in value):
             raise ProtocolError(INVALID_PARAMS, f"Invalid params: {name!r} must be a list of strings", id_)
-    for name, (_, required) in spec.items():
-        if required and name not in params:
-            raise ProtocolError(INVALID_PARAMS, f"Invalid params: {method} needs {name!r}", id_)
-    return Request(id_, method, params)
 
 
 def _positional_message(method: str, spec: dict[str, tuple[tuple[type, ...], bool]]) -> str:
@@ -257,8 +283,9 @@ def result_line(id_: Any, result: Any) -> bytes:
     if text is None:
         return _encode({"jsonrpc": "2.0", "id": id_, "result": result}) + b"\n"
     # Byte for byte what the line above would give: the same separators, the same key order.
-    id_text = str(id_).encode() if type(id_) is int else _encode(id_)
-    return b'{"jsonrpc":"2.0","id":' + id_text + b',"result":' + text + b"}\n"
+    return b"".join(
+        (b'{"jsonrpc":"2.0","id":', b"%d" % id_ if type(id_) is int else _encode(id_), b',"result":', text, b"}\n")
+    )
 
 
 def error_line(id_: Any, code: int, message: str, data: Any = None) -> bytes:

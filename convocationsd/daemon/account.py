@@ -152,13 +152,15 @@ class AccountStatus:
                 self._start_refresh()
 
     def snapshot(self) -> dict[str, Any] | None:
-        """What ``status`` shows: the cached summary (None when no key is stored or none is known yet).
-        Starts a background refresh when the cache is stale; never waits for it."""
+        """What ``status`` shows: the cached summary (None when no key is stored or none is known yet), the
+        cache's own dict, so treat it as read-only: ``status`` asks on every call, and a copy made each time
+        would also make its cache compare the summary field by field. Starts a background refresh when the
+        cache is stale; never waits for it."""
         if not self.controller.secret_state.stored:
             return None
         if self.cache.stale():
             self._start_refresh()
-        return self.cache.get()
+        return self.cache.value
 
     def _start_refresh(self) -> None:
         if self._task is not None and not self._task.done():

@@ -12,8 +12,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from convocationsd import __version__
 from convocationsd.core import events, pkce, protocol
@@ -38,8 +37,8 @@ strays = logging.getLogger(f"{__name__}.strays")
 strays.addFilter(REFUSALS)
 
 
-@dataclass(frozen=True)
-class Outcome:
+# NamedTuples, not dataclasses: a dataclass costs ~1.5 ms to create, on every start (bench/ANALYSIS.md).
+class Outcome(NamedTuple):
     """What a callback came to, in words a person can act on (rendered as the result page)."""
 
     # "success" | "failed" (the login ended) | "ignored" | "reported" (an error report without state) |
@@ -53,15 +52,13 @@ class Outcome:
     confirm: tuple[str, str] | None = None  # "confirm": (code, token) its "Finish linking" button posts back
 
 
-@dataclass(frozen=True)
-class Endpoint:
+class Endpoint(NamedTuple):
     port: int
     port_fallback: bool
     socket_path: str
 
 
-@dataclass(frozen=True)
-class UnsavedKey:
+class UnsavedKey(NamedTuple):
     """A key OpenRouter issued that the secret store did not take. It is kept in the daemon's memory only,
     never written in plain text: a lost key would leave the person's account linked to nothing, and OpenRouter
     cannot hand it out again. ``retry_store`` (and any later read of the key) stores it once the store works.
@@ -70,11 +67,14 @@ class UnsavedKey:
     the one the person wants linked), and ``replaced`` names the logins whose keys were dropped that way: they
     were never stored, and stay valid at OpenRouter until the person deletes them there."""
 
-    key: str = field(repr=False)
+    key: str
     session_id: str
     since: float
     reason: str
     replaced: tuple[str, ...] = ()  # the latest MAX_REPLACED only
+
+    def __repr__(self) -> str:  # never the key, wherever one is logged or shown
+        return f"UnsavedKey(session_id={self.session_id!r}, since={self.since!r}, reason={self.reason!r})"
 
     def public(self) -> dict[str, Any]:
         """What ``status`` shows: never the key."""
@@ -495,47 +495,43 @@ class Controller:
 
     # -- status --------------------------------------------------------------------------------------
 
-    _status_cache: tuple[tuple, dict, bytes] | None = None  # (what it depends on, the answer, its JSON)
+    _status_cache: tuple[tuple, protocol.Encoded] | None = None  # (what it depends on, the answer)
 
     def status(self) -> dict:
         """The answer to ``status``. Built and JSON-encoded only when something in it changed: the socket
-        asks for it far more often than it changes, and building it (two timestamps) and encoding it were
-        most of a round trip. Callers get their own top-level copy; treat the nested dicts as read-only."""
+        asks for it far more often than it changes, and building and encoding it would more than double
+        the cost of a request (bench/ANALYSIS.md). The answer is shared by every caller until then: treat
+        it as read-only (a change to it drops its JSON, and the next call builds a new one)."""
         flow = self.flows.latest()
         account = self.account.snapshot()  # also starts a background refresh when the cached one is stale
-        last_store = self.secrets.last_store
-        key = (
-            flow,  # Flow compares by identity; the fields below are the ones that change after creation
-            None if flow is None else (flow.status, flow.error, flow.backend),
-            self.secret_state,
-            len(self.bus),
-            account,
-            last_store,
-            self.unsaved,
-        )
+        # Compared with == against the last key: the same objects compare by identity, at no cost.
+        key: tuple[Any, ...] = (flow, self.secret_state, len(self.bus), account, self.secrets.last_store, self.unsaved)
+        if flow is not None:  # Flow compares by identity; these are the fields that change after creation
+            key += (flow.status, flow.error, flow.backend)
         cached = self._status_cache
-        if cached is None or cached[0] != key:
-            answer = {
-                "version": __version__,
-                "protocol": protocol.VERSION,
-                "pid": os.getpid(),
-                "http_url": pkce.local_origin(self.endpoint.port),
-                "port": self.endpoint.port,
-                "port_fallback": self.endpoint.port_fallback,
-                "socket": self.endpoint.socket_path,
-                "flow": flow.public() if flow else None,
-                "secret": self.secret_state.to_dict(),
-                "subscribers": len(self.bus),
-                "account": account,
-                "settings": self.setup,
-                "last_store": last_store.to_dict() if last_store else None,
-                "service": self.service,
-                "restart_needed": self.restart_needed,
-                "unsaved_key": self.unsaved.public() if self.unsaved else None,
-            }
-            cached = self._status_cache = (key, answer, protocol.encode(answer))
-        answer = protocol.Encoded(cached[1])
-        answer.json = cached[2]
+        if cached is not None and cached[0] == key and cached[1].json is not None:
+            return cached[1]
+        last_store = self.secrets.last_store
+        answer = protocol.Encoded(
+            version=__version__,
+            protocol=protocol.VERSION,
+            pid=os.getpid(),
+            http_url=pkce.local_origin(self.endpoint.port),
+            port=self.endpoint.port,
+            port_fallback=self.endpoint.port_fallback,
+            socket=self.endpoint.socket_path,
+            flow=flow.public() if flow else None,
+            secret=self.secret_state.to_dict(),
+            subscribers=len(self.bus),
+            account=account,
+            settings=self.setup,
+            last_store=last_store.to_dict() if last_store else None,
+            service=self.service,
+            restart_needed=self.restart_needed,
+            unsaved_key=self.unsaved.public() if self.unsaved else None,
+        )
+        answer.json = protocol.encode(answer)
+        self._status_cache = (key, answer)
         return answer
 
     def reconfigure(self, setup: dict, restart_needed: list[dict]) -> None:

@@ -130,6 +130,7 @@ class Connection(asyncio.BufferedProtocol):
         # High-water mark 0: pause_writing/resume_writing say exactly when bytes start and stop waiting.
         transport.set_write_buffer_limits(high=0)
         self.server.connections.add(self)
+        self.server.touch()
 
     def pause_writing(self) -> None:
         self.behind = True
@@ -154,7 +155,6 @@ class Connection(asyncio.BufferedProtocol):
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
-        self.server.touch()
         if not self.buffer and data.find(b"\n") == len(data) - 1 >= 0 and len(data) <= protocol.MAX_LINE:
             # The usual read: exactly one whole request, nothing pending before it.
             if data.strip():
@@ -181,8 +181,12 @@ class Connection(asyncio.BufferedProtocol):
 
     def eof_received(self) -> bool:
         """The client has sent all it will (``echo '{…}' | socat - UNIX-CONNECT:…``): it still gets the
-        answers to what it asked, then the connection closes. (A subscriber too: a shut-down sending side
-        cannot be told from a client that is gone, which would keep the daemon from ever idling out.)"""
+        answers to what it asked, a last line without its newline included, then the connection closes. (A
+        subscriber too: a shut-down sending side cannot be told from a client that is gone, which would keep
+        the daemon from ever idling out.)"""
+        last, self.buffer = bytes(self.buffer), bytearray()
+        if last.strip() and not self.closed:  # `printf '{…}' | socat …`: the end of input ends the line too
+            self.handle_line(last)
         self.eof = True
         self.close_if_done()
         return True  # keep the transport open: close_if_done decides
@@ -194,6 +198,9 @@ class Connection(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.server.forget(self)
+        # Activity is counted when a connection comes and goes, not for each request: the daemon never
+        # idles out while a connection is open, so the time since the last one closed is what counts.
+        self.server.touch()
 
     # -- requests ------------------------------------------------------------------------------------
 

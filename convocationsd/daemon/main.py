@@ -4,7 +4,6 @@ pieces, binds (or inherits) the sockets, runs until a signal or idle exit, and s
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import errno
 import logging
@@ -14,10 +13,9 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from convocationsd import __version__
-from convocationsd.common.cmdline import ArgumentParser
 from convocationsd.common.settings import DEFAULT, LOG_LEVELS, Settings
 from convocationsd.core import pkce, protocol
 from convocationsd.core.errors import ConvError, UntrustedConfig, UntrustedSocket
@@ -27,10 +25,15 @@ from convocationsd.daemon.controller import Controller, Endpoint
 from convocationsd.daemon.logs import set_level, setup_logging
 from convocationsd.store import config
 
+if TYPE_CHECKING:
+    import argparse
+
 log = logging.getLogger("convocationsd")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from convocationsd.common.cmdline import ArgumentParser
+
     p = ArgumentParser(
         prog="convocationsd",
         description="Links your OpenRouter account to Convocations (runs in the foreground).",
@@ -281,8 +284,6 @@ class Daemon:
         """SIGHUP: re-read the config; log level, timeouts, idle exit and allow_stateless_callbacks change,
         subscribers and the flow stay. What only a restart applies (settings.RESTART_ONLY) keeps its running
         value, and the log, `status` and doctor say which changed settings wait for a restart."""
-        from dataclasses import replace
-
         from convocationsd.common.settings import RESTART_ONLY, key_name, reported, restart_message
 
         try:
@@ -293,7 +294,7 @@ class Daemon:
         _warn_about_config(loaded)
         running = self.settings
         waiting = [name for name in RESTART_ONLY if getattr(loaded.settings, name) != getattr(running, name)]
-        new = self.settings = replace(loaded.settings, **{name: getattr(running, name) for name in RESTART_ONLY})
+        new = self.settings = loaded.settings._replace(**{name: getattr(running, name) for name in RESTART_ONLY})
         self.sources = {**loaded.sources, **{name: self.sources.get(name, DEFAULT) for name in RESTART_ONLY}}
         restart_needed = []
         for name in waiting:
@@ -407,9 +408,16 @@ def raise_open_file_limit() -> None:
         log.debug("could not raise the open file limit: %s", e)
 
 
+def parse_flags(argv: list[str]) -> dict[str, Any]:
+    """The settings given on the command line. The service units give none: then there is no parser to build
+    (argparse and building it were ~3 ms of a socket-activated start, bench/ANALYSIS.md)."""
+    if not argv:
+        return {}
+    return {k: v for k, v in vars(build_parser().parse_args(argv)).items() if v is not None}
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    flags = {k: v for k, v in vars(args).items() if v is not None}
+    flags = parse_flags(sys.argv[1:] if argv is None else argv)
     env = os.environ
     try:
         loaded = config.load(flags, env)

@@ -7,9 +7,8 @@ The daemon and convctl both load their settings here, so they agree on every val
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from convocationsd.common import paths
 from convocationsd.common.settings import (
@@ -24,8 +23,7 @@ from convocationsd.store import configfile
 from convocationsd.store.select import FIELDS, TABLE
 
 
-@dataclass(frozen=True)
-class Loaded:
+class Loaded(NamedTuple):
     settings: Settings
     sources: dict[str, str]  # setting -> its flag, variable, "<key> in <file>", or settings.DEFAULT
     warnings: list[str]  # config_warnings of the file

@@ -13,10 +13,8 @@ import errno
 import fcntl
 import os
 import re
-import secrets
 import stat
 import time
-import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -73,6 +71,8 @@ def update(path: Path, mutate: Callable[[tomlkit.TOMLDocument], tomlkit.TOMLDocu
         if changed is not None:  # not `or`: an empty document is falsy
             doc = changed
         new_text = tomlkit.dumps(doc)
+        import tomllib
+
         try:
             tomllib.loads(new_text)
         except tomllib.TOMLDecodeError as e:  # a bug in the caller's mutation; keep the old file
@@ -236,6 +236,8 @@ _AT_END = re.compile(r"\s*\(at end of document\)$")
 
 
 def _parse(path: Path, data: bytes) -> dict[str, Any]:
+    import tomllib  # when there is a file to read: ~3 ms of a daemon's start, none of a daemon without one
+
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -341,7 +343,7 @@ def _remove_stale_temps(path: Path) -> None:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.parent / f"{_temp_prefix(path)}{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    tmp = path.parent / f"{_temp_prefix(path)}{os.getpid()}.{os.urandom(4).hex()}.tmp"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:

@@ -13,7 +13,6 @@ import base64
 import binascii
 import errno
 import os
-import secrets
 import stat
 from pathlib import Path
 
@@ -38,7 +37,7 @@ class LocalEncrypted:
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
         master = self._master_key(create=True)
-        nonce = secrets.token_bytes(NONCE_BYTES)  # fresh for every write
+        nonce = os.urandom(NONCE_BYTES)  # fresh for every write (os.urandom is what secrets.token_bytes calls)
         ciphertext = AESGCM(master).encrypt(nonce, key.encode("utf-8"), AAD)
         return _b64(nonce), _b64(ciphertext)
 
@@ -132,11 +131,11 @@ class LocalEncrypted:
         directory = path.parent
         try:
             make_private_dir(directory)
-            tmp = directory / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+            tmp = directory / f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             try:
                 try:
-                    os.write(fd, secrets.token_bytes(KEY_BYTES))
+                    os.write(fd, os.urandom(KEY_BYTES))
                     os.fsync(fd)
                 finally:
                     os.close(fd)
@@ -166,7 +165,7 @@ class LocalEncrypted:
         except FileExistsError:
             return
         try:
-            os.write(fd, secrets.token_bytes(KEY_BYTES))
+            os.write(fd, os.urandom(KEY_BYTES))
             os.fsync(fd)
         finally:
             os.close(fd)

@@ -18,7 +18,6 @@ the latest, so it cannot land in the keyring long after the daemon reported the 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -246,7 +245,7 @@ def main(config_path: str, forced_backend: str) -> None:
         root.setLevel(request["log_level"])
         reply = _serve(store, request)
         reply["logs"], keep.records = keep.records, []
-        reply["last_store"] = dataclasses.asdict(store.last_store) if store.last_store else None
+        reply["last_store"] = store.last_store._asdict() if store.last_store else None
         sys.stdout.write(json.dumps(reply) + "\n")
         sys.stdout.flush()
     os._exit(0)  # no teardown: nothing is left to flush, and a keyring thread that timed out is simply dropped

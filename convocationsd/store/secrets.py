@@ -8,16 +8,15 @@ when no daemon runs, so both go through the same code.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 KEYRING = "keyring"
 LOCAL_ENCRYPTED = "local-encrypted"
 MEMORY = "memory"
 
 
-@dataclass(frozen=True)
-class SecretStatus:
+# NamedTuples, not dataclasses: a dataclass costs ~1.5 ms to create, on every start (bench/ANALYSIS.md).
+class SecretStatus(NamedTuple):
     stored: bool
     backend: str | None
 
@@ -25,8 +24,7 @@ class SecretStatus:
         return {"stored": self.stored, "backend": self.backend}
 
 
-@dataclass(frozen=True)
-class StoreOutcome:
+class StoreOutcome(NamedTuple):
     """How the last ``set`` went, for `status` and doctor: where the key went, or why it went nowhere."""
 
     at: float  # time.time() when it ended

@@ -15,11 +15,10 @@ the person wrote inside the table (comments, settings) to the top level with it.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from convocationsd.common.settings import shown_key
 from convocationsd.core.errors import ConfigError, ConvError, SecretStoreError
@@ -28,7 +27,17 @@ from convocationsd.store.encrypted import KEY_FILE, LocalEncrypted
 from convocationsd.store.keyring_backend import SERVICE, USERNAME, KeyringBackend, KeyringMissing
 from convocationsd.store.secrets import KEYRING, LOCAL_ENCRYPTED, SecretStatus, SecretStore, StoreOutcome
 
-log = logging.getLogger("convocationsd.store.secrets")
+if TYPE_CHECKING:
+    import logging
+
+
+def _log() -> logging.Logger:
+    """The store's logger. logging is imported when there is something to log, not to read a key: it is ~5 ms
+    of a `convctl exec` without a daemon (bench/ANALYSIS.md); the daemon has it loaded anyway."""
+    import logging
+
+    return logging.getLogger("convocationsd.store.secrets")
+
 
 TABLE = "openrouter_api_key"
 BACKENDS = (KEYRING, LOCAL_ENCRYPTED)
@@ -99,7 +108,7 @@ class ConfiguredStore:
                 if self.forced == KEYRING:
                     raise
                 keyring_error, backend = e, LOCAL_ENCRYPTED
-                log.warning(
+                _log().warning(
                     "OS keyring unavailable: %s; storing the OpenRouter key encrypted in %s instead.",
                     e.message.rstrip("."),
                     self.config_path,
@@ -120,7 +129,7 @@ class ConfiguredStore:
                 self._report_stale_copy(old, keyring_error.message)
             else:
                 self._remove_keyring_copy(old["service"], old["username"], why=f"the key moved to {backend}")
-        log.info("OpenRouter key stored (backend %s).", backend)
+        _log().info("OpenRouter key stored (backend %s).", backend)
         return backend, keyring_error
 
     def get(self) -> str | None:
@@ -151,7 +160,7 @@ class ConfiguredStore:
             if ref and ref["backend"] == KEYRING:
                 self.keyring.delete(ref["service"], ref["username"])  # if this fails the reference stays
             self._write_reference(None)
-            log.info("OpenRouter key removed.")
+            _log().info("OpenRouter key removed.")
             return True
 
     # -- config.toml -------------------------------------------------------------------------------
@@ -208,12 +217,12 @@ class ConfiguredStore:
     def _remove_keyring_copy(self, service: str, username: str, *, why: str) -> None:
         try:
             if self.keyring.delete(service, username):
-                log.info("Removed the old copy of the OpenRouter key from the OS keyring (%s).", why)
+                _log().info("Removed the old copy of the OpenRouter key from the OS keyring (%s).", why)
         except SecretStoreError as e:
             self._report_stale_copy({"service": service, "username": username}, e.message)
 
     def _report_stale_copy(self, old: dict[str, str], reason: str) -> None:
-        log.warning(
+        _log().warning(
             "An old copy of the OpenRouter key may remain in the OS keyring (%s); remove it with "
             "`secret-tool clear service %s username %s`, or store the key again once the keyring works.",
             reason.rstrip("."),
@@ -234,7 +243,7 @@ class ConfiguredStore:
                 self._remove_keyring_copy(SERVICE, USERNAME, why="a timed-out keyring write finished late")
             elif op == "delete" and in_keyring:
                 self._write_reference(None)  # the clear that timed out did happen: finish it
-                log.info("A timed-out keyring removal finished late; the OpenRouter key reference was removed too.")
+                _log().info("A timed-out keyring removal finished late; the OpenRouter key reference was removed too.")
 
 
 def _same_keyring_entry(old: dict[str, str] | None, new: dict[str, str]) -> bool:
@@ -319,7 +328,7 @@ def write_reference(doc: Any, ref: dict[str, str] | None) -> Any:
         )
     settings_moved = [shown_key(name.key) for name, _ in moved if name is not None]
     if settings_moved:
-        log.warning(
+        _log().warning(
             "Moved %s out of the [%s] table to the top level of config.toml, where settings take effect.",
             ", ".join(settings_moved),
             TABLE,

@@ -271,8 +271,9 @@ def _wrong_type_cases():
 
 
 def test_wrong_types_for_every_param_of_every_method(mdaemon):
-    """Every method x every param x wrong-typed values (and unknown params, non-object params, missing required):
-    -32602 each, on one connection that stays usable; nothing started, stored or cleared."""
+    """Every method x every param x wrong-typed values (and unknown params, positional params, missing required):
+    -32602 each; params that are not structured (a string, a number, a boolean): -32600, the request is
+    invalid; all on one connection that stays usable; nothing started, stored or cleared."""
     d = mdaemon
     d.call("secret.set", {"key": "sk-or-v1-" + "1" * 64})
     cases = list(_wrong_type_cases())
@@ -292,7 +293,9 @@ def test_wrong_types_for_every_param_of_every_method(mdaemon):
                 got[msg["id"]] = msg
         for i, (method, params) in enumerate(cases):
             assert "error" in got[i], (method, params, got[i])
-            assert got[i]["error"]["code"] == protocol.INVALID_PARAMS, (method, params, got[i])
+            structured = params is None or isinstance(params, (dict, list))
+            want = protocol.INVALID_PARAMS if structured else protocol.INVALID_REQUEST
+            assert got[i]["error"]["code"] == want, (method, params, got[i])
         assert c.call("status")["pid"] == d.proc.pid
     assert d.call("secret.get") == {"key": "sk-or-v1-" + "1" * 64}
     flow = d.call("status")["flow"]
@@ -318,14 +321,15 @@ def test_secret_set_rejects_implausible_keys(mdaemon, value):
 
 
 def test_half_written_lines_then_disconnect(mdaemon):
-    """300 clients each send half a request (or a whole secret.set with no newline) and hang up:
-    nothing runs, nothing stored, no descriptor leaks."""
+    """300 clients each send half a request (a secret.set or an oauth.start cut before its last brace) and
+    hang up: nothing runs, nothing stored, no descriptor leaks. (A whole request without its newline is a
+    line that the end of input ends: it runs, as docs/protocol.md says.)"""
     d = mdaemon
     fds = open_fds(d.proc.pid)
     halves = [
         b'{"jsonrpc":"2.0","id":1,"meth',
-        b'{"jsonrpc":"2.0","id":1,"method":"secret.set","params":{"key":"sk-or-v1-half"}}',
-        b'{"jsonrpc":"2.0","id":1,"method":"oauth.start"}',
+        b'{"jsonrpc":"2.0","id":1,"method":"secret.set","params":{"key":"sk-or-v1-half"}',
+        b'{"jsonrpc":"2.0","id":1,"method":"oauth.start"',
         b"\xe2\x82",
     ]
     for i in range(300):

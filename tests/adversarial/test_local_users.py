@@ -113,7 +113,7 @@ REFUSED_REQUESTS = (
 ANOTHER = 23452  # a uid with no account, as a second user
 
 
-@needs_root_setpriv
+@pytest.mark.needs_root
 def test_refusals_from_two_uids_name_both(daemon_factory):
     """Another user sends 5 requests, then a third sends 300: the log has one line for the first and, at
     shutdown, one line that names both uids with their counts, not the first one's name for all 304.

@@ -244,3 +244,17 @@ def test_service_status_shows_systemctl_output_inert():
     text = out.getvalue()
     assert "\x1b" not in text and "\r" not in text and "\\x1b]0;owned\\x07Failed" in text, text
     assert not any(line.startswith(FORGED) for line in text.split("\n")), text
+
+
+def test_no_steering_character_is_printable():
+    # safe_line and safe_json pass printable text through untouched (their fast path): that is safe only
+    # while str.isprintable() is False for every character a terminal could act on, in this Python too.
+    from convocationsd.cli.terminal import safe_json, safe_line
+
+    everything = "".join(map(chr, range(0x110000)))
+    steering = [*STEERING.findall(everything), "\n"]
+    assert len(steering) == 0x0A + 0x15 + 0x21 + 1 + 2 + 7 + 4 + 0x800 + 1  # every range of STEERING
+    assert not any(ch.isprintable() for ch in steering)
+    for ch in steering:
+        assert STEERING.search(safe_line(f"a{ch}b")) is None
+        assert json.loads(safe_json({"k": f"a{ch}b"})) == {"k": f"a{ch}b"}

@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -131,3 +135,26 @@ def test_config_errors_in_convctl_use_convctls_words(env, short_tmp):
     assert done.returncode == 1
     assert f"Invalid keyring_timeout_seconds from keyring_timeout_seconds in {config}" in done.stderr
     assert 'not "forever"' in done.stderr and "start again" not in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_console_script_exits_with_mains_code_and_all_its_output(env, capsys, monkeypatch):
+    # convctl ends with os._exit, skipping the interpreter's teardown (cli.main.entry): what main printed must
+    # still all arrive, and its exit code be the process's.
+    script = Path(sys.executable).with_name("convctl")
+    env = dict(env, COLUMNS="100")
+    helped = subprocess.run([script, "--help"], env=env, capture_output=True, text=True, timeout=60)
+    monkeypatch.setenv("COLUMNS", "100")
+    assert cli.main(["--help"]) == 0
+    assert helped.returncode == 0 and helped.stdout == capsys.readouterr().out and "secret" in helped.stdout
+    bad = subprocess.run([script, "status", "--frobnicate"], env=env, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and bad.stdout == "" and bad.stderr.startswith("convctl: Unrecognized arguments")
+
+
+def test_the_console_script_leaves_quietly_when_its_reader_has_gone(env):
+    # `convctl ... | head`: the output goes nowhere, and neither main nor the flush in entry may say more.
+    script = Path(sys.executable).with_name("convctl")
+    read, write = os.pipe()
+    os.close(read)
+    done = subprocess.run([script, "--help"], env=env, stdout=write, stderr=subprocess.PIPE, text=True, timeout=60)
+    os.close(write)
+    assert done.returncode == 0 and done.stderr == ""

@@ -97,6 +97,23 @@ EXAMPLES = [
     ),
     # Not in section 7, but in the specification's text: "id": null is a request, answered with null.
     ("id null (section 4)", '{"jsonrpc": "2.0", "method": "secret.status", "id": null}', result(None, SECRET_STATUS)),
+    # Section 4.2: params "MUST be a Structured value"; a request without one is invalid, with or without id.
+    (
+        "params a string (section 4.2)",
+        '{"jsonrpc": "2.0", "method": "status", "params": "bar", "id": 7}',
+        error(7, -32600),
+    ),
+    (
+        "params a number, no id (section 4.2)",
+        '{"jsonrpc": "2.0", "method": "status", "params": 42}',
+        error(None, -32600),
+    ),
+    # Our documented choice (docs/protocol.md): an invalid request whose id is usable gets it back.
+    (
+        "invalid Request object with a usable id",
+        '{"jsonrpc": "1.0", "method": "status", "id": "i"}',
+        error("i", -32600),
+    ),
 ]
 
 
@@ -155,3 +172,39 @@ def test_specification_example(conformance_daemon, title, sent, expected):
             found = next((reply for reply in unmatched if matches(reply, want)), None)
             assert found is not None, (want, answers)
             unmatched.remove(found)
+
+
+# -- framing (docs/protocol.md, "Framing and JSON-RPC 2.0") -------------------------------------------------
+
+
+def exchange(daemon: DaemonProcess, sent: bytes) -> list:
+    """Sends ``sent``, shuts down the sending side, and reads every line until the daemon closes."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(10)
+        s.connect(str(daemon.socket))
+        s.sendall(sent)
+        s.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    assert data.endswith(b"\n")
+    return [json.loads(line) for line in data.splitlines()]
+
+
+def test_a_last_line_without_newline_is_answered_at_end_of_input(conformance_daemon):
+    # `printf '{...}' | socat - UNIX-CONNECT:...`: the end of input ends the line as a newline would.
+    sent = b'{"jsonrpc":"2.0","id":1,"method":"secret.status"}\n{"jsonrpc":"2.0","id":2,"method":"secret.status"}'
+    assert exchange(conformance_daemon, sent) == [result(1, SECRET_STATUS), result(2, SECRET_STATUS)]
+
+
+def test_blank_lines_and_crlf_are_accepted(conformance_daemon):
+    sent = b'\n  \r\n\t\n{"jsonrpc":"2.0","id":1,"method":"secret.status"}\r\n\n'
+    assert exchange(conformance_daemon, sent) == [result(1, SECRET_STATUS)]
+
+
+def test_a_byte_order_mark_is_a_parse_error_that_says_so(conformance_daemon):
+    sent = b'\xef\xbb\xbf{"jsonrpc":"2.0","id":1,"method":"secret.status"}\n'
+    sent += b'{"jsonrpc":"2.0","id":2,"method":"secret.status"}\n'  # the connection stays usable
+    first, second = exchange(conformance_daemon, sent)
+    assert matches(first, error(None, -32700)) and "byte order mark" in first["error"]["message"]
+    assert second == result(2, SECRET_STATUS)

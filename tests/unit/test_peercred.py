@@ -78,7 +78,7 @@ def test_a_socket_the_system_cannot_ask_has_no_uid():
 def test_macos_and_bsd_read_cr_uid_of_local_peercred(monkeypatch, platform):
     """struct xucred {u_int cr_version; uid_t cr_uid; short cr_ngroups; gid_t cr_groups[16]} (76 bytes),
     asked with SOL_LOCAL (0) and LOCAL_PEERCRED (1). Linux has no such call, so the answer is made here."""
-    monkeypatch.delattr(socket, "SO_PEERCRED")
+    monkeypatch.delattr(peercred.socket, "SO_PEERCRED")  # the module peercred asks (_socket)
     monkeypatch.setattr(sys, "platform", platform)
     uid, gid = 501, 20
     sock = Creds(struct.pack("IihxxI", 0, uid, 1, gid) + bytes(60))
@@ -88,7 +88,7 @@ def test_macos_and_bsd_read_cr_uid_of_local_peercred(monkeypatch, platform):
 
 
 def test_a_system_with_neither_call_names_no_uid(monkeypatch):
-    monkeypatch.delattr(socket, "SO_PEERCRED")
+    monkeypatch.delattr(peercred.socket, "SO_PEERCRED")  # the module peercred asks (_socket)
     monkeypatch.setattr(sys, "platform", "sunos5")
     sock = Creds(struct.pack("3i", 1, 2, 3))
     assert peercred.peer_uid(sock) is None  # type: ignore[arg-type]

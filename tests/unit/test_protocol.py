@@ -278,11 +278,21 @@ def test_batch_that_is_not_json_is_one_parse_error():
 # -- -32602 ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("params", ["x", 1, True])
-@pytest.mark.parametrize("method", sorted(METHODS))
-def test_params_not_an_object(method, params):
+@pytest.mark.parametrize("params", ["x", "", 1, 0, 1.5, True, False])
+@pytest.mark.parametrize("method", [*sorted(METHODS), "nope"])
+def test_params_not_structured_is_an_invalid_request(method, params):
+    # JSON-RPC 2.0: params "MUST be a Structured value". Not one, the request object is invalid (-32600,
+    # before the method is looked up); its usable id is echoed, as for every invalid request.
     e = err(req(method, params, id_=3))
-    assert e.code == INVALID_PARAMS and e.id == 3
+    assert e.code == INVALID_REQUEST and e.id == 3
+    assert "params must be an object" in e.message
+
+
+@pytest.mark.parametrize("params", ["x", 1, False])
+def test_params_not_structured_without_id_is_answered_with_null(params):
+    # Not a valid request, so not a notification: answered, with id null.
+    e = err(line({"jsonrpc": "2.0", "method": "status", "params": params}))
+    assert e.code == INVALID_REQUEST and e.id is None
 
 
 @pytest.mark.parametrize("params", [[True], ["sk-or-v1-abc"], [None], [{}]])

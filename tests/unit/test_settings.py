@@ -51,7 +51,7 @@ LAYERS = {
 
 def test_every_sourced_field_is_covered():
     assert set(LAYERS) == set(settings.SOURCES)
-    assert set(settings.CONVERT) == set(Settings.__dataclass_fields__)
+    assert set(settings.CONVERT) == set(Settings._fields)
 
 
 def test_sources_match_the_contract():
@@ -85,8 +85,8 @@ def test_precedence(name):
     assert getattr(build(flags, {}, config), name) == want_flag
     assert getattr(build({}, env, {}), name) == want_env
     # the other fields are untouched
-    others = {f: v for f, v in vars(build(flags, env, config)).items() if f != name}
-    assert others == {f: v for f, v in vars(build()).items() if f != name}
+    others = {f: v for f, v in build(flags, env, config)._asdict().items() if f != name}
+    assert others == {f: v for f, v in build()._asdict().items() if f != name}
 
 
 @pytest.mark.parametrize("name", sorted(LAYERS))
