@@ -29,6 +29,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# Every process started inside (and the root built for it) gets this umask, not the test process's: code
+# under test in this pytest process narrows the umask for a moment (umask 077 around a socket or a file),
+# and a venv made inside in such a moment was unreadable to the person (seen once in a full run).
+UMASK = 0o022
 SUITE = "bookworm"  # Debian 12: systemd 252, the oldest manager the units are written for
 PACKAGES = (
     *("systemd", "systemd-sysv", "dbus", "dbus-user-session", "python3", "python3-venv", "procps"),
@@ -153,7 +157,7 @@ def ensure_root(cache: Path = CACHE) -> tuple[Path, float | None]:
 def _debootstrap(target: Path) -> None:
     mirror = debian_mirror()
     argv = ["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE, str(target), mirror]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=900, umask=UMASK)
     if done.returncode != 0:
         tail = "\n".join((done.stdout + done.stderr).splitlines()[-15:])
         raise RuntimeError(
@@ -201,7 +205,12 @@ class Container:
         ]
         with open(log_path, "wb") as log:
             self.nspawn = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_end_with_parent
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_end_with_parent,
+                umask=UMASK,
             )
         deadline = time.monotonic() + timeout
         self.pid1 = self._wait_for_pid1(deadline)
@@ -252,7 +261,13 @@ class Container:
         timeout: float = 60.0,
     ) -> subprocess.CompletedProcess:
         done = subprocess.run(
-            self.enter(argv, user), input=input, capture_output=True, text=True, timeout=timeout, check=False
+            self.enter(argv, user),
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            umask=UMASK,
         )
         if check and done.returncode != 0:
             who = user.name if user else "root"
@@ -267,6 +282,7 @@ class Container:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            umask=UMASK,
             start_new_session=True,  # its own process group: see stop()
         )
 
