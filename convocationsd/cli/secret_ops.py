@@ -35,7 +35,7 @@ def _settings():
 
 
 def _direct_store(s=None):
-    from convocationsd.store.select import open_store
+    from convocationsd.store.configured import open_store
 
     s = s or _settings()
     return open_store(s.config_path, forced_backend=s.secret_backend, keyring_timeout=s.keyring_timeout_seconds)

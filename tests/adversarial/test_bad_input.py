@@ -742,7 +742,7 @@ def test_config_fuzz_reaches_settings_and_secret_status_safely(tmp_path, data):
     from convocationsd.core.errors import ConvError
     from convocationsd.daemon.main import load_settings
     from convocationsd.store import configfile
-    from convocationsd.store.select import ConfiguredStore
+    from convocationsd.store.configured import ConfiguredStore
 
     cfg = tmp_path / "cfg" / "convocations"
     cfg.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ from convocationsd.store import configfile
 from convocationsd.store.helper import HelperStore
 from convocationsd.store.keyring_backend import SERVICE, USERNAME
 from convocationsd.store.secrets import KEYRING, LOCAL_ENCRYPTED, MEMORY, MemoryStore
-from convocationsd.store.select import open_store
+from convocationsd.store.configured import open_store
 
 
 @pytest.fixture

@@ -97,7 +97,7 @@ def test_direct_store_uses_the_daemons_settings(env, monkeypatch):
     def open_store(config_path, *, forced_backend=None, keyring_timeout=120.0):
         seen.update(config_path=config_path, forced_backend=forced_backend, keyring_timeout=keyring_timeout)
 
-    monkeypatch.setattr("convocationsd.store.select.open_store", open_store)
+    monkeypatch.setattr("convocationsd.store.configured.open_store", open_store)
     secret_ops._direct_store()
     assert seen == {"config_path": config, "forced_backend": "local-encrypted", "keyring_timeout": 7.0}
     monkeypatch.setenv("CONVOCATIONS_SECRET_BACKEND", "keyring")
