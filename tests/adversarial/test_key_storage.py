@@ -24,9 +24,9 @@ from convocationsd.client import Client
 from convocationsd.common.interpreter import module_command
 from convocationsd.core.errors import ConvError
 from convocationsd.store import helper as helper_module
+from convocationsd.store.configured import open_store
 from convocationsd.store.helper import HelperStore
 from convocationsd.store.secrets import LOCAL_ENCRYPTED
-from convocationsd.store.configured import open_store
 from tests.adversarial.harness import assert_healthy, next_event, open_fds, subscriber
 from tests.adversarial.test_bad_input import _connect_unix, _raise_nofile
 from tests.conftest import assert_no_secret, base_env, wait_until

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -108,6 +110,16 @@ def test_methods_cover_the_contract():
     assert METHODS["secret.set"]["key"] == ((str,), True)
     for m in ("status", "secret.status", "secret.clear", "secret.get"):
         assert METHODS[m] == {}
+
+
+def test_every_method_is_a_documented_one():
+    """METHODS is the public interface: each method has its row in docs/protocol.md's table, debug.modules too
+    (the import-budget tests ask the daemon as it ships), and the table names no method the daemon lacks."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
+    table = text.split("\n## Methods\n", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"^\| `([\w.]+)` \|", table, re.MULTILINE))
+    assert documented == set(METHODS)
+    assert "debug.modules" in documented
 
 
 def test_the_parametrised_cases_are_not_empty():
