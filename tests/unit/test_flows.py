@@ -181,7 +181,7 @@ def test_the_other_mode_joins_the_pending_flow(store):
     r = store.start(paste=True)
     assert r.joined is True and r.flow is cb and r.cancelled is None and cb.status == flows.PENDING
     r2 = store.start(paste=True, restart=True)
-    assert r2.cancelled is cb and cb.error is flows.REPLACED[True]
+    assert r2.cancelled is cb and cb.error is flows.REPLACED[True] and cb.error.code == "replaced"
     assert cb.error.message == "The login was replaced by a new login started elsewhere (paste mode); finish that one."
     assert r2.flow.paste is True and r2.flow.callback_url is None and store.pending is r2.flow
 
@@ -325,6 +325,32 @@ def test_stateless_code_when_allowed_waits_for_its_page_and_leaves_the_flow_pend
     with pytest.raises(CallbackRejected) as ei:
         s.confirmation_token("another")  # a stateless one never disturbs a running exchange
     assert ei.value.reason == "busy" and f.status == flows.EXCHANGING
+
+
+def test_a_confirmed_code_waits_while_another_is_exchanged(clock, tokens):
+    """The person presses "Finish linking" while the callback with the right state is being exchanged: refused
+    as busy, and not used up, so the page works once that exchange let the flow wait again."""
+    s = make_store(clock, tokens, require_state=False)
+    f = s.start().flow
+    token = s.confirmation_token("stray")
+    s.claim_code("real", f.state)
+    with pytest.raises(CallbackRejected) as ei:
+        s.take_confirmed_code("stray", token)
+    assert ei.value.reason == "busy" and f.status == flows.EXCHANGING
+    s.release(f)  # that code was not ours after all
+    assert s.take_confirmed_code("stray", token) is f
+
+
+def test_codes_and_tokens_that_are_not_valid_unicode_are_handled_as_text(clock, tokens):
+    """A lone surrogate (what a query string's invalid UTF-8 can decode to) in a code or a page's token is
+    compared like any other text, never an exception."""
+    s = make_store(clock, tokens, require_state=False)
+    f = s.start().flow
+    token = s.confirmation_token("\ud800code")
+    with pytest.raises(CallbackRejected) as ei:
+        s.take_confirmed_code("\ud800code", token[:-1] + "\udfff")
+    assert ei.value.reason == "not_pending"
+    assert s.take_confirmed_code("\ud800code", token) is f
 
 
 def test_stateless_code_is_remembered(clock, tokens):
@@ -647,6 +673,8 @@ def test_public_never_contains_verifier_state_or_code(store, clock, outcome):
     assert f.state not in json.dumps(without_url)
     assert repr(f).count(f.state) == repr(f.auth_url).count(f.state) == 1
     assert "verifier" not in repr(f) and f"state={f.state!r}" not in repr(f)
+    assert f.confirm_key not in "".join(_all_public_texts(f)) and "confirm" not in repr(f)
+    assert repr(f).startswith(f"Flow(auth_url={f.auth_url!r}, ") and repr(f).endswith(")")
     reply = {k: v for k, v in f.start_reply(False).items() if k != "auth_url"}
     assert f.state not in json.dumps(reply)
 
@@ -698,6 +726,7 @@ def test_complete_data_is_the_events_data(store):
 def test_a_flow_built_by_hand_has_the_documented_defaults():
     f = flows.Flow("sid", "state", "verifier", "https://x/auth", None, T0, T0 + 1)
     assert (f.paste, f.status, f.error, f.backend, f.done) == (False, "pending", None, None, False)
+    assert (f.confirm_key, f.confirmed) == ("", set())  # no confirmation key: only the store draws one
 
 
 def test_flows_compare_by_identity():

@@ -472,6 +472,17 @@ def test_only_utf8_lines(encoding):
     assert e.code == PARSE_ERROR
 
 
+def test_a_byte_order_mark_is_named_in_the_parse_error():
+    """UTF-8 with a byte order mark (what some Windows tools write) gets a message that says what to change;
+    any other line that is not UTF-8 JSON, a UTF-16 one with its own mark included, gets the general one."""
+    marked = err('{"jsonrpc":"2.0","id":1,"method":"status"}'.encode("utf-8-sig"))
+    assert marked.code == PARSE_ERROR and "byte order mark (U+FEFF)" in marked.message
+    for raw in ('{"jsonrpc":"2.0","id":1,"method":"status"}'.encode("utf-16"), b"\xef\xbb", b"not json"):
+        other = err(raw)
+        assert other.code == PARSE_ERROR and "byte order mark" not in other.message
+        assert "one UTF-8 JSON request object or batch array" in other.message
+
+
 # -- encoding --------------------------------------------------------------------------------------
 
 
