@@ -22,7 +22,7 @@ from .report import Section
 IN_PROCESS = """
 import json, sys, time
 from pathlib import Path
-from convocationsd.store.select import open_store
+from convocationsd.store.configured import open_store
 def rss():
     return int(Path("/proc/self/status").read_text().split("VmRSS:")[1].split()[0])
 config, backend, calls = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])

@@ -1,7 +1,8 @@
 """The behaviour every SecretStore must show, written once and run against each backend.
 
 A backend's test is a small subclass that defines ``make_store(tmp_path)`` and ``backend`` (the name
-``set`` must return). Every test also checks that no key it used shows up in a log record, and, when
+``set`` must return). ``MemoryStore`` is the reference implementation: the contract's own check, and a
+store for tests that need one without a keyring or a file. Every test also checks that no key it used shows up in a log record, and, when
 the subclass names a directory through ``scan_dir``, in any file under it. Also here: the checks for
 leaks, and a real Secret Service for fixtures (or a clean skip).
 """
@@ -12,11 +13,14 @@ import logging
 import os
 import secrets
 import stat
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from convocationsd.store.keyring_backend import SERVICE, USERNAME
+from convocationsd.store.secrets import SecretStatus, StoreOutcome
 
 LONG_KEY = "sk-or-v1-" + ("0123456789abcdef" * 256)[: 4096 - len("sk-or-v1-")]
 UNICODE_KEY = "sk-or-ключ-🔑-ü-中文-\u00e9\u0301"
@@ -54,6 +58,37 @@ def assert_key_in_no_file(key: str, directory: Path) -> None:
             except FileNotFoundError:
                 continue  # removed while we looked: a keyring's temporary file
             assert needle not in data, f"plaintext key found in {path}"
+
+
+MEMORY = "memory"
+
+
+class MemoryStore:
+    """Keeps the key in this process only: the SecretStore interface at its simplest."""
+
+    def __init__(self) -> None:
+        self._key: str | None = None
+        self._lock = threading.Lock()
+        self.last_store: StoreOutcome | None = None
+
+    def status(self) -> SecretStatus:
+        with self._lock:
+            return SecretStatus(self._key is not None, MEMORY if self._key is not None else None)
+
+    def set(self, key: str) -> str:
+        with self._lock:
+            self._key = key
+        self.last_store = StoreOutcome(time.time(), MEMORY)
+        return MEMORY
+
+    def get(self) -> str | None:
+        with self._lock:
+            return self._key
+
+    def clear(self) -> bool:
+        with self._lock:
+            had, self._key = self._key is not None, None
+        return had
 
 
 class SecretStoreContract:

@@ -9,8 +9,8 @@ from convocationsd.client import Client
 from convocationsd.core.errors import DaemonUnreachable, KeyNotAccepted
 
 KEYRING_WAIT = 150.0  # seconds for the daemon's answer to a secret call: a keyring unlock prompt may take a while
-KEY_CHECK_TIMEOUT = 10.0  # seconds for OpenRouter to answer GET /api/v1/key when no daemon runs
-KEY_INFO_PATH = "/api/v1/key"  # what daemon/openrouter.py asks too
+KEY_CHECK_TIMEOUT = 10.0  # seconds for OpenRouter to answer the key check when no daemon runs
+MAX_ANSWER_BYTES = 64 * 1024  # of the key check's answer, as the daemon's client reads at most
 
 
 def _via_daemon(socket: str | None, method: str, params: dict | None = None) -> dict | None:
@@ -35,7 +35,7 @@ def _settings():
 
 
 def _direct_store(s=None):
-    from convocationsd.store.select import open_store
+    from convocationsd.store.configured import open_store
 
     s = s or _settings()
     return open_store(s.config_path, forced_backend=s.secret_backend, keyring_timeout=s.keyring_timeout_seconds)
@@ -47,17 +47,18 @@ def status(socket: str | None) -> dict:
 
 
 def set_key(socket: str | None, key: str, *, verify: bool = True) -> dict:
-    """Stores ``key``; with ``verify``, only a key OpenRouter accepts, or one it could not be asked about
-    (then ``verified`` is False and ``not_verified_because`` says why). Raises KeyNotAccepted."""
+    """``secret.set``: stores ``key``; with ``verify``, only a key OpenRouter accepts, or one it could not be
+    asked about (then ``verified`` is False and ``not_verified_because`` says why). Raises KeyNotAccepted.
+    With no daemon to ask, does what its Controller.secret_set does, by the same rules (core/keycheck)."""
     reply = _via_daemon(socket, "secret.set", {"key": key, "verify": verify})
     if reply is not None:
         return reply
+    from convocationsd.core import keycheck
+
+    key = keycheck.check_key(key)
     settings = _settings()
     unchecked = check_with_openrouter(settings.openrouter_url, key) if verify else None
-    result = {"stored": True, "backend": _direct_store(settings).set(key)}
-    if verify:
-        result.update(verified=unchecked is None, not_verified_because=unchecked)
-    return result
+    return keycheck.stored(_direct_store(settings).set(key), verify=verify, not_verified_because=unchecked)
 
 
 def get(socket: str | None) -> str | None:
@@ -71,32 +72,41 @@ def clear(socket: str | None) -> dict:
 
 
 def check_with_openrouter(base_url: str, key: str, timeout: float = KEY_CHECK_TIMEOUT) -> str | None:
-    """``GET /api/v1/key`` with urllib (convctl does not load aiohttp): None when OpenRouter accepts the key,
-    why it could not be asked otherwise; KeyNotAccepted for a 401. Redirects are not followed, so the key
-    goes nowhere but ``base_url``; no text of the answer is shown."""
+    """Asks OpenRouter about ``key`` as the daemon's client does (core/keycheck: the request and what its
+    answer means), but with urllib, since convctl does not load aiohttp. None when OpenRouter accepts the key,
+    why it could not be asked otherwise; KeyNotAccepted when it rejects it. Redirects are not followed, so the
+    key goes nowhere but ``base_url``; no text of the answer is shown."""
+    import http.client
     import urllib.error
     import urllib.request
+
+    from convocationsd.core import keycheck
 
     class NoRedirects(urllib.request.HTTPRedirectHandler):
         def redirect_request(self, *args: object, **kwargs: object) -> None:
             return None  # urllib then raises HTTPError for the 3xx itself
 
     request = urllib.request.Request(
-        base_url.rstrip("/") + KEY_INFO_PATH, headers={"Authorization": f"Bearer {key}", "User-Agent": "convctl"}
+        base_url.rstrip("/") + keycheck.KEY_INFO_PATH,
+        headers={"Authorization": f"Bearer {key}", "User-Agent": "convctl"},
     )
     from convocationsd.common.settings import public_url  # here: settings costs `secret status` ~25 ms
 
     shown = public_url(base_url)
     try:
         with urllib.request.build_opener(NoRedirects).open(request, timeout=timeout) as response:
-            response.read(64 * 1024)
+            status, body = response.status, response.read(MAX_ANSWER_BYTES)
     except urllib.error.HTTPError as e:
         e.close()
-        if e.code == 401:
-            raise KeyNotAccepted from None
-        return f"OpenRouter at {shown} answered HTTP {e.code}"
-    except (urllib.error.URLError, OSError, ValueError) as e:
+        status, body = e.code, b""  # no error status carries the key's information
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
         reason = getattr(e, "reason", e)
         text = reason.strerror if isinstance(reason, OSError) and reason.strerror else type(reason).__name__
         return f"Could not reach OpenRouter at {shown} ({text})"
+    if status == keycheck.REJECTED:
+        raise KeyNotAccepted
+    if keycheck.key_info(status, body) is None:
+        return f"OpenRouter at {shown} answered HTTP {status}" + (
+            " without the key's information" if status == 200 else ""
+        )
     return None

@@ -27,7 +27,7 @@ SOURCES: dict[str, tuple[str | None, str | None]] = {
     "allow_port_fallback": ("CONVOCATIONS_ALLOW_PORT_FALLBACK", "allow_port_fallback"),
 }
 
-# The top-level keys config.toml may hold for settings (the key reference is store/select.py's).
+# The top-level keys config.toml may hold for settings (the key reference is store/configured.py's).
 CONFIG_KEYS = frozenset(key for _, key in SOURCES.values() if key)
 DEFAULT = "the default"  # the source of a value nobody set
 

@@ -77,7 +77,6 @@ class Flow:
         "created_at",
         "error",
         "expires_at",
-        "finished_at",
         "paste",
         "session_id",
         "state",
@@ -108,7 +107,6 @@ class Flow:
         self.status: str = PENDING
         self.error: FlowError | None = None
         self.backend: str | None = None
-        self.finished_at: float | None = None
         # Signs the codes of callbacks without state that its pages ask the person to confirm; never shown.
         self.confirm_key = confirm_key
         self.confirmed: set[bytes] = set()  # digests of codes confirmed (once each)
@@ -307,7 +305,6 @@ class FlowStore:
     def _end(self, flow: Flow, error: FlowError | None) -> Flow:
         flow.status = FAILED if error else SUCCEEDED
         flow.error = error
-        flow.finished_at = self._clock()
         if self.pending is flow:
             self.pending = None  # the tokens of its pages die with it: none matches another flow
         self.history.append(flow)

@@ -448,18 +448,16 @@ class Controller:
     async def secret_set(self, key: str, *, verify: bool = False) -> dict:
         """Stores a key a person gave. With ``verify``, asks OpenRouter first (``GET /api/v1/key``): a key it
         rejects is not stored (KeyNotAccepted); when it cannot be asked, the key is stored and the reply says
-        why it was not checked."""
-        from convocationsd.core.keycheck import check_key
+        why it was not checked. convctl does the same when no daemon runs (cli/secret_ops.set_key), by the
+        same rules (core/keycheck)."""
+        from convocationsd.core import keycheck
 
-        key = check_key(key)
+        key = keycheck.check_key(key)
         unchecked = await self._check_with_openrouter(key) if verify else None
         backend = await self._store_key(key)
         self._replace_unsaved("a key was stored with secret.set")
         self.bus.publish(events.KEY_CHANGED, {"stored": True, "backend": backend})
-        reply: dict[str, Any] = {"stored": True, "backend": backend}
-        if verify:
-            reply.update(verified=unchecked is None, not_verified_because=unchecked)
-        return reply
+        return keycheck.stored(backend, verify=verify, not_verified_because=unchecked)
 
     async def _check_with_openrouter(self, key: str) -> str | None:
         """None when OpenRouter accepts ``key``; why it could not be asked otherwise. Raises KeyNotAccepted."""

@@ -55,10 +55,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def load_settings(flags: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
-    return config.load(flags, env).settings
-
-
 def _warn_about_config(loaded: config.Loaded) -> None:
     for warning in loaded.warnings:
         log.warning("config: %s", warning)

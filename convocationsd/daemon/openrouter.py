@@ -21,10 +21,9 @@ import time
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from convocationsd.common.settings import public_url
-from convocationsd.core import pkce
+from convocationsd.core import keycheck, pkce  # keycheck: the key rules convctl follows too
 from convocationsd.core.errors import ConvError
 from convocationsd.core.flows import FlowError
-from convocationsd.core.keycheck import MAX_KEY_LENGTH  # one limit for typed keys and keys OpenRouter issues
 
 if TYPE_CHECKING:  # imported by the first request (see _aiohttp): most of a cold start's import time
     import aiohttp
@@ -32,7 +31,6 @@ if TYPE_CHECKING:  # imported by the first request (see _aiohttp): most of a col
 log = logging.getLogger(__name__)
 
 EXCHANGE_PATH = "/api/v1/auth/keys"
-KEY_INFO_PATH = "/api/v1/key"
 MAX_BODY_BYTES = 64 * 1024
 URL_ENV = "CONVOCATIONS_OPENROUTER_URL"
 
@@ -198,19 +196,6 @@ def _exchange_failed(status: int | None, message: str, hint: str, *, code_reject
     return UpstreamError(FlowError("exchange_failed", message, hint), status=status, code_rejected=code_rejected)
 
 
-def key_problem(key: Any) -> str:
-    """Why ``key`` cannot be an API key, or "" if it can: a non-empty printable-ASCII string of sane length."""
-    if not isinstance(key, str):
-        return "the key is missing" if key is None else "the key is not a string"
-    if not key:
-        return "the key is empty"
-    if len(key) > MAX_KEY_LENGTH:
-        return f"the key is implausibly long ({len(key)} characters)"
-    if not all("!" <= ch <= "~" for ch in key):
-        return "the key contains spaces, control or non-ASCII characters"
-    return ""
-
-
 def parse_exchange_answer(status: int, body: bytes) -> ExchangeResult:
     """Turns a 200 body into a result, or raises the matching :class:`UpstreamError`."""
     try:
@@ -221,7 +206,7 @@ def parse_exchange_answer(status: int, body: bytes) -> ExchangeResult:
         raise unusable_answer_error(status, "it is not a JSON object")
     if "key" not in payload:
         raise unusable_answer_error(status, "it contains no key")
-    problem = key_problem(payload["key"])
+    problem = keycheck.key_problem(payload["key"])
     if problem:
         raise unusable_answer_error(status, problem)
     user_id = payload.get("user_id")
@@ -292,8 +277,8 @@ class OpenRouterClient:
 
     async def key_info(self, key: str) -> dict[str, Any]:
         """The ``data`` object of ``GET /api/v1/key``. Raises KeyRejected on 401, UpstreamError otherwise."""
-        status, body = await self._request("GET", KEY_INFO_PATH, headers={"Authorization": f"Bearer {key}"})
-        if status == 401:
+        status, body = await self._request("GET", keycheck.KEY_INFO_PATH, headers={"Authorization": f"Bearer {key}"})
+        if status == keycheck.REJECTED:
             raise KeyRejected(
                 FlowError(
                     "key_rejected",
@@ -303,14 +288,8 @@ class OpenRouterClient:
                 ),
                 status=status,
             )
-        data = None
-        if status == 200:
-            try:
-                payload = json.loads(body)
-            except ValueError:
-                payload = None
-            data = payload.get("data") if isinstance(payload, dict) else None
-        if not isinstance(data, dict):
+        data = keycheck.key_info(status, body)
+        if data is None:
             raise UpstreamError(
                 FlowError(
                     "key_info_failed",

@@ -20,7 +20,7 @@ from convocationsd.common.settings import (
     unknown_key_warning,
 )
 from convocationsd.store import configfile
-from convocationsd.store.select import FIELDS, TABLE
+from convocationsd.store.configured import FIELDS, TABLE
 
 
 class Loaded(NamedTuple):

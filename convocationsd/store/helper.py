@@ -58,7 +58,7 @@ class HelperStore:
         keyring_timeout: float = 120.0,
         env: Mapping[str, str] = os.environ,
     ) -> None:
-        from convocationsd.store.select import ConfiguredStore
+        from convocationsd.store.configured import ConfiguredStore
 
         self.config_path = Path(config_path)
         self.forced_backend = forced_backend
@@ -234,7 +234,7 @@ def _serve(store: Any, request: dict[str, Any]) -> dict[str, Any]:
 def main(config_path: str, forced_backend: str) -> None:
     """Serves the calls on stdin with one store, kept across them (the keyring backend's state spans calls),
     until the daemon closes the pipe or exits."""
-    from convocationsd.store.select import open_store
+    from convocationsd.store.configured import open_store
 
     keep = _Keep()
     root = logging.getLogger()

@@ -82,11 +82,6 @@ class KeyringBackend:
 
         return self._run("delete", op)
 
-    def describe(self) -> str:
-        """Name of the backend last used, for logs."""
-        kr = self._backend
-        return f"{type(kr).__module__}.{type(kr).__name__}" if kr is not None else "unknown"
-
     # -- detection ---------------------------------------------------------------------------------
 
     def _current(self) -> Any:

@@ -7,12 +7,10 @@ when no daemon runs, so both go through the same code.
 
 from __future__ import annotations
 
-import threading
 from typing import NamedTuple, Protocol
 
 KEYRING = "keyring"
 LOCAL_ENCRYPTED = "local-encrypted"
-MEMORY = "memory"
 
 
 # NamedTuples, not dataclasses: a dataclass costs ~1.5 ms to create, on every start (bench/ANALYSIS.md).
@@ -57,33 +55,3 @@ class SecretStore(Protocol):
 
     def clear(self) -> bool:
         """Removes the key and its reference; True when something was removed."""
-
-
-class MemoryStore:
-    """Keeps the key in this process only: the reference implementation the store contract tests run against."""
-
-    def __init__(self) -> None:
-        self._key: str | None = None
-        self._lock = threading.Lock()
-        self.last_store: StoreOutcome | None = None
-
-    def status(self) -> SecretStatus:
-        with self._lock:
-            return SecretStatus(self._key is not None, MEMORY if self._key is not None else None)
-
-    def set(self, key: str) -> str:
-        import time
-
-        with self._lock:
-            self._key = key
-        self.last_store = StoreOutcome(time.time(), MEMORY)
-        return MEMORY
-
-    def get(self) -> str | None:
-        with self._lock:
-            return self._key
-
-    def clear(self) -> bool:
-        with self._lock:
-            had, self._key = self._key is not None, None
-        return had

@@ -457,7 +457,7 @@ MUTANTS += [
     ),
     (
         "Only the project's own keyring item is read, written or deleted",
-        "store/select.py",
+        "store/configured.py",
         'if backend == KEYRING and (ref["service"], ref["username"]) != (SERVICE, USERNAME):',
         "if False:",
         [KEY_STORAGE + "test_a_key_reference_cannot_name_another_keyring_item"],

@@ -740,9 +740,8 @@ def test_config_fuzz_reaches_settings_and_secret_status_safely(tmp_path, data):
     """Generated config.toml files: loading, resolving settings and reading secret status raise only
     ConfigError/SecretStoreError (clear messages), never another exception; an unparsable file is never rewritten."""
     from convocationsd.core.errors import ConvError
-    from convocationsd.daemon.main import load_settings
-    from convocationsd.store import configfile
-    from convocationsd.store.select import ConfiguredStore
+    from convocationsd.store import config, configfile
+    from convocationsd.store.configured import ConfiguredStore
 
     cfg = tmp_path / "cfg" / "convocations"
     cfg.mkdir(parents=True, exist_ok=True)
@@ -750,7 +749,7 @@ def test_config_fuzz_reaches_settings_and_secret_status_safely(tmp_path, data):
     path.write_bytes(data)
     env = {"XDG_CONFIG_HOME": str(tmp_path / "cfg"), "XDG_RUNTIME_DIR": str(tmp_path / "run")}
     try:
-        load_settings({}, env)
+        config.load({}, env)  # the settings, as the daemon and convctl resolve them
     except ConvError as e:
         assert e.message and e.hint
     store = ConfiguredStore(path, forced_backend="local-encrypted")

@@ -24,9 +24,9 @@ from convocationsd.client import Client
 from convocationsd.common.interpreter import module_command
 from convocationsd.core.errors import ConvError
 from convocationsd.store import helper as helper_module
+from convocationsd.store.configured import open_store
 from convocationsd.store.helper import HelperStore
 from convocationsd.store.secrets import LOCAL_ENCRYPTED
-from convocationsd.store.select import open_store
 from tests.adversarial.harness import assert_healthy, next_event, open_fds, subscriber
 from tests.adversarial.test_bad_input import _connect_unix, _raise_nofile
 from tests.conftest import assert_no_secret, base_env, wait_until
@@ -284,7 +284,7 @@ def test_a_key_reference_cannot_name_another_keyring_item(daemon_factory, short_
     get``, ``exec``, the account check) with a message naming the project's own item, nothing reaches that
     server, and ``secret clear`` removes the reference but not the other item.
 
-    Defence: store/select.ConfiguredStore._reference accepts only service ``convocations``, username
+    Defence: store/configured.ConfiguredStore._reference accepts only service ``convocations``, username
     ``openrouter_api_key``."""
     if reason := gnome_keyring_missing():
         pytest.skip(reason)

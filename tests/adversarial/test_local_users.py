@@ -444,7 +444,7 @@ ATTACKER_URL = "http://127.0.0.1:9"  # where an appended openrouter_url would se
 
 def _shared_config(short_tmp) -> tuple:
     """A config.toml with a stored key (so a started daemon would ask ``openrouter_url`` about it)."""
-    from convocationsd.store.select import open_store
+    from convocationsd.store.configured import open_store
 
     config = short_tmp / "cfg" / "convocations" / "config.toml"
     open_store(config, forced_backend="local-encrypted").set("sk-or-v1-" + "f" * 64)

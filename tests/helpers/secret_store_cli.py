@@ -15,7 +15,7 @@ import sys
 import time
 
 from convocationsd.common import paths
-from convocationsd.store.select import open_store
+from convocationsd.store.configured import open_store
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 from tests.conftest import assert_no_secret, base_env, convctl, dead_url, follow_callback
+from tests.helpers.answering_server import AnsweringServer
 
 BOGUS = "sk-or-v1-" + "0" * 64  # well-formed, but no OpenRouter ever issued it
 
@@ -106,6 +107,24 @@ async def test_without_a_daemon_the_key_is_checked_by_convctl(short_tmp, fake):
     for text in (done.stdout + done.stderr, refused.stdout + refused.stderr, stored.stdout + stored.stderr):
         assert_no_secret(key, text)
         assert_no_secret(BOGUS, text)
+
+
+async def test_a_page_that_answers_200_verifies_the_key_by_neither_door(daemon_factory, short_tmp):
+    """A captive portal (or a wrong URL) answers the key check with 200 and a page: that is not OpenRouter
+    accepting the key, for convctl alone as for the daemon (one rule: core/keycheck.key_info)."""
+    with AnsweringServer(200, b"<html>Sign in to the hotel's network</html>") as portal:
+        env = base_env(short_tmp / "alone", CONVOCATIONS_OPENROUTER_URL=portal.url)
+        alone = await asyncio.to_thread(convctl, env, "secret", "set-openrouter-key", "--json", input=BOGUS + "\n")
+        d = await asyncio.to_thread(daemon_factory, CONVOCATIONS_OPENROUTER_URL=portal.url)
+        via_daemon = await asyncio.to_thread(d.convctl, "secret", "set-openrouter-key", "--json", input=BOGUS + "\n")
+    for done in (alone, via_daemon):
+        assert done.returncode == 0, done.stderr
+        reply = json.loads(done.stdout)
+        assert reply["stored"] is True and reply["verified"] is False
+        assert "HTTP 200" in reply["not_verified_because"]
+        assert_no_secret(BOGUS, done.stdout + done.stderr)
+    assert d.call("secret.get") == {"key": BOGUS}
+    assert [path for _, path, _ in portal.seen][:2] == ["/api/v1/key", "/api/v1/key"]
 
 
 def test_set_key_help_says_it_reads_stdin(short_tmp):

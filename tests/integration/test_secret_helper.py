@@ -18,9 +18,9 @@ import pytest
 
 from convocationsd.core.errors import ConfigError, SecretStoreError
 from convocationsd.store import helper as helper_module
+from convocationsd.store.configured import open_store
 from convocationsd.store.helper import HelperStore
 from convocationsd.store.secrets import LOCAL_ENCRYPTED
-from convocationsd.store.select import open_store
 from tests.secretstore_contract import new_key
 
 HEAVY = ("keyring", "cryptography", "tomlkit")

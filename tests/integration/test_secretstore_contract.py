@@ -11,13 +11,13 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from secretstore_contract import SecretStoreContract, clean_secret_service
+from secretstore_contract import MEMORY, MemoryStore, SecretStoreContract, clean_secret_service
 
 from convocationsd.store import configfile
+from convocationsd.store.configured import open_store
 from convocationsd.store.helper import HelperStore
 from convocationsd.store.keyring_backend import SERVICE, USERNAME
-from convocationsd.store.secrets import KEYRING, LOCAL_ENCRYPTED, MEMORY, MemoryStore
-from convocationsd.store.select import open_store
+from convocationsd.store.secrets import KEYRING, LOCAL_ENCRYPTED
 
 
 @pytest.fixture

@@ -22,8 +22,8 @@ from secretstore_contract import (
 
 from convocationsd.core.errors import SecretStoreError
 from convocationsd.store import configfile
+from convocationsd.store.configured import open_store
 from convocationsd.store.encrypted import AAD, LocalEncrypted
-from convocationsd.store.select import open_store
 
 
 @pytest.fixture

@@ -51,12 +51,17 @@ EQUIVALENT: dict[str, str] = {
     "comprehension copies params without its None values, which is params itself when it has none.",
     "core/protocol.py:result_line:condition:type(id_) is int -> False": "A speed trick: json gives an int the "
     "same digits as str().",
+    "core/protocol.py:check_request:condition:spec -> True": "A speed trick: the loop over the required "
+    "parameters does nothing for a method that has none; the check only skips it.",
     # common/
     "common/peercred.py:peer_uid:statement:return None -> pass": "After the except clause the function reaches "
     "its last statement, `return None`, all the same.",
     "common/peercred.py:peer_uid:statement:return None -> pass #2": _LAST_RETURN_NONE,
     "common/paths.py:config_dir:constant:True -> False": "platformdirs reads `roaming` only on Windows, where "
     "convocationsd does not run (Unix sockets, SO_PEERCRED).",
+    "common/paths.py:configured_socket:condition:not isinstance(value, str) -> True": "A speed trick: for a "
+    "string (never empty here) `convert` raises nothing and its value is not used, so the check only spares "
+    "convctl the import of common/settings.py.",
     "common/paths.py:_lstat:statement:return None -> pass": _LAST_RETURN_NONE,
     "common/paths.py:ensure_socket_dir:constant:0o700 -> 449": "0o701: the umask of 077 set just before clears "
     "the extra bit, so the directory is 0700 either way.",

@@ -26,8 +26,8 @@ from convocationsd.common import proc_net
 from convocationsd.core import events
 from convocationsd.daemon import http_app, pages
 from convocationsd.daemon.controller import Controller, Endpoint
-from convocationsd.store.secrets import MemoryStore
 from convocationsd.testing.ports import free_port
+from tests.secretstore_contract import MemoryStore
 
 START = http_app.START
 CALLBACK = http_app.CALLBACK

@@ -15,12 +15,10 @@ from convocationsd.common.settings import public_url
 from convocationsd.core import pkce
 from convocationsd.core.errors import ConvError
 from convocationsd.daemon.openrouter import (
-    MAX_KEY_LENGTH,
     UpstreamError,
     app_conflict_error,
     app_conflict_hint,
     exchange_status_error,
-    key_problem,
     parse_exchange_answer,
     timeout_error,
     transport_error,
@@ -94,29 +92,6 @@ def test_generic_app_conflict_when_port_unknown():
     assert "RCONV_HTTP_PORT" in error.hint and "/api/openrouter/oauth/callback" in error.hint
     specific = app_conflict_error(app_conflict_hint(3001, True))
     assert specific.hint == app_conflict_hint(3001, True) and specific.flow_error.code == "app_conflict"
-
-
-@pytest.mark.parametrize(
-    ("key", "problem"),
-    [
-        (None, "missing"),
-        (123, "not a string"),
-        (["sk"], "not a string"),
-        ("", "empty"),
-        ("k" * (MAX_KEY_LENGTH + 1), "long"),
-        ("sk-or-v1 abc", "spaces"),
-        ("sk-or-v1-abc\n", "control"),
-        ("sk-or-v1-\x00abc", "control"),
-        ("sk-or-v1-é", "non-ASCII"),
-    ],
-)
-def test_unusable_keys(key, problem):
-    assert problem in key_problem(key)
-
-
-def test_plausible_keys():
-    assert key_problem("sk-or-v1-" + "a" * 64) == ""
-    assert key_problem("k" * MAX_KEY_LENGTH) == ""
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -108,6 +110,16 @@ def test_methods_cover_the_contract():
     assert METHODS["secret.set"]["key"] == ((str,), True)
     for m in ("status", "secret.status", "secret.clear", "secret.get"):
         assert METHODS[m] == {}
+
+
+def test_every_method_is_a_documented_one():
+    """METHODS is the public interface: each method has its row in docs/protocol.md's table, debug.modules too
+    (the import-budget tests ask the daemon as it ships), and the table names no method the daemon lacks."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
+    table = text.split("\n## Methods\n", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"^\| `([\w.]+)` \|", table, re.MULTILINE))
+    assert documented == set(METHODS)
+    assert "debug.modules" in documented
 
 
 def test_the_parametrised_cases_are_not_empty():
@@ -458,6 +470,17 @@ def test_subscribe_events_must_be_strings(events):
 def test_only_utf8_lines(encoding):
     e = err('{"jsonrpc":"2.0","id":1,"method":"status"}'.encode(encoding))
     assert e.code == PARSE_ERROR
+
+
+def test_a_byte_order_mark_is_named_in_the_parse_error():
+    """UTF-8 with a byte order mark (what some Windows tools write) gets a message that says what to change;
+    any other line that is not UTF-8 JSON, a UTF-16 one with its own mark included, gets the general one."""
+    marked = err('{"jsonrpc":"2.0","id":1,"method":"status"}'.encode("utf-8-sig"))
+    assert marked.code == PARSE_ERROR and "byte order mark (U+FEFF)" in marked.message
+    for raw in ('{"jsonrpc":"2.0","id":1,"method":"status"}'.encode("utf-16"), b"\xef\xbb", b"not json"):
+        other = err(raw)
+        assert other.code == PARSE_ERROR and "byte order mark" not in other.message
+        assert "one UTF-8 JSON request object or batch array" in other.message
 
 
 # -- encoding --------------------------------------------------------------------------------------

@@ -1,8 +1,10 @@
 """convctl's secret commands: the files are used directly only when no daemon can be reached, and then
-with the daemon's own settings."""
+with the daemon's own settings; its own key check (urllib, no daemon to ask) reads OpenRouter's answer by
+the daemon's rules (core/keycheck), against a real server answering as told."""
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 
@@ -10,7 +12,10 @@ import pytest
 
 from convocationsd.cli import secret_ops
 from convocationsd.client import Client
-from convocationsd.core.errors import DaemonUnreachable, NoReply, RemoteError
+from convocationsd.core import keycheck
+from convocationsd.core.errors import DaemonUnreachable, KeyNotAccepted, NoReply, RemoteError, UsageError
+from tests.helpers.answering_server import AnsweringServer
+from tests.helpers.openrouter_examples import KEY_SDK_SPEC
 
 KEY = "sk-or-v1-" + "cd" * 32
 
@@ -92,10 +97,68 @@ def test_direct_store_uses_the_daemons_settings(env, monkeypatch):
     def open_store(config_path, *, forced_backend=None, keyring_timeout=120.0):
         seen.update(config_path=config_path, forced_backend=forced_backend, keyring_timeout=keyring_timeout)
 
-    monkeypatch.setattr("convocationsd.store.select.open_store", open_store)
+    monkeypatch.setattr("convocationsd.store.configured.open_store", open_store)
     secret_ops._direct_store()
     assert seen == {"config_path": config, "forced_backend": "local-encrypted", "keyring_timeout": 7.0}
     monkeypatch.setenv("CONVOCATIONS_SECRET_BACKEND", "keyring")
     monkeypatch.setenv("CONVOCATIONS_KEYRING_TIMEOUT_SECONDS", "3")
     secret_ops._direct_store()
     assert seen["forced_backend"] == "keyring" and seen["keyring_timeout"] == 3.0
+
+
+def test_without_a_daemon_the_key_rules_still_hold(env, monkeypatch):
+    """What secret.set refuses, convctl refuses on the files too: nothing is written."""
+    monkeypatch.setenv("CONVOCATIONS_SECRET_BACKEND", "local-encrypted")
+    with pytest.raises(UsageError, match="does not look like an OpenRouter API key"):
+        secret_ops.set_key(None, "sk-proj-0123", verify=False)
+    assert no_files_written(env)
+    assert secret_ops.set_key(None, f"  {KEY}\n", verify=False)["stored"] is True
+    assert secret_ops.get(None) == KEY  # trimmed, as the daemon stores it
+
+
+# -- convctl's own key check ------------------------------------------------------------------------------
+
+
+def test_the_key_check_asks_the_key_endpoint_with_the_key():
+    with AnsweringServer(200, json.dumps(KEY_SDK_SPEC).encode()) as server:
+        assert secret_ops.check_with_openrouter(server.url + "/", KEY) is None
+    assert server.seen == [("GET", keycheck.KEY_INFO_PATH, f"Bearer {KEY}")]
+
+
+def test_a_rejected_key_is_key_not_accepted():
+    rejected = AnsweringServer(keycheck.REJECTED, b'{"error": {"code": 401, "message": "User not found."}}')
+    with rejected as server, pytest.raises(KeyNotAccepted):
+        secret_ops.check_with_openrouter(server.url, KEY)
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "why"),
+    [
+        (200, b"<html>a captive portal</html>", "answered HTTP 200 without the key's information"),
+        (200, b'{"data": null}', "answered HTTP 200 without the key's information"),
+        (200, b'{"data": ' + b"[" * 100_000, "answered HTTP 200 without the key's information"),
+        (302, b"", "answered HTTP 302"),
+        (403, json.dumps(KEY_SDK_SPEC).encode(), "answered HTTP 403"),
+        (502, b"Bad gateway", "answered HTTP 502"),
+    ],
+)
+def test_an_answer_without_the_keys_information_leaves_it_unchecked(status, body, why):
+    """As the daemon reads it (keycheck.key_info): only a 200 with the key's information is OpenRouter accepting
+    the key; a page that merely answers 200 is not."""
+    assert keycheck.key_info(status, body) is None
+    with AnsweringServer(status, body) as server:
+        assert secret_ops.check_with_openrouter(server.url, KEY) == f"OpenRouter at {server.url} {why}"
+
+
+@pytest.mark.parametrize(
+    ("raw", "why"),
+    [
+        (b"garbage\r\n\r\n", "BadStatusLine"),
+        (b"", "RemoteDisconnected"),
+    ],
+)
+def test_a_garbled_answer_is_a_note_not_a_crash(raw, why):
+    with AnsweringServer(raw=raw) as server:
+        assert (
+            secret_ops.check_with_openrouter(server.url, KEY) == f"Could not reach OpenRouter at {server.url} ({why})"
+        )

@@ -26,8 +26,8 @@ from secretstore_contract import (
 
 from convocationsd.core.errors import BackendUnavailable, ConfigError, SecretStoreError
 from convocationsd.store import configfile
+from convocationsd.store.configured import ConfiguredStore, open_store
 from convocationsd.store.keyring_backend import SERVICE, USERNAME, KeyringBackend
-from convocationsd.store.select import ConfiguredStore, open_store
 from tests.helpers.gnome_keyring import locked_gnome_keyring
 from tests.helpers.gnome_keyring import missing_tools as gnome_keyring_missing
 
