@@ -8,7 +8,7 @@ import sys
 import time
 
 from convocationsd.client import Client
-from convocationsd.core.errors import ConvError, DaemonUnreachable, NoReply, RemoteError, UsageError
+from convocationsd.core.errors import CodeRejected, ConvError, DaemonUnreachable, NoReply, RemoteError, UsageError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: convctl starts faster without it
@@ -373,7 +373,7 @@ def _paste_code(c: Client, session: str, out: Any, timeout: float | None = None)
                 "Check `convctl status` in a while to see whether the account was linked.",
             ) from None
         except RemoteError as e:
-            if e.kind != "CodeRejected":
+            if not e.is_a(CodeRejected):
                 raise
             out.err(f"convctl: {e.message}")
             if attempt < PASTE_ATTEMPTS:

@@ -12,11 +12,11 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from convocationsd import __version__
 from convocationsd.core import events, pkce, protocol
-from convocationsd.core.errors import ConvError, KeyNotAccepted, UsageError
+from convocationsd.core.errors import CodeRejected, ConvError, KeyNotAccepted, UpstreamError, UsageError
 from convocationsd.core.flows import (
     EXCHANGING,
     OAUTH_ERRORS,
@@ -27,8 +27,12 @@ from convocationsd.core.flows import (
     iso,
     reported_error,
 )
+from convocationsd.daemon.account import AccountStatus
 from convocationsd.daemon.logs import REFUSALS
 from convocationsd.store.secrets import SecretStatus, SecretStore
+
+if TYPE_CHECKING:
+    from convocationsd.daemon.openrouter import OpenRouterApi
 
 log = logging.getLogger(__name__)
 # What any web page can cause as often as it likes (callbacks that are ignored, error reports without state):
@@ -94,17 +98,13 @@ RETRY_HINT = (
 )
 
 
-class CodeRejected(ConvError):
-    """A pasted code that OpenRouter did not accept; the login still waits for the right one."""
-
-
 class Controller:
     def __init__(
         self,
         *,
         endpoint: Endpoint,
         openrouter_url: str,
-        openrouter: Any,  # openrouter.OpenRouterClient (imported by the daemon, kept out of this module)
+        openrouter: OpenRouterApi,
         secrets: SecretStore,
         bus: events.EventBus,
         flow_timeout: float,
@@ -136,9 +136,8 @@ class Controller:
         self.last_activity = time.monotonic()
         self.secret_state = SecretStatus(False, None)  # cached so that `status` never waits on a backend
         self.unsaved: UnsavedKey | None = None  # a key OpenRouter issued that could not be stored yet
-        from convocationsd.daemon.account import AccountStatus
-
-        self.account = AccountStatus(self)  # the key's label/usage from OpenRouter, cached, refreshed in the background
+        # The key's label and usage from OpenRouter, cached, refreshed in the background.
+        self.account = AccountStatus(openrouter, self.stored_key, bus)
 
     # -- flows ---------------------------------------------------------------------------------------
 
@@ -279,8 +278,6 @@ class Controller:
         pending while OpenRouter is asked, so the callback with the right state never waits for this one; a
         failure leaves it as it was. A key is stored only if the flow is still pending when it comes: never
         for a login that has ended, or that a callback with its state is finishing."""
-        from convocationsd.daemon.openrouter import UpstreamError
-
         log.debug("login %s: trying the code of a callback without state, on the side", flow.session_id)
         try:
             result = await self.openrouter.exchange(code, flow.verifier)
@@ -309,7 +306,7 @@ class Controller:
         our state, so a failure ends the login; otherwise (a pasted code) a code OpenRouter rejects was not
         this login's and the login waits for another. However the exchange ends, the flow does not stay
         ``exchanging``."""
-        from convocationsd.daemon.openrouter import UpstreamError, app_conflict_hint
+        from convocationsd.daemon.openrouter import app_conflict_hint
 
         try:
             try:
@@ -408,6 +405,11 @@ class Controller:
                 if fn != self.secrets.get:  # a read changes nothing (bound methods compare equal, not identical)
                     await self.refresh_secret_status()
 
+    async def stored_key(self) -> str | None:
+        """The key in the secret store (not one held in memory), for the account check."""
+        key: str | None = await self._secret_call(self.secrets.get)
+        return key
+
     async def _store_key(self, key: str) -> str:
         return await self._secret_call(self.secrets.set, key)
 
@@ -503,7 +505,8 @@ class Controller:
         the cost of a request (bench/ANALYSIS.md). The answer is shared by every caller until then: treat
         it as read-only (a change to it drops its JSON, and the next call builds a new one)."""
         flow = self.flows.latest()
-        account = self.account.snapshot()  # also starts a background refresh when the cached one is stale
+        # Also starts a background refresh when the cached summary is stale.
+        account = self.account.snapshot(self.secret_state.stored)
         # Compared with == against the last key: the same objects compare by identity, at no cost.
         key: tuple[Any, ...] = (flow, self.secret_state, len(self.bus), account, self.secrets.last_store, self.unsaved)
         if flow is not None:  # Flow compares by identity; these are the fields that change after creation

@@ -29,7 +29,7 @@ from typing import Any
 from convocationsd.common.paths import ELSEWHERE, ensure_socket_dir
 from convocationsd.common.peercred import describe_uid, peer_uid
 from convocationsd.core import protocol
-from convocationsd.core.errors import ConvError
+from convocationsd.core.errors import ConvError, kind_of
 from convocationsd.core.events import EventBus
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ class PermissionDenied(ConvError):
 def _failure_line(id_: Any, exc: ConvError) -> bytes:
     """The -32000 error of a failure a person can fix: ``data.kind`` names it, ``data.hint`` says what to do."""
     return protocol.error_line(
-        id_, protocol.OPERATION_FAILED, exc.message, {"kind": type(exc).__name__, "hint": exc.hint}
+        id_, protocol.OPERATION_FAILED, exc.message, {"kind": kind_of(type(exc)), "hint": exc.hint}
     )
 
 

@@ -41,7 +41,7 @@ RETIRE_WAIT = 5.0  # seconds a retired child gets to exit before it is killed
 START_MARGIN = 30.0  # seconds beyond the keyring timeout: starting an interpreter on a busy machine
 # The errors a store call raises, rebuilt by name in the daemon (anything else becomes SecretStoreError).
 ERRORS = {
-    cls.__name__: cls
+    errors.kind_of(cls): cls
     for cls in (ConvError, errors.ConfigError, SecretStoreError, errors.BackendUnavailable, KeyringMissing)
 }
 FAILED = ("The secret-store helper failed.", "See the daemon's log, then try again.")
@@ -224,7 +224,7 @@ def _serve(store: Any, request: dict[str, Any]) -> dict[str, Any]:
         else:  # never a default: a call the daemon did not mean must not remove the key
             raise ConvError(f"The secret-store helper has no operation {str(op)[:32]!r}.", FAILED[1])
     except ConvError as e:
-        reply["error"] = {"kind": type(e).__name__, "message": e.message, "hint": e.hint}
+        reply["error"] = {"kind": errors.kind_of(type(e)), "message": e.message, "hint": e.hint}
     except Exception:
         log.exception("the secret store failed")
         reply["error"] = {"kind": "", "message": FAILED[0], "hint": FAILED[1]}

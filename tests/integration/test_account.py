@@ -8,11 +8,10 @@ import time
 
 import pytest
 
-from convocationsd.core.errors import SecretStoreError
-from convocationsd.core.events import EventBus
+from convocationsd.core.errors import KeyRejected, SecretStoreError, UpstreamError
+from convocationsd.core.events import KEY_CHANGED, EventBus
 from convocationsd.core.flows import FlowError
 from convocationsd.daemon import account
-from convocationsd.daemon.openrouter import KeyRejected, UpstreamError
 from convocationsd.store.secrets import SecretStatus
 from tests.conftest import assert_no_secret, convctl, read_auth_url, start_daemon, wait_until
 
@@ -77,7 +76,7 @@ def test_ttl_from_env():
     assert account.ttl_from_env({account.TTL_ENV: "-1"}) == 60
 
 
-# -- AccountStatus with a stand-in controller ----------------------------------------------------------------
+# -- AccountStatus with stand-ins for the controller's parts ----------------------------------------------------------------
 
 
 class StubOpenRouter:
@@ -110,14 +109,17 @@ class StubSecrets:
 
 
 class StubController:
+    """What AccountStatus is given: the bus, the OpenRouter client, how to read the stored key, and whether
+    one is stored (``secret_state``, passed to ``snapshot``)."""
+
     def __init__(self) -> None:
         self.bus = EventBus()
         self.secret_state = SecretStatus(True, "local-encrypted")
         self.secrets = StubSecrets()
         self.openrouter = StubOpenRouter()
 
-    async def _secret_call(self, fn, *args):
-        return fn(*args)
+    async def read_key(self) -> str | None:
+        return self.secrets.get()
 
 
 async def settle(status: account.AccountStatus) -> None:
@@ -128,10 +130,10 @@ async def settle(status: account.AccountStatus) -> None:
 async def test_snapshot_never_waits_and_refreshes_in_background():
     ctl = StubController()
     clock = Clock()
-    st = account.AccountStatus(ctl, ttl=60, clock=clock)
-    assert st.snapshot() is None  # nothing known yet; a refresh has started
+    st = account.AccountStatus(ctl.openrouter, ctl.read_key, ctl.bus, ttl=60, clock=clock)
+    assert st.snapshot(ctl.secret_state.stored) is None  # nothing known yet; a refresh has started
     await settle(st)
-    assert st.snapshot() == {
+    assert st.snapshot(ctl.secret_state.stored) == {
         "label": "Convocations",
         "usage": 0.25,
         "limit": 10,
@@ -141,40 +143,43 @@ async def test_snapshot_never_waits_and_refreshes_in_background():
         "readable": True,
     }
     assert ctl.openrouter.calls == 1
-    st.snapshot()
+    st.snapshot(ctl.secret_state.stored)
     await settle(st)
     assert ctl.openrouter.calls == 1  # cached
     clock.now += 61
     ctl.openrouter.answer = KeyRejected(FlowError("key_rejected", "x", "y"), status=401)
-    assert st.snapshot()["valid"] is True  # the stale value, while it refreshes
+    assert st.snapshot(ctl.secret_state.stored)["valid"] is True  # the stale value, while it refreshes
     await settle(st)
-    assert st.snapshot() == account.revoked()
-    assert "no longer valid" in st.snapshot()["message"] and "convctl oauth start" in st.snapshot()["message"]
+    assert st.snapshot(ctl.secret_state.stored) == account.revoked()
+    assert (
+        "no longer valid" in st.snapshot(ctl.secret_state.stored)["message"]
+        and "convctl oauth start" in st.snapshot(ctl.secret_state.stored)["message"]
+    )
 
 
 async def test_one_refresh_at_a_time_and_key_change_restarts():
     ctl = StubController()
-    st = account.AccountStatus(ctl, ttl=60, clock=Clock())
+    st = account.AccountStatus(ctl.openrouter, ctl.read_key, ctl.bus, ttl=60, clock=Clock())
     ctl.openrouter.gate = asyncio.Event()
-    st.snapshot()
-    st.snapshot()
+    st.snapshot(ctl.secret_state.stored)
+    st.snapshot(ctl.secret_state.stored)
     await asyncio.sleep(0)
     assert ctl.openrouter.calls == 1
     first = st._task
-    ctl.bus.publish("openrouter-key-changed", {"stored": True, "backend": "keyring"})  # a new key mid-refresh
+    ctl.bus.publish(KEY_CHANGED, {"stored": True, "backend": "keyring"})  # a new key mid-refresh
     ctl.openrouter.gate.set()
     await first
     assert st.cache.get() is None  # the answer about the old key was dropped
-    st.snapshot()
+    st.snapshot(ctl.secret_state.stored)
     await settle(st)
-    assert st.snapshot()["label"] == "Convocations"
+    assert st.snapshot(ctl.secret_state.stored)["label"] == "Convocations"
 
 
 async def test_no_key_and_errors():
     ctl = StubController()
-    st = account.AccountStatus(ctl, ttl=60, clock=Clock())
+    st = account.AccountStatus(ctl.openrouter, ctl.read_key, ctl.bus, ttl=60, clock=Clock())
     ctl.secret_state = SecretStatus(False, None)
-    assert st.snapshot() is None and st._task is None
+    assert st.snapshot(ctl.secret_state.stored) is None and st._task is None
     ctl.secret_state = SecretStatus(True, "keyring")
     ctl.secrets.error = SecretStoreError("The keyring is locked.", "Unlock it.")
     value = await st.refresh()
@@ -182,7 +187,7 @@ async def test_no_key_and_errors():
     ctl.secrets.error = None
     assert "could not be read" in (await st.refresh())["message"]  # not read again (another prompt)...
     assert ctl.secrets.gets == 1
-    ctl.bus.publish("openrouter-key-changed", {"stored": True, "backend": "keyring"})  # ...until the key changes
+    ctl.bus.publish(KEY_CHANGED, {"stored": True, "backend": "keyring"})  # ...until the key changes
     await settle(st)
     assert ctl.secrets.gets == 2
     ctl.openrouter.answer = UpstreamError(FlowError("upstream_unreachable", "Could not reach OpenRouter.", ""))
@@ -194,9 +199,9 @@ async def test_refreshes_read_the_key_once_per_key():
     # Every read may be a keyring unlock prompt: a background refresh must not ask each TTL.
     ctl = StubController()
     clock = Clock()
-    st = account.AccountStatus(ctl, ttl=60, clock=clock)
+    st = account.AccountStatus(ctl.openrouter, ctl.read_key, ctl.bus, ttl=60, clock=clock)
     for _ in range(5):
-        st.snapshot()
+        st.snapshot(ctl.secret_state.stored)
         await settle(st)
         clock.now += 61
     assert ctl.openrouter.calls == 5 and ctl.secrets.gets == 1
@@ -208,22 +213,22 @@ async def test_refreshes_read_the_key_once_per_key():
 
     ctl.secrets.key = "sk-or-v1-new"
     ctl.openrouter.key_info = key_info
-    ctl.bus.publish("openrouter-key-changed", {"stored": True, "backend": "keyring"})
+    ctl.bus.publish(KEY_CHANGED, {"stored": True, "backend": "keyring"})
     await settle(st)
     for _ in range(3):
         clock.now += 61
-        st.snapshot()
+        st.snapshot(ctl.secret_state.stored)
         await settle(st)
     assert ctl.secrets.gets == 2 and asked == ["sk-or-v1-new"] * 4  # the new key, read once
-    ctl.bus.publish("openrouter-key-changed", {"stored": False, "backend": None})
+    ctl.bus.publish(KEY_CHANGED, {"stored": False, "backend": None})
     ctl.secret_state = SecretStatus(False, None)
-    assert st.snapshot() is None and ctl.secrets.gets == 2
+    assert st.snapshot(ctl.secret_state.stored) is None and ctl.secrets.gets == 2
 
 
 async def test_without_a_loop_snapshot_is_harmless():
     ctl = StubController()
-    st = account.AccountStatus(ctl, ttl=60, clock=Clock())
-    assert await asyncio.to_thread(st.snapshot) is None
+    st = account.AccountStatus(ctl.openrouter, ctl.read_key, ctl.bus, ttl=60, clock=Clock())
+    assert await asyncio.to_thread(st.snapshot, True) is None
 
 
 # -- the daemon and convctl against the fake -------------------------------------------------------------------

@@ -13,10 +13,9 @@ from hypothesis import strategies as st
 
 from convocationsd.common.settings import public_url
 from convocationsd.core import pkce
-from convocationsd.core.errors import ConvError
+from convocationsd.core.errors import ConvError, UpstreamError
 from convocationsd.daemon.openrouter import (
     MAX_KEY_LENGTH,
-    UpstreamError,
     app_conflict_error,
     app_conflict_hint,
     exchange_status_error,
