@@ -12,13 +12,13 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from convocationsd import __version__
 from convocationsd.core import events, pkce, protocol
 from convocationsd.core.errors import CodeRejected, ConvError, KeyNotAccepted, UpstreamError, UsageError
 from convocationsd.core.flows import (
-    EXCHANGING,
     OAUTH_ERRORS,
     CallbackRejected,
     Flow,
@@ -27,6 +27,7 @@ from convocationsd.core.flows import (
     iso,
     reported_error,
 )
+from convocationsd.core.states import FlowStatus
 from convocationsd.daemon.account import AccountStatus
 from convocationsd.daemon.logs import REFUSALS
 from convocationsd.store.secrets import SecretStatus, SecretStore
@@ -41,19 +42,27 @@ strays = logging.getLogger(f"{__name__}.strays")
 strays.addFilter(REFUSALS)
 
 
+class OutcomeKind(StrEnum):
+    """What a callback came to; its result page looks the part."""
+
+    SUCCESS = "success"  # the login ended with its key stored
+    FAILED = "failed"  # the login ended without one
+    IGNORED = "ignored"  # the login is as it was
+    REPORTED = "reported"  # an error report without state: the page lets the person end the login
+    CONFIRM = "confirm"  # a code without state: the page asks the person to confirm it
+
+
 # NamedTuples, not dataclasses: a dataclass costs ~1.5 ms to create, on every start (bench/ANALYSIS.md).
 class Outcome(NamedTuple):
     """What a callback came to, in words a person can act on (rendered as the result page)."""
 
-    # "success" | "failed" (the login ended) | "ignored" | "reported" (an error report without state) |
-    # "confirm" (a code without state, waiting for the person's confirmation)
-    kind: str
+    kind: OutcomeKind
     title: str
     message: str
     hint: str = ""
     code: str | None = None  # the event's error code, or the rejection reason
-    end_login: tuple[str, str] | None = None  # "reported": (session_id, known OAuth error or "") for its button
-    confirm: tuple[str, str] | None = None  # "confirm": (code, token) its "Finish linking" button posts back
+    end_login: tuple[str, str] | None = None  # REPORTED: (session_id, known OAuth error or "") for its button
+    confirm: tuple[str, str] | None = None  # CONFIRM: (code, token) its "Finish linking" button posts back
 
 
 class Endpoint(NamedTuple):
@@ -186,7 +195,7 @@ class Controller:
     async def callback(self, code: str | None, state: str | None) -> Outcome:
         if not code:
             return Outcome(
-                "ignored",
+                OutcomeKind.IGNORED,
                 "Nothing to do",
                 "This address expects a login code from OpenRouter, and none came with it.",
                 "Start a login with `convctl oauth start` or the Link OpenRouter button.",
@@ -198,7 +207,7 @@ class Controller:
             flow = self.flows.claim_code(code, state)
         except CallbackRejected as e:
             strays.warning("ignored a callback: %s", e.reason)
-            return Outcome("ignored", "This link was ignored", e.message, e.hint, e.reason)
+            return Outcome(OutcomeKind.IGNORED, "This link was ignored", e.message, e.hint, e.reason)
         return await self._exchange(flow, code, verified=True)
 
     async def confirm_stateless(self, code: str, token: str) -> Outcome:
@@ -207,7 +216,7 @@ class Controller:
             flow = self.flows.take_confirmed_code(code, token)
         except CallbackRejected as e:
             strays.warning("ignored a confirmation: %s", e.reason)
-            return Outcome("ignored", "Nothing was linked", e.message, e.hint, e.reason)
+            return Outcome(OutcomeKind.IGNORED, "Nothing was linked", e.message, e.hint, e.reason)
         return await self._exchange_on_the_side(flow, code)
 
     def callback_error(self, error: str, state: str | None) -> Outcome:
@@ -218,11 +227,11 @@ class Controller:
             flow = self.flows.claim_error(state)
         except CallbackRejected as e:
             strays.warning("ignored an error callback: %s", e.reason)
-            return Outcome("ignored", "This link was ignored", e.message, e.hint, e.reason)
+            return Outcome(OutcomeKind.IGNORED, "This link was ignored", e.message, e.hint, e.reason)
         if state is None:
             strays.warning("an error report without state reached the callback; login %s goes on", flow.session_id)
             return Outcome(
-                "reported",
+                OutcomeKind.REPORTED,
                 "OpenRouter reported an error",
                 "This page was opened with an error report, but without the check value (`state`) of the login "
                 "in progress, so it may come from another web page: any page can open this address. The login "
@@ -241,7 +250,7 @@ class Controller:
         flow = self.flows.cancel(session_id, error=reported_error(error)) if session_id else None
         if flow is None or flow.error is None:  # (a flow that cancel returns always has its error)
             return Outcome(
-                "ignored",
+                OutcomeKind.IGNORED,
                 "Nothing was ended",
                 "The login this page was about is no longer waiting: it has ended, or its code is being "
                 "exchanged right now.",
@@ -266,7 +275,7 @@ class Controller:
         except CallbackRejected as e:
             raise ConvError(e.message, e.hint) from None
         outcome = await self._exchange(flow, code, verified=False)
-        if outcome.kind == "ignored":
+        if outcome.kind == OutcomeKind.IGNORED:
             raise CodeRejected(
                 "OpenRouter did not accept that code for this login.",
                 "Check that you copied the whole code from the page OpenRouter showed, and paste it again.",
@@ -287,13 +296,13 @@ class Controller:
                 message = "OpenRouter did not accept this code for the login in progress, which is still waiting."
             else:
                 message = f"{e.flow_error.message} The login in progress is still waiting."
-            return Outcome("ignored", "This link was ignored", message, e.flow_error.hint, e.flow_error.code)
+            return Outcome(OutcomeKind.IGNORED, "This link was ignored", message, e.flow_error.hint, e.flow_error.code)
         if not self.flows.claim_side_result(flow):
             log.warning(
                 "login %s had ended when the key of a code without state came; it was not stored", flow.session_id
             )
             return Outcome(
-                "ignored",
+                OutcomeKind.IGNORED,
                 "Nothing was linked",
                 "The login this page was about had already ended, so the key OpenRouter issued for it was not stored.",
                 "Check `convctl status`: it shows how the login ended.",
@@ -316,7 +325,7 @@ class Controller:
                     self.flows.release(flow)
                     log.warning("ignored a code that OpenRouter rejected for this login")
                     return Outcome(
-                        "ignored",
+                        OutcomeKind.IGNORED,
                         "This link was ignored",
                         "OpenRouter did not accept this code for the login in progress.",
                         "Finish the login from the browser tab that `convctl oauth start` opened.",
@@ -331,7 +340,7 @@ class Controller:
                 return _failed_outcome(failure)
             return await self._keep_key(flow, result.key)
         finally:
-            if flow.status == EXCHANGING:  # cancelled (shutdown) or a bug above: give the login back
+            if flow.status == FlowStatus.EXCHANGING:  # cancelled (shutdown) or a bug above: give the login back
                 self.flows.release(flow)
                 self._schedule_expiry(flow)
 
@@ -368,7 +377,7 @@ class Controller:
                 log.info("login %s succeeded; key stored in %s", flow.session_id, backend)
             self.bus.publish(events.KEY_CHANGED, {"stored": True, "backend": backend})
             return Outcome(
-                "success",
+                OutcomeKind.SUCCESS,
                 "OpenRouter account linked",
                 "Convocations can now use your OpenRouter account.",
                 "You can close this tab.",
@@ -557,7 +566,7 @@ class Controller:
 
 def _confirmation(code: str, token: str) -> Outcome:
     return Outcome(
-        "confirm",
+        OutcomeKind.CONFIRM,
         "Finish linking your OpenRouter account?",
         "This page was opened with a login code but without the check value (`state`) of the login in "
         "progress. That is how OpenRouter comes back when it does not send `state`, and also how another web "
@@ -570,4 +579,4 @@ def _confirmation(code: str, token: str) -> Outcome:
 
 
 def _failed_outcome(failure: FlowError) -> Outcome:
-    return Outcome("failed", "Linking failed", failure.message, failure.hint, failure.code)
+    return Outcome(OutcomeKind.FAILED, "Linking failed", failure.message, failure.hint, failure.code)

@@ -25,6 +25,7 @@ import selectors
 import sys
 import threading
 from collections.abc import Mapping
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,14 @@ ERRORS = {
     for cls in (ConvError, errors.ConfigError, SecretStoreError, errors.BackendUnavailable, KeyringMissing)
 }
 FAILED = ("The secret-store helper failed.", "See the daemon's log, then try again.")
+
+
+class Op(StrEnum):
+    """The calls the daemon sends its helper (``"op"`` of each line), the only ones the helper serves."""
+
+    SET = "set"
+    GET = "get"
+    CLEAR = "clear"
 
 
 class HelperStore:
@@ -75,20 +84,20 @@ class HelperStore:
         return self._reader.status()
 
     def set(self, key: str) -> str:
-        return self._call("set", key)
+        return self._call(Op.SET, key)
 
     def get(self) -> str | None:
-        return self._call("get")
+        return self._call(Op.GET)
 
     def clear(self) -> bool:
-        return self._call("clear")
+        return self._call(Op.CLEAR)
 
     def close(self) -> None:
         """Lets the child go now rather than after LINGER seconds."""
         with self._lock:
             self._retire()
 
-    def _call(self, op: str, key: str | None = None) -> Any:
+    def _call(self, op: Op, key: str | None = None) -> Any:
         request = {
             "op": op,
             "key": key,
@@ -214,21 +223,27 @@ def _serve(store: Any, request: dict[str, Any]) -> dict[str, Any]:
     reply: dict[str, Any] = {}
     try:
         store.keyring.timeout = request["keyring_timeout"]
-        op = request["op"]
-        if op == "set":
+        op = _op(request["op"])
+        if op is Op.SET:
             reply["result"] = store.set(request["key"])
-        elif op == "get":
+        elif op is Op.GET:
             reply["result"] = store.get()
-        elif op == "clear":
+        elif op is Op.CLEAR:
             reply["result"] = store.clear()
-        else:  # never a default: a call the daemon did not mean must not remove the key
-            raise ConvError(f"The secret-store helper has no operation {str(op)[:32]!r}.", FAILED[1])
     except ConvError as e:
         reply["error"] = {"kind": errors.kind_of(type(e)), "message": e.message, "hint": e.hint}
     except Exception:
         log.exception("the secret store failed")
         reply["error"] = {"kind": "", "message": FAILED[0], "hint": FAILED[1]}
     return reply
+
+
+def _op(name: Any) -> Op:
+    """The call a request names; never a default: a call the daemon did not mean must not remove the key."""
+    try:
+        return Op(name)
+    except ValueError:
+        raise ConvError(f"The secret-store helper has no operation {str(name)[:32]!r}.", FAILED[1]) from None
 
 
 def main(config_path: str, forced_backend: str) -> None:

@@ -11,6 +11,7 @@ import pytest
 
 from convocationsd.core import flows, pkce
 from convocationsd.core.flows import CallbackRejected, FlowError, FlowStore
+from convocationsd.core.states import FlowStatus
 
 T0 = 1_700_000_000.0
 PORT = 3000
@@ -83,7 +84,7 @@ def test_start_creates_pending_flow(store, clock, tokens):
     r = store.start()
     f = r.flow
     assert r.joined is False and r.cancelled is None
-    assert store.pending is f and f.status == flows.PENDING and not f.done
+    assert store.pending is f and f.status == FlowStatus.PENDING and not f.done
     assert f.created_at == T0 and f.expires_at == T0 + 600.0
     assert f.callback_url == "http://localhost:3000/api/openrouter/oauth/callback"
     assert f.paste is False and f.error is None and f.finished_at is None
@@ -154,7 +155,7 @@ def test_restart_cancels_the_old_flow(store, clock):
     r = store.start(restart=True)
     assert r.joined is False
     assert r.cancelled is old
-    assert old.status == flows.FAILED and old.done
+    assert old.status == FlowStatus.FAILED and old.done
     assert old.error is flows.REPLACED[False]  # not a plain "cancelled": its waiter is told where the login went
     assert old.error.code == "replaced" and "(browser mode); finish that one" in old.error.message
     assert old.finished_at == T0 + 3
@@ -181,7 +182,7 @@ def test_the_other_mode_joins_the_pending_flow(store):
     """Start joins whatever is pending (the contract); only restart replaces it."""
     cb = store.start().flow
     r = store.start(paste=True)
-    assert r.joined is True and r.flow is cb and r.cancelled is None and cb.status == flows.PENDING
+    assert r.joined is True and r.flow is cb and r.cancelled is None and cb.status == FlowStatus.PENDING
     r2 = store.start(paste=True, restart=True)
     assert r2.cancelled is cb and cb.error is flows.REPLACED[True]
     assert cb.error.message == "The login was replaced by a new login started elsewhere (paste mode); finish that one."
@@ -199,7 +200,7 @@ def test_mode_switch_while_exchanging_joins_instead_of_cancelling(store):
     store.claim_code("c1", f.state)
     r = store.start(paste=True)
     assert r.joined is True and r.flow is f and r.cancelled is None
-    assert f.status == flows.EXCHANGING
+    assert f.status == FlowStatus.EXCHANGING
 
 
 def test_restart_or_cancel_while_exchanging_joins_instead(store):
@@ -208,7 +209,7 @@ def test_restart_or_cancel_while_exchanging_joins_instead(store):
     store.claim_code("c1", f.state)
     r = store.start(restart=True)
     assert r.joined is True and r.flow is f and r.cancelled is None
-    assert store.cancel() is None and f.status == flows.EXCHANGING
+    assert store.cancel() is None and f.status == FlowStatus.EXCHANGING
     assert store.cancel(force=True) is f and f.error.code == "cancelled"
 
 
@@ -219,14 +220,14 @@ def test_expire_due_before_deadline_does_nothing(store, clock):
     f = store.start().flow
     clock.advance(599.999)
     assert store.expire_due() is None
-    assert store.pending is f and f.status == flows.PENDING
+    assert store.pending is f and f.status == FlowStatus.PENDING
 
 
 def test_expire_due_at_deadline(store, clock):
     f = store.start().flow
     clock.advance(600)
     assert store.expire_due() is f
-    assert f.status == flows.FAILED and f.error.code == "timeout"
+    assert f.status == FlowStatus.FAILED and f.error.code == "timeout"
     assert f.error.message and f.error.hint
     assert f.finished_at == T0 + 600
     assert store.pending is None and list(store.history) == [f]
@@ -242,7 +243,7 @@ def test_expire_due_not_while_exchanging(store, clock):
     store.claim_code("c", f.state)
     clock.advance(10_000)
     assert store.expire_due() is None
-    assert store.pending is f and f.status == flows.EXCHANGING
+    assert store.pending is f and f.status == FlowStatus.EXCHANGING
     # released after the deadline: it expires on the next check
     store.release(f)
     assert store.expire_due() is f and f.error.code == "timeout"
@@ -282,11 +283,11 @@ def test_claim_code_wrong_state_changes_nothing(store, bad_state):
     with pytest.raises(CallbackRejected) as ei:
         store.claim_code("real-code", bad_state)
     assert ei.value.reason == "state_mismatch"
-    assert store.pending is f and snapshot(f) == before and f.status == flows.PENDING
+    assert store.pending is f and snapshot(f) == before and f.status == FlowStatus.PENDING
     assert len(store.history) == 0
     # the code was not consumed: the real callback with the same code still works
     assert store.claim_code("real-code", f.state) is f
-    assert f.status == flows.EXCHANGING
+    assert f.status == FlowStatus.EXCHANGING
 
 
 def test_claim_code_state_prefix_is_not_enough(store):
@@ -294,13 +295,13 @@ def test_claim_code_state_prefix_is_not_enough(store):
     for wrong in (f.state[:-1], f.state + "x", f.state.upper() if f.state.upper() != f.state else f.state + "Z"):
         with pytest.raises(CallbackRejected):
             store.claim_code("c", wrong)
-    assert f.status == flows.PENDING
+    assert f.status == FlowStatus.PENDING
 
 
 def test_claim_code_right_state(store):
     f = store.start().flow
     assert store.claim_code("c", f.state) is f
-    assert f.status == flows.EXCHANGING and store.pending is f
+    assert f.status == FlowStatus.EXCHANGING and store.pending is f
 
 
 def test_stateless_code_is_refused_by_default(store):
@@ -310,7 +311,7 @@ def test_stateless_code_is_refused_by_default(store):
     assert ei.value.reason == "missing_state"
     assert "allow_stateless_callbacks" in ei.value.hint and "CONVOCATIONS_ALLOW_STATELESS_CALLBACKS" in ei.value.hint
     assert "--paste" in ei.value.hint
-    assert f.status == flows.PENDING and store.pending is f
+    assert f.status == FlowStatus.PENDING and store.pending is f
     assert store.claim_code("c", f.state) is f  # the code was not consumed
 
 
@@ -318,16 +319,16 @@ def test_stateless_code_when_allowed_waits_for_its_page_and_leaves_the_flow_pend
     s = make_store(clock, tokens, require_state=False)
     f = s.start().flow
     token = s.confirmation_token("stray")
-    assert f.status == flows.PENDING  # its page waits for the person: nothing waits for it
-    assert s.take_confirmed_code("stray", token) is f and f.status == flows.PENDING  # checked on the side
+    assert f.status == FlowStatus.PENDING  # its page waits for the person: nothing waits for it
+    assert s.take_confirmed_code("stray", token) is f and f.status == FlowStatus.PENDING  # checked on the side
     with pytest.raises(CallbackRejected) as ei:
         s.take_confirmed_code("stray", token)  # once
     assert ei.value.reason == "code_reused"
     assert s.claim_code("real", f.state) is f  # the callback with the right state goes first
-    assert f.status == flows.EXCHANGING
+    assert f.status == FlowStatus.EXCHANGING
     with pytest.raises(CallbackRejected) as ei:
         s.confirmation_token("another")  # a stateless one never disturbs a running exchange
-    assert ei.value.reason == "busy" and f.status == flows.EXCHANGING
+    assert ei.value.reason == "busy" and f.status == FlowStatus.EXCHANGING
 
 
 def test_stateless_code_is_remembered(clock, tokens):
@@ -372,7 +373,7 @@ def test_a_side_result_counts_only_for_a_flow_still_pending(clock, tokens):
     s.finish(f, None, "keyring")
     assert s.claim_side_result(f) is False  # ended
     g = s.start().flow
-    assert s.claim_side_result(g) is True and g.status == flows.EXCHANGING
+    assert s.claim_side_result(g) is True and g.status == FlowStatus.EXCHANGING
 
 
 @pytest.mark.parametrize("require_state", [True, False])
@@ -388,19 +389,19 @@ def test_paste_flow_ignores_every_callback(clock, tokens, require_state):
         with pytest.raises(CallbackRejected) as ei:
             claim()
         assert ei.value.reason == "paste_mode"
-    assert f.status == flows.PENDING
-    assert s.claim_pasted("c") is f and f.status == flows.EXCHANGING  # the socket's paste still works
+    assert f.status == FlowStatus.PENDING
+    assert s.claim_pasted("c") is f and f.status == FlowStatus.EXCHANGING  # the socket's paste still works
 
 
 def test_same_code_twice_is_code_reused(store):
     f = store.start().flow
     store.claim_code("c", f.state)
     store.release(f)
-    assert f.status == flows.PENDING
+    assert f.status == FlowStatus.PENDING
     with pytest.raises(CallbackRejected) as ei:
         store.claim_code("c", f.state)
     assert ei.value.reason == "code_reused"
-    assert f.status == flows.PENDING and store.pending is f
+    assert f.status == FlowStatus.PENDING and store.pending is f
 
 
 def test_code_reuse_is_remembered_across_flows(store):
@@ -411,7 +412,7 @@ def test_code_reuse_is_remembered_across_flows(store):
     with pytest.raises(CallbackRejected) as ei:
         store.claim_code("c", f2.state)
     assert ei.value.reason == "code_reused"
-    assert f2.status == flows.PENDING
+    assert f2.status == FlowStatus.PENDING
 
 
 def test_used_codes_are_bounded(clock, tokens):
@@ -437,7 +438,7 @@ def test_claim_while_exchanging_is_busy(store):
     with pytest.raises(CallbackRejected) as ei:
         store.claim_code("c2", f.state)
     assert ei.value.reason == "busy"
-    assert f.status == flows.EXCHANGING
+    assert f.status == FlowStatus.EXCHANGING
     # the busy code was not consumed
     store.release(f)
     assert store.claim_code("c2", f.state) is f
@@ -455,22 +456,22 @@ def test_release_puts_flow_back_to_pending(store):
     f = store.start().flow
     store.claim_pasted("c")
     store.release(f)
-    assert f.status == flows.PENDING and store.pending is f
+    assert f.status == FlowStatus.PENDING and store.pending is f
     assert store.claim_pasted("other") is f
 
 
 def test_release_is_a_no_op_for_other_flows(store):
     f = store.start().flow
     store.release(f)  # pending, not exchanging
-    assert f.status == flows.PENDING
+    assert f.status == FlowStatus.PENDING
     store.claim_pasted("c")
     store.finish(f, FlowError("exchange_failed", "x"))
     store.release(f)  # finished
-    assert f.status == flows.FAILED
+    assert f.status == FlowStatus.FAILED
     stranger = store.start().flow
     store.claim_pasted("d")
     store.release(f)  # not the pending one
-    assert stranger.status == flows.EXCHANGING
+    assert stranger.status == FlowStatus.EXCHANGING
 
 
 # -- claim_error -----------------------------------------------------------------------------------
@@ -484,10 +485,10 @@ def test_claim_error_rules(store):
     with pytest.raises(CallbackRejected) as ei:
         store.claim_error("wrong")
     assert ei.value.reason == "state_mismatch"
-    assert f.status == flows.PENDING and store.pending is f
+    assert f.status == FlowStatus.PENDING and store.pending is f
     assert store.claim_error(f.state) is f
     assert store.claim_error(None) is f  # the flow it is about; the caller decides that it ends nothing
-    assert f.status == flows.PENDING  # claim_error itself changes nothing
+    assert f.status == FlowStatus.PENDING  # claim_error itself changes nothing
     store.claim_code("c", f.state)
     with pytest.raises(CallbackRejected) as ei:
         store.claim_error(None)
@@ -528,7 +529,7 @@ def test_finish_success(store, clock):
     store.claim_code("c", f.state)
     clock.advance(7)
     assert store.finish(f, backend="keyring") is True
-    assert f.status == flows.SUCCEEDED and f.done and f.error is None
+    assert f.status == FlowStatus.SUCCEEDED and f.done and f.error is None
     assert f.backend == "keyring" and f.finished_at == T0 + 7
     assert store.pending is None and list(store.history) == [f]
     assert store.latest() is f
@@ -539,7 +540,7 @@ def test_finish_failure(store):
     store.claim_code("c", f.state)
     err = FlowError("exchange_failed", "OpenRouter refused the code.", "Try again.")
     store.finish(f, err)
-    assert f.status == flows.FAILED and f.error is err and f.backend is None
+    assert f.status == FlowStatus.FAILED and f.error is err and f.backend is None
     assert store.pending is None and list(store.history) == [f]
     assert f.public()["error"] == {
         "code": "exchange_failed",
