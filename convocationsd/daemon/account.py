@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from convocationsd.core.errors import ConvError, KeyRejected, UpstreamError
 from convocationsd.core.events import KEY_CHANGED, EventBus
+from convocationsd.daemon.tasks import TaskSet
 
 if TYPE_CHECKING:
     from convocationsd.daemon.openrouter import OpenRouterApi
@@ -149,6 +150,7 @@ class AccountStatus:
         self.openrouter = openrouter
         self.read_key = read_key
         self.cache = AccountCache(ttl_from_env() if ttl is None else ttl, clock)
+        self._tasks = TaskSet()  # its refreshes (one at a time: ``_task``), ended by close()
         self._task: asyncio.Task | None = None
         # The key as the store gave it (None: no key), or why it could not be read; see the module doc.
         self._key_read = False
@@ -179,10 +181,14 @@ class AccountStatus:
         if self._task is not None and not self._task.done():
             return
         try:
-            loop = asyncio.get_running_loop()
+            asyncio.get_running_loop()
         except RuntimeError:  # no loop (a synchronous caller in a test): nothing to schedule
             return
-        self._task = loop.create_task(self._refresh_quietly())
+        self._task = self._tasks.start(self._refresh_quietly())
+
+    async def close(self) -> None:
+        """Ends a refresh that is running; none starts after this (the daemon stops)."""
+        await self._tasks.close()
 
     async def _refresh_quietly(self) -> None:
         try:

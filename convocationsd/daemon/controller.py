@@ -140,7 +140,8 @@ class Controller:
             require_state=require_state,
             clock=clock,
         )
-        self._expiry: asyncio.TimerHandle | None = None
+        self._expiry: asyncio.TimerHandle | None = None  # the pending flow's timeout; close() cancels it
+        self._closed = False
         self._secret_lock = asyncio.Lock()
         self.last_activity = time.monotonic()
         self.secret_state = SecretStatus(False, None)  # cached so that `status` never waits on a backend
@@ -178,6 +179,8 @@ class Controller:
     def _schedule_expiry(self, flow: Flow) -> None:
         if self._expiry is not None:
             self._expiry.cancel()
+        if self._closed:
+            return
         delay = max(0.0, flow.expires_at - self.clock())
         self._expiry = asyncio.get_running_loop().call_later(delay, self._expire)
 
@@ -550,6 +553,14 @@ class Controller:
         """After a reload: the settings `status` reports, and those that wait for a restart."""
         self.setup, self.restart_needed = setup, restart_needed
         self._status_cache = None
+
+    async def close(self) -> None:
+        """At shutdown, once no request can come in: the expiry timer and the account check end here."""
+        self._closed = True
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        await self.account.close()
 
     def touch(self) -> None:
         self.last_activity = time.monotonic()

@@ -22,7 +22,8 @@ from convocationsd.core.errors import ConvError, UntrustedConfig, UntrustedSocke
 from convocationsd.core.events import ALL_EVENTS, AUTH_STARTED, EventBus
 from convocationsd.daemon import systemd
 from convocationsd.daemon.controller import Controller, Endpoint
-from convocationsd.daemon.logs import set_level, setup_logging
+from convocationsd.daemon.logs import REFUSALS, set_level, setup_logging
+from convocationsd.daemon.tasks import TaskSet
 from convocationsd.store import config
 
 if TYPE_CHECKING:
@@ -108,7 +109,7 @@ class Daemon:
         self._http: Any = None
         self._ipc: Any = None
         self._openrouter: Any = None
-        self._tasks: list[asyncio.Task] = []
+        self._tasks = TaskSet()  # the idle watch
         self._desktop: Any = None
         self._status = "Starting"
         self._stop_reason = "signal"
@@ -222,7 +223,7 @@ class Daemon:
         self._status = f"Listening on http://localhost:{port}" + (" (fallback port)" if fell_back else "")
         systemd.notify(f"READY=1\nSTATUS={self._status}", self.env)
         if self.activated:
-            self._tasks.append(asyncio.create_task(self._idle_watch()))
+            self._tasks.start(self._idle_watch())
 
     def _setup(self) -> dict:
         """The settings `status` reports (doctor checks the daemon the person runs, not its own guess): each
@@ -332,9 +333,11 @@ class Daemon:
                 self.stopping.set()
 
     async def stop(self) -> None:
+        """Shuts down in stages: the login in progress is cancelled (its waiters are told), the doors close
+        (requests in flight end), then what served them. Every task, timer, thread and child process the
+        daemon started has ended when this returns."""
         systemd.notify(f"STOPPING=1\nSTATUS=Stopping ({self._stop_reason})", self.env)
-        for task in self._tasks:
-            task.cancel()
+        await self._tasks.close()
         ctl = self.controller
         if ctl is not None and ctl.flows.pending is not None:
             ctl.cancel(force=True)
@@ -349,10 +352,15 @@ class Daemon:
             await self._ipc.close()
         if self._http is not None:
             await self._http.close()
-        if self._openrouter is not None:
-            await self._openrouter.close()
         if self._desktop is not None:
             await self._desktop.close()
+        REFUSALS.flush()  # counts of refused requests not yet logged
+        if ctl is not None:
+            await ctl.close()
+        if self._openrouter is not None:
+            await self._openrouter.close()
+        if self.secrets is not None:  # off the loop: a call in progress (a keyring prompt) finishes first
+            await asyncio.to_thread(self.secrets.close)
         if ctl is not None:  # it started: a start that failed says why instead
             log.info("stopped")
 

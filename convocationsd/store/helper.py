@@ -93,9 +93,13 @@ class HelperStore:
         return self._call(Op.CLEAR)
 
     def close(self) -> None:
-        """Lets the child go now rather than after LINGER seconds."""
+        """Lets the child go now rather than after LINGER seconds, and ends the timer that would have (the
+        daemon stops). A call in progress finishes first: it may be storing a login's key."""
         with self._lock:
+            timer = self._retire_timer
             self._retire()
+        if timer is not None:  # joined outside the lock, which a timer that has just fired is waiting for
+            timer.join()
 
     def _call(self, op: Op, key: str | None = None) -> Any:
         request = {
@@ -110,7 +114,7 @@ class HelperStore:
             answer = self._exchange(json.dumps(request).encode() + b"\n")
             self._calls += 1
             self._retire_timer = threading.Timer(LINGER, self._linger_over, args=(self._calls,))
-            self._retire_timer.daemon = True
+            self._retire_timer.daemon = True  # close() ends it; a store nobody closes must not hold up an exit
             self._retire_timer.start()
         try:
             reply = json.loads(answer)
