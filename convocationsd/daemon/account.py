@@ -11,7 +11,7 @@ The key is read from the secret store once, by the first refresh after start-up 
 kept for the next refreshes: on a locked Secret Service every read is an unlock prompt, which a background
 refresh must not open every TTL (nor disturb a prompt a person is answering).
 
-The TTL is ``CONVOCATIONS_ACCOUNT_CACHE_SECONDS`` (default 60 s); tests make it short.
+The TTL is the ``account_cache_seconds`` setting (default 60 s; a reload changes it); tests make it short.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -33,19 +32,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-TTL_ENV = "CONVOCATIONS_ACCOUNT_CACHE_SECONDS"
 DEFAULT_TTL = 60.0
 REVOKED_MESSAGE = "linked key is no longer valid — run `convctl oauth start`"
 # A key OpenRouter never accepted in this run (typed in with --no-verify, or revoked before we started).
 NOT_ACCEPTED_MESSAGE = "the stored key is not accepted by OpenRouter — run `convctl oauth start`"
-
-
-def ttl_from_env(env: Mapping[str, str] = os.environ) -> float:
-    try:
-        ttl = float(env.get(TTL_ENV, DEFAULT_TTL))
-    except ValueError:
-        return DEFAULT_TTL
-    return ttl if math.isfinite(ttl) and ttl >= 0 else DEFAULT_TTL
 
 
 def _number(value: Any) -> float | int | None:
@@ -144,12 +134,12 @@ class AccountStatus:
         read_key: Callable[[], Awaitable[str | None]],
         bus: EventBus,
         *,
-        ttl: float | None = None,
+        ttl: float = DEFAULT_TTL,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.openrouter = openrouter
         self.read_key = read_key
-        self.cache = AccountCache(ttl_from_env() if ttl is None else ttl, clock)
+        self.cache = AccountCache(ttl, clock)
         self._tasks = TaskSet()  # its refreshes (one at a time: ``_task``), ended by close()
         self._task: asyncio.Task | None = None
         # The key as the store gave it (None: no key), or why it could not be read; see the module doc.

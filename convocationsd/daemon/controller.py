@@ -2,7 +2,8 @@
 
 The flow of data is start -> (browser) -> callback -> exchange -> store -> event. This module runs it:
 it owns the session store, calls OpenRouter, hands the key to the secret store, and publishes events.
-It knows nothing about HTTP or sockets; they translate their requests into these calls.
+It knows nothing about HTTP or sockets: the HTTP door translates its requests into these calls, and the
+socket's methods map onto them in ``Controller.handlers`` (core/protocol.py names them and their params).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable
 from enum import StrEnum
@@ -28,12 +30,16 @@ from convocationsd.core.flows import (
     reported_error,
 )
 from convocationsd.core.states import FlowStatus
-from convocationsd.daemon.account import AccountStatus
+from convocationsd.daemon.account import DEFAULT_TTL, AccountStatus
 from convocationsd.daemon.logs import REFUSALS
 from convocationsd.store.secrets import SecretStatus, SecretStore
 
 if TYPE_CHECKING:
+    from convocationsd.common.settings import Settings
     from convocationsd.daemon.openrouter import OpenRouterApi
+
+# A socket method's handler: (the caller, as an event sink, for ``subscribe``; its checked params) -> its result.
+Handler = Callable[[events.Sink, dict[str, Any]], Any]
 
 log = logging.getLogger(__name__)
 # What any web page can cause as often as it likes (callbacks that are ignored, error reports without state):
@@ -118,6 +124,7 @@ class Controller:
         bus: events.EventBus,
         flow_timeout: float,
         require_state: bool = True,
+        account_ttl: float = DEFAULT_TTL,
         setup: dict | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -147,7 +154,42 @@ class Controller:
         self.secret_state = SecretStatus(False, None)  # cached so that `status` never waits on a backend
         self.unsaved: UnsavedKey | None = None  # a key OpenRouter issued that could not be stored yet
         # The key's label and usage from OpenRouter, cached, refreshed in the background.
-        self.account = AccountStatus(openrouter, self.stored_key, bus)
+        self.account = AccountStatus(openrouter, self.stored_key, bus, ttl=account_ttl)
+
+    def apply(self, settings: Settings) -> None:
+        """A reload's settings, those the controller uses (a reload leaves the RESTART_ONLY ones as they were)."""
+        self.flows.timeout = settings.flow_timeout_seconds
+        self.flows.require_state = not settings.allow_stateless_callbacks
+        self.account.cache.ttl = settings.account_cache_seconds
+
+    # -- the socket's methods ------------------------------------------------------------------------
+
+    def handlers(self) -> dict[str, Handler]:
+        """What each socket method does. A new method is its name and params in core/protocol.py (METHODS)
+        and its line here; the IPC server refuses to start when one has no handler."""
+        return {
+            "status": lambda c, p: self.status(),
+            "oauth.start": lambda c, p: self.start(restart=p.get("restart", False), paste=p.get("paste", False)),
+            "oauth.cancel": lambda c, p: {"cancelled": self.cancel(p.get("session_id"))},
+            "oauth.exchange": lambda c, p: self.exchange_pasted(p["code"], p.get("session_id")),
+            "subscribe": lambda c, p: {"events": self.subscribe(c, p.get("events"))},
+            "secret.status": lambda c, p: self.secret_status(),
+            "secret.set": lambda c, p: self.secret_set(p["key"], verify=p.get("verify", False)),
+            "secret.clear": lambda c, p: self.secret_clear(),
+            "secret.get": lambda c, p: self.secret_get(),
+            "secret.retry_store": lambda c, p: self.retry_store(),
+            "debug.modules": lambda c, p: {"modules": sorted({name.partition(".")[0] for name in sys.modules})},
+        }
+
+    def subscribe(self, sink: events.Sink, wanted: list[str] | None) -> list[str]:
+        """Sets the events ``sink`` receives (None: all); an unknown name leaves its subscription as it was."""
+        unknown = set(wanted or ()) - set(events.ALL_EVENTS)
+        if unknown:
+            raise protocol.ProtocolError(
+                protocol.INVALID_PARAMS,
+                f"Invalid params: no event {sorted(unknown)[0][:64]!r}; events are " + ", ".join(events.ALL_EVENTS),
+            )
+        return self.bus.subscribe(sink, wanted)
 
     # -- flows ---------------------------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ import os
 import socket
 import stat
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -390,7 +390,7 @@ class Connection(asyncio.BufferedProtocol):
 class IpcServer:
     def __init__(
         self,
-        handlers: dict[str, Handler],
+        handlers: Mapping[str, Handler],
         bus: EventBus,
         *,
         on_activity: Callable[[], None] = lambda: None,

@@ -29,6 +29,8 @@ from convocationsd.core.keycheck import MAX_KEY_LENGTH  # one limit for typed ke
 if TYPE_CHECKING:  # imported by the first request (see _aiohttp): most of a cold start's import time
     import aiohttp
 
+    from convocationsd.common.settings import Settings
+
 log = logging.getLogger(__name__)
 
 EXCHANGE_PATH = "/api/v1/auth/keys"
@@ -242,8 +244,12 @@ class OpenRouterClient:
 
     def __init__(self, base_url: str, *, timeout: float = 30.0) -> None:
         self.base_url = base_url.rstrip("/")
-        self.timeout = timeout  # SIGHUP may change it: read for each request, never baked into the session
+        self.timeout = timeout  # a reload may change it: read for each request, never baked into the session
         self._session: aiohttp.ClientSession | None = None
+
+    def apply(self, settings: Settings) -> None:
+        """A reload's settings: the time bound of each request (the URL waits for a restart)."""
+        self.timeout = settings.exchange_timeout_seconds
 
     def _get_session(self) -> aiohttp.ClientSession:
         import aiohttp

@@ -27,13 +27,16 @@ import threading
 from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from convocationsd.common.interpreter import module_command
 from convocationsd.core import errors
 from convocationsd.core.errors import ConvError, SecretStoreError
 from convocationsd.store.keyring_backend import KeyringMissing
 from convocationsd.store.secrets import SecretStatus, StoreOutcome
+
+if TYPE_CHECKING:
+    from convocationsd.common.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +74,7 @@ class HelperStore:
 
         self.config_path = Path(config_path)
         self.forced_backend = forced_backend
-        self.keyring_timeout = keyring_timeout  # SIGHUP may change it: sent with each call
+        self.keyring_timeout = keyring_timeout  # a reload may change it: sent with each call
         self.env = env
         self._reader = ConfiguredStore(self.config_path, forced_backend=forced_backend)  # refuses unknown backends
         self._lock = threading.Lock()  # one call at a time on the pipes
@@ -79,6 +82,10 @@ class HelperStore:
         self._calls = 0  # so that a retire timer armed before the latest call does nothing
         self._retire_timer: threading.Timer | None = None
         self.last_store: StoreOutcome | None = None  # how the child's last ``set`` went, for `status`
+
+    def apply(self, settings: Settings) -> None:
+        """A reload's settings: how long the keyring may take (the backend waits for a restart)."""
+        self.keyring_timeout = settings.keyring_timeout_seconds
 
     def status(self) -> SecretStatus:
         return self._reader.status()

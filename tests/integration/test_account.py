@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import signal
 import time
 
 import pytest
@@ -67,13 +68,6 @@ def test_summary_keeps_only_what_is_shown():
         "readable": True,
     }
     assert account.summary({"label": "x\x1b[31m", "usage": float("nan"), "limit": True})["usage"] is None
-
-
-def test_ttl_from_env():
-    assert account.ttl_from_env({}) == 60
-    assert account.ttl_from_env({account.TTL_ENV: "0.5"}) == 0.5
-    assert account.ttl_from_env({account.TTL_ENV: "nope"}) == 60
-    assert account.ttl_from_env({account.TTL_ENV: "-1"}) == 60
 
 
 # -- AccountStatus with stand-ins for the controller's parts ----------------------------------------------------------------
@@ -276,6 +270,31 @@ async def test_account_after_login_in_status_and_revoked(daemon_factory, fake):
     assert "key:      linked key is no longer valid — run `convctl oauth start`" in text
     assert d.call("status")["account"]["valid"] is False
     assert_no_secret(key, d.all_output(), out, err, text, str(js))
+
+
+async def test_the_account_cache_time_is_a_setting_that_a_reload_changes(daemon_factory, fake, short_tmp):
+    """account_cache_seconds from config.toml: at 600 s, a key revoked meanwhile still shows as valid (nothing
+    is asked before then); after a reload at 0.2 s, the next status asks, and shows it revoked."""
+    from tests.integration.test_config_file import wait_for_log, write_config
+
+    config = write_config(short_tmp, "account_cache_seconds = 600\n")
+    d = await asyncio.to_thread(daemon_factory, CONVOCATIONS_OPENROUTER_URL=fake.url)
+    key = fake.issue_key()
+    d.call("secret.set", {"key": key})
+    await asyncio.to_thread(wait_until, lambda: d.call("status")["account"] is not None, "the account")
+    setting = d.call("status")["settings"]["account_cache_seconds"]
+    assert setting == {"value": 600.0, "source": f"account_cache_seconds in {config}"}
+    fake.revoke(key)
+    for _ in range(5):
+        await asyncio.sleep(0.2)
+        assert d.call("status")["account"]["valid"] is True  # cached: 600 s have not passed
+
+    config.write_text(config.read_text().replace("account_cache_seconds = 600", "account_cache_seconds = 0.2"))
+    d.proc.send_signal(signal.SIGHUP)
+    await asyncio.to_thread(wait_for_log, d, "configuration reloaded")
+    await asyncio.to_thread(wait_until, lambda: d.call("status")["account"]["valid"] is False, "the revoked key")
+    assert d.call("status")["settings"]["account_cache_seconds"]["value"] == 0.2
+    assert_no_secret(key, d.all_output())
 
 
 async def test_status_with_a_key_set_by_hand_shows_limit(daemon, fake):

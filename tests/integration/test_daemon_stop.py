@@ -19,6 +19,7 @@ import pytest
 
 from convocationsd.client import AsyncClient
 from convocationsd.core import pkce
+from convocationsd.daemon.logs import REFUSALS
 from convocationsd.daemon.main import Daemon
 from convocationsd.store import config
 from tests.adversarial.harness import FakeThread
@@ -82,6 +83,7 @@ async def run_then_stop(
 
 def test_after_stop_no_task_timer_thread_or_child_of_the_daemon_is_left(short_tmp, caplog):
     caplog.set_level(logging.INFO)
+    REFUSALS.flush()  # counts that in-process servers of earlier tests left in this process-wide filter
     fake = FakeThread()
     env = base_env(short_tmp, RCONV_HTTP_PORT="0", CONVOCATIONS_OPENROUTER_URL=fake.url)
     threads = set(threading.enumerate())
