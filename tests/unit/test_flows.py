@@ -80,6 +80,18 @@ def snapshot(flow: flows.Flow) -> tuple:
 # -- start -----------------------------------------------------------------------------------------
 
 
+def test_the_statuses_are_the_ones_the_protocol_documents(store):
+    """`status` shows a flow's status as docs/protocol.md lists them, the order a login goes through them."""
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
+    documented = re.search(r'"flow": \{"session_id": "…", "status": "([a-z|]+)"', doc).group(1).split("|")
+    assert [str(status) for status in FlowStatus] == documented
+    flow = store.start().flow
+    assert json.loads(json.dumps(flow.public()))["status"] == documented[0]
+
+
 def test_start_creates_pending_flow(store, clock, tokens):
     r = store.start()
     f = r.flow
