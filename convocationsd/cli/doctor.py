@@ -48,7 +48,9 @@ from convocationsd.store import configfile
 from convocationsd.store.keyring_backend import probe_keyring
 
 CALLBACK_PATH = pkce.CALLBACK_PATH
-DEFAULT_PORT = Settings.http_port  # what OpenRouter has on record for the app, unless the person registered another
+# What OpenRouter has on record for the app, unless the person registered another (a NamedTuple's default: its
+# class attribute is the field's accessor).
+DEFAULT_PORT = Settings._field_defaults["http_port"]
 START_FIX = (
     "Start it with `convocationsd` (or `systemctl --user start convocationsd.socket`), then run `convctl doctor` again."
 )
