@@ -114,7 +114,7 @@ class Flow:
 
     @property
     def done(self) -> bool:
-        return self.status in (FlowStatus.SUCCEEDED, FlowStatus.FAILED)
+        return self.status.done
 
     def public(self) -> dict[str, Any]:
         """What status and events may show: never the verifier, the state or a code."""

@@ -12,3 +12,8 @@ class FlowStatus(StrEnum):
     EXCHANGING = "exchanging"  # a code is being exchanged for a key (nothing may cancel it but shutdown)
     SUCCEEDED = "succeeded"  # the key is stored
     FAILED = "failed"  # ended without a stored key (the flow's error says why)
+
+    @property
+    def done(self) -> bool:
+        """A final state: the login has ended."""
+        return self is FlowStatus.SUCCEEDED or self is FlowStatus.FAILED

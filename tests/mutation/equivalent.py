@@ -26,8 +26,8 @@ EQUIVALENT: dict[str, str] = {
     "core/pkce.py:TokenSource:statement:TokenSource = Callable[[int], str] -> pass": _ANNOTATION_ONLY,
     "core/flows.py:FlowStore.expire_due:statement:return None -> pass": _LAST_RETURN_NONE,
     "core/flows.py:FlowStore._end:condition:self.pending is flow -> True": _EVERY_OPEN_FLOW_IS_PENDING,
-    "core/flows.py:FlowStore.release:boolean:self.pending is flow and flow.status == EXCHANGING -> "
-    "self.pending is flow or flow.status == EXCHANGING": _EVERY_OPEN_FLOW_IS_PENDING
+    "core/flows.py:FlowStore.release:boolean:self.pending is flow and flow.status == FlowStatus.EXCHAN... -> "
+    "self.pending is flow or flow.status == FlowStatus.EXCHANGING": _EVERY_OPEN_FLOW_IS_PENDING
     + " So a flow that is exchanging is the pending one, and setting a pending flow's status to pending changes "
     "nothing.",
     'core/pkce.py:VERIFIER_CHARS:constant:"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123... -> '
@@ -51,6 +51,8 @@ EQUIVALENT: dict[str, str] = {
     "comprehension copies params without its None values, which is params itself when it has none.",
     "core/protocol.py:result_line:condition:type(id_) is int -> False": "A speed trick: json gives an int the "
     "same digits as str().",
+    "core/protocol.py:check_request:condition:spec -> True": "A speed trick: the loop over an empty spec finds "
+    "nothing required either; the check only skips setting it up for the methods without params.",
     # common/
     "common/peercred.py:peer_uid:statement:return None -> pass": "After the except clause the function reaches "
     "its last statement, `return None`, all the same.",
@@ -58,6 +60,9 @@ EQUIVALENT: dict[str, str] = {
     "common/paths.py:config_dir:constant:True -> False": "platformdirs reads `roaming` only on Windows, where "
     "convocationsd does not run (Unix sockets, SO_PEERCRED).",
     "common/paths.py:_lstat:statement:return None -> pass": _LAST_RETURN_NONE,
+    "common/paths.py:configured_socket:condition:not isinstance(value, str) -> True": "`convert` accepts every "
+    "non-empty string as a path (the empty one returned None just before), so a string passes it either way and "
+    "the same Path is returned; the check only spares the call.",
     "common/paths.py:ensure_socket_dir:constant:0o700 -> 449": "0o701: the umask of 077 set just before clears "
     "the extra bit, so the directory is 0700 either way.",
     "common/proc_net.py:hex_address:constant:16 -> 17": "range(0, 17, 4) adds only the index 16, whose slice of "

@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import json
 import random
+import re
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -78,18 +80,6 @@ def snapshot(flow: flows.Flow) -> tuple:
 
 
 # -- start -----------------------------------------------------------------------------------------
-
-
-def test_the_statuses_are_the_ones_the_protocol_documents(store):
-    """`status` shows a flow's status as docs/protocol.md lists them, the order a login goes through them."""
-    import re
-    from pathlib import Path
-
-    doc = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
-    documented = re.search(r'"flow": \{"session_id": "…", "status": "([a-z|]+)"', doc).group(1).split("|")
-    assert [str(status) for status in FlowStatus] == documented
-    flow = store.start().flow
-    assert json.loads(json.dumps(flow.public()))["status"] == documented[0]
 
 
 def test_start_creates_pending_flow(store, clock, tokens):
@@ -196,7 +186,7 @@ def test_the_other_mode_joins_the_pending_flow(store):
     r = store.start(paste=True)
     assert r.joined is True and r.flow is cb and r.cancelled is None and cb.status == FlowStatus.PENDING
     r2 = store.start(paste=True, restart=True)
-    assert r2.cancelled is cb and cb.error is flows.REPLACED[True]
+    assert r2.cancelled is cb and cb.error is flows.REPLACED[True] and cb.error.code == "replaced"
     assert cb.error.message == "The login was replaced by a new login started elsewhere (paste mode); finish that one."
     assert r2.flow.paste is True and r2.flow.callback_url is None and store.pending is r2.flow
 
@@ -341,6 +331,28 @@ def test_stateless_code_when_allowed_waits_for_its_page_and_leaves_the_flow_pend
     with pytest.raises(CallbackRejected) as ei:
         s.confirmation_token("another")  # a stateless one never disturbs a running exchange
     assert ei.value.reason == "busy" and f.status == FlowStatus.EXCHANGING
+
+
+def test_a_confirmed_code_is_refused_while_the_callback_with_state_is_exchanged(clock, tokens):
+    s = make_store(clock, tokens, require_state=False)
+    f = s.start().flow
+    token = s.confirmation_token("stray")
+    s.claim_code("real", f.state)
+    with pytest.raises(CallbackRejected) as ei:
+        s.take_confirmed_code("stray", token)
+    assert ei.value.reason == "busy" and f.status == FlowStatus.EXCHANGING
+    assert not f.confirmed  # not spent: its page's button may be pressed again
+
+
+def test_codes_and_tokens_that_no_utf_8_holds_are_refused_not_crashed_on(clock, tokens):
+    """A lone surrogate (a JSON escape, a form field) in a code or a token: an answer, never an exception."""
+    s = make_store(clock, tokens, require_state=False)
+    f = s.start().flow
+    token = s.confirmation_token("\ud800")
+    with pytest.raises(CallbackRejected) as ei:
+        s.take_confirmed_code("\ud800", "\udc00" + token[1:])
+    assert ei.value.reason == "not_pending"
+    assert s.take_confirmed_code("\ud800", token) is f
 
 
 def test_stateless_code_is_remembered(clock, tokens):
@@ -665,6 +677,8 @@ def test_public_never_contains_verifier_state_or_code(store, clock, outcome):
     assert f.state not in json.dumps(without_url)
     assert repr(f).count(f.state) == repr(f.auth_url).count(f.state) == 1
     assert "verifier" not in repr(f) and f"state={f.state!r}" not in repr(f)
+    assert f.confirm_key not in repr(f) and "confirm_key=" not in repr(f) and "confirmed=" not in repr(f)
+    assert repr(f).startswith("Flow(auth_url=") and repr(f).endswith(")") and f"session_id={f.session_id!r}" in repr(f)
     reply = {k: v for k, v in f.start_reply(False).items() if k != "auth_url"}
     assert f.state not in json.dumps(reply)
 
@@ -684,7 +698,10 @@ def test_public_fields(store):
 
 
 def test_status_values_are_the_contracts(store):
-    """docs/protocol.md: "status": "pending|exchanging|succeeded|failed"."""
+    """docs/protocol.md: "status": "pending|exchanging|succeeded|failed", which FlowStatus lists in that order."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
+    documented = re.search(r'"flow": \{"session_id": "…", "status": "([a-z|]+)"', doc).group(1).split("|")
+    assert documented == ["pending", "exchanging", "succeeded", "failed"] == [str(s) for s in FlowStatus]
     seen = []
     f = store.start().flow
     seen.append(f.public()["status"])
@@ -716,6 +733,7 @@ def test_complete_data_is_the_events_data(store):
 def test_a_flow_built_by_hand_has_the_documented_defaults():
     f = flows.Flow("sid", "state", "verifier", "https://x/auth", None, T0, T0 + 1)
     assert (f.paste, f.status, f.error, f.backend, f.finished_at, f.done) == (False, "pending", None, None, None, False)
+    assert f.confirm_key == ""  # FlowStore always gives one
 
 
 def test_flows_compare_by_identity():
