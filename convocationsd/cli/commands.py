@@ -8,14 +8,14 @@ import sys
 import time
 
 from convocationsd.client import Client
-from convocationsd.core.errors import ConvError, DaemonUnreachable, NoReply, RemoteError, UsageError
+from convocationsd.core.errors import CodeRejected, ConvError, DaemonUnreachable, NoReply, RemoteError, UsageError
+from convocationsd.core.states import FlowStatus
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: convctl starts faster without it
     from typing import Any
 
 EXIT_OK, EXIT_FAILED = 0, 1
-AUTH_COMPLETE = "openrouter-auth-complete"
 KEYS_PAGE = "https://openrouter.ai/keys"
 STILL_VALID = f"it stays valid at OpenRouter until you delete it at {KEYS_PAGE}"
 PASTE_ATTEMPTS = 3  # codes a person may paste before the login is cancelled
@@ -98,7 +98,7 @@ def _restart_line(entry: dict) -> str:
 def _login_line(flow: dict) -> str:
     """A pending login as the current state; a finished one as history (the key may have changed since)."""
     started = str(flow.get("created_at") or "").replace("T", " ").replace("Z", " UTC")
-    if flow.get("status") in ("pending", "exchanging"):
+    if flow.get("status") in (FlowStatus.PENDING, FlowStatus.EXCHANGING):
         return f"{flow['status']} (session {flow['session_id']}, started {started})"
     line = f"none pending; the last one {flow.get('status')} (session {flow['session_id']}, started {started})"
     if flow.get("error"):
@@ -156,6 +156,8 @@ def oauth(args: argparse.Namespace, out: Any) -> int:
 
 
 def oauth_start(args: argparse.Namespace, out: Any) -> int:
+    from convocationsd.core.events import AUTH_COMPLETE  # here: core.events imports typing and logging
+
     if args.timeout is not None and args.timeout <= 0:
         raise UsageError("--timeout must be a positive number of seconds.")
     with _client(args) as c:
@@ -314,6 +316,8 @@ def _report(data: dict, out: Any, as_json: bool) -> int:
 
 def _wait(c: Client, session: str, timeout: float | None, out: Any, *, quiet: bool) -> dict | None:
     """Waits for our session's auth-complete event; shows elapsed time on a terminal."""
+    from convocationsd.core.events import AUTH_COMPLETE
+
     started = time.monotonic()
     deadline = None if timeout is None else started + timeout
     spinner = "|/-\\"
@@ -373,7 +377,7 @@ def _paste_code(c: Client, session: str, out: Any, timeout: float | None = None)
                 "Check `convctl status` in a while to see whether the account was linked.",
             ) from None
         except RemoteError as e:
-            if e.kind != "CodeRejected":
+            if not e.is_a(CodeRejected):
                 raise
             out.err(f"convctl: {e.message}")
             if attempt < PASTE_ATTEMPTS:

@@ -13,7 +13,7 @@ import sys
 from convocationsd import __version__
 from convocationsd.cli.terminal import safe_json, safe_line
 from convocationsd.common.cmdline import ArgumentParser
-from convocationsd.core.errors import ConvError, RemoteError, UsageError
+from convocationsd.core.errors import ConvError, RemoteError, UsageError, kind_of
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs more to import than the rest of a `convctl status`
@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None, out: Out | None = None) -> int:
     except ConvError as e:
         if debug:
             raise
-        return _fail(out, as_json, e.kind if isinstance(e, RemoteError) and e.kind else type(e).__name__, e)
+        return _fail(out, as_json, e.kind if isinstance(e, RemoteError) and e.kind else kind_of(type(e)), e)
     except KeyboardInterrupt:
         return _fail(out, as_json, "Interrupted", ConvError("Interrupted."))
     except BrokenPipeError:  # `convctl ... | head`: the reader left; not an error worth a traceback

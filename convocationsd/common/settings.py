@@ -23,6 +23,7 @@ SOURCES: dict[str, tuple[str | None, str | None]] = {
     "flow_timeout_seconds": ("CONVOCATIONS_FLOW_TIMEOUT_SECONDS", "flow_timeout_seconds"),
     "exchange_timeout_seconds": ("CONVOCATIONS_EXCHANGE_TIMEOUT_SECONDS", "exchange_timeout_seconds"),
     "keyring_timeout_seconds": ("CONVOCATIONS_KEYRING_TIMEOUT_SECONDS", "keyring_timeout_seconds"),
+    "account_cache_seconds": ("CONVOCATIONS_ACCOUNT_CACHE_SECONDS", "account_cache_seconds"),
     "allow_stateless_callbacks": ("CONVOCATIONS_ALLOW_STATELESS_CALLBACKS", "allow_stateless_callbacks"),
     "allow_port_fallback": ("CONVOCATIONS_ALLOW_PORT_FALLBACK", "allow_port_fallback"),
 }
@@ -60,6 +61,7 @@ class Settings(NamedTuple):  # not a dataclass: one costs ~1.5 ms to create at i
     flow_timeout_seconds: float = 600.0
     exchange_timeout_seconds: float = 30.0
     keyring_timeout_seconds: float = 120.0  # time for a person to answer an unlock prompt
+    account_cache_seconds: float = 60.0  # `status` shows OpenRouter's answer about the key this long, then asks again
     allow_stateless_callbacks: bool = False  # for an OpenRouter that does not send `state` back
     allow_port_fallback: bool = False  # a busy port chosen by the person may be replaced by a free one
 
@@ -151,6 +153,7 @@ CONVERT = {
     "flow_timeout_seconds": _seconds,
     "exchange_timeout_seconds": _seconds,
     "keyring_timeout_seconds": _seconds,
+    "account_cache_seconds": _seconds,
     "allow_stateless_callbacks": _bool,
     "allow_port_fallback": _bool,
 }

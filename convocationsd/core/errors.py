@@ -6,6 +6,10 @@ its class to an exit code. Foreign exceptions are translated at the edges with `
 
 from __future__ import annotations
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # nothing is imported at run time: convctl imports this module for every command
+    from convocationsd.core.flows import FlowError
+
 
 class ConvError(Exception):
     """Base of all expected errors. ``str()`` is safe to show: it never contains a secret."""
@@ -75,6 +79,30 @@ class KeyNotAccepted(ConvError):
         )
 
 
+class UpstreamError(ConvError):
+    """OpenRouter could not be reached or did not give the daemon a key (daemon/openrouter.py raises it).
+
+    ``flow_error`` is exactly what the ``openrouter-auth-complete`` event and the callback page show.
+    ``code_rejected`` is True only when OpenRouter said the code or verifier is invalid: the daemon then
+    keeps the pending flow, because a stray callback may have carried a code that was never ours.
+    """
+
+    def __init__(self, flow_error: FlowError, *, status: int | None = None, code_rejected: bool = False) -> None:
+        super().__init__(flow_error.message, flow_error.hint)
+        self.flow_error = flow_error
+        self.status = status
+        self.code_rejected = code_rejected
+
+
+class KeyRejected(UpstreamError):
+    """``GET /api/v1/key`` answered 401: the key is unknown or was revoked."""
+
+
+class CodeRejected(ConvError):
+    """A pasted code that OpenRouter did not accept; the login still waits for the right one (convctl lets
+    the person paste again)."""
+
+
 class BackendUnavailable(SecretStoreError):
     """A secret backend cannot be used right now (no keyring, locked, timed out)."""
 
@@ -87,3 +115,13 @@ class RemoteError(ConvError):
         super().__init__(message, hint)
         self.code = code
         self.kind = kind
+
+    def is_a(self, error: type[ConvError]) -> bool:
+        """The daemon's error was an ``error`` (by its name on the wire, ``kind_of``; not its subclasses)."""
+        return self.kind == kind_of(error)
+
+
+def kind_of(error: type[ConvError]) -> str:
+    """How an error's class is named on the wire (``error.data.kind``): its class name, one rule for the
+    daemon that sends it and the client that compares it."""
+    return error.__name__

@@ -31,11 +31,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from convocationsd.core import pkce
-
-PENDING = "pending"
-EXCHANGING = "exchanging"
-SUCCEEDED = "succeeded"
-FAILED = "failed"
+from convocationsd.core.states import FlowStatus
 
 
 # NamedTuples and a plain class, not dataclasses: a dataclass costs ~1.5 ms to create, on every start
@@ -104,7 +100,7 @@ class Flow:
         self.created_at = created_at
         self.expires_at = expires_at
         self.paste = paste
-        self.status: str = PENDING
+        self.status = FlowStatus.PENDING
         self.error: FlowError | None = None
         self.backend: str | None = None
         # Signs the codes of callbacks without state that its pages ask the person to confirm; never shown.
@@ -116,7 +112,7 @@ class Flow:
 
     @property
     def done(self) -> bool:
-        return self.status in (SUCCEEDED, FAILED)
+        return self.status.done
 
     def public(self) -> dict[str, Any]:
         """What status and events may show: never the verifier, the state or a code."""
@@ -254,7 +250,7 @@ class FlowStore:
     def start(self, *, restart: bool = False, paste: bool = False) -> StartResult:
         cancelled = None
         if self.pending is not None:
-            if not restart or self.pending.status == EXCHANGING:
+            if not restart or self.pending.status == FlowStatus.EXCHANGING:
                 return StartResult(self.pending, joined=True)
             cancelled = self._end(self.pending, REPLACED[paste])
         verifier = pkce.make_verifier(self._token)
@@ -282,14 +278,14 @@ class FlowStore:
         flow = self.pending
         if flow is None or (session_id is not None and session_id != flow.session_id):
             return None
-        if flow.status == EXCHANGING and not force:
+        if flow.status == FlowStatus.EXCHANGING and not force:
             return None
         return self._end(flow, error)
 
     def expire_due(self) -> Flow | None:
         """Ends the pending flow with ``timeout`` if its time is up and no exchange is running."""
         flow = self.pending
-        if flow is not None and flow.status == PENDING and self._clock() >= flow.expires_at:
+        if flow is not None and flow.status == FlowStatus.PENDING and self._clock() >= flow.expires_at:
             return self._end(flow, TIMED_OUT)
         return None
 
@@ -303,7 +299,7 @@ class FlowStore:
         return True
 
     def _end(self, flow: Flow, error: FlowError | None) -> Flow:
-        flow.status = FAILED if error else SUCCEEDED
+        flow.status = FlowStatus.FAILED if error else FlowStatus.SUCCEEDED
         flow.error = error
         if self.pending is flow:
             self.pending = None  # the tokens of its pages die with it: none matches another flow
@@ -371,9 +367,9 @@ class FlowStore:
         """OpenRouter issued a key for a stateless code exchanged on the side: marks ``flow`` as finishing with
         it, or returns False when the flow has ended meanwhile or a callback with its state is finishing it
         (that key must then never be stored)."""
-        if self.pending is not flow or flow.status != PENDING:
+        if self.pending is not flow or flow.status != FlowStatus.PENDING:
             return False
-        flow.status = EXCHANGING
+        flow.status = FlowStatus.EXCHANGING
         return True
 
     def claim_pasted(self, code: str) -> Flow:
@@ -396,13 +392,13 @@ class FlowStore:
 
     def release(self, flow: Flow) -> None:
         """An exchange showed the code was not ours: the flow waits for the real callback again."""
-        if self.pending is flow and flow.status == EXCHANGING:
-            flow.status = PENDING
+        if self.pending is flow and flow.status == FlowStatus.EXCHANGING:
+            flow.status = FlowStatus.PENDING
 
     def _claim(self, flow: Flow, code: str) -> Flow:
         _refuse_if_exchanging(flow)
         self._remember(code)
-        flow.status = EXCHANGING
+        flow.status = FlowStatus.EXCHANGING
         return flow
 
     def _remember(self, code: str) -> None:
@@ -462,7 +458,7 @@ def _confirmation_mac(flow: Flow, code: str) -> str:
 
 
 def _refuse_if_exchanging(flow: Flow) -> None:
-    if flow.status == EXCHANGING:
+    if flow.status == FlowStatus.EXCHANGING:
         raise CallbackRejected(
             "busy", "A code for this login is already being exchanged.", "Wait a moment and check `convctl status`."
         )

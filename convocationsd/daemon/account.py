@@ -11,7 +11,7 @@ The key is read from the secret store once, by the first refresh after start-up 
 kept for the next refreshes: on a locked Secret Service every read is an unlock prompt, which a background
 refresh must not open every TTL (nor disturb a prompt a person is answering).
 
-The TTL is ``CONVOCATIONS_ACCOUNT_CACHE_SECONDS`` (default 60 s); tests make it short.
+The TTL is the ``account_cache_seconds`` setting (default 60 s; a reload changes it); tests make it short.
 """
 
 from __future__ import annotations
@@ -19,27 +19,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import os
 import time
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from convocationsd.core.errors import ConvError, KeyRejected, UpstreamError
+from convocationsd.core.events import KEY_CHANGED, EventBus
+from convocationsd.daemon.tasks import TaskSet
+
+if TYPE_CHECKING:
+    from convocationsd.daemon.openrouter import OpenRouterApi
 
 log = logging.getLogger(__name__)
 
-TTL_ENV = "CONVOCATIONS_ACCOUNT_CACHE_SECONDS"
 DEFAULT_TTL = 60.0
-KEY_CHANGED = "openrouter-key-changed"
 REVOKED_MESSAGE = "linked key is no longer valid — run `convctl oauth start`"
 # A key OpenRouter never accepted in this run (typed in with --no-verify, or revoked before we started).
 NOT_ACCEPTED_MESSAGE = "the stored key is not accepted by OpenRouter — run `convctl oauth start`"
-
-
-def ttl_from_env(env: Mapping[str, str] = os.environ) -> float:
-    try:
-        ttl = float(env.get(TTL_ENV, DEFAULT_TTL))
-    except ValueError:
-        return DEFAULT_TTL
-    return ttl if math.isfinite(ttl) and ttl >= 0 else DEFAULT_TTL
 
 
 def _number(value: Any) -> float | int | None:
@@ -129,20 +125,29 @@ class AccountCache:
 
 
 class AccountStatus:
-    """Glue between the cache, the controller's secret store and its OpenRouter client."""
+    """Glue between the cache, the stored key (``read_key``: the controller's, which reads the secret store)
+    and the OpenRouter client; ``bus`` tells it when the key changes."""
 
     def __init__(
-        self, controller: Any, *, ttl: float | None = None, clock: Callable[[], float] = time.monotonic
+        self,
+        openrouter: OpenRouterApi,
+        read_key: Callable[[], Awaitable[str | None]],
+        bus: EventBus,
+        *,
+        ttl: float = DEFAULT_TTL,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.controller = controller
-        self.cache = AccountCache(ttl_from_env() if ttl is None else ttl, clock)
+        self.openrouter = openrouter
+        self.read_key = read_key
+        self.cache = AccountCache(ttl, clock)
+        self._tasks = TaskSet()  # its refreshes (one at a time: ``_task``), ended by close()
         self._task: asyncio.Task | None = None
         # The key as the store gave it (None: no key), or why it could not be read; see the module doc.
         self._key_read = False
         self._key: str | None = None
         self._key_problem: str | None = None
         self._accepted = False  # OpenRouter accepted this key once: a 401 now means it was revoked
-        controller.bus.add_listener(self._on_event)
+        bus.add_listener(self._on_event)
 
     def _on_event(self, name: str, data: dict) -> None:
         if name == KEY_CHANGED:
@@ -151,12 +156,12 @@ class AccountStatus:
             if data.get("stored"):
                 self._start_refresh()
 
-    def snapshot(self) -> dict[str, Any] | None:
-        """What ``status`` shows: the cached summary (None when no key is stored or none is known yet), the
+    def snapshot(self, stored: bool) -> dict[str, Any] | None:
+        """What ``status`` shows: the cached summary (None when no key is ``stored`` or none is known yet), the
         cache's own dict, so treat it as read-only: ``status`` asks on every call, and a copy made each time
         would also make its cache compare the summary field by field. Starts a background refresh when the
         cache is stale; never waits for it."""
-        if not self.controller.secret_state.stored:
+        if not stored:
             return None
         if self.cache.stale():
             self._start_refresh()
@@ -166,10 +171,14 @@ class AccountStatus:
         if self._task is not None and not self._task.done():
             return
         try:
-            loop = asyncio.get_running_loop()
+            asyncio.get_running_loop()
         except RuntimeError:  # no loop (a synchronous caller in a test): nothing to schedule
             return
-        self._task = loop.create_task(self._refresh_quietly())
+        self._task = self._tasks.start(self._refresh_quietly())
+
+    async def close(self) -> None:
+        """Ends a refresh that is running; none starts after this (the daemon stops)."""
+        await self._tasks.close()
 
     async def _refresh_quietly(self) -> None:
         try:
@@ -195,10 +204,8 @@ class AccountStatus:
         if not key:
             self.cache.put(None, generation)
             return None
-        from convocationsd.daemon.openrouter import KeyRejected, UpstreamError
-
         try:
-            data = await self.controller.openrouter.key_info(key)
+            data = await self.openrouter.key_info(key)
         except KeyRejected:
             value = revoked(self._accepted)
             log.warning("OpenRouter does not accept the stored key (HTTP 401); it may have been revoked")
@@ -213,10 +220,7 @@ class AccountStatus:
 
     async def _read_key(self) -> tuple[str | None, str | None]:
         """(the stored key or None, None) or (None, why it could not be read)."""
-        from convocationsd.core.errors import ConvError
-
-        ctl = self.controller
         try:
-            return await ctl._secret_call(ctl.secrets.get), None
+            return await self.read_key(), None
         except ConvError as e:
             return None, f"the stored key could not be read: {e.message}"

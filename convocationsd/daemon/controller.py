@@ -2,7 +2,8 @@
 
 The flow of data is start -> (browser) -> callback -> exchange -> store -> event. This module runs it:
 it owns the session store, calls OpenRouter, hands the key to the secret store, and publishes events.
-It knows nothing about HTTP or sockets; they translate their requests into these calls.
+It knows nothing about HTTP or sockets: the HTTP door translates its requests into these calls, and the
+socket's methods map onto them in ``Controller.handlers`` (core/protocol.py names them and their params).
 """
 
 from __future__ import annotations
@@ -10,15 +11,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from convocationsd import __version__
 from convocationsd.core import events, pkce, protocol
-from convocationsd.core.errors import ConvError, KeyNotAccepted, UsageError
+from convocationsd.core.errors import CodeRejected, ConvError, KeyNotAccepted, UpstreamError, UsageError
 from convocationsd.core.flows import (
-    EXCHANGING,
     OAUTH_ERRORS,
     CallbackRejected,
     Flow,
@@ -27,8 +29,17 @@ from convocationsd.core.flows import (
     iso,
     reported_error,
 )
+from convocationsd.core.states import FlowStatus
+from convocationsd.daemon.account import DEFAULT_TTL, AccountStatus
 from convocationsd.daemon.logs import REFUSALS
 from convocationsd.store.secrets import SecretStatus, SecretStore
+
+if TYPE_CHECKING:
+    from convocationsd.common.settings import Settings
+    from convocationsd.daemon.openrouter import OpenRouterApi
+
+# A socket method's handler: (the caller, as an event sink, for ``subscribe``; its checked params) -> its result.
+Handler = Callable[[events.Sink, dict[str, Any]], Any]
 
 log = logging.getLogger(__name__)
 # What any web page can cause as often as it likes (callbacks that are ignored, error reports without state):
@@ -37,19 +48,27 @@ strays = logging.getLogger(f"{__name__}.strays")
 strays.addFilter(REFUSALS)
 
 
+class OutcomeKind(StrEnum):
+    """What a callback came to; its result page looks the part."""
+
+    SUCCESS = "success"  # the login ended with its key stored
+    FAILED = "failed"  # the login ended without one
+    IGNORED = "ignored"  # the login is as it was
+    REPORTED = "reported"  # an error report without state: the page lets the person end the login
+    CONFIRM = "confirm"  # a code without state: the page asks the person to confirm it
+
+
 # NamedTuples, not dataclasses: a dataclass costs ~1.5 ms to create, on every start (bench/ANALYSIS.md).
 class Outcome(NamedTuple):
     """What a callback came to, in words a person can act on (rendered as the result page)."""
 
-    # "success" | "failed" (the login ended) | "ignored" | "reported" (an error report without state) |
-    # "confirm" (a code without state, waiting for the person's confirmation)
-    kind: str
+    kind: OutcomeKind
     title: str
     message: str
     hint: str = ""
     code: str | None = None  # the event's error code, or the rejection reason
-    end_login: tuple[str, str] | None = None  # "reported": (session_id, known OAuth error or "") for its button
-    confirm: tuple[str, str] | None = None  # "confirm": (code, token) its "Finish linking" button posts back
+    end_login: tuple[str, str] | None = None  # REPORTED: (session_id, known OAuth error or "") for its button
+    confirm: tuple[str, str] | None = None  # CONFIRM: (code, token) its "Finish linking" button posts back
 
 
 class Endpoint(NamedTuple):
@@ -94,21 +113,18 @@ RETRY_HINT = (
 )
 
 
-class CodeRejected(ConvError):
-    """A pasted code that OpenRouter did not accept; the login still waits for the right one."""
-
-
 class Controller:
     def __init__(
         self,
         *,
         endpoint: Endpoint,
         openrouter_url: str,
-        openrouter: Any,  # openrouter.OpenRouterClient (imported by the daemon, kept out of this module)
+        openrouter: OpenRouterApi,
         secrets: SecretStore,
         bus: events.EventBus,
         flow_timeout: float,
         require_state: bool = True,
+        account_ttl: float = DEFAULT_TTL,
         setup: dict | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -131,14 +147,49 @@ class Controller:
             require_state=require_state,
             clock=clock,
         )
-        self._expiry: asyncio.TimerHandle | None = None
+        self._expiry: asyncio.TimerHandle | None = None  # the pending flow's timeout; close() cancels it
+        self._closed = False
         self._secret_lock = asyncio.Lock()
         self.last_activity = time.monotonic()
         self.secret_state = SecretStatus(False, None)  # cached so that `status` never waits on a backend
         self.unsaved: UnsavedKey | None = None  # a key OpenRouter issued that could not be stored yet
-        from convocationsd.daemon.account import AccountStatus
+        # The key's label and usage from OpenRouter, cached, refreshed in the background.
+        self.account = AccountStatus(openrouter, self.stored_key, bus, ttl=account_ttl)
 
-        self.account = AccountStatus(self)  # the key's label/usage from OpenRouter, cached, refreshed in the background
+    def apply(self, settings: Settings) -> None:
+        """A reload's settings, those the controller uses (a reload leaves the RESTART_ONLY ones as they were)."""
+        self.flows.timeout = settings.flow_timeout_seconds
+        self.flows.require_state = not settings.allow_stateless_callbacks
+        self.account.cache.ttl = settings.account_cache_seconds
+
+    # -- the socket's methods ------------------------------------------------------------------------
+
+    def handlers(self) -> dict[str, Handler]:
+        """What each socket method does. A new method is its name and params in core/protocol.py (METHODS)
+        and its line here; the IPC server refuses to start when one has no handler."""
+        return {
+            "status": lambda c, p: self.status(),
+            "oauth.start": lambda c, p: self.start(restart=p.get("restart", False), paste=p.get("paste", False)),
+            "oauth.cancel": lambda c, p: {"cancelled": self.cancel(p.get("session_id"))},
+            "oauth.exchange": lambda c, p: self.exchange_pasted(p["code"], p.get("session_id")),
+            "subscribe": lambda c, p: {"events": self.subscribe(c, p.get("events"))},
+            "secret.status": lambda c, p: self.secret_status(),
+            "secret.set": lambda c, p: self.secret_set(p["key"], verify=p.get("verify", False)),
+            "secret.clear": lambda c, p: self.secret_clear(),
+            "secret.get": lambda c, p: self.secret_get(),
+            "secret.retry_store": lambda c, p: self.retry_store(),
+            "debug.modules": lambda c, p: {"modules": sorted({name.partition(".")[0] for name in sys.modules})},
+        }
+
+    def subscribe(self, sink: events.Sink, wanted: list[str] | None) -> list[str]:
+        """Sets the events ``sink`` receives (None: all); an unknown name leaves its subscription as it was."""
+        unknown = set(wanted or ()) - set(events.ALL_EVENTS)
+        if unknown:
+            raise protocol.ProtocolError(
+                protocol.INVALID_PARAMS,
+                f"Invalid params: no event {sorted(unknown)[0][:64]!r}; events are " + ", ".join(events.ALL_EVENTS),
+            )
+        return self.bus.subscribe(sink, wanted)
 
     # -- flows ---------------------------------------------------------------------------------------
 
@@ -170,6 +221,8 @@ class Controller:
     def _schedule_expiry(self, flow: Flow) -> None:
         if self._expiry is not None:
             self._expiry.cancel()
+        if self._closed:
+            return
         delay = max(0.0, flow.expires_at - self.clock())
         self._expiry = asyncio.get_running_loop().call_later(delay, self._expire)
 
@@ -187,7 +240,7 @@ class Controller:
     async def callback(self, code: str | None, state: str | None) -> Outcome:
         if not code:
             return Outcome(
-                "ignored",
+                OutcomeKind.IGNORED,
                 "Nothing to do",
                 "This address expects a login code from OpenRouter, and none came with it.",
                 "Start a login with `convctl oauth start` or the Link OpenRouter button.",
@@ -199,7 +252,7 @@ class Controller:
             flow = self.flows.claim_code(code, state)
         except CallbackRejected as e:
             strays.warning("ignored a callback: %s", e.reason)
-            return Outcome("ignored", "This link was ignored", e.message, e.hint, e.reason)
+            return Outcome(OutcomeKind.IGNORED, "This link was ignored", e.message, e.hint, e.reason)
         return await self._exchange(flow, code, verified=True)
 
     async def confirm_stateless(self, code: str, token: str) -> Outcome:
@@ -208,7 +261,7 @@ class Controller:
             flow = self.flows.take_confirmed_code(code, token)
         except CallbackRejected as e:
             strays.warning("ignored a confirmation: %s", e.reason)
-            return Outcome("ignored", "Nothing was linked", e.message, e.hint, e.reason)
+            return Outcome(OutcomeKind.IGNORED, "Nothing was linked", e.message, e.hint, e.reason)
         return await self._exchange_on_the_side(flow, code)
 
     def callback_error(self, error: str, state: str | None) -> Outcome:
@@ -219,11 +272,11 @@ class Controller:
             flow = self.flows.claim_error(state)
         except CallbackRejected as e:
             strays.warning("ignored an error callback: %s", e.reason)
-            return Outcome("ignored", "This link was ignored", e.message, e.hint, e.reason)
+            return Outcome(OutcomeKind.IGNORED, "This link was ignored", e.message, e.hint, e.reason)
         if state is None:
             strays.warning("an error report without state reached the callback; login %s goes on", flow.session_id)
             return Outcome(
-                "reported",
+                OutcomeKind.REPORTED,
                 "OpenRouter reported an error",
                 "This page was opened with an error report, but without the check value (`state`) of the login "
                 "in progress, so it may come from another web page: any page can open this address. The login "
@@ -242,7 +295,7 @@ class Controller:
         flow = self.flows.cancel(session_id, error=reported_error(error)) if session_id else None
         if flow is None or flow.error is None:  # (a flow that cancel returns always has its error)
             return Outcome(
-                "ignored",
+                OutcomeKind.IGNORED,
                 "Nothing was ended",
                 "The login this page was about is no longer waiting: it has ended, or its code is being "
                 "exchanged right now.",
@@ -267,7 +320,7 @@ class Controller:
         except CallbackRejected as e:
             raise ConvError(e.message, e.hint) from None
         outcome = await self._exchange(flow, code, verified=False)
-        if outcome.kind == "ignored":
+        if outcome.kind == OutcomeKind.IGNORED:
             raise CodeRejected(
                 "OpenRouter did not accept that code for this login.",
                 "Check that you copied the whole code from the page OpenRouter showed, and paste it again.",
@@ -279,8 +332,6 @@ class Controller:
         pending while OpenRouter is asked, so the callback with the right state never waits for this one; a
         failure leaves it as it was. A key is stored only if the flow is still pending when it comes: never
         for a login that has ended, or that a callback with its state is finishing."""
-        from convocationsd.daemon.openrouter import UpstreamError
-
         log.debug("login %s: trying the code of a callback without state, on the side", flow.session_id)
         try:
             result = await self.openrouter.exchange(code, flow.verifier)
@@ -290,13 +341,13 @@ class Controller:
                 message = "OpenRouter did not accept this code for the login in progress, which is still waiting."
             else:
                 message = f"{e.flow_error.message} The login in progress is still waiting."
-            return Outcome("ignored", "This link was ignored", message, e.flow_error.hint, e.flow_error.code)
+            return Outcome(OutcomeKind.IGNORED, "This link was ignored", message, e.flow_error.hint, e.flow_error.code)
         if not self.flows.claim_side_result(flow):
             log.warning(
                 "login %s had ended when the key of a code without state came; it was not stored", flow.session_id
             )
             return Outcome(
-                "ignored",
+                OutcomeKind.IGNORED,
                 "Nothing was linked",
                 "The login this page was about had already ended, so the key OpenRouter issued for it was not stored.",
                 "Check `convctl status`: it shows how the login ended.",
@@ -309,7 +360,7 @@ class Controller:
         our state, so a failure ends the login; otherwise (a pasted code) a code OpenRouter rejects was not
         this login's and the login waits for another. However the exchange ends, the flow does not stay
         ``exchanging``."""
-        from convocationsd.daemon.openrouter import UpstreamError, app_conflict_hint
+        from convocationsd.daemon.openrouter import app_conflict_hint
 
         try:
             try:
@@ -319,7 +370,7 @@ class Controller:
                     self.flows.release(flow)
                     log.warning("ignored a code that OpenRouter rejected for this login")
                     return Outcome(
-                        "ignored",
+                        OutcomeKind.IGNORED,
                         "This link was ignored",
                         "OpenRouter did not accept this code for the login in progress.",
                         "Finish the login from the browser tab that `convctl oauth start` opened.",
@@ -334,7 +385,7 @@ class Controller:
                 return _failed_outcome(failure)
             return await self._keep_key(flow, result.key)
         finally:
-            if flow.status == EXCHANGING:  # cancelled (shutdown) or a bug above: give the login back
+            if flow.status == FlowStatus.EXCHANGING:  # cancelled (shutdown) or a bug above: give the login back
                 self.flows.release(flow)
                 self._schedule_expiry(flow)
 
@@ -371,7 +422,7 @@ class Controller:
                 log.info("login %s succeeded; key stored in %s", flow.session_id, backend)
             self.bus.publish(events.KEY_CHANGED, {"stored": True, "backend": backend})
             return Outcome(
-                "success",
+                OutcomeKind.SUCCESS,
                 "OpenRouter account linked",
                 "Convocations can now use your OpenRouter account.",
                 "You can close this tab.",
@@ -407,6 +458,11 @@ class Controller:
             finally:
                 if fn != self.secrets.get:  # a read changes nothing (bound methods compare equal, not identical)
                     await self.refresh_secret_status()
+
+    async def stored_key(self) -> str | None:
+        """The key in the secret store (not one held in memory), for the account check."""
+        key: str | None = await self._secret_call(self.secrets.get)
+        return key
 
     async def _store_key(self, key: str) -> str:
         return await self._secret_call(self.secrets.set, key)
@@ -501,7 +557,8 @@ class Controller:
         the cost of a request (bench/ANALYSIS.md). The answer is shared by every caller until then: treat
         it as read-only (a change to it drops its JSON, and the next call builds a new one)."""
         flow = self.flows.latest()
-        account = self.account.snapshot()  # also starts a background refresh when the cached one is stale
+        # Also starts a background refresh when the cached summary is stale.
+        account = self.account.snapshot(self.secret_state.stored)
         # Compared with == against the last key: the same objects compare by identity, at no cost.
         key: tuple[Any, ...] = (flow, self.secret_state, len(self.bus), account, self.secrets.last_store, self.unsaved)
         if flow is not None:  # Flow compares by identity; these are the fields that change after creation
@@ -537,6 +594,14 @@ class Controller:
         self.setup, self.restart_needed = setup, restart_needed
         self._status_cache = None
 
+    async def close(self) -> None:
+        """At shutdown, once no request can come in: the expiry timer and the account check end here."""
+        self._closed = True
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        await self.account.close()
+
     def touch(self) -> None:
         self.last_activity = time.monotonic()
 
@@ -552,7 +617,7 @@ class Controller:
 
 def _confirmation(code: str, token: str) -> Outcome:
     return Outcome(
-        "confirm",
+        OutcomeKind.CONFIRM,
         "Finish linking your OpenRouter account?",
         "This page was opened with a login code but without the check value (`state`) of the login in "
         "progress. That is how OpenRouter comes back when it does not send `state`, and also how another web "
@@ -565,4 +630,4 @@ def _confirmation(code: str, token: str) -> Outcome:
 
 
 def _failed_outcome(failure: FlowError) -> Outcome:
-    return Outcome("failed", "Linking failed", failure.message, failure.hint, failure.code)
+    return Outcome(OutcomeKind.FAILED, "Linking failed", failure.message, failure.hint, failure.code)

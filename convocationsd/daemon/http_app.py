@@ -23,7 +23,7 @@ from aiohttp.http import HttpVersion10, HttpVersion11
 from convocationsd.common import proc_net
 from convocationsd.core import pkce
 from convocationsd.daemon import pages
-from convocationsd.daemon.controller import Controller, Outcome
+from convocationsd.daemon.controller import Controller, Outcome, OutcomeKind
 from convocationsd.daemon.logs import REFUSALS
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ class Results:
         self._stray: OrderedDict[str, Outcome] = OrderedDict()
 
     def add(self, outcome: Outcome) -> str:
-        kept = self._login if outcome.kind in ("success", "failed") else self._stray
+        kept = self._login if outcome.kind in (OutcomeKind.SUCCESS, OutcomeKind.FAILED) else self._stray
         result_id = secrets.token_urlsafe(12)
         kept[result_id] = outcome
         while len(kept) > self._size:
@@ -292,11 +292,14 @@ async def result(request: web.Request) -> web.StreamResponse:
     if outcome is None:
         return _html(
             pages.result_page(
-                "ignored", "Nothing to show", "This result page has expired.", "Check `convctl status` for the outcome."
+                OutcomeKind.IGNORED,
+                "Nothing to show",
+                "This result page has expired.",
+                "Check `convctl status` for the outcome.",
             ),
             404,
         )
-    status = 200 if outcome.kind in ("success", "confirm") else 400
+    status = 200 if outcome.kind in (OutcomeKind.SUCCESS, OutcomeKind.CONFIRM) else 400
     page = pages.result_page(
         outcome.kind, outcome.title, outcome.message, outcome.hint, outcome.code, outcome.end_login, outcome.confirm
     )

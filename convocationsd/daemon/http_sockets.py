@@ -87,7 +87,6 @@ class LazyHttpServer:
         if self._runner is not None:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._runner.cleanup(), SHUTDOWN_GRACE)
-            importlib.import_module("convocationsd.daemon.http_app").REPEATS.flush()  # counts not yet logged
         for sock in self.socks:
             sock.close()  # aiohttp closed those it served; the others are ours to close
 

@@ -22,15 +22,16 @@ import os
 import socket
 import stat
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from convocationsd.common.paths import ELSEWHERE, ensure_socket_dir
 from convocationsd.common.peercred import describe_uid, peer_uid
 from convocationsd.core import protocol
-from convocationsd.core.errors import ConvError
+from convocationsd.core.errors import ConvError, kind_of
 from convocationsd.core.events import EventBus
+from convocationsd.daemon.tasks import TaskSet
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ class PermissionDenied(ConvError):
 def _failure_line(id_: Any, exc: ConvError) -> bytes:
     """The -32000 error of a failure a person can fix: ``data.kind`` names it, ``data.hint`` says what to do."""
     return protocol.error_line(
-        id_, protocol.OPERATION_FAILED, exc.message, {"kind": type(exc).__name__, "hint": exc.hint}
+        id_, protocol.OPERATION_FAILED, exc.message, {"kind": kind_of(type(exc)), "hint": exc.hint}
     )
 
 
@@ -231,10 +232,7 @@ class Connection(asyncio.BufferedProtocol):
             result = self.server.handlers[request.method](self, request.params)
             if isinstance(result, dict) or not isinstance(result, Awaitable):  # dict first: a cheaper check
                 return None if request.id is protocol.NO_ID else protocol.result_line(request.id, result)
-            task = asyncio.ensure_future(self._finish(request.id, result))  # copies the context: reply
-            self.server.tasks.add(task)
-            task.add_done_callback(self.server.tasks.discard)
-            return task
+            return self.server.tasks.start(self._finish(request.id, result))  # in this context: reply
         except Exception as e:  # also a result that cannot be encoded
             return self._error(request.id, e)
         finally:
@@ -392,7 +390,7 @@ class Connection(asyncio.BufferedProtocol):
 class IpcServer:
     def __init__(
         self,
-        handlers: dict[str, Handler],
+        handlers: Mapping[str, Handler],
         bus: EventBus,
         *,
         on_activity: Callable[[], None] = lambda: None,
@@ -411,7 +409,7 @@ class IpcServer:
         self.connections: set[Connection] = set()
         self.behind: set[Connection] = set()  # connections with bytes waiting, counted in ``backlog``
         self.backlog = 0  # bytes waiting for all connections together (see Connection.backlog)
-        self.tasks: set[asyncio.Future] = set()
+        self.tasks = TaskSet()  # the requests that wait on something: close() cancels them
         self.read_view = memoryview(bytearray(READ_SIZE))  # shared by all connections, see the module doc
         self._server: asyncio.AbstractServer | None = None
         self._owned_path: Path | None = None
@@ -476,8 +474,7 @@ class IpcServer:
             self._server.close()
         for conn in list(self.connections):
             conn.close()  # flushes first: readers still get the last events (the "cancelled" of a SIGTERM)
-        for task in list(self.tasks):
-            task.cancel()
+        await self.tasks.close()
         if self.connections:
             self._all_gone = asyncio.Event()
             with contextlib.suppress(TimeoutError):

@@ -98,6 +98,7 @@ class _Held:
     def __init__(self, first: logging.LogRecord) -> None:
         self.first = first
         self.since = time.monotonic()
+        self.timer: asyncio.TimerHandle | None = None  # the end of the interval; ``flush`` cancels it
         self.counts: dict[str, int] = {}  # at most DISTINCT variants
         self.unlisted = 0  # records of variants past DISTINCT
 
@@ -141,8 +142,8 @@ class Repeats(logging.Filter):
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return True
-        self._held[kind] = _Held(record)
-        loop.call_later(self.interval, self._report, kind)
+        held = self._held[kind] = _Held(record)
+        held.timer = loop.call_later(self.interval, self._report, kind)
         return True
 
     def _report(self, kind: tuple[str, str]) -> None:
@@ -150,13 +151,15 @@ class Repeats(logging.Filter):
         held = self._held.pop(kind)
         if held.total:
             self._summary(held)
-            self._held[kind] = _Held(held.first)
-            asyncio.get_running_loop().call_later(self.interval, self._report, kind)
+            again = self._held[kind] = _Held(held.first)
+            again.timer = asyncio.get_running_loop().call_later(self.interval, self._report, kind)
 
     def flush(self) -> None:
-        """Logs what is counted and not yet reported (at shutdown)."""
+        """Logs what is counted and not yet reported, and ends the intervals (at shutdown)."""
         held, self._held = self._held, {}
         for one in held.values():
+            if one.timer is not None:
+                one.timer.cancel()
             if one.total:
                 self._summary(one)
 

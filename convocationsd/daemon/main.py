@@ -17,16 +17,23 @@ from typing import TYPE_CHECKING, Any
 
 from convocationsd import __version__
 from convocationsd.common.settings import DEFAULT, LOG_LEVELS, Settings
-from convocationsd.core import pkce, protocol
+from convocationsd.core import pkce
 from convocationsd.core.errors import ConvError, UntrustedConfig, UntrustedSocket
-from convocationsd.core.events import ALL_EVENTS, AUTH_STARTED, EventBus
+from convocationsd.core.events import AUTH_STARTED, EventBus
 from convocationsd.daemon import systemd
 from convocationsd.daemon.controller import Controller, Endpoint
-from convocationsd.daemon.logs import set_level, setup_logging
+from convocationsd.daemon.logs import REFUSALS, set_level, setup_logging
+from convocationsd.daemon.tasks import TaskSet
 from convocationsd.store import config
 
 if TYPE_CHECKING:
     import argparse
+    import socket
+
+    from convocationsd.daemon.http_sockets import LazyHttpServer
+    from convocationsd.daemon.ipc_server import IpcServer
+    from convocationsd.daemon.openrouter import OpenRouterClient
+    from convocationsd.store.helper import HelperStore
 
 log = logging.getLogger("convocationsd")
 
@@ -82,6 +89,18 @@ def _by_role(found: dict[str, list[Any]]) -> dict[str, list[Any]]:
     return roles
 
 
+class Bound:
+    """What ``Daemon._bind`` bound or inherited. A plain class: a NamedTuple costs ~0.1 ms to create."""
+
+    __slots__ = ("ctl", "endpoint", "http", "own_ctl")
+
+    def __init__(self, ctl: socket.socket, own_ctl: bool, http: list[socket.socket], endpoint: Endpoint) -> None:
+        self.ctl = ctl  # the IPC socket
+        self.own_ctl = own_ctl  # bound here (not inherited): its file is ours to remove at exit
+        self.http = http  # the HTTP sockets: 127.0.0.1 and ::1
+        self.endpoint = endpoint
+
+
 class Daemon:
     def __init__(
         self,
@@ -95,16 +114,16 @@ class Daemon:
         self.sources = dict(sources or {})  # where each setting came from (settings.resolve_with_sources)
         self.flags = dict(flags or {})
         self.env = env
-        self.secrets: Any = None
+        self.secrets: HelperStore | None = None
         self.bus = EventBus()
         self.stopping = asyncio.Event()
         self.activated = False
         self.controller: Controller | None = None
         self.exit_code = 0
-        self._http: Any = None
-        self._ipc: Any = None
-        self._openrouter: Any = None
-        self._tasks: list[asyncio.Task] = []
+        self._http: LazyHttpServer | None = None
+        self._ipc: IpcServer | None = None
+        self._openrouter: OpenRouterClient | None = None
+        self._tasks = TaskSet()  # the idle watch
         self._desktop: Any = None
         self._status = "Starting"
         self._stop_reason = "signal"
@@ -112,13 +131,17 @@ class Daemon:
     # -- start-up ------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        # Only what `status` needs is imported here: aiohttp waits for the first login or HTTP connection
-        # (http_sockets), the OpenRouter client for its first request, and keyring, cryptography and tomlkit
-        # stay out of this process (store.helper). Start-up time is what a socket-activated client waits for.
-        from convocationsd.common.settings import public_url
+        """Binds (or inherits) the sockets, builds the parts, then serves: systemd hears READY=1 once both doors
+        accept. Only what `status` needs is imported on the way: aiohttp waits for the first login or HTTP
+        connection (http_sockets), the OpenRouter client for its first request, and keyring, cryptography and
+        tomlkit stay out of this process (store.helper). Start-up time is what a socket-activated client waits for."""
+        bound = self._bind()
+        ctl = self._build(bound)
+        await self._serve(bound, ctl)
+
+    def _bind(self) -> Bound:
+        """The IPC socket, then the HTTP sockets: inherited from the service manager, or bound here."""
         from convocationsd.daemon import http_sockets, ipc_server
-        from convocationsd.daemon.openrouter import OpenRouterClient
-        from convocationsd.store.helper import HelperStore
 
         s = self.settings
         # Always called: it returns {} when not activated, and it clears LISTEN_* variables that were meant
@@ -171,19 +194,28 @@ class Daemon:
                 port,
                 pkce.fallback_port_note(s.http_port),
             )
+        endpoint = Endpoint(port=port, port_fallback=fell_back, socket_path=str(socket_path))
+        return Bound(ctl_sock, not ipc_socks, http_socks, endpoint)
 
+    def _build(self, bound: Bound) -> Controller:
+        """The secret store, the OpenRouter client and the controller that uses them."""
+        from convocationsd.daemon.openrouter import OpenRouterClient
+        from convocationsd.store.helper import HelperStore
+
+        s = self.settings
         self.secrets = HelperStore(
             s.config_path, forced_backend=s.secret_backend, keyring_timeout=s.keyring_timeout_seconds, env=self.env
         )
         self._openrouter = OpenRouterClient(s.openrouter_url, timeout=s.exchange_timeout_seconds)
         ctl = self.controller = Controller(
-            endpoint=Endpoint(port=port, port_fallback=fell_back, socket_path=str(socket_path)),
+            endpoint=bound.endpoint,
             openrouter_url=s.openrouter_url,
             openrouter=self._openrouter,
             secrets=self.secrets,
             bus=self.bus,
             flow_timeout=s.flow_timeout_seconds,
             require_state=not s.allow_stateless_callbacks,
+            account_ttl=s.account_cache_seconds,
             setup=self._setup(),
         )
         ctl.service = service_manager(self.env)
@@ -191,19 +223,24 @@ class Daemon:
             ctl.secret_state = self.secrets.status()
         except ConvError as e:
             log.error("%s", e)
+        return ctl
 
+    async def _serve(self, bound: Bound, ctl: Controller) -> None:
+        """D-Bus, then the socket's door, then the HTTP door (served from the first connection or login)."""
+        from convocationsd.common.settings import public_url
+        from convocationsd.daemon import desktop, http_sockets, ipc_server
+
+        s, port = self.settings, bound.endpoint.port
         # D-Bus (optional): notifications unless turned off, and the exported object, which is always wanted.
-        from convocationsd.daemon import desktop
-
         self._desktop = await desktop.start(ctl, self.bus, notifications=s.desktop_notifications, env=self.env)
 
-        self._ipc = ipc_server.IpcServer(self._ipc_handlers(), self.bus, on_activity=ctl.touch)
-        await self._ipc.start(ctl_sock)
-        if not ipc_socks:
-            self._ipc.own_socket(Path(socket_path))
+        ipc = self._ipc = ipc_server.IpcServer(ctl.handlers(), self.bus, on_activity=ctl.touch)
+        await ipc.start(bound.ctl)
+        if bound.own_ctl:
+            ipc.own_socket(Path(bound.endpoint.socket_path))
 
         # HTTP is served from the first connection, or from the first login (its callback is coming).
-        self._http = http_sockets.LazyHttpServer(http_socks, ctl, on_failure=self._http_failed)
+        self._http = http_sockets.LazyHttpServer(bound.http, ctl, on_failure=self._http_failed)
         self._http.watch()
         self.bus.add_listener(self._on_event)
 
@@ -211,14 +248,16 @@ class Daemon:
             "convocationsd %s listening on http://localhost:%d and %s; OpenRouter at %s",
             __version__,
             port,
-            socket_path,
+            bound.endpoint.socket_path,
             public_url(s.openrouter_url),
         )
         # Both doors accept from here on: only now may systemd consider the start finished.
-        self._status = f"Listening on http://localhost:{port}" + (" (fallback port)" if fell_back else "")
+        self._status = f"Listening on http://localhost:{port}" + (
+            " (fallback port)" if bound.endpoint.port_fallback else ""
+        )
         systemd.notify(f"READY=1\nSTATUS={self._status}", self.env)
         if self.activated:
-            self._tasks.append(asyncio.create_task(self._idle_watch()))
+            self._tasks.start(self._idle_watch(ctl, ipc))
 
     def _setup(self) -> dict:
         """The settings `status` reports (doctor checks the daemon the person runs, not its own guess): each
@@ -232,41 +271,13 @@ class Daemon:
         return setup
 
     def _on_event(self, name: str, data: dict) -> None:
-        if name == AUTH_STARTED:  # a login: the browser comes back over HTTP, and the exchange needs aiohttp
-            self._http.start()
+        if name == AUTH_STARTED and self._http is not None:  # the browser comes back over HTTP, and the
+            self._http.start()  # exchange needs aiohttp
 
     def _http_failed(self, error: BaseException) -> None:
         log.error("cannot serve HTTP, stopping: %s", error, exc_info=error)
         self._stop_reason, self.exit_code = "HTTP failed", 1
         self.stopping.set()
-
-    def _ipc_handlers(self) -> dict:
-        ctl = self.controller
-        assert ctl is not None
-
-        def subscribe(conn: Any, p: dict) -> dict:
-            wanted = p.get("events")  # protocol.check_request checked it is a list of strings (or absent)
-            unknown = set(wanted or ()) - set(ALL_EVENTS)
-            if unknown:  # the subscription stays as it was
-                raise protocol.ProtocolError(
-                    protocol.INVALID_PARAMS,
-                    f"Invalid params: no event {sorted(unknown)[0][:64]!r}; events are " + ", ".join(ALL_EVENTS),
-                )
-            return {"events": self.bus.subscribe(conn, wanted)}
-
-        return {
-            "status": lambda c, p: ctl.status(),
-            "oauth.start": lambda c, p: ctl.start(restart=p.get("restart", False), paste=p.get("paste", False)),
-            "oauth.cancel": lambda c, p: {"cancelled": ctl.cancel(p.get("session_id"))},
-            "oauth.exchange": lambda c, p: ctl.exchange_pasted(p["code"], p.get("session_id")),
-            "subscribe": subscribe,
-            "secret.status": lambda c, p: ctl.secret_status(),
-            "secret.set": lambda c, p: ctl.secret_set(p["key"], verify=p.get("verify", False)),
-            "secret.clear": lambda c, p: ctl.secret_clear(),
-            "secret.get": lambda c, p: ctl.secret_get(),
-            "secret.retry_store": lambda c, p: ctl.retry_store(),
-            "debug.modules": lambda c, p: {"modules": sorted({name.partition(".")[0] for name in sys.modules})},
-        }
 
     # -- running -------------------------------------------------------------------------------------
 
@@ -303,34 +314,31 @@ class Daemon:
             restart_needed.append(entry)
             log.warning("%s", restart_message(entry["setting"], entry["value"], entry["source"], entry["running"]))
         set_level(new.log_level)
+        for part in (self.controller, self._openrouter, self.secrets):  # each takes what it uses
+            if part is not None:
+                part.apply(new)
         if self.controller is not None:
-            self.controller.flows.timeout = new.flow_timeout_seconds
-            self.controller.flows.require_state = not new.allow_stateless_callbacks
             self.controller.reconfigure(self._setup(), restart_needed)
-        if self._openrouter is not None:
-            self._openrouter.timeout = new.exchange_timeout_seconds
-        if self.secrets is not None:
-            self.secrets.keyring_timeout = new.keyring_timeout_seconds
         later = f"; restart to apply {', '.join(map(key_name, waiting))}" if waiting else ""
         log.info("configuration reloaded from %s%s", new.config_path, later)
         systemd.notify(f"STATUS={self._status}; configuration reloaded{later}", self.env)
 
-    async def _idle_watch(self) -> None:
-        ctl = self.controller
-        assert ctl is not None
+    async def _idle_watch(self, ctl: Controller, ipc: IpcServer) -> None:
         while not self.stopping.is_set():
             idle = self.settings.idle_exit_seconds  # re-read: SIGHUP may change it
             await asyncio.sleep(min(idle / 4, 30.0))
-            quiet = not ctl.busy() and not self._ipc.connections
+            quiet = not ctl.busy() and not ipc.connections
             if quiet and time.monotonic() - ctl.last_activity >= idle:
                 log.info("idle for %.0f s; exiting until the next connection", idle)
                 self._stop_reason = "idle"
                 self.stopping.set()
 
     async def stop(self) -> None:
+        """Shuts down in stages: the login in progress is cancelled (its waiters are told), the doors close
+        (requests in flight end), then what served them. Every task, timer, thread and child process the
+        daemon started has ended when this returns."""
         systemd.notify(f"STOPPING=1\nSTATUS=Stopping ({self._stop_reason})", self.env)
-        for task in self._tasks:
-            task.cancel()
+        await self._tasks.close()
         ctl = self.controller
         if ctl is not None and ctl.flows.pending is not None:
             ctl.cancel(force=True)
@@ -345,10 +353,15 @@ class Daemon:
             await self._ipc.close()
         if self._http is not None:
             await self._http.close()
-        if self._openrouter is not None:
-            await self._openrouter.close()
         if self._desktop is not None:
             await self._desktop.close()
+        REFUSALS.flush()  # counts of refused requests not yet logged
+        if ctl is not None:
+            await ctl.close()
+        if self._openrouter is not None:
+            await self._openrouter.close()
+        if self.secrets is not None:  # off the loop: a call in progress (a keyring prompt) finishes first
+            await asyncio.to_thread(self.secrets.close)
         if ctl is not None:  # it started: a start that failed says why instead
             log.info("stopped")
 

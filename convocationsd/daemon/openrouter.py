@@ -3,7 +3,7 @@
 Why it is careful:
 - The authorization code is single-use, so the exchange is never retried: not by us, and not by a pooled
   keep-alive connection that OpenRouter closed meanwhile (every request gets a fresh connection).
-- Everything that can go wrong ends as an :class:`UpstreamError` whose ``flow_error`` is exactly what the
+- Everything that can go wrong ends as an ``UpstreamError`` (core/errors.py) whose ``flow_error`` is exactly what the
   ``openrouter-auth-complete`` event and the callback page show: a code from the contract, one sentence,
   and a hint a person can act on. Those texts are ours, never OpenRouter's, so they cannot carry the code,
   the verifier or the key back to a log, an event or a page.
@@ -18,15 +18,17 @@ import logging
 import socket
 import sys
 import time
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from convocationsd.common.settings import public_url
 from convocationsd.core import keycheck, pkce  # keycheck: the key rules convctl follows too
-from convocationsd.core.errors import ConvError
+from convocationsd.core.errors import KeyRejected, UpstreamError
 from convocationsd.core.flows import FlowError
 
 if TYPE_CHECKING:  # imported by the first request (see _aiohttp): most of a cold start's import time
     import aiohttp
+
+    from convocationsd.common.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -46,22 +48,13 @@ class ExchangeResult(NamedTuple):  # not a dataclass: one costs ~1.5 ms to creat
         return f"ExchangeResult(key=..., user_id={self.user_id!r})"
 
 
-class UpstreamError(ConvError):
-    """OpenRouter could not be reached or did not give us a key.
+class OpenRouterApi(Protocol):
+    """What the controller and the account check ask of OpenRouter: :class:`OpenRouterClient`, or a test's
+    stand-in. Both methods raise UpstreamError (``key_info``: KeyRejected on a 401)."""
 
-    ``code_rejected`` is True only when OpenRouter said the code or verifier is invalid: the daemon then
-    keeps the pending flow, because a stray callback may have carried a code that was never ours.
-    """
+    async def exchange(self, code: str, verifier: str) -> ExchangeResult: ...
 
-    def __init__(self, flow_error: FlowError, *, status: int | None = None, code_rejected: bool = False) -> None:
-        super().__init__(flow_error.message, flow_error.hint)
-        self.flow_error = flow_error
-        self.status = status
-        self.code_rejected = code_rejected
-
-
-class KeyRejected(UpstreamError):
-    """``GET /api/v1/key`` answered 401: the key is unknown or was revoked."""
+    async def key_info(self, key: str) -> dict[str, Any]: ...
 
 
 # -- hints -----------------------------------------------------------------------------------------------
@@ -236,8 +229,12 @@ class OpenRouterClient:
 
     def __init__(self, base_url: str, *, timeout: float = 30.0) -> None:
         self.base_url = base_url.rstrip("/")
-        self.timeout = timeout  # SIGHUP may change it: read for each request, never baked into the session
+        self.timeout = timeout  # a reload may change it: read for each request, never baked into the session
         self._session: aiohttp.ClientSession | None = None
+
+    def apply(self, settings: Settings) -> None:
+        """A reload's settings: the time bound of each request (the URL waits for a restart)."""
+        self.timeout = settings.exchange_timeout_seconds
 
     def _get_session(self) -> aiohttp.ClientSession:
         import aiohttp

@@ -18,6 +18,7 @@ import re
 from html import escape
 
 from convocationsd.core.pkce import fallback_port_note
+from convocationsd.daemon.controller import OutcomeKind
 
 START_PATH = "/api/openrouter/oauth/start"
 END_PATH = "/api/openrouter/oauth/end"
@@ -94,7 +95,7 @@ def _head(mark: str, title: str) -> str:
 
 
 def result_page(
-    kind: str,
+    kind: OutcomeKind,
     title: str,
     message: str,
     hint: str = "",
@@ -104,10 +105,10 @@ def result_page(
 ) -> str:
     """``end_login`` = (session_id, error) adds an "End the login" button that posts them to END_PATH;
     ``confirm`` = (code, token) a "Finish linking" button that posts them to CONFIRM_PATH."""
-    tone, mark = {"success": ("ok", "&#10003;"), "failed": ("bad", "!")}.get(kind, ("info", "i"))
+    tone, mark = {OutcomeKind.SUCCESS: ("ok", "&#10003;"), OutcomeKind.FAILED: ("bad", "!")}.get(kind, ("info", "i"))
     parts = [_head(mark, title), f"<p>{_text(message)}</p>"]
     closing = CLOSE_TAB
-    if kind == "success":
+    if kind == OutcomeKind.SUCCESS:
         closing = f"{CLOSE_TAB} The app or terminal that started the login has been told."
         if hint and hint.strip() != CLOSE_TAB:
             parts.append(f"<p>{_text(hint)}</p>")
@@ -127,7 +128,7 @@ def result_page(
             f'<input type=hidden name=token value="{escape(token)}">'
             "<button class=button type=submit>Finish linking</button></form>"
         )
-    if code and kind != "success":
+    if code and kind != OutcomeKind.SUCCESS:
         parts.append(f'<p class="small">Reason code: <code>{escape(code)}</code></p>')
     parts.append(f"<p class=close>{escape(closing)}</p>")
     return _page(title, tone, "".join(parts))
@@ -165,4 +166,4 @@ def status_page(*, linked: bool, backend: str | None, port: int, port_fallback: 
 
 
 def error_page(status: int, message: str, hint: str = "") -> str:
-    return result_page("failed", f"Error {status}", message, hint)
+    return result_page(OutcomeKind.FAILED, f"Error {status}", message, hint)

@@ -25,14 +25,18 @@ import selectors
 import sys
 import threading
 from collections.abc import Mapping
+from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from convocationsd.common.interpreter import module_command
 from convocationsd.core import errors
 from convocationsd.core.errors import ConvError, SecretStoreError
 from convocationsd.store.keyring_backend import KeyringMissing
 from convocationsd.store.secrets import SecretStatus, StoreOutcome
+
+if TYPE_CHECKING:
+    from convocationsd.common.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +45,18 @@ RETIRE_WAIT = 5.0  # seconds a retired child gets to exit before it is killed
 START_MARGIN = 30.0  # seconds beyond the keyring timeout: starting an interpreter on a busy machine
 # The errors a store call raises, rebuilt by name in the daemon (anything else becomes SecretStoreError).
 ERRORS = {
-    cls.__name__: cls
+    errors.kind_of(cls): cls
     for cls in (ConvError, errors.ConfigError, SecretStoreError, errors.BackendUnavailable, KeyringMissing)
 }
 FAILED = ("The secret-store helper failed.", "See the daemon's log, then try again.")
+
+
+class Op(StrEnum):
+    """The calls the daemon sends its helper (``"op"`` of each line), the only ones the helper serves."""
+
+    SET = "set"
+    GET = "get"
+    CLEAR = "clear"
 
 
 class HelperStore:
@@ -62,7 +74,7 @@ class HelperStore:
 
         self.config_path = Path(config_path)
         self.forced_backend = forced_backend
-        self.keyring_timeout = keyring_timeout  # SIGHUP may change it: sent with each call
+        self.keyring_timeout = keyring_timeout  # a reload may change it: sent with each call
         self.env = env
         self._reader = ConfiguredStore(self.config_path, forced_backend=forced_backend)  # refuses unknown backends
         self._lock = threading.Lock()  # one call at a time on the pipes
@@ -71,24 +83,32 @@ class HelperStore:
         self._retire_timer: threading.Timer | None = None
         self.last_store: StoreOutcome | None = None  # how the child's last ``set`` went, for `status`
 
+    def apply(self, settings: Settings) -> None:
+        """A reload's settings: how long the keyring may take (the backend waits for a restart)."""
+        self.keyring_timeout = settings.keyring_timeout_seconds
+
     def status(self) -> SecretStatus:
         return self._reader.status()
 
     def set(self, key: str) -> str:
-        return self._call("set", key)
+        return self._call(Op.SET, key)
 
     def get(self) -> str | None:
-        return self._call("get")
+        return self._call(Op.GET)
 
     def clear(self) -> bool:
-        return self._call("clear")
+        return self._call(Op.CLEAR)
 
     def close(self) -> None:
-        """Lets the child go now rather than after LINGER seconds."""
+        """Lets the child go now rather than after LINGER seconds, and ends the timer that would have (the
+        daemon stops). A call in progress finishes first: it may be storing a login's key."""
         with self._lock:
+            timer = self._retire_timer
             self._retire()
+        if timer is not None:  # joined outside the lock, which a timer that has just fired is waiting for
+            timer.join()
 
-    def _call(self, op: str, key: str | None = None) -> Any:
+    def _call(self, op: Op, key: str | None = None) -> Any:
         request = {
             "op": op,
             "key": key,
@@ -101,7 +121,7 @@ class HelperStore:
             answer = self._exchange(json.dumps(request).encode() + b"\n")
             self._calls += 1
             self._retire_timer = threading.Timer(LINGER, self._linger_over, args=(self._calls,))
-            self._retire_timer.daemon = True
+            self._retire_timer.daemon = True  # close() ends it; a store nobody closes must not hold up an exit
             self._retire_timer.start()
         try:
             reply = json.loads(answer)
@@ -214,21 +234,27 @@ def _serve(store: Any, request: dict[str, Any]) -> dict[str, Any]:
     reply: dict[str, Any] = {}
     try:
         store.keyring.timeout = request["keyring_timeout"]
-        op = request["op"]
-        if op == "set":
+        op = _op(request["op"])
+        if op is Op.SET:
             reply["result"] = store.set(request["key"])
-        elif op == "get":
+        elif op is Op.GET:
             reply["result"] = store.get()
-        elif op == "clear":
+        elif op is Op.CLEAR:
             reply["result"] = store.clear()
-        else:  # never a default: a call the daemon did not mean must not remove the key
-            raise ConvError(f"The secret-store helper has no operation {str(op)[:32]!r}.", FAILED[1])
     except ConvError as e:
-        reply["error"] = {"kind": type(e).__name__, "message": e.message, "hint": e.hint}
+        reply["error"] = {"kind": errors.kind_of(type(e)), "message": e.message, "hint": e.hint}
     except Exception:
         log.exception("the secret store failed")
         reply["error"] = {"kind": "", "message": FAILED[0], "hint": FAILED[1]}
     return reply
+
+
+def _op(name: Any) -> Op:
+    """The call a request names; never a default: a call the daemon did not mean must not remove the key."""
+    try:
+        return Op(name)
+    except ValueError:
+        raise ConvError(f"The secret-store helper has no operation {str(name)[:32]!r}.", FAILED[1]) from None
 
 
 def main(config_path: str, forced_backend: str) -> None:

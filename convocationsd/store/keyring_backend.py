@@ -132,6 +132,10 @@ class KeyringBackend:
                 except Exception:  # nothing to report to: the caller is gone
                     pass
 
+        # A keyring call cannot be interrupted (it waits on D-Bus, maybe on an unlock prompt), so a worker
+        # that outlives the timeout is abandoned: ``_pending`` refuses calls until it finishes, and its owner is
+        # the process, which a stuck call must not keep alive (daemon=True). In the daemon that process is the
+        # secret-store helper, which HelperStore retires, or kills when it does not exit (store/helper.py).
         worker = threading.Thread(target=work, name=f"keyring-{op}", daemon=True)
         worker.start()
         worker.join(self.timeout)
@@ -223,7 +227,7 @@ def probe_keyring(timeout: float = 5.0) -> tuple[bool, str]:
         except Exception as e:  # keyring's detection can fail in many ways; all mean "not usable"
             result.append((False, f"the OS keyring could not be detected ({type(e).__name__})"))
 
-    worker = threading.Thread(target=detect, daemon=True)
+    worker = threading.Thread(target=detect, daemon=True)  # abandoned after ``timeout``, as in _run
     worker.start()
     worker.join(timeout)
     if not result:

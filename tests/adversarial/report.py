@@ -125,7 +125,7 @@ MUTANTS = [
     (
         "A stateless code that fails upstream leaves the login",
         "daemon/controller.py",
-        'return Outcome("ignored", "This link was ignored", message, e.flow_error.hint, e.flow_error.code)',
+        'return Outcome(OutcomeKind.IGNORED, "This link was ignored", message, e.flow_error.hint, e.flow_error.code)',
         "self._end(flow, e.flow_error); return _failed_outcome(e.flow_error)",
         ["tests/adversarial/test_web_attacks.py::test_stateless_code_that_fails_upstream_never_ends_the_login"],
     ),
@@ -139,7 +139,7 @@ MUTANTS = [
     (
         "Stray result pages kept apart from the login's",
         "daemon/http_app.py",
-        'kept = self._login if outcome.kind in ("success", "failed") else self._stray',
+        "kept = self._login if outcome.kind in (OutcomeKind.SUCCESS, OutcomeKind.FAILED) else self._stray",
         "kept = self._login",
         ["tests/adversarial/test_web_attacks.py::test_stray_flood_keeps_the_real_result_page"],
     ),
@@ -422,8 +422,8 @@ MUTANTS += [
     (
         "The secret-store helper refuses an operation it does not know",
         "store/helper.py",
-        'elif op == "clear":',
-        "elif True:",
+        "        return Op(name)\n",
+        '        return Op(name) if name in ("set", "get") else Op.CLEAR\n',  # anything else taken for clear
         [KEY_STORAGE + "test_helper_refuses_an_operation_it_does_not_know"],
     ),
     (
@@ -530,7 +530,7 @@ MUTANTS += [
     (
         "Never store a key from a login that has ended",
         "core/flows.py",
-        "if self.pending is not flow or flow.status != PENDING:",
+        "if self.pending is not flow or flow.status != FlowStatus.PENDING:",
         "if False:",
         [WEB + "test_a_key_from_a_login_that_has_ended_is_never_stored"],
     ),

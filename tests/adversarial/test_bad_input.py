@@ -697,6 +697,7 @@ KEYS = [
     "flow_timeout_seconds",
     "exchange_timeout_seconds",
     "keyring_timeout_seconds",
+    "account_cache_seconds",
     "log_level",
     "socket",
 ]

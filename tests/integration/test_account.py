@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import re
+import signal
 import time
 
 import pytest
 
-from convocationsd.core.errors import SecretStoreError
-from convocationsd.core.events import EventBus
+from convocationsd.core.errors import KeyRejected, SecretStoreError, UpstreamError
+from convocationsd.core.events import KEY_CHANGED, EventBus
 from convocationsd.core.flows import FlowError
 from convocationsd.daemon import account
-from convocationsd.daemon.openrouter import KeyRejected, UpstreamError
 from convocationsd.store.secrets import SecretStatus
 from tests.conftest import assert_no_secret, convctl, read_auth_url, start_daemon, wait_until
 
@@ -70,14 +70,7 @@ def test_summary_keeps_only_what_is_shown():
     assert account.summary({"label": "x\x1b[31m", "usage": float("nan"), "limit": True})["usage"] is None
 
 
-def test_ttl_from_env():
-    assert account.ttl_from_env({}) == 60
-    assert account.ttl_from_env({account.TTL_ENV: "0.5"}) == 0.5
-    assert account.ttl_from_env({account.TTL_ENV: "nope"}) == 60
-    assert account.ttl_from_env({account.TTL_ENV: "-1"}) == 60
-
-
-# -- AccountStatus with a stand-in controller ----------------------------------------------------------------
+# -- AccountStatus with stand-ins for the controller's parts ----------------------------------------------------------------
 
 
 class StubOpenRouter:
@@ -110,14 +103,17 @@ class StubSecrets:
 
 
 class StubController:
+    """What AccountStatus is given: the bus, the OpenRouter client, how to read the stored key, and whether
+    one is stored (``secret_state``, passed to ``snapshot``)."""
+
     def __init__(self) -> None:
         self.bus = EventBus()
         self.secret_state = SecretStatus(True, "local-encrypted")
         self.secrets = StubSecrets()
         self.openrouter = StubOpenRouter()
 
-    async def _secret_call(self, fn, *args):
-        return fn(*args)
+    async def read_key(self) -> str | None:
+        return self.secrets.get()
 
 
 async def settle(status: account.AccountStatus) -> None:
@@ -128,10 +124,10 @@ async def settle(status: account.AccountStatus) -> None:
 async def test_snapshot_never_waits_and_refreshes_in_background():
     ctl = StubController()
     clock = Clock()
-    st = account.AccountStatus(ctl, ttl=60, clock=clock)
-    assert st.snapshot() is None  # nothing known yet; a refresh has started
+    st = account.AccountStatus(ctl.openrouter, ctl.read_key, ctl.bus, ttl=60, clock=clock)
+    assert st.snapshot(ctl.secret_state.stored) is None  # nothing known yet; a refresh has started
     await settle(st)
-    assert st.snapshot() == {
+    assert st.snapshot(ctl.secret_state.stored) == {
         "label": "Convocations",
         "usage": 0.25,
         "limit": 10,
@@ -141,40 +137,43 @@ async def test_snapshot_never_waits_and_refreshes_in_background():
         "readable": True,
     }
     assert ctl.openrouter.calls == 1
-    st.snapshot()
+    st.snapshot(ctl.secret_state.stored)
     await settle(st)
     assert ctl.openrouter.calls == 1  # cached
     clock.now += 61
     ctl.openrouter.answer = KeyRejected(FlowError("key_rejected", "x", "y"), status=401)
-    assert st.snapshot()["valid"] is True  # the stale value, while it refreshes
+    assert st.snapshot(ctl.secret_state.stored)["valid"] is True  # the stale value, while it refreshes
     await settle(st)
-    assert st.snapshot() == account.revoked()
-    assert "no longer valid" in st.snapshot()["message"] and "convctl oauth start" in st.snapshot()["message"]
+    assert st.snapshot(ctl.secret_state.stored) == account.revoked()
+    assert (
+        "no longer valid" in st.snapshot(ctl.secret_state.stored)["message"]
+        and "convctl oauth start" in st.snapshot(ctl.secret_state.stored)["message"]
+    )
 
 
 async def test_one_refresh_at_a_time_and_key_change_restarts():
     ctl = StubController()
-    st = account.AccountStatus(ctl, ttl=60, clock=Clock())
+    st = account.AccountStatus(ctl.openrouter, ctl.read_key, ctl.bus, ttl=60, clock=Clock())
     ctl.openrouter.gate = asyncio.Event()
-    st.snapshot()
-    st.snapshot()
+    st.snapshot(ctl.secret_state.stored)
+    st.snapshot(ctl.secret_state.stored)
     await asyncio.sleep(0)
     assert ctl.openrouter.calls == 1
     first = st._task
-    ctl.bus.publish("openrouter-key-changed", {"stored": True, "backend": "keyring"})  # a new key mid-refresh
+    ctl.bus.publish(KEY_CHANGED, {"stored": True, "backend": "keyring"})  # a new key mid-refresh
     ctl.openrouter.gate.set()
     await first
     assert st.cache.get() is None  # the answer about the old key was dropped
-    st.snapshot()
+    st.snapshot(ctl.secret_state.stored)
     await settle(st)
-    assert st.snapshot()["label"] == "Convocations"
+    assert st.snapshot(ctl.secret_state.stored)["label"] == "Convocations"
 
 
 async def test_no_key_and_errors():
     ctl = StubController()
-    st = account.AccountStatus(ctl, ttl=60, clock=Clock())
+    st = account.AccountStatus(ctl.openrouter, ctl.read_key, ctl.bus, ttl=60, clock=Clock())
     ctl.secret_state = SecretStatus(False, None)
-    assert st.snapshot() is None and st._task is None
+    assert st.snapshot(ctl.secret_state.stored) is None and st._task is None
     ctl.secret_state = SecretStatus(True, "keyring")
     ctl.secrets.error = SecretStoreError("The keyring is locked.", "Unlock it.")
     value = await st.refresh()
@@ -182,7 +181,7 @@ async def test_no_key_and_errors():
     ctl.secrets.error = None
     assert "could not be read" in (await st.refresh())["message"]  # not read again (another prompt)...
     assert ctl.secrets.gets == 1
-    ctl.bus.publish("openrouter-key-changed", {"stored": True, "backend": "keyring"})  # ...until the key changes
+    ctl.bus.publish(KEY_CHANGED, {"stored": True, "backend": "keyring"})  # ...until the key changes
     await settle(st)
     assert ctl.secrets.gets == 2
     ctl.openrouter.answer = UpstreamError(FlowError("upstream_unreachable", "Could not reach OpenRouter.", ""))
@@ -194,9 +193,9 @@ async def test_refreshes_read_the_key_once_per_key():
     # Every read may be a keyring unlock prompt: a background refresh must not ask each TTL.
     ctl = StubController()
     clock = Clock()
-    st = account.AccountStatus(ctl, ttl=60, clock=clock)
+    st = account.AccountStatus(ctl.openrouter, ctl.read_key, ctl.bus, ttl=60, clock=clock)
     for _ in range(5):
-        st.snapshot()
+        st.snapshot(ctl.secret_state.stored)
         await settle(st)
         clock.now += 61
     assert ctl.openrouter.calls == 5 and ctl.secrets.gets == 1
@@ -208,22 +207,22 @@ async def test_refreshes_read_the_key_once_per_key():
 
     ctl.secrets.key = "sk-or-v1-new"
     ctl.openrouter.key_info = key_info
-    ctl.bus.publish("openrouter-key-changed", {"stored": True, "backend": "keyring"})
+    ctl.bus.publish(KEY_CHANGED, {"stored": True, "backend": "keyring"})
     await settle(st)
     for _ in range(3):
         clock.now += 61
-        st.snapshot()
+        st.snapshot(ctl.secret_state.stored)
         await settle(st)
     assert ctl.secrets.gets == 2 and asked == ["sk-or-v1-new"] * 4  # the new key, read once
-    ctl.bus.publish("openrouter-key-changed", {"stored": False, "backend": None})
+    ctl.bus.publish(KEY_CHANGED, {"stored": False, "backend": None})
     ctl.secret_state = SecretStatus(False, None)
-    assert st.snapshot() is None and ctl.secrets.gets == 2
+    assert st.snapshot(ctl.secret_state.stored) is None and ctl.secrets.gets == 2
 
 
 async def test_without_a_loop_snapshot_is_harmless():
     ctl = StubController()
-    st = account.AccountStatus(ctl, ttl=60, clock=Clock())
-    assert await asyncio.to_thread(st.snapshot) is None
+    st = account.AccountStatus(ctl.openrouter, ctl.read_key, ctl.bus, ttl=60, clock=Clock())
+    assert await asyncio.to_thread(st.snapshot, True) is None
 
 
 # -- the daemon and convctl against the fake -------------------------------------------------------------------
@@ -271,6 +270,31 @@ async def test_account_after_login_in_status_and_revoked(daemon_factory, fake):
     assert "key:      linked key is no longer valid — run `convctl oauth start`" in text
     assert d.call("status")["account"]["valid"] is False
     assert_no_secret(key, d.all_output(), out, err, text, str(js))
+
+
+async def test_the_account_cache_time_is_a_setting_that_a_reload_changes(daemon_factory, fake, short_tmp):
+    """account_cache_seconds from config.toml: at 600 s, a key revoked meanwhile still shows as valid (nothing
+    is asked before then); after a reload at 0.2 s, the next status asks, and shows it revoked."""
+    from tests.integration.test_config_file import wait_for_log, write_config
+
+    config = write_config(short_tmp, "account_cache_seconds = 600\n")
+    d = await asyncio.to_thread(daemon_factory, CONVOCATIONS_OPENROUTER_URL=fake.url)
+    key = fake.issue_key()
+    d.call("secret.set", {"key": key})
+    await asyncio.to_thread(wait_until, lambda: d.call("status")["account"] is not None, "the account")
+    setting = d.call("status")["settings"]["account_cache_seconds"]
+    assert setting == {"value": 600.0, "source": f"account_cache_seconds in {config}"}
+    fake.revoke(key)
+    for _ in range(5):
+        await asyncio.sleep(0.2)
+        assert d.call("status")["account"]["valid"] is True  # cached: 600 s have not passed
+
+    config.write_text(config.read_text().replace("account_cache_seconds = 600", "account_cache_seconds = 0.2"))
+    d.proc.send_signal(signal.SIGHUP)
+    await asyncio.to_thread(wait_for_log, d, "configuration reloaded")
+    await asyncio.to_thread(wait_until, lambda: d.call("status")["account"]["valid"] is False, "the revoked key")
+    assert d.call("status")["settings"]["account_cache_seconds"]["value"] == 0.2
+    assert_no_secret(key, d.all_output())
 
 
 async def test_status_with_a_key_set_by_hand_shows_limit(daemon, fake):

@@ -19,14 +19,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from convocationsd.core import pkce
-from convocationsd.core.errors import ConvError
-from convocationsd.daemon.openrouter import (
-    EXCHANGE_PATH,
-    ExchangeResult,
-    KeyRejected,
-    OpenRouterClient,
-    UpstreamError,
-)
+from convocationsd.core.errors import ConvError, KeyRejected, UpstreamError
+from convocationsd.daemon.openrouter import EXCHANGE_PATH, ExchangeResult, OpenRouterClient
 from convocationsd.testing.fake_openrouter import FakeConfig, FakeOpenRouter
 from tests.conftest import ManualClock, dead_url
 from tests.helpers.openrouter_sdk import exchange_body_problem

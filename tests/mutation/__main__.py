@@ -53,6 +53,7 @@ TARGETS: dict[str, frozenset[str] | None] = {
     "core/keycheck.py": None,
     "core/pkce.py": None,
     "core/protocol.py": None,
+    "core/states.py": None,
     "common/peercred.py": None,
     "common/paths.py": None,
     "common/proc_net.py": None,

@@ -26,8 +26,8 @@ EQUIVALENT: dict[str, str] = {
     "core/pkce.py:TokenSource:statement:TokenSource = Callable[[int], str] -> pass": _ANNOTATION_ONLY,
     "core/flows.py:FlowStore.expire_due:statement:return None -> pass": _LAST_RETURN_NONE,
     "core/flows.py:FlowStore._end:condition:self.pending is flow -> True": _EVERY_OPEN_FLOW_IS_PENDING,
-    "core/flows.py:FlowStore.release:boolean:self.pending is flow and flow.status == EXCHANGING -> "
-    "self.pending is flow or flow.status == EXCHANGING": _EVERY_OPEN_FLOW_IS_PENDING
+    "core/flows.py:FlowStore.release:boolean:self.pending is flow and flow.status == FlowStatus.EXCHAN... -> "
+    "self.pending is flow or flow.status == FlowStatus.EXCHANGING": _EVERY_OPEN_FLOW_IS_PENDING
     + " So a flow that is exchanging is the pending one, and setting a pending flow's status to pending changes "
     "nothing.",
     'core/pkce.py:VERIFIER_CHARS:constant:"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123... -> '

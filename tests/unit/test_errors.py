@@ -15,6 +15,9 @@ EXIT_CODES = {
     errors.SecretStoreError: 1,
     errors.BackendUnavailable: 1,
     errors.KeyNotAccepted: 1,
+    errors.UpstreamError: 1,
+    errors.KeyRejected: 1,
+    errors.CodeRejected: 1,
     errors.NoReply: 1,
     errors.RemoteError: 1,
     errors.UsageError: 2,
@@ -55,6 +58,14 @@ def test_remote_error_keeps_code_and_kind_and_has_no_hint_unless_given():
     e = errors.RemoteError(-32000, "It failed.", kind="CodeRejected")
     assert (e.code, e.kind, e.hint, str(e)) == (-32000, "CodeRejected", "", "It failed.")
     assert errors.RemoteError(-32601, "Method not found").kind is None
+
+
+def test_a_remote_error_is_a_kind_by_the_name_the_daemon_sends():
+    sent = errors.RemoteError(-32000, "Not accepted.", kind=errors.kind_of(errors.CodeRejected))
+    assert sent.is_a(errors.CodeRejected)
+    assert not sent.is_a(errors.ConvError)  # the class the daemon raised, not its bases
+    assert not errors.RemoteError(-32000, "It failed.", kind="ConvError").is_a(errors.CodeRejected)
+    assert not errors.RemoteError(-32601, "Method not found").is_a(errors.CodeRejected)
 
 
 def test_key_not_accepted_says_why_and_how_to_store_it_anyway():

@@ -5,12 +5,15 @@ from __future__ import annotations
 import base64
 import json
 import random
+import re
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
 from convocationsd.core import flows, pkce
 from convocationsd.core.flows import CallbackRejected, FlowError, FlowStore
+from convocationsd.core.states import FlowStatus
 
 T0 = 1_700_000_000.0
 PORT = 3000
@@ -83,7 +86,7 @@ def test_start_creates_pending_flow(store, clock, tokens):
     r = store.start()
     f = r.flow
     assert r.joined is False and r.cancelled is None
-    assert store.pending is f and f.status == flows.PENDING and not f.done
+    assert store.pending is f and f.status == FlowStatus.PENDING and not f.done
     assert f.created_at == T0 and f.expires_at == T0 + 600.0
     assert f.callback_url == "http://localhost:3000/api/openrouter/oauth/callback"
     assert f.paste is False and f.error is None
@@ -153,7 +156,7 @@ def test_restart_cancels_the_old_flow(store):
     r = store.start(restart=True)
     assert r.joined is False
     assert r.cancelled is old
-    assert old.status == flows.FAILED and old.done
+    assert old.status == FlowStatus.FAILED and old.done
     assert old.error is flows.REPLACED[False]  # not a plain "cancelled": its waiter is told where the login went
     assert old.error.code == "replaced" and "(browser mode); finish that one" in old.error.message
     new = r.flow
@@ -179,7 +182,7 @@ def test_the_other_mode_joins_the_pending_flow(store):
     """Start joins whatever is pending (the contract); only restart replaces it."""
     cb = store.start().flow
     r = store.start(paste=True)
-    assert r.joined is True and r.flow is cb and r.cancelled is None and cb.status == flows.PENDING
+    assert r.joined is True and r.flow is cb and r.cancelled is None and cb.status == FlowStatus.PENDING
     r2 = store.start(paste=True, restart=True)
     assert r2.cancelled is cb and cb.error is flows.REPLACED[True] and cb.error.code == "replaced"
     assert cb.error.message == "The login was replaced by a new login started elsewhere (paste mode); finish that one."
@@ -197,7 +200,7 @@ def test_mode_switch_while_exchanging_joins_instead_of_cancelling(store):
     store.claim_code("c1", f.state)
     r = store.start(paste=True)
     assert r.joined is True and r.flow is f and r.cancelled is None
-    assert f.status == flows.EXCHANGING
+    assert f.status == FlowStatus.EXCHANGING
 
 
 def test_restart_or_cancel_while_exchanging_joins_instead(store):
@@ -206,7 +209,7 @@ def test_restart_or_cancel_while_exchanging_joins_instead(store):
     store.claim_code("c1", f.state)
     r = store.start(restart=True)
     assert r.joined is True and r.flow is f and r.cancelled is None
-    assert store.cancel() is None and f.status == flows.EXCHANGING
+    assert store.cancel() is None and f.status == FlowStatus.EXCHANGING
     assert store.cancel(force=True) is f and f.error.code == "cancelled"
 
 
@@ -217,14 +220,14 @@ def test_expire_due_before_deadline_does_nothing(store, clock):
     f = store.start().flow
     clock.advance(599.999)
     assert store.expire_due() is None
-    assert store.pending is f and f.status == flows.PENDING
+    assert store.pending is f and f.status == FlowStatus.PENDING
 
 
 def test_expire_due_at_deadline(store, clock):
     f = store.start().flow
     clock.advance(600)
     assert store.expire_due() is f
-    assert f.status == flows.FAILED and f.error.code == "timeout"
+    assert f.status == FlowStatus.FAILED and f.error.code == "timeout"
     assert f.error.message and f.error.hint
     assert store.pending is None and list(store.history) == [f]
     assert store.expire_due() is None  # only once
@@ -239,7 +242,7 @@ def test_expire_due_not_while_exchanging(store, clock):
     store.claim_code("c", f.state)
     clock.advance(10_000)
     assert store.expire_due() is None
-    assert store.pending is f and f.status == flows.EXCHANGING
+    assert store.pending is f and f.status == FlowStatus.EXCHANGING
     # released after the deadline: it expires on the next check
     store.release(f)
     assert store.expire_due() is f and f.error.code == "timeout"
@@ -279,11 +282,11 @@ def test_claim_code_wrong_state_changes_nothing(store, bad_state):
     with pytest.raises(CallbackRejected) as ei:
         store.claim_code("real-code", bad_state)
     assert ei.value.reason == "state_mismatch"
-    assert store.pending is f and snapshot(f) == before and f.status == flows.PENDING
+    assert store.pending is f and snapshot(f) == before and f.status == FlowStatus.PENDING
     assert len(store.history) == 0
     # the code was not consumed: the real callback with the same code still works
     assert store.claim_code("real-code", f.state) is f
-    assert f.status == flows.EXCHANGING
+    assert f.status == FlowStatus.EXCHANGING
 
 
 def test_claim_code_state_prefix_is_not_enough(store):
@@ -291,13 +294,13 @@ def test_claim_code_state_prefix_is_not_enough(store):
     for wrong in (f.state[:-1], f.state + "x", f.state.upper() if f.state.upper() != f.state else f.state + "Z"):
         with pytest.raises(CallbackRejected):
             store.claim_code("c", wrong)
-    assert f.status == flows.PENDING
+    assert f.status == FlowStatus.PENDING
 
 
 def test_claim_code_right_state(store):
     f = store.start().flow
     assert store.claim_code("c", f.state) is f
-    assert f.status == flows.EXCHANGING and store.pending is f
+    assert f.status == FlowStatus.EXCHANGING and store.pending is f
 
 
 def test_stateless_code_is_refused_by_default(store):
@@ -307,7 +310,7 @@ def test_stateless_code_is_refused_by_default(store):
     assert ei.value.reason == "missing_state"
     assert "allow_stateless_callbacks" in ei.value.hint and "CONVOCATIONS_ALLOW_STATELESS_CALLBACKS" in ei.value.hint
     assert "--paste" in ei.value.hint
-    assert f.status == flows.PENDING and store.pending is f
+    assert f.status == FlowStatus.PENDING and store.pending is f
     assert store.claim_code("c", f.state) is f  # the code was not consumed
 
 
@@ -315,16 +318,38 @@ def test_stateless_code_when_allowed_waits_for_its_page_and_leaves_the_flow_pend
     s = make_store(clock, tokens, require_state=False)
     f = s.start().flow
     token = s.confirmation_token("stray")
-    assert f.status == flows.PENDING  # its page waits for the person: nothing waits for it
-    assert s.take_confirmed_code("stray", token) is f and f.status == flows.PENDING  # checked on the side
+    assert f.status == FlowStatus.PENDING  # its page waits for the person: nothing waits for it
+    assert s.take_confirmed_code("stray", token) is f and f.status == FlowStatus.PENDING  # checked on the side
     with pytest.raises(CallbackRejected) as ei:
         s.take_confirmed_code("stray", token)  # once
     assert ei.value.reason == "code_reused"
     assert s.claim_code("real", f.state) is f  # the callback with the right state goes first
-    assert f.status == flows.EXCHANGING
+    assert f.status == FlowStatus.EXCHANGING
     with pytest.raises(CallbackRejected) as ei:
         s.confirmation_token("another")  # a stateless one never disturbs a running exchange
-    assert ei.value.reason == "busy" and f.status == flows.EXCHANGING
+    assert ei.value.reason == "busy" and f.status == FlowStatus.EXCHANGING
+
+
+def test_a_confirmed_code_is_refused_while_the_callback_with_state_is_exchanged(clock, tokens):
+    s = make_store(clock, tokens, require_state=False)
+    f = s.start().flow
+    token = s.confirmation_token("stray")
+    s.claim_code("real", f.state)
+    with pytest.raises(CallbackRejected) as ei:
+        s.take_confirmed_code("stray", token)
+    assert ei.value.reason == "busy" and f.status == FlowStatus.EXCHANGING
+    assert not f.confirmed  # not spent: its page's button may be pressed again
+
+
+def test_codes_and_tokens_that_no_utf_8_holds_are_refused_not_crashed_on(clock, tokens):
+    """A lone surrogate (a JSON escape, a form field) in a code or a token: an answer, never an exception."""
+    s = make_store(clock, tokens, require_state=False)
+    f = s.start().flow
+    token = s.confirmation_token("\ud800")
+    with pytest.raises(CallbackRejected) as ei:
+        s.take_confirmed_code("\ud800", "\udc00" + token[1:])
+    assert ei.value.reason == "not_pending"
+    assert s.take_confirmed_code("\ud800", token) is f
 
 
 def test_a_confirmed_code_waits_while_another_is_exchanged(clock, tokens):
@@ -336,7 +361,7 @@ def test_a_confirmed_code_waits_while_another_is_exchanged(clock, tokens):
     s.claim_code("real", f.state)
     with pytest.raises(CallbackRejected) as ei:
         s.take_confirmed_code("stray", token)
-    assert ei.value.reason == "busy" and f.status == flows.EXCHANGING
+    assert ei.value.reason == "busy" and f.status == FlowStatus.EXCHANGING
     s.release(f)  # that code was not ours after all
     assert s.take_confirmed_code("stray", token) is f
 
@@ -395,7 +420,7 @@ def test_a_side_result_counts_only_for_a_flow_still_pending(clock, tokens):
     s.finish(f, None, "keyring")
     assert s.claim_side_result(f) is False  # ended
     g = s.start().flow
-    assert s.claim_side_result(g) is True and g.status == flows.EXCHANGING
+    assert s.claim_side_result(g) is True and g.status == FlowStatus.EXCHANGING
 
 
 @pytest.mark.parametrize("require_state", [True, False])
@@ -411,19 +436,19 @@ def test_paste_flow_ignores_every_callback(clock, tokens, require_state):
         with pytest.raises(CallbackRejected) as ei:
             claim()
         assert ei.value.reason == "paste_mode"
-    assert f.status == flows.PENDING
-    assert s.claim_pasted("c") is f and f.status == flows.EXCHANGING  # the socket's paste still works
+    assert f.status == FlowStatus.PENDING
+    assert s.claim_pasted("c") is f and f.status == FlowStatus.EXCHANGING  # the socket's paste still works
 
 
 def test_same_code_twice_is_code_reused(store):
     f = store.start().flow
     store.claim_code("c", f.state)
     store.release(f)
-    assert f.status == flows.PENDING
+    assert f.status == FlowStatus.PENDING
     with pytest.raises(CallbackRejected) as ei:
         store.claim_code("c", f.state)
     assert ei.value.reason == "code_reused"
-    assert f.status == flows.PENDING and store.pending is f
+    assert f.status == FlowStatus.PENDING and store.pending is f
 
 
 def test_code_reuse_is_remembered_across_flows(store):
@@ -434,7 +459,7 @@ def test_code_reuse_is_remembered_across_flows(store):
     with pytest.raises(CallbackRejected) as ei:
         store.claim_code("c", f2.state)
     assert ei.value.reason == "code_reused"
-    assert f2.status == flows.PENDING
+    assert f2.status == FlowStatus.PENDING
 
 
 def test_used_codes_are_bounded(clock, tokens):
@@ -460,7 +485,7 @@ def test_claim_while_exchanging_is_busy(store):
     with pytest.raises(CallbackRejected) as ei:
         store.claim_code("c2", f.state)
     assert ei.value.reason == "busy"
-    assert f.status == flows.EXCHANGING
+    assert f.status == FlowStatus.EXCHANGING
     # the busy code was not consumed
     store.release(f)
     assert store.claim_code("c2", f.state) is f
@@ -478,22 +503,22 @@ def test_release_puts_flow_back_to_pending(store):
     f = store.start().flow
     store.claim_pasted("c")
     store.release(f)
-    assert f.status == flows.PENDING and store.pending is f
+    assert f.status == FlowStatus.PENDING and store.pending is f
     assert store.claim_pasted("other") is f
 
 
 def test_release_is_a_no_op_for_other_flows(store):
     f = store.start().flow
     store.release(f)  # pending, not exchanging
-    assert f.status == flows.PENDING
+    assert f.status == FlowStatus.PENDING
     store.claim_pasted("c")
     store.finish(f, FlowError("exchange_failed", "x"))
     store.release(f)  # finished
-    assert f.status == flows.FAILED
+    assert f.status == FlowStatus.FAILED
     stranger = store.start().flow
     store.claim_pasted("d")
     store.release(f)  # not the pending one
-    assert stranger.status == flows.EXCHANGING
+    assert stranger.status == FlowStatus.EXCHANGING
 
 
 # -- claim_error -----------------------------------------------------------------------------------
@@ -507,10 +532,10 @@ def test_claim_error_rules(store):
     with pytest.raises(CallbackRejected) as ei:
         store.claim_error("wrong")
     assert ei.value.reason == "state_mismatch"
-    assert f.status == flows.PENDING and store.pending is f
+    assert f.status == FlowStatus.PENDING and store.pending is f
     assert store.claim_error(f.state) is f
     assert store.claim_error(None) is f  # the flow it is about; the caller decides that it ends nothing
-    assert f.status == flows.PENDING  # claim_error itself changes nothing
+    assert f.status == FlowStatus.PENDING  # claim_error itself changes nothing
     store.claim_code("c", f.state)
     with pytest.raises(CallbackRejected) as ei:
         store.claim_error(None)
@@ -550,7 +575,7 @@ def test_finish_success(store):
     f = store.start().flow
     store.claim_code("c", f.state)
     assert store.finish(f, backend="keyring") is True
-    assert f.status == flows.SUCCEEDED and f.done and f.error is None
+    assert f.status == FlowStatus.SUCCEEDED and f.done and f.error is None
     assert f.backend == "keyring"
     assert store.pending is None and list(store.history) == [f]
     assert store.latest() is f
@@ -561,7 +586,7 @@ def test_finish_failure(store):
     store.claim_code("c", f.state)
     err = FlowError("exchange_failed", "OpenRouter refused the code.", "Try again.")
     store.finish(f, err)
-    assert f.status == flows.FAILED and f.error is err and f.backend is None
+    assert f.status == FlowStatus.FAILED and f.error is err and f.backend is None
     assert store.pending is None and list(store.history) == [f]
     assert f.public()["error"] == {
         "code": "exchange_failed",
@@ -675,6 +700,7 @@ def test_public_never_contains_verifier_state_or_code(store, clock, outcome):
     assert "verifier" not in repr(f) and f"state={f.state!r}" not in repr(f)
     assert f.confirm_key not in "".join(_all_public_texts(f)) and "confirm" not in repr(f)
     assert repr(f).startswith(f"Flow(auth_url={f.auth_url!r}, ") and repr(f).endswith(")")
+    assert f"session_id={f.session_id!r}" in repr(f)
     reply = {k: v for k, v in f.start_reply(False).items() if k != "auth_url"}
     assert f.state not in json.dumps(reply)
 
@@ -694,7 +720,10 @@ def test_public_fields(store):
 
 
 def test_status_values_are_the_contracts(store):
-    """docs/protocol.md: "status": "pending|exchanging|succeeded|failed"."""
+    """docs/protocol.md: "status": "pending|exchanging|succeeded|failed", which FlowStatus lists in that order."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
+    documented = re.search(r'"flow": \{"session_id": "…", "status": "([a-z|]+)"', doc).group(1).split("|")
+    assert documented == ["pending", "exchanging", "succeeded", "failed"] == [str(s) for s in FlowStatus]
     seen = []
     f = store.start().flow
     seen.append(f.public()["status"])

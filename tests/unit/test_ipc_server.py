@@ -457,3 +457,18 @@ async def test_a_client_that_shuts_down_its_sending_side_still_gets_its_answers(
     await until(lambda: not server.connections)
     client.close()
     await server.close()
+
+
+def test_the_controller_has_a_handler_for_every_method_and_for_no_other():
+    """A new method is its entry in core/protocol.METHODS and its line in Controller.handlers: neither alone."""
+    from convocationsd.daemon.controller import Controller, Endpoint
+
+    ctl = Controller(
+        endpoint=Endpoint(3000, False, "/nonexistent.sock"),
+        openrouter_url="http://127.0.0.1:9",
+        openrouter=None,
+        secrets=None,
+        bus=EventBus(),
+        flow_timeout=600.0,
+    )
+    assert set(ctl.handlers()) == set(protocol.METHODS)

@@ -13,9 +13,8 @@ from hypothesis import strategies as st
 
 from convocationsd.common.settings import public_url
 from convocationsd.core import pkce
-from convocationsd.core.errors import ConvError
+from convocationsd.core.errors import ConvError, UpstreamError
 from convocationsd.daemon.openrouter import (
-    UpstreamError,
     app_conflict_error,
     app_conflict_hint,
     exchange_status_error,

@@ -771,3 +771,15 @@ def test_every_change_to_an_encoded_result_is_kept_and_drops_its_text(change):
     assert json.loads(protocol.result_line(1, answer))["result"] == plain
     if answer.json is not None:  # only a change that changed nothing may keep the text, and it is still right
         assert answer.json == protocol.encode(plain)
+
+
+def test_a_line_that_starts_with_a_byte_order_mark_is_told_so():
+    """Windows tools prepend U+FEFF to UTF-8; the error names it, so the sender knows what to drop."""
+    request, bom = b'{"jsonrpc":"2.0","id":1,"method":"status"}', "\ufeff".encode()
+    with pytest.raises(protocol.ProtocolError) as e:
+        protocol.parse_line(bom + request)
+    assert e.value.code == protocol.PARSE_ERROR and "byte order mark (U+FEFF)" in e.value.message
+    for other in (bom[:2] + request, b"{" + bom, b"not json"):  # not a line that starts with one
+        with pytest.raises(protocol.ProtocolError) as e:
+            protocol.parse_line(other)
+        assert e.value.code == protocol.PARSE_ERROR and "byte order mark" not in e.value.message

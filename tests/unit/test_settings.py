@@ -44,6 +44,7 @@ LAYERS = {
     "flow_timeout_seconds": (12.5, "23.5", 34, 12.5, 23.5, 34.0, 600.0),
     "exchange_timeout_seconds": (1, "2", 3.5, 1.0, 2.0, 3.5, 30.0),
     "keyring_timeout_seconds": (5, "6", 7, 5.0, 6.0, 7.0, 120.0),
+    "account_cache_seconds": (0.5, "8", 9, 0.5, 8.0, 9.0, 60.0),
     "allow_stateless_callbacks": (True, "no", True, True, False, True, False),
     "allow_port_fallback": (True, "no", True, True, False, True, False),
 }  # fmt: skip
@@ -70,6 +71,7 @@ def test_defaults():
     assert s.secret_backend is None and s.desktop_notifications is None
     assert (s.idle_exit_seconds, s.flow_timeout_seconds) == (600.0, 600.0)
     assert (s.exchange_timeout_seconds, s.keyring_timeout_seconds) == (30.0, 120.0)
+    assert s.account_cache_seconds == 60.0
 
 
 @pytest.mark.parametrize("name", sorted(LAYERS))
@@ -293,7 +295,13 @@ def test_config_false_is_a_value_not_absence():
 
 # -- seconds ---------------------------------------------------------------------------------------
 
-SECONDS = ["idle_exit_seconds", "flow_timeout_seconds", "exchange_timeout_seconds", "keyring_timeout_seconds"]
+SECONDS = [
+    "idle_exit_seconds",
+    "flow_timeout_seconds",
+    "exchange_timeout_seconds",
+    "keyring_timeout_seconds",
+    "account_cache_seconds",
+]
 
 
 @pytest.mark.parametrize("name", SECONDS)
@@ -322,6 +330,7 @@ INVALID = {
     "flow_timeout_seconds": "0",
     "exchange_timeout_seconds": "never",
     "keyring_timeout_seconds": "nan",
+    "account_cache_seconds": "-5",
     "allow_stateless_callbacks": "sometimes",
     "allow_port_fallback": "sometimes",
 }
