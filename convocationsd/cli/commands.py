@@ -383,11 +383,12 @@ def _paste_code(c: Client, session: str, out: Any, timeout: float | None = None)
         except RemoteError as e:
             if not e.is_a(CodeRejected):
                 raise
+            if attempt == PASTE_ATTEMPTS:
+                break  # the last one: said once, below, with what happens now
             out.err(f"convctl: {e.message}")
-            if attempt < PASTE_ATTEMPTS:
-                out.err(f"{e.hint} (attempt {attempt + 1} of {PASTE_ATTEMPTS})".lstrip())
+            out.err(f"{e.hint} (attempt {attempt + 1} of {PASTE_ATTEMPTS})".lstrip())
     raise _CodesRejected(
-        f"OpenRouter did not accept any of the {PASTE_ATTEMPTS} codes, so the login was cancelled.",
+        f"OpenRouter did not accept that code either ({PASTE_ATTEMPTS} codes tried), so the login was cancelled.",
         "Run `convctl oauth start --paste` again, approve, and copy the whole code OpenRouter shows.",
     )
 

@@ -80,8 +80,12 @@ async def test_paste_wrong_codes_three_times_cancels_clearly(daemon, fake):
     await read_auth_url(proc)
     _out, err = await asyncio.to_thread(proc.communicate, "not-the-code\nnor-this\nnor-that\nnever-read\n", 20)
     assert proc.returncode == 1, err
-    assert err.count("did not accept that code") == 3 and "(attempt 3 of 3)" in err
-    assert "did not accept any of the 3 codes, so the login was cancelled" in err and "--paste" in err
+    assert err.count("did not accept that code for this login") == 2 and "(attempt 3 of 3)" in err
+    # After the third, one message: what happened and what to do, not the per-code message as well.
+    assert err.splitlines()[-2:] == [
+        "convctl: OpenRouter did not accept that code either (3 codes tried), so the login was cancelled.",
+        "Run `convctl oauth start --paste` again, approve, and copy the whole code OpenRouter shows.",
+    ], err
     assert flow_error(daemon) == "cancelled"
     assert daemon.call("secret.status")["stored"] is False
 
@@ -173,8 +177,13 @@ def test_paste_three_rejected_codes_cancel_the_login(monkeypatch):
     client = StandInClient([rejected(), rejected(), rejected()])
     rc, _out, err = run_paste(monkeypatch, client, "a\nb\nc\nd\n")
     assert rc == 1
-    assert err.count("did not accept that code") == 3
-    assert "did not accept any of the 3 codes, so the login was cancelled" in err
+    lines = err.splitlines()
+    assert lines.count("convctl: OpenRouter did not accept that code for this login.") == 2
+    assert lines[-3:] == [
+        "Paste it again. (attempt 3 of 3)",  # after the second code; the third is answered once:
+        "convctl: OpenRouter did not accept that code either (3 codes tried), so the login was cancelled.",
+        "Run `convctl oauth start --paste` again, approve, and copy the whole code OpenRouter shows.",
+    ], err
     assert client.methods().count("oauth.exchange") == 3
     assert client.calls[-1] == ("oauth.cancel", {"session_id": "s1"}, None)
 
