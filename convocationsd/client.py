@@ -64,6 +64,15 @@ def _remote_error(error: dict) -> RemoteError:
     )
 
 
+def _closing_error(message: dict) -> RemoteError | None:
+    """The error of a line without an id: what the daemon says as it closes the connection (it refuses a
+    client of another user with one, "Permission denied: ..."), else None."""
+    error = message.get("error")
+    if message.get("id") is None and isinstance(error, dict):
+        return _remote_error(error)
+    return None
+
+
 def _decode(line: bytes, path: Path) -> dict:
     """One line from the daemon as a JSON object; anything else is a clear error, not a traceback."""
     try:
@@ -126,7 +135,8 @@ class Client:
         try:
             self._sock.sendall(protocol.request_line(id_, method, params))
         except OSError as e:
-            raise _unreachable(self.path, e) from None
+            # The daemon may have said why before it closed (a refusal): that, rather than a broken pipe.
+            raise self._said_before_closing() or _unreachable(self.path, e) from None
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         while True:
             message = self._read(deadline)
@@ -138,6 +148,24 @@ class Client:
                 if "error" in message:
                     raise _remote_error(message["error"])
                 return message.get("result")
+
+    def _said_before_closing(self) -> RemoteError | None:
+        """After a failed send: the error line the daemon sent before it closed, if it is already here."""
+        assert self._sock is not None
+        data = self._buf
+        if b"\n" not in data:
+            self._sock.settimeout(0.0)
+            try:
+                data += self._sock.recv(65536)
+            except OSError:  # nothing there (EAGAIN), or only the reset
+                return None
+            finally:
+                self._sock.settimeout(self.timeout)
+        try:
+            message = json.loads(data.split(b"\n", 1)[0])
+        except ValueError:
+            return None
+        return _closing_error(message) if isinstance(message, dict) else None
 
     def next_event(self, timeout: float | None) -> dict | None:
         """The next event's params ``{event, seq, data}``, or None when ``timeout`` passes first."""
@@ -196,6 +224,7 @@ class AsyncClient:
         self._events: Any = None
         self._reader_task: Any = None
         self._next_id = 0
+        self._refusal: RemoteError | None = None  # why the daemon closed the connection, when it said
 
     async def __aenter__(self) -> AsyncClient:
         await self.connect()
@@ -229,7 +258,10 @@ class AsyncClient:
         try:
             while line := await self._reader.readline():
                 message = _decode(line, self.path)
-                if message.get("method") == "event":
+                closing = _closing_error(message)
+                if closing is not None:  # the daemon's last word (a refusal): every waiting call gets it
+                    error = self._refusal = closing
+                elif message.get("method") == "event":
                     self._events.put_nowait(message.get("params", {}))
                 elif (future := self._pending.pop(message.get("id"), None)) is not None and not future.done():  # type: ignore[arg-type]
                     future.set_result(message)
@@ -258,7 +290,7 @@ class AsyncClient:
 
         if self._reader_task is None or self._reader_task.done():
             # Nothing would ever read the answer: fail now rather than wait forever.
-            raise DaemonUnreachable("The connection to the daemon is closed.", START_HINT)
+            raise self._refusal or DaemonUnreachable("The connection to the daemon is closed.", START_HINT)
         self._next_id += 1
         id_ = self._next_id
         future = asyncio.get_running_loop().create_future()
@@ -268,7 +300,9 @@ class AsyncClient:
             await self._writer.drain()
         except OSError as e:
             self._pending.pop(id_, None)
-            raise _unreachable(self.path, e) from None
+            # The daemon may have said why before it closed (a refusal): its line is the reader's to find.
+            await asyncio.wait({self._reader_task}, timeout=1.0)
+            raise self._refusal or _unreachable(self.path, e) from None
         message = await future
         if "error" in message:
             raise _remote_error(message["error"])

@@ -187,6 +187,7 @@ def oauth_start(args: argparse.Namespace, out: Any) -> int:
                 )
         if not args.no_browser and not paste:
             _open_browser(reply["auth_url"], out, port=_callback_port(reply))
+        prompted = paste and out.stdin.isatty()  # _paste_code leaves its "Code: " prompt open on the line
         try:
             if paste:
                 data = _paste_code(c, session, out, args.timeout)
@@ -194,8 +195,8 @@ def oauth_start(args: argparse.Namespace, out: Any) -> int:
                 data = _wait(c, session, args.timeout, out, quiet=args.json)
         except KeyboardInterrupt:
             c.call("oauth.cancel", {"session_id": session})
-            if not args.json:
-                out.err("")  # off the line ^C was echoed on
+            if prompted:
+                out.err("")  # off the "Code: " line ^C was echoed on (_wait clears its spinner line itself)
             raise ConvError(
                 "cancelled; the pending login was ended.", "Run `convctl oauth start` to try again."
             ) from None
@@ -212,8 +213,8 @@ def oauth_start(args: argparse.Namespace, out: Any) -> int:
             ) from None
         if data is None:
             c.call("oauth.cancel", {"session_id": session})
-            if not args.json:
-                out.err("")
+            if prompted:
+                out.err("")  # off the "Code: " line
             raise ConvError(
                 f"no answer within {args.timeout:g} s; the login was cancelled.",
                 "Run `convctl oauth start` again (with a longer --timeout) and approve it in the browser.",
@@ -326,25 +327,28 @@ def _wait(c: Client, session: str, timeout: float | None, out: Any, *, quiet: bo
         out.err("Waiting for you to approve in the browser... (Ctrl-C cancels)")
         out.err("If OpenRouter shows HTTP 409 'Failed to create or update app', run `convctl doctor`.")
     tick = 0
-    while True:
-        step = 1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic()))
-        event = c.next_event(step)
-        if event is not None:
-            data = event.get("data", {})
-            if event.get("event") == AUTH_COMPLETE and data.get("session_id") == session:
-                if tty:
-                    out.stderr.write("\r\033[K")
-                return data
-            continue
-        if deadline is not None and time.monotonic() >= deadline:
-            return None
-        tick += 1
-        elapsed = int(time.monotonic() - started)
-        if tty:
-            out.stderr.write(f"\r{spinner[tick % 4]} waiting {elapsed // 60}:{elapsed % 60:02d}")
+    try:
+        while True:
+            step = 1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic()))
+            event = c.next_event(step)
+            if event is not None:
+                data = event.get("data", {})
+                if event.get("event") == AUTH_COMPLETE and data.get("session_id") == session:
+                    return data
+                continue
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+            tick += 1
+            elapsed = int(time.monotonic() - started)
+            if tty:
+                out.stderr.write(f"\r{spinner[tick % 4]} waiting {elapsed // 60}:{elapsed % 60:02d}")
+                out.stderr.flush()
+            elif not quiet and tick % 30 == 0:
+                out.err(f"still waiting ({elapsed} s)")
+    finally:
+        if tty:  # however it ends (the answer, --timeout, Ctrl-C): the next line goes where the spinner was
+            out.stderr.write("\r\033[K")  # erases the ^C the terminal echoed there too
             out.stderr.flush()
-        elif not quiet and tick % 30 == 0:
-            out.err(f"still waiting ({elapsed} s)")
 
 
 class _CodesRejected(ConvError):
@@ -379,11 +383,12 @@ def _paste_code(c: Client, session: str, out: Any, timeout: float | None = None)
         except RemoteError as e:
             if not e.is_a(CodeRejected):
                 raise
+            if attempt == PASTE_ATTEMPTS:
+                break  # the last one: said once, below, with what happens now
             out.err(f"convctl: {e.message}")
-            if attempt < PASTE_ATTEMPTS:
-                out.err(f"{e.hint} (attempt {attempt + 1} of {PASTE_ATTEMPTS})".lstrip())
+            out.err(f"{e.hint} (attempt {attempt + 1} of {PASTE_ATTEMPTS})".lstrip())
     raise _CodesRejected(
-        f"OpenRouter did not accept any of the {PASTE_ATTEMPTS} codes, so the login was cancelled.",
+        f"OpenRouter did not accept that code either ({PASTE_ATTEMPTS} codes tried), so the login was cancelled.",
         "Run `convctl oauth start --paste` again, approve, and copy the whole code OpenRouter shows.",
     )
 

@@ -44,6 +44,11 @@ READ_SIZE = 64 * 1024  # bytes per read, into the shared buffer
 CHUNK = 64 * 1024  # bytes of queued lines handed to the transport at once
 CLOSE_FLUSH_SECONDS = 1.0  # at shutdown, time for clients to take what was written (the "cancelled" event)
 CLOSE_WAIT_SECONDS = 2.0  # then at most this long for the server to report every connection gone
+# A refused client (another uid) may have sent its request before it reads: what it sent is read and dropped
+# for this long, up to this many bytes, so that closing does not reset the connection (ECONNRESET, EPIPE)
+# before it has read the refusal. Past either bound it is cut off: a refusal holds nothing for long.
+REFUSAL_DRAIN_SECONDS = 1.0
+REFUSAL_DRAIN_BYTES = 64 * 1024
 
 
 class Reply:
@@ -108,6 +113,8 @@ class Connection(asyncio.BufferedProtocol):
         self.queue: list[bytes] = []  # lines waiting behind them, as they are
         self.queued = 0  # bytes in ``queue``
         self.backlog = 0  # unsent + queued, as the server counted them
+        self.refused: asyncio.TimerHandle | None = None  # a refused client's deadline (see _refuse)
+        self.drain_left = 0  # bytes of a refused client's input still to be read and dropped
 
     # -- asyncio callbacks ---------------------------------------------------------------------------
 
@@ -125,13 +132,24 @@ class Connection(asyncio.BufferedProtocol):
                 "Run the client as the user who runs convocationsd, or start a convocationsd of "
                 "your own (its socket is in your own runtime directory).",
             )
-            transport.write(_failure_line(None, refusal))
-            self.close()
+            self._refuse(transport, _failure_line(None, refusal))
             return
         # High-water mark 0: pause_writing/resume_writing say exactly when bytes start and stop waiting.
         transport.set_write_buffer_limits(high=0)
         self.server.connections.add(self)
         self.server.touch()
+
+    def _refuse(self, transport: asyncio.Transport, line: bytes) -> None:
+        """Sends the refusal and the end of output, then drops what the client sends until it closes its side,
+        REFUSAL_DRAIN_BYTES have come or REFUSAL_DRAIN_SECONDS have passed. Closing at once would leave its
+        request unread in our socket, and the kernel then resets the connection: a client that writes first
+        gets EPIPE or ECONNRESET and never reads the line."""
+        self.closed = True  # no request of it is handled, nothing else is written
+        transport.write(line)
+        transport.write_eof()
+        self.drain_left = REFUSAL_DRAIN_BYTES
+        self.refused = asyncio.get_running_loop().call_later(REFUSAL_DRAIN_SECONDS, transport.abort)
+        self.server.refused.add(self)
 
     def pause_writing(self) -> None:
         self.behind = True
@@ -151,6 +169,11 @@ class Connection(asyncio.BufferedProtocol):
         return self.server.read_view
 
     def buffer_updated(self, nbytes: int) -> None:
+        if self.refused is not None:
+            self.drain_left -= nbytes
+            if self.drain_left <= 0 and self.transport is not None:
+                self.transport.abort()
+            return
         self.data_received(self.server.read_view[:nbytes].tobytes())
 
     def data_received(self, data: bytes) -> None:
@@ -185,6 +208,8 @@ class Connection(asyncio.BufferedProtocol):
         answers to what it asked, a last line without its newline included, then the connection closes. (A
         subscriber too: a shut-down sending side cannot be told from a client that is gone, which would keep
         the daemon from ever idling out.)"""
+        if self.refused is not None:
+            return False  # a refused client has sent all it will: close now, nothing is left unread
         last, self.buffer = bytes(self.buffer), bytearray()
         if last.strip() and not self.closed:  # `printf '{…}' | socat …`: the end of input ends the line too
             self.handle_line(last)
@@ -198,6 +223,9 @@ class Connection(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self.refused is not None:
+            self.refused.cancel()
+            self.server.refused.discard(self)
         self.server.forget(self)
         # Activity is counted when a connection comes and goes, not for each request: the daemon never
         # idles out while a connection is open, so the time since the last one closed is what counts.
@@ -407,6 +435,7 @@ class IpcServer:
         self.total_limit = total_limit
         self.uid = os.getuid()
         self.connections: set[Connection] = set()
+        self.refused: set[Connection] = set()  # refused clients whose input is being dropped (Connection._refuse)
         self.behind: set[Connection] = set()  # connections with bytes waiting, counted in ``backlog``
         self.backlog = 0  # bytes waiting for all connections together (see Connection.backlog)
         self.tasks = TaskSet()  # the requests that wait on something: close() cancels them
@@ -472,6 +501,8 @@ class IpcServer:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
+        for conn in list(self.refused):
+            conn.abort()
         for conn in list(self.connections):
             conn.close()  # flushes first: readers still get the last events (the "cancelled" of a SIGTERM)
         await self.tasks.close()

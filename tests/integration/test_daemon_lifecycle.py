@@ -138,6 +138,38 @@ def test_other_uid_client_is_refused(daemon_factory):
     assert "refused a socket client running as uid" in d.log()
 
 
+@pytest.mark.needs_root
+def test_other_uid_client_that_writes_first_reads_the_refusal(daemon_factory):
+    """A client of another uid that sends its request before it reads anything (without catching a failed
+    send), and sends it only once the refusal has arrived, when a daemon that closed at once was gone: it
+    still reads the refusal, then the end of the connection, never EPIPE or ECONNRESET."""
+    d = daemon_factory()
+    os.chmod(d.socket.parent.parent, 0o755)
+    os.chmod(d.socket.parent, 0o755)
+    os.chmod(d.socket, 0o666)
+    nobody = pwd.getpwnam("nobody")
+    script = (
+        "import select,socket,sys,time\n"
+        "s=socket.socket(socket.AF_UNIX);s.connect(sys.argv[1])\n"
+        "assert select.select([s],[],[],10)[0]\n"
+        "time.sleep(0.3)\n"
+        's.sendall(b\'{"jsonrpc":"2.0","id":1,"method":"secret.get"}\\n\')\n'
+        "got=b''\n"
+        "while chunk:=s.recv(4096): got+=chunk\n"
+        "print(got.decode(), end='')\n"
+    )
+    done = subprocess.run(
+        ["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups", OTHER_USER_PYTHON,
+         "-c", script, str(d.socket)],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr  # no BrokenPipeError, no ConnectionResetError
+    assert done.stdout.count("\n") == 1 and done.stdout.endswith("\n")  # the one line, then the end
+    error = json.loads(done.stdout)["error"]
+    assert error["data"]["kind"] == "PermissionDenied" and f"uid {nobody.pw_uid}" in error["message"]
+    assert d.call("status")["pid"]  # the daemon serves its own user as before
+
+
 def test_malformed_json_rpc_keeps_connection_usable(daemon_factory):
     d = daemon_factory()
     s = socket.socket(socket.AF_UNIX)

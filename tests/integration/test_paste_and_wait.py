@@ -80,8 +80,12 @@ async def test_paste_wrong_codes_three_times_cancels_clearly(daemon, fake):
     await read_auth_url(proc)
     _out, err = await asyncio.to_thread(proc.communicate, "not-the-code\nnor-this\nnor-that\nnever-read\n", 20)
     assert proc.returncode == 1, err
-    assert err.count("did not accept that code") == 3 and "(attempt 3 of 3)" in err
-    assert "did not accept any of the 3 codes, so the login was cancelled" in err and "--paste" in err
+    assert err.count("did not accept that code for this login") == 2 and "(attempt 3 of 3)" in err
+    # After the third, one message: what happened and what to do, not the per-code message as well.
+    assert err.splitlines()[-2:] == [
+        "convctl: OpenRouter did not accept that code either (3 codes tried), so the login was cancelled.",
+        "Run `convctl oauth start --paste` again, approve, and copy the whole code OpenRouter shows.",
+    ], err
     assert flow_error(daemon) == "cancelled"
     assert daemon.call("secret.status")["stored"] is False
 
@@ -173,8 +177,13 @@ def test_paste_three_rejected_codes_cancel_the_login(monkeypatch):
     client = StandInClient([rejected(), rejected(), rejected()])
     rc, _out, err = run_paste(monkeypatch, client, "a\nb\nc\nd\n")
     assert rc == 1
-    assert err.count("did not accept that code") == 3
-    assert "did not accept any of the 3 codes, so the login was cancelled" in err
+    lines = err.splitlines()
+    assert lines.count("convctl: OpenRouter did not accept that code for this login.") == 2
+    assert lines[-3:] == [
+        "Paste it again. (attempt 3 of 3)",  # after the second code; the third is answered once:
+        "convctl: OpenRouter did not accept that code either (3 codes tried), so the login was cancelled.",
+        "Run `convctl oauth start --paste` again, approve, and copy the whole code OpenRouter shows.",
+    ], err
     assert client.methods().count("oauth.exchange") == 3
     assert client.calls[-1] == ("oauth.cancel", {"session_id": "s1"}, None)
 
@@ -307,7 +316,7 @@ async def test_timeout_ends_the_wait(daemon, fake):
     assert done.returncode == 1
     assert 1.4 < time.monotonic() - started < 10
     assert "no answer within 1.5 s; the login was cancelled" in done.stderr
-    assert "\r" not in done.stderr  # not a terminal: no spinner
+    assert "\r" not in done.stderr and "\x1b" not in done.stderr  # not a terminal: no spinner, nothing to erase
     assert flow_error(daemon) == "cancelled"
 
 
@@ -349,3 +358,69 @@ async def test_spinner_on_a_terminal(daemon, fake):
             proc.wait()
         os.close(master)
     assert (await wait_for_flow_end(daemon))["error"]["code"] == "cancelled"
+
+
+def screen_rows(output: str) -> list[str]:
+    """The rows a terminal shows for ``output``: CR goes back to the start of the row, ESC [ K erases to its
+    end, other text overwrites; the pseudo-terminal turned each LF into CR LF."""
+    rows = []
+    for raw in output.split("\n"):
+        row: list[str] = []
+        col = 0
+        for part in re.split(r"(\r|\x1b\[K)", raw):
+            if part == "\r":
+                col = 0
+            elif part == "\x1b[K":
+                del row[col:]
+            else:
+                row[col : col + len(part)] = part
+                col += len(part)
+        rows.append("".join(row))
+    return rows
+
+
+@pytest.mark.parametrize("end", ["timeout", "ctrl-c"])
+async def test_the_spinner_line_is_cleared_before_the_last_message(daemon, fake, end):
+    """On a terminal, once the wait is over (--timeout, Ctrl-C), the spinner's row is erased and the last
+    message takes its place: no "/ waiting 0:01" is left on the screen."""
+    master, slave = os.openpty()
+    timeout = "2" if end == "timeout" else "30"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "convocationsd.cli.main", "oauth", "start", "--no-browser", "--timeout", timeout],
+        env=daemon.env,
+        stdin=subprocess.DEVNULL,
+        stdout=slave,
+        stderr=slave,
+        close_fds=True,
+    )
+    os.close(slave)
+    seen = b""
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            ready, _, _ = await asyncio.to_thread(select.select, [master], [], [], 0.5)
+            if ready:
+                try:
+                    chunk = os.read(master, 4096)
+                except OSError:  # EIO: the process has exited and closed the terminal
+                    break
+                if not chunk:
+                    break
+                seen += chunk
+            if end == "ctrl-c" and proc.poll() is None and re.search(rb"waiting 0:0[1-9]", seen):
+                proc.send_signal(signal.SIGINT)
+                end = "sent"
+        assert await asyncio.to_thread(proc.wait, 15) == 1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+    text = seen.decode(errors="replace")
+    assert re.search(r"\r[|/\\-] waiting 0:0[1-9]", text), text  # there was a spinner
+    rows = screen_rows(text)
+    assert not [row for row in rows if "waiting 0:" in row], rows
+    last = "convctl: no answer within 2 s" if timeout == "2" else "convctl: cancelled; the pending login was ended."
+    shown = [row for row in rows if row.strip()]
+    assert shown[-2].startswith(last), rows  # the message, then its hint, and no blank row before them
+    assert rows[rows.index(shown[-2]) - 1].strip(), rows

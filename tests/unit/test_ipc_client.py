@@ -163,3 +163,60 @@ async def test_async_request_lines_and_remote_error_kind(short_tmp):
     assert e.value.kind == "CodeRejected"
     assert seen == [protocol.request_line(1, "status"), protocol.request_line(2, "oauth.exchange", {"code": "x"})]
     server.close()
+
+
+# -- a daemon that refuses the client (another uid) and closes -----------------------------------------------
+
+REFUSAL = protocol.error_line(
+    None,
+    protocol.OPERATION_FAILED,
+    "Permission denied: this daemon serves only its own user (uid 0), and this client runs as uid 65534.",
+    {"kind": "PermissionDenied", "hint": "Start a convocationsd of your own."},
+)
+
+
+def refuse_and_close(standin: StandIn, f) -> None:
+    """As a daemon did before it drained a refused client's input: the line, then close at once."""
+    f.write(REFUSAL)
+    f.flush()
+
+
+def wait_readable(sock, timeout: float = 5.0) -> None:
+    import select
+
+    assert select.select([sock], [], [], timeout)[0], "the stand-in sent nothing"
+
+
+def test_refusal_before_the_first_request_is_the_error(short_tmp):
+    """The daemon wrote its refusal and closed before the request was sent, so sending fails (EPIPE or
+    ECONNRESET): the error is still the refusal, not "cannot reach the daemon"."""
+    standin = StandIn(short_tmp / "s", refuse_and_close)
+    with Client(standin.path, timeout=5) as c:
+        wait_readable(c._sock)
+        standin.thread.join(5)  # closed
+        with pytest.raises(RemoteError) as e:
+            c.call("status")
+    assert e.value.kind == "PermissionDenied" and e.value.message.startswith("Permission denied: ")
+    assert e.value.hint == "Start a convocationsd of your own."
+    standin.close()
+
+
+async def test_async_refusal_is_the_error_of_every_call(short_tmp):
+    """As the daemon refuses: the line, the end of output, what the client sends is read, then the close."""
+
+    async def handler(reader, writer):
+        writer.write(REFUSAL)
+        writer.write_eof()
+        await reader.read()
+        writer.close()
+
+    server = await serve_once(short_tmp / "s", handler)
+    c = AsyncClient(short_tmp / "s")
+    await c.connect()
+    with pytest.raises(RemoteError) as e:
+        await asyncio.wait_for(c.call("status"), 5)
+    assert e.value.kind == "PermissionDenied" and e.value.message.startswith("Permission denied: ")
+    with pytest.raises(RemoteError):  # and every later call
+        await asyncio.wait_for(c.call("status"), 5)
+    await c.close()
+    server.close()

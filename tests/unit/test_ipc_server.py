@@ -7,6 +7,8 @@ import asyncio
 import gc
 import json
 import logging
+import os
+import select
 import socket
 import threading
 import time
@@ -457,6 +459,94 @@ async def test_a_client_that_shuts_down_its_sending_side_still_gets_its_answers(
     await until(lambda: not server.connections)
     client.close()
     await server.close()
+
+
+# -- a refused client (another uid; here the server is told it runs as another uid than this test) -----------
+
+
+async def refusing_server(tmp, monkeypatch, seconds: float, size: int) -> tuple[ipc_server.IpcServer, str]:
+    monkeypatch.setattr(ipc_server, "REFUSAL_DRAIN_SECONDS", seconds)
+    monkeypatch.setattr(ipc_server, "REFUSAL_DRAIN_BYTES", size)
+    server, path = await start(tmp, EventBus())
+    server.uid = os.getuid() + 1  # every client of this test is "another user"
+    return server, path
+
+
+def read_until_closed(sock: socket.socket) -> tuple[bytes, OSError | None]:
+    received = b""
+    try:
+        while chunk := sock.recv(65536):
+            received += chunk
+    except OSError as e:
+        return received, e
+    return received, None
+
+
+def write_first_then_read(path: str) -> tuple[bytes, OSError | None]:
+    """A client that sends its request before reading anything, as most do; it sends after the refusal has
+    arrived (and a moment more), when a daemon that closed at once would be gone."""
+    s = connect(path)
+    with s:
+        assert select.select([s], [], [], 5)[0], "no refusal"
+        time.sleep(0.2)
+        s.sendall(b'{"jsonrpc":"2.0","id":1,"method":"secret.get"}\n')  # EPIPE if the daemon had closed
+        return read_until_closed(s)
+
+
+async def test_a_refused_client_that_writes_first_reads_the_refusal(short_tmp, monkeypatch, caplog):
+    server, path = await refusing_server(short_tmp, monkeypatch, 5.0, 64 * 1024)
+    with caplog.at_level(logging.WARNING, logger="convocationsd.daemon.ipc_server"):
+        received, error = await asyncio.to_thread(write_first_then_read, path)
+    assert error is None  # no reset: the request was read (and dropped) before the close
+    message = json.loads(received)  # one line, then the end
+    assert message["id"] is None and message["error"]["data"]["kind"] == "PermissionDenied"
+    assert message["error"]["message"].startswith("Permission denied: this daemon serves only its own user")
+    assert "refused a socket client running as uid" in caplog.text
+    await until(lambda: not server.refused)  # the client closed: so did the daemon, before its deadline
+    assert not server.connections
+    await server.close()
+
+
+async def test_a_refused_client_that_stays_is_cut_off_in_time(short_tmp, monkeypatch):
+    server, path = await refusing_server(short_tmp, monkeypatch, 0.3, 64 * 1024)
+    s = connect(path)  # sends nothing, never closes its side
+    started = time.monotonic()
+    received, _ = await asyncio.to_thread(read_until_closed, s)  # the line, then the end of the output
+    assert b"Permission denied" in received
+    await until(lambda: not server.refused, 3)  # and the connection is gone in time
+    assert 0.25 < time.monotonic() - started < 3
+    s.close()
+    await server.close()
+
+
+async def test_a_refused_client_that_keeps_sending_is_cut_off(short_tmp, monkeypatch):
+    server, path = await refusing_server(short_tmp, monkeypatch, 30.0, 4096)
+    s = connect(path)
+
+    def flood() -> OSError | None:
+        try:
+            for _ in range(1000):  # 1 MB, far past the 4 KiB the daemon reads and drops
+                s.sendall(b"x" * 1024)
+        except OSError as e:
+            return e
+        return None
+
+    started = time.monotonic()
+    assert isinstance(await asyncio.to_thread(flood), OSError)  # cut off (EPIPE, ECONNRESET)
+    assert time.monotonic() - started < 10  # long before the 30 s deadline
+    await until(lambda: not server.refused)
+    s.close()
+    await server.close()
+
+
+async def test_close_does_not_wait_for_a_refused_client(short_tmp, monkeypatch):
+    server, path = await refusing_server(short_tmp, monkeypatch, 30.0, 64 * 1024)
+    s = connect(path)
+    await until(lambda: server.refused)
+    started = time.monotonic()
+    await asyncio.wait_for(server.close(), 10)
+    assert time.monotonic() - started < 1.5 and not server.refused
+    s.close()
 
 
 def test_the_controller_has_a_handler_for_every_method_and_for_no_other():
