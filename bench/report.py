@@ -62,9 +62,9 @@ def render(machine: dict[str, str], sections: list[Section], *, mode: str, total
     for i, section in enumerate(sections, 1):
         for c in section.checks:
             result = verdict(c.passed)
-        out.append(
-            f"| {i} | {c.name} | {c.measured} | {c.target} | {'**' + result + '**' if c.passed is False else result} |"
-        )
+            out.append(
+                f"| {i} | {c.name} | {c.measured} | {c.target} | {'**' + result + '**' if c.passed is False else result} |"
+            )
     out.append("")
     for i, section in enumerate(sections, 1):
         out += [f"## {i}. {section.title}", "", f"_section time: {section.seconds:.1f} s_", ""]
