@@ -18,7 +18,7 @@ from convocationsd.common.peercred import describe_uid, peer_uid, trusted_uid
 from convocationsd.core import protocol
 from convocationsd.core.errors import ConvError, DaemonUnreachable, NoReply, RemoteError, UntrustedSocket
 
-TYPE_CHECKING = False
+TYPE_CHECKING = False  # not from typing: importing typing is ~10 % of `convctl status` (bench/ANALYSIS.md)
 if TYPE_CHECKING:  # typing is not imported at run time: convctl starts faster without it
     from collections.abc import Iterator
     from typing import Any

@@ -15,7 +15,7 @@ from convocationsd.cli.terminal import safe_json, safe_line
 from convocationsd.common.cmdline import ArgumentParser
 from convocationsd.core.errors import ConvError, RemoteError, UsageError, kind_of
 
-TYPE_CHECKING = False
+TYPE_CHECKING = False  # not from typing: importing typing is ~10 % of `convctl status` (bench/ANALYSIS.md)
 if TYPE_CHECKING:  # typing costs more to import than the rest of a `convctl status`
     from typing import Any, NoReturn, TextIO
 

@@ -11,7 +11,7 @@ import functools
 import json
 import re
 
-TYPE_CHECKING = False
+TYPE_CHECKING = False  # not from typing: importing typing is ~10 % of `convctl status` (bench/ANALYSIS.md)
 if TYPE_CHECKING:
     from typing import Any
 

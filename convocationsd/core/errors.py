@@ -6,7 +6,7 @@ its class to an exit code. Foreign exceptions are translated at the edges with `
 
 from __future__ import annotations
 
-TYPE_CHECKING = False
+TYPE_CHECKING = False  # not from typing: importing typing is ~10 % of `convctl status` (bench/ANALYSIS.md)
 if TYPE_CHECKING:  # nothing is imported at run time: convctl imports this module for every command
     from convocationsd.core.flows import FlowError
 

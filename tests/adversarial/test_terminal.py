@@ -247,6 +247,8 @@ def test_service_status_shows_systemctl_output_inert():
 
 
 def test_no_steering_character_is_printable():
+    """No character a terminal acts on (C0/C1 controls, bidi and other format characters) counts as printable
+    in this Python, so the fast path of safe_line and safe_json cannot let one through."""
     # safe_line and safe_json pass printable text through untouched (their fast path): that is safe only
     # while str.isprintable() is False for every character a terminal could act on, in this Python too.
     from convocationsd.cli.terminal import safe_json, safe_line

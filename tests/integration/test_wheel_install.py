@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+import convocationsd
 from convocationsd.cli import service_install as si
 from tests.conftest import (
     DaemonProcess,
@@ -174,6 +175,23 @@ def test_service_units_start_the_wheels_own_interpreter(venv_bin: Path, unit_ins
 def test_installed_units_verify(unit_install, tmp_path):
     done = verify(unit_install[2], tmp_path)
     assert (done.returncode, done.stdout + done.stderr) == (0, "")
+
+
+@pytest.mark.parametrize("program", ["convocationsd", "convctl", "convocations"])
+def test_every_console_script_of_the_wheel_runs(venv_bin: Path, stranger, program: str):
+    env, elsewhere = stranger
+    done = installed(venv_bin, program, "--version", env=env, cwd=elsewhere)
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout.split()[-1] == convocationsd.__version__
+
+
+def test_convocations_is_convctl_by_another_name(venv_bin: Path, stranger):
+    env, elsewhere = stranger
+    env["CONVOCATIONS_SOCKET"] = str(elsewhere / "nobody-listens.sock")
+    answers = [installed(venv_bin, p, "status", "--json", env=env, cwd=elsewhere) for p in ("convctl", "convocations")]
+    assert [a.returncode for a in answers] == [3, 3]  # the daemon is not running
+    assert json.loads(answers[0].stdout) == json.loads(answers[1].stdout)
+    assert json.loads(answers[1].stdout)["error"]["kind"] == "DaemonUnreachable"
 
 
 def test_the_wheel_carries_the_launch_agent(venv_bin: Path, stranger):

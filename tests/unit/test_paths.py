@@ -274,3 +274,5 @@ def test_a_directory_that_cannot_be_made_is_a_clear_error():
     with pytest.raises(ConvError) as caught:
         paths.ensure_socket_dir(Path("/proc/convocations-test/run"))  # nobody may make directories in /proc
     assert caught.value.message.startswith("Cannot create the socket directory /proc/convocations-test/run:")
+    # and says what to set instead (the runtime dir may not exist on this machine at all)
+    assert "CONVOCATIONS_SOCKET" in caught.value.hint and "XDG_RUNTIME_DIR" in caught.value.hint
