@@ -226,6 +226,7 @@ class Connection(asyncio.BufferedProtocol):
         if self.refused is not None:
             self.refused.cancel()
             self.server.refused.discard(self)
+            return  # another user's visit is not activity: it must not keep the daemon from idling out
         self.server.forget(self)
         # Activity is counted when a connection comes and goes, not for each request: the daemon never
         # idles out while a connection is open, so the time since the last one closed is what counts.

@@ -549,6 +549,20 @@ async def test_close_does_not_wait_for_a_refused_client(short_tmp, monkeypatch):
     s.close()
 
 
+async def test_a_refused_client_is_not_activity(short_tmp, monkeypatch):
+    """Another user connecting again and again must not keep the daemon from its idle exit."""
+    server, path = await refusing_server(short_tmp, monkeypatch, 5.0, 64 * 1024)
+    touched: list[int] = []
+    server.touch = lambda: touched.append(1)
+    for _ in range(3):
+        s = connect(path)
+        await asyncio.to_thread(read_until_closed, s)
+        s.close()
+    await until(lambda: not server.refused)
+    assert touched == []
+    await server.close()
+
+
 def test_the_controller_has_a_handler_for_every_method_and_for_no_other():
     """A new method is its entry in core/protocol.METHODS and its line in Controller.handlers: neither alone."""
     from convocationsd.daemon.controller import Controller, Endpoint
