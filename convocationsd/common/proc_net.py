@@ -17,9 +17,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-# A TCP socket's address as getpeername()/getsockname() give it: (host, port), or for IPv6
-# (host, port, flowinfo, scope_id).
-SockAddr = tuple[str, int] | tuple[str, int, int, int]
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # only annotations name it
+    # A TCP socket's address as getpeername()/getsockname() give it: (host, port), or for IPv6
+    # (host, port, flowinfo, scope_id).
+    SockAddr = tuple[str, int] | tuple[str, int, int, int]
 
 LISTEN = "0A"
 ESTABLISHED = "01"
