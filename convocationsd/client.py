@@ -20,7 +20,7 @@ from convocationsd.core.errors import ConvError, DaemonUnreachable, NoReply, Rem
 
 TYPE_CHECKING = False  # not from typing: importing typing is ~10 % of `convctl status` (bench/ANALYSIS.md)
 if TYPE_CHECKING:  # typing is not imported at run time: convctl starts faster without it
-    from collections.abc import Iterator
+    from collections.abc import AsyncIterator, Iterator
     from typing import Any
 
 START_HINT = "Start it with `convocationsd` (or `systemctl --user start convocationsd.socket`)."
@@ -51,7 +51,7 @@ def _check_peer(sock: Any, path: Path) -> None:
         )
 
 
-def _remote_error(error: dict) -> RemoteError:
+def _remote_error(error: dict[str, Any]) -> RemoteError:
     data = error.get("data")
     if not isinstance(data, dict):
         data = {}
@@ -64,7 +64,7 @@ def _remote_error(error: dict) -> RemoteError:
     )
 
 
-def _closing_error(message: dict) -> RemoteError | None:
+def _closing_error(message: dict[str, Any]) -> RemoteError | None:
     """The error of a line without an id: what the daemon says as it closes the connection (it refuses a
     client of another user with one, "Permission denied: ..."), else None."""
     error = message.get("error")
@@ -73,7 +73,7 @@ def _closing_error(message: dict) -> RemoteError | None:
     return None
 
 
-def _decode(line: bytes, path: Path) -> dict:
+def _decode(line: bytes, path: Path) -> dict[str, Any]:
     """One line from the daemon as a JSON object; anything else is a clear error, not a traceback."""
     try:
         message = json.loads(line)
@@ -96,7 +96,7 @@ class Client:
         self.timeout = timeout
         self._sock: socket.socket | None = None
         self._buf = b""
-        self._events: deque[dict] = deque()
+        self._events: deque[dict[str, Any]] = deque()
         self._next_id = 0
 
     def __enter__(self) -> Client:
@@ -126,7 +126,7 @@ class Client:
             self._sock.close()
             self._sock = None
 
-    def call(self, method: str, params: dict | None = None, *, timeout: float | None = None) -> Any:
+    def call(self, method: str, params: dict[str, Any] | None = None, *, timeout: float | None = None) -> Any:
         if self._sock is None:
             self.connect()
         assert self._sock is not None
@@ -167,7 +167,7 @@ class Client:
             return None
         return _closing_error(message) if isinstance(message, dict) else None
 
-    def next_event(self, timeout: float | None) -> dict | None:
+    def next_event(self, timeout: float | None) -> dict[str, Any] | None:
         """The next event's params ``{event, seq, data}``, or None when ``timeout`` passes first."""
         if self._events:
             return self._events.popleft()
@@ -177,15 +177,16 @@ class Client:
             if message is None:
                 return None
             if message.get("method") == "event":
-                return message.get("params", {})
+                params: dict[str, Any] = message.get("params", {})  # an object, as docs/protocol.md says
+                return params
 
-    def events(self) -> Iterator[dict]:
+    def events(self) -> Iterator[dict[str, Any]]:
         while True:
             event = self.next_event(None)
             if event is not None:
                 yield event
 
-    def _read(self, deadline: float | None) -> dict | None:
+    def _read(self, deadline: float | None) -> dict[str, Any] | None:
         assert self._sock is not None
         while b"\n" not in self._buf:
             # The socket's own timeout (poll() inside), not select(), which refuses descriptors from 1024 on.
@@ -285,7 +286,7 @@ class AsyncClient:
                     future.set_exception(error)
             self._events.put_nowait(None)
 
-    async def call(self, method: str, params: dict | None = None) -> Any:
+    async def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
         import asyncio
 
         if self._reader_task is None or self._reader_task.done():
@@ -308,7 +309,7 @@ class AsyncClient:
             raise _remote_error(message["error"])
         return message.get("result")
 
-    async def events(self):
+    async def events(self) -> AsyncIterator[dict[str, Any]]:
         while (event := await self._events.get()) is not None:
             yield event
 

@@ -13,6 +13,7 @@ from convocationsd.core.states import FlowStatus
 
 TYPE_CHECKING = False  # not from typing: importing typing is ~10 % of `convctl status` (bench/ANALYSIS.md)
 if TYPE_CHECKING:  # typing is not imported at run time: convctl starts faster without it
+    from collections.abc import Mapping
     from typing import Any
 
 EXIT_OK, EXIT_FAILED = 0, 1
@@ -77,7 +78,7 @@ def status(args: argparse.Namespace, out: Any) -> int:
     return code
 
 
-def usable_key(st: dict) -> bool:
+def usable_key(st: dict[str, Any]) -> bool:
     """A key is stored, and nothing known says it cannot be used (OpenRouter refused it, the store cannot give it)."""
     account = st.get("account") or {}
     return (
@@ -87,7 +88,7 @@ def usable_key(st: dict) -> bool:
     )
 
 
-def _restart_line(entry: dict) -> str:
+def _restart_line(entry: dict[str, Any]) -> str:
     from convocationsd.common.settings import restart_message
 
     return restart_message(
@@ -95,7 +96,7 @@ def _restart_line(entry: dict) -> str:
     )
 
 
-def _login_line(flow: dict) -> str:
+def _login_line(flow: dict[str, Any]) -> str:
     """A pending login as the current state; a finished one as history (the key may have changed since)."""
     started = str(flow.get("created_at") or "").replace("T", " ").replace("Z", " UTC")
     if flow.get("status") in (FlowStatus.PENDING, FlowStatus.EXCHANGING):
@@ -106,11 +107,11 @@ def _login_line(flow: dict) -> str:
     return line
 
 
-def status_with_account(c: Client, wait: float = 3.0) -> dict:
+def status_with_account(c: Client, wait: float = 3.0) -> dict[str, Any]:
     """``status``; when a key is stored but the daemon has not asked OpenRouter about it yet (it does that
     in the background), asks again for up to ``wait`` seconds so the account line can be shown."""
     deadline = time.monotonic() + wait
-    st = c.call("status")
+    st: dict[str, Any] = c.call("status")
     while (
         "account" in st
         and st["account"] is None
@@ -126,7 +127,7 @@ def _money(value: Any) -> str:
     return f"${value:,.2f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "unknown"
 
 
-def _account_line(account: dict) -> str:
+def _account_line(account: dict[str, Any]) -> str:
     if account.get("valid") is False:
         return account.get("message") or "the stored key is not accepted by OpenRouter - run `convctl oauth start`"
     if account.get("message"):
@@ -247,7 +248,7 @@ def _link_again(c: Client, args: argparse.Namespace, out: Any) -> bool:
     return _ask(out, "Link again?")
 
 
-def _replace_browser_login(c: Client, reply: dict, args: argparse.Namespace, out: Any) -> dict:
+def _replace_browser_login(c: Client, reply: dict[str, Any], args: argparse.Namespace, out: Any) -> dict[str, Any]:
     """--paste joined a login in browser mode, whose code goes to the browser's callback, never to the screen:
     replace it with a paste-mode login (on a terminal after asking, or with --yes), or say what to do."""
     waiting = (
@@ -263,7 +264,8 @@ def _replace_browser_login(c: Client, reply: dict, args: argparse.Namespace, out
     out.err(waiting)
     if not args.yes and not _ask(out, "Replace it with a paste-mode login?"):
         raise ConvError("Nothing was changed: the browser login goes on.", "Finish it in the browser.")
-    return c.call("oauth.start", {"restart": True, "paste": True})
+    replaced: dict[str, Any] = c.call("oauth.start", {"restart": True, "paste": True})
+    return replaced
 
 
 def _show_linked(args: argparse.Namespace, out: Any, backend: str | None) -> None:
@@ -271,7 +273,7 @@ def _show_linked(args: argparse.Namespace, out: Any, backend: str | None) -> Non
     limit once the daemon has asked OpenRouter (best effort)."""
     try:
         with _client(args) as c:
-            st: dict | None = status_with_account(c)
+            st: dict[str, Any] | None = status_with_account(c)
     except ConvError:
         st = None
     out.print(f"Linked. Your OpenRouter key is stored in {where_stored(backend, st)}.")
@@ -280,7 +282,7 @@ def _show_linked(args: argparse.Namespace, out: Any, backend: str | None) -> Non
         out.print(f"Account: {_account_line(account)}")
 
 
-def where_stored(backend: str | None, st: dict | None) -> str:
+def where_stored(backend: str | None, st: dict[str, Any] | None) -> str:
     """The backend, and in the same line why it is not the OS keyring (from the daemon's `status`)."""
     if backend != "local-encrypted" or not st:
         return str(backend)
@@ -295,7 +297,7 @@ def where_stored(backend: str | None, st: dict | None) -> str:
     return because if last.get("keyring_missing") else f"{because}; `convctl doctor` says what to do"
 
 
-def _callback_port(reply: dict) -> int | None:
+def _callback_port(reply: dict[str, Any]) -> int | None:
     from urllib.parse import urlsplit
 
     try:
@@ -304,7 +306,7 @@ def _callback_port(reply: dict) -> int | None:
         return None
 
 
-def _report(data: dict, out: Any, as_json: bool) -> int:
+def _report(data: dict[str, Any], out: Any, as_json: bool) -> int:
     if as_json:
         out.json({"event": "complete", **data})
     elif not data.get("success"):
@@ -315,7 +317,7 @@ def _report(data: dict, out: Any, as_json: bool) -> int:
     return EXIT_OK if data.get("success") else EXIT_FAILED
 
 
-def _wait(c: Client, session: str, timeout: float | None, out: Any, *, quiet: bool) -> dict | None:
+def _wait(c: Client, session: str, timeout: float | None, out: Any, *, quiet: bool) -> dict[str, Any] | None:
     """Waits for our session's auth-complete event; shows elapsed time on a terminal."""
     from convocationsd.core.events import AUTH_COMPLETE
 
@@ -332,7 +334,7 @@ def _wait(c: Client, session: str, timeout: float | None, out: Any, *, quiet: bo
             step = 1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic()))
             event = c.next_event(step)
             if event is not None:
-                data = event.get("data", {})
+                data: dict[str, Any] = event.get("data", {})
                 if event.get("event") == AUTH_COMPLETE and data.get("session_id") == session:
                     return data
                 continue
@@ -348,14 +350,13 @@ def _wait(c: Client, session: str, timeout: float | None, out: Any, *, quiet: bo
     finally:
         if tty:  # however it ends (the answer, --timeout, Ctrl-C): the next line goes where the spinner was
             out.stderr.write("\r\033[K")  # erases the ^C the terminal echoed there too
-            out.stderr.flush()
 
 
 class _CodesRejected(ConvError):
     """OpenRouter accepted none of the pasted codes; oauth_start then cancels the login."""
 
 
-def _paste_code(c: Client, session: str, out: Any, timeout: float | None = None) -> dict | None:
+def _paste_code(c: Client, session: str, out: Any, timeout: float | None = None) -> dict[str, Any] | None:
     """Reads the code OpenRouter shows (or the whole address it is in) and has the daemon exchange it;
     a code OpenRouter does not accept leaves the login waiting, so the person may paste again, up to
     PASTE_ATTEMPTS codes in all. None when ``timeout`` passes without a line (each prompt gets that long)."""
@@ -372,7 +373,10 @@ def _paste_code(c: Client, session: str, out: Any, timeout: float | None = None)
                 "No code was pasted.", "Run `convctl oauth start --paste` again and paste the code OpenRouter shows."
             )
         try:
-            return c.call("oauth.exchange", {"code": code, "session_id": session}, timeout=EXCHANGE_REPLY_SECONDS)
+            reply: dict[str, Any] = c.call(
+                "oauth.exchange", {"code": code, "session_id": session}, timeout=EXCHANGE_REPLY_SECONDS
+            )
+            return reply
         except NoReply:
             # Not a lost login: the daemon is connected and may yet store the key (a slow OpenRouter or an
             # unanswered keyring prompt), so nothing is cancelled.
@@ -417,7 +421,7 @@ def _code_from_paste(line: str) -> str:
     return text
 
 
-def browser_unavailable_reason(env: dict | os._Environ = os.environ) -> str | None:
+def browser_unavailable_reason(env: Mapping[str, str] = os.environ) -> str | None:
     """Why no browser can open here (SSH session, no display), or None when one probably can."""
     if env.get("SSH_CONNECTION") or env.get("SSH_TTY"):
         return "this is an SSH session"
@@ -478,7 +482,7 @@ def events(args: argparse.Namespace, out: Any) -> int:
     return EXIT_OK
 
 
-def _summary(data: dict) -> str:
+def _summary(data: dict[str, Any]) -> str:
     """An event's data as words: ``session_id=… success=no error=timeout``; no Python reprs, no None."""
     parts = []
     for name, value in data.items():

@@ -108,12 +108,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(
-        parent: Any, name: str, help: str, description: str | None = None, epilog: str | None = None
-    ) -> argparse.ArgumentParser:
+        parent: argparse._SubParsersAction[_Parser],
+        name: str,
+        help: str,
+        description: str | None = None,
+        epilog: str | None = None,
+    ) -> _Parser:
         description = description or help[:1].upper() + help[1:] + "."
         return parent.add_parser(name, help=help, description=description, epilog=epilog)
 
-    def actions(name: str, help: str) -> Any:
+    def actions(name: str, help: str) -> argparse._SubParsersAction[_Parser]:
         """A command whose subcommands (ACTION) are the real commands: oauth, secret, service."""
         group = command(sub, name, help)
         # Its own dest: a subcommand's defaults overwrite what its parent parsed under the same name.

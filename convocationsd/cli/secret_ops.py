@@ -8,12 +8,19 @@ import os
 from convocationsd.client import Client
 from convocationsd.core.errors import DaemonUnreachable, KeyNotAccepted
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing is not imported at run time: convctl starts faster without it
+    from typing import Any
+
+    from convocationsd.common.settings import Settings
+    from convocationsd.store.secrets import SecretStore
+
 KEYRING_WAIT = 150.0  # seconds for the daemon's answer to a secret call: a keyring unlock prompt may take a while
 KEY_CHECK_TIMEOUT = 10.0  # seconds for OpenRouter to answer the key check when no daemon runs
 MAX_ANSWER_BYTES = 64 * 1024  # of the key check's answer, as the daemon's client reads at most
 
 
-def _via_daemon(socket: str | None, method: str, params: dict | None = None) -> dict | None:
+def _via_daemon(socket: str | None, method: str, params: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """The daemon's answer, or None when no daemon can be reached (then the caller uses the files).
     Only a failed connect means that: once connected, every error propagates (NoReply, RemoteError, a
     disconnect mid-call), since the daemon may still be writing the store and two writers must not race."""
@@ -23,30 +30,31 @@ def _via_daemon(socket: str | None, method: str, params: dict | None = None) -> 
     except DaemonUnreachable:
         return None
     try:
-        return client.call(method, params)
+        reply: dict[str, Any] | None = client.call(method, params)  # the secret methods answer with an object
+        return reply
     finally:
         client.close()
 
 
-def _settings():
+def _settings() -> Settings:
     from convocationsd.store import config
 
     return config.load({}, os.environ).settings  # the daemon's own resolver: the same backend, timeout, URL
 
 
-def _direct_store(s=None):
+def _direct_store(s: Settings | None = None) -> SecretStore:
     from convocationsd.store.configured import open_store
 
     s = s or _settings()
     return open_store(s.config_path, forced_backend=s.secret_backend, keyring_timeout=s.keyring_timeout_seconds)
 
 
-def status(socket: str | None) -> dict:
+def status(socket: str | None) -> dict[str, Any]:
     reply = _via_daemon(socket, "secret.status")
     return reply if reply is not None else _direct_store().status().to_dict()
 
 
-def set_key(socket: str | None, key: str, *, verify: bool = True) -> dict:
+def set_key(socket: str | None, key: str, *, verify: bool = True) -> dict[str, Any]:
     """``secret.set``: stores ``key``; with ``verify``, only a key OpenRouter accepts, or one it could not be
     asked about (then ``verified`` is False and ``not_verified_because`` says why). Raises KeyNotAccepted.
     With no daemon to ask, does what its Controller.secret_set does, by the same rules (core/keycheck)."""
@@ -63,10 +71,11 @@ def set_key(socket: str | None, key: str, *, verify: bool = True) -> dict:
 
 def get(socket: str | None) -> str | None:
     reply = _via_daemon(socket, "secret.get")
-    return reply["key"] if reply is not None else _direct_store().get()
+    key: str | None = reply["key"] if reply is not None else _direct_store().get()
+    return key
 
 
-def clear(socket: str | None) -> dict:
+def clear(socket: str | None) -> dict[str, Any]:
     reply = _via_daemon(socket, "secret.clear")
     return reply if reply is not None else {"cleared": _direct_store().clear()}
 

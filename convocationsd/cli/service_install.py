@@ -22,7 +22,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from convocationsd.cli.terminal import safe_line
 from convocationsd.common import paths
@@ -122,7 +122,7 @@ def render_plist(
     source = _template_dir(templates, "launchd", (PLIST,))
     values = {"@PYTHON@": python, "@SOCKET_PATH@": str(socket_path), "@HOME@": str(home), "@HTTP_PORT@": str(http_port)}
 
-    def fill(node):
+    def fill(node: Any) -> Any:  # the plist as plistlib.loads gives it
         if isinstance(node, str):
             for placeholder, value in values.items():
                 node = node.replace(placeholder, value)

@@ -21,11 +21,13 @@ def peer_uid(sock: socket.socket) -> int | None:
     try:
         if hasattr(socket, "SO_PEERCRED"):
             creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-            return struct.unpack("3i", creds)[1]
+            uid: int = struct.unpack("3i", creds)[1]  # struct ucred { pid_t pid; uid_t uid; gid_t gid; }
+            return uid
         if sys.platform == "darwin" or "bsd" in sys.platform:
             # struct xucred { u_int cr_version; uid_t cr_uid; ... }; SOL_LOCAL = 0, LOCAL_PEERCRED = 1
             creds = sock.getsockopt(0, 1, 76)
-            return struct.unpack_from("Ii", creds)[1]
+            uid = struct.unpack_from("Ii", creds)[1]
+            return uid
     except OSError:
         return None
     return None

@@ -17,6 +17,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # only annotations name it
+    # A TCP socket's address as getpeername()/getsockname() give it: (host, port), or for IPv6
+    # (host, port, flowinfo, scope_id).
+    SockAddr = tuple[str, int] | tuple[str, int, int, int]
+
 LISTEN = "0A"
 ESTABLISHED = "01"
 
@@ -68,7 +74,7 @@ def available(proc: Path = Path("/proc")) -> bool:
     return (proc / "net" / "tcp").exists()
 
 
-def connection_uid(client: tuple, server: tuple, entries: Iterable[TcpEntry] | None = None) -> int | None:
+def connection_uid(client: SockAddr, server: SockAddr, entries: Iterable[TcpEntry] | None = None) -> int | None:
     """The uid that owns the client end of a loopback connection (``client``/``server`` as from
     getpeername/getsockname on the server side), or None when the kernel does not list it as an
     established socket with an owner (closed, orphaned, in TIME-WAIT)."""
@@ -110,7 +116,7 @@ DIAG_OWNER = struct.Struct("=II")  # uid, inode
 DIAG_OWNER_OFFSET = NLMSG_HEADER.size + 4 + 48 + 12
 
 
-def diag_uid(client: tuple, server: tuple) -> int | None:
+def diag_uid(client: SockAddr, server: SockAddr) -> int | None:
     """Asks the kernel (sock_diag) for the owner of the established TCP socket ``client`` -> ``server``."""
     family, src = _family_packed(client[0])
     _, dst = _family_packed(server[0])

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from convocationsd.core.errors import ConfigError
 
@@ -102,14 +102,14 @@ def _url(v: Any) -> str:
         ok = False
     if not ok:  # the value is not shown: a URL may carry credentials
         raise ValueError("must be an http:// or https:// URL with a host")
-    return v.rstrip("/")
+    return cast(str, v).rstrip("/")  # ok: a str
 
 
-def _choice(options: tuple[str, ...]):
+def _choice(options: tuple[str, ...]) -> Callable[[Any], str]:
     def check(v: Any) -> str:
         if v not in options:
             raise ValueError(f"must be one of {', '.join(options)}, not {_shown(v)}")
-        return v
+        return cast(str, v)  # one of the options
 
     return check
 

@@ -141,7 +141,7 @@ class AccountStatus:
         self.read_key = read_key
         self.cache = AccountCache(ttl, clock)
         self._tasks = TaskSet()  # its refreshes (one at a time: ``_task``), ended by close()
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         # The key as the store gave it (None: no key), or why it could not be read; see the module doc.
         self._key_read = False
         self._key: str | None = None
@@ -149,7 +149,7 @@ class AccountStatus:
         self._accepted = False  # OpenRouter accepted this key once: a 401 now means it was revoked
         bus.add_listener(self._on_event)
 
-    def _on_event(self, name: str, data: dict) -> None:
+    def _on_event(self, name: str, data: dict[str, Any]) -> None:
         if name == KEY_CHANGED:
             self.cache.invalidate()
             self._key_read, self._key, self._key_problem, self._accepted = False, None, None, False

@@ -15,11 +15,11 @@ import sys
 import time
 from collections.abc import Callable
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from convocationsd import __version__
 from convocationsd.core import events, pkce, protocol
-from convocationsd.core.errors import CodeRejected, ConvError, KeyNotAccepted, UpstreamError, UsageError
+from convocationsd.core.errors import CodeRejected, ConvError, KeyNotAccepted, KeyRejected, UpstreamError, UsageError
 from convocationsd.core.flows import (
     OAUTH_ERRORS,
     CallbackRejected,
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
 # A socket method's handler: (the caller, as an event sink, for ``subscribe``; its checked params) -> its result.
 Handler = Callable[[events.Sink, dict[str, Any]], Any]
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 # What any web page can cause as often as it likes (callbacks that are ignored, error reports without state):
@@ -125,13 +126,14 @@ class Controller:
         flow_timeout: float,
         require_state: bool = True,
         account_ttl: float = DEFAULT_TTL,
-        setup: dict | None = None,
+        setup: dict[str, Any] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.endpoint = endpoint
         self.setup = setup  # the settings `status` reports: {config_path, http_port: {value, source}, ...}
-        self.service: dict | None = None  # the service manager running us, for `status`: {manager, unit}
-        self.restart_needed: list[dict] = []  # settings a reload read but only a restart applies, for `status`
+        self.service: dict[str, Any] | None = None  # the service manager running us, for `status`: {manager, unit}
+        # The settings a reload read but only a restart applies, for `status`.
+        self.restart_needed: list[dict[str, Any]] = []
         self.openrouter_url = openrouter_url
         self.openrouter = openrouter
         self.secrets = secrets
@@ -193,7 +195,7 @@ class Controller:
 
     # -- flows ---------------------------------------------------------------------------------------
 
-    def start(self, *, restart: bool = False, paste: bool = False) -> dict:
+    def start(self, *, restart: bool = False, paste: bool = False) -> dict[str, Any]:
         result = self.flows.start(restart=restart, paste=paste)
         if result.cancelled is not None:
             self._publish_complete(result.cancelled)
@@ -306,7 +308,7 @@ class Controller:
         self._publish_complete(flow)
         return _failed_outcome(flow.error)
 
-    async def exchange_pasted(self, code: str, session_id: str | None) -> dict:
+    async def exchange_pasted(self, code: str, session_id: str | None) -> dict[str, Any]:
         """Paste mode: the person copies the code OpenRouter shows. Any pending login accepts one, because the
         person pasted it over the socket only their uid can use (PKCE would not vouch for it: OpenRouter accepts
         a code made without a challenge whatever the verifier); a code OpenRouter rejects leaves the login
@@ -441,14 +443,14 @@ class Controller:
     def _publish_complete(self, flow: Flow) -> None:
         self.bus.publish(events.AUTH_COMPLETE, self._complete_data(flow))
 
-    def _complete_data(self, flow: Flow) -> dict:
+    def _complete_data(self, flow: Flow) -> dict[str, Any]:
         """How a login ended, and whether its key waits in memory to be stored (``unsaved_key``)."""
         unsaved = self.unsaved is not None and self.unsaved.session_id == flow.session_id
         return {**flow.complete_data(), "unsaved_key": unsaved}
 
     # -- secrets -------------------------------------------------------------------------------------
 
-    async def _secret_call(self, fn: Callable, *args: Any) -> Any:
+    async def _secret_call(self, fn: Callable[..., T], *args: Any) -> T:
         """Runs a secret-store call in a thread, one at a time (backends block: keyring may wait for an
         unlock prompt, within their own time bound), and refreshes the cached status under the same lock,
         so a slower call can never leave an older status behind."""
@@ -467,15 +469,15 @@ class Controller:
     async def _store_key(self, key: str) -> str:
         return await self._secret_call(self.secrets.set, key)
 
-    async def refresh_secret_status(self) -> dict:
+    async def refresh_secret_status(self) -> dict[str, Any]:
         self.secret_state = await asyncio.to_thread(self.secrets.status)
         return self.secret_state.to_dict()
 
-    async def secret_status(self) -> dict:
+    async def secret_status(self) -> dict[str, Any]:
         # No lock: status reads only config.toml's reference, and must answer during a keyring prompt.
         return await self.refresh_secret_status()
 
-    async def retry_store(self) -> dict:
+    async def retry_store(self) -> dict[str, Any]:
         """Stores the key held in memory (``unsaved``) now; the key stays held when the store fails again."""
         if self.unsaved is None:
             raise UsageError("No key is waiting to be stored.", "`convctl status` shows the stored key.")
@@ -501,7 +503,7 @@ class Controller:
             log.info("the key of login %s held in memory is no longer needed: %s", self.unsaved.session_id, why)
             self.unsaved = None
 
-    async def secret_set(self, key: str, *, verify: bool = False) -> dict:
+    async def secret_set(self, key: str, *, verify: bool = False) -> dict[str, Any]:
         """Stores a key a person gave. With ``verify``, asks OpenRouter first (``GET /api/v1/key``): a key it
         rejects is not stored (KeyNotAccepted); when it cannot be asked, the key is stored and the reply says
         why it was not checked. convctl does the same when no daemon runs (cli/secret_ops.set_key), by the
@@ -517,8 +519,6 @@ class Controller:
 
     async def _check_with_openrouter(self, key: str) -> str | None:
         """None when OpenRouter accepts ``key``; why it could not be asked otherwise. Raises KeyNotAccepted."""
-        from convocationsd.daemon.openrouter import KeyRejected, UpstreamError
-
         try:
             await self.openrouter.key_info(key)
         except KeyRejected:
@@ -528,14 +528,14 @@ class Controller:
             return e.message
         return None
 
-    async def secret_clear(self) -> dict:
+    async def secret_clear(self) -> dict[str, Any]:
         cleared = await self._secret_call(self.secrets.clear)
         self._replace_unsaved("the key was cleared")
         if cleared:
             self.bus.publish(events.KEY_CHANGED, {"stored": False, "backend": None})
         return {"cleared": cleared}
 
-    async def secret_get(self) -> dict:
+    async def secret_get(self) -> dict[str, Any]:
         """The stored key; while a key OpenRouter issued waits in memory, that one (the newest), after one
         more try at storing it."""
         if self.unsaved is not None:
@@ -549,9 +549,9 @@ class Controller:
 
     # -- status --------------------------------------------------------------------------------------
 
-    _status_cache: tuple[tuple, protocol.Encoded] | None = None  # (what it depends on, the answer)
+    _status_cache: tuple[tuple[Any, ...], protocol.Encoded] | None = None  # (what it depends on, the answer)
 
-    def status(self) -> dict:
+    def status(self) -> dict[str, Any]:
         """The answer to ``status``. Built and JSON-encoded only when something in it changed: the socket
         asks for it far more often than it changes, and building and encoding it would more than double
         the cost of a request (bench/ANALYSIS.md). The answer is shared by every caller until then: treat
@@ -589,7 +589,7 @@ class Controller:
         self._status_cache = (key, answer)
         return answer
 
-    def reconfigure(self, setup: dict, restart_needed: list[dict]) -> None:
+    def reconfigure(self, setup: dict[str, Any], restart_needed: list[dict[str, Any]]) -> None:
         """After a reload: the settings `status` reports, and those that wait for a restart."""
         self.setup, self.restart_needed = setup, restart_needed
         self._status_cache = None

@@ -113,7 +113,7 @@ class Desktop:
         self.loop = loop
         self.notify = notify
         self.closed = False
-        self._ready: concurrent.futures.Future = concurrent.futures.Future()
+        self._ready: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._lock = threading.Lock()  # decides, once, whether a late start-up is kept or thrown away
         self._abandoned = False
         self._thread: threading.Thread | None = None
@@ -214,10 +214,10 @@ class Desktop:
             log.debug("D-Bus signal %s not sent: %s", name, _one_line(e))
         return False  # one-shot idle callback
 
-    def call_on_loop(self, fn: Callable[[], dict]) -> str:
+    def call_on_loop(self, fn: Callable[[], dict[str, Any]]) -> str:
         """Runs ``fn`` on the asyncio thread (the controller is not thread-safe) and returns its JSON."""
 
-        async def run() -> dict:
+        async def run() -> dict[str, Any]:
             self.controller.touch()  # a D-Bus call is activity, like an IPC request
             return fn()
 
@@ -226,7 +226,7 @@ class Desktop:
 
     # -- the asyncio thread --------------------------------------------------------------------------
 
-    def on_event(self, name: str, data: dict) -> None:
+    def on_event(self, name: str, data: dict[str, Any]) -> None:
         """EventBus listener: queues the signal and, for a finished login, the notification. Never blocks."""
         if self.closed:
             return

@@ -35,7 +35,7 @@ class LazyHttpServer:
         self.socks = socks
         self.controller = controller
         self.on_failure = on_failure  # the start failed (aiohttp cannot be imported, say): the daemon cannot serve
-        self.started: asyncio.Task | None = None  # the start, once asked for
+        self.started: asyncio.Task[None] | None = None  # the start, once asked for
         self._runner: Any = None  # aiohttp's AppRunner, once serving
 
     def watch(self) -> None:
@@ -44,7 +44,7 @@ class LazyHttpServer:
         for sock in self.socks:
             loop.add_reader(sock.fileno(), self.start)
 
-    def start(self) -> asyncio.Task:
+    def start(self) -> asyncio.Task[None]:
         """Imports aiohttp and serves the sockets (once; later calls return the same task)."""
         self.controller.touch()  # a waiting connection is activity: no idle exit while aiohttp loads
         if self.started is None:
@@ -53,7 +53,7 @@ class LazyHttpServer:
             self.started.add_done_callback(self._check)
         return self.started
 
-    def _check(self, task: asyncio.Task) -> None:
+    def _check(self, task: asyncio.Task[None]) -> None:
         error = None if task.cancelled() else task.exception()
         if error is not None:
             self.on_failure(error)

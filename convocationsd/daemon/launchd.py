@@ -44,7 +44,7 @@ def inherited_sockets(names: Iterable[str] = ("ctl", "http")) -> dict[str, list[
     return {name: socks for name, socks in found.items() if socks}
 
 
-def _activate(name: str, activate: Callable, free: Callable) -> list[socket.socket]:
+def _activate(name: str, activate: Callable[..., int], free: Callable[[ctypes.c_void_p], None]) -> list[socket.socket]:
     """The call and the memory handling, apart from loading libSystem so tests can drive it elsewhere."""
     fds = _IntArray()
     count = ctypes.c_size_t(0)

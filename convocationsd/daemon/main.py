@@ -259,18 +259,18 @@ class Daemon:
         if self.activated:
             self._tasks.start(self._idle_watch(ctl, ipc))
 
-    def _setup(self) -> dict:
+    def _setup(self) -> dict[str, Any]:
         """The settings `status` reports (doctor checks the daemon the person runs, not its own guess): each
         with its value and where it came from."""
         from convocationsd.common.settings import SOURCES, reported
 
-        s, source = self.settings, lambda name: self.sources.get(name, DEFAULT)
+        s = self.settings
         setup: dict[str, Any] = {"config_path": str(s.config_path)}
         for name in SOURCES:
-            setup[name] = {"value": reported(name, getattr(s, name)), "source": source(name)}
+            setup[name] = {"value": reported(name, getattr(s, name)), "source": self.sources.get(name, DEFAULT)}
         return setup
 
-    def _on_event(self, name: str, data: dict) -> None:
+    def _on_event(self, name: str, data: dict[str, Any]) -> None:
         if name == AUTH_STARTED and self._http is not None:  # the browser comes back over HTTP, and the
             self._http.start()  # exchange needs aiohttp
 
@@ -366,7 +366,7 @@ class Daemon:
             log.info("stopped")
 
 
-def service_manager(env: Mapping[str, str]) -> dict | None:
+def service_manager(env: Mapping[str, str]) -> dict[str, str] | None:
     """Which service manager runs the daemon, so that doctor can name the command that reloads or restarts
     it: ``{"manager": "systemd", "unit": "convocationsd.service"}``, ``{"manager": "launchd", "unit": label}``,
     or None (a terminal; ``systemd-socket-activate``, which is no manager)."""

@@ -27,7 +27,7 @@ import threading
 from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from convocationsd.common.interpreter import module_command
 from convocationsd.core import errors
@@ -91,13 +91,13 @@ class HelperStore:
         return self._reader.status()
 
     def set(self, key: str) -> str:
-        return self._call(Op.SET, key)
+        return cast(str, self._call(Op.SET, key))  # _call's results are the child's JSON
 
     def get(self) -> str | None:
-        return self._call(Op.GET)
+        return cast("str | None", self._call(Op.GET))
 
     def clear(self) -> bool:
-        return self._call(Op.CLEAR)
+        return cast(bool, self._call(Op.CLEAR))
 
     def close(self) -> None:
         """Lets the child go now rather than after LINGER seconds, and ends the timer that would have (the

@@ -13,10 +13,15 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from convocationsd.common import session_bus
 from convocationsd.core.errors import BackendUnavailable, SecretStoreError
+
+if TYPE_CHECKING:
+    from keyring.backend import KeyringBackend as Keyring
+
+T = TypeVar("T")
 
 SERVICE = "convocations"
 USERNAME = "openrouter_api_key"
@@ -40,7 +45,7 @@ class KeyringBackend:
         self,
         *,
         timeout: float = 120.0,
-        detect: Callable[[], Any] | None = None,
+        detect: Callable[[], Keyring] | None = None,
         on_late: Callable[[str], None] | None = None,
     ) -> None:
         """``detect`` returns a keyring backend object (tests inject one); by default keyring detects
@@ -49,7 +54,7 @@ class KeyringBackend:
         self.timeout = timeout
         self._detect_hook = detect
         self.on_late = on_late
-        self._backend: Any = None  # last usable backend detected
+        self._backend: Keyring | None = None  # last usable backend detected
         self._state = threading.Lock()
         self._pending: str | None = None  # an abandoned call still running
 
@@ -84,10 +89,10 @@ class KeyringBackend:
 
     # -- detection ---------------------------------------------------------------------------------
 
-    def _current(self) -> Any:
+    def _current(self) -> Keyring:
         return self._backend if self._backend is not None else self._detect()
 
-    def _detect(self) -> Any:
+    def _detect(self) -> Keyring:
         try:
             if self._detect_hook is not None:
                 kr = self._detect_hook()
@@ -106,7 +111,7 @@ class KeyringBackend:
 
     # -- timed calls -------------------------------------------------------------------------------
 
-    def _run(self, op: str, fn: Callable[[], Any], *, secret: str | None = None) -> Any:
+    def _run(self, op: str, fn: Callable[[], T], *, secret: str | None = None) -> T:
         with self._state:
             if self._pending is not None:
                 raise BackendUnavailable(
@@ -153,10 +158,10 @@ class KeyringBackend:
                 raise error
             leaks = secret is not None and any(secret in t for t in (str(error), repr(error.args)))
             raise translated from (None if leaks else error)  # keep the cause for --debug, unless it holds the key
-        return box.get("value")
+        return cast(T, box.get("value"))  # fn() returned it: the worker finished without an error
 
 
-def _check_usable(kr: Any) -> None:
+def _check_usable(kr: Keyring) -> None:
     """Raises BackendUnavailable for keyring's stand-ins that cannot hold anything."""
     from keyring.backends import chainer, fail
 

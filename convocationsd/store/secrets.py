@@ -7,7 +7,7 @@ when no daemon runs, so both go through the same code.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 KEYRING = "keyring"
 LOCAL_ENCRYPTED = "local-encrypted"
@@ -18,7 +18,7 @@ class SecretStatus(NamedTuple):
     stored: bool
     backend: str | None
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"stored": self.stored, "backend": self.backend}
 
 
@@ -31,7 +31,7 @@ class StoreOutcome(NamedTuple):
     keyring_missing: bool = False  # ... because there is none here (not locked, not failing)
     error: str | None = None
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         from convocationsd.core.flows import iso
 
         return {

@@ -10,7 +10,7 @@ def free_port() -> int:
     for _ in range(50):
         with socket.socket(socket.AF_INET) as v4:
             v4.bind(("127.0.0.1", 0))
-            port = v4.getsockname()[1]
+            port: int = v4.getsockname()[1]
             try:
                 with socket.socket(socket.AF_INET6) as v6:
                     v6.bind(("::1", port))
