@@ -16,6 +16,7 @@ What is mutated, and what is left alone on purpose:
 from __future__ import annotations
 
 import ast
+import re
 from dataclasses import dataclass
 
 COMPARE = {
@@ -113,6 +114,7 @@ def _byte_to_char(line: str, offset: int) -> int:
 class _Finder:
     def __init__(self, source: str, file: str) -> None:
         self.source = source
+        self.lines = _LINES.findall(source)  # once: ast.get_source_segment splits the whole source each call
         self.file = file
         self.found: list[Mutant] = []
         self.scope: list[str] = []
@@ -256,7 +258,7 @@ class _Finder:
     # -- bookkeeping -----------------------------------------------------------------------------------------
 
     def add(self, node: ast.AST, operator: str, after: str, where: str) -> None:
-        before = ast.get_source_segment(self.source, node) or ast.unparse(node)
+        before = self._segment(node) or ast.unparse(node)
         if after == before:
             return
         self.found.append(
@@ -274,8 +276,26 @@ class _Finder:
             )
         )
 
+    def _segment(self, node: ast.AST) -> str:
+        """ast.get_source_segment's text of ``node``, from the lines split once."""
+        first, last = node.lineno - 1, node.end_lineno - 1  # type: ignore[attr-defined]
+        start, end = node.col_offset, node.end_col_offset  # type: ignore[attr-defined]
+        if first == last:
+            return self.lines[first].encode()[start:end].decode()
+        return "".join(
+            [
+                self.lines[first].encode()[start:].decode(),
+                *self.lines[first + 1 : last],
+                self.lines[last].encode()[:end].decode(),
+            ]
+        )
+
     def _name(self, name: str | None) -> str:
         return ".".join([*self.scope, name]) if name else (".".join(self.scope) or "<module>")
+
+
+# Lines as ast counts them (and get_source_segment splits them): only \r\n, \r and \n end one, not \f or \u2028.
+_LINES = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")
 
 
 def _is_docstring(node: ast.stmt) -> bool:
