@@ -88,11 +88,9 @@ def usable_key(st: dict) -> bool:
 
 
 def _restart_line(entry: dict) -> str:
-    from convocationsd.common.settings import restart_message
+    from convocationsd.common.settings import pending_change
 
-    return restart_message(
-        str(entry.get("setting")), entry.get("value"), str(entry.get("source")), entry.get("running")
-    )
+    return pending_change(str(entry.get("setting")), entry.get("value"), str(entry.get("source")), entry.get("running"))
 
 
 def _login_line(flow: dict) -> str:

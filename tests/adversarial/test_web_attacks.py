@@ -15,7 +15,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from urllib.parse import quote, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
 
@@ -830,9 +830,13 @@ def test_a_code_made_without_a_challenge_is_not_used_without_the_person(relaxed,
     sub = subscriber(d, ["openrouter-key-changed"])
     reply = d.call("oauth.start", {"restart": True})
     exchanges = len(fake_t.fake.exchanges)
-    _, page = callback(d.port, _code_without_challenge(fake_t, d.port), NAVIGATION)
+    query = _code_without_challenge(fake_t, d.port)
+    _, page = callback(d.port, query, NAVIGATION)
     assert page is not None and page.status == 200 and "Finish linking" in page.text, page and page.text
     assert "another web page" in page.text and "--paste" in page.text
+    # The code is in the form only: never shown as the page's reason code.
+    code = parse_qs(query)["code"][0]
+    assert "Reason code" not in page.text and page.text.count(code) == 1, page.text
     assert page.header("Content-Security-Policy") is not None and "frame-ancestors 'none'" in page.header(
         "Content-Security-Policy"
     )
