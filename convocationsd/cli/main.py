@@ -13,7 +13,7 @@ import sys
 from convocationsd import __version__
 from convocationsd.cli.terminal import safe_json, safe_line
 from convocationsd.common.cmdline import ArgumentParser
-from convocationsd.core.errors import ConvError, RemoteError, UsageError, kind_of
+from convocationsd.core.errors import KEYS_PAGE, ConvError, RemoteError, UsageError, kind_of
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs more to import than the rest of a `convctl status`
@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     login_help = "start (or join) a login and wait for it"
     login_description = (
         "Start (or join) a login and wait for it. When a key is already stored, linking again creates a second "
-        "key at OpenRouter (the old one stays valid until you delete it at https://openrouter.ai/keys): on a "
+        f"key at OpenRouter (the old one stays valid until you delete it at {KEYS_PAGE}): on a "
         "terminal it asks first, --yes does not ask, and without a terminal it goes ahead and says so."
     )
     login_flags(command(oauth, "start", login_help, login_description))

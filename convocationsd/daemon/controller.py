@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from convocationsd import __version__
 from convocationsd.core import events, pkce, protocol
-from convocationsd.core.errors import CodeRejected, ConvError, KeyNotAccepted, UpstreamError, UsageError
+from convocationsd.core.errors import KEYS_PAGE, CodeRejected, ConvError, KeyNotAccepted, UpstreamError, UsageError
 from convocationsd.core.flows import (
     OAUTH_ERRORS,
     CallbackRejected,
@@ -106,7 +106,6 @@ class UnsavedKey(NamedTuple):
 
 
 MAX_REPLACED = 8  # logins whose dropped keys an UnsavedKey names
-KEYS_PAGE = "https://openrouter.ai/keys"
 RETRY_HINT = (
     "Until then the daemon holds the key in memory (it is lost if the daemon stops), and `convctl exec` can use "
     "it. Fix the cause, then run `convctl secret retry-store`."
