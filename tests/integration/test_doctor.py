@@ -414,6 +414,19 @@ def test_secret_backend_choices(tmp_path: Path):
     assert not c.ok and "could not store the last key" in c.verdict
 
 
+def test_no_keyring_is_said_once(monkeypatch):
+    """keyring's stand-in for "nothing found": doctor's line says so once, in the daemon's words."""
+    import keyring
+    from keyring.backends import fail
+
+    from convocationsd.store.keyring_backend import probe_keyring
+
+    monkeypatch.setattr(keyring.core, "init_backend", lambda *a, **kw: fail.Keyring())
+    usable, description = probe_keyring()
+    assert not usable and description.startswith("no OS keyring is available"), description
+    assert description.lower().count("keyring") == 1, description
+
+
 def test_fixes_name_the_command_for_the_daemon_the_person_runs(tmp_path: Path):
     def ctx(status):
         return doctor.Context({}, tmp_path / "s", tmp_path / "config.toml", {}, None, status=status)
