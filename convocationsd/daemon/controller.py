@@ -67,8 +67,9 @@ class Outcome(NamedTuple):
     message: str
     hint: str = ""
     code: str | None = None  # the event's error code, or the rejection reason
-    end_login: tuple[str, str] | None = None  # REPORTED: (session_id, known OAuth error or "") for its button
-    confirm: tuple[str, str] | None = None  # CONFIRM: (code, token) its "Finish linking" button posts back
+    # What the page's one button posts back (pages.FORMS names the fields, by kind): REPORTED's "End the
+    # login" (session_id, known OAuth error or ""), CONFIRM's "Finish linking" (code, token).
+    form: tuple[str, str] | None = None
 
 
 class Endpoint(NamedTuple):
@@ -282,7 +283,7 @@ class Controller:
                 "is still waiting.",
                 "If you declined on OpenRouter or it showed you an error, end the login here; the app or "
                 "terminal that started it will be told. Otherwise finish it in the OpenRouter tab.",
-                end_login=(flow.session_id, error if error in OAUTH_ERRORS else ""),
+                form=(flow.session_id, error if error in OAUTH_ERRORS else ""),
             )
         failure = reported_error(error)
         log.info("login %s ended by OpenRouter: %s", flow.session_id, failure.code)
@@ -624,7 +625,7 @@ def _confirmation(code: str, token: str) -> Outcome:
         "waiting.",
         "Press the button only if you approved Convocations on OpenRouter in this browser just now. Otherwise "
         "close this tab; `convctl oauth start --paste` links without this step.",
-        confirm=(code, token),
+        form=(code, token),
     )
 
 

@@ -499,7 +499,7 @@ MUTANTS += [
     (
         "The Finish-linking button only from our own page",
         "daemon/http_app.py",
-        "if not _same_site(request, ctl.endpoint.port):  # only its own page may finish the login",
+        "if not _same_site(request, ctl.endpoint.port):  # only its own page may press the button",
         "if False:",
         [WEB + "test_a_code_made_without_a_challenge_is_not_used_without_the_person"],
     ),

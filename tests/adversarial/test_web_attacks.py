@@ -613,7 +613,7 @@ def test_end_button_works_same_origin_only(mdaemon):
     """The stateless error page's "End the login" button: a cross-site page (or one without fetch metadata)
     posting the same form gets 403 and the login goes on; our own page's post ends it, in our words.
 
-    Defence: http_app.end_login's same-site check."""
+    Defence: http_app.posted_form's same-site check."""
     d = mdaemon
     sub = subscriber(d, ["openrouter-auth-complete"])
     reply = d.call("oauth.start", {"restart": True})
@@ -825,7 +825,7 @@ def test_a_code_made_without_a_challenge_is_not_used_without_the_person(relaxed,
     then links their key, and the token of that page dies with the login.
 
     Defence: a code without state waits for the person's same-origin confirmation (controller.callback,
-    http_app.confirm_stateless)."""
+    http_app.posted_form)."""
     d = relaxed
     sub = subscriber(d, ["openrouter-key-changed"])
     reply = d.call("oauth.start", {"restart": True})
