@@ -757,7 +757,7 @@ def run_checks(ctx: Context) -> list[Check]:
 def run(args: argparse.Namespace, out: Any, env: Mapping[str, str] | None = None) -> int:
     ctx = gather(os.environ if env is None else env, getattr(args, "socket", None))
     results = run_checks(ctx)
-    if getattr(args, "json", False):
+    if args.json:
         out.json([asdict(r) for r in results])
     else:
         width = max(len(r.check) for r in results)

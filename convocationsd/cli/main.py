@@ -96,14 +96,16 @@ JSON_HELP = "print the result, or the error, as JSON on stdout"
 
 
 def _json_flag(p: argparse.ArgumentParser, help: str = JSON_HELP) -> None:
-    p.add_argument("--json", action="store_true", help=help)
+    # One dest wherever --json stands: a subparser sets it only when given (SUPPRESS), so its default never
+    # overwrites what the parser above it parsed; convctl's own --json holds the default, False.
+    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=help)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="convctl", description="Control the convocationsd daemon.", epilog=EXIT_CODES)
     p.add_argument("--socket", metavar="PATH", help="the daemon's socket (env CONVOCATIONS_SOCKET)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
-    p.add_argument("--json", action="store_true", dest="json_first", help="as --json after the command")
+    p.add_argument("--json", action="store_true", help="as --json after the command")
     p.add_argument("--version", action="version", version=f"convctl {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -116,8 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     def actions(name: str, help: str) -> Any:
         """A command whose subcommands (ACTION) are the real commands: oauth, secret, service."""
         group = command(sub, name, help)
-        # Its own dest: a subcommand's defaults overwrite what its parent parsed under the same name.
-        group.add_argument("--json", action="store_true", dest="json_between", help="as --json after ACTION")
+        _json_flag(group, "as --json after ACTION")
         return group.add_subparsers(dest="action", required=True, metavar="ACTION")
 
     _json_flag(command(sub, "status", "daemon and account status", epilog=STATUS_EXIT_CODES))
@@ -250,7 +251,7 @@ def main(argv: list[str] | None = None, out: Out | None = None) -> int:
             args = parser.parse_args(argv)
         except SystemExit as e:  # --help, --version
             return EXIT_USAGE if e.code else EXIT_OK
-        args.json = as_json = getattr(args, "json", False) or args.json_first or getattr(args, "json_between", False)
+        as_json = args.json
         debug = args.debug
         return run(args, out)
     except ConvError as e:
