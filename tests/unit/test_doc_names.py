@@ -150,3 +150,41 @@ def test_a_wrong_name_would_be_caught():
     assert not path_exists("convocationsd/desktop.py") and path_exists("daemon/desktop.py")
     assert not path_exists("cli/commands._no_such_thing") and path_exists("cli/commands._print_key")
     assert "convocationsd.desktop" not in code_logger_names() and "convocationsd.store.secrets" in code_logger_names()
+
+
+SHORT = re.compile(r"`([a-z_]+)\.([A-Za-z_]\w*)`")  # `http_app.posted_form`: a module of ours, and a name in it
+
+
+def short_name_exists(module: str, name: str) -> bool:
+    """SECURITY.md's shorthand: ``flows.confirmation_token`` is a name of core/flows.py, at its top level or in
+    one of its classes (FlowStore.confirmation_token)."""
+    for path in PKG.rglob(f"{module}.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name == name:
+                return True
+            targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+            if isinstance(node, (ast.Assign, ast.AnnAssign)) and any(
+                isinstance(t, ast.Name) and t.id == name for t in targets
+            ):
+                return True
+    return False
+
+
+SECURITY_NAMES = sorted(
+    {
+        (module, name)
+        for module, name in SHORT.findall((ROOT / "SECURITY.md").read_text())
+        if any(PKG.rglob(f"{module}.py")) and f"{module}.{name}" not in ("config.toml", "openrouter.ai")
+    }
+)
+
+
+@pytest.mark.parametrize(("module", "name"), SECURITY_NAMES, ids=[f"{m}.{n}" for m, n in SECURITY_NAMES])
+def test_the_defences_security_md_names_exist(module, name):
+    assert short_name_exists(module, name), f"SECURITY.md names {module}.{name}, which is not in {module}.py"
+
+
+def test_security_md_names_are_read():
+    assert ("http_app", "posted_form") in SECURITY_NAMES and ("flows", "confirmation_token") in SECURITY_NAMES
+    assert not short_name_exists("http_app", "end_login")
