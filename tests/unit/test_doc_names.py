@@ -188,3 +188,58 @@ def test_the_defences_security_md_names_exist(module, name):
 def test_security_md_names_are_read():
     assert ("http_app", "posted_form") in SECURITY_NAMES and ("flows", "confirmation_token") in SECURITY_NAMES
     assert not short_name_exists("http_app", "end_login")
+
+
+# -- docs/protocol.md and the wire's names ------------------------------------------------------------------
+
+PROTOCOL = (ROOT / "docs" / "protocol.md").read_text()
+
+
+def test_protocol_md_documents_every_event_and_no_other():
+    from convocationsd.core import events
+
+    named = set(re.findall(r"(?<![\w-])openrouter-[a-z]+(?:-[a-z]+)*(?![\w-])", PROTOCOL))
+    assert named == set(events.ALL_EVENTS)
+
+
+def test_protocol_md_documents_every_json_rpc_error_code_and_no_other():
+    from convocationsd.core import protocol
+
+    codes = {value for name, value in vars(protocol).items() if name.isupper() and isinstance(value, int)}
+    codes = {code for code in codes if -32768 <= code <= -32000}
+    assert codes and set(map(int, re.findall(r"(?<![\w-])(-32\d{3})\b", PROTOCOL))) == codes
+
+
+def _error_classes() -> dict[str, type]:
+    import convocationsd.daemon.ipc_server
+    import convocationsd.store.helper  # noqa: F401
+    from convocationsd.core.errors import ConvError, kind_of
+
+    found, todo = {}, [ConvError]
+    while todo:
+        cls = todo.pop()
+        found[kind_of(cls)] = cls
+        todo += cls.__subclasses__()
+    return found
+
+
+def _raised_in(path: Path) -> set[str]:
+    """The names of what ``raise Name(...)`` raises in a module."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call):
+            names.add(getattr(node.exc.func, "id", getattr(node.exc.func, "attr", "")))
+    return names
+
+
+def test_protocol_md_documents_every_error_kind_the_socket_sends_and_no_other():
+    """``data.kind``: the kinds the controller and the key rules raise, the secret-store helper passes on,
+    and the socket's refusal of another uid; each kind documented is an error class of the package."""
+    from convocationsd.store import helper
+
+    documented = set(re.findall(r"^\| `([A-Z]\w+)` \|", PROTOCOL, re.MULTILINE))
+    classes = _error_classes()
+    assert documented <= set(classes), documented - set(classes)
+    raised = _raised_in(PKG / "daemon" / "controller.py") | _raised_in(PKG / "core" / "keycheck.py")
+    sent = {name for name in raised if name in classes} | set(helper.ERRORS) | {"PermissionDenied"}
+    assert sent <= documented, sent - documented
