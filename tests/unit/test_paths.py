@@ -258,6 +258,22 @@ def test_a_path_that_cannot_be_checked_is_refused(short_tmp):
     assert refusal(short_tmp / "file" / "sub").startswith(f"Cannot check {short_tmp / 'file' / 'sub'}, on the way")
 
 
+def test_the_entry_that_cannot_be_checked_is_named(short_tmp, monkeypatch):
+    """An entry on the way that cannot be read (EACCES, say, for an unprivileged user): the message names
+    it, or the socket directory when the error names nothing."""
+    (short_tmp / "ok").mkdir(mode=0o700)
+    for error, named in (
+        (PermissionError(13, "Permission denied", "/somewhere/closed"), "/somewhere/closed"),
+        (OSError(40, "Too many levels of symbolic links"), str(short_tmp / "ok")),
+    ):
+
+        def refuse(path, error=error):
+            raise error
+
+        monkeypatch.setattr(trust, "on_the_way", refuse)
+        assert refusal(short_tmp / "ok").startswith(f"Cannot check {named}, on the way to the daemon's socket: ")
+
+
 # -- making it ------------------------------------------------------------------------------------------
 
 
