@@ -8,7 +8,15 @@ import sys
 import time
 
 from convocationsd.client import Client
-from convocationsd.core.errors import CodeRejected, ConvError, DaemonUnreachable, NoReply, RemoteError, UsageError
+from convocationsd.core.errors import (
+    KEYS_PAGE,
+    CodeRejected,
+    ConvError,
+    DaemonUnreachable,
+    NoReply,
+    RemoteError,
+    UsageError,
+)
 from convocationsd.core.states import FlowStatus
 
 TYPE_CHECKING = False  # not from typing: importing typing is ~10 % of `convctl status` (bench/ANALYSIS.md)
@@ -17,7 +25,6 @@ if TYPE_CHECKING:  # typing is not imported at run time: convctl starts faster w
     from typing import Any
 
 EXIT_OK, EXIT_FAILED = 0, 1
-KEYS_PAGE = "https://openrouter.ai/keys"
 STILL_VALID = f"it stays valid at OpenRouter until you delete it at {KEYS_PAGE}"
 PASTE_ATTEMPTS = 3  # codes a person may paste before the login is cancelled
 # The daemon answers `oauth.exchange` after OpenRouter answered (exchange_timeout_seconds, 30 s by default)
@@ -89,11 +96,9 @@ def usable_key(st: dict[str, Any]) -> bool:
 
 
 def _restart_line(entry: dict[str, Any]) -> str:
-    from convocationsd.common.settings import restart_message
+    from convocationsd.common.settings import pending_change
 
-    return restart_message(
-        str(entry.get("setting")), entry.get("value"), str(entry.get("source")), entry.get("running")
-    )
+    return pending_change(str(entry.get("setting")), entry.get("value"), str(entry.get("source")), entry.get("running"))
 
 
 def _login_line(flow: dict[str, Any]) -> str:

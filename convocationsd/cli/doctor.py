@@ -32,12 +32,13 @@ from typing import Any
 from convocationsd.common import paths, port_owners
 from convocationsd.common.settings import (
     DEFAULT,
+    DEFAULTS,
     RESTART_ONLY,
     SOURCES,
-    Settings,
     config_problems,
     convert,
     key_name,
+    pending_change,
     public_url,
     reported,
 )
@@ -49,7 +50,7 @@ from convocationsd.store.keyring_backend import probe_keyring
 
 CALLBACK_PATH = pkce.CALLBACK_PATH
 # What OpenRouter has on record for the app, unless the person registered another.
-DEFAULT_PORT: int = Settings._field_defaults["http_port"]
+DEFAULT_PORT: int = DEFAULTS["http_port"]
 START_FIX = (
     "Start it with `convocationsd` (or `systemctl --user start convocationsd.socket`), then run `convctl doctor` again."
 )
@@ -99,10 +100,11 @@ def setting(ctx: Context, name: str) -> tuple[Any, str]:
     reported = ((ctx.status or {}).get("settings") or {}).get(name)
     if isinstance(reported, dict) and "value" in reported:
         return reported["value"], f"the daemon's, from {reported.get('source') or DEFAULT}"
-    whose = "convctl's own (no daemon runs to ask)" if ctx.status is None else "convctl's own (the daemon does not say)"
+    # No parentheses: checks show this in their own, "https://openrouter.ai (convctl's own, ...)".
+    why = "as no daemon runs to ask" if ctx.status is None else "as the daemon does not say"
     if ctx.mine is None:
-        return Settings._field_defaults[name], f"{whose}, {DEFAULT}"
-    return getattr(ctx.mine.settings, name), f"{whose}, from {ctx.mine.sources.get(name, DEFAULT)}"
+        return DEFAULTS[name], f"convctl's own, from {DEFAULT}, {why}"
+    return getattr(ctx.mine.settings, name), f"convctl's own, from {ctx.mine.sources.get(name, DEFAULT)}, {why}"
 
 
 def preferred_port(ctx: Context) -> int:
@@ -110,37 +112,30 @@ def preferred_port(ctx: Context) -> int:
     port = setting(ctx, "http_port")[0]
     if port == 0 and ctx.status is not None:  # 0: "any free port", so the one it took
         port = ctx.status.get("port")
-    return (
-        port
-        if isinstance(port, int) and not isinstance(port, bool) and port > 0
-        else Settings._field_defaults["http_port"]
-    )
+    return port if isinstance(port, int) and not isinstance(port, bool) and port > 0 else DEFAULT_PORT
 
 
-def restart(ctx: Context) -> str:
-    """How to restart the daemon the person runs, as a phrase: "restart convocationsd (`...`)"."""
+def command_to(ctx: Context, verb: str, *, first: bool = False) -> str:
+    """How to restart (``verb`` "restart") or reload (re-read config.toml) the daemon the person runs, as a
+    phrase: "restart convocationsd (`kill 4242`, then start `convocationsd` again)"; ``first``: it begins a
+    sentence. With no daemon running: "start convocationsd"."""
     st = ctx.status
     if st is None:
-        return "start convocationsd"
-    service = st.get("service") or {}
-    if service.get("manager") == "systemd":
-        return f"restart convocationsd (`systemctl --user restart {service.get('unit')}`)"
-    if service.get("manager") == "launchd":
-        return f"restart convocationsd (`launchctl kickstart -k gui/{os.getuid()}/{service.get('unit')}`)"
-    return f"restart convocationsd (`kill {st.get('pid')}`, then start `convocationsd` again)"
-
-
-def reload(ctx: Context) -> str:
-    """How to have the daemon re-read config.toml, as a phrase: "reload convocationsd (`kill -HUP 4242`)"."""
-    st = ctx.status
-    if st is None:
-        return "start convocationsd"
-    service = st.get("service") or {}
-    if service.get("manager") == "systemd":
-        return f"reload convocationsd (`systemctl --user reload {service.get('unit')}`)"
-    if service.get("manager") == "launchd":
-        return f"reload convocationsd (`launchctl kill SIGHUP gui/{os.getuid()}/{service.get('unit')}`)"
-    return f"reload convocationsd (`kill -HUP {st.get('pid')}`)"
+        phrase = "start convocationsd"
+    else:
+        service = st.get("service") or {}
+        unit, manager = service.get("unit"), service.get("manager")
+        how = {
+            ("systemd", "restart"): f"`systemctl --user restart {unit}`",
+            ("systemd", "reload"): f"`systemctl --user reload {unit}`",
+            ("launchd", "restart"): f"`launchctl kickstart -k gui/{os.getuid()}/{unit}`",
+            ("launchd", "reload"): f"`launchctl kill SIGHUP gui/{os.getuid()}/{unit}`",
+        }.get((str(manager), verb))
+        if how is None:  # started by hand
+            pid = st.get("pid")
+            how = f"`kill {pid}`, then start `convocationsd` again" if verb == "restart" else f"`kill -HUP {pid}`"
+        phrase = f"{verb} convocationsd ({how})"
+    return phrase[:1].upper() + phrase[1:] if first else phrase
 
 
 def _when(iso: str | None) -> str:
@@ -253,8 +248,8 @@ def check_port(ctx: Context, port: int | None = None) -> Check:
     if problems:
         fix = (
             f"Stop that program or move it to another port (dev servers such as Vite or Next often take {port} on ::1), "
-            f"then {restart(ctx)}; or set RCONV_HTTP_PORT to a free port, {restart(ctx)} and "
-            f"register http://localhost:<port>{CALLBACK_PATH} with OpenRouter."
+            f"or set RCONV_HTTP_PORT to a free port and register http://localhost:<port>{CALLBACK_PATH} with "
+            f"OpenRouter; then {command_to(ctx, 'restart')}."
         )
         return Check("port", False, "; ".join(problems), fix)
     if ours and ctx.status is not None and daemon_port == port:
@@ -271,7 +266,7 @@ def check_port(ctx: Context, port: int | None = None) -> Check:
             "port",
             True,
             f"port {port} is free on {' and '.join(free)} now, but convocationsd listens on {daemon_port}",
-            f"{restart(ctx)[:1].upper()}{restart(ctx)[1:]} so it takes port {port}.",
+            f"{command_to(ctx, 'restart', first=True)} so it takes port {port}.",
         )
     return Check("port", True, f"port {port}: " + ", ".join(ours + free))
 
@@ -335,7 +330,7 @@ def check_callback(ctx: Context) -> Check:
             "callback",
             False,
             f"{expected} does not reach this daemon everywhere ({'; '.join(unreachable)}); the browser may land elsewhere",
-            f"Free the port on both 127.0.0.1 and ::1 (see the port check) and {restart(ctx)}.",
+            f"Free the port on both 127.0.0.1 and ::1 (see the port check) and {command_to(ctx, 'restart')}.",
         )
     preferred = preferred_port(ctx)
     if st.get("port_fallback"):
@@ -377,11 +372,11 @@ def _conflict_fix(ctx: Context, port: int) -> str:
     if port == DEFAULT_PORT:
         return (
             "Register http://localhost:3000 (referrer) and its callback with OpenRouter for the app, or set "
-            f"RCONV_HTTP_PORT (or http_port in config.toml) to the port registered there and {restart(ctx)}; "
+            f"RCONV_HTTP_PORT (or http_port in config.toml) to the port registered there and {command_to(ctx, 'restart')}; "
             "then run `convctl oauth start` again."
         )
     return (
-        f"Use port {DEFAULT_PORT}: free it, unset RCONV_HTTP_PORT and http_port in config.toml, and {restart(ctx)}; "
+        f"Use port {DEFAULT_PORT}: free it, unset RCONV_HTTP_PORT and http_port in config.toml, and {command_to(ctx, 'restart')}; "
         f"or register http://localhost:{port} and http://localhost:{port}{CALLBACK_PATH} with OpenRouter. Then run "
         "`convctl oauth start` again."
     )
@@ -405,7 +400,7 @@ def check_account(ctx: Context) -> Check:
             False,
             f"a key is stored in {secret.get('backend')}, but {account.get('message') or 'the daemon cannot read it'}",
             "Unlock the OS keyring (log in to your desktop session, or `gnome-keyring-daemon --unlock`), then "
-            f"{restart(ctx)} so it reads the key again; or run `convctl oauth start` to link again.",
+            f"{command_to(ctx, 'restart')} so it reads the key again; or run `convctl oauth start` to link again.",
         )
     if account.get("valid") is False:
         return Check(
@@ -510,7 +505,7 @@ def check_config(ctx: Context) -> Check:
     if problems:
         fix = (
             f"Edit {path}: correct the values named, and rename, move or remove the keys named (the README lists "
-            f"every setting); then {reload(ctx)}."
+            f"every setting); then {command_to(ctx, 'reload')}."
         )
         if drift:
             fix += f" {_drift_fix(ctx, drift)}"
@@ -540,7 +535,7 @@ def config_drift(ctx: Context) -> list[tuple[str, str]]:
         if raw is None or raw == "":
             if source == DEFAULT or name == "socket_path":  # (the default socket depends on the daemon's env)
                 continue
-            value, where = getattr(Settings, name), DEFAULT
+            value, where = DEFAULTS[name], DEFAULT
         else:
             try:
                 value, where = convert(name, raw, from_file), from_file
@@ -550,30 +545,17 @@ def config_drift(ctx: Context) -> list[tuple[str, str]]:
         if value == entry.get("value") or (isinstance(value, str) and value == str(entry.get("value"))):
             continue
         when = "at restart" if name in RESTART_ONLY else "once the daemon reloads"
-        found.append(
-            (
-                f"{key} {_plain(value)} ({where}) takes effect {when}; the running daemon still uses "
-                f"{_plain(entry.get('value'))}",
-                name,
-            )
-        )
+        still = "the running daemon still uses"
+        found.append((pending_change(name, value, where, entry.get("value"), when, still), name))
     return found
-
-
-def _plain(value: Any) -> str:
-    if value is None:
-        return "unset (automatic)"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _drift_fix(ctx: Context, drift: list[tuple[str, str]]) -> str:
     names = [key_name(name) for _, name in drift]
     restart_only = [key_name(name) for _, name in drift if name in RESTART_ONLY]
     if not restart_only:
-        return f"{reload(ctx)[:1].upper()}{reload(ctx)[1:]} to apply {', '.join(names)}."
-    fix = f"{restart(ctx)[:1].upper()}{restart(ctx)[1:]} to apply {', '.join(names)} (a reload cannot apply {', '.join(restart_only)})."
+        return f"{command_to(ctx, 'reload', first=True)} to apply {', '.join(names)}."
+    fix = f"{command_to(ctx, 'restart', first=True)} to apply {', '.join(names)} (a reload cannot apply {', '.join(restart_only)})."
     if "http_port" in restart_only and ((ctx.status or {}).get("service") or {}).get("manager"):
         fix += " Its service manager holds the port: run `convctl service install` first, which writes the new port into the socket unit (or plist) and says how to apply it."
     return fix
@@ -640,7 +622,7 @@ def check_files(ctx: Context) -> Check:
                 note = _private_folder_note(runtime, ctx)
             elif _owned(runtime):
                 wanted.append((runtime, 0o700, f"chmod 700 {runtime}", "runtime dir 0700"))
-        again = f"{restart(ctx)}: it recreates {ctx.socket_path} with mode 0600"
+        again = f"{command_to(ctx, 'restart')}: it recreates {ctx.socket_path} with mode 0600"
         wanted.append((ctx.socket_path, 0o600, again, "socket 0600"))
     for path, mode, fix, shown in wanted:
         if path.exists() or path.is_symlink():
@@ -673,7 +655,7 @@ def _private_folder_note(shared: Path, ctx: Context) -> str:
         f"The socket is in {shared} (mode {mode:04o}), a directory shared with others: the socket's own mode and "
         "the daemon's uid check keep them out, but a private subfolder hides it too. Do not chmod "
         f"{shared}; instead run `mkdir -m 700 {folder}`, set CONVOCATIONS_SOCKET (or socket in config.toml) to "
-        f"{folder / paths.SOCKET_NAME}, and {restart(ctx)}."
+        f"{folder / paths.SOCKET_NAME}, and {command_to(ctx, 'restart')}."
     )
 
 
@@ -697,14 +679,14 @@ def check_openrouter(ctx: Context, timeout: float = 5.0) -> Check:
             False,
             f"{shown} ({source}) cannot be reached: {text}",
             "Check your network, proxy and DNS; if the address is wrong, fix CONVOCATIONS_OPENROUTER_URL or "
-            f"openrouter_url in config.toml (the default is https://openrouter.ai) and {restart(ctx)}.",
+            f"openrouter_url in config.toml (the default is {DEFAULTS['openrouter_url']}) and {command_to(ctx, 'restart')}.",
         )
     except (OSError, ValueError) as e:
         return Check(
             "openrouter",
             False,
             f"{shown} ({source}) cannot be reached: {getattr(e, 'strerror', None) or e}",
-            "Check your network and the OpenRouter URL (default https://openrouter.ai).",
+            f"Check your network and the OpenRouter URL (default {DEFAULTS['openrouter_url']}).",
         )
     return Check("openrouter", True, f"{shown} answers (HTTP {status}); the address is {source}")
 
@@ -775,7 +757,7 @@ def run_checks(ctx: Context) -> list[Check]:
 def run(args: argparse.Namespace, out: Any, env: Mapping[str, str] | None = None) -> int:
     ctx = gather(os.environ if env is None else env, getattr(args, "socket", None))
     results = run_checks(ctx)
-    if getattr(args, "json", False):
+    if args.json:
         out.json([asdict(r) for r in results])
     else:
         width = max(len(r.check) for r in results)

@@ -13,7 +13,7 @@ import sys
 from convocationsd import __version__
 from convocationsd.cli.terminal import safe_json, safe_line
 from convocationsd.common.cmdline import ArgumentParser
-from convocationsd.core.errors import ConvError, RemoteError, UsageError, kind_of
+from convocationsd.core.errors import KEYS_PAGE, ConvError, RemoteError, UsageError, kind_of
 
 TYPE_CHECKING = False  # not from typing: importing typing is ~10 % of `convctl status` (bench/ANALYSIS.md)
 if TYPE_CHECKING:  # typing costs more to import than the rest of a `convctl status`
@@ -96,14 +96,16 @@ JSON_HELP = "print the result, or the error, as JSON on stdout"
 
 
 def _json_flag(p: argparse.ArgumentParser, help: str = JSON_HELP) -> None:
-    p.add_argument("--json", action="store_true", help=help)
+    # One dest wherever --json stands: a subparser sets it only when given (SUPPRESS), so its default never
+    # overwrites what the parser above it parsed; convctl's own --json holds the default, False.
+    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=help)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="convctl", description="Control the convocationsd daemon.", epilog=EXIT_CODES)
     p.add_argument("--socket", metavar="PATH", help="the daemon's socket (env CONVOCATIONS_SOCKET)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
-    p.add_argument("--json", action="store_true", dest="json_first", help="as --json after the command")
+    p.add_argument("--json", action="store_true", help="as --json after the command")
     p.add_argument("--version", action="version", version=f"convctl {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -120,8 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     def actions(name: str, help: str) -> argparse._SubParsersAction[_Parser]:
         """A command whose subcommands (ACTION) are the real commands: oauth, secret, service."""
         group = command(sub, name, help)
-        # Its own dest: a subcommand's defaults overwrite what its parent parsed under the same name.
-        group.add_argument("--json", action="store_true", dest="json_between", help="as --json after ACTION")
+        _json_flag(group, "as --json after ACTION")
         return group.add_subparsers(dest="action", required=True, metavar="ACTION")
 
     _json_flag(command(sub, "status", "daemon and account status", epilog=STATUS_EXIT_CODES))
@@ -138,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     login_help = "start (or join) a login and wait for it"
     login_description = (
         "Start (or join) a login and wait for it. When a key is already stored, linking again creates a second "
-        "key at OpenRouter (the old one stays valid until you delete it at https://openrouter.ai/keys): on a "
+        f"key at OpenRouter (the old one stays valid until you delete it at {KEYS_PAGE}): on a "
         "terminal it asks first, --yes does not ask, and without a terminal it goes ahead and says so."
     )
     login_flags(command(oauth, "start", login_help, login_description))
@@ -254,7 +255,7 @@ def main(argv: list[str] | None = None, out: Out | None = None) -> int:
             args = parser.parse_args(argv)
         except SystemExit as e:  # --help, --version
             return EXIT_USAGE if e.code else EXIT_OK
-        args.json = as_json = getattr(args, "json", False) or args.json_first or getattr(args, "json_between", False)
+        as_json = args.json
         debug = args.debug
         return run(args, out)
     except ConvError as e:

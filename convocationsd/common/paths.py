@@ -8,7 +8,7 @@ import stat
 from collections.abc import Mapping
 from pathlib import Path
 
-from convocationsd.common.peercred import describe_uid, trusted_uid
+from convocationsd.common import trust
 from convocationsd.core.errors import ConfigError, ConvError, UntrustedSocket
 
 APP = "convocations"
@@ -106,42 +106,38 @@ def check_socket_dir(directory: Path) -> None:
     """Refuses (UntrustedSocket) a socket directory that another user could change or swap, for the daemon
     before it binds and for clients before they connect.
 
-    The directory itself must not be a symbolic link. Every directory on the way to it (as written, and
-    where links lead) must belong to us or root, and be writable by no one else unless sticky: in /tmp
-    (root's, mode 1777) others cannot remove or rename what is ours, and a socket there is born 0600 and its
-    peer's uid is checked, so ``CONVOCATIONS_SOCKET=/tmp/x.sock`` is allowed. A link on the way must belong
-    to us or root too, or its owner could point it elsewhere. What does not exist yet is skipped:
-    ``ensure_socket_dir`` creates it 0700."""
-    directory = Path(os.path.abspath(directory))
-    st = _lstat(directory)
-    if st is not None and stat.S_ISLNK(st.st_mode):
-        raise UntrustedSocket(
-            f"The socket directory {directory} is a symbolic link (to {os.readlink(directory)}).",
-            f"Remove the link (the daemon creates a real directory), use the directory it points to, or set {ELSEWHERE}",
-        )
-    if st is not None and not stat.S_ISDIR(st.st_mode):
-        raise UntrustedSocket(f"{directory} is not a directory, so it cannot hold the socket.", f"Set {ELSEWHERE}")
-    real_parent = Path(os.path.realpath(directory.parent))
-    for d in dict.fromkeys([directory, *directory.parents, real_parent, *real_parent.parents]):
-        st = _lstat(d)
-        if st is None:
-            continue
-        mode = stat.S_IMODE(st.st_mode)
-        if not trusted_uid(st.st_uid):
-            problem, fix = f"belongs to {describe_uid(st.st_uid)}", "Have that user or root remove it, or"
-        elif stat.S_ISDIR(st.st_mode) and mode & 0o022 and not mode & stat.S_ISVTX:
-            problem, fix = (
-                f"can be written by other users (mode {mode:04o})",
-                f"Run `chmod go-w {d}` if it is yours, or",
+    The directory itself must not be a symbolic link. The way to it follows config.toml's rule (common/trust):
+    every entry on it, links one at a time, belongs to us or root and is writable by no one else unless
+    sticky: in /tmp (root's, mode 1777) others cannot remove or rename what is ours, and a socket there is
+    born 0600 and its peer's uid is checked, so ``CONVOCATIONS_SOCKET=/tmp/x.sock`` is allowed. What does not
+    exist yet is skipped: ``ensure_socket_dir`` creates it 0700."""
+    directory = Path(os.getcwd(), directory)  # as the kernel reads it: `..` after following a link
+    try:
+        st = _lstat(directory)
+        if st is not None and stat.S_ISLNK(st.st_mode):
+            raise UntrustedSocket(
+                f"The socket directory {directory} is a symbolic link (to {os.readlink(directory)}).",
+                f"Remove the link (the daemon creates a real directory), use the directory it points to, or set "
+                f"{ELSEWHERE}",
             )
-        else:
-            continue
-        where = (
-            f"The socket directory {directory}"
-            if d == directory
-            else f"{d}, on the way to the socket directory {directory},"
-        )
-        raise UntrustedSocket(f"{where} {problem}, so another user could replace the socket.", f"{fix} set {ELSEWHERE}")
+        if st is not None and not stat.S_ISDIR(st.st_mode):
+            raise UntrustedSocket(f"{directory} is not a directory, so it cannot hold the socket.", f"Set {ELSEWHERE}")
+        for entry, st in trust.on_the_way(directory):
+            problem, fix = trust.untrusted(entry, st)
+            if problem:
+                where = (
+                    f"The socket directory {directory}"
+                    if entry == directory
+                    else f"{entry}, on the way to the socket directory {directory},"
+                )
+                raise UntrustedSocket(
+                    f"{where} {problem}, so another user could replace the socket.", f"{fix}; or set {ELSEWHERE}"
+                )
+    except OSError as e:
+        raise UntrustedSocket(
+            f"Cannot check {e.filename or directory}, on the way to the daemon's socket: {e.strerror}.",
+            f"Set {ELSEWHERE}",
+        ) from None
 
 
 def _lstat(path: Path) -> os.stat_result | None:
@@ -149,10 +145,6 @@ def _lstat(path: Path) -> os.stat_result | None:
         return os.lstat(path)
     except FileNotFoundError:
         return None
-    except OSError as e:
-        raise UntrustedSocket(
-            f"Cannot check {path}, on the way to the daemon's socket: {e.strerror}.", f"Set {ELSEWHERE}"
-        ) from None
 
 
 def ensure_socket_dir(directory: Path) -> None:
@@ -161,13 +153,10 @@ def ensure_socket_dir(directory: Path) -> None:
     existing symbolic link to a directory satisfies mkdir. A directory that already exists is never chmod-ed:
     it is not ours to change (with /tmp that would lock every other user out)."""
     check_socket_dir(directory)
-    old_umask = os.umask(0o077)  # 0700 from birth, parents too, whatever umask we were given
     try:
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        trust.make_private_dir(directory)
     except OSError as e:
         raise ConvError(
             f"Cannot create the socket directory {directory}: {e.strerror}.", f"Check the path, or set {ELSEWHERE}"
         ) from None
-    finally:
-        os.umask(old_umask)
     check_socket_dir(directory)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, NamedTuple, cast
 
 from convocationsd.core.errors import ConfigError
@@ -64,6 +65,10 @@ class Settings(NamedTuple):  # not a dataclass: one costs ~1.5 ms to create at i
     account_cache_seconds: float = 60.0  # `status` shows OpenRouter's answer about the key this long, then asks again
     allow_stateless_callbacks: bool = False  # for an OpenRouter that does not send `state` back
     allow_port_fallback: bool = False  # a busy port chosen by the person may be replaced by a free one
+
+
+# setting -> its default (socket_path and config_path have none here: they come from ``paths``)
+DEFAULTS: Mapping[str, Any] = MappingProxyType(Settings._field_defaults)
 
 
 def _shown(v: Any) -> str:
@@ -257,10 +262,12 @@ def key_name(name: str) -> str:
     return SOURCES.get(name, (None, None))[1] or name
 
 
-def restart_message(name: str, value: Any, source: str, running: Any) -> str:
-    """For example: http_port 3201 (http_port in /home/you/.config/convocations/config.toml) takes effect at
-    restart; still 3000."""
-    return f"{key_name(name)} {_display(value)} ({source}) takes effect at restart; still {_display(running)}"
+def pending_change(
+    name: str, value: Any, source: str, running: Any, when: str = "at restart", still: str = "still"
+) -> str:
+    """A setting changed, not yet applied. For example: http_port 3201 (http_port in
+    /home/you/.config/convocations/config.toml) takes effect at restart; still 3000."""
+    return f"{key_name(name)} {_display(value)} ({source}) takes effect {when}; {still} {_display(running)}"
 
 
 def _display(value: Any) -> str:

@@ -11,6 +11,10 @@ if TYPE_CHECKING:  # nothing is imported at run time: convctl imports this modul
     from convocationsd.core.flows import FlowError
 
 
+# Where a person deletes or copies their OpenRouter keys (hints name it; one place to change it).
+KEYS_PAGE = "https://openrouter.ai/keys"
+
+
 class ConvError(Exception):
     """Base of all expected errors. ``str()`` is safe to show: it never contains a secret."""
 
@@ -74,8 +78,8 @@ class KeyNotAccepted(ConvError):
     def __init__(self) -> None:
         super().__init__(
             "That key is not accepted by OpenRouter (HTTP 401), so it was not stored.",
-            "Copy the whole key again from https://openrouter.ai/keys (or link your account with `convctl oauth "
-            "start`); to store it anyway, use `convctl secret set-openrouter-key --no-verify`.",
+            f"Copy the whole key again from {KEYS_PAGE} (or link your account with `convctl oauth start`); to "
+            "store it anyway, use `convctl secret set-openrouter-key --no-verify`.",
         )
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from convocationsd.core.errors import UsageError
+from convocationsd.core.errors import KEYS_PAGE, UsageError
 
 MAX_KEY_LENGTH = 1024
 PREFIX = "sk-or-"  # every OpenRouter API key starts so; the hints and docs/protocol.md say so too
@@ -48,7 +48,7 @@ def check_key(key: str) -> str:
     if not key.startswith(PREFIX):
         raise UsageError(
             f"That does not look like an OpenRouter API key (they start with `{PREFIX}`).",
-            "Copy the key from https://openrouter.ai/keys and try again.",
+            f"Copy the key from {KEYS_PAGE} and try again.",
         )
     return key
 

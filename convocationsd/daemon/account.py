@@ -23,6 +23,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from convocationsd.common.settings import DEFAULTS
 from convocationsd.core.errors import ConvError, KeyRejected, UpstreamError
 from convocationsd.core.events import KEY_CHANGED, EventBus
 from convocationsd.daemon.tasks import TaskSet
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TTL = 60.0
+DEFAULT_TTL: float = DEFAULTS["account_cache_seconds"]  # the setting's default, from one place
 REVOKED_MESSAGE = "linked key is no longer valid — run `convctl oauth start`"
 # A key OpenRouter never accepted in this run (typed in with --no-verify, or revoked before we started).
 NOT_ACCEPTED_MESSAGE = "the stored key is not accepted by OpenRouter — run `convctl oauth start`"
@@ -102,10 +103,6 @@ class AccountCache:
         self.value: dict[str, Any] | None = None
         self.fetched_at: float | None = None
         self.generation = 0
-
-    def get(self) -> dict[str, Any] | None:
-        """The cached summary, fresh or stale."""
-        return dict(self.value) if self.value is not None else None
 
     def stale(self) -> bool:
         return self.fetched_at is None or self.clock() - self.fetched_at >= self.ttl

@@ -19,7 +19,15 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from convocationsd import __version__
 from convocationsd.core import events, pkce, protocol
-from convocationsd.core.errors import CodeRejected, ConvError, KeyNotAccepted, KeyRejected, UpstreamError, UsageError
+from convocationsd.core.errors import (
+    KEYS_PAGE,
+    CodeRejected,
+    ConvError,
+    KeyNotAccepted,
+    KeyRejected,
+    UpstreamError,
+    UsageError,
+)
 from convocationsd.core.flows import (
     OAUTH_ERRORS,
     CallbackRejected,
@@ -68,8 +76,9 @@ class Outcome(NamedTuple):
     message: str
     hint: str = ""
     code: str | None = None  # the event's error code, or the rejection reason
-    end_login: tuple[str, str] | None = None  # REPORTED: (session_id, known OAuth error or "") for its button
-    confirm: tuple[str, str] | None = None  # CONFIRM: (code, token) its "Finish linking" button posts back
+    # What the page's one button posts back (pages.FORMS names the fields, by kind): REPORTED's "End the
+    # login" (session_id, known OAuth error or ""), CONFIRM's "Finish linking" (code, token).
+    form: tuple[str, str] | None = None
 
 
 class Endpoint(NamedTuple):
@@ -107,7 +116,6 @@ class UnsavedKey(NamedTuple):
 
 
 MAX_REPLACED = 8  # logins whose dropped keys an UnsavedKey names
-KEYS_PAGE = "https://openrouter.ai/keys"
 RETRY_HINT = (
     "Until then the daemon holds the key in memory (it is lost if the daemon stops), and `convctl exec` can use "
     "it. Fix the cause, then run `convctl secret retry-store`."
@@ -285,7 +293,7 @@ class Controller:
                 "is still waiting.",
                 "If you declined on OpenRouter or it showed you an error, end the login here; the app or "
                 "terminal that started it will be told. Otherwise finish it in the OpenRouter tab.",
-                end_login=(flow.session_id, error if error in OAUTH_ERRORS else ""),
+                form=(flow.session_id, error if error in OAUTH_ERRORS else ""),
             )
         failure = reported_error(error)
         log.info("login %s ended by OpenRouter: %s", flow.session_id, failure.code)
@@ -625,7 +633,7 @@ def _confirmation(code: str, token: str) -> Outcome:
         "waiting.",
         "Press the button only if you approved Convocations on OpenRouter in this browser just now. Otherwise "
         "close this tab; `convctl oauth start --paste` links without this step.",
-        confirm=(code, token),
+        form=(code, token),
     )
 
 

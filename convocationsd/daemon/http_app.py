@@ -251,40 +251,29 @@ def _show_result(request: web.Request, outcome: Outcome) -> NoReturn:
     raise web.HTTPSeeOther(RESULT.format(id=request.app[RESULTS].add(outcome)))
 
 
-async def end_login(request: web.Request) -> web.StreamResponse:
-    """The "End the login" button on the page of an error report without state."""
+async def posted_form(request: web.Request) -> web.StreamResponse:
+    """The button of a result page (pages.FORMS): "End the login" on the page of an error report without
+    state, "Finish linking" on the page of a code without state. Only the person at the browser can press
+    it: another site cannot post it (the same-site check), frame it (the security headers) or read what it
+    carries, such as the token of a code (no CORS, and DNS rebinding is refused)."""
     ctl = request.app[CONTROLLER]
+    kind = OutcomeKind.REPORTED if request.path == END else OutcomeKind.CONFIRM
     if not _same_site(request, ctl.endpoint.port):  # only its own page may press the button
-        return _forbidden(request, "A login can only be ended from its own page on this computer, not by another site.")
-    try:
-        form = await request.post()
-    except ValueError:
-        form = None
-    session_id = form.get("session_id") if form else None
-    error = form.get("error", "") if form else None
-    if not isinstance(session_id, str) or not isinstance(error, str):
-        return _html(pages.error_page(400, "This form was not sent the way its page sends it."), 400)
-    _show_result(request, ctl.end_reported(session_id, error))
-
-
-async def confirm_stateless(request: web.Request) -> web.StreamResponse:
-    """The "Finish linking" button on the page of a code without state: only the person at the browser can
-    press it. Another site cannot post it (the same-site check), frame it (the security headers) or read
-    the token it carries (no CORS, and DNS rebinding is refused)."""
-    ctl = request.app[CONTROLLER]
-    if not _same_site(request, ctl.endpoint.port):  # only its own page may finish the login
+        done = "ended" if kind == OutcomeKind.REPORTED else "finished"
         return _forbidden(
-            request, "A login can only be finished from its own page on this computer, not by another site."
+            request, f"A login can only be {done} from its own page on this computer, not by another site."
         )
     try:
         form = await request.post()
     except ValueError:
         form = None
-    code = form.get("code") if form else None
-    token = form.get("token") if form else None
-    if not isinstance(code, str) or not isinstance(token, str):
+    names = pages.FORMS[kind][1]
+    fields = [value for value in (form.get(name) if form else None for name in names) if isinstance(value, str)]
+    if len(fields) != len(names):
         return _html(pages.error_page(400, "This form was not sent the way its page sends it."), 400)
-    _show_result(request, await ctl.confirm_stateless(code, token))
+    if kind == OutcomeKind.REPORTED:
+        _show_result(request, ctl.end_reported(*fields))
+    _show_result(request, await ctl.confirm_stateless(*fields))
 
 
 async def result(request: web.Request) -> web.StreamResponse:
@@ -300,11 +289,9 @@ async def result(request: web.Request) -> web.StreamResponse:
             404,
         )
     status = 200 if outcome.kind in (OutcomeKind.SUCCESS, OutcomeKind.CONFIRM) else 400
-    page = pages.result_page(
-        outcome.kind, outcome.title, outcome.message, outcome.hint, outcome.code, outcome.end_login, outcome.confirm
-    )
+    page = pages.result_page(outcome.kind, outcome.title, outcome.message, outcome.hint, outcome.code, outcome.form)
     response = _html(page, status)
-    if outcome.end_login is not None or outcome.confirm is not None:
+    if outcome.form is not None:
         response.headers["Content-Security-Policy"] = pages.FORM_CSP  # its one form posts to this origin
     return response
 
@@ -376,7 +363,7 @@ def make_app(controller: Controller) -> web.Application:
     app.router.add_post(START, start_post)
     app.router.add_get(CALLBACK, callback)
     app.router.add_get(RESULT, result)
-    app.router.add_post(END, end_login)
-    app.router.add_post(CONFIRM, confirm_stateless)
+    app.router.add_post(END, posted_form)
+    app.router.add_post(CONFIRM, posted_form)
     app.router.add_get(STATUS, status_json)
     return app

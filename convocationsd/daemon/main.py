@@ -291,7 +291,7 @@ class Daemon:
         """SIGHUP: re-read the config; log level, timeouts, idle exit and allow_stateless_callbacks change,
         subscribers and the flow stay. What only a restart applies (settings.RESTART_ONLY) keeps its running
         value, and the log, `status` and doctor say which changed settings wait for a restart."""
-        from convocationsd.common.settings import RESTART_ONLY, key_name, reported, restart_message
+        from convocationsd.common.settings import RESTART_ONLY, key_name, pending_change, reported
 
         try:
             loaded = config.load(self.flags, self.env)
@@ -312,7 +312,7 @@ class Daemon:
                 "running": reported(name, getattr(running, name)),
             }
             restart_needed.append(entry)
-            log.warning("%s", restart_message(entry["setting"], entry["value"], entry["source"], entry["running"]))
+            log.warning("%s", pending_change(entry["setting"], entry["value"], entry["source"], entry["running"]))
         set_level(new.log_level)
         for part in (self.controller, self._openrouter, self.secrets):  # each takes what it uses
             if part is not None:

@@ -4,10 +4,10 @@ Everything dynamic goes through ``html.escape``; `backticked` commands in our ow
 after escaping. The one stylesheet is inline and allowed by its hash in the Content-Security-Policy, so
 the policy can forbid everything else. The "Link OpenRouter" control is a plain link to the GET start
 route, not a form: Chromium applies ``form-action`` to the redirect that follows a form submission, and
-that redirect goes to OpenRouter. The two forms, "End the login" on the page of an error report without
-state and "Finish linking" on the page of a code without state, post to our own origin, and their pages
-alone are served with ``form-action 'self'``. Every page works
-with JavaScript off and never shows a key.
+that redirect goes to OpenRouter. The two forms (FORMS), "End the login" on the page of an error report
+without state and "Finish linking" on the page of a code without state, post to our own origin, and their
+pages alone are served with ``form-action 'self'``. Every page works with JavaScript off and never shows a
+key.
 """
 
 from __future__ import annotations
@@ -69,6 +69,13 @@ CSP = (
 )
 FORM_CSP = CSP.replace("form-action 'none'", "form-action 'self'")  # the one page with a form posts to us
 
+# The one form a result page may carry, by its outcome's kind: where it posts, the names of its hidden fields
+# (Outcome.form holds their values), its button. http_app reads the posted fields by these names.
+FORMS = {
+    OutcomeKind.REPORTED: (END_PATH, ("session_id", "error"), "End the login"),
+    OutcomeKind.CONFIRM: (CONFIRM_PATH, ("code", "token"), "Finish linking"),
+}
+
 CLOSE_TAB = "You can close this tab."
 BACKENDS = {"keyring": "OS keyring", "local-encrypted": "Encrypted file"}
 
@@ -100,11 +107,10 @@ def result_page(
     message: str,
     hint: str = "",
     code: str | None = None,
-    end_login: tuple[str, str] | None = None,
-    confirm: tuple[str, str] | None = None,
+    form: tuple[str, ...] | None = None,
 ) -> str:
-    """``end_login`` = (session_id, error) adds an "End the login" button that posts them to END_PATH;
-    ``confirm`` = (code, token) a "Finish linking" button that posts them to CONFIRM_PATH."""
+    """``code``: the reason code shown on a page that is not a success; ``form``: the values of the hidden
+    fields of the kind's form (FORMS), which adds its button."""
     tone, mark = {OutcomeKind.SUCCESS: ("ok", "&#10003;"), OutcomeKind.FAILED: ("bad", "!")}.get(kind, ("info", "i"))
     parts = [_head(mark, title), f"<p>{_text(message)}</p>"]
     closing = CLOSE_TAB
@@ -114,19 +120,13 @@ def result_page(
             parts.append(f"<p>{_text(hint)}</p>")
     elif hint:
         parts.append(f"<div class=todo><strong>What to do</strong>{_text(hint)}</div>")
-    if end_login is not None:
-        session_id, error = end_login
-        parts.append(
-            f'<form method=post action="{END_PATH}"><input type=hidden name=session_id value="{escape(session_id)}">'
-            f'<input type=hidden name=error value="{escape(error)}">'
-            "<button class=button type=submit>End the login</button></form>"
+    if form is not None:
+        action, names, label = FORMS[kind]
+        fields = "".join(
+            f'<input type=hidden name={name} value="{escape(value)}">' for name, value in zip(names, form, strict=True)
         )
-    if confirm is not None:
-        code, token = confirm
         parts.append(
-            f'<form method=post action="{CONFIRM_PATH}"><input type=hidden name=code value="{escape(code)}">'
-            f'<input type=hidden name=token value="{escape(token)}">'
-            "<button class=button type=submit>Finish linking</button></form>"
+            f'<form method=post action="{action}">{fields}<button class=button type=submit>{label}</button></form>'
         )
     if code and kind != OutcomeKind.SUCCESS:
         parts.append(f'<p class="small">Reason code: <code>{escape(code)}</code></p>')

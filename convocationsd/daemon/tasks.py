@@ -5,7 +5,7 @@ on the loop (tests/integration/test_daemon_stop.py)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -18,9 +18,6 @@ class TaskSet:
 
     def __len__(self) -> int:
         return len(self._tasks)
-
-    def __iter__(self) -> Iterator[asyncio.Task[Any]]:
-        return iter(list(self._tasks))
 
     def start(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         """Runs ``coro`` as a task of this set (in the caller's context, as ``create_task`` does). A set that

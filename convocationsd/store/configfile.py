@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from convocationsd.common.peercred import describe_uid, trusted_uid
+from convocationsd.common import trust
 from convocationsd.core.errors import ConfigError, UntrustedConfig
 
 if TYPE_CHECKING:  # tomlkit is imported only when writing
@@ -91,142 +91,26 @@ def update(path: Path, mutate: Callable[[tomlkit.TOMLDocument], tomlkit.TOMLDocu
 
 def check_trusted(path: Path) -> None:
     """Refuses (UntrustedConfig) a config.toml that another user could have written or swapped: the file, or
-    any entry on the way to it, that belongs to someone other than us or root, or a directory on the way that
-    others may write to (a directory that is sticky, such as /tmp, excepted: others cannot swap what is ours
-    there). The way is followed as the kernel follows it, one link at a time, so the directory holding a link
-    in the middle of a chain is checked too, not only the file's lexical and real parents. Group write is
-    "others" too, unless the group is the owner's alone (a user-private group under umask 002, as OpenSSH's
-    StrictModes allows it on Debian) and no POSIX ACL is set (with one, the group bits are the ACL's mask,
-    which may let named users write). What does not exist yet is skipped: we create it private."""
+    any entry on the way to it, by the rule of common/trust (ours or root's, written by no one else, the
+    way followed one link at a time). What does not exist yet is skipped: we create it private."""
     path = Path(os.getcwd(), path)  # not abspath: it drops `..` as text, the kernel after following a link
-    for entry, st in _on_the_way(path):
-        problem, fix = _untrusted(entry, st)
-        if problem:
-            if entry in (path, Path(os.path.realpath(path))):
-                where = f"{path}"
-            elif stat.S_ISLNK(st.st_mode):
-                where = f"{entry}, a link on the way to {path},"
-            else:
-                where = f"{entry}, a directory on the way to {path},"
-            raise UntrustedConfig(
-                f"{where} {problem}, so it is not used: whoever can change it decides where the OpenRouter key is "
-                "sent.",
-                f"{fix}, then check that the file says only what you wrote.",
-            )
-
-
-def _on_the_way(path: Path) -> list[tuple[Path, os.stat_result]]:
-    """Every entry the kernel looks up to open ``path`` (absolute), with its ``lstat``, links resolved one at a
-    time: each directory from the root, each link, and what each link leads to; it stops at the first entry
-    that does not exist (nothing past it does)."""
-    todo = list(reversed(path.parts[1:]))
-    current = Path(path.anchor)
-    found = {current: _lstat(current)}
-    links = 0
-    while todo:
-        name = todo.pop()
-        if name in ("", "."):
-            continue
-        if name == "..":
-            current = current.parent  # current is resolved, so its parent is the kernel's ".."
-            continue
-        entry = current / name
-        try:
-            st = found[entry] = _lstat(entry)
-        except FileNotFoundError:
-            break
-        if not stat.S_ISLNK(st.st_mode):
-            current = entry
-            continue
-        links += 1
-        if links > 40:  # the kernel's own limit
-            raise _unreadable(path, OSError(errno.ELOOP, os.strerror(errno.ELOOP)))
-        try:
-            target = os.readlink(entry)
-        except OSError as e:
-            raise _unreadable(entry, e) from e
-        if target.startswith("/"):
-            current = Path(path.anchor)
-        todo.extend(reversed(target.split("/")))
-    return list(found.items())
-
-
-def _lstat(entry: Path) -> os.stat_result:
     try:
-        return os.lstat(entry)
-    except FileNotFoundError:
-        raise
+        for entry, st in trust.on_the_way(path):
+            problem, fix = trust.untrusted(entry, st)
+            if problem:
+                if entry in (path, Path(os.path.realpath(path))):
+                    where = f"{path}"
+                elif stat.S_ISLNK(st.st_mode):
+                    where = f"{entry}, a link on the way to {path},"
+                else:
+                    where = f"{entry}, a directory on the way to {path},"
+                raise UntrustedConfig(
+                    f"{where} {problem}, so it is not used: whoever can change it decides where the OpenRouter key "
+                    "is sent.",
+                    f"{fix}, then check that the file says only what you wrote.",
+                )
     except OSError as e:
-        raise _unreadable(entry, e) from e
-
-
-def _untrusted(entry: Path, st: os.stat_result) -> tuple[str, str]:
-    """(what is wrong with ``entry``, how to fix it), or ("", "") when only we or root can change it."""
-    mode = stat.S_IMODE(st.st_mode)
-    if not (trusted_uid(st.st_uid) or _unmapped_outside(st.st_uid)):
-        return (
-            f"belongs to {describe_uid(st.st_uid)}",
-            f"Move it away, or have root give it to you: chown {os.getuid()} {entry}",
-        )
-    if stat.S_ISLNK(st.st_mode) or (stat.S_ISDIR(st.st_mode) and mode & stat.S_ISVTX):
-        return "", ""  # a link's own mode means nothing; in a sticky directory others cannot swap what is ours
-    if mode & 0o002:
-        return f"can be written by other users (mode {mode:04o})", f"Run: chmod go-w {entry}"
-    if mode & 0o020:
-        if _has_acl(entry):
-            return (
-                f"can be written by other users (mode {mode:04o}, and a POSIX ACL whose mask, the group bits, "
-                "allows writing: the ACL may name other users, so the group being yours alone does not help)",
-                f"Run: chmod go-w {entry} (or remove the ACL: setfacl -b {entry})",
-            )
-        if not _private_group(st.st_gid, st.st_uid):
-            return f"can be written by other users (mode {mode:04o})", f"Run: chmod go-w {entry}"
-    return "", ""
-
-
-def _has_acl(entry: Path) -> bool:
-    """Whether ``entry`` carries a POSIX access ACL (Linux; elsewhere there is no such attribute to read)."""
-    getxattr = getattr(os, "getxattr", None)
-    if getxattr is None:
-        return False
-    try:
-        getxattr(entry, "system.posix_acl_access", follow_symlinks=False)
-    except OSError as e:
-        if e.errno in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
-            return False
-        raise _unreadable(entry, e) from e
-    return True
-
-
-def _unmapped_outside(uid: int) -> bool:
-    """Whether ``uid`` is the kernel's overflow uid, seen from inside a user namespace: there (systemd's
-    PrivateUsers=yes, the service's sandbox) only our own uid is mapped, and root's /, /home read as owned
-    by it. Such an owner is root or another user outside the namespace, which this process cannot tell
-    apart; it is taken as root's, and the mode checks still apply. `convctl doctor`, outside, sees the real
-    owner."""
-    try:
-        with open("/proc/sys/kernel/overflowuid") as f:
-            overflow = int(f.read())
-        with open("/proc/self/uid_map") as f:
-            identity = f.read().split() == ["0", "0", "4294967295"]  # the initial namespace maps every uid
-    except (OSError, ValueError):
-        return False
-    return uid == overflow and not identity
-
-
-def _private_group(gid: int, owner: int) -> bool:
-    """Whether ``owner`` is the one and only member of group ``gid`` (as its primary group, and among its
-    listed members); looked up only for a group-writable file, which is rare."""
-    import grp
-    import pwd
-
-    try:
-        group = grp.getgrgid(gid)
-        name = pwd.getpwuid(owner).pw_name
-    except KeyError:
-        return False
-    primary = {user.pw_uid for user in pwd.getpwall() if user.pw_gid == gid}
-    return primary <= {owner} and set(group.gr_mem) <= {name} and bool(primary or group.gr_mem)
+        raise _unreadable(Path(e.filename) if e.filename else path, e) from e
 
 
 # -- parsing ---------------------------------------------------------------------------------------
@@ -284,19 +168,9 @@ def _unreadable(path: Path, e: OSError) -> ConfigError:
 
 def _make_dir(directory: Path) -> None:
     try:
-        make_private_dir(directory)
+        trust.make_private_dir(directory)
     except OSError as e:
         raise ConfigError(f"Cannot create {directory}: {e.strerror or e}.", "Check its parent's permissions.") from e
-
-
-def make_private_dir(directory: Path) -> None:
-    """Creates ``directory`` and any missing parents 0700, whatever umask we were given: makedirs' ``mode``
-    is only the last one's, and a parent made 0777 under umask 000 would let others swap what is inside."""
-    old_umask = os.umask(0o077)
-    try:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-    finally:
-        os.umask(old_umask)
 
 
 def _lock(lock_path: Path, path: Path) -> int:

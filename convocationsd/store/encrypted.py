@@ -16,8 +16,9 @@ import os
 import stat
 from pathlib import Path
 
+from convocationsd.common.trust import make_private_dir
 from convocationsd.core.errors import SecretStoreError
-from convocationsd.store.configfile import fsync_dir, make_private_dir
+from convocationsd.store.configfile import fsync_dir
 
 KEY_FILE = "secret.key"
 KEY_BYTES = 32

@@ -224,7 +224,8 @@ def probe_keyring(timeout: float = 5.0) -> tuple[bool, str]:
             try:
                 _check_usable(kr)  # the daemon's own rule, so doctor and the daemon never disagree
             except BackendUnavailable as e:
-                result.append((False, f"no usable OS keyring was found: {e.message.rstrip('.')}"))
+                # Its own words, which say what was not found ("No OS keyring is available: ..."), once.
+                result.append((False, e.message[:1].lower() + e.message[1:].rstrip(".")))
             else:
                 result.append((True, f"the OS keyring ({type(kr).__module__}.{type(kr).__name__})"))
         except ImportError:

@@ -279,16 +279,16 @@ MUTANTS: list = [
     ),
     (
         "0700 runtime dir",
-        "common/paths.py",
-        "directory.mkdir(mode=0o700, parents=True, exist_ok=True)",
-        "os.umask(0o022); directory.mkdir(mode=0o755, parents=True, exist_ok=True)",
+        "common/trust.py",
+        "os.makedirs(directory, mode=0o700, exist_ok=True)",
+        "os.umask(0o022); os.makedirs(directory, mode=0o755, exist_ok=True)",
         ["tests/adversarial/test_local_users.py::test_other_uid_cannot_traverse_default_runtime_dir"],
     ),
     (
         "Socket directory writable by others refused",
-        "common/paths.py",
-        "elif stat.S_ISDIR(st.st_mode) and mode & 0o022 and not mode & stat.S_ISVTX:",
-        "elif False:",
+        "common/trust.py",
+        "    if mode & 0o002:\n",
+        "    if False:\n",
         ["tests/adversarial/test_local_users.py::test_socket_dir_others_can_write_is_refused_not_chmodded"],
     ),
     (
@@ -300,14 +300,14 @@ MUTANTS: list = [
     ),
     (
         "Socket directory of another user refused",
-        "common/paths.py",
-        "if not trusted_uid(st.st_uid):",
-        "if False:",
+        "common/trust.py",
+        "    if not (trusted_uid(st.st_uid) or _unmapped_outside(st.st_uid)):\n",
+        "    if False:\n",
         ["tests/adversarial/test_local_users.py::test_runtime_dir_owned_by_another_user_is_refused"],
     ),
     (
         "No chmod of a directory the daemon did not create",
-        "common/paths.py",
+        "common/trust.py",
         "    finally:\n        os.umask(old_umask)\n",
         "    finally:\n        os.umask(old_umask)\n    os.chmod(directory, 0o700)\n",
         ["tests/adversarial/test_local_users.py::test_shared_sticky_dir_is_used_and_left_alone"],
@@ -527,7 +527,7 @@ MUTANTS += [
     (
         "The Finish-linking button only from our own page",
         "daemon/http_app.py",
-        "if not _same_site(request, ctl.endpoint.port):  # only its own page may finish the login",
+        "if not _same_site(request, ctl.endpoint.port):  # only its own page may press the button",
         "if False:",
         [WEB + "test_a_code_made_without_a_challenge_is_not_used_without_the_person"],
     ),
@@ -593,49 +593,49 @@ MUTANTS += [
     ),
     (
         "A config.toml (or directory) others can write stops the daemon",
-        "store/configfile.py",
+        "common/trust.py",
         "    if mode & 0o002:\n",
         "    if False:\n",
         [LOCAL + "test_config_that_others_can_write_stops_the_daemon"],
     ),
     (
         "The config directory's missing parents are made 0700 under any umask",
-        "store/configfile.py",
+        "common/trust.py",
         "    old_umask = os.umask(0o077)\n    try:\n        os.makedirs(directory, mode=0o700, exist_ok=True)",
         "    old_umask = os.umask(os.umask(0))\n    try:\n        os.makedirs(directory, mode=0o700, exist_ok=True)",
         [LOCAL + "test_modes_hold_under_umask_000"],
     ),
     (
         "A config.toml of another user stops the daemon",
-        "store/configfile.py",
+        "common/trust.py",
         "    if not (trusted_uid(st.st_uid) or _unmapped_outside(st.st_uid)):\n",
         "    if False:\n",
         [LOCAL + "test_config_another_user_appended_to_or_owns_stops_the_daemon"],
     ),
     (
         "Group write on config.toml only for a group of one",
-        "store/configfile.py",
+        "common/trust.py",
         "return primary <= {owner} and set(group.gr_mem) <= {name} and bool(primary or group.gr_mem)",
         "return True",
         [LOCAL + "test_config_another_user_appended_to_or_owns_stops_the_daemon"],
     ),
     (
         "The way to config.toml followed one link at a time (the folder of a middle link checked)",
-        "store/configfile.py",
+        "common/trust.py",
         "target = os.readlink(entry)",
         "target = os.path.realpath(entry)",
         [LOCAL + "test_config_reached_through_a_link_in_a_folder_others_can_write_stops_the_daemon"],
     ),
     (
         "No group-of-one exception for a config.toml with a POSIX ACL",
-        "store/configfile.py",
+        "common/trust.py",
         "        if _has_acl(entry):\n",
         "        if False:\n",
         [LOCAL + "test_config_with_a_posix_acl_is_not_let_through_as_a_group_of_one"],
     ),
     (
         "The overflow uid is taken as root's only inside a user namespace (outside it is nobody's)",
-        "store/configfile.py",
+        "common/trust.py",
         "    return uid == overflow and not identity\n",
         "    return uid == overflow\n",
         [LOCAL + "test_config_another_user_appended_to_or_owns_stops_the_daemon"],
@@ -723,10 +723,7 @@ def run_mutant(mutant: Mutant) -> tuple[str, str]:
         work = Path(tmp)
         shutil.copytree(ROOT / "convocationsd", work / "convocationsd", ignore=shutil.ignore_patterns("__pycache__"))
         shutil.copy(ROOT / "pyproject.toml", work / "pyproject.toml")
-        (work / "tests").symlink_to(ROOT / "tests")
-        for templates in ("systemd", "launchd"):  # found beside the package in a checkout
-            if (ROOT / templates).is_dir():
-                (work / templates).symlink_to(ROOT / templates)
+        (work / "tests").symlink_to(ROOT / "tests")  # (the service templates are in the package, copied above)
         target = work / "convocationsd" / mutant.file
         try:
             target.write_text(apply(target.read_text(), mutant))

@@ -143,7 +143,7 @@ def test_modes_hold_under_umask_000(daemon_factory):
     """Even started with umask 000: runtime dir 0700, socket 0600, config dir 0700 (and the folders it made
     above it), config.toml and secret.key 0600.
 
-    Defence: paths.ensure_socket_dir and configfile.make_private_dir create under umask 077."""
+    Defence: paths.ensure_socket_dir and trust.make_private_dir create under umask 077."""
     d = daemon_factory(umask=0)
     d.call("secret.set", {"key": "sk-or-v1-" + "a" * 64})
     assert stat.S_IMODE(os.stat(d.socket.parent).st_mode) == 0o700
@@ -180,10 +180,18 @@ def test_socket_dir_others_can_write_is_refused_not_chmodded(short_tmp, daemon_f
     """A socket directory (or one above it) that other users can write to: the daemon refuses it and
     leaves its mode alone; convctl refuses it before connecting.
 
-    Defence: paths.check_socket_dir (no group/other write unless sticky)."""
+    Defence: paths.check_socket_dir (no group/other write unless sticky; group write only for a group of one)."""
+    from convocationsd.common import trust
+
     loose = short_tmp / "run" / "loose"
     sock_dir = loose / "sub" if above else loose
     sock_dir.mkdir(mode=0o700, parents=True)
+    if mode & 0o022 == 0o020 and trust._private_group(os.stat(loose).st_gid, os.getuid()):  # group write alone
+        if os.geteuid() != 0:
+            pytest.skip("this user's files get a group of its own, which may write (config.toml's rule)")
+        import pwd
+
+        os.chown(loose, -1, pwd.getpwnam("nobody").pw_gid)  # a group whose member is someone else
     os.chmod(loose, mode)
     d = daemon_factory(wait=False, CONVOCATIONS_SOCKET=str(sock_dir / "d.sock"))
     _refused(d, f"{loose}", f"can be written by other users (mode {mode:04o})", f"chmod go-w {loose}")
@@ -564,12 +572,12 @@ def test_config_reached_through_a_link_in_a_folder_others_can_write_stops_the_da
 def _posix_acl_group_of_one(path) -> None:
     """Skips unless setfacl can set an ACL on ``path`` and the file's group is its owner's alone (the case
     the group-of-one exception lets through)."""
-    from convocationsd.store import configfile
+    from convocationsd.common import trust
 
     if not shutil.which("setfacl"):
         pytest.skip("needs setfacl (Debian package acl, installed by .ci/system-deps)")
     st = os.stat(path)
-    if not configfile._private_group(st.st_gid, st.st_uid):
+    if not trust._private_group(st.st_gid, st.st_uid):
         pytest.skip(f"the test's files get group {st.st_gid}, which is not its owner's alone on this host")
 
 

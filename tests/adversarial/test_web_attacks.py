@@ -15,7 +15,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from urllib.parse import quote, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
 
@@ -613,7 +613,7 @@ def test_end_button_works_same_origin_only(mdaemon):
     """The stateless error page's "End the login" button: a cross-site page (or one without fetch metadata)
     posting the same form gets 403 and the login goes on; our own page's post ends it, in our words.
 
-    Defence: http_app.end_login's same-site check."""
+    Defence: http_app.posted_form's same-site check."""
     d = mdaemon
     sub = subscriber(d, ["openrouter-auth-complete"])
     reply = d.call("oauth.start", {"restart": True})
@@ -825,14 +825,18 @@ def test_a_code_made_without_a_challenge_is_not_used_without_the_person(relaxed,
     then links their key, and the token of that page dies with the login.
 
     Defence: a code without state waits for the person's same-origin confirmation (controller.callback,
-    http_app.confirm_stateless)."""
+    http_app.posted_form)."""
     d = relaxed
     sub = subscriber(d, ["openrouter-key-changed"])
     reply = d.call("oauth.start", {"restart": True})
     exchanges = len(fake_t.fake.exchanges)
-    _, page = callback(d.port, _code_without_challenge(fake_t, d.port), NAVIGATION)
+    query = _code_without_challenge(fake_t, d.port)
+    _, page = callback(d.port, query, NAVIGATION)
     assert page is not None and page.status == 200 and "Finish linking" in page.text, page and page.text
     assert "another web page" in page.text and "--paste" in page.text
+    # The code is in the form only: never shown as the page's reason code.
+    code = parse_qs(query)["code"][0]
+    assert "Reason code" not in page.text and page.text.count(code) == 1, page.text
     assert page.header("Content-Security-Policy") is not None and "frame-ancestors 'none'" in page.header(
         "Content-Security-Policy"
     )

@@ -30,13 +30,13 @@ class Clock:
 def test_cache_expires_after_ttl():
     clock = Clock()
     cache = account.AccountCache(ttl=60, clock=clock)
-    assert cache.stale() and cache.get() is None
+    assert cache.stale() and cache.value is None
     assert cache.put({"label": "a"}, cache.generation)
-    assert not cache.stale() and cache.get() == {"label": "a"}
+    assert not cache.stale() and cache.value == {"label": "a"}
     clock.now += 59.9
     assert not cache.stale()
     clock.now += 0.1
-    assert cache.stale() and cache.get() == {"label": "a"}  # stale values are still shown
+    assert cache.stale() and cache.value == {"label": "a"}  # stale values are still shown
 
 
 def test_cache_refuses_answers_about_an_old_key():
@@ -44,7 +44,7 @@ def test_cache_refuses_answers_about_an_old_key():
     generation = cache.generation
     cache.invalidate()
     assert not cache.put({"label": "old key"}, generation)
-    assert cache.get() is None and cache.stale()
+    assert cache.value is None and cache.stale()
 
 
 def test_summary_keeps_only_what_is_shown():
@@ -163,7 +163,7 @@ async def test_one_refresh_at_a_time_and_key_change_restarts():
     ctl.bus.publish(KEY_CHANGED, {"stored": True, "backend": "keyring"})  # a new key mid-refresh
     ctl.openrouter.gate.set()
     await first
-    assert st.cache.get() is None  # the answer about the old key was dropped
+    assert st.cache.value is None  # the answer about the old key was dropped
     st.snapshot(ctl.secret_state.stored)
     await settle(st)
     assert st.snapshot(ctl.secret_state.stored)["label"] == "Convocations"

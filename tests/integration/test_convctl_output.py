@@ -49,6 +49,21 @@ def test_json_errors_have_one_shape_and_the_same_exit_codes(env, argv, stdin, co
     assert error["message"] in text.stderr
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--json", "secret", "status"],
+        ["secret", "--json", "status"],
+        ["secret", "status", "--json"],
+        ["secret", "status"],
+    ],
+)
+def test_json_is_one_flag_wherever_it_stands(argv):
+    args = cli.build_parser().parse_args(argv)
+    assert args.json is ("--json" in argv)
+    assert {name for name in vars(args) if "json" in name} == {"json"}
+
+
 def test_json_error_kinds(env):
     kind = lambda *argv: json.loads(convctl(env, *argv).stdout)["error"]["kind"]  # noqa: E731
     assert kind("status", "--json") == "DaemonUnreachable"

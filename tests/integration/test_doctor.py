@@ -211,7 +211,10 @@ async def test_daemon_down(short_tmp, fake):
     assert "--    callback" in done.stdout and "--    account" in done.stdout
     assert done.stdout.rstrip().endswith("1 of 6 checks needs attention; 2 not checked (they need the daemon).")
     assert checks["port"]["ok"] and "free" in checks["port"]["verdict"]
-    assert checks["openrouter"]["ok"] and "convctl's own (no daemon runs to ask)" in checks["openrouter"]["verdict"]
+    assert checks["openrouter"]["ok"]
+    assert checks["openrouter"]["verdict"].endswith(
+        "the address is convctl's own, from CONVOCATIONS_OPENROUTER_URL, as no daemon runs to ask"
+    )
 
 
 async def test_credentials_in_convctls_own_openrouter_url_are_not_shown(short_tmp, fake):
@@ -411,23 +414,47 @@ def test_secret_backend_choices(tmp_path: Path):
     assert not c.ok and "could not store the last key" in c.verdict
 
 
+def test_no_keyring_is_said_once(monkeypatch):
+    """keyring's stand-in for "nothing found": doctor's line says so once, in the daemon's words."""
+    import keyring
+    from keyring.backends import fail
+
+    from convocationsd.store.keyring_backend import probe_keyring
+
+    monkeypatch.setattr(keyring.core, "init_backend", lambda *a, **kw: fail.Keyring())
+    usable, description = probe_keyring()
+    assert not usable and description.startswith("no OS keyring is available"), description
+    assert description.lower().count("keyring") == 1, description
+
+
 def test_fixes_name_the_command_for_the_daemon_the_person_runs(tmp_path: Path):
     def ctx(status):
         return doctor.Context({}, tmp_path / "s", tmp_path / "config.toml", {}, None, status=status)
 
     under_systemd = {"pid": 4242, "service": {"manager": "systemd", "unit": "convocationsd.service"}}
     assert (
-        doctor.restart(ctx(under_systemd)) == "restart convocationsd (`systemctl --user restart convocationsd.service`)"
+        doctor.command_to(ctx(under_systemd), "restart")
+        == "restart convocationsd (`systemctl --user restart convocationsd.service`)"
     )
-    assert doctor.reload(ctx(under_systemd)) == "reload convocationsd (`systemctl --user reload convocationsd.service`)"
+    assert (
+        doctor.command_to(ctx(under_systemd), "reload")
+        == "reload convocationsd (`systemctl --user reload convocationsd.service`)"
+    )
     under_launchd = {"pid": 4242, "service": {"manager": "launchd", "unit": "io.convocations.convocationsd"}}
     uid = os.getuid()
-    assert f"`launchctl kickstart -k gui/{uid}/io.convocations.convocationsd`" in doctor.restart(ctx(under_launchd))
-    assert f"`launchctl kill SIGHUP gui/{uid}/io.convocations.convocationsd`" in doctor.reload(ctx(under_launchd))
+    assert f"`launchctl kickstart -k gui/{uid}/io.convocations.convocationsd`" in doctor.command_to(
+        ctx(under_launchd), "restart"
+    )
+    assert f"`launchctl kill SIGHUP gui/{uid}/io.convocations.convocationsd`" in doctor.command_to(
+        ctx(under_launchd), "reload"
+    )
     by_hand = {"pid": 4242, "service": None}
-    assert doctor.restart(ctx(by_hand)) == "restart convocationsd (`kill 4242`, then start `convocationsd` again)"
-    assert doctor.reload(ctx(by_hand)) == "reload convocationsd (`kill -HUP 4242`)"
-    assert doctor.restart(ctx(None)) == doctor.reload(ctx(None)) == "start convocationsd"
+    assert (
+        doctor.command_to(ctx(by_hand), "restart")
+        == "restart convocationsd (`kill 4242`, then start `convocationsd` again)"
+    )
+    assert doctor.command_to(ctx(by_hand), "reload") == "reload convocationsd (`kill -HUP 4242`)"
+    assert doctor.command_to(ctx(None), "restart") == doctor.command_to(ctx(None), "reload") == "start convocationsd"
 
 
 def test_http_port_drift_under_a_service_manager_sends_to_service_install(tmp_path: Path):
@@ -443,6 +470,43 @@ def test_http_port_drift_under_a_service_manager_sends_to_service_install(tmp_pa
         f"http_port 3201 (http_port in {config}) takes effect at restart; the running daemon still uses 3000"
     )
     assert "`systemctl --user restart convocationsd.service`" in c.fix and "`convctl service install`" in c.fix
+
+
+def test_a_setting_removed_from_config_toml_returns_to_its_default(tmp_path: Path):
+    """The daemon took http_port from config.toml; the key is gone since: the default applies at restart."""
+    config = tmp_path / "config.toml"
+    status = {
+        "pid": 4242,
+        "service": None,
+        "settings": {"http_port": {"value": 3201, "source": f"http_port in {config}"}},
+    }
+    c = doctor.check_config(doctor.Context({}, tmp_path / "s", config, {}, None, status=status))
+    assert c.verdict == "http_port 3000 (the default) takes effect at restart; the running daemon still uses 3201"
+
+
+def test_a_busy_port_says_how_to_restart_once(tmp_path: Path):
+    holder, port = hold_port("127.0.0.1")
+    try:
+        status = {"pid": 4242, "port": port + 1, "service": None}
+        c = doctor.check_port(
+            doctor.Context({}, tmp_path / "s", tmp_path / "config.toml", {}, None, status=status), port
+        )
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not c.ok and f"pid {holder.pid}" in c.verdict
+    assert c.fix.count("`kill 4242`") == 1 and c.fix.endswith(
+        "then restart convocationsd (`kill 4242`, then start `convocationsd` again)."
+    ), c.fix
+
+
+def test_convctls_own_setting_is_named_without_parentheses(tmp_path: Path):
+    """Checks put the source in parentheses of their own: "https://openrouter.ai (convctl's own, ...)"."""
+    for status in (None, {"pid": 4242}):
+        _, source = doctor.setting(
+            doctor.Context({}, None, tmp_path / "config.toml", {}, None, status=status), "http_port"
+        )
+        assert "(" not in source and source.startswith("convctl's own, from the default, as "), source
 
 
 def test_summary_counts_what_was_not_checked_apart():

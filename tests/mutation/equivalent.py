@@ -63,8 +63,6 @@ EQUIVALENT: dict[str, str] = {
     "string (never empty here) `convert` raises nothing and its value is not used, so the check only spares "
     "convctl the import of common/settings.py.",
     "common/paths.py:_lstat:statement:return None -> pass": _LAST_RETURN_NONE,
-    "common/paths.py:ensure_socket_dir:constant:0o700 -> 449": "0o701: the umask of 077 set just before clears "
-    "the extra bit, so the directory is 0700 either way.",
     "common/proc_net.py:hex_address:constant:16 -> 17": "range(0, 17, 4) adds only the index 16, whose slice of "
     "the 16-byte address is empty.",
     "common/proc_net.py:connection_uid:statement:return None -> pass": "The loop goes on to the other entries, "

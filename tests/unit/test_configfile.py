@@ -16,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from convocationsd.common import trust
 from convocationsd.core.errors import ConfigError
 from convocationsd.store import configfile
 
@@ -266,7 +267,7 @@ def test_trust_check_follows_links_one_at_a_time(tmp_path):
     os.chmod(shared, 0o777)
     (shared / "hop").symlink_to("../real")  # relative, resolved from the link's folder
     (tmp_path / "cfg").symlink_to(shared / "hop")
-    walked = [entry for entry, _ in configfile._on_the_way(tmp_path / "cfg" / "config.toml")]
+    walked = [entry for entry, _ in trust.on_the_way(tmp_path / "cfg" / "config.toml")]
     assert walked[-5:] == [tmp_path / "cfg", shared, shared / "hop", real, real / "config.toml"]
     with pytest.raises(configfile.UntrustedConfig, match=f"{shared}, a directory on the way to"):
         configfile.load(tmp_path / "cfg" / "config.toml")

@@ -150,3 +150,96 @@ def test_a_wrong_name_would_be_caught():
     assert not path_exists("convocationsd/desktop.py") and path_exists("daemon/desktop.py")
     assert not path_exists("cli/commands._no_such_thing") and path_exists("cli/commands._print_key")
     assert "convocationsd.desktop" not in code_logger_names() and "convocationsd.store.secrets" in code_logger_names()
+
+
+SHORT = re.compile(r"`([a-z_]+)\.([A-Za-z_]\w*)`")  # `http_app.posted_form`: a module of ours, and a name in it
+
+
+def short_name_exists(module: str, name: str) -> bool:
+    """SECURITY.md's shorthand: ``flows.confirmation_token`` is a name of core/flows.py, at its top level or in
+    one of its classes (FlowStore.confirmation_token)."""
+    for path in PKG.rglob(f"{module}.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name == name:
+                return True
+            targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+            if isinstance(node, (ast.Assign, ast.AnnAssign)) and any(
+                isinstance(t, ast.Name) and t.id == name for t in targets
+            ):
+                return True
+    return False
+
+
+SECURITY_NAMES = sorted(
+    {
+        (module, name)
+        for module, name in SHORT.findall((ROOT / "SECURITY.md").read_text())
+        if any(PKG.rglob(f"{module}.py")) and f"{module}.{name}" not in ("config.toml", "openrouter.ai")
+    }
+)
+
+
+@pytest.mark.parametrize(("module", "name"), SECURITY_NAMES, ids=[f"{m}.{n}" for m, n in SECURITY_NAMES])
+def test_the_defences_security_md_names_exist(module, name):
+    assert short_name_exists(module, name), f"SECURITY.md names {module}.{name}, which is not in {module}.py"
+
+
+def test_security_md_names_are_read():
+    assert ("http_app", "posted_form") in SECURITY_NAMES and ("flows", "confirmation_token") in SECURITY_NAMES
+    assert not short_name_exists("http_app", "end_login")
+
+
+# -- docs/protocol.md and the wire's names ------------------------------------------------------------------
+
+PROTOCOL = (ROOT / "docs" / "protocol.md").read_text()
+
+
+def test_protocol_md_documents_every_event_and_no_other():
+    from convocationsd.core import events
+
+    named = set(re.findall(r"(?<![\w-])openrouter-[a-z]+(?:-[a-z]+)*(?![\w-])", PROTOCOL))
+    assert named == set(events.ALL_EVENTS)
+
+
+def test_protocol_md_documents_every_json_rpc_error_code_and_no_other():
+    from convocationsd.core import protocol
+
+    codes = {value for name, value in vars(protocol).items() if name.isupper() and isinstance(value, int)}
+    codes = {code for code in codes if -32768 <= code <= -32000}
+    assert codes and set(map(int, re.findall(r"(?<![\w-])(-32\d{3})\b", PROTOCOL))) == codes
+
+
+def _error_classes() -> dict[str, type]:
+    import convocationsd.daemon.ipc_server
+    import convocationsd.store.helper  # noqa: F401
+    from convocationsd.core.errors import ConvError, kind_of
+
+    found, todo = {}, [ConvError]
+    while todo:
+        cls = todo.pop()
+        found[kind_of(cls)] = cls
+        todo += cls.__subclasses__()
+    return found
+
+
+def _raised_in(path: Path) -> set[str]:
+    """The names of what ``raise Name(...)`` raises in a module."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call):
+            names.add(getattr(node.exc.func, "id", getattr(node.exc.func, "attr", "")))
+    return names
+
+
+def test_protocol_md_documents_every_error_kind_the_socket_sends_and_no_other():
+    """``data.kind``: the kinds the controller and the key rules raise, the secret-store helper passes on,
+    and the socket's refusal of another uid; each kind documented is an error class of the package."""
+    from convocationsd.store import helper
+
+    documented = set(re.findall(r"^\| `([A-Z]\w+)` \|", PROTOCOL, re.MULTILINE))
+    classes = _error_classes()
+    assert documented <= set(classes), documented - set(classes)
+    raised = _raised_in(PKG / "daemon" / "controller.py") | _raised_in(PKG / "core" / "keycheck.py")
+    sent = {name for name in raised if name in classes} | set(helper.ERRORS) | {"PermissionDenied"}
+    assert sent <= documented, sent - documented

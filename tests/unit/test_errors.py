@@ -71,4 +71,4 @@ def test_a_remote_error_is_a_kind_by_the_name_the_daemon_sends():
 def test_key_not_accepted_says_why_and_how_to_store_it_anyway():
     e = errors.KeyNotAccepted()
     assert "HTTP 401" in e.message and "not stored" in e.message
-    assert "https://openrouter.ai/keys" in e.hint and "--no-verify" in e.hint
+    assert "again from https://openrouter.ai/keys (or" in e.hint and "--no-verify" in e.hint  # the page, as written

@@ -7,6 +7,7 @@ standard library, and convctl's side (cli/, client.py) never reaches into the da
 from __future__ import annotations
 
 import ast
+import re
 import sys
 from pathlib import Path
 
@@ -101,3 +102,35 @@ def test_every_module_belongs_to_a_known_layer() -> None:
 )
 def test_the_check_catches_a_crossing(layer: str, line: str) -> None:
     assert violations(layer, line)
+
+
+def architecture_tree() -> dict[str, str]:
+    """docs/architecture.md's package tree: folder (``core``, ``client.py``) -> the text that describes it."""
+    doc = (PKG.parent / "docs" / "architecture.md").read_text()
+    tree = doc.split("```")[1]
+    found: dict[str, str] = {}
+    folder = ""
+    for line in tree.splitlines():
+        head = re.match(r"  (\S+?)/?\s", line)
+        if head:
+            folder = head.group(1)
+        if folder:
+            found[folder] = found.get(folder, "") + line
+    return found
+
+
+def named(path: Path, tree: dict[str, str]) -> bool:
+    rel = path.relative_to(PKG)
+    if len(rel.parts) == 1:
+        return rel.name in tree
+    return re.search(rf"\b{path.stem}\b", tree.get(rel.parts[0], "")) is not None
+
+
+def test_architecture_names_every_module_in_its_folder() -> None:
+    """A module added, moved or renamed shows in the architecture's tree (a module renamed must not stay named there
+    after it became store/configured.py)."""
+    tree = architecture_tree()
+    skipped = ("__init__", "__main__")
+    missing = [str(p.relative_to(PKG)) for p in MODULES if p.stem not in skipped and not named(p, tree)]
+    assert not missing, f"docs/architecture.md's tree does not name {missing}"
+    assert set(tree) >= {"core", "common", "store", "client.py", "daemon", "cli", "testing"}

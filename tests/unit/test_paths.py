@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from convocationsd.common import paths
+from convocationsd.common import paths, trust
 from convocationsd.core.errors import ConvError, UntrustedSocket
 
 
@@ -173,7 +173,8 @@ def test_a_safe_directory_and_its_missing_children_pass(short_tmp):
 
 
 @pytest.mark.parametrize("mode", [0o777, 0o770, 0o702])
-def test_a_directory_others_can_write_is_refused(short_tmp, mode):
+def test_a_directory_others_can_write_is_refused(short_tmp, monkeypatch, mode):
+    monkeypatch.setattr(trust, "_private_group", lambda gid, owner: False)  # a group others are in
     d = short_tmp / "open"
     d.mkdir()
     d.chmod(mode)
@@ -199,6 +200,33 @@ def test_every_directory_on_the_way_is_checked_existing_or_not(short_tmp):
     for directory in (shared / "mine", shared / "mine" / "sub", shared / "missing" / "sub"):
         message = refusal(directory)
         assert message.startswith(f"{shared}, on the way to the socket directory {directory}, can be written by")
+
+
+def test_a_group_writable_directory_of_a_group_of_one_is_allowed(short_tmp, monkeypatch):
+    """The rule of config.toml (common/trust): a user-private group under umask 002 is the owner alone."""
+    monkeypatch.setattr(trust, "_private_group", lambda gid, owner: True)
+    monkeypatch.setattr(trust, "_has_acl", lambda entry: False)
+    d = short_tmp / "ours"
+    d.mkdir()
+    d.chmod(0o770)
+    paths.check_socket_dir(d)
+
+
+def test_the_folder_of_a_link_in_the_middle_of_the_way_is_checked(short_tmp):
+    """mine/l1 -> open/l2 -> real: whoever can write to open/ can point l2 elsewhere, though open/ is
+    neither a lexical nor a real parent of the socket directory. The way is followed one link at a time."""
+    shared = short_tmp / "open"
+    shared.mkdir()
+    shared.chmod(0o777)
+    (short_tmp / "real" / "run").mkdir(parents=True, mode=0o700)
+    (shared / "l2").symlink_to(short_tmp / "real")
+    (short_tmp / "mine").mkdir(mode=0o700)
+    (short_tmp / "mine" / "l1").symlink_to(shared / "l2")
+    directory = short_tmp / "mine" / "l1" / "run"
+    assert refusal(directory) == (
+        f"{shared}, on the way to the socket directory {directory}, can be written by other users (mode 0777), "
+        "so another user could replace the socket."
+    )
 
 
 def test_a_directory_of_another_user_is_refused(short_tmp, make_foreign):
@@ -228,6 +256,22 @@ def test_a_relative_directory_is_named_in_full(short_tmp, monkeypatch):
 def test_a_path_that_cannot_be_checked_is_refused(short_tmp):
     (short_tmp / "file").write_text("")
     assert refusal(short_tmp / "file" / "sub").startswith(f"Cannot check {short_tmp / 'file' / 'sub'}, on the way")
+
+
+def test_the_entry_that_cannot_be_checked_is_named(short_tmp, monkeypatch):
+    """An entry on the way that cannot be read (EACCES, say, for an unprivileged user): the message names
+    it, or the socket directory when the error names nothing."""
+    (short_tmp / "ok").mkdir(mode=0o700)
+    for error, named in (
+        (PermissionError(13, "Permission denied", "/somewhere/closed"), "/somewhere/closed"),
+        (OSError(40, "Too many levels of symbolic links"), str(short_tmp / "ok")),
+    ):
+
+        def refuse(path, error=error):
+            raise error
+
+        monkeypatch.setattr(trust, "on_the_way", refuse)
+        assert refusal(short_tmp / "ok").startswith(f"Cannot check {named}, on the way to the daemon's socket: ")
 
 
 # -- making it ------------------------------------------------------------------------------------------
