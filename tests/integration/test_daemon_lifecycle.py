@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -101,13 +102,26 @@ def test_socket_modes(daemon_factory):
     assert os.stat(d.socket.parent).st_mode & 0o777 == 0o700
 
 
-@pytest.mark.needs_root
-def test_other_uid_client_is_refused(daemon_factory):
-    d = daemon_factory()
-    # Open the doors a misconfiguration might open, so only the peer-uid check stands in the way.
+def open_to_everyone(d):
+    """Opens the doors a misconfiguration might open, so that only the peer-uid check stands in the way."""
     os.chmod(d.socket.parent.parent, 0o755)
     os.chmod(d.socket.parent, 0o755)
     os.chmod(d.socket, 0o666)
+    return d
+
+
+def as_nobody(nobody: pwd.struct_passwd, script: str, sock: Path) -> subprocess.CompletedProcess[str]:
+    """Runs a Python ``script`` (given the socket's path) as the user nobody."""
+    return subprocess.run(
+        ["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups", OTHER_USER_PYTHON,
+         "-c", script, str(sock)],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+
+
+@pytest.mark.needs_root
+def test_other_uid_client_is_refused(daemon_factory):
+    d = open_to_everyone(daemon_factory())
     nobody = pwd.getpwnam("nobody")
     script = (
         "import socket,sys;s=socket.socket(socket.AF_UNIX);s.connect(sys.argv[1]);\n"
@@ -115,21 +129,7 @@ def test_other_uid_client_is_refused(daemon_factory):
         "except OSError: pass\n"
         "print(s.recv(4096).decode())"
     )
-    done = subprocess.run(
-        [
-            "setpriv",
-            f"--reuid={nobody.pw_uid}",
-            f"--regid={nobody.pw_gid}",
-            "--clear-groups",
-            OTHER_USER_PYTHON,
-            "-c",
-            script,
-            str(d.socket),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=20,
-    )
+    done = as_nobody(nobody, script, d.socket)
     assert "Permission denied" in done.stdout, done.stderr
     assert '"result"' not in done.stdout
     error = json.loads(done.stdout)["error"]
@@ -143,10 +143,7 @@ def test_other_uid_client_that_writes_first_reads_the_refusal(daemon_factory):
     """A client of another uid that sends its request before it reads anything (without catching a failed
     send), and sends it only once the refusal has arrived, when a daemon that closed at once was gone: it
     still reads the refusal, then the end of the connection, never EPIPE or ECONNRESET."""
-    d = daemon_factory()
-    os.chmod(d.socket.parent.parent, 0o755)
-    os.chmod(d.socket.parent, 0o755)
-    os.chmod(d.socket, 0o666)
+    d = open_to_everyone(daemon_factory())
     nobody = pwd.getpwnam("nobody")
     script = (
         "import select,socket,sys,time\n"
@@ -158,11 +155,7 @@ def test_other_uid_client_that_writes_first_reads_the_refusal(daemon_factory):
         "while chunk:=s.recv(4096): got+=chunk\n"
         "print(got.decode(), end='')\n"
     )
-    done = subprocess.run(
-        ["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups", OTHER_USER_PYTHON,
-         "-c", script, str(d.socket)],
-        capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
+    done = as_nobody(nobody, script, d.socket)
     assert done.returncode == 0, done.stderr  # no BrokenPipeError, no ConnectionResetError
     assert done.stdout.count("\n") == 1 and done.stdout.endswith("\n")  # the one line, then the end
     error = json.loads(done.stdout)["error"]

@@ -325,10 +325,11 @@ async def test_bad_timeout_is_a_usage_error(daemon):
     assert done.returncode == 2 and "--timeout" in done.stderr
 
 
-async def test_spinner_on_a_terminal(daemon, fake):
+def login_on_a_terminal(daemon, timeout: str) -> tuple[subprocess.Popen[bytes], int]:
+    """``convctl oauth start`` with its output on a pseudo-terminal; returns it and the terminal's other end."""
     master, slave = os.openpty()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "convocationsd.cli.main", "oauth", "start", "--no-browser", "--timeout", "30"],
+        [sys.executable, "-m", "convocationsd.cli.main", "oauth", "start", "--no-browser", "--timeout", timeout],
         env=daemon.env,
         stdin=subprocess.DEVNULL,
         stdout=slave,
@@ -336,6 +337,11 @@ async def test_spinner_on_a_terminal(daemon, fake):
         close_fds=True,
     )
     os.close(slave)
+    return proc, master
+
+
+async def test_spinner_on_a_terminal(daemon, fake):
+    proc, master = login_on_a_terminal(daemon, "30")
     seen = b""
     try:
         deadline = time.monotonic() + 15
@@ -383,17 +389,8 @@ def screen_rows(output: str) -> list[str]:
 async def test_the_spinner_line_is_cleared_before_the_last_message(daemon, fake, end):
     """On a terminal, once the wait is over (--timeout, Ctrl-C), the spinner's row is erased and the last
     message takes its place: no "/ waiting 0:01" is left on the screen."""
-    master, slave = os.openpty()
     timeout = "2" if end == "timeout" else "30"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "convocationsd.cli.main", "oauth", "start", "--no-browser", "--timeout", timeout],
-        env=daemon.env,
-        stdin=subprocess.DEVNULL,
-        stdout=slave,
-        stderr=slave,
-        close_fds=True,
-    )
-    os.close(slave)
+    proc, master = login_on_a_terminal(daemon, timeout)
     seen = b""
     try:
         deadline = time.monotonic() + 20
