@@ -65,6 +65,21 @@ def short_tmp() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+@pytest.fixture
+def make_foreign(monkeypatch: pytest.MonkeyPatch):
+    """Makes a path another user's: as root, by giving it to uid 4242; as anyone else, by pretending to be
+    another uid (os.getuid patched), so that what is ours looks someone else's."""
+
+    def make(path: Path) -> None:
+        if os.geteuid() == 0:
+            os.chown(path, 4242, -1, follow_symlinks=False)
+        else:
+            real = os.getuid()
+            monkeypatch.setattr(os, "getuid", lambda: real + 1)
+
+    return make
+
+
 @dataclass
 class DaemonProcess:
     proc: subprocess.Popen

@@ -56,6 +56,7 @@ TARGETS: dict[str, frozenset[str] | None] = {
     "core/states.py": None,
     "common/peercred.py": None,
     "common/paths.py": None,
+    "common/trust.py": None,
     "common/proc_net.py": None,
     # The guards every request passes (Host allow-list, same user, same site, navigation only); the rest of
     # the module is plumbing that the adversarial report covers with real daemons.

@@ -144,21 +144,6 @@ def test_a_runtime_dir_platformdirs_refuses_is_a_clear_error(monkeypatch):
 # -- the socket directory's checks -----------------------------------------------------------------------
 
 
-@pytest.fixture
-def make_foreign(monkeypatch):
-    """Makes a path another user's: as root, by giving it to uid 4242; as anyone else, by pretending to be
-    another uid (os.getuid patched), so that what is ours looks someone else's."""
-
-    def make(path: Path) -> None:
-        if os.geteuid() == 0:
-            os.chown(path, 4242, -1, follow_symlinks=False)
-        else:
-            real = os.getuid()
-            monkeypatch.setattr(os, "getuid", lambda: real + 1)
-
-    return make
-
-
 def refusal(directory: Path) -> str:
     with pytest.raises(UntrustedSocket) as caught:
         paths.check_socket_dir(directory)
