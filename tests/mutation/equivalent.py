@@ -17,6 +17,10 @@ _EVERY_OPEN_FLOW_IS_PENDING = (
     "A flow that has not ended is always the pending one: `pending` is replaced only in `start`, after `_end` "
     "has ended the flow it held, and cleared only by `_end`."
 )
+_SAME_PATH = (
+    "pathlib drops '' and '.' when joining, so looking such a name up finds the entry already reached again "
+    "(same key in the walk's dict, same current): skipping it only spares an lstat."
+)
 _KERNEL_IGNORES = "Tried on Linux 6.18 with a hand-made request: the answer was the same with either value."
 
 EQUIVALENT: dict[str, str] = {
@@ -87,6 +91,11 @@ EQUIVALENT: dict[str, str] = {
     "common/proc_net.py:_diag_request:constant:0 -> 1 #2": "The interface of the socket looked up; the kernel "
     "found the loopback connection with interface 0, 1 and 2 alike, and the daemon asks only about loopback "
     "connections. " + _KERNEL_IGNORES,
+    'common/trust.py:on_the_way:condition:name in ("", ".") -> False': _SAME_PATH,
+    "common/trust.py:on_the_way:constant:\"\" -> 'XXXX'": _SAME_PATH,
+    "common/trust.py:on_the_way:constant:\".\" -> 'XX.XX'": _SAME_PATH,
+    "common/trust.py:make_private_dir:constant:0o700 -> 449": "The umask set just before, 077, clears the "
+    "added bit (0o701 is 0o700 plus others' search).",
     # daemon/http_app.py's guards
     "daemon/http_app.py:security:constant:\"\" -> 'XXXX'": "aiohttp's content_type is never empty (it defaults "
     "to application/octet-stream), so the fallback is never used.",
