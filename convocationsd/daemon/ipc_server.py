@@ -9,6 +9,8 @@ together pass ``total_limit``, those furthest behind are. Nobody else waits for 
 Reads go into one buffer shared by all connections (``get_buffer`` and ``buffer_updated`` run back to back
 in the loop's thread). A plain ``Protocol`` costs more than half the round trip on Python 3.11: its
 transport calls ``recv(256 KiB)`` for every read, and a fresh 256 KiB bytes object is an mmap/munmap pair.
+The usual read, one request as convctl writes it, is matched in that buffer and answered without being
+decoded (``_canonical``).
 """
 
 from __future__ import annotations
