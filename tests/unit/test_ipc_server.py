@@ -13,6 +13,8 @@ import socket
 import threading
 import time
 
+import pytest
+
 from convocationsd.core import protocol
 from convocationsd.core.errors import ConvError
 from convocationsd.core.events import EventBus
@@ -148,13 +150,17 @@ async def test_notification_errors_are_logged_never_answered(short_tmp, caplog):
 class Line:
     """A blocking line reader over a client socket, used from a thread."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, compact: bool = False) -> None:
         self.sock = connect(path)
         self.sock.settimeout(10)
         self.file = self.sock.makefile("rwb")
+        # json.dumps's spaces take the general path; compact, as convctl writes them, the shorter one
+        # (ipc_server._canonical) when the request has no params.
+        self.separators = (",", ":") if compact else None
 
     def send(self, obj) -> None:
-        self.file.write((obj if isinstance(obj, bytes) else json.dumps(obj).encode()) + b"\n")
+        line = obj if isinstance(obj, bytes) else json.dumps(obj, separators=self.separators).encode()
+        self.file.write(line + b"\n")
         self.file.flush()
 
     async def read(self):
@@ -181,14 +187,15 @@ def request(id_, method, params=None) -> dict:
     return msg
 
 
-async def subscribed(path: str, bus: EventBus) -> Line:
-    client = Line(path)
+async def subscribed(path: str, bus: EventBus, *, compact: bool = False) -> Line:
+    client = Line(path, compact=compact)
     client.send(request(0, "subscribe"))
     assert "result" in await client.read()  # written after the subscription took effect
     return client
 
 
-async def test_the_reply_comes_before_the_events_its_request_caused(short_tmp):
+@pytest.mark.parametrize("compact", [False, True], ids=["general", "canonical"])
+async def test_the_reply_comes_before_the_events_its_request_caused(short_tmp, compact):
     bus = EventBus()
 
     def start_login(conn, params):
@@ -202,7 +209,7 @@ async def test_the_reply_comes_before_the_events_its_request_caused(short_tmp):
         return {"stored": True}
 
     server, path = await start(short_tmp, bus, table=handlers(bus, **{"oauth.start": start_login, "secret.set": store}))
-    client = await subscribed(path, bus)
+    client = await subscribed(path, bus, compact=compact)
     client.send(request(1, "oauth.start"))
     assert (await client.read())["id"] == 1  # before the events, although they were published first
     assert [(await client.read())["params"]["seq"] for _ in range(2)] == [1, 2]
@@ -213,7 +220,8 @@ async def test_the_reply_comes_before_the_events_its_request_caused(short_tmp):
     await server.close()
 
 
-async def test_events_wait_in_order_behind_a_reply_not_yet_written(short_tmp):
+@pytest.mark.parametrize("compact", [False, True], ids=["general", "canonical"])
+async def test_events_wait_in_order_behind_a_reply_not_yet_written(short_tmp, compact):
     bus = EventBus()
     gate = asyncio.Event()
 
@@ -229,7 +237,8 @@ async def test_events_wait_in_order_behind_a_reply_not_yet_written(short_tmp):
     server, path = await start(
         short_tmp, bus, table=handlers(bus, **{"secret.clear": slow_clear, "oauth.cancel": cancel})
     )
-    waiting, watcher, other = await subscribed(path, bus), await subscribed(path, bus), Line(path)
+    waiting, watcher = await subscribed(path, bus, compact=compact), await subscribed(path, bus)
+    other = Line(path, compact=compact)
     waiting.send(request(1, "secret.clear"))
     assert (await watcher.read())["params"]["seq"] == 1
     other.send(request(2, "oauth.cancel"))
@@ -349,6 +358,107 @@ async def test_a_result_that_is_not_json_gets_an_internal_error(short_tmp, caplo
     assert [r.get("error", {}).get("code") for r in await client.read()] == [protocol.INTERNAL_ERROR, None]
     client.close()
     await server.close()
+
+
+# -- the request line as convctl writes it (ipc_server._canonical) -------------------------------------
+
+EQUIVALENCE_LINES = (
+    [protocol.request_line(7, method)[:-1] for method in protocol.METHODS]
+    + [protocol.request_line(i, "status")[:-1] for i in (0, -1, 42, 10**17, 10**18 - 1, -(10**18) + 1, 10**18, 10**30)]
+    + [
+        b'{"jsonrpc":"2.0","id":-0,"method":"status"}',
+        b'{"jsonrpc":"2.0","id":01,"method":"status"}',
+        b'{"jsonrpc":"2.0","id":1.0,"method":"status"}',
+        b'{"jsonrpc":"2.0","id":"1","method":"status"}',
+        b'{"jsonrpc":"2.0","id":null,"method":"status"}',
+        b'{"jsonrpc":"2.0","id":1,"method":"nope"}',
+        b'{"jsonrpc":"2.0","id":1,"method":"Status"}',
+        b'{"jsonrpc":"2.0","id":1,"method":"statuss"}',
+        b'{"jsonrpc":"2.0","id":1,"method":"stat\\u0075s"}',
+        b'{"jsonrpc":"2.0","id":1,"method":"status","params":{}}',
+        b'{"jsonrpc":"2.0","id":1,"method":"secret.set"}',
+        b'{"jsonrpc":"2.0","id":1,"method":"oauth.exchange"}',
+        b'{"jsonrpc": "2.0", "id": 1, "method": "status"}',
+        b'{"jsonrpc":"2.0","id":1,"method":"status"} ',
+        b'{"jsonrpc":"2.0","id":1,"method":"status"}\r',
+        b' {"jsonrpc":"2.0","id":1,"method":"status"}',
+        b'{"jsonrpc":"2.0","id":1,"method":"status","id":2}',
+        b'{"jsonrpc":"1.0","id":1,"method":"status"}',
+        b'{"id":1,"jsonrpc":"2.0","method":"status"}',
+        b'{"jsonrpc":"2.0","id":1,"method":"status"}{"jsonrpc":"2.0","id":2,"method":"status"}',
+        protocol.BOM + b'{"jsonrpc":"2.0","id":1,"method":"status"}',
+    ]
+)
+
+
+def every_kind_of_result(bus: EventBus) -> dict:
+    """A handler per method that names its method in what it returns, and one per kind of result:
+    an Encoded with and without its JSON, a plain dict, a coroutine, a failure, a crash, a result that
+    is not JSON."""
+    encoded = protocol.Encoded(method="status", pad="é" * 40)
+    encoded.json = protocol.encode(encoded)
+
+    async def later(conn, params):
+        await asyncio.sleep(0)
+        return {"method": "secret.get"}
+
+    def fails(conn, params):
+        raise ConvError("It failed.", "Do something else.")
+
+    def crashes(conn, params):
+        raise RuntimeError("boom")
+
+    table = {method: (lambda conn, params, m=method: {"method": m, "params": params}) for method in protocol.METHODS}
+    table.update(
+        {
+            "status": lambda conn, params: encoded,
+            "subscribe": lambda conn, params: protocol.Encoded(method="subscribe"),  # no JSON of its own
+            "secret.get": later,
+            "debug.modules": fails,
+            "oauth.cancel": crashes,
+            "secret.clear": lambda conn, params: {"usage": float("nan")},
+        }
+    )
+    return table
+
+
+async def replies(tmp, lines: list[bytes]) -> list[bytes]:
+    """The reply lines, byte for byte, to ``lines`` sent one at a time on one connection."""
+    bus = EventBus()
+    server, path = await start(tmp, bus, table=every_kind_of_result(bus))
+    client = Line(path)
+    got = []
+    for line in lines:
+        client.send(line)
+        got.append(await asyncio.to_thread(client.file.readline))
+    client.close()
+    await server.close()
+    return got
+
+
+async def test_the_canonical_line_is_answered_as_the_general_path_answers_it(short_tmp, monkeypatch, caplog):
+    """Every line the shorter path takes gets the reply byte for byte that parse_line's path gives, from
+    the handler of its own method; every line it must not take is left to parse_line."""
+    matched = []
+    canonical = ipc_server._canonical
+
+    def spy(*args):
+        m = canonical(*args)
+        matched.append(m is not None)
+        return m
+
+    monkeypatch.setattr(ipc_server, "_canonical", spy)
+    fast = await replies(short_tmp, EQUIVALENCE_LINES)
+    monkeypatch.setattr(ipc_server, "_canonical", lambda *args: None)
+    general = await replies(short_tmp, EQUIVALENCE_LINES)
+    assert [line for line, a, b in zip(EQUIVALENCE_LINES, fast, general, strict=True) if a != b] == []
+    # Taken for each method that needs no params, for ids of up to 18 digits; not for anything else.
+    needs_params = sum(any(required for _, required in spec.values()) for spec in protocol.METHODS.values())
+    assert sum(matched) == len(protocol.METHODS) - needs_params + 6
+    assert [json.loads(r).get("result", {}).get("method") for r in fast[: len(protocol.METHODS)]] == [
+        m if m not in ("secret.set", "oauth.exchange", "debug.modules", "oauth.cancel", "secret.clear") else None
+        for m in protocol.METHODS
+    ]
 
 
 # -- clients that stop reading ---------------------------------------------------------------------
