@@ -207,6 +207,22 @@ class Client:
         return _decode(line, self.path)
 
 
+def status_with_account(c: Client, wait: float = 3.0) -> dict[str, Any]:
+    """``status``; when a key is stored but the daemon has not asked OpenRouter about it yet (it does that
+    in the background), asks again for up to ``wait`` seconds so the account line can be shown."""
+    deadline = time.monotonic() + wait
+    st: dict[str, Any] = c.call("status")
+    while (
+        "account" in st
+        and st["account"] is None
+        and (st.get("secret") or {}).get("stored")
+        and time.monotonic() < deadline
+    ):
+        time.sleep(0.1)
+        st = c.call("status")
+    return st
+
+
 class AsyncClient:
     """asyncio client for Python frontends::
 

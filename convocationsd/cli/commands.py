@@ -7,7 +7,7 @@ import os
 import sys
 import time
 
-from convocationsd.client import Client
+from convocationsd.client import Client, status_with_account
 from convocationsd.core.errors import (
     KEYS_PAGE,
     CodeRejected,
@@ -110,22 +110,6 @@ def _login_line(flow: dict[str, Any]) -> str:
     if flow.get("error"):
         line += f": {flow['error']['message']}"
     return line
-
-
-def status_with_account(c: Client, wait: float = 3.0) -> dict[str, Any]:
-    """``status``; when a key is stored but the daemon has not asked OpenRouter about it yet (it does that
-    in the background), asks again for up to ``wait`` seconds so the account line can be shown."""
-    deadline = time.monotonic() + wait
-    st: dict[str, Any] = c.call("status")
-    while (
-        "account" in st
-        and st["account"] is None
-        and (st.get("secret") or {}).get("stored")
-        and time.monotonic() < deadline
-    ):
-        time.sleep(0.1)
-        st = c.call("status")
-    return st
 
 
 def _money(value: Any) -> str:

@@ -695,8 +695,7 @@ def check_openrouter(ctx: Context, timeout: float = 5.0) -> Check:
 
 
 def gather(env: Mapping[str, str], socket_override: str | None = None) -> Context:
-    from convocationsd.cli.commands import status_with_account
-    from convocationsd.client import Client
+    from convocationsd.client import Client, status_with_account
 
     socket_path: Path | None = None
     status, daemon_error, daemon_fix = None, None, None
