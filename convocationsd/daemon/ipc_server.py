@@ -34,9 +34,14 @@ from convocationsd.common.peercred import describe_uid, peer_uid
 from convocationsd.core import protocol
 from convocationsd.core.errors import ConvError, kind_of
 from convocationsd.core.events import EventBus
+from convocationsd.daemon.logs import REFUSALS
 from convocationsd.daemon.tasks import TaskSet
 
 log = logging.getLogger(__name__)
+# A client of another uid can be refused as often as it connects: one line per minute, with a count per uid
+# (logs.REFUSALS, as the HTTP door's refusals), so that a flood cannot push the daemon's own lines out.
+refusals = logging.getLogger(f"{__name__}.refusals")
+refusals.addFilter(REFUSALS)
 
 Handler = Callable[["Connection", dict[str, Any]], Any]  # returns a result or an awaitable of one
 Answer = bytes | None  # a reply line, or None for a notification
@@ -144,7 +149,7 @@ class Connection(asyncio.BufferedProtocol):
         self.transport = transport
         self.uid = peer_uid(transport.get_extra_info("socket"))
         if self.uid != self.server.uid:
-            log.warning(
+            refusals.warning(
                 "refused a socket client running as uid %s (this daemon runs as uid %s)", self.uid, self.server.uid
             )
             refusal = PermissionDenied(

@@ -659,6 +659,27 @@ async def test_close_does_not_wait_for_a_refused_client(short_tmp, monkeypatch):
     s.close()
 
 
+async def test_refused_clients_are_logged_once_a_minute_with_a_count(short_tmp, monkeypatch, caplog):
+    """A client of another uid connecting again and again is one line, then a count (logs.REFUSALS)."""
+    from convocationsd.daemon.logs import REFUSALS
+
+    REFUSALS.flush()  # what earlier tests' servers left counted in this process-wide filter
+    logged = len(caplog.records)
+    server, path = await refusing_server(short_tmp, monkeypatch, 5.0, 64 * 1024)
+    with caplog.at_level(logging.WARNING, logger="convocationsd.daemon.ipc_server"):
+        for _ in range(5):
+            s = connect(path)
+            await asyncio.to_thread(read_until_closed, s)
+            s.close()
+        await until(lambda: not server.refused)
+        REFUSALS.flush()  # as at shutdown: what was counted is said
+    lines = [r.getMessage() for r in caplog.records[logged:] if r.name.startswith("convocationsd.daemon.ipc_server")]
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("refused a socket client running as uid")
+    assert lines[1].startswith("4 more like this in the last") and lines[0] in lines[1]
+    await server.close()
+
+
 async def test_a_refused_client_is_not_activity(short_tmp, monkeypatch):
     """Another user connecting again and again must not keep the daemon from its idle exit."""
     server, path = await refusing_server(short_tmp, monkeypatch, 5.0, 64 * 1024)
