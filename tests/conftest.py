@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import select
 import shutil
 import signal
 import socket
@@ -78,6 +79,14 @@ def make_foreign(monkeypatch: pytest.MonkeyPatch):
             monkeypatch.setattr(os, "getuid", lambda: real + 1)
 
     return make
+
+
+def readable(source: object, timeout: float) -> bool:
+    """Whether ``source`` (a socket or a descriptor) has something to read, or its end, within ``timeout``
+    seconds. poll, not select.select(), which refuses descriptors from 1024 on, as the product's code does."""
+    waiting = select.poll()
+    waiting.register(source, select.POLLIN)  # type: ignore[arg-type]
+    return bool(waiting.poll(timeout * 1000))
 
 
 @dataclass

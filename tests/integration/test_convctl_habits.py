@@ -8,14 +8,13 @@ import asyncio
 import json
 import os
 import pty
-import select
 import subprocess
 import sys
 import time
 
 import pytest
 
-from tests.conftest import assert_no_secret, base_env, convctl, follow_callback, wait_until
+from tests.conftest import assert_no_secret, base_env, convctl, follow_callback, readable, wait_until
 
 STILL_VALID = "it stays valid at OpenRouter until you delete it at https://openrouter.ai/keys"
 
@@ -33,7 +32,7 @@ class Terminal:
         self.shown = ""
 
     def _read(self, timeout: float) -> bool:
-        if not select.select([self.master], [], [], timeout)[0]:
+        if not readable(self.master, timeout):
             return True
         try:
             chunk = os.read(self.master, 4096)
@@ -55,7 +54,7 @@ class Terminal:
     def finish(self, timeout: float = 30.0) -> int:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and self._read(0.1):
-            if self.proc.poll() is not None and not select.select([self.master], [], [], 0)[0]:
+            if self.proc.poll() is not None and not readable(self.master, 0):
                 break
         os.close(self.master)
         return self.proc.wait(timeout)

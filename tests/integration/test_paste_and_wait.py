@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import select
 import signal
 import subprocess
 import sys
@@ -18,7 +17,7 @@ import pytest
 from convocationsd.cli import commands
 from convocationsd.cli import main as cli
 from convocationsd.core.errors import DaemonUnreachable, NoReply, RemoteError
-from tests.conftest import AUTH_URL_RE, assert_no_secret, convctl, read_auth_url, read_line_with
+from tests.conftest import AUTH_URL_RE, assert_no_secret, convctl, read_auth_url, read_line_with, readable
 
 
 def flow_error(daemon) -> str | None:
@@ -346,8 +345,7 @@ async def test_spinner_on_a_terminal(daemon, fake):
     try:
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline and not re.search(rb"waiting 0:0[1-9]", seen):
-            ready, _, _ = await asyncio.to_thread(select.select, [master], [], [], 0.5)
-            if ready:
+            if await asyncio.to_thread(readable, master, 0.5):
                 try:
                     seen += os.read(master, 4096)
                 except OSError:
@@ -395,8 +393,7 @@ async def test_the_spinner_line_is_cleared_before_the_last_message(daemon, fake,
     try:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            ready, _, _ = await asyncio.to_thread(select.select, [master], [], [], 0.5)
-            if ready:
+            if await asyncio.to_thread(readable, master, 0.5):
                 try:
                     chunk = os.read(master, 4096)
                 except OSError:  # EIO: the process has exited and closed the terminal

@@ -26,7 +26,7 @@ import importlib.abc
 import importlib.util
 import json
 import os
-import select
+import selectors
 import signal
 import subprocess
 import sys
@@ -256,7 +256,11 @@ def run_all(todo: list[tuple[Mutant, list[str], float]], sources: dict[str, str]
                 _child(mutant, sources[mutant.file], tests, w)
             os.close(w)
             running[r] = _Running(mutant, pid, r, time.monotonic() + timeout)
-        ready, _, _ = select.select(list(running), [], [], 0.2)
+        # A selector, not select.select(), which refuses descriptors from 1024 on (the project's own rule).
+        with selectors.DefaultSelector() as waiting:
+            for fd in running:
+                waiting.register(fd, selectors.EVENT_READ)
+            ready = {key.fd for key, _ in waiting.select(0.2)}
         now = time.monotonic()
         for fd in list(running):
             job = running[fd]

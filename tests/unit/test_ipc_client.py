@@ -14,6 +14,7 @@ import pytest
 from convocationsd.client import AsyncClient, Client
 from convocationsd.core import protocol
 from convocationsd.core.errors import ConvError, DaemonUnreachable, NoReply, RemoteError
+from tests.conftest import readable
 
 
 class StandIn:
@@ -182,9 +183,7 @@ def refuse_and_close(standin: StandIn, f) -> None:
 
 
 def wait_readable(sock, timeout: float = 5.0) -> None:
-    import select
-
-    assert select.select([sock], [], [], timeout)[0], "the stand-in sent nothing"
+    assert readable(sock, timeout), "the stand-in sent nothing"
 
 
 def test_refusal_before_the_first_request_is_the_error(short_tmp):

@@ -8,7 +8,6 @@ import gc
 import json
 import logging
 import os
-import select
 import socket
 import threading
 import time
@@ -19,6 +18,7 @@ from convocationsd.core import protocol
 from convocationsd.core.errors import ConvError
 from convocationsd.core.events import EventBus
 from convocationsd.daemon import ipc_server
+from tests.conftest import readable
 
 
 def handlers(bus: EventBus, **overrides) -> dict:
@@ -597,7 +597,7 @@ def write_first_then_read(path: str) -> tuple[bytes, OSError | None]:
     arrived (and a moment more), when a daemon that closed at once would be gone."""
     s = connect(path)
     with s:
-        assert select.select([s], [], [], 5)[0], "no refusal"
+        assert readable(s, 5), "no refusal"
         time.sleep(0.2)
         s.sendall(b'{"jsonrpc":"2.0","id":1,"method":"secret.get"}\n')  # EPIPE if the daemon had closed
         return read_until_closed(s)
