@@ -20,6 +20,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from convocationsd.common.interpreter import module_command
+
 from . import rawclient
 from .common import PY, ROOT, bytecode_env, cleanup_tmp, daemon_env, free_port, median, short_tmp, track
 from .report import Section
@@ -41,7 +43,7 @@ def _first_status(tool: str, tmp: Path, env: dict[str, str], log) -> float:
     Path(ctl).unlink(missing_ok=True)
     cmd = [tool, "-l", ctl, "-l", f"127.0.0.1:{port}", "-l", f"[::1]:{port}", "--fdname=ctl:http:http"]
     cmd += [f"-E{k}" for k in env]  # the tool passes its child only what -E names
-    cmd += [PY, "-m", "convocationsd"]  # as the service units start it
+    cmd += module_command(PY, "convocationsd")  # as the service units start it
     proc = track(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=str(tmp)))
     try:
         deadline = time.monotonic() + 10

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from convocationsd.common.interpreter import module_command
 from convocationsd.testing.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -240,7 +241,7 @@ def start_daemon(
         t0 = time.monotonic()
         proc = track(
             subprocess.Popen(
-                [PY, "-m", "convocationsd", "--log-level", log_level],
+                [*module_command(PY, "convocationsd"), "--log-level", log_level],
                 env=env,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,

@@ -10,6 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from convocationsd.common.interpreter import module_command
 from convocationsd.store.helper import LINGER
 
 from . import rawclient
@@ -182,9 +183,7 @@ def _activation(smoke: bool, sec: Section) -> None:
         f"127.0.0.1:{port}",
         "--fdname=ctl:http",
         *passed,
-        PY,
-        "-m",
-        "convocationsd",
+        *module_command(PY, "convocationsd"),
         "--log-level",
         "info",
     ]
