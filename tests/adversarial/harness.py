@@ -257,10 +257,15 @@ NOBODY = 65534
 OTHER_USER_PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
 
 
+def python_as(uid: int = NOBODY) -> list[str]:
+    """The command line that starts the system Python as ``uid`` (gid the same), with no supplementary groups."""
+    return ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", OTHER_USER_PYTHON]
+
+
 def as_nobody(script: str, *args: str, timeout: float = 20.0) -> subprocess.CompletedProcess:
     """Runs a Python snippet as uid/gid 65534 with no supplementary groups."""
     return subprocess.run(
-        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", OTHER_USER_PYTHON, "-c", script, *args],
+        [*python_as(NOBODY), "-c", script, *args],
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -9,21 +9,24 @@ The peer-uid refusal with all locks open is in tests/integration/test_daemon_lif
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import stat
 import subprocess
 import sys
 import tomllib
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.adversarial.harness import (
     NOBODY,
-    OTHER_USER_PYTHON,
     as_nobody,
     callback,
     next_event,
+    python_as,
     query_of,
     subscriber,
 )
@@ -122,8 +125,7 @@ def test_refusals_from_two_uids_name_both(daemon_factory):
     d = daemon_factory()
     for uid, n in ((NOBODY, 5), (ANOTHER, 300)):
         done = subprocess.run(
-            ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", OTHER_USER_PYTHON, "-c",
-             REFUSED_REQUESTS, str(d.port), str(n)],
+            [*python_as(uid), "-c", REFUSED_REQUESTS, str(d.port), str(n)],
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr
@@ -319,6 +321,34 @@ IMPOSTOR = (
 )
 
 
+@contextlib.contextmanager
+def impostor(short_tmp: Path) -> Iterator[tuple[Path, Callable[[], tuple[list[str], str]]]]:
+    """IMPOSTOR run as nobody at a socket in a sticky folder anyone may write (where CONVOCATIONS_SOCKET may
+    point). Yields the socket and ``received()``: once both clients are done, what each connection sent
+    (hex) and the impostor's whole output."""
+    os.chmod(short_tmp, 0o755)
+    shared = short_tmp / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)
+    sock = shared / "d.sock"
+    server = subprocess.Popen(
+        [*python_as(NOBODY), "-c", IMPOSTOR, str(sock)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+    def received() -> tuple[list[str], str]:
+        out, err = server.communicate(timeout=20)
+        got = [line.split(" ", 1)[1] if " " in line else "" for line in out.splitlines() if line.startswith("got")]
+        return got, out + err
+
+    try:
+        assert server.stdout is not None and server.stdout.readline().strip() == "ready", server.stderr.read()
+        yield sock, received
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.communicate()
+
+
 @pytest.mark.needs_root
 def test_clients_refuse_a_server_run_by_another_user(short_tmp):
     """CONVOCATIONS_SOCKET in a world-writable directory where another user serves: `convctl secret
@@ -329,21 +359,8 @@ def test_clients_refuse_a_server_run_by_another_user(short_tmp):
     from convocationsd.core.errors import UntrustedSocket
     from tests.conftest import base_env, convctl
 
-    os.chmod(short_tmp, 0o755)
-    shared = short_tmp / "shared"
-    shared.mkdir()
-    os.chmod(shared, 0o1777)
-    sock = shared / "d.sock"
     key = "sk-or-v1-" + "f" * 64
-    as_nobody_argv = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", OTHER_USER_PYTHON]
-    server = subprocess.Popen(
-        [*as_nobody_argv, "-c", IMPOSTOR, str(sock)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert server.stdout.readline().strip() == "ready", server.stderr.read()
+    with impostor(short_tmp) as (sock, received):
         env = base_env(short_tmp, CONVOCATIONS_SOCKET=str(sock))
         done = convctl(env, "secret", "set-openrouter-key", input=key + "\n", timeout=30)
         assert done.returncode == 3, done.stdout + done.stderr
@@ -358,14 +375,9 @@ def test_clients_refuse_a_server_run_by_another_user(short_tmp):
             assert str(sock) in info.value.message and "nobody" in info.value.message
 
         asyncio.run(use_async_client())
-        out, err = server.communicate(timeout=20)
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.communicate()
-    received = [line.split(" ", 1)[1] if " " in line else "" for line in out.splitlines() if line.startswith("got")]
-    assert received == ["", ""], out + err  # two connections, not a byte on either
-    assert key.encode().hex() not in out
+        got, output = received()
+    assert got == ["", ""], output  # two connections, not a byte on either
+    assert key.encode().hex() not in output
     assert not (short_tmp / "cfg" / "convocations" / "config.toml").exists()  # no fallback to the files either
 
 

@@ -4,19 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import socket
-import subprocess
-import sys
 import threading
-from pathlib import Path
 
 import pytest
 
+from tests.adversarial.harness import NOBODY, as_nobody
 from tests.conftest import hold_port
-
-# The other user runs the system interpreter: a venv under a 0700 home may not be reachable for them.
-OTHER_USER_PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
 
 
 def _hold(family: int, host: str, port: int) -> socket.socket:
@@ -110,30 +104,20 @@ def open_to_everyone(d):
     return d
 
 
-def as_nobody(nobody: pwd.struct_passwd, script: str, sock: Path) -> subprocess.CompletedProcess[str]:
-    """Runs a Python ``script`` (given the socket's path) as the user nobody."""
-    return subprocess.run(
-        ["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups", OTHER_USER_PYTHON,
-         "-c", script, str(sock)],
-        capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
-
-
 @pytest.mark.needs_root
 def test_other_uid_client_is_refused(daemon_factory):
     d = open_to_everyone(daemon_factory())
-    nobody = pwd.getpwnam("nobody")
     script = (
         "import socket,sys;s=socket.socket(socket.AF_UNIX);s.connect(sys.argv[1]);\n"
         'try: s.sendall(b\'{"jsonrpc":"2.0","id":1,"method":"secret.get"}\\n\')\n'
         "except OSError: pass\n"
         "print(s.recv(4096).decode())"
     )
-    done = as_nobody(nobody, script, d.socket)
+    done = as_nobody(script, str(d.socket), timeout=30)
     assert "Permission denied" in done.stdout, done.stderr
     assert '"result"' not in done.stdout
     error = json.loads(done.stdout)["error"]
-    assert error["code"] == -32000 and f"uid {nobody.pw_uid}" in error["message"]
+    assert error["code"] == -32000 and f"uid {NOBODY}" in error["message"]
     assert error["data"]["kind"] == "PermissionDenied" and "convocationsd of your own" in error["data"]["hint"]
     assert "refused a socket client running as uid" in d.log()
 
@@ -144,7 +128,6 @@ def test_other_uid_client_that_writes_first_reads_the_refusal(daemon_factory):
     send), and sends it only once the refusal has arrived, when a daemon that closed at once was gone: it
     still reads the refusal, then the end of the connection, never EPIPE or ECONNRESET."""
     d = open_to_everyone(daemon_factory())
-    nobody = pwd.getpwnam("nobody")
     script = (
         "import select,socket,sys,time\n"
         "s=socket.socket(socket.AF_UNIX);s.connect(sys.argv[1])\n"
@@ -155,11 +138,11 @@ def test_other_uid_client_that_writes_first_reads_the_refusal(daemon_factory):
         "while chunk:=s.recv(4096): got+=chunk\n"
         "print(got.decode(), end='')\n"
     )
-    done = as_nobody(nobody, script, d.socket)
+    done = as_nobody(script, str(d.socket), timeout=30)
     assert done.returncode == 0, done.stderr  # no BrokenPipeError, no ConnectionResetError
     assert done.stdout.count("\n") == 1 and done.stdout.endswith("\n")  # the one line, then the end
     error = json.loads(done.stdout)["error"]
-    assert error["data"]["kind"] == "PermissionDenied" and f"uid {nobody.pw_uid}" in error["message"]
+    assert error["data"]["kind"] == "PermissionDenied" and f"uid {NOBODY}" in error["message"]
     assert d.call("status")["pid"]  # the daemon serves its own user as before
 
 

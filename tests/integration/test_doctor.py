@@ -149,6 +149,20 @@ async def test_headless_encrypted_setup_is_ok_with_a_note(daemon_factory, fake):
     assert key not in json.dumps(results) + done.stdout
 
 
+def start_daemon_on_the_bus_of(keyring: dict[str, str], short_tmp, fake):
+    """A daemon with the environment of ``keyring`` (a gnome-keyring on a private session bus, locked or not),
+    storing where it finds best, talking to the fake."""
+    return start_daemon(
+        short_tmp,
+        CONVOCATIONS_OPENROUTER_URL=fake.url,
+        CONVOCATIONS_SECRET_BACKEND="",
+        CONVOCATIONS_KEYRING_TIMEOUT_SECONDS="20",
+        HOME=keyring["HOME"],
+        XDG_DATA_HOME=keyring["XDG_DATA_HOME"],
+        DBUS_SESSION_BUS_ADDRESS=keyring["DBUS_SESSION_BUS_ADDRESS"],
+    )
+
+
 @pytest.mark.keyring
 async def test_a_keyring_that_just_failed_is_reported(short_tmp, fake):
     """A gnome-keyring whose collection is locked: the daemon falls back and logs it; doctor says what the daemon
@@ -161,16 +175,7 @@ async def test_a_keyring_that_just_failed_is_reported(short_tmp, fake):
     with locked_gnome_keyring(env) as locked:
         if not list((data / "keyrings").glob("*.keyring")):
             pytest.skip("gnome-keyring did not create a collection here")
-        d = await asyncio.to_thread(
-            start_daemon,
-            short_tmp,
-            CONVOCATIONS_OPENROUTER_URL=fake.url,
-            CONVOCATIONS_SECRET_BACKEND="",
-            CONVOCATIONS_KEYRING_TIMEOUT_SECONDS="20",
-            HOME=str(home),
-            XDG_DATA_HOME=str(data),
-            DBUS_SESSION_BUS_ADDRESS=locked["DBUS_SESSION_BUS_ADDRESS"],
-        )
+        d = await asyncio.to_thread(start_daemon_on_the_bus_of, locked, short_tmp, fake)
         try:
             key = fake.issue_key()
             assert d.call("secret.set", {"key": key})["backend"] == "local-encrypted"
@@ -280,16 +285,7 @@ async def test_a_stored_key_the_locked_keyring_will_not_give_is_a_failure(short_
         done = convctl(unlocked, "secret", "set-openrouter-key", "--no-verify", input=key + "\n")
         assert "key stored in keyring" in done.stdout, done.stderr
     with gnome_keyring(env, None) as locked:
-        d = await asyncio.to_thread(
-            start_daemon,
-            short_tmp,
-            CONVOCATIONS_OPENROUTER_URL=fake.url,
-            CONVOCATIONS_SECRET_BACKEND="",
-            CONVOCATIONS_KEYRING_TIMEOUT_SECONDS="20",
-            HOME=str(home),
-            XDG_DATA_HOME=str(data),
-            DBUS_SESSION_BUS_ADDRESS=locked["DBUS_SESSION_BUS_ADDRESS"],
-        )
+        d = await asyncio.to_thread(start_daemon_on_the_bus_of, locked, short_tmp, fake)
         try:
             status = await asyncio.to_thread(d.convctl, "status")
             assert status.returncode == 1 and "could not be read" in status.stdout, status.stdout

@@ -26,10 +26,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.adversarial.harness import NOBODY, OTHER_USER_PYTHON
-from tests.adversarial.test_local_users import IMPOSTOR
+from tests.adversarial.harness import NOBODY
+from tests.adversarial.test_local_users import impostor
 from tests.conftest import ROOT, follow_callback
 from tests.helpers import rust_example as rust_build
+from tests.unit.test_socket_path_doc import computed
 
 NODE = shutil.which("node")
 SOCAT = shutil.which("socat")
@@ -251,18 +252,7 @@ def test_rust_example_finds_the_socket_where_the_daemon_puts_it(short_tmp, rust,
     assert done.returncode == 3, done.stderr
     found = re.search(r"nothing listens on (.+)\)\.$", done.stderr, re.M)
     assert found, done.stderr
-    daemons = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import os; from convocationsd.common import paths; print(paths.socket_path(os.environ))",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert found.group(1) == daemons.stdout.strip()
+    assert found.group(1) == str(computed(env))  # where the daemon would be, as the package computes it
     assert str(short_tmp) in found.group(1)  # nothing outside the test was looked at
 
 
@@ -415,33 +405,15 @@ def test_rust_example_refuses_a_server_run_by_another_user(short_tmp, rust):
     """CONVOCATIONS_SOCKET in a shared sticky directory (allowed: others cannot swap a socket there) where
     another user serves: the example asks the kernel who serves it (SO_PEERCRED) and sends not a byte.
     Defence: sys::peer_uid and its check in Client::connect_to."""
-    os.chmod(short_tmp, 0o755)
-    shared = short_tmp / "shared"
-    shared.mkdir()
-    os.chmod(shared, 0o1777)
-    sock = shared / "d.sock"
-    as_nobody = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", OTHER_USER_PYTHON]
-    server = subprocess.Popen(
-        [*as_nobody, "-c", IMPOSTOR, str(sock)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert server.stdout.readline().strip() == "ready", server.stderr.read()
+    with impostor(short_tmp) as (sock, received):
         env = {**os.environ, "CONVOCATIONS_SOCKET": str(sock)}
         for argv in ([str(rust.login)], [str(rust.login), "--restart"]):  # the impostor serves two connections
             done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=30)
             assert done.returncode == 3, done.stdout + done.stderr
             assert f"The socket {sock} is served by uid {NOBODY}, not by you, so nothing was sent to it." in done.stderr
             assert "Someone may be posing as convocationsd" in done.stderr and done.stdout == ""
-        out, err = server.communicate(timeout=20)
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.communicate()
-    received = [line.split(" ", 1)[1] if " " in line else "" for line in out.splitlines() if line.startswith("got")]
-    assert received == ["", ""], out + err  # two connections, not a byte on either
+        got, output = received()
+    assert got == ["", ""], output  # two connections, not a byte on either
 
 
 # ---- the examples against docs/protocol.md ----

@@ -4,11 +4,14 @@ shared/design/openrouter.md, or the daemon's tests prove nothing."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
 import signal
 import sys
+from collections.abc import AsyncIterator
+from typing import NamedTuple
 from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
 import aiohttp
@@ -390,21 +393,39 @@ def test_key_info_data_from_the_command_line(capsys):
 # -- standalone ---------------------------------------------------------------------------------------------
 
 
-async def test_standalone_serves_and_stops_on_sigterm():
+class Standalone(NamedTuple):
+    process: asyncio.subprocess.Process
+    url: str
+
+
+@contextlib.asynccontextmanager
+async def standalone(*switches: str) -> AsyncIterator[Standalone]:
+    """`python -m convocationsd.testing.fake_openrouter --port 0 SWITCHES`, as a frontend author runs it; yields
+    it once it says where it listens, and kills it at the end if the test has not stopped it."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "convocationsd.testing.fake_openrouter",
         "--port",
         "0",
-        "--no-echo-state",
-        "--authorize-409",
+        *switches,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
     try:
+        assert process.stdout is not None
         line = (await asyncio.wait_for(process.stdout.readline(), 15)).decode()
-        url = re.search(r"http://127\.0\.0\.1:\d+", line).group(0)
+        found = re.search(r"http://127\.0\.0\.1:\d+", line)
+        assert found, line
+        yield Standalone(process, found.group(0))
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def test_standalone_serves_and_stops_on_sigterm():
+    async with standalone("--no-echo-state", "--authorize-409") as (process, url):
         async with aiohttp.ClientSession() as http:
             async with http.get(url + "/_fake/config") as response:
                 config = await response.json()
@@ -413,10 +434,6 @@ async def test_standalone_serves_and_stops_on_sigterm():
         assert config["echo_state"] is False and config["authorize_409"] is True
         process.send_signal(signal.SIGTERM)
         rest, errors = await asyncio.wait_for(process.communicate(), 10)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
     assert process.returncode == 0, errors.decode()
     assert b"stopped" in rest
     assert b"Traceback" not in errors

@@ -10,9 +10,7 @@ fails naming it.
 from __future__ import annotations
 
 import asyncio
-import re
 import signal
-import sys
 from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
@@ -39,6 +37,7 @@ from tests.helpers.openrouter_sdk import (
     sdk_client,
     shape_problems,
 )
+from tests.integration.test_fake_openrouter import standalone
 
 # The spec marks rate_limit and is_provisioning_key deprecated; the SDK warns each time it parses them.
 pytestmark = pytest.mark.filterwarnings("ignore:.*DEPRECATED.*:DeprecationWarning")
@@ -311,18 +310,7 @@ def test_exchange_body_check_catches_what_the_sdk_would_let_through():
 async def test_the_standalone_fake_through_the_sdk_end_to_end():
     """`python -m convocationsd.testing.fake_openrouter`, approved over plain HTTP like a browser would, then
     the SDK exchanges the code and reads the key's metadata."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "convocationsd.testing.fake_openrouter",
-        "--port",
-        "0",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        line = (await asyncio.wait_for(process.stdout.readline(), 15)).decode()
-        url = re.search(r"http://127\.0\.0\.1:\d+", line).group(0)
+    async with standalone() as (process, url):
         verifier = pkce.make_verifier()
         form = {
             "callback_url": "http://localhost:3000/api/openrouter/oauth/callback",
@@ -343,8 +331,4 @@ async def test_the_standalone_fake_through_the_sdk_end_to_end():
         assert metadata.data.label == "Convocations" and metadata.data.creator_user_id == answer.user_id
         process.send_signal(signal.SIGTERM)
         _, stderr = await asyncio.wait_for(process.communicate(), 10)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
     assert process.returncode == 0 and b"Traceback" not in stderr

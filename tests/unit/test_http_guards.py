@@ -62,17 +62,23 @@ class Served:
         return int(status.split()[1]), head, body
 
 
-@pytest.fixture
-async def served() -> AsyncIterator[Served]:
-    port = free_port()
-    ctl = Controller(
+def bare_controller(port: int) -> Controller:
+    """A controller behind the HTTP door alone: no socket, and an OpenRouter it never asks (no code is
+    exchanged in these tests)."""
+    return Controller(
         endpoint=Endpoint(port, False, "/nonexistent/convocationsd.sock"),
-        openrouter_url="http://127.0.0.1:9",  # never asked: no code is exchanged here
+        openrouter_url="http://127.0.0.1:9",
         openrouter=None,
         secrets=MemoryStore(),
         bus=events.EventBus(),
         flow_timeout=600.0,
     )
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[Served]:
+    port = free_port()
+    ctl = bare_controller(port)
     runner = web.AppRunner(http_app.make_app(ctl))
     await runner.setup()
     sites = [web.TCPSite(runner, "127.0.0.1", port), web.TCPSite(runner, "::1", port)]
@@ -174,14 +180,7 @@ async def test_without_the_kernels_tables_the_uid_is_not_checked(served, monkeyp
 
 async def test_a_connection_with_no_ip_address_is_refused(short_tmp):
     """Over a Unix socket there is no TCP connection for the kernel to name an owner of: refused."""
-    ctl = Controller(
-        endpoint=Endpoint(3000, False, "/nonexistent.sock"),
-        openrouter_url="http://127.0.0.1:9",
-        openrouter=None,
-        secrets=MemoryStore(),
-        bus=events.EventBus(),
-        flow_timeout=600.0,
-    )
+    ctl = bare_controller(3000)
     runner = web.AppRunner(http_app.make_app(ctl))
     await runner.setup()
     path = str(short_tmp / "http.sock")
